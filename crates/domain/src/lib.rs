@@ -1,0 +1,19 @@
+//! Gofer's pure domain model: ids, the pipeline DAG rules, run and task transitions, and the replicated
+//! state machine they make up.
+//!
+//! This crate does no IO and has no async runtime, clock or randomness: time and ids arrive inside
+//! [`Command`]s, so applying the same log gives the same [`State`] on every node. The tidy test checks
+//! its dependency list.
+
+mod error;
+mod ids;
+mod pipeline;
+mod state;
+
+pub use error::{Error, ErrorKind};
+pub use ids::{MAX_ID_LEN, validate_id};
+pub use pipeline::{Condition, MAX_TASKS, PipelineConfig, TaskConfig};
+pub use state::{
+    Applied, Assignment, AttemptOutcome, AttemptRef, Command, NamespaceRecord, PipelineRecord,
+    Readiness, Run, RunState, State, TaskExecution, TaskState,
+};

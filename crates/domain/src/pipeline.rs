@@ -1,0 +1,239 @@
+//! A pipeline's config: its JSON form, and the DAG rules every registered version must pass.
+//!
+//! `docs/pipeline-format.md` documents this format for users; keep the two in step.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, validate_id};
+
+/// A pipeline has at most this many tasks.
+pub const MAX_TASKS: usize = 200;
+const MAX_NAME_LEN: usize = 128;
+const MAX_DESCRIPTION_LEN: usize = 4096;
+const MAX_IMAGE_LEN: usize = 512;
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+const MAX_ENV_BYTES: usize = 64 * 1024;
+
+/// What a task needs of a parent before it may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// The parent ended, whatever its state.
+    Any,
+    /// The parent succeeded.
+    Success,
+    /// The parent failed.
+    Failure,
+}
+
+impl Condition {
+    /// The condition's name as the JSON form spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Any => "any",
+            Condition::Success => "success",
+            Condition::Failure => "failure",
+        }
+    }
+}
+
+/// One task of a pipeline: a container image, its command and env, and its parents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    pub id: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends_on: BTreeMap<String, Condition>,
+}
+
+/// One registered version of a pipeline: a DAG of tasks and the pipeline's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// How many runs of the pipeline may be RUNNING at once; 0 means no limit.
+    #[serde(default)]
+    pub parallelism: u32,
+    pub tasks: Vec<TaskConfig>,
+}
+
+impl PipelineConfig {
+    /// Parses the JSON form and validates it. Errors name the field, such as `tasks[1].depends_on.a`.
+    pub fn from_json(json: &str) -> Result<Self, Error> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let config: PipelineConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let field = if path == "." || path.starts_with('[') { "pipeline".to_string() } else { path };
+            Error::invalid(field, format!("malformed JSON: {inner}"))
+        })?;
+        de.end().map_err(|err| Error::invalid("pipeline", format!("malformed JSON: {err}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The JSON form, as `from_json` reads it.
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a pipeline config always serializes")
+    }
+
+    /// Checks every rule a registered pipeline must pass; the error names the first field that breaks one.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_id("id", &self.id)?;
+        check_len("name", &self.name, MAX_NAME_LEN)?;
+        check_len("description", &self.description, MAX_DESCRIPTION_LEN)?;
+        if self.tasks.is_empty() {
+            return Err(Error::invalid("tasks", "a pipeline needs at least one task"));
+        }
+        if self.tasks.len() > MAX_TASKS {
+            return Err(Error::invalid(
+                "tasks",
+                format!("a pipeline has at most {MAX_TASKS} tasks, got {}", self.tasks.len()),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, task) in self.tasks.iter().enumerate() {
+            validate_id(&format!("tasks[{i}].id"), &task.id)?;
+            if !seen.insert(task.id.as_str()) {
+                return Err(Error::invalid(
+                    format!("tasks[{i}].id"),
+                    format!("duplicate task id {:?}", task.id),
+                ));
+            }
+        }
+        for (i, task) in self.tasks.iter().enumerate() {
+            task.validate(i, &seen)?;
+        }
+        if let Some(cycle) = self.find_cycle() {
+            return Err(Error::invalid(
+                "tasks",
+                format!("depends_on forms a cycle: {}", cycle.join(" -> ")),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The index of the task called `id`.
+    pub fn task_index(&self, id: &str) -> Option<usize> {
+        self.tasks.iter().position(|t| t.id == id)
+    }
+
+    /// A dependency cycle as a path of task ids that starts and ends on the same task, if there is one.
+    fn find_cycle(&self) -> Option<Vec<String>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            OnPath,
+            Done,
+        }
+        let index: BTreeMap<&str, usize> =
+            self.tasks.iter().enumerate().map(|(i, t)| (t.id.as_str(), i)).collect();
+        let mut marks = vec![Mark::New; self.tasks.len()];
+        // Iterative depth-first search so that a 200-task chain cannot overflow the stack.
+        for start in 0..self.tasks.len() {
+            if marks[start] != Mark::New {
+                continue;
+            }
+            let mut path: Vec<usize> = vec![start];
+            let mut next_parent: Vec<usize> = vec![0];
+            marks[start] = Mark::OnPath;
+            while let Some(&node) = path.last() {
+                let parents: Vec<usize> =
+                    self.tasks[node].depends_on.keys().filter_map(|p| index.get(p.as_str()).copied()).collect();
+                let cursor = next_parent.last_mut().expect("path and cursor grow together");
+                if *cursor < parents.len() {
+                    let parent = parents[*cursor];
+                    *cursor += 1;
+                    match marks[parent] {
+                        Mark::New => {
+                            marks[parent] = Mark::OnPath;
+                            path.push(parent);
+                            next_parent.push(0);
+                        }
+                        Mark::OnPath => {
+                            let from = path.iter().position(|&n| n == parent).expect("on the path");
+                            let mut cycle: Vec<String> =
+                                path[from..].iter().map(|&n| self.tasks[n].id.clone()).collect();
+                            cycle.push(self.tasks[parent].id.clone());
+                            return Some(cycle);
+                        }
+                        Mark::Done => {}
+                    }
+                } else {
+                    marks[node] = Mark::Done;
+                    path.pop();
+                    next_parent.pop();
+                }
+            }
+        }
+        None
+    }
+}
+
+impl TaskConfig {
+    fn validate(&self, i: usize, task_ids: &BTreeSet<&str>) -> Result<(), Error> {
+        let image = self.image.trim();
+        if image.is_empty() {
+            return Err(Error::invalid(format!("tasks[{i}].image"), "must not be empty"));
+        }
+        if image != self.image || self.image.chars().any(char::is_whitespace) {
+            return Err(Error::invalid(format!("tasks[{i}].image"), "must not contain whitespace"));
+        }
+        check_len(&format!("tasks[{i}].image"), &self.image, MAX_IMAGE_LEN)?;
+        let command_bytes: usize = self.command.iter().map(String::len).sum();
+        if command_bytes > MAX_COMMAND_BYTES {
+            return Err(Error::invalid(
+                format!("tasks[{i}].command"),
+                format!("must be at most {MAX_COMMAND_BYTES} bytes in all"),
+            ));
+        }
+        if self.command.iter().any(|arg| arg.contains('\0')) {
+            return Err(Error::invalid(format!("tasks[{i}].command"), "must not contain NUL bytes"));
+        }
+        let mut env_bytes = 0;
+        for (key, value) in &self.env {
+            let field = format!("tasks[{i}].env.{key}");
+            if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+                return Err(Error::invalid(field, "env names must be non-empty without '=' or NUL"));
+            }
+            env_bytes += key.len() + value.len();
+        }
+        if env_bytes > MAX_ENV_BYTES {
+            return Err(Error::invalid(
+                format!("tasks[{i}].env"),
+                format!("must be at most {MAX_ENV_BYTES} bytes in all"),
+            ));
+        }
+        for parent in self.depends_on.keys() {
+            let field = format!("tasks[{i}].depends_on.{parent}");
+            if parent == &self.id {
+                return Err(Error::invalid(field, "a task cannot depend on itself"));
+            }
+            if !task_ids.contains(parent.as_str()) {
+                return Err(Error::invalid(field, format!("unknown task {parent:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.chars().count() > max {
+        return Err(Error::invalid(field, format!("must be at most {max} characters")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

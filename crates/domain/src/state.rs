@@ -1,0 +1,504 @@
+//! The replicated state machine: namespaces, pipelines and their versions, runs and task executions,
+//! and the one function that changes them, [`State::apply`].
+//!
+//! Apply is deterministic: it reads no clock and draws no random number; the proposer puts times and the
+//! cluster id inside the [`Command`]. A refused command changes nothing and returns an [`Error`], which is
+//! itself the deterministic result of that log entry. The DAG rules live here too: when a task execution
+//! ends, apply skips the dependents whose condition can no longer be met and ends the run when every task
+//! execution has ended, so a run's fate never depends on which scheduler looked at it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Condition, Error, PipelineConfig, validate_id};
+
+/// The namespace that exists from the start.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A run's place in PENDING → RUNNING → SUCCEEDED | FAILED | CANCELLED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    /// Whether the run has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled)
+    }
+}
+
+/// A task execution's place in PENDING → RUNNING → SUCCEEDED | FAILED | CANCELLED, or SKIPPED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Skipped,
+}
+
+impl TaskState {
+    /// Whether the task execution has ended.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TaskState::Pending | TaskState::Running)
+    }
+
+    /// Whether a parent in this state meets `condition`. Only meaningful for terminal states.
+    fn meets(self, condition: Condition) -> bool {
+        match condition {
+            Condition::Any => self.is_terminal(),
+            Condition::Success => self == TaskState::Succeeded,
+            Condition::Failure => self == TaskState::Failed,
+        }
+    }
+}
+
+/// Names one task execution: namespace, pipeline, run and task.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AttemptRef {
+    pub namespace: String,
+    pub pipeline: String,
+    pub run: u64,
+    pub task: String,
+}
+
+/// Which executor an attempt was given to, committed before the executor is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub executor: String,
+    /// Set once the executor reported the attempt's container running.
+    pub started: bool,
+}
+
+/// One task inside one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskExecution {
+    pub task: String,
+    pub state: TaskState,
+    pub reason: String,
+    /// The current attempt, counting from 1; 0 before the first assignment.
+    pub attempt: u32,
+    pub assignment: Option<Assignment>,
+    pub exit_code: Option<i64>,
+    pub started_at: i64,
+    pub ended_at: i64,
+}
+
+/// One execution of a pipeline version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: u64,
+    pub version: u64,
+    pub state: RunState,
+    pub reason: String,
+    pub cancel_requested: bool,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub ended_at: i64,
+    /// One per task, in the pipeline version's task order.
+    pub tasks: Vec<TaskExecution>,
+}
+
+/// A pipeline: its versions (index 0 is version 1) and its runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub versions: Vec<PipelineConfig>,
+    pub runs: BTreeMap<u64, Run>,
+    /// The id the next run gets; ids are never reused.
+    pub next_run_id: u64,
+}
+
+impl PipelineRecord {
+    /// The newest version's config.
+    pub fn latest(&self) -> &PipelineConfig {
+        self.versions.last().expect("a pipeline record always has a version")
+    }
+
+    /// The config of `version`, counting from 1.
+    pub fn version(&self, version: u64) -> Option<&PipelineConfig> {
+        usize::try_from(version).ok().and_then(|v| v.checked_sub(1)).and_then(|i| self.versions.get(i))
+    }
+}
+
+/// A namespace and its pipelines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceRecord {
+    pub created_at: i64,
+    pub pipelines: BTreeMap<String, PipelineRecord>,
+}
+
+/// How an attempt ended, as its executor reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptOutcome {
+    /// The container ran and exited with this code.
+    Exited(i64),
+    /// The attempt could not run or was lost; the reason says why.
+    Error(String),
+    /// The container was stopped because the run was cancelled.
+    Stopped,
+}
+
+/// A change to the state, as it travels through the replicated log.
+///
+/// This is a persisted format: add variants and defaulted fields, never change or remove one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// The first command of a cluster: names it and makes the `default` namespace. Later ones are refused.
+    Init { cluster_id: String, at: i64 },
+    CreateNamespace { namespace: String, at: i64 },
+    /// Stores `config` as the pipeline's next version (creating the pipeline at version 1).
+    RegisterPipeline { namespace: String, config: PipelineConfig, at: i64 },
+    /// Starts a run of the pipeline's newest version.
+    StartRun { namespace: String, pipeline: String, at: i64 },
+    CancelRun { namespace: String, pipeline: String, run: u64, reason: String, at: i64 },
+    /// Gives the next attempt of a PENDING task execution to an executor.
+    AssignAttempt { target: AttemptRef, attempt: u32, executor: String, at: i64 },
+    /// The executor started the attempt's container.
+    AttemptStarted { target: AttemptRef, attempt: u32, at: i64 },
+    /// The attempt ended and its logs are stored.
+    AttemptFinished { target: AttemptRef, attempt: u32, outcome: AttemptOutcome, at: i64 },
+}
+
+/// What an applied command produced, beyond the change itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    Done,
+    /// The version a RegisterPipeline made.
+    Version(u64),
+    /// The id of the run a StartRun made.
+    Run(u64),
+}
+
+/// Whether a PENDING task execution may start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every parent ended and met its condition.
+    Ready,
+    /// Some parent has not ended yet.
+    Waiting,
+    /// A parent ended without meeting its condition; the reason says which.
+    Unreachable(String),
+}
+
+/// Everything the replicated log holds, applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Set by the first command, `Init`; empty before.
+    pub cluster_id: String,
+    pub namespaces: BTreeMap<String, NamespaceRecord>,
+}
+
+impl State {
+    /// Applies one command. A refused command leaves the state exactly as it was.
+    pub fn apply(&mut self, command: &Command) -> Result<Applied, Error> {
+        match command {
+            Command::Init { cluster_id, at } => {
+                if !self.cluster_id.is_empty() {
+                    return Err(Error::FailedPrecondition("cluster is already initialized".into()));
+                }
+                self.cluster_id = cluster_id.clone();
+                self.namespaces.insert(
+                    DEFAULT_NAMESPACE.to_string(),
+                    NamespaceRecord { created_at: *at, pipelines: BTreeMap::new() },
+                );
+                Ok(Applied::Done)
+            }
+            Command::CreateNamespace { namespace, at } => {
+                validate_id("id", namespace)?;
+                if self.namespaces.contains_key(namespace) {
+                    return Err(Error::AlreadyExists(format!("namespace {namespace:?}")));
+                }
+                self.namespaces
+                    .insert(namespace.clone(), NamespaceRecord { created_at: *at, pipelines: BTreeMap::new() });
+                Ok(Applied::Done)
+            }
+            Command::RegisterPipeline { namespace, config, at } => {
+                config.validate()?;
+                let ns = self.namespace_mut(namespace)?;
+                let record = ns.pipelines.entry(config.id.clone()).or_insert_with(|| PipelineRecord {
+                    created_at: *at,
+                    updated_at: *at,
+                    versions: Vec::new(),
+                    runs: BTreeMap::new(),
+                    next_run_id: 1,
+                });
+                record.versions.push(config.clone());
+                record.updated_at = *at;
+                Ok(Applied::Version(record.versions.len() as u64))
+            }
+            Command::StartRun { namespace, pipeline, at } => {
+                let record = self.pipeline_mut(namespace, pipeline)?;
+                let id = record.next_run_id;
+                let version = record.versions.len() as u64;
+                let tasks = record
+                    .latest()
+                    .tasks
+                    .iter()
+                    .map(|t| TaskExecution {
+                        task: t.id.clone(),
+                        state: TaskState::Pending,
+                        reason: String::new(),
+                        attempt: 0,
+                        assignment: None,
+                        exit_code: None,
+                        started_at: 0,
+                        ended_at: 0,
+                    })
+                    .collect();
+                record.runs.insert(
+                    id,
+                    Run {
+                        id,
+                        version,
+                        state: RunState::Pending,
+                        reason: String::new(),
+                        cancel_requested: false,
+                        created_at: *at,
+                        started_at: 0,
+                        ended_at: 0,
+                        tasks,
+                    },
+                );
+                record.next_run_id += 1;
+                Ok(Applied::Run(id))
+            }
+            Command::CancelRun { namespace, pipeline, run, reason, at } => {
+                let record = self.pipeline_mut(namespace, pipeline)?;
+                let run = record.runs.get_mut(run).ok_or_else(|| not_found_run(pipeline, *run))?;
+                if run.state.is_terminal() {
+                    if run.state == RunState::Cancelled {
+                        return Ok(Applied::Done);
+                    }
+                    return Err(Error::FailedPrecondition(format!(
+                        "run {} already ended {:?}",
+                        run.id, run.state
+                    )));
+                }
+                if run.cancel_requested {
+                    return Ok(Applied::Done);
+                }
+                run.cancel_requested = true;
+                run.reason = reason.clone();
+                for task in &mut run.tasks {
+                    if task.state == TaskState::Pending && task.assignment.is_none() {
+                        end_task(task, TaskState::Cancelled, reason.clone(), *at);
+                    }
+                }
+                settle(run, record.versions.get(run.version as usize - 1).expect("run's version exists"), *at);
+                Ok(Applied::Done)
+            }
+            Command::AssignAttempt { target, attempt, executor, at } => {
+                let (run, config) = self.run_mut(target)?;
+                if run.state.is_terminal() || run.cancel_requested {
+                    return Err(Error::FailedPrecondition(format!("run {} is ending", run.id)));
+                }
+                let index = config.task_index(&target.task).expect("run tasks follow the config");
+                if run.readiness(config, index) != Readiness::Ready {
+                    return Err(Error::FailedPrecondition(format!("task {:?} is not ready", target.task)));
+                }
+                let task = &mut run.tasks[index];
+                if task.state != TaskState::Pending || task.assignment.is_some() || *attempt != task.attempt + 1 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "task {:?} is not waiting for attempt {attempt}",
+                        target.task
+                    )));
+                }
+                task.attempt = *attempt;
+                task.assignment = Some(Assignment { executor: executor.clone(), started: false });
+                if run.state == RunState::Pending {
+                    run.state = RunState::Running;
+                    run.started_at = *at;
+                }
+                Ok(Applied::Done)
+            }
+            Command::AttemptStarted { target, attempt, at } => {
+                let (run, config) = self.run_mut(target)?;
+                let index = config.task_index(&target.task).expect("run tasks follow the config");
+                let task = &mut run.tasks[index];
+                let Some(assignment) = task.assignment.as_mut().filter(|_| task.attempt == *attempt) else {
+                    return Err(stale_attempt(target, *attempt));
+                };
+                if !assignment.started {
+                    assignment.started = true;
+                    task.state = TaskState::Running;
+                    task.started_at = *at;
+                }
+                Ok(Applied::Done)
+            }
+            Command::AttemptFinished { target, attempt, outcome, at } => {
+                let (run, config) = self.run_mut(target)?;
+                let index = config.task_index(&target.task).expect("run tasks follow the config");
+                let cancelled = run.cancel_requested;
+                let cancel_reason = run.reason.clone();
+                let task = &mut run.tasks[index];
+                if task.assignment.is_none() || task.attempt != *attempt || task.state.is_terminal() {
+                    return Err(stale_attempt(target, *attempt));
+                }
+                task.assignment = None;
+                if task.started_at == 0 {
+                    task.started_at = *at;
+                }
+                match outcome {
+                    AttemptOutcome::Exited(code) => {
+                        task.exit_code = Some(*code);
+                        if *code == 0 {
+                            end_task(task, TaskState::Succeeded, String::new(), *at);
+                        } else {
+                            end_task(task, TaskState::Failed, format!("exited with code {code}"), *at);
+                        }
+                    }
+                    AttemptOutcome::Error(reason) => end_task(task, TaskState::Failed, reason.clone(), *at),
+                    AttemptOutcome::Stopped => {
+                        let reason = if cancelled { cancel_reason } else { "stopped".to_string() };
+                        end_task(task, TaskState::Cancelled, reason, *at)
+                    }
+                }
+                settle(run, config, *at);
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    /// The namespace called `id`.
+    pub fn namespace(&self, id: &str) -> Result<&NamespaceRecord, Error> {
+        self.namespaces.get(id).ok_or_else(|| Error::NotFound(format!("namespace {id:?}")))
+    }
+
+    /// The pipeline `id` of `namespace`.
+    pub fn pipeline(&self, namespace: &str, id: &str) -> Result<&PipelineRecord, Error> {
+        self.namespace(namespace)?
+            .pipelines
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("pipeline {id:?} in namespace {namespace:?}")))
+    }
+
+    /// Run `run` of a pipeline, with the config of the version it runs.
+    pub fn run(&self, namespace: &str, pipeline: &str, run: u64) -> Result<(&Run, &PipelineConfig), Error> {
+        let record = self.pipeline(namespace, pipeline)?;
+        let found = record.runs.get(&run).ok_or_else(|| not_found_run(pipeline, run))?;
+        Ok((found, record.version(found.version).expect("a run's version exists")))
+    }
+
+    /// Every run that has not ended, oldest first within each pipeline.
+    pub fn active_runs(&self) -> impl Iterator<Item = (&str, &str, &PipelineRecord, &Run)> {
+        self.namespaces.iter().flat_map(|(ns, record)| {
+            record.pipelines.iter().flat_map(move |(pipeline, p)| {
+                p.runs.values().filter(|r| !r.state.is_terminal()).map(move |r| (ns.as_str(), pipeline.as_str(), p, r))
+            })
+        })
+    }
+
+    fn namespace_mut(&mut self, id: &str) -> Result<&mut NamespaceRecord, Error> {
+        self.namespaces.get_mut(id).ok_or_else(|| Error::NotFound(format!("namespace {id:?}")))
+    }
+
+    fn pipeline_mut(&mut self, namespace: &str, id: &str) -> Result<&mut PipelineRecord, Error> {
+        self.namespace_mut(namespace)?
+            .pipelines
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(format!("pipeline {id:?} in namespace {namespace:?}")))
+    }
+
+    fn run_mut(&mut self, target: &AttemptRef) -> Result<(&mut Run, &PipelineConfig), Error> {
+        let record = self.pipeline_mut(&target.namespace, &target.pipeline)?;
+        let run = record.runs.get_mut(&target.run).ok_or_else(|| not_found_run(&target.pipeline, target.run))?;
+        let config = record.versions.get(run.version as usize - 1).expect("a run's version exists");
+        if config.task_index(&target.task).is_none() {
+            return Err(Error::NotFound(format!("task {:?} in run {}", target.task, target.run)));
+        }
+        Ok((run, config))
+    }
+}
+
+impl Run {
+    /// Whether task `index` of this run may start, given its parents' states.
+    pub fn readiness(&self, config: &PipelineConfig, index: usize) -> Readiness {
+        let mut waiting = false;
+        for (parent, condition) in &config.tasks[index].depends_on {
+            let parent_index = config.task_index(parent).expect("validated parents exist");
+            let state = self.tasks[parent_index].state;
+            if !state.is_terminal() {
+                waiting = true;
+            } else if !state.meets(*condition) {
+                return Readiness::Unreachable(format!(
+                    "parent {parent:?} ended {state:?}, needed {}",
+                    condition.as_str()
+                ));
+            }
+        }
+        if waiting { Readiness::Waiting } else { Readiness::Ready }
+    }
+
+    /// The task execution for task `id`.
+    pub fn task(&self, id: &str) -> Option<&TaskExecution> {
+        self.tasks.iter().find(|t| t.task == id)
+    }
+}
+
+fn end_task(task: &mut TaskExecution, state: TaskState, reason: String, at: i64) {
+    debug_assert!(state.is_terminal());
+    task.state = state;
+    task.reason = reason;
+    task.ended_at = at;
+}
+
+/// Skips every unassigned task whose condition can no longer be met, until nothing changes, and ends the
+/// run once every task execution has ended.
+fn settle(run: &mut Run, config: &PipelineConfig, at: i64) {
+    loop {
+        let mut changed = false;
+        for index in 0..run.tasks.len() {
+            if run.tasks[index].state != TaskState::Pending || run.tasks[index].assignment.is_some() {
+                continue;
+            }
+            if let Readiness::Unreachable(reason) = run.readiness(config, index) {
+                end_task(&mut run.tasks[index], TaskState::Skipped, reason, at);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    if run.state.is_terminal() || !run.tasks.iter().all(|t| t.state.is_terminal()) {
+        return;
+    }
+    run.ended_at = at;
+    if run.started_at == 0 {
+        run.started_at = at;
+    }
+    if run.cancel_requested {
+        run.state = RunState::Cancelled;
+    } else if let Some(failed) =
+        run.tasks.iter().find(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
+    {
+        run.state = RunState::Failed;
+        run.reason = format!("task {:?} ended {:?}", failed.task, failed.state);
+    } else {
+        run.state = RunState::Succeeded;
+    }
+}
+
+fn not_found_run(pipeline: &str, run: u64) -> Error {
+    Error::NotFound(format!("run {run} of pipeline {pipeline:?}"))
+}
+
+fn stale_attempt(target: &AttemptRef, attempt: u32) -> Error {
+    Error::FailedPrecondition(format!(
+        "attempt {attempt} of task {:?} in run {} is not live",
+        target.task, target.run
+    ))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+//! State machine transitions: ids, the DAG's conditions and skips, cancel, refusals that change nothing.
+
+use super::*;
+
+fn config(json: &str) -> PipelineConfig {
+    PipelineConfig::from_json(json).unwrap()
+}
+
+fn init() -> State {
+    let mut state = State::default();
+    state.apply(&Command::Init { cluster_id: "c1".into(), at: 1 }).unwrap();
+    state
+}
+
+fn target(task: &str, run: u64) -> AttemptRef {
+    AttemptRef { namespace: "default".into(), pipeline: "p".into(), run, task: task.into() }
+}
+
+fn register(state: &mut State, json: &str) -> u64 {
+    match state.apply(&Command::RegisterPipeline { namespace: "default".into(), config: config(json), at: 2 }) {
+        Ok(Applied::Version(v)) => v,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn start(state: &mut State) -> u64 {
+    match state.apply(&Command::StartRun { namespace: "default".into(), pipeline: "p".into(), at: 3 }) {
+        Ok(Applied::Run(id)) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Assigns, starts and finishes the next attempt of `task` with `outcome`.
+fn run_task(state: &mut State, run: u64, task: &str, outcome: AttemptOutcome) {
+    let attempt = state.run("default", "p", run).unwrap().0.task(task).unwrap().attempt + 1;
+    state.apply(&Command::AssignAttempt { target: target(task, run), attempt, executor: "e".into(), at: 4 }).unwrap();
+    state.apply(&Command::AttemptStarted { target: target(task, run), attempt, at: 5 }).unwrap();
+    state.apply(&Command::AttemptFinished { target: target(task, run), attempt, outcome, at: 6 }).unwrap();
+}
+
+fn task_state(state: &State, run: u64, task: &str) -> TaskState {
+    state.run("default", "p", run).unwrap().0.task(task).unwrap().state
+}
+
+fn run_state(state: &State, run: u64) -> RunState {
+    state.run("default", "p", run).unwrap().0.state
+}
+
+const CHAIN: &str = r#"{"id": "p", "tasks": [
+    {"id": "a", "image": "i"},
+    {"id": "ok", "image": "i", "depends_on": {"a": "success"}},
+    {"id": "onfail", "image": "i", "depends_on": {"a": "failure"}},
+    {"id": "after_ok", "image": "i", "depends_on": {"ok": "success"}},
+    {"id": "always", "image": "i", "depends_on": {"a": "any"}}]}"#;
+
+#[test]
+fn init_makes_the_default_namespace_once() {
+    let mut state = init();
+    assert!(state.namespaces.contains_key("default"));
+    assert_eq!(state.cluster_id, "c1");
+    let before = state.clone();
+    assert!(state.apply(&Command::Init { cluster_id: "c2".into(), at: 9 }).is_err());
+    assert_eq!(state, before);
+}
+
+#[test]
+fn versions_and_run_ids_count_up() {
+    let mut state = init();
+    assert_eq!(register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#), 1);
+    assert_eq!(start(&mut state), 1);
+    assert_eq!(register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}, {"id": "b", "image": "i"}]}"#), 2);
+    assert_eq!(start(&mut state), 2);
+    let (run, config) = state.run("default", "p", 2).unwrap();
+    assert_eq!(run.version, 2);
+    assert_eq!(run.tasks.len(), 2);
+    assert_eq!(config.tasks.len(), 2);
+    assert_eq!(state.run("default", "p", 1).unwrap().0.tasks.len(), 1);
+}
+
+#[test]
+fn success_path_skips_failure_handlers_and_succeeds() {
+    let mut state = init();
+    register(&mut state, CHAIN);
+    let run = start(&mut state);
+    assert_eq!(run_state(&state, run), RunState::Pending);
+    run_task(&mut state, run, "a", AttemptOutcome::Exited(0));
+    assert_eq!(run_state(&state, run), RunState::Running);
+    assert_eq!(task_state(&state, run, "onfail"), TaskState::Skipped);
+    run_task(&mut state, run, "ok", AttemptOutcome::Exited(0));
+    run_task(&mut state, run, "after_ok", AttemptOutcome::Exited(0));
+    assert_eq!(run_state(&state, run), RunState::Running);
+    run_task(&mut state, run, "always", AttemptOutcome::Exited(0));
+    assert_eq!(run_state(&state, run), RunState::Succeeded);
+    let (r, _) = state.run("default", "p", run).unwrap();
+    assert_eq!(r.task("a").unwrap().exit_code, Some(0));
+    assert!(r.ended_at > 0);
+}
+
+#[test]
+fn failure_runs_failure_handlers_skips_the_rest_transitively_and_fails() {
+    let mut state = init();
+    register(&mut state, CHAIN);
+    let run = start(&mut state);
+    run_task(&mut state, run, "a", AttemptOutcome::Exited(3));
+    assert_eq!(task_state(&state, run, "a"), TaskState::Failed);
+    assert_eq!(task_state(&state, run, "ok"), TaskState::Skipped);
+    assert_eq!(task_state(&state, run, "after_ok"), TaskState::Skipped);
+    assert_eq!(task_state(&state, run, "onfail"), TaskState::Pending);
+    run_task(&mut state, run, "onfail", AttemptOutcome::Exited(0));
+    run_task(&mut state, run, "always", AttemptOutcome::Exited(0));
+    assert_eq!(run_state(&state, run), RunState::Failed);
+    let (r, _) = state.run("default", "p", run).unwrap();
+    assert_eq!(r.task("a").unwrap().exit_code, Some(3));
+    assert!(r.reason.contains("\"a\""), "{}", r.reason);
+}
+
+#[test]
+fn a_task_cannot_be_assigned_before_its_parents_end() {
+    let mut state = init();
+    register(&mut state, CHAIN);
+    let run = start(&mut state);
+    let before = state.clone();
+    let refused = state.apply(&Command::AssignAttempt { target: target("ok", run), attempt: 1, executor: "e".into(), at: 4 });
+    assert!(matches!(refused, Err(Error::FailedPrecondition(_))), "{refused:?}");
+    assert_eq!(state, before);
+}
+
+#[test]
+fn an_attempt_is_assigned_once_and_stale_reports_are_refused() {
+    let mut state = init();
+    register(&mut state, CHAIN);
+    let run = start(&mut state);
+    state.apply(&Command::AssignAttempt { target: target("a", run), attempt: 1, executor: "e".into(), at: 4 }).unwrap();
+    let before = state.clone();
+    assert!(state.apply(&Command::AssignAttempt { target: target("a", run), attempt: 1, executor: "f".into(), at: 4 }).is_err());
+    assert!(state.apply(&Command::AttemptStarted { target: target("a", run), attempt: 2, at: 5 }).is_err());
+    assert_eq!(state, before);
+    state.apply(&Command::AttemptFinished { target: target("a", run), attempt: 1, outcome: AttemptOutcome::Exited(0), at: 6 }).unwrap();
+    let before = state.clone();
+    assert!(state.apply(&Command::AttemptFinished { target: target("a", run), attempt: 1, outcome: AttemptOutcome::Exited(1), at: 7 }).is_err());
+    assert_eq!(state, before);
+}
+
+#[test]
+fn cancel_ends_pending_tasks_at_once_and_running_ones_when_stopped() {
+    let mut state = init();
+    register(&mut state, CHAIN);
+    let run = start(&mut state);
+    state.apply(&Command::AssignAttempt { target: target("a", run), attempt: 1, executor: "e".into(), at: 4 }).unwrap();
+    state.apply(&Command::AttemptStarted { target: target("a", run), attempt: 1, at: 5 }).unwrap();
+    state.apply(&Command::CancelRun { namespace: "default".into(), pipeline: "p".into(), run, reason: "cancelled by user".into(), at: 6 }).unwrap();
+    assert_eq!(task_state(&state, run, "ok"), TaskState::Cancelled);
+    assert_eq!(task_state(&state, run, "a"), TaskState::Running);
+    assert_eq!(run_state(&state, run), RunState::Running);
+    state.apply(&Command::AttemptFinished { target: target("a", run), attempt: 1, outcome: AttemptOutcome::Stopped, at: 7 }).unwrap();
+    assert_eq!(task_state(&state, run, "a"), TaskState::Cancelled);
+    assert_eq!(run_state(&state, run), RunState::Cancelled);
+    // Cancelling again is a no-op; a run that ended otherwise cannot be cancelled.
+    state.apply(&Command::CancelRun { namespace: "default".into(), pipeline: "p".into(), run, reason: "again".into(), at: 8 }).unwrap();
+    let second = start(&mut state);
+    for task in ["a", "ok", "after_ok", "always"] {
+        run_task(&mut state, second, task, AttemptOutcome::Exited(0));
+    }
+    assert_eq!(run_state(&state, second), RunState::Succeeded);
+    let refused = state.apply(&Command::CancelRun { namespace: "default".into(), pipeline: "p".into(), run: second, reason: "late".into(), at: 9 });
+    assert!(matches!(refused, Err(Error::FailedPrecondition(_))));
+}
+
+#[test]
+fn cancelling_a_pending_run_ends_it_at_once() {
+    let mut state = init();
+    register(&mut state, CHAIN);
+    let run = start(&mut state);
+    state.apply(&Command::CancelRun { namespace: "default".into(), pipeline: "p".into(), run, reason: "r".into(), at: 6 }).unwrap();
+    assert_eq!(run_state(&state, run), RunState::Cancelled);
+    assert!(state.run("default", "p", run).unwrap().0.tasks.iter().all(|t| t.state == TaskState::Cancelled));
+}
+
+#[test]
+fn unknown_things_are_not_found_and_change_nothing() {
+    let mut state = init();
+    let before = state.clone();
+    for command in [
+        Command::RegisterPipeline { namespace: "nope".into(), config: config(CHAIN), at: 1 },
+        Command::StartRun { namespace: "default".into(), pipeline: "nope".into(), at: 1 },
+        Command::CancelRun { namespace: "default".into(), pipeline: "nope".into(), run: 1, reason: String::new(), at: 1 },
+    ] {
+        assert!(matches!(state.apply(&command), Err(Error::NotFound(_))), "{command:?}");
+    }
+    assert_eq!(state, before);
+    assert!(matches!(
+        state.apply(&Command::CreateNamespace { namespace: "default".into(), at: 1 }),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        state.apply(&Command::CreateNamespace { namespace: "Bad Name".into(), at: 1 }),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(state, before);
+}
+
+#[test]
+fn state_survives_a_serde_round_trip() {
+    let mut state = init();
+    register(&mut state, CHAIN);
+    let run = start(&mut state);
+    run_task(&mut state, run, "a", AttemptOutcome::Error("image \"i\" not found locally".into()));
+    let json = serde_json::to_string(&state).unwrap();
+    let back: State = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, state);
+}

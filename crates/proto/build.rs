@@ -1,0 +1,12 @@
+//! Compiles `proto/gofer/v1/*.proto` with protox (no protoc needed) and generates the tonic code.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["gofer/v1/gofer.proto", "gofer/v1/dispatch.proto"];
+    println!("cargo:rerun-if-changed={}", root.display());
+    let fds = protox::compile(files, [&root])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("gofer_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}
