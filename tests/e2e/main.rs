@@ -1,1 +1,59 @@
-fn main(){}
+//! End to end: a real `goferd dev` process per test on a temp dir, real Docker, the locally built toolbox
+//! image, driven with `goferctl` exactly as a user would. Every test cleans up its process and containers
+//! through `GoferDev`'s drop, even when it fails.
+
+mod bad_input;
+mod runs;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use gofer_testkit::{GoferDev, TOOLBOX_IMAGE, toolbox_image, wait_until};
+use serde_json::Value;
+
+/// Starts a server with the toolbox image built.
+fn start() -> Result<GoferDev> {
+    toolbox_image()?;
+    GoferDev::start()
+}
+
+/// A pipeline with the given tasks, as JSON; each task is `(id, script, depends_on)`.
+fn pipeline(id: &str, tasks: &[(&str, &str, &[(&str, &str)])]) -> String {
+    let tasks: Vec<Value> = tasks
+        .iter()
+        .map(|(task, script, deps)| {
+            let deps: serde_json::Map<String, Value> = deps
+                .iter()
+                .map(|(p, c)| (p.to_string(), Value::String(c.to_string())))
+                .collect();
+            serde_json::json!({"id": task, "image": TOOLBOX_IMAGE, "command": ["sh", "-c", script], "depends_on": deps})
+        })
+        .collect();
+    serde_json::json!({"id": id, "name": id, "tasks": tasks}).to_string()
+}
+
+/// Waits until the run reaches a final state and returns it as JSON.
+fn wait_for_end(dev: &GoferDev, pipeline: &str, run: &str) -> Result<Value> {
+    wait_until("the run to end", Duration::from_secs(90), || {
+        let value = dev.ctl_json(&["run", "get", pipeline, run])?;
+        let done = matches!(value["state"].as_str(), Some("SUCCEEDED" | "FAILED" | "CANCELLED"));
+        Ok(done.then_some(value))
+    })
+}
+
+/// The run's task executions by task id.
+fn tasks(dev: &GoferDev, pipeline: &str, run: &str) -> Result<std::collections::BTreeMap<String, Value>> {
+    let list = dev.ctl_json(&["task", "list", pipeline, run])?;
+    Ok(list
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t["task_id"].as_str().unwrap_or_default().to_string(), t))
+        .collect())
+}
+
+/// The stderr of a goferctl call.
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}

@@ -33,7 +33,10 @@ pub enum ErrorKind {
 impl Error {
     /// Builds an `InvalidArgument` for `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidArgument { field: field.into(), reason: reason.into() }
+        Error::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     /// The kind of refusal this is.

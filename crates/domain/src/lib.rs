@@ -8,12 +8,14 @@
 mod error;
 mod ids;
 mod pipeline;
+mod plan;
 mod state;
 
 pub use error::{Error, ErrorKind};
 pub use ids::{MAX_ID_LEN, validate_id};
 pub use pipeline::{Condition, MAX_TASKS, PipelineConfig, TaskConfig};
+pub use plan::plan;
 pub use state::{
-    Applied, Assignment, AttemptOutcome, AttemptRef, Command, NamespaceRecord, PipelineRecord,
+    Applied, Assignment, AttemptOutcome, AttemptRef, Command, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord,
     Readiness, Run, RunState, State, TaskExecution, TaskState,
 };

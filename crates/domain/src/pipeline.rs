@@ -71,15 +71,27 @@ pub struct PipelineConfig {
 impl PipelineConfig {
     /// Parses the JSON form and validates it. Errors name the field, such as `tasks[1].depends_on.a`.
     pub fn from_json(json: &str) -> Result<Self, Error> {
+        let config = Self::parse_json(json)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses the JSON form without checking the DAG rules; clients use it and leave the rules to the
+    /// server, which checks them again whatever the client did.
+    pub fn parse_json(json: &str) -> Result<Self, Error> {
         let mut de = serde_json::Deserializer::from_str(json);
         let config: PipelineConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner();
-            let field = if path == "." || path.starts_with('[') { "pipeline".to_string() } else { path };
+            let field = if path == "." || path.starts_with('[') {
+                "pipeline".to_string()
+            } else {
+                path
+            };
             Error::invalid(field, format!("malformed JSON: {inner}"))
         })?;
-        de.end().map_err(|err| Error::invalid("pipeline", format!("malformed JSON: {err}")))?;
-        config.validate()?;
+        de.end()
+            .map_err(|err| Error::invalid("pipeline", format!("malformed JSON: {err}")))?;
         Ok(config)
     }
 
@@ -137,8 +149,7 @@ impl PipelineConfig {
             OnPath,
             Done,
         }
-        let index: BTreeMap<&str, usize> =
-            self.tasks.iter().enumerate().map(|(i, t)| (t.id.as_str(), i)).collect();
+        let index: BTreeMap<&str, usize> = self.tasks.iter().enumerate().map(|(i, t)| (t.id.as_str(), i)).collect();
         let mut marks = vec![Mark::New; self.tasks.len()];
         // Iterative depth-first search so that a 200-task chain cannot overflow the stack.
         for start in 0..self.tasks.len() {
@@ -149,8 +160,11 @@ impl PipelineConfig {
             let mut next_parent: Vec<usize> = vec![0];
             marks[start] = Mark::OnPath;
             while let Some(&node) = path.last() {
-                let parents: Vec<usize> =
-                    self.tasks[node].depends_on.keys().filter_map(|p| index.get(p.as_str()).copied()).collect();
+                let parents: Vec<usize> = self.tasks[node]
+                    .depends_on
+                    .keys()
+                    .filter_map(|p| index.get(p.as_str()).copied())
+                    .collect();
                 let cursor = next_parent.last_mut().expect("path and cursor grow together");
                 if *cursor < parents.len() {
                     let parent = parents[*cursor];
@@ -188,7 +202,10 @@ impl TaskConfig {
             return Err(Error::invalid(format!("tasks[{i}].image"), "must not be empty"));
         }
         if image != self.image || self.image.chars().any(char::is_whitespace) {
-            return Err(Error::invalid(format!("tasks[{i}].image"), "must not contain whitespace"));
+            return Err(Error::invalid(
+                format!("tasks[{i}].image"),
+                "must not contain whitespace",
+            ));
         }
         check_len(&format!("tasks[{i}].image"), &self.image, MAX_IMAGE_LEN)?;
         let command_bytes: usize = self.command.iter().map(String::len).sum();
@@ -199,7 +216,10 @@ impl TaskConfig {
             ));
         }
         if self.command.iter().any(|arg| arg.contains('\0')) {
-            return Err(Error::invalid(format!("tasks[{i}].command"), "must not contain NUL bytes"));
+            return Err(Error::invalid(
+                format!("tasks[{i}].command"),
+                "must not contain NUL bytes",
+            ));
         }
         let mut env_bytes = 0;
         for (key, value) in &self.env {

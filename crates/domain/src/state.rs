@@ -125,7 +125,10 @@ impl PipelineRecord {
 
     /// The config of `version`, counting from 1.
     pub fn version(&self, version: u64) -> Option<&PipelineConfig> {
-        usize::try_from(version).ok().and_then(|v| v.checked_sub(1)).and_then(|i| self.versions.get(i))
+        usize::try_from(version)
+            .ok()
+            .and_then(|v| v.checked_sub(1))
+            .and_then(|i| self.versions.get(i))
     }
 }
 
@@ -154,19 +157,53 @@ pub enum AttemptOutcome {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     /// The first command of a cluster: names it and makes the `default` namespace. Later ones are refused.
-    Init { cluster_id: String, at: i64 },
-    CreateNamespace { namespace: String, at: i64 },
+    Init {
+        cluster_id: String,
+        at: i64,
+    },
+    CreateNamespace {
+        namespace: String,
+        at: i64,
+    },
     /// Stores `config` as the pipeline's next version (creating the pipeline at version 1).
-    RegisterPipeline { namespace: String, config: PipelineConfig, at: i64 },
+    RegisterPipeline {
+        namespace: String,
+        config: PipelineConfig,
+        at: i64,
+    },
     /// Starts a run of the pipeline's newest version.
-    StartRun { namespace: String, pipeline: String, at: i64 },
-    CancelRun { namespace: String, pipeline: String, run: u64, reason: String, at: i64 },
+    StartRun {
+        namespace: String,
+        pipeline: String,
+        at: i64,
+    },
+    CancelRun {
+        namespace: String,
+        pipeline: String,
+        run: u64,
+        reason: String,
+        at: i64,
+    },
     /// Gives the next attempt of a PENDING task execution to an executor.
-    AssignAttempt { target: AttemptRef, attempt: u32, executor: String, at: i64 },
+    AssignAttempt {
+        target: AttemptRef,
+        attempt: u32,
+        executor: String,
+        at: i64,
+    },
     /// The executor started the attempt's container.
-    AttemptStarted { target: AttemptRef, attempt: u32, at: i64 },
+    AttemptStarted {
+        target: AttemptRef,
+        attempt: u32,
+        at: i64,
+    },
     /// The attempt ended and its logs are stored.
-    AttemptFinished { target: AttemptRef, attempt: u32, outcome: AttemptOutcome, at: i64 },
+    AttemptFinished {
+        target: AttemptRef,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        at: i64,
+    },
 }
 
 /// What an applied command produced, beyond the change itself.
@@ -209,7 +246,10 @@ impl State {
                 self.cluster_id = cluster_id.clone();
                 self.namespaces.insert(
                     DEFAULT_NAMESPACE.to_string(),
-                    NamespaceRecord { created_at: *at, pipelines: BTreeMap::new() },
+                    NamespaceRecord {
+                        created_at: *at,
+                        pipelines: BTreeMap::new(),
+                    },
                 );
                 Ok(Applied::Done)
             }
@@ -218,8 +258,13 @@ impl State {
                 if self.namespaces.contains_key(namespace) {
                     return Err(Error::AlreadyExists(format!("namespace {namespace:?}")));
                 }
-                self.namespaces
-                    .insert(namespace.clone(), NamespaceRecord { created_at: *at, pipelines: BTreeMap::new() });
+                self.namespaces.insert(
+                    namespace.clone(),
+                    NamespaceRecord {
+                        created_at: *at,
+                        pipelines: BTreeMap::new(),
+                    },
+                );
                 Ok(Applied::Done)
             }
             Command::RegisterPipeline { namespace, config, at } => {
@@ -236,7 +281,11 @@ impl State {
                 record.updated_at = *at;
                 Ok(Applied::Version(record.versions.len() as u64))
             }
-            Command::StartRun { namespace, pipeline, at } => {
+            Command::StartRun {
+                namespace,
+                pipeline,
+                at,
+            } => {
                 let record = self.pipeline_mut(namespace, pipeline)?;
                 let id = record.next_run_id;
                 let version = record.versions.len() as u64;
@@ -272,7 +321,13 @@ impl State {
                 record.next_run_id += 1;
                 Ok(Applied::Run(id))
             }
-            Command::CancelRun { namespace, pipeline, run, reason, at } => {
+            Command::CancelRun {
+                namespace,
+                pipeline,
+                run,
+                reason,
+                at,
+            } => {
                 let record = self.pipeline_mut(namespace, pipeline)?;
                 let run = record.runs.get_mut(run).ok_or_else(|| not_found_run(pipeline, *run))?;
                 if run.state.is_terminal() {
@@ -294,17 +349,32 @@ impl State {
                         end_task(task, TaskState::Cancelled, reason.clone(), *at);
                     }
                 }
-                settle(run, record.versions.get(run.version as usize - 1).expect("run's version exists"), *at);
+                settle(
+                    run,
+                    record
+                        .versions
+                        .get(run.version as usize - 1)
+                        .expect("run's version exists"),
+                    *at,
+                );
                 Ok(Applied::Done)
             }
-            Command::AssignAttempt { target, attempt, executor, at } => {
+            Command::AssignAttempt {
+                target,
+                attempt,
+                executor,
+                at,
+            } => {
                 let (run, config) = self.run_mut(target)?;
                 if run.state.is_terminal() || run.cancel_requested {
                     return Err(Error::FailedPrecondition(format!("run {} is ending", run.id)));
                 }
                 let index = config.task_index(&target.task).expect("run tasks follow the config");
                 if run.readiness(config, index) != Readiness::Ready {
-                    return Err(Error::FailedPrecondition(format!("task {:?} is not ready", target.task)));
+                    return Err(Error::FailedPrecondition(format!(
+                        "task {:?} is not ready",
+                        target.task
+                    )));
                 }
                 let task = &mut run.tasks[index];
                 if task.state != TaskState::Pending || task.assignment.is_some() || *attempt != task.attempt + 1 {
@@ -314,7 +384,10 @@ impl State {
                     )));
                 }
                 task.attempt = *attempt;
-                task.assignment = Some(Assignment { executor: executor.clone(), started: false });
+                task.assignment = Some(Assignment {
+                    executor: executor.clone(),
+                    started: false,
+                });
                 if run.state == RunState::Pending {
                     run.state = RunState::Running;
                     run.started_at = *at;
@@ -335,7 +408,12 @@ impl State {
                 }
                 Ok(Applied::Done)
             }
-            Command::AttemptFinished { target, attempt, outcome, at } => {
+            Command::AttemptFinished {
+                target,
+                attempt,
+                outcome,
+                at,
+            } => {
                 let (run, config) = self.run_mut(target)?;
                 let index = config.task_index(&target.task).expect("run tasks follow the config");
                 let cancelled = run.cancel_requested;
@@ -359,7 +437,11 @@ impl State {
                     }
                     AttemptOutcome::Error(reason) => end_task(task, TaskState::Failed, reason.clone(), *at),
                     AttemptOutcome::Stopped => {
-                        let reason = if cancelled { cancel_reason } else { "stopped".to_string() };
+                        let reason = if cancelled {
+                            cancel_reason
+                        } else {
+                            "stopped".to_string()
+                        };
                         end_task(task, TaskState::Cancelled, reason, *at)
                     }
                 }
@@ -371,7 +453,9 @@ impl State {
 
     /// The namespace called `id`.
     pub fn namespace(&self, id: &str) -> Result<&NamespaceRecord, Error> {
-        self.namespaces.get(id).ok_or_else(|| Error::NotFound(format!("namespace {id:?}")))
+        self.namespaces
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("namespace {id:?}")))
     }
 
     /// The pipeline `id` of `namespace`.
@@ -393,13 +477,18 @@ impl State {
     pub fn active_runs(&self) -> impl Iterator<Item = (&str, &str, &PipelineRecord, &Run)> {
         self.namespaces.iter().flat_map(|(ns, record)| {
             record.pipelines.iter().flat_map(move |(pipeline, p)| {
-                p.runs.values().filter(|r| !r.state.is_terminal()).map(move |r| (ns.as_str(), pipeline.as_str(), p, r))
+                p.runs
+                    .values()
+                    .filter(|r| !r.state.is_terminal())
+                    .map(move |r| (ns.as_str(), pipeline.as_str(), p, r))
             })
         })
     }
 
     fn namespace_mut(&mut self, id: &str) -> Result<&mut NamespaceRecord, Error> {
-        self.namespaces.get_mut(id).ok_or_else(|| Error::NotFound(format!("namespace {id:?}")))
+        self.namespaces
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(format!("namespace {id:?}")))
     }
 
     fn pipeline_mut(&mut self, namespace: &str, id: &str) -> Result<&mut PipelineRecord, Error> {
@@ -411,8 +500,14 @@ impl State {
 
     fn run_mut(&mut self, target: &AttemptRef) -> Result<(&mut Run, &PipelineConfig), Error> {
         let record = self.pipeline_mut(&target.namespace, &target.pipeline)?;
-        let run = record.runs.get_mut(&target.run).ok_or_else(|| not_found_run(&target.pipeline, target.run))?;
-        let config = record.versions.get(run.version as usize - 1).expect("a run's version exists");
+        let run = record
+            .runs
+            .get_mut(&target.run)
+            .ok_or_else(|| not_found_run(&target.pipeline, target.run))?;
+        let config = record
+            .versions
+            .get(run.version as usize - 1)
+            .expect("a run's version exists");
         if config.task_index(&target.task).is_none() {
             return Err(Error::NotFound(format!("task {:?} in run {}", target.task, target.run)));
         }
@@ -479,8 +574,10 @@ fn settle(run: &mut Run, config: &PipelineConfig, at: i64) {
     }
     if run.cancel_requested {
         run.state = RunState::Cancelled;
-    } else if let Some(failed) =
-        run.tasks.iter().find(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
+    } else if let Some(failed) = run
+        .tasks
+        .iter()
+        .find(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
     {
         run.state = RunState::Failed;
         run.reason = format!("task {:?} ended {:?}", failed.task, failed.state);

@@ -1,2 +1,390 @@
-//! placeholder
-fn main() {}
+//! `goferctl`, Gofer's command line client.
+//!
+//! Its commands, flags, output and exit codes are a contract that users, docs and acceptance checks rely
+//! on: one clear error line on stderr, exit 2 for usage errors and 1 for everything else, `-o json` on
+//! every read verb with the proto message's fields, and aligned tables for people by default.
+
+mod client;
+mod output;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gofer_proto::v1;
+use output::{Format, print_json, print_table};
+
+/// The command line client for Gofer, the distributed cron for container pipelines.
+#[derive(Parser)]
+#[command(name = "goferctl", version)]
+struct Cli {
+    /// The namespace to act in
+    #[arg(long, short = 'n', global = true, env = "GOFER_NAMESPACE")]
+    namespace: Option<String>,
+    /// The server to talk to, such as https://127.0.0.1:7443 [default: from the config file]
+    #[arg(long, global = true, env = "GOFER_HOST")]
+    host: Option<String>,
+    /// The API token [default: from the config file]
+    #[arg(long, global = true, env = "GOFER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The CA certificate (PEM) that signed the server's certificate [default: from the config file]
+    #[arg(long, global = true, env = "GOFER_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// The config file [default: $GOFER_CONFIG, else gofer/config.toml in the user's config directory]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Output format
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage namespaces
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+    /// Register and inspect pipelines
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
+    /// Start, inspect and cancel runs
+    #[command(subcommand)]
+    Run(RunCommand),
+    /// Inspect a run's task executions and their logs
+    #[command(subcommand)]
+    Task(TaskCommand),
+}
+
+#[derive(Subcommand)]
+enum NamespaceCommand {
+    /// Create a namespace
+    Create { name: String },
+    /// List namespaces
+    List,
+}
+
+#[derive(Subcommand)]
+enum PipelineCommand {
+    /// Register a new version of a pipeline from a JSON file, `-` for stdin, or a Cargo project directory
+    /// whose `cargo run --quiet` prints the JSON
+    Register { path: String },
+    /// List pipelines
+    List,
+    /// Show a pipeline and its newest version
+    Get { id: String },
+}
+
+#[derive(Subcommand)]
+enum RunCommand {
+    /// Start a run of the pipeline's newest version; prints the run id
+    Start {
+        pipeline: String,
+        /// Follow the run until it ends: exit 0 when it succeeded, 1 when it failed or was cancelled
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a run
+    Get { pipeline: String, run: u64 },
+    /// List a pipeline's runs, newest first
+    List { pipeline: String },
+    /// Cancel a run: pending tasks are cancelled, running containers stopped
+    Cancel { pipeline: String, run: u64 },
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// List a run's task executions
+    List { pipeline: String, run: u64 },
+    /// Print a task's stdout and stderr
+    Logs {
+        pipeline: String,
+        run: u64,
+        task: String,
+        /// Keep printing until the task ends
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+}
+
+/// A failure to report: one line, exit 1.
+pub(crate) struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(err: E) -> Self {
+        Failure(err.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(Failure(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let settings = client::Settings::resolve(
+        cli.config.clone(),
+        cli.host.clone(),
+        cli.token.clone(),
+        cli.ca_cert.clone(),
+        cli.namespace.clone(),
+    )?;
+    let namespace = settings.namespace.clone();
+    let format = cli.output;
+    // Read the pipeline before connecting, so a bad file fails fast and without a server.
+    let config = match &cli.command {
+        Command::Pipeline(PipelineCommand::Register { path }) => Some(client::load_pipeline(path)?),
+        _ => None,
+    };
+    let mut api = client::connect(&settings).await?;
+    match cli.command {
+        Command::Namespace(NamespaceCommand::Create { name }) => {
+            let response = api
+                .create_namespace(v1::CreateNamespaceRequest { id: name })
+                .await
+                .map_err(client::status)?;
+            let ns = response.into_inner().namespace.unwrap_or_default();
+            match format {
+                Format::Json => print_json(&output::namespace(&ns)),
+                Format::Table => println!("namespace {} created", ns.id),
+            }
+        }
+        Command::Namespace(NamespaceCommand::List) => {
+            let list = api
+                .list_namespaces(v1::ListNamespacesRequest {})
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(
+                    list.namespaces.iter().map(output::namespace).collect(),
+                )),
+                Format::Table => print_table(
+                    &["ID", "CREATED"],
+                    list.namespaces
+                        .iter()
+                        .map(|n| vec![n.id.clone(), output::time(n.created_unix_millis)])
+                        .collect(),
+                ),
+            }
+        }
+        Command::Pipeline(PipelineCommand::Register { .. }) => {
+            let config = config.expect("loaded above");
+            let request = v1::RegisterPipelineRequest {
+                namespace_id: namespace,
+                config: Some(gofer_proto::config_to_proto(&config)),
+            };
+            let response = api
+                .register_pipeline(request)
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            let pipeline = response.pipeline.unwrap_or_default();
+            match format {
+                Format::Json => print_json(&serde_json::json!({
+                    "pipeline": output::pipeline(&pipeline), "version": response.version,
+                })),
+                Format::Table => println!("pipeline {} version {}", pipeline.id, response.version),
+            }
+        }
+        Command::Pipeline(PipelineCommand::List) => {
+            let list = api
+                .list_pipelines(v1::ListPipelinesRequest {
+                    namespace_id: namespace,
+                })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(
+                    list.pipelines.iter().map(output::pipeline).collect(),
+                )),
+                Format::Table => print_table(
+                    &["ID", "NAME", "VERSION", "UPDATED"],
+                    list.pipelines
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.id.clone(),
+                                p.name.clone(),
+                                p.latest_version.to_string(),
+                                output::time(p.updated_unix_millis),
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        Command::Pipeline(PipelineCommand::Get { id }) => {
+            let response = api
+                .get_pipeline(v1::GetPipelineRequest {
+                    namespace_id: namespace,
+                    id,
+                })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            let pipeline = response.pipeline.unwrap_or_default();
+            let config = response.config.unwrap_or_default();
+            match format {
+                Format::Json => {
+                    let mut value = output::pipeline(&pipeline);
+                    value["config"] = output::config(&config);
+                    print_json(&value)
+                }
+                Format::Table => output::describe_pipeline(&pipeline, &config),
+            }
+        }
+        Command::Run(RunCommand::Start { pipeline, wait }) => {
+            let request = v1::StartRunRequest {
+                namespace_id: namespace.clone(),
+                pipeline_id: pipeline.clone(),
+            };
+            let run = api
+                .start_run(request)
+                .await
+                .map_err(client::status)?
+                .into_inner()
+                .run
+                .unwrap_or_default();
+            if !wait {
+                match format {
+                    Format::Json => print_json(&output::run(&run)),
+                    Format::Table => println!("{}", run.id),
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if format == Format::Table {
+                println!("{}", run.id);
+                let _ = std::io::stdout().flush();
+            }
+            let last = client::wait_for_run(&mut api, &namespace, &pipeline, run.id).await?;
+            let state = gofer_proto::run_state_name(last.state);
+            match format {
+                Format::Json => print_json(&output::run(&last)),
+                Format::Table => {
+                    let reason = if last.state_reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", last.state_reason)
+                    };
+                    eprintln!("run {} of {} {}{}", last.id, pipeline, state, reason);
+                }
+            }
+            return Ok(if state == "SUCCEEDED" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Command::Run(RunCommand::Get { pipeline, run }) => {
+            let request = v1::GetRunRequest {
+                namespace_id: namespace,
+                pipeline_id: pipeline,
+                run_id: run,
+            };
+            let run = api
+                .get_run(request)
+                .await
+                .map_err(client::status)?
+                .into_inner()
+                .run
+                .unwrap_or_default();
+            match format {
+                Format::Json => print_json(&output::run(&run)),
+                Format::Table => output::runs_table(std::slice::from_ref(&run)),
+            }
+        }
+        Command::Run(RunCommand::List { pipeline }) => {
+            let request = v1::ListRunsRequest {
+                namespace_id: namespace,
+                pipeline_id: pipeline,
+            };
+            let runs = api.list_runs(request).await.map_err(client::status)?.into_inner().runs;
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(runs.iter().map(output::run).collect())),
+                Format::Table => output::runs_table(&runs),
+            }
+        }
+        Command::Run(RunCommand::Cancel { pipeline, run }) => {
+            let request = v1::CancelRunRequest {
+                namespace_id: namespace,
+                pipeline_id: pipeline.clone(),
+                run_id: run,
+            };
+            let run = api
+                .cancel_run(request)
+                .await
+                .map_err(client::status)?
+                .into_inner()
+                .run
+                .unwrap_or_default();
+            match format {
+                Format::Json => print_json(&output::run(&run)),
+                Format::Table => println!(
+                    "run {} of {} is being cancelled ({})",
+                    run.id,
+                    pipeline,
+                    gofer_proto::run_state_name(run.state)
+                ),
+            }
+        }
+        Command::Task(TaskCommand::List { pipeline, run }) => {
+            let request = v1::ListTaskExecutionsRequest {
+                namespace_id: namespace,
+                pipeline_id: pipeline,
+                run_id: run,
+            };
+            let tasks = api
+                .list_task_executions(request)
+                .await
+                .map_err(client::status)?
+                .into_inner()
+                .task_executions;
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(tasks.iter().map(output::task).collect())),
+                Format::Table => output::tasks_table(&tasks),
+            }
+        }
+        Command::Task(TaskCommand::Logs {
+            pipeline,
+            run,
+            task,
+            follow,
+        }) => {
+            let request = v1::GetTaskLogsRequest {
+                namespace_id: namespace,
+                pipeline_id: pipeline,
+                run_id: run,
+                task_id: task,
+                follow,
+            };
+            let mut stream = api.get_task_logs(request).await.map_err(client::status)?.into_inner();
+            let mut stdout = std::io::stdout().lock();
+            while let Some(chunk) = stream.message().await.map_err(client::status)? {
+                if format == Format::Json {
+                    print_json(&serde_json::json!({ "data": String::from_utf8_lossy(&chunk.data) }));
+                } else {
+                    stdout.write_all(&chunk.data)?;
+                    stdout.flush()?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,2 +1,59 @@
-//! placeholder
-fn main() {}
+//! `goferd`, Gofer's one server binary: it reads flags, binds sockets, wires the roles together and owns
+//! shutdown. The roles themselves (api, state, scheduler, executor) live in their own crates and never
+//! read flags or env.
+
+mod dev;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+/// Gofer's server.
+#[derive(Parser)]
+#[command(
+    name = "goferd",
+    version,
+    about = "Gofer's server: distributed cron for container pipelines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role in one process on a single-node Raft, with generated dev certificates and an admin
+    /// token, and write a client config that goferctl finds on its own.
+    Dev(dev::DevArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // rustls needs a process-wide crypto provider before any TLS config is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GOFER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("goferd: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("goferd: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,23 @@
-//! placeholder
+//! The generated gRPC code for `gofer.v1`, its conversions to and from `gofer-domain`, and the one
+//! place where errors become a `tonic::Status`.
+//!
+//! Prost types stay at the edge: services convert here and work on domain types inside. This crate does
+//! no IO.
+
+mod convert;
+mod status;
+
+/// The generated `gofer.v1` messages, clients and servers.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("gofer.v1");
+}
+
+/// The encoded file descriptor set of `gofer.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gofer_descriptor.bin"));
+
+pub use convert::{
+    attempt_key, attempt_ref, config_from_proto, config_to_proto, run_state_name, run_to_proto, task_state_name,
+    task_to_proto,
+};
+pub use status::{internal, into_status};

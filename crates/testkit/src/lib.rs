@@ -1,1 +1,285 @@
-//! placeholder
+//! What Gofer's end-to-end tests, the demo and the benchmark share: build the binaries and the local
+//! toolbox image, start `goferd dev` as a real process on a temp dir, drive it with `goferctl`, and clean
+//! up its containers and process even when a test fails.
+
+mod image;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub use image::{TOOLBOX_COMMANDS, build_toolbox_image, workspace_root};
+
+/// The local image the demo and tests run tasks in.
+pub const TOOLBOX_IMAGE: &str = "gofer/toolbox:1";
+
+/// The directory holding the built `goferd` and `goferctl`, building them first (once per process).
+pub fn bin_dir() -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "goferd", "-p", "goferctl"])
+                .current_dir(&root)
+                .status()
+                .map_err(|e| format!("running cargo build: {e}"))?;
+            if !status.success() {
+                return Err("cargo build -p goferd -p goferctl failed".to_string());
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            Ok(target.join("debug"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Builds the toolbox image once per process.
+pub fn toolbox_image() -> Result<&'static str> {
+    static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_toolbox_image(&workspace_root(), TOOLBOX_IMAGE).map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    Ok(TOOLBOX_IMAGE)
+}
+
+/// Waits for `check` to return `Some`, polling every 50 ms until `deadline`; the error says what was
+/// last seen.
+pub fn wait_until<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let start = Instant::now();
+    let mut last = String::from("nothing yet");
+    loop {
+        match check() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(err) => last = format!("{err:#}"),
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}; last error: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `goferd dev` process on its own temp data dir and client config.
+pub struct GoferDev {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    bin: PathBuf,
+    pub host: String,
+    pub cluster: String,
+}
+
+impl GoferDev {
+    /// Starts `goferd dev` on a fresh temp dir and waits until it is ready.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("gofer-e2e-").tempdir()?;
+        let mut dev = GoferDev {
+            dir,
+            child: None,
+            bin: bin_dir()?,
+            host: String::new(),
+            cluster: String::new(),
+        };
+        dev.launch()?;
+        Ok(dev)
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The client config goferctl uses.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// Where goferd's stderr goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("goferd.log")
+    }
+
+    /// goferd's stderr so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut child = Command::new(self.bin.join("goferd"))
+            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.data_dir())
+            .env("GOFER_CONFIG", self.config_path())
+            .env("GOFER_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting goferd dev")?;
+        let stdout = child.stdout.take().context("goferd stdout")?;
+        self.child = Some(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut host = None;
+            let mut cluster = None;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.trim().strip_prefix("api:") {
+                    host = Some(rest.trim().to_string());
+                }
+                if let Some(rest) = line.trim().strip_prefix("cluster:") {
+                    cluster = Some(rest.trim().to_string());
+                }
+                if line.trim().starts_with("try:") {
+                    let _ = tx.send((host.clone(), cluster.clone()));
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((Some(host), Some(cluster))) => {
+                self.host = host;
+                self.cluster = cluster;
+                Ok(())
+            }
+            _ => bail!("goferd dev did not become ready; its log:\n{}", self.server_log()),
+        }
+    }
+
+    /// Stops goferd with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("goferd did not stop within 20 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops and starts goferd again on the same data dir.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.launch()
+    }
+
+    /// A goferctl command with this server's config.
+    pub fn goferctl(&self) -> Command {
+        let mut command = Command::new(self.bin.join("goferctl"));
+        command
+            .env("GOFER_CONFIG", self.config_path())
+            .env_remove("GOFER_HOST")
+            .env_remove("GOFER_TOKEN")
+            .env_remove("GOFER_NAMESPACE")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs goferctl with `args` and returns its output, whatever its exit status.
+    pub fn ctl(&self, args: &[&str]) -> Result<Output> {
+        self.goferctl().args(args).output().context("running goferctl")
+    }
+
+    /// Runs goferctl with `args`, fails unless it exits 0, and returns its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> Result<String> {
+        let output = self.ctl(args)?;
+        if !output.status.success() {
+            bail!(
+                "goferctl {} exited {:?}: {}",
+                args.join(" "),
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// Runs goferctl with `args` plus `-o json` and parses its stdout.
+    pub fn ctl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.ctl_ok(&all)?;
+        serde_json::from_str(&out).with_context(|| format!("goferctl printed no JSON: {out}"))
+    }
+
+    /// Registers a pipeline from JSON text through stdin; returns the version.
+    pub fn register(&self, json: &str) -> Result<u64> {
+        let output = self.register_output(json)?;
+        if !output.status.success() {
+            bail!("register failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        value["version"].as_u64().context("register printed no version")
+    }
+
+    /// Runs `goferctl pipeline register - -o json` with `json` on stdin.
+    pub fn register_output(&self, json: &str) -> Result<Output> {
+        use std::io::Write;
+        let mut child = self
+            .goferctl()
+            .args(["pipeline", "register", "-", "-o", "json"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child.stdin.take().context("stdin")?.write_all(json.as_bytes())?;
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Names of this server's containers that still exist.
+    pub fn containers(&self) -> Result<Vec<String>> {
+        let output = Command::new("docker")
+            .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
+            .arg(format!("label=dev.gofer.cluster={}", self.cluster))
+            .output()?;
+        Ok(String::from_utf8(output.stdout)?.lines().map(str::to_string).collect())
+    }
+
+    fn remove_containers(&self) {
+        if self.cluster.is_empty() {
+            return;
+        }
+        if let Ok(names) = self.containers() {
+            if !names.is_empty() {
+                let _ = Command::new("docker").args(["rm", "-f"]).args(&names).output();
+            }
+        }
+    }
+}
+
+impl Drop for GoferDev {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.remove_containers();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- goferd log ({}) ---\n{}",
+                self.log_path().display(),
+                self.server_log()
+            );
+        }
+    }
+}

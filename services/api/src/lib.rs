@@ -1,1 +1,21 @@
-//! placeholder
+//! Gofer's public API: the `gofer.v1.GoferService` handlers, and the bearer-token check every service
+//! of a node shares.
+//!
+//! Handlers are thin: convert the request, propose one command or read the applied state, convert back.
+//! This crate never touches redb or Docker; it reaches state through `gofer-state` and logs through its
+//! `LogStore`.
+
+mod auth;
+mod logs;
+mod service;
+
+pub use auth::{TokenAuth, hash_token};
+pub use service::ApiService;
+
+/// Milliseconds since the Unix epoch, the time stamped into commands at the edge.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -34,29 +34,49 @@ fn malformed_json_is_refused() {
     assert_eq!(field_of("{\"id\": "), "id");
     assert_eq!(field_of("[1, 2]"), "pipeline");
     assert_eq!(field_of("{\"id\": \"x\", \"tasks\": []} trailing"), "pipeline");
-    assert_eq!(field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": "i", "depends_on": {"b": "sometimes"}}]}"#), "tasks[0].depends_on.b");
-    assert_eq!(field_of(r#"{"id": "x", "tasks": [{"id": "a", "imag": "i"}]}"#), "tasks[0].imag");
+    assert_eq!(
+        field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": "i", "depends_on": {"b": "sometimes"}}]}"#),
+        "tasks[0].depends_on.b"
+    );
+    assert_eq!(
+        field_of(r#"{"id": "x", "tasks": [{"id": "a", "imag": "i"}]}"#),
+        "tasks[0].imag"
+    );
 }
 
 #[test]
 fn duplicate_and_empty_task_ids_are_refused() {
-    assert_eq!(field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": "i"}, {"id": "a", "image": "i"}]}"#), "tasks[1].id");
-    assert_eq!(field_of(r#"{"id": "x", "tasks": [{"id": "", "image": "i"}]}"#), "tasks[0].id");
+    assert_eq!(
+        field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": "i"}, {"id": "a", "image": "i"}]}"#),
+        "tasks[1].id"
+    );
+    assert_eq!(
+        field_of(r#"{"id": "x", "tasks": [{"id": "", "image": "i"}]}"#),
+        "tasks[0].id"
+    );
 }
 
 #[test]
 fn unknown_and_self_dependencies_are_refused() {
-    assert_eq!(field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": "i", "depends_on": {"zz": "any"}}]}"#), "tasks[0].depends_on.zz");
-    assert_eq!(field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": "i", "depends_on": {"a": "any"}}]}"#), "tasks[0].depends_on.a");
+    assert_eq!(
+        field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": "i", "depends_on": {"zz": "any"}}]}"#),
+        "tasks[0].depends_on.zz"
+    );
+    assert_eq!(
+        field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": "i", "depends_on": {"a": "any"}}]}"#),
+        "tasks[0].depends_on.a"
+    );
 }
 
 #[test]
 fn cycles_are_refused_with_their_path() {
-    let err = parse(r#"{"id": "x", "tasks": [
+    let err = parse(
+        r#"{"id": "x", "tasks": [
         {"id": "a", "image": "i", "depends_on": {"c": "any"}},
         {"id": "b", "image": "i", "depends_on": {"a": "any"}},
         {"id": "c", "image": "i", "depends_on": {"b": "success"}},
-        {"id": "d", "image": "i"}]}"#)
+        {"id": "d", "image": "i"}]}"#,
+    )
     .unwrap_err();
     let text = err.to_string();
     let path = text.strip_prefix("tasks: depends_on forms a cycle: ").expect(&text);
@@ -75,7 +95,10 @@ fn a_long_chain_is_not_a_cycle() {
             if i == 0 {
                 r#"{"id": "t0", "image": "i"}"#.to_string()
             } else {
-                format!(r#"{{"id": "t{i}", "image": "i", "depends_on": {{"t{}": "success"}}}}"#, i - 1)
+                format!(
+                    r#"{{"id": "t{i}", "image": "i", "depends_on": {{"t{}": "success"}}}}"#,
+                    i - 1
+                )
             }
         })
         .collect();
@@ -85,13 +108,33 @@ fn a_long_chain_is_not_a_cycle() {
 
 #[test]
 fn empty_image_bad_ids_and_too_many_tasks_are_refused() {
-    assert_eq!(field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": " "}]}"#), "tasks[0].image");
-    assert_eq!(field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": ""}]}"#), "tasks[0].image");
-    assert_eq!(field_of(r#"{"id": "Hello", "tasks": [{"id": "a", "image": "i"}]}"#), "id");
-    assert_eq!(field_of(r#"{"id": "x", "tasks": [{"id": "a.b", "image": "i"}]}"#), "tasks[0].id");
+    assert_eq!(
+        field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": " "}]}"#),
+        "tasks[0].image"
+    );
+    assert_eq!(
+        field_of(r#"{"id": "x", "tasks": [{"id": "a", "image": ""}]}"#),
+        "tasks[0].image"
+    );
+    assert_eq!(
+        field_of(r#"{"id": "Hello", "tasks": [{"id": "a", "image": "i"}]}"#),
+        "id"
+    );
+    assert_eq!(
+        field_of(r#"{"id": "x", "tasks": [{"id": "a.b", "image": "i"}]}"#),
+        "tasks[0].id"
+    );
     let long = "y".repeat(65);
-    assert_eq!(field_of(&format!(r#"{{"id": "{long}", "tasks": [{{"id": "a", "image": "i"}}]}}"#)), "id");
+    assert_eq!(
+        field_of(&format!(
+            r#"{{"id": "{long}", "tasks": [{{"id": "a", "image": "i"}}]}}"#
+        )),
+        "id"
+    );
     assert_eq!(field_of(r#"{"id": "x", "tasks": []}"#), "tasks");
     let tasks: Vec<String> = (0..201).map(|i| format!(r#"{{"id": "t{i}", "image": "i"}}"#)).collect();
-    assert_eq!(field_of(&format!(r#"{{"id": "x", "tasks": [{}]}}"#, tasks.join(","))), "tasks");
+    assert_eq!(
+        field_of(&format!(r#"{{"id": "x", "tasks": [{}]}}"#, tasks.join(","))),
+        "tasks"
+    );
 }

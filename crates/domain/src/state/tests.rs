@@ -8,23 +8,41 @@ fn config(json: &str) -> PipelineConfig {
 
 fn init() -> State {
     let mut state = State::default();
-    state.apply(&Command::Init { cluster_id: "c1".into(), at: 1 }).unwrap();
+    state
+        .apply(&Command::Init {
+            cluster_id: "c1".into(),
+            at: 1,
+        })
+        .unwrap();
     state
 }
 
 fn target(task: &str, run: u64) -> AttemptRef {
-    AttemptRef { namespace: "default".into(), pipeline: "p".into(), run, task: task.into() }
+    AttemptRef {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        run,
+        task: task.into(),
+    }
 }
 
 fn register(state: &mut State, json: &str) -> u64 {
-    match state.apply(&Command::RegisterPipeline { namespace: "default".into(), config: config(json), at: 2 }) {
+    match state.apply(&Command::RegisterPipeline {
+        namespace: "default".into(),
+        config: config(json),
+        at: 2,
+    }) {
         Ok(Applied::Version(v)) => v,
         other => panic!("{other:?}"),
     }
 }
 
 fn start(state: &mut State) -> u64 {
-    match state.apply(&Command::StartRun { namespace: "default".into(), pipeline: "p".into(), at: 3 }) {
+    match state.apply(&Command::StartRun {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        at: 3,
+    }) {
         Ok(Applied::Run(id)) => id,
         other => panic!("{other:?}"),
     }
@@ -33,9 +51,29 @@ fn start(state: &mut State) -> u64 {
 /// Assigns, starts and finishes the next attempt of `task` with `outcome`.
 fn run_task(state: &mut State, run: u64, task: &str, outcome: AttemptOutcome) {
     let attempt = state.run("default", "p", run).unwrap().0.task(task).unwrap().attempt + 1;
-    state.apply(&Command::AssignAttempt { target: target(task, run), attempt, executor: "e".into(), at: 4 }).unwrap();
-    state.apply(&Command::AttemptStarted { target: target(task, run), attempt, at: 5 }).unwrap();
-    state.apply(&Command::AttemptFinished { target: target(task, run), attempt, outcome, at: 6 }).unwrap();
+    state
+        .apply(&Command::AssignAttempt {
+            target: target(task, run),
+            attempt,
+            executor: "e".into(),
+            at: 4,
+        })
+        .unwrap();
+    state
+        .apply(&Command::AttemptStarted {
+            target: target(task, run),
+            attempt,
+            at: 5,
+        })
+        .unwrap();
+    state
+        .apply(&Command::AttemptFinished {
+            target: target(task, run),
+            attempt,
+            outcome,
+            at: 6,
+        })
+        .unwrap();
 }
 
 fn task_state(state: &State, run: u64, task: &str) -> TaskState {
@@ -59,16 +97,32 @@ fn init_makes_the_default_namespace_once() {
     assert!(state.namespaces.contains_key("default"));
     assert_eq!(state.cluster_id, "c1");
     let before = state.clone();
-    assert!(state.apply(&Command::Init { cluster_id: "c2".into(), at: 9 }).is_err());
+    assert!(
+        state
+            .apply(&Command::Init {
+                cluster_id: "c2".into(),
+                at: 9
+            })
+            .is_err()
+    );
     assert_eq!(state, before);
 }
 
 #[test]
 fn versions_and_run_ids_count_up() {
     let mut state = init();
-    assert_eq!(register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#), 1);
+    assert_eq!(
+        register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#),
+        1
+    );
     assert_eq!(start(&mut state), 1);
-    assert_eq!(register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}, {"id": "b", "image": "i"}]}"#), 2);
+    assert_eq!(
+        register(
+            &mut state,
+            r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}, {"id": "b", "image": "i"}]}"#
+        ),
+        2
+    );
     assert_eq!(start(&mut state), 2);
     let (run, config) = state.run("default", "p", 2).unwrap();
     assert_eq!(run.version, 2);
@@ -120,7 +174,12 @@ fn a_task_cannot_be_assigned_before_its_parents_end() {
     register(&mut state, CHAIN);
     let run = start(&mut state);
     let before = state.clone();
-    let refused = state.apply(&Command::AssignAttempt { target: target("ok", run), attempt: 1, executor: "e".into(), at: 4 });
+    let refused = state.apply(&Command::AssignAttempt {
+        target: target("ok", run),
+        attempt: 1,
+        executor: "e".into(),
+        at: 4,
+    });
     assert!(matches!(refused, Err(Error::FailedPrecondition(_))), "{refused:?}");
     assert_eq!(state, before);
 }
@@ -130,14 +189,54 @@ fn an_attempt_is_assigned_once_and_stale_reports_are_refused() {
     let mut state = init();
     register(&mut state, CHAIN);
     let run = start(&mut state);
-    state.apply(&Command::AssignAttempt { target: target("a", run), attempt: 1, executor: "e".into(), at: 4 }).unwrap();
+    state
+        .apply(&Command::AssignAttempt {
+            target: target("a", run),
+            attempt: 1,
+            executor: "e".into(),
+            at: 4,
+        })
+        .unwrap();
     let before = state.clone();
-    assert!(state.apply(&Command::AssignAttempt { target: target("a", run), attempt: 1, executor: "f".into(), at: 4 }).is_err());
-    assert!(state.apply(&Command::AttemptStarted { target: target("a", run), attempt: 2, at: 5 }).is_err());
+    assert!(
+        state
+            .apply(&Command::AssignAttempt {
+                target: target("a", run),
+                attempt: 1,
+                executor: "f".into(),
+                at: 4
+            })
+            .is_err()
+    );
+    assert!(
+        state
+            .apply(&Command::AttemptStarted {
+                target: target("a", run),
+                attempt: 2,
+                at: 5
+            })
+            .is_err()
+    );
     assert_eq!(state, before);
-    state.apply(&Command::AttemptFinished { target: target("a", run), attempt: 1, outcome: AttemptOutcome::Exited(0), at: 6 }).unwrap();
+    state
+        .apply(&Command::AttemptFinished {
+            target: target("a", run),
+            attempt: 1,
+            outcome: AttemptOutcome::Exited(0),
+            at: 6,
+        })
+        .unwrap();
     let before = state.clone();
-    assert!(state.apply(&Command::AttemptFinished { target: target("a", run), attempt: 1, outcome: AttemptOutcome::Exited(1), at: 7 }).is_err());
+    assert!(
+        state
+            .apply(&Command::AttemptFinished {
+                target: target("a", run),
+                attempt: 1,
+                outcome: AttemptOutcome::Exited(1),
+                at: 7
+            })
+            .is_err()
+    );
     assert_eq!(state, before);
 }
 
@@ -146,23 +245,65 @@ fn cancel_ends_pending_tasks_at_once_and_running_ones_when_stopped() {
     let mut state = init();
     register(&mut state, CHAIN);
     let run = start(&mut state);
-    state.apply(&Command::AssignAttempt { target: target("a", run), attempt: 1, executor: "e".into(), at: 4 }).unwrap();
-    state.apply(&Command::AttemptStarted { target: target("a", run), attempt: 1, at: 5 }).unwrap();
-    state.apply(&Command::CancelRun { namespace: "default".into(), pipeline: "p".into(), run, reason: "cancelled by user".into(), at: 6 }).unwrap();
+    state
+        .apply(&Command::AssignAttempt {
+            target: target("a", run),
+            attempt: 1,
+            executor: "e".into(),
+            at: 4,
+        })
+        .unwrap();
+    state
+        .apply(&Command::AttemptStarted {
+            target: target("a", run),
+            attempt: 1,
+            at: 5,
+        })
+        .unwrap();
+    state
+        .apply(&Command::CancelRun {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            run,
+            reason: "cancelled by user".into(),
+            at: 6,
+        })
+        .unwrap();
     assert_eq!(task_state(&state, run, "ok"), TaskState::Cancelled);
     assert_eq!(task_state(&state, run, "a"), TaskState::Running);
     assert_eq!(run_state(&state, run), RunState::Running);
-    state.apply(&Command::AttemptFinished { target: target("a", run), attempt: 1, outcome: AttemptOutcome::Stopped, at: 7 }).unwrap();
+    state
+        .apply(&Command::AttemptFinished {
+            target: target("a", run),
+            attempt: 1,
+            outcome: AttemptOutcome::Stopped,
+            at: 7,
+        })
+        .unwrap();
     assert_eq!(task_state(&state, run, "a"), TaskState::Cancelled);
     assert_eq!(run_state(&state, run), RunState::Cancelled);
     // Cancelling again is a no-op; a run that ended otherwise cannot be cancelled.
-    state.apply(&Command::CancelRun { namespace: "default".into(), pipeline: "p".into(), run, reason: "again".into(), at: 8 }).unwrap();
+    state
+        .apply(&Command::CancelRun {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            run,
+            reason: "again".into(),
+            at: 8,
+        })
+        .unwrap();
     let second = start(&mut state);
     for task in ["a", "ok", "after_ok", "always"] {
         run_task(&mut state, second, task, AttemptOutcome::Exited(0));
     }
     assert_eq!(run_state(&state, second), RunState::Succeeded);
-    let refused = state.apply(&Command::CancelRun { namespace: "default".into(), pipeline: "p".into(), run: second, reason: "late".into(), at: 9 });
+    let refused = state.apply(&Command::CancelRun {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        run: second,
+        reason: "late".into(),
+        at: 9,
+    });
     assert!(matches!(refused, Err(Error::FailedPrecondition(_))));
 }
 
@@ -171,9 +312,25 @@ fn cancelling_a_pending_run_ends_it_at_once() {
     let mut state = init();
     register(&mut state, CHAIN);
     let run = start(&mut state);
-    state.apply(&Command::CancelRun { namespace: "default".into(), pipeline: "p".into(), run, reason: "r".into(), at: 6 }).unwrap();
+    state
+        .apply(&Command::CancelRun {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            run,
+            reason: "r".into(),
+            at: 6,
+        })
+        .unwrap();
     assert_eq!(run_state(&state, run), RunState::Cancelled);
-    assert!(state.run("default", "p", run).unwrap().0.tasks.iter().all(|t| t.state == TaskState::Cancelled));
+    assert!(
+        state
+            .run("default", "p", run)
+            .unwrap()
+            .0
+            .tasks
+            .iter()
+            .all(|t| t.state == TaskState::Cancelled)
+    );
 }
 
 #[test]
@@ -181,19 +338,39 @@ fn unknown_things_are_not_found_and_change_nothing() {
     let mut state = init();
     let before = state.clone();
     for command in [
-        Command::RegisterPipeline { namespace: "nope".into(), config: config(CHAIN), at: 1 },
-        Command::StartRun { namespace: "default".into(), pipeline: "nope".into(), at: 1 },
-        Command::CancelRun { namespace: "default".into(), pipeline: "nope".into(), run: 1, reason: String::new(), at: 1 },
+        Command::RegisterPipeline {
+            namespace: "nope".into(),
+            config: config(CHAIN),
+            at: 1,
+        },
+        Command::StartRun {
+            namespace: "default".into(),
+            pipeline: "nope".into(),
+            at: 1,
+        },
+        Command::CancelRun {
+            namespace: "default".into(),
+            pipeline: "nope".into(),
+            run: 1,
+            reason: String::new(),
+            at: 1,
+        },
     ] {
         assert!(matches!(state.apply(&command), Err(Error::NotFound(_))), "{command:?}");
     }
     assert_eq!(state, before);
     assert!(matches!(
-        state.apply(&Command::CreateNamespace { namespace: "default".into(), at: 1 }),
+        state.apply(&Command::CreateNamespace {
+            namespace: "default".into(),
+            at: 1
+        }),
         Err(Error::AlreadyExists(_))
     ));
     assert!(matches!(
-        state.apply(&Command::CreateNamespace { namespace: "Bad Name".into(), at: 1 }),
+        state.apply(&Command::CreateNamespace {
+            namespace: "Bad Name".into(),
+            at: 1
+        }),
         Err(Error::InvalidArgument { .. })
     ));
     assert_eq!(state, before);
@@ -204,7 +381,12 @@ fn state_survives_a_serde_round_trip() {
     let mut state = init();
     register(&mut state, CHAIN);
     let run = start(&mut state);
-    run_task(&mut state, run, "a", AttemptOutcome::Error("image \"i\" not found locally".into()));
+    run_task(
+        &mut state,
+        run,
+        "a",
+        AttemptOutcome::Error("image \"i\" not found locally".into()),
+    );
     let json = serde_json::to_string(&state).unwrap();
     let back: State = serde_json::from_str(&json).unwrap();
     assert_eq!(back, state);

@@ -1,0 +1,230 @@
+//! What goferctl prints: JSON with the proto messages' field names, or aligned tables for people.
+
+use gofer_proto::v1;
+use serde_json::{Value, json};
+
+/// The output format of read verbs.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+pub fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values always serialize")
+    );
+}
+
+/// Prints rows under headers, each column as wide as its widest cell.
+pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+/// A Unix time in milliseconds as UTC `YYYY-MM-DD HH:MM:SS`, or `-` for unset.
+pub fn time(millis: i64) -> String {
+    if millis <= 0 {
+        return "-".to_string();
+    }
+    let secs = millis.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn duration(start: i64, end: i64) -> String {
+    if start <= 0 || end < start {
+        return "-".to_string();
+    }
+    format!("{:.1}s", (end - start) as f64 / 1000.0)
+}
+
+pub fn namespace(ns: &v1::Namespace) -> Value {
+    json!({ "id": ns.id, "created_unix_millis": ns.created_unix_millis })
+}
+
+pub fn pipeline(p: &v1::Pipeline) -> Value {
+    json!({
+        "namespace_id": p.namespace_id, "id": p.id, "name": p.name, "description": p.description,
+        "latest_version": p.latest_version, "created_unix_millis": p.created_unix_millis,
+        "updated_unix_millis": p.updated_unix_millis,
+    })
+}
+
+fn condition_name(condition: i32) -> &'static str {
+    match v1::DependencyCondition::try_from(condition) {
+        Ok(v1::DependencyCondition::Any) => "any",
+        Ok(v1::DependencyCondition::Success) => "success",
+        Ok(v1::DependencyCondition::Failure) => "failure",
+        _ => "unspecified",
+    }
+}
+
+pub fn config(c: &v1::PipelineConfig) -> Value {
+    let tasks: Vec<Value> = c
+        .tasks
+        .iter()
+        .map(|t| {
+            let depends_on: serde_json::Map<String, Value> = t
+                .depends_on
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(condition_name(*v))))
+                .collect();
+            json!({ "id": t.id, "image": t.image, "command": t.command, "env": t.env, "depends_on": depends_on })
+        })
+        .collect();
+    json!({ "id": c.id, "name": c.name, "description": c.description, "parallelism": c.parallelism, "tasks": tasks })
+}
+
+pub fn run(r: &v1::Run) -> Value {
+    json!({
+        "namespace_id": r.namespace_id, "pipeline_id": r.pipeline_id, "id": r.id, "version": r.version,
+        "state": gofer_proto::run_state_name(r.state), "state_reason": r.state_reason,
+        "created_unix_millis": r.created_unix_millis, "started_unix_millis": r.started_unix_millis,
+        "ended_unix_millis": r.ended_unix_millis,
+    })
+}
+
+pub fn task(t: &v1::TaskExecution) -> Value {
+    json!({
+        "namespace_id": t.namespace_id, "pipeline_id": t.pipeline_id, "run_id": t.run_id, "task_id": t.task_id,
+        "state": gofer_proto::task_state_name(t.state), "state_reason": t.state_reason, "attempt": t.attempt,
+        "exit_code": t.exit_code, "started_unix_millis": t.started_unix_millis, "ended_unix_millis": t.ended_unix_millis,
+    })
+}
+
+pub fn runs_table(runs: &[v1::Run]) {
+    print_table(
+        &["RUN", "VERSION", "STATE", "CREATED", "DURATION", "REASON"],
+        runs.iter()
+            .map(|r| {
+                vec![
+                    r.id.to_string(),
+                    r.version.to_string(),
+                    gofer_proto::run_state_name(r.state).to_string(),
+                    time(r.created_unix_millis),
+                    duration(r.started_unix_millis, r.ended_unix_millis),
+                    r.state_reason.clone(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub fn tasks_table(tasks: &[v1::TaskExecution]) {
+    print_table(
+        &["TASK", "STATE", "EXIT", "ATTEMPT", "STARTED", "DURATION", "REASON"],
+        tasks
+            .iter()
+            .map(|t| {
+                vec![
+                    t.task_id.clone(),
+                    gofer_proto::task_state_name(t.state).to_string(),
+                    t.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    t.attempt.to_string(),
+                    time(t.started_unix_millis),
+                    duration(t.started_unix_millis, t.ended_unix_millis),
+                    t.state_reason.clone(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub fn describe_pipeline(p: &v1::Pipeline, c: &v1::PipelineConfig) {
+    println!("pipeline:    {}", p.id);
+    println!("name:        {}", p.name);
+    if !p.description.is_empty() {
+        println!("description: {}", p.description);
+    }
+    println!("version:     {}", p.latest_version);
+    println!(
+        "parallelism: {}",
+        if c.parallelism == 0 {
+            "unlimited".to_string()
+        } else {
+            c.parallelism.to_string()
+        }
+    );
+    println!();
+    print_table(
+        &["TASK", "IMAGE", "DEPENDS ON", "COMMAND"],
+        c.tasks
+            .iter()
+            .map(|t| {
+                let mut deps: Vec<String> = t
+                    .depends_on
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{}", condition_name(*v)))
+                    .collect();
+                deps.sort();
+                vec![
+                    t.id.clone(),
+                    t.image.clone(),
+                    if deps.is_empty() { "-".into() } else { deps.join(",") },
+                    t.command.join(" "),
+                ]
+            })
+            .collect(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_civil_dates() {
+        assert_eq!(time(0), "-");
+        assert_eq!(time(1_000), "1970-01-01 00:00:01");
+        assert_eq!(time(1_709_164_800_000), "2024-02-29 00:00:00");
+        assert_eq!(time(1_798_761_599_000), "2026-12-31 23:59:59");
+    }
+
+    #[test]
+    fn run_json_names_the_state() {
+        let run = v1::Run {
+            id: 3,
+            state: v1::RunState::Succeeded as i32,
+            ..Default::default()
+        };
+        let value = super::run(&run);
+        assert_eq!(value["state"], "SUCCEEDED");
+        assert_eq!(value["id"], 3);
+    }
+}

@@ -1,0 +1,255 @@
+//! `goferd dev`: every role in one process on a single-node Raft, for a laptop or a test.
+//!
+//! First start on a data dir: make the dev CA and server certificate and a cluster id. Every start: mint
+//! the admin token unless the client config already holds the one whose hash is stored, write the
+//! client config where goferctl looks, serve, and run the scheduler and an executor. The executor reaches
+//! the scheduler through the same TLS port and protos a remote one would use.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use gofer_api::{ApiService, TokenAuth, hash_token};
+use gofer_domain::Command;
+use gofer_scheduler::{DispatchHandler, Scheduler};
+use gofer_state::{LogStore, StateNode};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// Flags of `goferd dev`.
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where state, logs and certificates live [default: the user's data directory, gofer/dev]
+    #[arg(long, env = "GOFER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The API address; port 0 picks a free port
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: String,
+    /// Where to write the client config [default: $GOFER_CONFIG, else the user's config directory]
+    #[arg(long)]
+    client_config: Option<PathBuf>,
+}
+
+/// The file goferctl reads to find and trust the server.
+#[derive(Serialize, Deserialize)]
+pub struct ClientConfig {
+    pub host: String,
+    pub token: String,
+    pub ca_cert: PathBuf,
+    pub namespace: String,
+}
+
+fn user_dir(xdg: &str, fallback: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(xdg).filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("HOME is not set; pass --data-dir")?;
+    Ok(PathBuf::from(home).join(fallback))
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    use ring::rand::SecureRandom;
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The dev PKI in `dir`, made on first use.
+fn ensure_pki(dir: &Path) -> anyhow::Result<(String, Identity)> {
+    let tls = dir.join("tls");
+    let (ca, cert, key) = (tls.join("ca.pem"), tls.join("server.pem"), tls.join("server.key"));
+    if !ca.exists() || !cert.exists() || !key.exists() {
+        std::fs::create_dir_all(&tls).with_context(|| format!("creating {}", tls.display()))?;
+        let pki = gofer_tls::DevPki::generate(&["localhost", "127.0.0.1", "::1"])?;
+        write_private(&tls.join("ca.key"), &pki.ca.key_pem)?;
+        write_private(&key, &pki.server.key_pem)?;
+        write_private(&cert, &pki.server.cert_pem)?;
+        write_private(&ca, &pki.ca.cert_pem)?;
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    Ok((read(&ca)?, Identity::from_pem(read(&cert)?, read(&key)?)))
+}
+
+/// The admin token: kept if the existing client config holds the token whose hash is stored, else new.
+fn admin_token(data_dir: &Path, client_config: &Path) -> anyhow::Result<String> {
+    let hash_file = data_dir.join("admin-token.sha256");
+    let stored = std::fs::read_to_string(&hash_file).ok();
+    let existing = std::fs::read_to_string(client_config)
+        .ok()
+        .and_then(|text| toml::from_str::<ClientConfig>(&text).ok())
+        .map(|c| c.token);
+    if let (Some(stored), Some(token)) = (&stored, existing)
+        && stored.trim() == hex(&hash_token(&token))
+    {
+        return Ok(token);
+    }
+    let token = random_hex(32)?;
+    write_private(&hash_file, &hex(&hash_token(&token)))?;
+    Ok(token)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hash(text: &str) -> anyhow::Result<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        bail!("the stored admin token hash is malformed");
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).context("the stored admin token hash is malformed")?;
+    }
+    Ok(out)
+}
+
+/// Runs `goferd dev` until SIGINT or SIGTERM.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => user_dir("XDG_DATA_HOME", ".local/share")?.join("gofer").join("dev"),
+    };
+    let client_config = match args
+        .client_config
+        .or_else(|| std::env::var_os("GOFER_CONFIG").map(PathBuf::from))
+    {
+        Some(path) => path,
+        None => user_dir("XDG_CONFIG_HOME", ".config")?
+            .join("gofer")
+            .join("config.toml"),
+    };
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+
+    let docker = gofer_executor::DockerBackend::connect()
+        .await
+        .context("goferd dev runs tasks in Docker")?;
+    let (ca_pem, identity) = ensure_pki(&data_dir)?;
+    let token = admin_token(&data_dir, &client_config)?;
+    let admin_hash = parse_hash(&std::fs::read_to_string(data_dir.join("admin-token.sha256"))?)?;
+    // The in-process executor gets its own token, minted per start and never written down.
+    let executor_token = random_hex(32)?;
+    let auth = TokenAuth::new(vec![admin_hash, hash_token(&executor_token)]);
+
+    let state = StateNode::open_single(&data_dir.join("state"))
+        .await
+        .context("opening the state")?;
+    if state.read(|s| s.cluster_id.is_empty()) {
+        let cluster_id = random_hex(8)?;
+        state
+            .propose(Command::Init {
+                cluster_id,
+                at: gofer_api::now_millis(),
+            })
+            .await
+            .context("initializing the cluster")?;
+    }
+    let logs = LogStore::new(data_dir.join("logs"));
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {} (pass --listen to choose another address)", args.listen))?;
+    let addr = listener.local_addr()?;
+    let host = format!("https://{addr}");
+    if let Some(dir) = client_config.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let config = ClientConfig {
+        host: host.clone(),
+        token: token.clone(),
+        ca_cert: data_dir.join("tls").join("ca.pem"),
+        namespace: "default".to_string(),
+    };
+    write_private(&client_config, &toml::to_string(&config)?)?;
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let scheduler = Scheduler::new(state.clone());
+    let api = ApiService::new(state.clone(), logs.clone());
+    let dispatch = DispatchHandler::new(scheduler.clone(), logs);
+    let server = tracker.spawn(crate::server::serve(
+        listener,
+        identity,
+        auth,
+        api,
+        dispatch,
+        shutdown.clone(),
+    ));
+    tracker.spawn(scheduler.run(shutdown.clone()));
+
+    let channel = Endpoint::from_shared(host.clone())?
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&ca_pem))
+                .domain_name("localhost"),
+        )?
+        .connect_lazy();
+    let executor_config = gofer_executor::ExecutorConfig {
+        executor_id: "local".to_string(),
+        token: executor_token,
+    };
+    let executor_shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        if let Err(err) = gofer_executor::run(executor_config, docker, channel, executor_shutdown).await {
+            tracing::error!(%err, "the executor stopped");
+        }
+    });
+    tracker.close();
+
+    let cluster_id = state.read(|s| s.cluster_id.clone());
+    println!("goferd dev is ready");
+    println!("  api:      {host}");
+    println!("  cluster:  {cluster_id}");
+    println!("  data dir: {}", data_dir.display());
+    println!("  config:   {} (goferctl reads it on its own)", client_config.display());
+    println!("  try:      goferctl pipeline register examples/hello && goferctl run start hello --wait");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    tracing::info!(%addr, data_dir = %data_dir.display(), "goferd dev started");
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = terminate.recv() => tracing::info!("terminated; shutting down"),
+        result = server => {
+            shutdown.cancel();
+            state.shutdown().await.ok();
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(err),
+                Err(err) => Err(anyhow::anyhow!("the server task failed: {err}")),
+            };
+        }
+    }
+    shutdown.cancel();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 10 s");
+    }
+    state.shutdown().await.context("shutting the state down")?;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Serving a node's gRPC services on one TLS listener: the public API, the executors' dispatch service,
+//! health and reflection. Every service but health needs a bearer token.
+
+use anyhow::Context;
+use gofer_api::{ApiService, TokenAuth};
+use gofer_proto::v1::{dispatch_service_server::DispatchServiceServer, gofer_service_server::GoferServiceServer};
+use gofer_scheduler::DispatchHandler;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+/// Largest message a node accepts: a 200-task pipeline with big envs fits with room to spare.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    identity: Identity,
+    auth: TokenAuth,
+    api: ApiService,
+    dispatch: DispatchHandler,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<GoferServiceServer<ApiService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gofer_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gofer_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service")?;
+    let check = move |auth: TokenAuth| move |request| auth.check(request);
+    let api = GoferServiceServer::new(api)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let dispatch = DispatchServiceServer::new(dispatch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity))
+        .context("configuring TLS")?
+        .add_service(health)
+        .add_service(InterceptedService::new(reflection_v1, check(auth.clone())))
+        .add_service(InterceptedService::new(reflection_v1alpha, check(auth.clone())))
+        .add_service(InterceptedService::new(api, check(auth.clone())))
+        .add_service(InterceptedService::new(dispatch, check(auth)))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled(),
+        )
+        .await
+        .context("serving gRPC")
+}

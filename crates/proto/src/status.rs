@@ -1,0 +1,27 @@
+//! The one Status mapping: domain errors keep their message and get their code; internal errors are
+//! logged once here and reach the client without detail.
+
+use gofer_domain::{Error, ErrorKind};
+use tonic::{Code, Status};
+
+/// Turns a domain refusal into a Status with its code and message.
+pub fn into_status(err: Error) -> Status {
+    let code = match err.kind() {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+    };
+    Status::new(code, err.to_string())
+}
+
+/// Logs an internal error and returns an `Internal` (or `Unavailable`, when `retryable`) Status that names
+/// `what` failed without leaking the detail.
+pub fn internal(what: &str, err: &dyn std::fmt::Display, retryable: bool) -> Status {
+    tracing::error!(error = %err, "{what} failed");
+    if retryable {
+        Status::unavailable(format!("{what} is unavailable, try again"))
+    } else {
+        Status::internal(format!("{what} failed"))
+    }
+}

@@ -1,0 +1,130 @@
+//! Streaming a task's logs to a client: everything stored so far, then, with `follow`, every new byte
+//! until the task execution ends. Any number of clients can follow the same task; each reads the
+//! archive file on its own and is woken by the `LogStore`'s notifier or by a state change.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use gofer_domain::{AttemptRef, Error, TaskState};
+use gofer_proto::{internal, v1};
+use tokio_stream::Stream;
+use tonic::Status;
+
+use crate::ApiService;
+use crate::service::namespace_or_default;
+
+const CHUNK: usize = 64 * 1024;
+
+/// Where a task execution stands, as a log reader needs it.
+struct TaskView {
+    attempt: u32,
+    ended: bool,
+}
+
+fn task_view(api: &ApiService, target: &AttemptRef) -> Result<TaskView, Status> {
+    api.read(|s| {
+        let (run, _) = s.run(&target.namespace, &target.pipeline, target.run)?;
+        let task = run
+            .task(&target.task)
+            .ok_or_else(|| Error::NotFound(format!("task {:?} in run {}", target.task, target.run)))?;
+        Ok(TaskView {
+            attempt: task.attempt,
+            ended: task.state.is_terminal() && task.state != TaskState::Pending,
+        })
+    })
+}
+
+/// Checks the request and returns the stream of log chunks.
+#[allow(clippy::result_large_err)]
+pub(crate) fn stream_task_logs(
+    api: ApiService,
+    request: v1::GetTaskLogsRequest,
+) -> Result<Pin<Box<dyn Stream<Item = Result<v1::GetTaskLogsResponse, Status>> + Send>>, Status> {
+    let target = AttemptRef {
+        namespace: namespace_or_default(request.namespace_id),
+        pipeline: request.pipeline_id,
+        run: request.run_id,
+        task: request.task_id,
+    };
+    let follow = request.follow;
+    // Fail fast, before the stream opens, on an unknown namespace, pipeline, run or task.
+    task_view(&api, &target)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        if let Err(status) = pump(&api, &target, follow, &tx).await {
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+async fn pump(
+    api: &ApiService,
+    target: &AttemptRef,
+    follow: bool,
+    tx: &tokio::sync::mpsc::Sender<Result<v1::GetTaskLogsResponse, Status>>,
+) -> Result<(), Status> {
+    let mut state_changes = api.state.subscribe();
+    let mut view = task_view(api, target)?;
+    // Before the first attempt there is nothing to read; a follower waits for the task to start or end.
+    while follow && view.attempt == 0 && !view.ended {
+        wait(&mut state_changes, None, tx).await?;
+        view = task_view(api, target)?;
+    }
+    if view.attempt == 0 {
+        return Ok(());
+    }
+    let attempt = view.attempt;
+    let path = api
+        .logs
+        .path(target, attempt)
+        .map_err(|e| internal("reading task logs", &e, false))?;
+    let mut appends = api.logs.subscribe(&path);
+    let mut offset = 0u64;
+    loop {
+        // Read whether the task ended before reading the file: bytes are durable before the end is
+        // committed, so a reader that saw the end and then read to EOF has them all.
+        let ended = task_view(api, target)?.ended;
+        loop {
+            let data = api
+                .logs
+                .read_at(&path, offset, CHUNK)
+                .await
+                .map_err(|e| internal("reading task logs", &e, false))?;
+            if data.is_empty() {
+                break;
+            }
+            offset += data.len() as u64;
+            if tx.send(Ok(v1::GetTaskLogsResponse { data })).await.is_err() {
+                return Ok(());
+            }
+        }
+        if !follow || ended {
+            return Ok(());
+        }
+        wait(&mut state_changes, Some(&mut appends), tx).await?;
+    }
+}
+
+/// Waits for a state change or an append, whichever comes first; gives up quietly when the client left.
+async fn wait(
+    state_changes: &mut tokio::sync::watch::Receiver<u64>,
+    appends: Option<&mut tokio::sync::watch::Receiver<u64>>,
+    tx: &tokio::sync::mpsc::Sender<Result<v1::GetTaskLogsResponse, Status>>,
+) -> Result<(), Status> {
+    let appended = async {
+        match appends {
+            Some(rx) => {
+                let _ = rx.changed().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        changed = state_changes.changed() => changed.map_err(|_| Status::unavailable("the node is shutting down")),
+        () = appended => Ok(()),
+        () = tx.closed() => Err(Status::cancelled("client went away")),
+        // A safety net: a missed wake-up costs at most this long, never a hung follower.
+        () = tokio::time::sleep(Duration::from_secs(5)) => Ok(()),
+    }
+}

@@ -1,0 +1,311 @@
+//! The `GoferService` handlers.
+
+use std::pin::Pin;
+
+use gofer_domain::{Applied, Command, Error, Run, State};
+use gofer_proto::v1::{self, gofer_service_server::GoferService};
+use gofer_proto::{config_from_proto, config_to_proto, internal, into_status, run_to_proto, task_to_proto};
+use gofer_state::{LogStore, StateNode};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::now_millis;
+
+type ApiResult<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The public API of one node.
+#[derive(Clone)]
+pub struct ApiService {
+    pub(crate) state: StateNode,
+    pub(crate) logs: LogStore,
+}
+
+impl ApiService {
+    /// An API over `state`, serving task logs from `logs`.
+    pub fn new(state: StateNode, logs: LogStore) -> Self {
+        ApiService { state, logs }
+    }
+
+    async fn propose(&self, command: Command) -> Result<Applied, Status> {
+        self.state.propose(command).await.map_err(state_status)
+    }
+
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> Result<R, Error>) -> Result<R, Status> {
+        self.state.read(f).map_err(into_status)
+    }
+
+    fn run_proto(&self, namespace: &str, pipeline: &str, run: u64) -> Result<v1::Run, Status> {
+        self.read(|s| {
+            s.run(namespace, pipeline, run)
+                .map(|(r, _)| run_to_proto(namespace, pipeline, r))
+        })
+    }
+}
+
+/// Maps a state error: refusals keep their code, the rest become Unavailable or Internal.
+pub(crate) fn state_status(err: gofer_state::Error) -> Status {
+    match err {
+        gofer_state::Error::Rejected(e) => into_status(e),
+        gofer_state::Error::Unavailable(e) => internal("the replicated state", &e, true),
+        other => internal("the replicated state", &other, false),
+    }
+}
+
+/// An empty namespace in a request means `default`, as in goferctl.
+pub(crate) fn namespace_or_default(namespace: String) -> String {
+    if namespace.is_empty() {
+        gofer_domain::DEFAULT_NAMESPACE.to_string()
+    } else {
+        namespace
+    }
+}
+
+fn pipeline_proto(namespace: &str, id: &str, record: &gofer_domain::PipelineRecord) -> v1::Pipeline {
+    let latest = record.latest();
+    v1::Pipeline {
+        namespace_id: namespace.to_string(),
+        id: id.to_string(),
+        name: latest.name.clone(),
+        description: latest.description.clone(),
+        latest_version: record.versions.len() as u64,
+        created_unix_millis: record.created_at,
+        updated_unix_millis: record.updated_at,
+    }
+}
+
+fn runs_newest_first(namespace: &str, pipeline: &str, runs: &mut dyn Iterator<Item = &Run>) -> Vec<v1::Run> {
+    let mut out: Vec<v1::Run> = runs.map(|r| run_to_proto(namespace, pipeline, r)).collect();
+    out.reverse();
+    out
+}
+
+#[tonic::async_trait]
+impl GoferService for ApiService {
+    async fn create_namespace(
+        &self,
+        request: Request<v1::CreateNamespaceRequest>,
+    ) -> ApiResult<v1::CreateNamespaceResponse> {
+        let id = request.into_inner().id;
+        self.propose(Command::CreateNamespace {
+            namespace: id.clone(),
+            at: now_millis(),
+        })
+        .await?;
+        let namespace = self.read(|s| {
+            s.namespace(&id).map(|ns| v1::Namespace {
+                id: id.clone(),
+                created_unix_millis: ns.created_at,
+            })
+        })?;
+        Ok(Response::new(v1::CreateNamespaceResponse {
+            namespace: Some(namespace),
+        }))
+    }
+
+    async fn list_namespaces(
+        &self,
+        _request: Request<v1::ListNamespacesRequest>,
+    ) -> ApiResult<v1::ListNamespacesResponse> {
+        let namespaces = self.read(|s| {
+            Ok(s.namespaces
+                .iter()
+                .map(|(id, ns)| v1::Namespace {
+                    id: id.clone(),
+                    created_unix_millis: ns.created_at,
+                })
+                .collect())
+        })?;
+        Ok(Response::new(v1::ListNamespacesResponse { namespaces }))
+    }
+
+    async fn register_pipeline(
+        &self,
+        request: Request<v1::RegisterPipelineRequest>,
+    ) -> ApiResult<v1::RegisterPipelineResponse> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        let config = request
+            .config
+            .ok_or_else(|| into_status(Error::invalid("config", "is required")))?;
+        let config = config_from_proto(config).map_err(into_status)?;
+        let id = config.id.clone();
+        let applied = self
+            .propose(Command::RegisterPipeline {
+                namespace: namespace.clone(),
+                config,
+                at: now_millis(),
+            })
+            .await?;
+        let Applied::Version(version) = applied else {
+            return Err(internal(
+                "registering a pipeline",
+                &format!("unexpected result {applied:?}"),
+                false,
+            ));
+        };
+        let pipeline = self.read(|s| s.pipeline(&namespace, &id).map(|p| pipeline_proto(&namespace, &id, p)))?;
+        Ok(Response::new(v1::RegisterPipelineResponse {
+            pipeline: Some(pipeline),
+            version,
+        }))
+    }
+
+    async fn list_pipelines(&self, request: Request<v1::ListPipelinesRequest>) -> ApiResult<v1::ListPipelinesResponse> {
+        let namespace = namespace_or_default(request.into_inner().namespace_id);
+        let pipelines = self.read(|s| {
+            Ok(s.namespace(&namespace)?
+                .pipelines
+                .iter()
+                .map(|(id, p)| pipeline_proto(&namespace, id, p))
+                .collect())
+        })?;
+        Ok(Response::new(v1::ListPipelinesResponse { pipelines }))
+    }
+
+    async fn get_pipeline(&self, request: Request<v1::GetPipelineRequest>) -> ApiResult<v1::GetPipelineResponse> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        let (pipeline, config) = self.read(|s| {
+            let p = s.pipeline(&namespace, &request.id)?;
+            Ok((pipeline_proto(&namespace, &request.id, p), config_to_proto(p.latest())))
+        })?;
+        Ok(Response::new(v1::GetPipelineResponse {
+            pipeline: Some(pipeline),
+            config: Some(config),
+        }))
+    }
+
+    async fn start_run(&self, request: Request<v1::StartRunRequest>) -> ApiResult<v1::StartRunResponse> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        let pipeline = request.pipeline_id;
+        let applied = self
+            .propose(Command::StartRun {
+                namespace: namespace.clone(),
+                pipeline: pipeline.clone(),
+                at: now_millis(),
+            })
+            .await?;
+        let Applied::Run(id) = applied else {
+            return Err(internal(
+                "starting a run",
+                &format!("unexpected result {applied:?}"),
+                false,
+            ));
+        };
+        let run = self.run_proto(&namespace, &pipeline, id)?;
+        Ok(Response::new(v1::StartRunResponse { run: Some(run) }))
+    }
+
+    async fn get_run(&self, request: Request<v1::GetRunRequest>) -> ApiResult<v1::GetRunResponse> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        let run = self.run_proto(&namespace, &request.pipeline_id, request.run_id)?;
+        Ok(Response::new(v1::GetRunResponse { run: Some(run) }))
+    }
+
+    async fn list_runs(&self, request: Request<v1::ListRunsRequest>) -> ApiResult<v1::ListRunsResponse> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        let pipeline = request.pipeline_id;
+        let runs = self.read(|s| {
+            Ok(runs_newest_first(
+                &namespace,
+                &pipeline,
+                &mut s.pipeline(&namespace, &pipeline)?.runs.values(),
+            ))
+        })?;
+        Ok(Response::new(v1::ListRunsResponse { runs }))
+    }
+
+    async fn cancel_run(&self, request: Request<v1::CancelRunRequest>) -> ApiResult<v1::CancelRunResponse> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        self.propose(Command::CancelRun {
+            namespace: namespace.clone(),
+            pipeline: request.pipeline_id.clone(),
+            run: request.run_id,
+            reason: "cancelled by user".to_string(),
+            at: now_millis(),
+        })
+        .await?;
+        let run = self.run_proto(&namespace, &request.pipeline_id, request.run_id)?;
+        Ok(Response::new(v1::CancelRunResponse { run: Some(run) }))
+    }
+
+    type WatchRunStream = BoxStream<v1::WatchRunResponse>;
+
+    async fn watch_run(&self, request: Request<v1::WatchRunRequest>) -> ApiResult<Self::WatchRunStream> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        let (pipeline, id) = (request.pipeline_id, request.run_id);
+        // Subscribe before the first read so that no change between the two is missed.
+        let mut changes = self.state.subscribe();
+        let first = self.run_proto(&namespace, &pipeline, id)?;
+        let this = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last = None;
+            let mut current = first;
+            loop {
+                if last.as_ref() != Some(&current) {
+                    let terminal = gofer_proto::run_state_name(current.state);
+                    let done = matches!(terminal, "SUCCEEDED" | "FAILED" | "CANCELLED");
+                    if tx
+                        .send(Ok(v1::WatchRunResponse {
+                            run: Some(current.clone()),
+                        }))
+                        .await
+                        .is_err()
+                        || done
+                    {
+                        return;
+                    }
+                    last = Some(current.clone());
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() {
+                        let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
+                        return;
+                    },
+                    () = tx.closed() => return,
+                }
+                match this.run_proto(&namespace, &pipeline, id) {
+                    Ok(run) => current = run,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn list_task_executions(
+        &self,
+        request: Request<v1::ListTaskExecutionsRequest>,
+    ) -> ApiResult<v1::ListTaskExecutionsResponse> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        let pipeline = request.pipeline_id;
+        let task_executions = self.read(|s| {
+            let (run, _) = s.run(&namespace, &pipeline, request.run_id)?;
+            Ok(run
+                .tasks
+                .iter()
+                .map(|t| task_to_proto(&namespace, &pipeline, run.id, t))
+                .collect())
+        })?;
+        Ok(Response::new(v1::ListTaskExecutionsResponse { task_executions }))
+    }
+
+    type GetTaskLogsStream = BoxStream<v1::GetTaskLogsResponse>;
+
+    async fn get_task_logs(&self, request: Request<v1::GetTaskLogsRequest>) -> ApiResult<Self::GetTaskLogsStream> {
+        let request = request.into_inner();
+        let stream = crate::logs::stream_task_logs(self.clone(), request)?;
+        Ok(Response::new(stream))
+    }
+}

@@ -1,0 +1,162 @@
+//! The life of one attempt on this executor: adopt or create its container, ship its output, wait for it,
+//! store its logs, remove it, report how it ended.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gofer_proto::v1::{self, dispatch_request::Kind};
+
+use crate::session::Executor;
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn finished(key: &v1::AttemptKey, outcome: v1::AttemptOutcome, exit_code: Option<i64>, reason: String) -> Kind {
+    Kind::Finished(v1::AttemptFinished {
+        key: Some(key.clone()),
+        outcome: outcome as i32,
+        exit_code,
+        reason,
+        ended_unix_millis: now_millis(),
+    })
+}
+
+/// Runs one attempt to its end and reports it.
+pub(crate) async fn run(
+    executor: &Executor,
+    key_text: &str,
+    start: v1::StartAttempt,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let Some(key) = start.key.clone() else { return };
+    let cluster = executor.cluster.lock().expect("cluster lock").clone();
+    let report_error = |reason: String| {
+        tracing::info!(attempt = %key_text, %reason, "attempt failed to run");
+        executor.report(finished(&key, v1::AttemptOutcome::Error, None, reason));
+    };
+    let container = match executor.docker.find(&cluster, key_text).await {
+        Err(err) => return report_error(err),
+        Ok(Some(existing)) => {
+            tracing::info!(attempt = %key_text, container = %existing.id, "adopting the attempt's container");
+            existing.id
+        }
+        Ok(None) if start.already_started => {
+            return report_error("the attempt's container was lost before it finished".to_string());
+        }
+        Ok(None) => {
+            if stop.is_cancelled() {
+                return executor.report(finished(&key, v1::AttemptOutcome::Stopped, None, String::new()));
+            }
+            match executor.docker.has_image(&start.image).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return report_error(format!(
+                        "image {:?} not found locally (there is no registry to pull from: build or load it first)",
+                        start.image
+                    ));
+                }
+                Err(err) => return report_error(err),
+            }
+            match executor
+                .docker
+                .create_and_start(&cluster, &executor.id, key_text, &start)
+                .await
+            {
+                Ok(id) => id,
+                Err(err) => return report_error(err),
+            }
+        }
+    };
+    executor.report(Kind::Started(v1::AttemptStarted {
+        key: Some(key.clone()),
+        started_unix_millis: now_millis(),
+    }));
+    tracing::info!(attempt = %key_text, container = %container, "attempt running");
+
+    let logs = ship_logs(executor, &key, &container);
+    let waited = async {
+        tokio::select! {
+            code = executor.docker.wait(&container) => (code, false),
+            () = stop.cancelled() => {
+                if let Err(err) = executor.docker.stop(&container).await {
+                    tracing::warn!(%err, "could not stop a cancelled attempt's container");
+                }
+                (executor.docker.wait(&container).await, true)
+            }
+        }
+    };
+    let (shipped, (code, stopped)) = tokio::join!(logs, waited);
+    if let Err(err) = shipped {
+        // The attempt's output could not be archived: fail it loudly rather than report a success whose
+        // logs are missing. The container stays for an operator to inspect.
+        return report_error(format!("the attempt ran but its logs could not be stored: {err}"));
+    }
+    if let Err(err) = executor.docker.remove(&container).await {
+        tracing::warn!(%err, container = %container, "could not remove a finished container");
+    }
+    let kind = match (code, stopped) {
+        (_, true) => finished(&key, v1::AttemptOutcome::Stopped, None, "stopped".into()),
+        (Ok(code), false) => finished(&key, v1::AttemptOutcome::Exited, Some(code), String::new()),
+        (Err(err), false) => finished(&key, v1::AttemptOutcome::Error, None, err),
+    };
+    tracing::info!(attempt = %key_text, "attempt finished");
+    executor.report(kind);
+}
+
+/// Streams the container's output to the log archive and returns once every byte is durable there.
+async fn ship_logs(executor: &Executor, key: &v1::AttemptKey, container: &str) -> Result<(), String> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<v1::PushTaskLogsRequest>(64);
+    let first = v1::PushTaskLogsRequest {
+        key: Some(key.clone()),
+        data: Vec::new(),
+    };
+    tx.send(first).await.map_err(|_| "the log queue closed".to_string())?;
+    let mut client = executor.client();
+    let upload = tokio::spawn(async move {
+        client
+            .push_task_logs(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let mut output = Box::pin(executor.docker.logs(container));
+    let mut read_error = None;
+    while let Some(chunk) = output.next().await {
+        match chunk {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) => {
+                if tx.send(v1::PushTaskLogsRequest { key: None, data }).await.is_err() {
+                    break;
+                }
+            }
+            Err(err) => {
+                read_error = Some(err);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let uploaded = tokio::time::timeout(Duration::from_secs(60), upload)
+        .await
+        .map_err(|_| "storing the logs timed out".to_string())?
+        .map_err(|e| format!("the log upload task failed: {e}"))?;
+    uploaded.map_err(|status| format!("storing the logs: {}", status.message()))?;
+    match read_error {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// Handles a Stop for an attempt this executor never started: removes any container left for it from
+/// before a restart and reports it stopped.
+pub(crate) async fn stop_unstarted(executor: &Executor, key_text: &str, key: v1::AttemptKey) {
+    let cluster = executor.cluster.lock().expect("cluster lock").clone();
+    if let Ok(Some(existing)) = executor.docker.find(&cluster, key_text).await
+        && let Err(err) = executor.docker.remove(&existing.id).await
+    {
+        tracing::warn!(%err, "could not remove a cancelled attempt's container");
+    }
+    executor.report(finished(&key, v1::AttemptOutcome::Stopped, None, "stopped".into()));
+}

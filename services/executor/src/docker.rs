@@ -1,0 +1,224 @@
+//! The Docker backend: the handful of Engine API calls an attempt needs, with Gofer's labels.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    WaitContainerOptions,
+};
+use futures_util::{Stream, StreamExt};
+use gofer_proto::v1;
+
+use crate::Error;
+
+/// Label keys on every container Gofer makes.
+pub(crate) const LABEL_CLUSTER: &str = "dev.gofer.cluster";
+pub(crate) const LABEL_EXECUTOR: &str = "dev.gofer.executor";
+pub(crate) const LABEL_ATTEMPT: &str = "dev.gofer.attempt-key";
+
+/// A connection to the Docker Engine.
+#[derive(Clone)]
+pub struct DockerBackend {
+    docker: Docker,
+}
+
+/// A container that exists for an attempt.
+pub(crate) struct Existing {
+    pub(crate) id: String,
+}
+
+impl DockerBackend {
+    /// Connects to the local Docker Engine (`DOCKER_HOST` or the default socket) and checks it answers.
+    pub async fn connect() -> Result<Self, Error> {
+        let docker = Docker::connect_with_local_defaults().map_err(|e| Error::Docker(e.to_string()))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| Error::Docker(format!("{e} (is the Docker daemon running?)")))?;
+        Ok(DockerBackend { docker })
+    }
+
+    /// Whether `image` exists locally. There is no registry to pull from.
+    pub(crate) async fn has_image(&self, image: &str) -> Result<bool, String> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+            Err(e) => Err(format!("inspecting image {image:?}: {e}")),
+        }
+    }
+
+    /// The container of an attempt, if there is one.
+    pub(crate) async fn find(&self, cluster: &str, key: &str) -> Result<Option<Existing>, String> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_CLUSTER}={cluster}"), format!("{LABEL_ATTEMPT}={key}")],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let found = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| format!("listing containers: {e}"))?;
+        Ok(found.into_iter().find_map(|c| c.id.map(|id| Existing { id })))
+    }
+
+    /// Every container of this cluster and executor, by attempt key.
+    pub(crate) async fn ours(&self, cluster: &str, executor: &str) -> Result<Vec<(String, String)>, String> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_CLUSTER}={cluster}"),
+                format!("{LABEL_EXECUTOR}={executor}"),
+            ],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let found = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| format!("listing containers: {e}"))?;
+        Ok(found
+            .into_iter()
+            .filter_map(|c| {
+                let key = c.labels.as_ref()?.get(LABEL_ATTEMPT)?.clone();
+                Some((c.id?, key))
+            })
+            .collect())
+    }
+
+    /// Creates and starts the container of an attempt; returns its id.
+    pub(crate) async fn create_and_start(
+        &self,
+        cluster: &str,
+        executor: &str,
+        key: &str,
+        start: &v1::StartAttempt,
+    ) -> Result<String, String> {
+        let attempt = start.key.as_ref().ok_or("start without a key")?;
+        let labels = HashMap::from([
+            (LABEL_CLUSTER.to_string(), cluster.to_string()),
+            (LABEL_EXECUTOR.to_string(), executor.to_string()),
+            (LABEL_ATTEMPT.to_string(), key.to_string()),
+            ("dev.gofer.namespace".to_string(), attempt.namespace_id.clone()),
+            ("dev.gofer.pipeline".to_string(), attempt.pipeline_id.clone()),
+            ("dev.gofer.run".to_string(), attempt.run_id.to_string()),
+            ("dev.gofer.task".to_string(), attempt.task_id.clone()),
+            ("dev.gofer.attempt".to_string(), attempt.attempt.to_string()),
+        ]);
+        let mut env: Vec<String> = start.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.sort();
+        env.extend([
+            format!("GOFER_NAMESPACE={}", attempt.namespace_id),
+            format!("GOFER_PIPELINE={}", attempt.pipeline_id),
+            format!("GOFER_RUN={}", attempt.run_id),
+            format!("GOFER_TASK={}", attempt.task_id),
+            format!("GOFER_ATTEMPT={}", attempt.attempt),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(start.image.clone()),
+            cmd: if start.command.is_empty() {
+                None
+            } else {
+                Some(start.command.clone())
+            },
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                init: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = container_name(cluster, attempt);
+        let options = CreateContainerOptions {
+            name: Some(name),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| format!("creating the container: {e}"))?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.remove(&created.id).await;
+            return Err(format!("starting the container: {e}"));
+        }
+        Ok(created.id)
+    }
+
+    /// The container's output from its start, following it until the container stops.
+    pub(crate) fn logs(&self, id: &str) -> impl Stream<Item = Result<Vec<u8>, String>> + use<> {
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        self.docker.logs(id, Some(options)).map(|item| {
+            item.map(|output| output.into_bytes().to_vec())
+                .map_err(|e| format!("reading the container's output: {e}"))
+        })
+    }
+
+    /// Waits until the container stops and returns its exit code.
+    pub(crate) async fn wait(&self, id: &str) -> Result<i64, String> {
+        let options = WaitContainerOptions {
+            condition: "not-running".to_string(),
+        };
+        let mut stream = self.docker.wait_container(id, Some(options));
+        match stream.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // bollard reports a non-zero exit as this error, carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(format!("waiting for the container: {e}")),
+            None => Err("waiting for the container: the Engine closed the stream".to_string()),
+        }
+    }
+
+    /// Asks the container to stop: SIGTERM, then SIGKILL after a grace period.
+    pub(crate) async fn stop(&self, id: &str) -> Result<(), String> {
+        let options = StopContainerOptions {
+            t: Some(5),
+            ..Default::default()
+        };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped; 404: already gone. Both mean it is not running.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304 | 404, ..
+            }) => Ok(()),
+            Err(e) => Err(format!("stopping the container: {e}")),
+        }
+    }
+
+    /// Removes the container, running or not.
+    pub(crate) async fn remove(&self, id: &str) -> Result<(), String> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(format!("removing the container: {e}")),
+        }
+    }
+}
+
+/// A readable, unique container name: `gofer-<pipeline>-<run>-<task>-<attempt>-<cluster prefix>`.
+fn container_name(cluster: &str, key: &v1::AttemptKey) -> String {
+    let cluster: String = cluster.chars().take(12).collect();
+    format!(
+        "gofer-{}-{}-{}-{}-{}-{}",
+        key.namespace_id, key.pipeline_id, key.run_id, key.task_id, key.attempt, cluster
+    )
+}

@@ -1,0 +1,201 @@
+//! One executor and its dispatch session: the hello, the welcome (orphan cleanup), Starts and Stops in,
+//! reports out. Reports of attempts that ended are kept until the scheduler no longer lists them as
+//! live, and re-sent when it asks to start them again, so a report lost with a broken stream is not lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use gofer_proto::v1::{self, dispatch_request, dispatch_response, dispatch_service_client::DispatchServiceClient};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use crate::DockerBackend;
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub(crate) struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub(crate) type Client = DispatchServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// The attempt key as a label value and map key: `namespace/pipeline/run/task/attempt`.
+pub(crate) fn key_string(key: &v1::AttemptKey) -> String {
+    format!(
+        "{}/{}/{}/{}/{}",
+        key.namespace_id, key.pipeline_id, key.run_id, key.task_id, key.attempt
+    )
+}
+
+/// An attempt this executor is running.
+pub(crate) struct Active {
+    pub(crate) stop: CancellationToken,
+}
+
+pub(crate) struct Executor {
+    pub(crate) id: String,
+    pub(crate) docker: DockerBackend,
+    channel: Channel,
+    header: MetadataValue<tonic::metadata::Ascii>,
+    /// Attempts with a task running them, by key.
+    pub(crate) active: Mutex<HashMap<String, Active>>,
+    /// Final reports, by key, kept until the scheduler stops listing the attempt as live.
+    pub(crate) finished: Mutex<HashMap<String, v1::AttemptFinished>>,
+    /// Where reports go while a stream is up.
+    outbound: Mutex<Option<mpsc::UnboundedSender<v1::DispatchRequest>>>,
+    pub(crate) cluster: Mutex<String>,
+}
+
+impl Executor {
+    pub(crate) fn new(
+        id: String,
+        docker: DockerBackend,
+        channel: Channel,
+        header: MetadataValue<tonic::metadata::Ascii>,
+    ) -> Self {
+        Executor {
+            id,
+            docker,
+            channel,
+            header,
+            active: Mutex::default(),
+            finished: Mutex::default(),
+            outbound: Mutex::default(),
+            cluster: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn client(&self) -> Client {
+        DispatchServiceClient::with_interceptor(self.channel.clone(), Bearer(self.header.clone()))
+            .max_decoding_message_size(16 * 1024 * 1024)
+    }
+
+    /// Sends a report if a stream is up; a report that cannot be sent now is recovered by the re-sent Start.
+    pub(crate) fn report(&self, kind: dispatch_request::Kind) {
+        if let dispatch_request::Kind::Finished(finished) = &kind
+            && let Some(key) = &finished.key
+        {
+            self.finished
+                .lock()
+                .expect("finished lock")
+                .insert(key_string(key), finished.clone());
+        }
+        if let Some(tx) = self.outbound.lock().expect("outbound lock").as_ref() {
+            let _ = tx.send(v1::DispatchRequest { kind: Some(kind) });
+        }
+    }
+
+    /// One dispatch session: returns Ok on shutdown, Err when the stream broke.
+    pub(crate) async fn session(self: Arc<Self>, shutdown: &CancellationToken) -> Result<(), Status> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hello = v1::DispatchRequest {
+            kind: Some(dispatch_request::Kind::Hello(v1::ExecutorHello {
+                executor_id: self.id.clone(),
+            })),
+        };
+        tx.send(hello)
+            .map_err(|_| Status::internal("the report queue closed"))?;
+        let mut inbound = self
+            .client()
+            .dispatch(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        *self.outbound.lock().expect("outbound lock") = Some(tx);
+        let result = loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                message = inbound.next() => message,
+            };
+            match message {
+                Some(Ok(v1::DispatchResponse { kind: Some(kind) })) => self.handle(kind).await,
+                Some(Ok(_)) => {}
+                Some(Err(status)) => break Err(status),
+                None => break Err(Status::unavailable("the scheduler closed the stream")),
+            }
+        };
+        *self.outbound.lock().expect("outbound lock") = None;
+        result
+    }
+
+    async fn handle(self: &Arc<Self>, kind: dispatch_response::Kind) {
+        match kind {
+            dispatch_response::Kind::Welcome(welcome) => {
+                *self.cluster.lock().expect("cluster lock") = welcome.cluster_id.clone();
+                let live: std::collections::HashSet<String> = welcome.live_attempts.iter().map(key_string).collect();
+                self.finished
+                    .lock()
+                    .expect("finished lock")
+                    .retain(|key, _| live.contains(key));
+                self.remove_orphans(&welcome.cluster_id, &live).await;
+            }
+            dispatch_response::Kind::Start(start) => {
+                let Some(key) = start.key.clone() else { return };
+                let key = key_string(&key);
+                if let Some(finished) = self.finished.lock().expect("finished lock").get(&key).cloned() {
+                    self.report(dispatch_request::Kind::Finished(finished));
+                    return;
+                }
+                let stop = {
+                    let mut active = self.active.lock().expect("active lock");
+                    if active.contains_key(&key) {
+                        return;
+                    }
+                    let stop = CancellationToken::new();
+                    active.insert(key.clone(), Active { stop: stop.clone() });
+                    stop
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    crate::attempt::run(&this, &key, start, stop).await;
+                    this.active.lock().expect("active lock").remove(&key);
+                });
+            }
+            dispatch_response::Kind::Stop(stop) => {
+                let Some(key) = stop.key else { return };
+                let key_text = key_string(&key);
+                if let Some(active) = self.active.lock().expect("active lock").get(&key_text) {
+                    active.stop.cancel();
+                    return;
+                }
+                if let Some(finished) = self.finished.lock().expect("finished lock").get(&key_text).cloned() {
+                    self.report(dispatch_request::Kind::Finished(finished));
+                    return;
+                }
+                // Never started here: there is no container to stop, but there may be one left from
+                // before a restart.
+                let this = self.clone();
+                tokio::spawn(async move { crate::attempt::stop_unstarted(&this, &key_text, key).await });
+            }
+        }
+    }
+
+    /// Removes containers of this cluster and executor that belong to no live or active attempt.
+    async fn remove_orphans(&self, cluster: &str, live: &std::collections::HashSet<String>) {
+        let ours = match self.docker.ours(cluster, &self.id).await {
+            Ok(ours) => ours,
+            Err(err) => {
+                tracing::warn!(%err, "could not list containers to clean up");
+                return;
+            }
+        };
+        for (id, key) in ours {
+            let active = self.active.lock().expect("active lock").contains_key(&key);
+            if !live.contains(&key) && !active {
+                tracing::info!(container = %id, attempt = %key, "removing a container no live attempt owns");
+                if let Err(err) = self.docker.remove(&id).await {
+                    tracing::warn!(%err, container = %id, "could not remove an orphaned container");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The redb file behind one raft node: its tables, opening it, and the blocking reads and writes the
+//! log store ([`log`]) and the state machine ([`state_machine`]) make.
+//!
+//! One file per node holds the raft log (index → JSON entry), the vote, the committed log id, the last
+//! purged log id and the latest snapshot (meta and data). The state machine's applied state is not
+//! written on every apply: it is the latest snapshot plus the committed log after it, which openraft
+//! re-applies at startup from `read_committed`.
+//!
+//! redb calls block on disk IO and fsync, so every one of them runs in `spawn_blocking`. This module
+//! refuses to interpret commands: it stores bytes and openraft's own types, nothing else.
+
+// openraft's storage traits fix their error type, `StorageError` (over 200 bytes); the helpers here pass
+// it on unchanged rather than boxing it only to unbox it again.
+#![allow(clippy::result_large_err)]
+
+mod log;
+mod state_machine;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use openraft::{AnyError, SnapshotMeta};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{oneshot, watch};
+
+pub(crate) use log::RaftLogStore;
+pub(crate) use state_machine::{AppliedState, StateMachineStore};
+
+use crate::Error;
+use crate::types::NodeId;
+
+/// The raft log: entry index → the entry as JSON.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Raft's own records, each JSON, under the `*_KEY` names below.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// The latest snapshot: its meta as JSON under [`SNAPSHOT_META_KEY`], its data under [`SNAPSHOT_DATA_KEY`].
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+
+const VOTE_KEY: &str = "vote";
+const COMMITTED_KEY: &str = "committed";
+const LAST_PURGED_KEY: &str = "last_purged";
+const SNAPSHOT_META_KEY: &str = "meta";
+const SNAPSHOT_DATA_KEY: &str = "data";
+
+/// The open redb file, shared by the log store, its readers, the state machine and snapshot builders.
+///
+/// openraft drops these owners in several tasks after `Raft::shutdown` returns, so the file closes a
+/// little later. Dropping the last `Arc<RedbFile>` drops `_closed`, which tells the node the file is
+/// closed and the directory may be opened again (redb refuses a second open of a file in use).
+pub(crate) struct RedbFile {
+    // Fields drop in order: the database closes before `_closed` reports it.
+    db: Database,
+    _closed: oneshot::Sender<()>,
+}
+
+/// A freshly opened store, ready to hand to `Raft::new`.
+pub(crate) struct OpenStore {
+    pub(crate) log: RaftLogStore,
+    pub(crate) state_machine: StateMachineStore,
+    /// The applied state, shared with the state machine.
+    pub(crate) applied: Arc<RwLock<AppliedState>>,
+    /// The last applied log index, sent after every apply batch and snapshot install.
+    pub(crate) applied_index: watch::Receiver<u64>,
+    /// Completes (with an error, as nothing is ever sent) once the redb file is closed.
+    pub(crate) closed: oneshot::Receiver<()>,
+}
+
+/// Opens or creates the redb file at `path` and loads the latest snapshot into memory.
+pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
+    let shown = path.display().to_string();
+    let (closed_tx, closed) = oneshot::channel();
+    let (file, snapshot) = tokio::task::spawn_blocking(move || -> Result<_, redb::Error> {
+        let db = Database::create(&path)?;
+        // Read transactions fail on a table that was never created, so create them all up front.
+        let txn = db.begin_write()?;
+        txn.open_table(LOG)?;
+        txn.open_table(META)?;
+        txn.open_table(SNAPSHOT)?;
+        txn.commit()?;
+        let file = RedbFile { db, _closed: closed_tx };
+        let snapshot = file.snapshot()?;
+        Ok((file, snapshot))
+    })
+    .await
+    .map_err(|e| Error::Storage(format!("opening {shown}: {e}")))?
+    .map_err(|e| Error::Storage(format!("opening {shown}: {e}")))?;
+
+    let applied = match snapshot {
+        None => AppliedState::default(),
+        Some(StoredSnapshot { meta, data }) => {
+            let meta: SnapshotMeta<NodeId, openraft::BasicNode> = serde_json::from_slice(&meta)
+                .map_err(|e| Error::Storage(format!("decoding the snapshot meta in {shown}: {e}")))?;
+            let applied: AppliedState = serde_json::from_slice(&data)
+                .map_err(|e| Error::Storage(format!("decoding the snapshot in {shown}: {e}")))?;
+            if applied.last_applied != meta.last_log_id || applied.membership != meta.last_membership {
+                return Err(Error::Storage(format!(
+                    "the snapshot in {shown} disagrees with its meta {}",
+                    meta.snapshot_id
+                )));
+            }
+            applied
+        }
+    };
+    let (applied_tx, applied_index) = watch::channel(applied.last_applied.map_or(0, |l| l.index));
+    let applied = Arc::new(RwLock::new(applied));
+    let file = Arc::new(file);
+    Ok(OpenStore {
+        log: RaftLogStore::new(file.clone()),
+        state_machine: StateMachineStore::new(file, applied.clone(), applied_tx),
+        applied,
+        applied_index,
+        closed,
+    })
+}
+
+/// Runs blocking redb work on the blocking pool, turning its error (or its panic) into an [`AnyError`]
+/// for openraft's storage errors.
+async fn blocking<T, E, F>(work: F) -> Result<T, AnyError>
+where
+    T: Send + 'static,
+    E: std::error::Error + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(AnyError::new(&e)),
+        Err(e) => Err(AnyError::new(&e)),
+    }
+}
+
+/// The blocking operations. Each is one redb transaction; every write commits with immediate
+/// durability (fsynced before `commit` returns) unless it says otherwise.
+impl RedbFile {
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8], durability: Durability) -> Result<(), redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability)?;
+        txn.open_table(META)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The last log entry and the last purged log id, read in one transaction.
+    fn log_state(&self) -> Result<StoredLogState, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let last = txn.open_table(LOG)?.last()?.map(|(_, v)| v.value().to_vec());
+        let purged = txn.open_table(META)?.get(LAST_PURGED_KEY)?.map(|v| v.value().to_vec());
+        Ok(StoredLogState {
+            last_entry: last,
+            last_purged: purged,
+        })
+    }
+
+    /// The entries with index in `first..=last`.
+    fn log_range(&self, first: u64, last: u64) -> Result<Vec<Vec<u8>>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOG)?;
+        let mut entries = Vec::new();
+        for row in table.range(first..=last)? {
+            entries.push(row?.1.value().to_vec());
+        }
+        Ok(entries)
+    }
+
+    fn append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(LOG)?;
+            for (index, entry) in entries {
+                table.insert(*index, entry.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes the entries with index `first` and later.
+    fn truncate(&self, first: u64) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(LOG)?.retain_in(first.., |_, _| false)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Records `last_purged` and removes the entries with index up to `last` in the same transaction.
+    fn purge(&self, last: u64, last_purged: &[u8]) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(LAST_PURGED_KEY, last_purged)?;
+        txn.open_table(LOG)?.retain_in(..=last, |_, _| false)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The latest snapshot's meta and data.
+    fn snapshot(&self) -> Result<Option<StoredSnapshot>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOT)?;
+        let meta = table.get(SNAPSHOT_META_KEY)?.map(|v| v.value().to_vec());
+        let data = table.get(SNAPSHOT_DATA_KEY)?.map(|v| v.value().to_vec());
+        Ok(meta.zip(data).map(|(meta, data)| StoredSnapshot { meta, data }))
+    }
+
+    /// Stores a snapshot unless the stored one is newer, and says whether it stored it.
+    ///
+    /// A snapshot build runs in its own task and may finish after a newer snapshot was installed from
+    /// the leader (which also purged the log up to it); overwriting that one would leave a gap between
+    /// the stored snapshot and the log at the next start.
+    fn put_snapshot(&self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> Result<bool, AnyError> {
+        let encoded_meta = serde_json::to_vec(meta).map_err(|e| AnyError::new(&e))?;
+        let txn = self.db.begin_write().map_err(|e| AnyError::new(&e))?;
+        {
+            let mut table = txn.open_table(SNAPSHOT).map_err(|e| AnyError::new(&e))?;
+            let stored = table
+                .get(SNAPSHOT_META_KEY)
+                .map_err(|e| AnyError::new(&e))?
+                .map(|v| v.value().to_vec());
+            if let Some(stored) = stored {
+                let stored: SnapshotMeta<NodeId, openraft::BasicNode> =
+                    serde_json::from_slice(&stored).map_err(|e| AnyError::new(&e))?;
+                if stored.last_log_id > meta.last_log_id {
+                    drop(table);
+                    txn.abort().map_err(|e| AnyError::new(&e))?;
+                    return Ok(false);
+                }
+            }
+            table
+                .insert(SNAPSHOT_META_KEY, encoded_meta.as_slice())
+                .map_err(|e| AnyError::new(&e))?;
+            table.insert(SNAPSHOT_DATA_KEY, data).map_err(|e| AnyError::new(&e))?;
+        }
+        txn.commit().map_err(|e| AnyError::new(&e))?;
+        Ok(true)
+    }
+}
+
+/// The log's end as stored: the last entry and the last purged log id, both JSON.
+struct StoredLogState {
+    last_entry: Option<Vec<u8>>,
+    last_purged: Option<Vec<u8>>,
+}
+
+/// The latest snapshot as stored: its meta and its data, both JSON.
+struct StoredSnapshot {
+    meta: Vec<u8>,
+    data: Vec<u8>,
+}

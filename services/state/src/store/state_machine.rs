@@ -1,0 +1,211 @@
+//! openraft's state machine: [`gofer_domain::State`] in memory, applied entry by entry, and its
+//! snapshots in the redb file.
+//!
+//! Applying is [`State::apply`] and nothing else; a refused command is a normal result carried back in
+//! the [`Response`], not a storage error. The applied state (state, last applied log id, membership) sits
+//! behind one std `RwLock` that is never held across an `.await`, so a snapshot sees the three together.
+//! Snapshots are `serde_json` of [`AppliedState`], a persisted format: add defaulted fields, never change
+//! or remove one. This file refuses to persist anything per apply; durability comes from the log.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use gofer_domain::{Applied, State};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{RedbFile, blocking};
+use crate::types::{NodeId, Response, TypeConfig};
+
+/// Everything applying the log produced: what a snapshot holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AppliedState {
+    pub(crate) last_applied: Option<LogId<NodeId>>,
+    pub(crate) membership: StoredMembership<NodeId, BasicNode>,
+    pub(crate) state: State,
+}
+
+/// The state machine openraft drives from its state machine task.
+pub(crate) struct StateMachineStore {
+    file: Arc<RedbFile>,
+    applied: Arc<RwLock<AppliedState>>,
+    applied_index: watch::Sender<u64>,
+    /// Counts snapshots built by this process, to keep snapshot ids unique.
+    snapshots_built: Arc<AtomicU64>,
+}
+
+/// Builds one snapshot from a view of the applied state taken when the build runs.
+pub(crate) struct SnapshotBuilder {
+    file: Arc<RedbFile>,
+    applied: Arc<RwLock<AppliedState>>,
+    snapshots_built: Arc<AtomicU64>,
+}
+
+const POISONED: &str = "the applied state lock is poisoned: an apply panicked";
+
+fn read_lock(applied: &RwLock<AppliedState>) -> Result<RwLockReadGuard<'_, AppliedState>, StorageIOError<NodeId>> {
+    applied
+        .read()
+        .map_err(|_| StorageIOError::read_state_machine(AnyError::error(POISONED)))
+}
+
+fn write_lock(applied: &RwLock<AppliedState>) -> Result<RwLockWriteGuard<'_, AppliedState>, StorageIOError<NodeId>> {
+    applied
+        .write()
+        .map_err(|_| StorageIOError::write_state_machine(AnyError::error(POISONED)))
+}
+
+impl StateMachineStore {
+    pub(super) fn new(
+        file: Arc<RedbFile>,
+        applied: Arc<RwLock<AppliedState>>,
+        applied_index: watch::Sender<u64>,
+    ) -> Self {
+        StateMachineStore {
+            file,
+            applied,
+            applied_index,
+            snapshots_built: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
+        let applied = read_lock(&self.applied)?;
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (responses, last_index) = {
+            let mut guard = write_lock(&self.applied)?;
+            let applied = &mut *guard;
+            let mut responses = Vec::new();
+            for entry in entries {
+                applied.last_applied = Some(entry.log_id);
+                let result = match entry.payload {
+                    EntryPayload::Blank => Ok(Applied::Done),
+                    EntryPayload::Normal(command) => {
+                        let result = applied.state.apply(&command);
+                        if let Err(error) = &result {
+                            tracing::debug!(index = entry.log_id.index, %error, "command refused");
+                        }
+                        result
+                    }
+                    EntryPayload::Membership(membership) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Ok(Applied::Done)
+                    }
+                };
+                responses.push(Response(result));
+            }
+            (responses, applied.last_applied.map(|l| l.index))
+        };
+        if let Some(index) = last_index {
+            self.applied_index.send_replace(index);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            file: self.file.clone(),
+            applied: self.applied.clone(),
+            snapshots_built: self.snapshots_built.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let signature = meta.signature();
+        let data = snapshot.into_inner();
+        let file = self.file.clone();
+        let stored_meta = meta.clone();
+        let installed = blocking(move || -> Result<AppliedState, AnyError> {
+            let installed: AppliedState = serde_json::from_slice(&data).map_err(|e| AnyError::new(&e))?;
+            if installed.last_applied != stored_meta.last_log_id || installed.membership != stored_meta.last_membership
+            {
+                return Err(AnyError::error("the snapshot data disagrees with its meta"));
+            }
+            if !file.put_snapshot(&stored_meta, &data)? {
+                return Err(AnyError::error("a newer snapshot is already stored"));
+            }
+            Ok(installed)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(signature), e))?;
+
+        let index = installed.last_applied.map_or(0, |l| l.index);
+        *write_lock(&self.applied)? = installed;
+        self.applied_index.send_replace(index);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let file = self.file.clone();
+        let stored = blocking(move || file.snapshot())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, e))?;
+        let Some(super::StoredSnapshot { meta, data }) = stored else {
+            return Ok(None);
+        };
+        let meta = serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        // Clone under the lock, then encode and write on the blocking pool: applies wait only for the clone.
+        let view = read_lock(&self.applied)?.clone();
+        let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot_id = match view.last_applied {
+            Some(l) => format!("{}-{}-{}-{built}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => format!("none-{built}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: view.last_applied,
+            last_membership: view.membership.clone(),
+            snapshot_id,
+        };
+        let file = self.file.clone();
+        let stored_meta = meta.clone();
+        let data = blocking(move || -> Result<Vec<u8>, AnyError> {
+            let data = serde_json::to_vec(&view).map_err(|e| AnyError::new(&e))?;
+            if !file.put_snapshot(&stored_meta, &data)? {
+                tracing::info!(snapshot = %stored_meta.snapshot_id, "a newer snapshot is stored already; keeping it");
+            }
+            Ok(data)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}

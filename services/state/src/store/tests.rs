@@ -1,0 +1,95 @@
+//! The redb store under openraft's storage suite, and across a reopen of the same file.
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite, log_id};
+use openraft::{Entry, EntryPayload, RaftLogReader, RaftSnapshotBuilder, StorageError, StorageIOError, Vote};
+use tempfile::TempDir;
+
+use super::*;
+use crate::types::TypeConfig;
+
+/// Builds each store in a temp dir of its own, which lives as long as the suite's test does.
+struct TempDirStoreBuilder;
+
+impl StoreBuilder<TypeConfig, RaftLogStore, StateMachineStore, TempDir> for TempDirStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, RaftLogStore, StateMachineStore), StorageError<NodeId>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
+        let store = open(dir.path().join("state.redb"))
+            .await
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok((dir, store.log, store.state_machine))
+    }
+}
+
+#[test]
+fn passes_the_openraft_storage_suite() {
+    Suite::test_all(TempDirStoreBuilder).unwrap();
+}
+
+fn command_entry(index: u64, namespace: &str) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(1, 1, index),
+        payload: EntryPayload::Normal(gofer_domain::Command::CreateNamespace {
+            namespace: namespace.into(),
+            at: 7,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_reopened_file_keeps_vote_log_committed_purged_and_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let init = Entry {
+        log_id: log_id(1, 1, 1),
+        payload: EntryPayload::Normal(gofer_domain::Command::Init {
+            cluster_id: "c".into(),
+            at: 1,
+        }),
+    };
+
+    let snapshot_meta = {
+        let mut store = open(path.clone()).await.unwrap();
+        store.log.save_vote(&Vote::new(3, 1)).await.unwrap();
+        store
+            .log
+            .blocking_append(vec![init.clone(), command_entry(2, "a"), command_entry(3, "b")])
+            .await
+            .unwrap();
+        store.log.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
+        store
+            .state_machine
+            .apply(vec![init, command_entry(2, "a")])
+            .await
+            .unwrap();
+        let snapshot = store
+            .state_machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        store.log.purge(log_id(1, 1, 1)).await.unwrap();
+        let applied = *store.applied_index.borrow();
+        assert_eq!(applied, 2);
+        snapshot.meta
+    };
+
+    let mut store = open(path).await.unwrap();
+    assert_eq!(store.log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+    assert_eq!(store.log.read_committed().await.unwrap(), Some(log_id(1, 1, 3)));
+    let state = store.log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 1)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 1, 3)));
+    let entries = store.log.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![2, 3]);
+
+    // The state machine comes back from the snapshot alone; raft re-applies entry 3 after it.
+    let (applied, _) = store.state_machine.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 1, 2)));
+    assert_eq!(*store.applied_index.borrow(), 2);
+    let namespaces: Vec<String> = store.applied.read().unwrap().state.namespaces.keys().cloned().collect();
+    assert_eq!(namespaces, vec!["a".to_string(), "default".to_string()]);
+    let current = store.state_machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snapshot_meta);
+}

@@ -1,0 +1,112 @@
+//! Bad input: every invalid pipeline is refused with InvalidArgument naming the field and nothing is
+//! stored; unknown things are NotFound; a missing or wrong token is Unauthenticated; usage errors exit 2;
+//! the server keeps serving after each.
+
+use anyhow::Result;
+
+use crate::{start, stderr};
+
+fn task(id: &str) -> String {
+    format!(r#"{{"id": "{id}", "image": "img"}}"#)
+}
+
+#[test]
+fn invalid_pipelines_are_refused_naming_the_field_and_nothing_is_stored() -> Result<()> {
+    let dev = start()?;
+    let many: Vec<String> = (0..201).map(|i| task(&format!("t{i}"))).collect();
+    let long = "x".repeat(65);
+    let cases: Vec<(String, &str)> = vec![
+        (r#"{"id": "p", "tasks": [ "#.to_string(), "malformed JSON"),
+        (format!(r#"{{"id": "p", "tasks": [{}, {}]}}"#, task("a"), task("a")), "tasks[1].id"),
+        (format!(r#"{{"id": "p", "tasks": [{}]}}"#, task("")), "tasks[0].id"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "img", "depends_on": {"nope": "success"}}]}"#.into(), "tasks[0].depends_on.nope"),
+        (
+            r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "depends_on": {"b": "any"}}, {"id": "b", "image": "i", "depends_on": {"a": "any"}}]}"#.into(),
+            "cycle",
+        ),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": ""}]}"#.into(), "tasks[0].image"),
+        (format!(r#"{{"id": "p", "tasks": [{}]}}"#, task("Bad.Id")), "tasks[0].id"),
+        (format!(r#"{{"id": "{long}", "tasks": [{}]}}"#, task("a")), "id:"),
+        (format!(r#"{{"id": "p", "tasks": [{}]}}"#, many.join(",")), "at most 200"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "depends_on": {"a": "sometimes"}}]}"#.into(), "tasks[0].depends_on.a"),
+    ];
+    for (json, expected) in &cases {
+        let output = dev.register_output(json)?;
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{expected}: {err}");
+        assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err:?}");
+        assert!(!err.contains("Status {") && !err.contains("panicked"), "{err}");
+        if *expected != "malformed JSON" {
+            assert!(err.contains("InvalidArgument"), "{err}");
+        }
+    }
+    assert_eq!(dev.ctl_json(&["pipeline", "list"])?, serde_json::json!([]));
+    Ok(())
+}
+
+#[test]
+fn unknown_things_missing_tokens_and_usage_errors_are_refused_and_the_server_keeps_serving() -> Result<()> {
+    let dev = start()?;
+    for args in [
+        vec!["run", "start", "nope"],
+        vec!["pipeline", "get", "nope"],
+        vec!["run", "get", "nope", "1"],
+        vec!["task", "list", "nope", "1"],
+        vec!["--namespace", "nowhere", "pipeline", "list"],
+    ] {
+        let output = dev.ctl(&args)?;
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&output).contains("NotFound"), "{args:?}: {}", stderr(&output));
+    }
+    dev.register(&crate::pipeline("known", &[("a", "true", &[])]))?;
+    let output = dev.ctl(&["run", "get", "known", "42"])?;
+    assert!(
+        stderr(&output).contains("NotFound") && stderr(&output).contains("run 42"),
+        "{}",
+        stderr(&output)
+    );
+
+    let wrong = dev.goferctl().args(["--token", "wrong", "pipeline", "list"]).output()?;
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(stderr(&wrong).contains("Unauthenticated"), "{}", stderr(&wrong));
+    let config = std::fs::read_to_string(dev.config_path())?;
+    let no_token: String = config
+        .lines()
+        .filter(|l| !l.starts_with("token"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let bare = dev.config_path().with_file_name("no-token.toml");
+    std::fs::write(&bare, no_token)?;
+    let host = dev.host.clone();
+    let missing = dev
+        .goferctl()
+        .env("GOFER_CONFIG", &bare)
+        .env("GOFER_TOKEN", "")
+        .args(["--host", &host, "pipeline", "list"])
+        .output()?;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("Unauthenticated"), "{}", stderr(&missing));
+
+    for args in [
+        vec!["run", "get", "known", "not-a-number"],
+        vec!["frobnicate"],
+        vec!["run", "start"],
+    ] {
+        let output = dev.ctl(&args)?;
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+    }
+    let duplicate = dev.ctl(&["namespace", "create", "default"])?;
+    assert!(stderr(&duplicate).contains("AlreadyExists"), "{}", stderr(&duplicate));
+    let bad_namespace = dev.ctl(&["namespace", "create", "Not OK"])?;
+    assert!(
+        stderr(&bad_namespace).contains("InvalidArgument"),
+        "{}",
+        stderr(&bad_namespace)
+    );
+
+    // After all of that the server still serves, and never logged a panic.
+    assert!(dev.ctl(&["run", "start", "known", "--wait"])?.status.success());
+    assert!(!dev.server_log().contains("panicked"), "{}", dev.server_log());
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! Runs through the whole path: success, failure with a failure handler and skips, cancel, live log
+//! following by two clients, restarts, a missing image, orphaned containers.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use gofer_testkit::{TOOLBOX_IMAGE, wait_until};
+
+use crate::{pipeline, start, stderr, tasks, wait_for_end};
+
+#[test]
+fn a_pipeline_runs_to_success_and_keeps_its_logs() -> Result<()> {
+    let dev = start()?;
+    let json = pipeline(
+        "hello",
+        &[
+            ("a", "echo hi; echo to-stderr >&2", &[]),
+            ("b", "echo after $K", &[("a", "success")]),
+        ],
+    );
+    assert_eq!(dev.register(&json)?, 1);
+    let output = dev.ctl(&["run", "start", "hello", "--wait"])?;
+    assert!(output.status.success(), "run start --wait: {}", stderr(&output));
+    assert_eq!(String::from_utf8(output.stdout)?.trim(), "1");
+
+    let run = dev.ctl_json(&["run", "get", "hello", "1"])?;
+    assert_eq!(run["state"], "SUCCEEDED");
+    assert!(run["ended_unix_millis"].as_i64().unwrap() >= run["started_unix_millis"].as_i64().unwrap());
+    let tasks = tasks(&dev, "hello", "1")?;
+    for id in ["a", "b"] {
+        assert_eq!(tasks[id]["state"], "SUCCEEDED", "{id}: {}", tasks[id]);
+        assert_eq!(tasks[id]["exit_code"], 0);
+        assert!(tasks[id]["started_unix_millis"].as_i64().unwrap() > 0);
+        assert!(tasks[id]["ended_unix_millis"].as_i64().unwrap() >= tasks[id]["started_unix_millis"].as_i64().unwrap());
+    }
+    // b started after a ended: its dependency held.
+    assert!(tasks["b"]["started_unix_millis"].as_i64() >= tasks["a"]["ended_unix_millis"].as_i64());
+    let logs = dev.ctl_ok(&["task", "logs", "hello", "1", "a"])?;
+    assert!(logs.contains("hi\n") && logs.contains("to-stderr\n"), "{logs:?}");
+    assert_eq!(dev.ctl_ok(&["task", "logs", "hello", "1", "b"])?, "after\n");
+
+    // Tables for people, too.
+    let table = dev.ctl_ok(&["run", "list", "hello"])?;
+    assert!(table.lines().next().unwrap().starts_with("RUN"), "{table}");
+    assert!(table.contains("SUCCEEDED"), "{table}");
+    // Containers are removed once their logs are stored.
+    wait_until("containers to be removed", Duration::from_secs(30), || {
+        Ok(dev.containers()?.is_empty().then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_failing_task_runs_its_failure_dependent_and_skips_the_rest() -> Result<()> {
+    let dev = start()?;
+    let json = pipeline(
+        "fails",
+        &[
+            ("build", "echo building; exit 3", &[]),
+            ("deploy", "echo deploying", &[("build", "success")]),
+            ("after-deploy", "echo never", &[("deploy", "any")]),
+            ("alert", "echo build failed", &[("build", "failure")]),
+            ("cleanup", "echo cleaning", &[("build", "any")]),
+        ],
+    );
+    dev.register(&json)?;
+    let output = dev.ctl(&["run", "start", "fails", "--wait"])?;
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a failed run exits 1: {}",
+        stderr(&output)
+    );
+    let run = dev.ctl_json(&["run", "get", "fails", "1"])?;
+    assert_eq!(run["state"], "FAILED");
+    let tasks = tasks(&dev, "fails", "1")?;
+    assert_eq!(tasks["build"]["state"], "FAILED");
+    assert_eq!(tasks["build"]["exit_code"], 3);
+    assert_eq!(tasks["deploy"]["state"], "SKIPPED");
+    assert_eq!(tasks["deploy"]["exit_code"], serde_json::Value::Null);
+    // Skips cascade: `any` after a SKIPPED parent still runs, since the parent did end.
+    assert_eq!(tasks["after-deploy"]["state"], "SUCCEEDED");
+    assert_eq!(tasks["alert"]["state"], "SUCCEEDED");
+    assert_eq!(tasks["cleanup"]["state"], "SUCCEEDED");
+    assert_eq!(dev.ctl_ok(&["task", "logs", "fails", "1", "alert"])?, "build failed\n");
+    Ok(())
+}
+
+#[test]
+fn cancel_stops_the_running_container() -> Result<()> {
+    let dev = start()?;
+    dev.register(&pipeline(
+        "slow",
+        &[
+            ("sleepy", "echo started; sleep 300", &[]),
+            ("next", "echo never", &[("sleepy", "any")]),
+        ],
+    ))?;
+    let run = dev.ctl_ok(&["run", "start", "slow"])?.trim().to_string();
+    wait_until("the task to run", Duration::from_secs(60), || {
+        Ok((tasks(&dev, "slow", &run)?["sleepy"]["state"] == "RUNNING").then_some(()))
+    })?;
+    assert_eq!(dev.containers()?.len(), 1);
+    dev.ctl_ok(&["run", "cancel", "slow", &run])?;
+    let ended = wait_for_end(&dev, "slow", &run)?;
+    assert_eq!(ended["state"], "CANCELLED");
+    let ended_tasks = tasks(&dev, "slow", &run)?;
+    assert_eq!(ended_tasks["sleepy"]["state"], "CANCELLED");
+    assert_eq!(ended_tasks["next"]["state"], "CANCELLED");
+    wait_until("the container to be gone", Duration::from_secs(30), || {
+        Ok(dev.containers()?.is_empty().then_some(()))
+    })?;
+    assert!(
+        dev.ctl_ok(&["task", "logs", "slow", &run, "sleepy"])?
+            .contains("started")
+    );
+    // --wait on a cancelled run exits 1.
+    dev.register(&pipeline("slow2", &[("sleepy", "sleep 300", &[])]))?;
+    let mut waiting = dev
+        .goferctl()
+        .args(["run", "start", "slow2", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_until("run 1 of slow2 to run", Duration::from_secs(60), || {
+        Ok((tasks(&dev, "slow2", "1")?["sleepy"]["state"] == "RUNNING").then_some(()))
+    })?;
+    dev.ctl_ok(&["run", "cancel", "slow2", "1"])?;
+    let status = wait_until("run start --wait to exit", Duration::from_secs(60), || {
+        Ok(waiting.try_wait()?)
+    })?;
+    assert_eq!(status.code(), Some(1));
+    Ok(())
+}
+
+#[test]
+fn two_clients_follow_one_task_live() -> Result<()> {
+    let dev = start()?;
+    dev.register(&pipeline(
+        "chatty",
+        &[("talk", "echo one; sleep 3; echo two; echo three >&2", &[])],
+    ))?;
+    let run = dev.ctl_ok(&["run", "start", "chatty"])?.trim().to_string();
+    let follow = || {
+        dev.goferctl()
+            .args(["task", "logs", "chatty", &run, "talk", "--follow"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let (mut first, second) = (follow()?, follow()?);
+    let mut first_out = BufReader::new(first.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    first_out.read_line(&mut line)?;
+    assert_eq!(line, "one\n");
+    // The first line arrived while the task was still running: the follow is live, not a replay.
+    assert_eq!(tasks(&dev, "chatty", &run)?["talk"]["state"], "RUNNING");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut first_out, &mut rest)?;
+    assert_eq!(line + &rest, "one\ntwo\nthree\n");
+    assert!(first.wait()?.success());
+    let second = second.wait_with_output()?;
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(String::from_utf8(second.stdout)?, "one\ntwo\nthree\n");
+    // A follower that starts after the end gets everything and exits.
+    assert_eq!(
+        dev.ctl_ok(&["task", "logs", "chatty", &run, "talk", "--follow"])?,
+        "one\ntwo\nthree\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn restart_keeps_everything_and_ids_keep_counting() -> Result<()> {
+    let mut dev = start()?;
+    dev.ctl_ok(&["namespace", "create", "team-a"])?;
+    dev.register(&pipeline("keep", &[("a", "echo v1", &[])]))?;
+    assert_eq!(dev.register(&pipeline("keep", &[("a", "echo v2", &[])]))?, 2);
+    assert!(dev.ctl(&["run", "start", "keep", "--wait"])?.status.success());
+    dev.restart()?;
+    let namespaces = dev.ctl_json(&["namespace", "list"])?;
+    let ids: Vec<&str> = namespaces
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["default", "team-a"]);
+    let pipeline = dev.ctl_json(&["pipeline", "get", "keep"])?;
+    assert_eq!(pipeline["latest_version"], 2);
+    assert_eq!(pipeline["config"]["tasks"][0]["command"][2], "echo v2");
+    let run = dev.ctl_json(&["run", "get", "keep", "1"])?;
+    assert_eq!(
+        (run["state"].as_str(), run["version"].as_u64()),
+        (Some("SUCCEEDED"), Some(2))
+    );
+    assert_eq!(tasks(&dev, "keep", "1")?["a"]["exit_code"], 0);
+    assert_eq!(dev.ctl_ok(&["task", "logs", "keep", "1", "a"])?, "v2\n");
+    assert_eq!(dev.ctl_ok(&["run", "start", "keep", "--wait"])?.trim(), "2");
+    assert_eq!(dev.register(&crate::pipeline("keep", &[("a", "echo v3", &[])]))?, 3);
+    Ok(())
+}
+
+#[test]
+fn a_run_in_flight_survives_a_restart_without_a_second_container() -> Result<()> {
+    let mut dev = start()?;
+    dev.register(&pipeline(
+        "long",
+        &[
+            ("a", "echo before; sleep 4; echo after", &[]),
+            ("b", "echo next", &[("a", "success")]),
+        ],
+    ))?;
+    let run = dev.ctl_ok(&["run", "start", "long"])?.trim().to_string();
+    wait_until("the task to run", Duration::from_secs(60), || {
+        Ok((tasks(&dev, "long", &run)?["a"]["state"] == "RUNNING").then_some(()))
+    })?;
+    let before = dev.containers()?;
+    assert_eq!(before.len(), 1);
+    dev.restart()?;
+    // The restarted executor adopts the running container instead of starting a second one.
+    assert_eq!(dev.containers()?, before);
+    let ended = wait_for_end(&dev, "long", &run)?;
+    assert_eq!(ended["state"], "SUCCEEDED", "{ended}");
+    let tasks = tasks(&dev, "long", &run)?;
+    assert_eq!(tasks["a"]["attempt"], 1);
+    assert_eq!(dev.ctl_ok(&["task", "logs", "long", &run, "a"])?, "before\nafter\n");
+    Ok(())
+}
+
+#[test]
+fn a_missing_image_fails_the_task_not_the_server() -> Result<()> {
+    let dev = start()?;
+    let json = r#"{"id": "ghost", "tasks": [{"id": "a", "image": "gofer-test/not-here:1", "command": ["true"]}]}"#;
+    dev.register(json)?;
+    let output = dev.ctl(&["run", "start", "ghost", "--wait"])?;
+    assert_eq!(output.status.code(), Some(1));
+    let task = &tasks(&dev, "ghost", "1")?["a"];
+    assert_eq!(task["state"], "FAILED");
+    let reason = task["state_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not found locally") && reason.contains("gofer-test/not-here:1"),
+        "{reason}"
+    );
+    // The server carries on.
+    dev.register(&pipeline("fine", &[("a", "true", &[])]))?;
+    assert!(dev.ctl(&["run", "start", "fine", "--wait"])?.status.success());
+    Ok(())
+}
+
+#[test]
+fn containers_no_live_attempt_owns_are_removed_on_start() -> Result<()> {
+    let mut dev = start()?;
+    let name = format!("gofer-orphan-{}", dev.cluster);
+    let created = std::process::Command::new("docker")
+        .args(["run", "-d", "--name", &name])
+        .args(["--label", &format!("dev.gofer.cluster={}", dev.cluster)])
+        .args([
+            "--label",
+            "dev.gofer.executor=local",
+            "--label",
+            "dev.gofer.attempt-key=default/gone/9/x/1",
+        ])
+        .args([TOOLBOX_IMAGE, "sleep", "300"])
+        .output()?;
+    assert!(created.status.success(), "{}", stderr(&created));
+    dev.restart()?;
+    wait_until("the orphan to be removed", Duration::from_secs(30), || {
+        Ok((!dev.containers()?.contains(&name)).then_some(()))
+    })?;
+    Ok(())
+}
