@@ -140,7 +140,7 @@ fn two_clients_follow_one_task_live() -> Result<()> {
     let dev = start()?;
     dev.register(&pipeline(
         "chatty",
-        &[("talk", "echo one; sleep 3; echo two; echo three >&2", &[])],
+        &[("talk", "echo one; sleep 3; echo two; sleep 0.5; echo three >&2", &[])],
     ))?;
     let run = dev.ctl_ok(&["run", "start", "chatty"])?.trim().to_string();
     let follow = || {
@@ -157,6 +157,8 @@ fn two_clients_follow_one_task_live() -> Result<()> {
     assert_eq!(line, "one\n");
     // The first line arrived while the task was still running: the follow is live, not a replay.
     assert_eq!(tasks(&dev, "chatty", &run)?["talk"]["state"], "RUNNING");
+    // stdout and stderr reach Docker through separate pipes, so only lines apart in time keep their order
+    // across the two streams; the script spaces them out.
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut first_out, &mut rest)?;
     assert_eq!(line + &rest, "one\ntwo\nthree\n");

@@ -27,6 +27,17 @@ pub enum RunState {
 }
 
 impl RunState {
+    /// The state's name as users see it: `SUCCEEDED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "PENDING",
+            RunState::Running => "RUNNING",
+            RunState::Succeeded => "SUCCEEDED",
+            RunState::Failed => "FAILED",
+            RunState::Cancelled => "CANCELLED",
+        }
+    }
+
     /// Whether the run has ended.
     pub fn is_terminal(self) -> bool {
         matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled)
@@ -48,6 +59,18 @@ impl TaskState {
     /// Whether the task execution has ended.
     pub fn is_terminal(self) -> bool {
         !matches!(self, TaskState::Pending | TaskState::Running)
+    }
+
+    /// The state's name as users see it: `SUCCEEDED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "PENDING",
+            TaskState::Running => "RUNNING",
+            TaskState::Succeeded => "SUCCEEDED",
+            TaskState::Failed => "FAILED",
+            TaskState::Cancelled => "CANCELLED",
+            TaskState::Skipped => "SKIPPED",
+        }
     }
 
     /// Whether a parent in this state meets `condition`. Only meaningful for terminal states.
@@ -335,8 +358,9 @@ impl State {
                         return Ok(Applied::Done);
                     }
                     return Err(Error::FailedPrecondition(format!(
-                        "run {} already ended {:?}",
-                        run.id, run.state
+                        "run {} already ended {}",
+                        run.id,
+                        run.state.as_str()
                     )));
                 }
                 if run.cancel_requested {
@@ -526,7 +550,8 @@ impl Run {
                 waiting = true;
             } else if !state.meets(*condition) {
                 return Readiness::Unreachable(format!(
-                    "parent {parent:?} ended {state:?}, needed {}",
+                    "parent {parent:?} ended {}, needed {}",
+                    state.as_str(),
                     condition.as_str()
                 ));
             }
@@ -580,7 +605,7 @@ fn settle(run: &mut Run, config: &PipelineConfig, at: i64) {
         .find(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
     {
         run.state = RunState::Failed;
-        run.reason = format!("task {:?} ended {:?}", failed.task, failed.state);
+        run.reason = format!("task {:?} ended {}", failed.task, failed.state.as_str());
     } else {
         run.state = RunState::Succeeded;
     }

@@ -41,6 +41,45 @@ pub fn bin_dir() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// Which cargo profile the `goferd` and `goferctl` binaries are built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildProfile {
+    /// `cargo build`, into `target/debug`: what the tests use.
+    Debug,
+    /// `cargo build --release`, into `target/release`: what the benchmarks use, since a debug
+    /// build's timings say little about the product.
+    Release,
+}
+
+/// The directory holding `goferd` and `goferctl` built with `profile`, building them first (once per
+/// process and profile). `BuildProfile::Debug` is exactly [`bin_dir`]; a release build is not quiet,
+/// because it takes minutes and its progress is worth seeing.
+pub fn bin_dir_with_profile(profile: BuildProfile) -> Result<PathBuf> {
+    if profile == BuildProfile::Debug {
+        return bin_dir();
+    }
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--release", "-p", "goferd", "-p", "goferctl"])
+                .current_dir(&root)
+                .status()
+                .map_err(|e| format!("running cargo build --release: {e}"))?;
+            if !status.success() {
+                return Err("cargo build --release -p goferd -p goferctl failed".to_string());
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            Ok(target.join("release"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 /// Builds the toolbox image once per process.
 pub fn toolbox_image() -> Result<&'static str> {
     static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
@@ -69,11 +108,15 @@ pub fn wait_until<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> 
     }
 }
 
+/// The `GOFER_LOG` filter [`GoferDev::start`] runs goferd with.
+pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+
 /// A `goferd dev` process on its own temp data dir and client config.
 pub struct GoferDev {
     dir: tempfile::TempDir,
     child: Option<Child>,
     bin: PathBuf,
+    log_filter: String,
     pub host: String,
     pub cluster: String,
 }
@@ -81,11 +124,18 @@ pub struct GoferDev {
 impl GoferDev {
     /// Starts `goferd dev` on a fresh temp dir and waits until it is ready.
     pub fn start() -> Result<Self> {
+        Self::start_with(bin_dir()?, DEFAULT_LOG_FILTER)
+    }
+
+    /// Starts `goferd dev` from the binaries in `bin_dir` (see [`bin_dir_with_profile`]) with
+    /// `GOFER_LOG=log_filter`, on a fresh temp dir, and waits until it is ready. Restarts keep both.
+    pub fn start_with(bin_dir: PathBuf, log_filter: &str) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("gofer-e2e-").tempdir()?;
         let mut dev = GoferDev {
             dir,
             child: None,
-            bin: bin_dir()?,
+            bin: bin_dir,
+            log_filter: log_filter.to_string(),
             host: String::new(),
             cluster: String::new(),
         };
@@ -122,7 +172,7 @@ impl GoferDev {
             .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.data_dir())
             .env("GOFER_CONFIG", self.config_path())
-            .env("GOFER_LOG", "info,openraft=warn")
+            .env("GOFER_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

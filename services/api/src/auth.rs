@@ -32,7 +32,7 @@ impl TokenAuth {
     pub fn check<T>(&self, request: Request<T>) -> Result<Request<T>, Status> {
         let Some(value) = request.metadata().get("authorization") else {
             return Err(Status::unauthenticated(
-                "missing bearer token: pass --token or set GOFER_TOKEN",
+                "missing bearer token: send `authorization: Bearer <token>` (goferctl: --token or GOFER_TOKEN)",
             ));
         };
         let token = value
