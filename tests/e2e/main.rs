@@ -17,8 +17,11 @@ fn start() -> Result<GoferDev> {
     GoferDev::start()
 }
 
-/// A pipeline with the given tasks, as JSON; each task is `(id, script, depends_on)`.
-fn pipeline(id: &str, tasks: &[(&str, &str, &[(&str, &str)])]) -> String {
+/// A task for [`pipeline`]: its id, its `sh -c` script, and its parents with their conditions.
+type TaskSpec<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+/// A pipeline with the given tasks, as JSON.
+fn pipeline(id: &str, tasks: &[TaskSpec]) -> String {
     let tasks: Vec<Value> = tasks
         .iter()
         .map(|(task, script, deps)| {

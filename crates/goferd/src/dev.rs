@@ -162,7 +162,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         state
             .propose(Command::Init {
                 cluster_id,
-                at: gofer_api::now_millis(),
+                at: gofer_proto::now_millis(),
             })
             .await
             .context("initializing the cluster")?;

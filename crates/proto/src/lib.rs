@@ -21,3 +21,11 @@ pub use convert::{
     task_to_proto,
 };
 pub use status::{internal, into_status};
+
+/// Milliseconds since the Unix epoch: the time the edge stamps into commands and reports.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -309,10 +309,10 @@ impl GoferDev {
         if self.cluster.is_empty() {
             return;
         }
-        if let Ok(names) = self.containers() {
-            if !names.is_empty() {
-                let _ = Command::new("docker").args(["rm", "-f"]).args(&names).output();
-            }
+        if let Ok(names) = self.containers()
+            && !names.is_empty()
+        {
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&names).output();
         }
     }
 }

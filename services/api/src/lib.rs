@@ -11,11 +11,3 @@ mod service;
 
 pub use auth::{TokenAuth, hash_token};
 pub use service::ApiService;
-
-/// Milliseconds since the Unix epoch, the time stamped into commands at the edge.
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}

@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use gofer_domain::{AttemptRef, Error, TaskState};
+use gofer_domain::{AttemptRef, Error};
 use gofer_proto::{internal, v1};
 use tokio_stream::Stream;
 use tonic::Status;
@@ -29,17 +29,16 @@ fn task_view(api: &ApiService, target: &AttemptRef) -> Result<TaskView, Status> 
             .ok_or_else(|| Error::NotFound(format!("task {:?} in run {}", target.task, target.run)))?;
         Ok(TaskView {
             attempt: task.attempt,
-            ended: task.state.is_terminal() && task.state != TaskState::Pending,
+            ended: task.state.is_terminal(),
         })
     })
 }
 
+type LogStream = Pin<Box<dyn Stream<Item = Result<v1::GetTaskLogsResponse, Status>> + Send>>;
+
 /// Checks the request and returns the stream of log chunks.
 #[allow(clippy::result_large_err)]
-pub(crate) fn stream_task_logs(
-    api: ApiService,
-    request: v1::GetTaskLogsRequest,
-) -> Result<Pin<Box<dyn Stream<Item = Result<v1::GetTaskLogsResponse, Status>> + Send>>, Status> {
+pub(crate) fn stream_task_logs(api: ApiService, request: v1::GetTaskLogsRequest) -> Result<LogStream, Status> {
     let target = AttemptRef {
         namespace: namespace_or_default(request.namespace_id),
         pipeline: request.pipeline_id,

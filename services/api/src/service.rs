@@ -9,7 +9,7 @@ use gofer_state::{LogStore, StateNode};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::now_millis;
+use gofer_proto::now_millis;
 
 type ApiResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

@@ -4,16 +4,10 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use gofer_proto::now_millis;
 use gofer_proto::v1::{self, dispatch_request::Kind};
 
 use crate::session::Executor;
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn finished(key: &v1::AttemptKey, outcome: v1::AttemptOutcome, exit_code: Option<i64>, reason: String) -> Kind {
     Kind::Finished(v1::AttemptFinished {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
     WaitContainerOptions,
@@ -51,31 +51,21 @@ impl DockerBackend {
 
     /// The container of an attempt, if there is one.
     pub(crate) async fn find(&self, cluster: &str, key: &str) -> Result<Option<Existing>, String> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_CLUSTER}={cluster}"), format!("{LABEL_ATTEMPT}={key}")],
-        )]);
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        let found = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| format!("listing containers: {e}"))?;
-        Ok(found.into_iter().find_map(|c| c.id.map(|id| Existing { id })))
+        let found = self.labelled(&[(LABEL_CLUSTER, cluster), (LABEL_ATTEMPT, key)]).await?;
+        Ok(found.into_iter().next().map(|(id, _)| Existing { id }))
     }
 
     /// Every container of this cluster and executor, by attempt key.
     pub(crate) async fn ours(&self, cluster: &str, executor: &str) -> Result<Vec<(String, String)>, String> {
+        self.labelled(&[(LABEL_CLUSTER, cluster), (LABEL_EXECUTOR, executor)])
+            .await
+    }
+
+    /// Containers, running or not, that carry every one of `labels`, as (id, attempt key).
+    async fn labelled(&self, labels: &[(&str, &str)]) -> Result<Vec<(String, String)>, String> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![
-                format!("{LABEL_CLUSTER}={cluster}"),
-                format!("{LABEL_EXECUTOR}={executor}"),
-            ],
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         )]);
         let options = ListContainersOptions {
             all: true,
@@ -133,10 +123,6 @@ impl DockerBackend {
             },
             env: Some(env),
             labels: Some(labels),
-            host_config: Some(HostConfig {
-                init: Some(false),
-                ..Default::default()
-            }),
             ..Default::default()
         };
         let name = container_name(cluster, attempt);

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use gofer_domain::{AttemptRef, Command, State, plan};
+use gofer_proto::now_millis;
 use gofer_proto::v1::{self, dispatch_response::Kind};
 use gofer_state::StateNode;
 use tokio::sync::{Notify, mpsc};
@@ -48,6 +49,9 @@ impl Scheduler {
                 () = shutdown.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
                 () = self.wake.notified() => {}
+                // A safety net, not a synchroniser: an assignment that failed to commit is retried even
+                // when nothing else changes.
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
             }
         }
     }
@@ -194,11 +198,4 @@ pub(crate) fn live_attempts(state: &State) -> Vec<LiveAttempt> {
         }
     }
     out
-}
-
-pub(crate) fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
