@@ -9,6 +9,7 @@ mod error;
 mod ids;
 mod pipeline;
 mod plan;
+pub mod schedule;
 mod state;
 
 pub use error::{Error, ErrorKind};
