@@ -11,6 +11,7 @@ mod pipeline;
 mod plan;
 pub mod schedule;
 mod state;
+pub mod triggers;
 
 pub use error::{Error, ErrorKind};
 pub use ids::{MAX_ID_LEN, validate_id};

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::triggers::{ExtensionRecord, Fire, FireOutcome, Registration, Subscription, Trigger};
 use crate::{Condition, Error, PipelineConfig, validate_id};
 
 /// The namespace that exists from the start.
@@ -127,6 +128,9 @@ pub struct Run {
     pub ended_at: i64,
     /// One per task, in the pipeline version's task order.
     pub tasks: Vec<TaskExecution>,
+    /// What fired the run; `None` for a run started by hand.
+    #[serde(default)]
+    pub trigger: Option<Trigger>,
 }
 
 /// A pipeline: its versions (index 0 is version 1) and its runs.
@@ -138,9 +142,83 @@ pub struct PipelineRecord {
     pub runs: BTreeMap<u64, Run>,
     /// The id the next run gets; ids are never reused.
     pub next_run_id: u64,
+    /// The pipeline's links to extensions, by label.
+    #[serde(default)]
+    pub subscriptions: BTreeMap<String, Subscription>,
 }
 
 impl PipelineRecord {
+    /// Starts a run of the newest version and returns its id.
+    pub(crate) fn start_run(&mut self, at: i64, trigger: Option<Trigger>) -> u64 {
+        let id = self.next_run_id;
+        let version = self.versions.len() as u64;
+        let tasks = self
+            .latest()
+            .tasks
+            .iter()
+            .map(|t| TaskExecution {
+                task: t.id.clone(),
+                state: TaskState::Pending,
+                reason: String::new(),
+                attempt: 0,
+                assignment: None,
+                exit_code: None,
+                started_at: 0,
+                ended_at: 0,
+            })
+            .collect();
+        let run = Run {
+            id,
+            version,
+            state: RunState::Pending,
+            reason: String::new(),
+            cancel_requested: false,
+            created_at: at,
+            started_at: 0,
+            ended_at: 0,
+            tasks,
+            trigger,
+        };
+        self.runs.insert(id, run);
+        self.next_run_id += 1;
+        id
+    }
+
+    /// Cancels a run: its unassigned tasks end CANCELLED now, assigned ones when their executor reports.
+    /// Cancelling a cancelled run is a no-op; a run that ended otherwise cannot be cancelled.
+    pub(crate) fn cancel_run(&mut self, id: u64, reason: &str, at: i64) -> Result<(), Error> {
+        let run = self
+            .runs
+            .get_mut(&id)
+            .ok_or_else(|| Error::NotFound(format!("run {id}")))?;
+        if run.state.is_terminal() {
+            if run.state == RunState::Cancelled {
+                return Ok(());
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "run {} already ended {}",
+                run.id,
+                run.state.as_str()
+            )));
+        }
+        if run.cancel_requested {
+            return Ok(());
+        }
+        run.cancel_requested = true;
+        run.reason = reason.to_string();
+        for task in &mut run.tasks {
+            if task.state == TaskState::Pending && task.assignment.is_none() {
+                end_task(task, TaskState::Cancelled, reason.to_string(), at);
+            }
+        }
+        let config = self
+            .versions
+            .get(run.version as usize - 1)
+            .expect("a run's version exists");
+        settle(run, config, at);
+        Ok(())
+    }
+
     /// The newest version's config.
     pub fn latest(&self) -> &PipelineConfig {
         self.versions.last().expect("a pipeline record always has a version")
@@ -227,6 +305,54 @@ pub enum Command {
         outcome: AttemptOutcome,
         at: i64,
     },
+    /// Installs an extension that the extension host runs as a container.
+    InstallExtension {
+        name: String,
+        image: String,
+        settings: BTreeMap<String, String>,
+        at: i64,
+    },
+    UninstallExtension {
+        name: String,
+        at: i64,
+    },
+    /// An extension registered (a built-in one is installed by its first registration).
+    RegisterExtension {
+        name: String,
+        builtin: bool,
+        registration: Registration,
+        at: i64,
+    },
+    CreateSubscription {
+        namespace: String,
+        pipeline: String,
+        label: String,
+        extension: String,
+        settings: BTreeMap<String, String>,
+        at: i64,
+    },
+    DeleteSubscription {
+        namespace: String,
+        pipeline: String,
+        label: String,
+        at: i64,
+    },
+    /// Fires, applied in order; each has its own outcome. Batched so that many fires at one instant cost
+    /// one log entry.
+    Fire {
+        fires: Vec<Fire>,
+        at: i64,
+    },
+    /// Scheduled instants a trigger skipped without firing (missed beyond its catch-up window).
+    SkipFires {
+        namespace: String,
+        pipeline: String,
+        label: String,
+        count: u64,
+        last_scheduled_at: i64,
+        reason: String,
+        at: i64,
+    },
 }
 
 /// What an applied command produced, beyond the change itself.
@@ -237,6 +363,8 @@ pub enum Applied {
     Version(u64),
     /// The id of the run a StartRun made.
     Run(u64),
+    /// What each fire of a Fire command did, in order: its outcome, and whether its key was seen before.
+    Fired(Vec<Result<(FireOutcome, bool), Error>>),
 }
 
 /// Whether a PENDING task execution may start.
@@ -256,6 +384,9 @@ pub struct State {
     /// Set by the first command, `Init`; empty before.
     pub cluster_id: String,
     pub namespaces: BTreeMap<String, NamespaceRecord>,
+    /// Installed extensions, by name.
+    #[serde(default)]
+    pub extensions: BTreeMap<String, ExtensionRecord>,
 }
 
 impl State {
@@ -299,6 +430,7 @@ impl State {
                     versions: Vec::new(),
                     runs: BTreeMap::new(),
                     next_run_id: 1,
+                    subscriptions: BTreeMap::new(),
                 });
                 record.versions.push(config.clone());
                 record.updated_at = *at;
@@ -309,39 +441,7 @@ impl State {
                 pipeline,
                 at,
             } => {
-                let record = self.pipeline_mut(namespace, pipeline)?;
-                let id = record.next_run_id;
-                let version = record.versions.len() as u64;
-                let tasks = record
-                    .latest()
-                    .tasks
-                    .iter()
-                    .map(|t| TaskExecution {
-                        task: t.id.clone(),
-                        state: TaskState::Pending,
-                        reason: String::new(),
-                        attempt: 0,
-                        assignment: None,
-                        exit_code: None,
-                        started_at: 0,
-                        ended_at: 0,
-                    })
-                    .collect();
-                record.runs.insert(
-                    id,
-                    Run {
-                        id,
-                        version,
-                        state: RunState::Pending,
-                        reason: String::new(),
-                        cancel_requested: false,
-                        created_at: *at,
-                        started_at: 0,
-                        ended_at: 0,
-                        tasks,
-                    },
-                );
-                record.next_run_id += 1;
+                let id = self.pipeline_mut(namespace, pipeline)?.start_run(*at, None);
                 Ok(Applied::Run(id))
             }
             Command::CancelRun {
@@ -352,35 +452,8 @@ impl State {
                 at,
             } => {
                 let record = self.pipeline_mut(namespace, pipeline)?;
-                let run = record.runs.get_mut(run).ok_or_else(|| not_found_run(pipeline, *run))?;
-                if run.state.is_terminal() {
-                    if run.state == RunState::Cancelled {
-                        return Ok(Applied::Done);
-                    }
-                    return Err(Error::FailedPrecondition(format!(
-                        "run {} already ended {}",
-                        run.id,
-                        run.state.as_str()
-                    )));
-                }
-                if run.cancel_requested {
-                    return Ok(Applied::Done);
-                }
-                run.cancel_requested = true;
-                run.reason = reason.clone();
-                for task in &mut run.tasks {
-                    if task.state == TaskState::Pending && task.assignment.is_none() {
-                        end_task(task, TaskState::Cancelled, reason.clone(), *at);
-                    }
-                }
-                settle(
-                    run,
-                    record
-                        .versions
-                        .get(run.version as usize - 1)
-                        .expect("run's version exists"),
-                    *at,
-                );
+                record.cancel_run(*run, reason, *at)?;
+                record.start_buffered(*at);
                 Ok(Applied::Done)
             }
             Command::AssignAttempt {
@@ -470,8 +543,60 @@ impl State {
                     }
                 }
                 settle(run, config, *at);
+                self.pipeline_mut(&target.namespace, &target.pipeline)?
+                    .start_buffered(*at);
                 Ok(Applied::Done)
             }
+            Command::InstallExtension {
+                name,
+                image,
+                settings,
+                at,
+            } => self
+                .install_extension(name, image, settings, *at)
+                .map(|()| Applied::Done),
+            Command::UninstallExtension { name, .. } => self.uninstall_extension(name).map(|()| Applied::Done),
+            Command::RegisterExtension {
+                name,
+                builtin,
+                registration,
+                at,
+            } => self
+                .register_extension(name, *builtin, registration, *at)
+                .map(|()| Applied::Done),
+            Command::CreateSubscription {
+                namespace,
+                pipeline,
+                label,
+                extension,
+                settings,
+                at,
+            } => self
+                .create_subscription(namespace, pipeline, label, extension, settings, *at)
+                .map(|()| Applied::Done),
+            Command::DeleteSubscription {
+                namespace,
+                pipeline,
+                label,
+                ..
+            } => self
+                .delete_subscription(namespace, pipeline, label)
+                .map(|()| Applied::Done),
+            Command::Fire { fires, at } => {
+                // Each fire stands alone: one refused fire does not refuse the others in its batch.
+                Ok(Applied::Fired(fires.iter().map(|fire| self.fire(fire, *at)).collect()))
+            }
+            Command::SkipFires {
+                namespace,
+                pipeline,
+                label,
+                count,
+                last_scheduled_at,
+                reason,
+                at,
+            } => self
+                .skip_fires(namespace, pipeline, label, *count, *last_scheduled_at, reason, *at)
+                .map(|()| Applied::Done),
         }
     }
 
@@ -515,7 +640,7 @@ impl State {
             .ok_or_else(|| Error::NotFound(format!("namespace {id:?}")))
     }
 
-    fn pipeline_mut(&mut self, namespace: &str, id: &str) -> Result<&mut PipelineRecord, Error> {
+    pub(crate) fn pipeline_mut(&mut self, namespace: &str, id: &str) -> Result<&mut PipelineRecord, Error> {
         self.namespace_mut(namespace)?
             .pipelines
             .get_mut(id)
