@@ -2,7 +2,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["gofer/v1/gofer.proto", "gofer/v1/dispatch.proto"];
+    let files = [
+        "gofer/v1/gofer.proto",
+        "gofer/v1/dispatch.proto",
+        "gofer/v1/extension.proto",
+    ];
     println!("cargo:rerun-if-changed={}", root.display());
     let fds = protox::compile(files, [&root])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

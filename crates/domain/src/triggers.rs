@@ -29,6 +29,9 @@ pub struct SettingSpec {
     pub name: String,
     pub required: bool,
     pub description: String,
+    /// A secret setting (such as a webhook's HMAC key) is never shown back.
+    #[serde(default)]
+    pub secret: bool,
 }
 
 /// What an extension said about itself when it last registered.

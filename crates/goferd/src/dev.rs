@@ -188,7 +188,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let scheduler = Scheduler::new(state.clone());
-    let api = ApiService::new(state.clone(), logs.clone());
+    let api = ApiService::new(state.clone(), logs.clone(), std::sync::Arc::new(gofer_api::NoTriggers));
     let dispatch = DispatchHandler::new(scheduler.clone(), logs);
     let server = tracker.spawn(crate::server::serve(
         listener,

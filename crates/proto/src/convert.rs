@@ -1,7 +1,10 @@
 //! Conversions between `gofer.v1` messages and `gofer-domain` types. Incoming configs are checked here
 //! with the domain's rules, so a bad field becomes an `InvalidArgument` that names it.
 
-use gofer_domain::{AttemptRef, Condition, Error, PipelineConfig, Run, RunState, TaskConfig, TaskExecution, TaskState};
+use gofer_domain::triggers::{ExtensionRecord, SettingSpec, Subscription};
+use gofer_domain::{
+    AttemptRef, Condition, Error, PipelineConfig, Run, RunState, State, TaskConfig, TaskExecution, TaskState,
+};
 
 use crate::v1;
 
@@ -94,6 +97,100 @@ pub fn run_to_proto(namespace: &str, pipeline: &str, run: &Run) -> v1::Run {
         created_unix_millis: run.created_at,
         started_unix_millis: run.started_at,
         ended_unix_millis: run.ended_at,
+        trigger: run.trigger.as_ref().map(|t| v1::RunTrigger {
+            extension: t.extension.clone(),
+            subscription: t.subscription.clone(),
+            idempotency_key: t.idempotency_key.clone(),
+            scheduled_unix_millis: t.scheduled_at,
+            delivery_id: t.delivery.clone(),
+            parameters: t.parameters.clone().into_iter().collect(),
+        }),
+    }
+}
+
+/// Converts an extension to the wire; `connected` comes from the host, not the log.
+pub fn extension_to_proto(name: &str, record: &ExtensionRecord, connected: bool) -> v1::Extension {
+    let registration = record.registration.as_ref();
+    v1::Extension {
+        name: name.to_string(),
+        image: record.image.clone(),
+        builtin: record.builtin,
+        installed_unix_millis: record.installed_at,
+        registered: registration.is_some(),
+        version: registration.map(|r| r.version.clone()).unwrap_or_default(),
+        documentation: registration.map(|r| r.documentation.clone()).unwrap_or_default(),
+        settings: registration
+            .map(|r| r.settings.iter().map(setting_to_proto).collect())
+            .unwrap_or_default(),
+        connected,
+    }
+}
+
+/// Converts a setting spec to the wire.
+pub fn setting_to_proto(spec: &SettingSpec) -> v1::ExtensionSetting {
+    v1::ExtensionSetting {
+        name: spec.name.clone(),
+        required: spec.required,
+        description: spec.description.clone(),
+        secret: spec.secret,
+    }
+}
+
+/// Converts a setting spec from the wire.
+pub fn setting_from_proto(spec: v1::ExtensionSetting) -> SettingSpec {
+    SettingSpec {
+        name: spec.name,
+        required: spec.required,
+        description: spec.description,
+        secret: spec.secret,
+    }
+}
+
+/// What secret values are shown as.
+pub const REDACTED: &str = "********";
+
+/// Converts a subscription to the wire, hiding the values of settings its extension marks secret.
+pub fn subscription_to_proto(
+    state: &State,
+    namespace: &str,
+    pipeline: &str,
+    label: &str,
+    subscription: &Subscription,
+    webhook_url: String,
+) -> v1::Subscription {
+    let secret = |key: &str| {
+        state
+            .extensions
+            .get(&subscription.extension)
+            .and_then(|e| e.registration.as_ref())
+            .is_some_and(|r| r.settings.iter().any(|s| s.name == key && s.secret))
+    };
+    v1::Subscription {
+        namespace_id: namespace.to_string(),
+        pipeline_id: pipeline.to_string(),
+        label: label.to_string(),
+        extension: subscription.extension.clone(),
+        settings: subscription
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), if secret(k) { REDACTED.to_string() } else { v.clone() }))
+            .collect(),
+        created_unix_millis: subscription.created_at,
+        fired: subscription.fired,
+        skipped: subscription.skipped,
+        last_scheduled_unix_millis: subscription.last_scheduled_at,
+        last_run_id: subscription.last_run.unwrap_or(0),
+        buffered: subscription.buffered.is_some(),
+        recent_skips: subscription
+            .recent_skips
+            .iter()
+            .map(|e| v1::SkippedFire {
+                at_unix_millis: e.at,
+                scheduled_unix_millis: e.scheduled_at,
+                reason: e.reason.clone(),
+            })
+            .collect(),
+        webhook_url,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod v1 {
 /// The encoded file descriptor set of `gofer.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gofer_descriptor.bin"));
 
+pub use convert::{REDACTED, extension_to_proto, setting_from_proto, setting_to_proto, subscription_to_proto};
 pub use convert::{
     attempt_key, attempt_ref, config_from_proto, config_to_proto, run_state_name, run_to_proto, task_state_name,
     task_to_proto,

@@ -10,4 +10,4 @@ mod logs;
 mod service;
 
 pub use auth::{TokenAuth, hash_token};
-pub use service::ApiService;
+pub use service::{ApiService, NoTriggers, TriggerDirectory};

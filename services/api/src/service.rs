@@ -1,10 +1,14 @@
 //! The `GoferService` handlers.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use gofer_domain::{Applied, Command, Error, Run, State};
 use gofer_proto::v1::{self, gofer_service_server::GoferService};
-use gofer_proto::{config_from_proto, config_to_proto, internal, into_status, run_to_proto, task_to_proto};
+use gofer_proto::{
+    config_from_proto, config_to_proto, extension_to_proto, internal, into_status, run_to_proto, subscription_to_proto,
+    task_to_proto,
+};
 use gofer_state::{LogStore, StateNode};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -14,17 +18,67 @@ use gofer_proto::now_millis;
 type ApiResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// What the API shows about triggers that is not in the replicated log: which extensions hold a stream
+/// to the extension host right now, and where the webhook listener is.
+pub trait TriggerDirectory: Send + Sync + 'static {
+    /// Whether the extension is connected to the host.
+    fn is_connected(&self, extension: &str) -> bool;
+    /// The webhook listener's base URL, such as `http://127.0.0.1:7080`, if one runs.
+    fn webhook_base(&self) -> Option<String>;
+}
+
+/// A directory for a node without an extension host.
+pub struct NoTriggers;
+
+impl TriggerDirectory for NoTriggers {
+    fn is_connected(&self, _extension: &str) -> bool {
+        false
+    }
+
+    fn webhook_base(&self) -> Option<String> {
+        None
+    }
+}
+
 /// The public API of one node.
 #[derive(Clone)]
 pub struct ApiService {
     pub(crate) state: StateNode,
     pub(crate) logs: LogStore,
+    triggers: Arc<dyn TriggerDirectory>,
 }
 
 impl ApiService {
-    /// An API over `state`, serving task logs from `logs`.
-    pub fn new(state: StateNode, logs: LogStore) -> Self {
-        ApiService { state, logs }
+    /// An API over `state`, serving task logs from `logs`, showing trigger presence from `triggers`.
+    pub fn new(state: StateNode, logs: LogStore, triggers: Arc<dyn TriggerDirectory>) -> Self {
+        ApiService { state, logs, triggers }
+    }
+
+    fn subscription_proto(&self, namespace: &str, pipeline: &str, label: &str) -> Result<v1::Subscription, Status> {
+        let base = self.triggers.webhook_base();
+        self.read(|s| {
+            let record = s.pipeline(namespace, pipeline)?;
+            let sub = record
+                .subscriptions
+                .get(label)
+                .ok_or_else(|| Error::NotFound(format!("subscription {label:?} of pipeline {pipeline:?}")))?;
+            let url = match (&base, sub.extension.as_str()) {
+                (Some(base), "webhook") => format!("{base}/webhooks/{namespace}/{pipeline}/{label}"),
+                _ => String::new(),
+            };
+            Ok(subscription_to_proto(s, namespace, pipeline, label, sub, url))
+        })
+    }
+
+    fn extension_proto(&self, name: &str) -> Result<v1::Extension, Status> {
+        let connected = self.triggers.is_connected(name);
+        self.read(|s| {
+            let record = s
+                .extensions
+                .get(name)
+                .ok_or_else(|| Error::NotFound(format!("extension {name:?}")))?;
+            Ok(extension_to_proto(name, record, connected))
+        })
     }
 
     async fn propose(&self, command: Command) -> Result<Applied, Status> {
@@ -299,6 +353,121 @@ impl GoferService for ApiService {
                 .collect())
         })?;
         Ok(Response::new(v1::ListTaskExecutionsResponse { task_executions }))
+    }
+
+    async fn install_extension(
+        &self,
+        request: Request<v1::InstallExtensionRequest>,
+    ) -> ApiResult<v1::InstallExtensionResponse> {
+        let request = request.into_inner();
+        let command = Command::InstallExtension {
+            name: request.name.clone(),
+            image: request.image,
+            settings: request.settings.into_iter().collect(),
+            at: now_millis(),
+        };
+        self.propose(command).await?;
+        let extension = self.extension_proto(&request.name)?;
+        Ok(Response::new(v1::InstallExtensionResponse {
+            extension: Some(extension),
+        }))
+    }
+
+    async fn uninstall_extension(
+        &self,
+        request: Request<v1::UninstallExtensionRequest>,
+    ) -> ApiResult<v1::UninstallExtensionResponse> {
+        let name = request.into_inner().name;
+        self.propose(Command::UninstallExtension { name, at: now_millis() })
+            .await?;
+        Ok(Response::new(v1::UninstallExtensionResponse {}))
+    }
+
+    async fn list_extensions(
+        &self,
+        _request: Request<v1::ListExtensionsRequest>,
+    ) -> ApiResult<v1::ListExtensionsResponse> {
+        let names: Vec<String> = self.state.read(|s| s.extensions.keys().cloned().collect());
+        let extensions = names
+            .iter()
+            .map(|n| self.extension_proto(n))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(v1::ListExtensionsResponse { extensions }))
+    }
+
+    async fn get_extension(&self, request: Request<v1::GetExtensionRequest>) -> ApiResult<v1::GetExtensionResponse> {
+        let extension = self.extension_proto(&request.into_inner().name)?;
+        Ok(Response::new(v1::GetExtensionResponse {
+            extension: Some(extension),
+        }))
+    }
+
+    async fn create_subscription(
+        &self,
+        request: Request<v1::CreateSubscriptionRequest>,
+    ) -> ApiResult<v1::CreateSubscriptionResponse> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        let command = Command::CreateSubscription {
+            namespace: namespace.clone(),
+            pipeline: request.pipeline_id.clone(),
+            label: request.label.clone(),
+            extension: request.extension,
+            settings: request.settings.into_iter().collect(),
+            at: now_millis(),
+        };
+        self.propose(command).await?;
+        let subscription = self.subscription_proto(&namespace, &request.pipeline_id, &request.label)?;
+        Ok(Response::new(v1::CreateSubscriptionResponse {
+            subscription: Some(subscription),
+        }))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<v1::ListSubscriptionsRequest>,
+    ) -> ApiResult<v1::ListSubscriptionsResponse> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        let labels: Vec<String> = self.read(|s| {
+            Ok(s.pipeline(&namespace, &request.pipeline_id)?
+                .subscriptions
+                .keys()
+                .cloned()
+                .collect())
+        })?;
+        let subscriptions = labels
+            .iter()
+            .map(|label| self.subscription_proto(&namespace, &request.pipeline_id, label))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(v1::ListSubscriptionsResponse { subscriptions }))
+    }
+
+    async fn get_subscription(
+        &self,
+        request: Request<v1::GetSubscriptionRequest>,
+    ) -> ApiResult<v1::GetSubscriptionResponse> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        let subscription = self.subscription_proto(&namespace, &request.pipeline_id, &request.label)?;
+        Ok(Response::new(v1::GetSubscriptionResponse {
+            subscription: Some(subscription),
+        }))
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<v1::DeleteSubscriptionRequest>,
+    ) -> ApiResult<v1::DeleteSubscriptionResponse> {
+        let request = request.into_inner();
+        let command = Command::DeleteSubscription {
+            namespace: namespace_or_default(request.namespace_id),
+            pipeline: request.pipeline_id,
+            label: request.label,
+            at: now_millis(),
+        };
+        self.propose(command).await?;
+        Ok(Response::new(v1::DeleteSubscriptionResponse {}))
     }
 
     type GetTaskLogsStream = BoxStream<v1::GetTaskLogsResponse>;

@@ -11,6 +11,7 @@ fn spec(name: &str, required: bool) -> SettingSpec {
         name: name.into(),
         required,
         description: String::new(),
+        secret: false,
     }
 }
 
