@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod runs;
+mod triggers;
 
 use std::time::Duration;
 

@@ -125,7 +125,7 @@ impl ScheduleSettings {
             .get("expression")
             .ok_or_else(|| Error::invalid("settings.expression", "is required"))?;
         let fields = expression.split_whitespace().count();
-        if !(fields == 5 || fields == 6) && !expression.trim_start().starts_with('@') {
+        if !(fields == 5 || fields == 6 || expression.trim_start().starts_with('@')) {
             return Err(Error::invalid(
                 "settings.expression",
                 format!("{expression:?} has {fields} fields; use 5, or 6 with seconds first"),

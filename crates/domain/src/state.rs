@@ -595,7 +595,7 @@ impl State {
                 reason,
                 at,
             } => self
-                .skip_fires(namespace, pipeline, label, *count, *last_scheduled_at, reason, *at)
+                .skip_fires((namespace, pipeline, label), *count, *last_scheduled_at, reason, *at)
                 .map(|()| Applied::Done),
         }
     }

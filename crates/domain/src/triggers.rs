@@ -113,6 +113,9 @@ pub struct Subscription {
     pub last_run: Option<u64>,
     pub fired: u64,
     pub skipped: u64,
+    /// The newest instant a `SkipFires` counted; a repeated `SkipFires` up to it counts nothing.
+    #[serde(default)]
+    pub skipped_through: i64,
     pub recent_skips: VecDeque<SkipEvent>,
     /// A fire waiting for `last_run` to end (overlap `buffer_one`).
     pub buffered: Option<Fire>,
@@ -315,6 +318,7 @@ impl State {
                 last_run: None,
                 fired: 0,
                 skipped: 0,
+                skipped_through: 0,
                 recent_skips: VecDeque::new(),
                 buffered: None,
                 keys: VecDeque::new(),
@@ -390,9 +394,7 @@ impl State {
     /// Records instants a trigger skipped without firing (missed beyond the catch-up window).
     pub(crate) fn skip_fires(
         &mut self,
-        namespace: &str,
-        pipeline: &str,
-        label: &str,
+        (namespace, pipeline, label): (&str, &str, &str),
         count: u64,
         last_scheduled_at: i64,
         reason: &str,
@@ -403,9 +405,10 @@ impl State {
             .subscriptions
             .get_mut(label)
             .ok_or_else(|| Error::NotFound(format!("subscription {label:?} of pipeline {pipeline:?}")))?;
-        if count == 0 || last_scheduled_at <= sub.last_scheduled_at {
+        if count == 0 || last_scheduled_at <= sub.skipped_through {
             return Ok(());
         }
+        sub.skipped_through = last_scheduled_at;
         sub.skip(at, last_scheduled_at, format!("{count} missed fire(s): {reason}"));
         sub.skipped += count - 1;
         Ok(())

@@ -55,6 +55,64 @@ enum Command {
     /// Inspect a run's task executions and their logs
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Install and inspect extensions (triggers); interval, cron and webhook are built in
+    #[command(subcommand)]
+    Extension(ExtensionCommand),
+    /// Link pipelines to extensions, such as a cron schedule or a webhook
+    #[command(subcommand)]
+    Subscription(SubscriptionCommand),
+}
+
+/// A `key=value` setting.
+#[derive(Clone)]
+struct Setting(String, String);
+
+fn parse_setting(text: &str) -> Result<Setting, String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok(Setting(key.trim().to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not key=value")),
+    }
+}
+
+fn settings_map(settings: Vec<Setting>) -> std::collections::HashMap<String, String> {
+    settings.into_iter().map(|Setting(k, v)| (k, v)).collect()
+}
+
+#[derive(Subcommand)]
+enum ExtensionCommand {
+    /// List extensions
+    List,
+    /// Show an extension and the settings it accepts
+    Get { name: String },
+    /// Install an extension that the host runs as a container from a local image
+    Install {
+        name: String,
+        image: String,
+        /// A setting passed to the extension's container, as key=value (repeatable)
+        #[arg(long = "setting", short = 's', value_parser = parse_setting)]
+        settings: Vec<Setting>,
+    },
+    /// Uninstall an extension that no subscription uses
+    Uninstall { name: String },
+}
+
+#[derive(Subcommand)]
+enum SubscriptionCommand {
+    /// Subscribe a pipeline to an extension, such as: subscription create nightly cron every-night -s expression="0 3 * * *"
+    Create {
+        pipeline: String,
+        extension: String,
+        label: String,
+        /// A setting as key=value (repeatable); `extension get NAME` lists what an extension accepts
+        #[arg(long = "setting", short = 's', value_parser = parse_setting)]
+        settings: Vec<Setting>,
+    },
+    /// List a pipeline's subscriptions
+    List { pipeline: String },
+    /// Show a subscription: settings, fire counts, recent skips, and for a webhook the URL to call
+    Get { pipeline: String, label: String },
+    /// Delete a subscription
+    Delete { pipeline: String, label: String },
 }
 
 #[derive(Subcommand)]
@@ -359,6 +417,124 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             match format {
                 Format::Json => print_json(&serde_json::Value::Array(tasks.iter().map(output::task).collect())),
                 Format::Table => output::tasks_table(&tasks),
+            }
+        }
+        Command::Extension(ExtensionCommand::List) => {
+            let list = api
+                .list_extensions(v1::ListExtensionsRequest {})
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(
+                    list.extensions.iter().map(output::extension).collect(),
+                )),
+                Format::Table => output::extensions_table(&list.extensions),
+            }
+        }
+        Command::Extension(ExtensionCommand::Get { name }) => {
+            let response = api
+                .get_extension(v1::GetExtensionRequest { name })
+                .await
+                .map_err(client::status)?;
+            let extension = response.into_inner().extension.unwrap_or_default();
+            match format {
+                Format::Json => print_json(&output::extension(&extension)),
+                Format::Table => output::describe_extension(&extension),
+            }
+        }
+        Command::Extension(ExtensionCommand::Install { name, image, settings }) => {
+            let request = v1::InstallExtensionRequest {
+                name,
+                image,
+                settings: settings_map(settings),
+            };
+            let response = api.install_extension(request).await.map_err(client::status)?;
+            let extension = response.into_inner().extension.unwrap_or_default();
+            match format {
+                Format::Json => print_json(&output::extension(&extension)),
+                Format::Table => println!("extension {} installed from {}", extension.name, extension.image),
+            }
+        }
+        Command::Extension(ExtensionCommand::Uninstall { name }) => {
+            api.uninstall_extension(v1::UninstallExtensionRequest { name: name.clone() })
+                .await
+                .map_err(client::status)?;
+            match format {
+                Format::Json => print_json(&serde_json::json!({ "name": name, "uninstalled": true })),
+                Format::Table => println!("extension {name} uninstalled"),
+            }
+        }
+        Command::Subscription(SubscriptionCommand::Create {
+            pipeline,
+            extension,
+            label,
+            settings,
+        }) => {
+            let request = v1::CreateSubscriptionRequest {
+                namespace_id: namespace,
+                pipeline_id: pipeline,
+                extension,
+                label,
+                settings: settings_map(settings),
+            };
+            let response = api.create_subscription(request).await.map_err(client::status)?;
+            let subscription = response.into_inner().subscription.unwrap_or_default();
+            match format {
+                Format::Json => print_json(&output::subscription(&subscription)),
+                Format::Table => {
+                    println!(
+                        "subscription {} of {} to {} created",
+                        subscription.label, subscription.pipeline_id, subscription.extension
+                    );
+                    if !subscription.webhook_url.is_empty() {
+                        println!("webhook url: {}", subscription.webhook_url);
+                    }
+                }
+            }
+        }
+        Command::Subscription(SubscriptionCommand::List { pipeline }) => {
+            let request = v1::ListSubscriptionsRequest {
+                namespace_id: namespace,
+                pipeline_id: pipeline,
+            };
+            let list = api
+                .list_subscriptions(request)
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(
+                    list.subscriptions.iter().map(output::subscription).collect(),
+                )),
+                Format::Table => output::subscriptions_table(&list.subscriptions),
+            }
+        }
+        Command::Subscription(SubscriptionCommand::Get { pipeline, label }) => {
+            let request = v1::GetSubscriptionRequest {
+                namespace_id: namespace,
+                pipeline_id: pipeline,
+                label,
+            };
+            let response = api.get_subscription(request).await.map_err(client::status)?;
+            let subscription = response.into_inner().subscription.unwrap_or_default();
+            match format {
+                Format::Json => print_json(&output::subscription(&subscription)),
+                Format::Table => output::describe_subscription(&subscription),
+            }
+        }
+        Command::Subscription(SubscriptionCommand::Delete { pipeline, label }) => {
+            let request = v1::DeleteSubscriptionRequest {
+                namespace_id: namespace,
+                pipeline_id: pipeline.clone(),
+                label: label.clone(),
+            };
+            api.delete_subscription(request).await.map_err(client::status)?;
+            match format {
+                Format::Json => {
+                    print_json(&serde_json::json!({ "pipeline_id": pipeline, "label": label, "deleted": true }))
+                }
+                Format::Table => println!("subscription {label} of {pipeline} deleted"),
             }
         }
         Command::Task(TaskCommand::Logs {

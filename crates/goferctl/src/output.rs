@@ -117,7 +117,192 @@ pub fn run(r: &v1::Run) -> Value {
         "state": gofer_proto::run_state_name(r.state), "state_reason": r.state_reason,
         "created_unix_millis": r.created_unix_millis, "started_unix_millis": r.started_unix_millis,
         "ended_unix_millis": r.ended_unix_millis,
+        "trigger": r.trigger.as_ref().map(trigger),
     })
+}
+
+fn trigger(t: &v1::RunTrigger) -> Value {
+    json!({
+        "extension": t.extension, "subscription": t.subscription, "idempotency_key": t.idempotency_key,
+        "scheduled_unix_millis": t.scheduled_unix_millis, "delivery_id": t.delivery_id, "parameters": t.parameters,
+    })
+}
+
+/// How a run's trigger reads in a table: `cron/nightly @ 2026-11-26 03:00:00`, or `-` for a manual run.
+fn trigger_text(t: Option<&v1::RunTrigger>) -> String {
+    let Some(t) = t else { return "-".to_string() };
+    let what = if t.scheduled_unix_millis > 0 {
+        format!(" @ {}", precise_time(t.scheduled_unix_millis))
+    } else if !t.delivery_id.is_empty() {
+        format!(" delivery {}", t.delivery_id)
+    } else {
+        String::new()
+    };
+    format!("{}/{}{}", t.extension, t.subscription, what)
+}
+
+/// A time with milliseconds, for scheduled instants.
+fn precise_time(millis: i64) -> String {
+    format!("{}.{:03}", time(millis), millis.rem_euclid(1000))
+}
+
+pub fn extension(e: &v1::Extension) -> Value {
+    let settings: Vec<Value> = e
+        .settings
+        .iter()
+        .map(|s| json!({ "name": s.name, "required": s.required, "description": s.description, "secret": s.secret }))
+        .collect();
+    json!({
+        "name": e.name, "image": e.image, "builtin": e.builtin, "installed_unix_millis": e.installed_unix_millis,
+        "registered": e.registered, "version": e.version, "documentation": e.documentation, "settings": settings,
+        "connected": e.connected,
+    })
+}
+
+pub fn extensions_table(extensions: &[v1::Extension]) {
+    print_table(
+        &["NAME", "KIND", "IMAGE", "VERSION", "CONNECTED"],
+        extensions
+            .iter()
+            .map(|e| {
+                vec![
+                    e.name.clone(),
+                    if e.builtin {
+                        "built-in".into()
+                    } else {
+                        "container".into()
+                    },
+                    if e.image.is_empty() {
+                        "-".into()
+                    } else {
+                        e.image.clone()
+                    },
+                    if e.version.is_empty() {
+                        "-".into()
+                    } else {
+                        e.version.clone()
+                    },
+                    if e.connected { "yes".into() } else { "no".into() },
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub fn describe_extension(e: &v1::Extension) {
+    println!("extension: {}", e.name);
+    println!("kind:      {}", if e.builtin { "built-in" } else { "container" });
+    if !e.image.is_empty() {
+        println!("image:     {}", e.image);
+    }
+    println!(
+        "version:   {}",
+        if e.registered {
+            e.version.as_str()
+        } else {
+            "(not registered yet)"
+        }
+    );
+    println!("connected: {}", if e.connected { "yes" } else { "no" });
+    if !e.documentation.is_empty() {
+        println!("\n{}", e.documentation);
+    }
+    println!();
+    print_table(
+        &["SETTING", "REQUIRED", "DESCRIPTION"],
+        e.settings
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    if s.required { "yes".into() } else { "no".into() },
+                    s.description.clone(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub fn subscription(s: &v1::Subscription) -> Value {
+    let skips: Vec<Value> = s
+        .recent_skips
+        .iter()
+        .map(|k| json!({ "at_unix_millis": k.at_unix_millis, "scheduled_unix_millis": k.scheduled_unix_millis, "reason": k.reason }))
+        .collect();
+    json!({
+        "namespace_id": s.namespace_id, "pipeline_id": s.pipeline_id, "label": s.label, "extension": s.extension,
+        "settings": s.settings, "created_unix_millis": s.created_unix_millis, "fired": s.fired, "skipped": s.skipped,
+        "last_scheduled_unix_millis": s.last_scheduled_unix_millis, "last_run_id": s.last_run_id,
+        "buffered": s.buffered, "recent_skips": skips, "webhook_url": s.webhook_url,
+    })
+}
+
+fn settings_text(settings: &std::collections::HashMap<String, String>) -> String {
+    let mut pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join(" ")
+}
+
+pub fn subscriptions_table(subscriptions: &[v1::Subscription]) {
+    print_table(
+        &["LABEL", "EXTENSION", "FIRED", "SKIPPED", "LAST RUN", "SETTINGS"],
+        subscriptions
+            .iter()
+            .map(|s| {
+                vec![
+                    s.label.clone(),
+                    s.extension.clone(),
+                    s.fired.to_string(),
+                    s.skipped.to_string(),
+                    if s.last_run_id == 0 {
+                        "-".into()
+                    } else {
+                        s.last_run_id.to_string()
+                    },
+                    settings_text(&s.settings),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub fn describe_subscription(s: &v1::Subscription) {
+    println!("subscription: {}", s.label);
+    println!("pipeline:     {}", s.pipeline_id);
+    println!("extension:    {}", s.extension);
+    println!("settings:     {}", settings_text(&s.settings));
+    if !s.webhook_url.is_empty() {
+        println!("webhook url:  {}", s.webhook_url);
+    }
+    println!("created:      {}", time(s.created_unix_millis));
+    println!("fired:        {}", s.fired);
+    println!("skipped:      {}", s.skipped);
+    if s.last_run_id > 0 {
+        println!("last run:     {}", s.last_run_id);
+    }
+    if s.buffered {
+        println!("buffered:     one fire waits for the last run to end");
+    }
+    if !s.recent_skips.is_empty() {
+        println!();
+        print_table(
+            &["SKIPPED AT", "SCHEDULED", "REASON"],
+            s.recent_skips
+                .iter()
+                .map(|k| {
+                    vec![
+                        time(k.at_unix_millis),
+                        if k.scheduled_unix_millis > 0 {
+                            precise_time(k.scheduled_unix_millis)
+                        } else {
+                            "-".into()
+                        },
+                        k.reason.clone(),
+                    ]
+                })
+                .collect(),
+        );
+    }
 }
 
 pub fn task(t: &v1::TaskExecution) -> Value {
@@ -130,7 +315,7 @@ pub fn task(t: &v1::TaskExecution) -> Value {
 
 pub fn runs_table(runs: &[v1::Run]) {
     print_table(
-        &["RUN", "VERSION", "STATE", "CREATED", "DURATION", "REASON"],
+        &["RUN", "VERSION", "STATE", "CREATED", "DURATION", "TRIGGER", "REASON"],
         runs.iter()
             .map(|r| {
                 vec![
@@ -139,6 +324,7 @@ pub fn runs_table(runs: &[v1::Run]) {
                     gofer_proto::run_state_name(r.state).to_string(),
                     time(r.created_unix_millis),
                     duration(r.started_unix_millis, r.ended_unix_millis),
+                    trigger_text(r.trigger.as_ref()),
                     r.state_reason.clone(),
                 ]
             })

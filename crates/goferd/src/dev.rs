@@ -26,6 +26,9 @@ pub struct DevArgs {
     /// The API address; port 0 picks a free port
     #[arg(long, default_value = "127.0.0.1:7443")]
     listen: String,
+    /// The webhook trigger's HTTP address (not the API port); port 0 picks a free port
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    webhook_listen: String,
     /// Where to write the client config [default: $GOFER_CONFIG, else the user's config directory]
     #[arg(long)]
     client_config: Option<PathBuf>,
@@ -169,6 +172,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let logs = LogStore::new(data_dir.join("logs"));
 
+    let host_role = gofer_extension_host::ExtensionHost::new(state.clone());
+    host_role
+        .register_builtins()
+        .await
+        .context("registering the built-in triggers")?;
+    let webhook_listener = tokio::net::TcpListener::bind(&args.webhook_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the webhook port {} (pass --webhook-listen to choose another)",
+                args.webhook_listen
+            )
+        })?;
+    let webhook_addr = webhook_listener.local_addr()?;
+
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {} (pass --listen to choose another address)", args.listen))?;
@@ -188,7 +206,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let scheduler = Scheduler::new(state.clone());
-    let api = ApiService::new(state.clone(), logs.clone(), std::sync::Arc::new(gofer_api::NoTriggers));
+    let api = ApiService::new(state.clone(), logs.clone(), host_role.directory());
     let dispatch = DispatchHandler::new(scheduler.clone(), logs);
     let server = tracker.spawn(crate::server::serve(
         listener,
@@ -199,6 +217,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tracker.spawn(scheduler.run(shutdown.clone()));
+    tracker.spawn(host_role.clone().run_schedules(shutdown.clone()));
+    let webhook_shutdown = shutdown.clone();
+    let webhooks = host_role.clone();
+    tracker.spawn(async move {
+        if let Err(err) = webhooks.serve_webhooks(webhook_listener, webhook_shutdown).await {
+            tracing::error!(%err, "the webhook listener stopped");
+        }
+    });
 
     let channel = Endpoint::from_shared(host.clone())?
         .tls_config(
@@ -223,6 +249,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("goferd dev is ready");
     println!("  api:      {host}");
     println!("  cluster:  {cluster_id}");
+    println!("  webhooks: http://{webhook_addr}");
     println!("  data dir: {}", data_dir.display());
     println!("  config:   {} (goferctl reads it on its own)", client_config.display());
     println!("  try:      goferctl pipeline register examples/hello && goferctl run start hello --wait");

@@ -119,6 +119,8 @@ pub struct GoferDev {
     log_filter: String,
     pub host: String,
     pub cluster: String,
+    /// The webhook listener's base URL, such as `http://127.0.0.1:41234`.
+    pub webhooks: String,
 }
 
 impl GoferDev {
@@ -138,6 +140,7 @@ impl GoferDev {
             log_filter: log_filter.to_string(),
             host: String::new(),
             cluster: String::new(),
+            webhooks: String::new(),
         };
         dev.launch()?;
         Ok(dev)
@@ -169,7 +172,14 @@ impl GoferDev {
             .append(true)
             .open(self.log_path())?;
         let mut child = Command::new(self.bin.join("goferd"))
-            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--webhook-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(self.data_dir())
             .env("GOFER_CONFIG", self.config_path())
             .env("GOFER_LOG", &self.log_filter)
@@ -184,6 +194,7 @@ impl GoferDev {
         std::thread::spawn(move || {
             let mut host = None;
             let mut cluster = None;
+            let mut webhooks = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.trim().strip_prefix("api:") {
@@ -192,15 +203,19 @@ impl GoferDev {
                 if let Some(rest) = line.trim().strip_prefix("cluster:") {
                     cluster = Some(rest.trim().to_string());
                 }
+                if let Some(rest) = line.trim().strip_prefix("webhooks:") {
+                    webhooks = Some(rest.trim().to_string());
+                }
                 if line.trim().starts_with("try:") {
-                    let _ = tx.send((host.clone(), cluster.clone()));
+                    let _ = tx.send((host.clone(), cluster.clone(), webhooks.clone()));
                 }
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok((Some(host), Some(cluster))) => {
+            Ok((Some(host), Some(cluster), Some(webhooks))) => {
                 self.host = host;
                 self.cluster = cluster;
+                self.webhooks = webhooks;
                 Ok(())
             }
             _ => bail!("goferd dev did not become ready; its log:\n{}", self.server_log()),
@@ -230,6 +245,11 @@ impl GoferDev {
     /// Stops and starts goferd again on the same data dir.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
+        self.launch()
+    }
+
+    /// Starts goferd again on the same data dir after [`GoferDev::stop`].
+    pub fn relaunch(&mut self) -> Result<()> {
         self.launch()
     }
 

@@ -397,3 +397,25 @@ fn an_extension_with_subscriptions_cannot_be_uninstalled() {
         .unwrap();
     assert!(!state.extensions.contains_key("custom"));
 }
+
+#[test]
+fn skips_count_even_when_caught_up_fires_commit_first() {
+    // A restarted trigger sends its catch-up fires and its skip record at once; whichever commits first,
+    // the skipped instants are counted once.
+    let mut state = state();
+    subscribe(&mut state, "s", &[("every", "1s")]).unwrap();
+    apply_fire(&mut state, fire("s", "late", 100)).unwrap();
+    let skip = Command::SkipFires {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        label: "s".into(),
+        count: 3,
+        last_scheduled_at: 40,
+        reason: "older than the catch-up window".into(),
+        at: 50,
+    };
+    state.apply(&skip).unwrap();
+    state.apply(&skip).unwrap();
+    assert_eq!(subscription(&state, "s").skipped, 3);
+    assert_eq!(subscription(&state, "s").last_scheduled_at, 100);
+}

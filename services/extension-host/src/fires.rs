@@ -1,0 +1,75 @@
+//! Group commit for fires: every fire waiting at the moment goes into one `Command::Fire` log entry, so a
+//! thousand subscriptions firing at one instant cost one fsync, not a thousand.
+
+use gofer_domain::triggers::{Fire, FireOutcome};
+use gofer_domain::{Applied, Command};
+use gofer_state::StateNode;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most fires one log entry carries.
+const MAX_BATCH: usize = 1024;
+
+/// What became of one fire: its outcome and whether its key was seen before, or why it was refused.
+pub type FireResult = Result<(FireOutcome, bool), gofer_domain::Error>;
+
+type Pending = (Fire, oneshot::Sender<Result<FireResult, String>>);
+
+/// Sends fires to the log in batches. Clone it freely.
+#[derive(Clone)]
+pub struct FireQueue {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl FireQueue {
+    /// Starts the batching task; it ends when every queue clone is dropped.
+    pub fn start(state: StateNode) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_loop(state, rx));
+        FireQueue { tx }
+    }
+
+    /// Commits one fire and returns what it did. `Err` means the log could not be written (the caller
+    /// retries with the same key, which is safe).
+    pub async fn fire(&self, fire: Fire) -> Result<FireResult, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((fire, tx))
+            .map_err(|_| "the fire queue stopped".to_string())?;
+        rx.await.map_err(|_| "the fire queue stopped".to_string())?
+    }
+}
+
+async fn batch_loop(state: StateNode, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let fires: Vec<Fire> = batch.iter().map(|(f, _)| f.clone()).collect();
+        let command = Command::Fire {
+            fires,
+            at: gofer_proto::now_millis(),
+        };
+        match state.propose(command).await {
+            Ok(Applied::Fired(results)) => {
+                for ((_, reply), result) in batch.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Ok(other) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(format!("unexpected result {other:?}")));
+                }
+            }
+            Err(err) => {
+                let text = err.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(text.clone()));
+                }
+            }
+        }
+    }
+}
