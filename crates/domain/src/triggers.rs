@@ -241,6 +241,9 @@ impl State {
             }
         }
         let record = match self.extensions.get_mut(name) {
+            Some(record) if record.builtin != builtin => {
+                return Err(Error::FailedPrecondition(format!("extension {name:?} is built in")));
+            }
             Some(record) => record,
             None if builtin => self.extensions.entry(name.to_string()).or_insert(ExtensionRecord {
                 image: String::new(),

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use gofer_api::{ApiService, TokenAuth, hash_token};
+use gofer_api::{ApiService, Principal, TokenAuth, hash_token};
 use gofer_domain::Command;
 use gofer_scheduler::{DispatchHandler, Scheduler};
 use gofer_state::{LogStore, StateNode};
@@ -155,7 +155,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let admin_hash = parse_hash(&std::fs::read_to_string(data_dir.join("admin-token.sha256"))?)?;
     // The in-process executor gets its own token, minted per start and never written down.
     let executor_token = random_hex(32)?;
-    let auth = TokenAuth::new(vec![admin_hash, hash_token(&executor_token)]);
+    let auth = TokenAuth::new(vec![
+        (admin_hash, Principal::Admin),
+        (hash_token(&executor_token), Principal::Executor),
+    ]);
 
     let state = StateNode::open_single(&data_dir.join("state"))
         .await
@@ -211,13 +214,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let server = tracker.spawn(crate::server::serve(
         listener,
         identity,
-        auth,
+        auth.clone(),
         api,
         dispatch,
+        host_role.handler(),
         shutdown.clone(),
     ));
     tracker.spawn(scheduler.run(shutdown.clone()));
     tracker.spawn(host_role.clone().run_schedules(shutdown.clone()));
+    let launch = gofer_extension_host::LaunchConfig {
+        api_host: host.clone(),
+        ca_pem: ca_pem.clone(),
+        auth: auth.clone(),
+        docker: docker.clone(),
+    };
+    tracker.spawn(host_role.clone().run_launcher(launch, shutdown.clone()));
     let webhook_shutdown = shutdown.clone();
     let webhooks = host_role.clone();
     tracker.spawn(async move {

@@ -2,7 +2,9 @@
 //! health and reflection. Every service but health needs a bearer token.
 
 use anyhow::Context;
-use gofer_api::{ApiService, TokenAuth};
+use gofer_api::{ApiService, Principal, TokenAuth};
+use gofer_extension_host::ExtensionHandler;
+use gofer_proto::v1::extension_service_server::ExtensionServiceServer;
 use gofer_proto::v1::{dispatch_service_server::DispatchServiceServer, gofer_service_server::GoferServiceServer};
 use gofer_scheduler::DispatchHandler;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,7 @@ pub async fn serve(
     auth: TokenAuth,
     api: ApiService,
     dispatch: DispatchHandler,
+    extension: ExtensionHandler,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -33,10 +36,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building the reflection service")?;
-    let check = move |auth: TokenAuth| move |request| auth.check(request);
+    let check = |auth: TokenAuth, allowed: fn(&Principal) -> bool| move |request| auth.check(request, allowed);
+    let admin = |p: &Principal| *p == Principal::Admin;
+    let executors = |p: &Principal| matches!(p, Principal::Admin | Principal::Executor);
+    let extensions = |p: &Principal| matches!(p, Principal::Admin | Principal::Extension(_));
     let api = GoferServiceServer::new(api)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let extension = ExtensionServiceServer::new(extension);
     let dispatch = DispatchServiceServer::new(dispatch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -44,10 +51,11 @@ pub async fn serve(
         .tls_config(ServerTlsConfig::new().identity(identity))
         .context("configuring TLS")?
         .add_service(health)
-        .add_service(InterceptedService::new(reflection_v1, check(auth.clone())))
-        .add_service(InterceptedService::new(reflection_v1alpha, check(auth.clone())))
-        .add_service(InterceptedService::new(api, check(auth.clone())))
-        .add_service(InterceptedService::new(dispatch, check(auth)))
+        .add_service(InterceptedService::new(reflection_v1, check(auth.clone(), admin)))
+        .add_service(InterceptedService::new(reflection_v1alpha, check(auth.clone(), admin)))
+        .add_service(InterceptedService::new(api, check(auth.clone(), admin)))
+        .add_service(InterceptedService::new(dispatch, check(auth.clone(), executors)))
+        .add_service(InterceptedService::new(extension, check(auth, extensions)))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.cancelled(),

@@ -353,3 +353,56 @@ impl Drop for GoferDev {
         }
     }
 }
+
+/// Builds `bin` of `package` (debug) and a local image `tag` FROM scratch holding it and the shared
+/// libraries `ldd` lists, with the binary as entrypoint. There is no registry to pull a base from.
+pub fn build_binary_image(package: &str, bin: &str, tag: &str) -> Result<()> {
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("cargo build -p {package} --bin {bin} failed");
+    }
+    let binary = bin_dir()?.join(bin);
+    let context = tempfile::Builder::new().prefix("gofer-image-").tempdir()?;
+    let copy_into = |source: &std::path::Path, dest: &std::path::Path| -> Result<()> {
+        let target = context.path().join(dest.strip_prefix("/").unwrap_or(dest));
+        std::fs::create_dir_all(target.parent().context("a parent dir")?)?;
+        std::fs::copy(source, &target).with_context(|| format!("copying {}", source.display()))?;
+        Ok(())
+    };
+    copy_into(&binary, &PathBuf::from("/bin").join(bin))?;
+    let ldd = Command::new("ldd").arg(&binary).output().context("running ldd")?;
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // Lines look like `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+        let path = line
+            .split("=>")
+            .last()
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        if path.starts_with('/') {
+            let real = std::fs::canonicalize(path)?;
+            copy_into(&real, std::path::Path::new(path))?;
+        }
+    }
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM scratch\nCOPY . /\nENTRYPOINT [\"/bin/{bin}\"]\n"),
+    )?;
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(context.path())
+        .output()?;
+    if !built.status.success() {
+        bail!(
+            "docker build -t {tag} failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    Ok(())
+}

@@ -1,7 +1,9 @@
-//! Bearer-token authentication: every RPC carries `authorization: Bearer <token>`, checked against the
-//! SHA-256 of the token that the node stores (tokens are never kept in the clear).
+//! Bearer-token authentication: every RPC carries `authorization: Bearer <token>`, looked up by its
+//! SHA-256 (tokens are never kept in the clear) to find who is calling, and each service admits only the
+//! callers it serves. The caller's [`Principal`] rides on the request for handlers that scope by it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use tonic::{Request, Status};
 
@@ -13,23 +15,45 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     out
 }
 
-/// A tonic interceptor that admits requests whose bearer token hashes to one of the known hashes.
-#[derive(Clone)]
+/// Who a token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Everything.
+    Admin,
+    /// The dispatch stream of an executor.
+    Executor,
+    /// One extension: its own registration and subscriptions, nothing else.
+    Extension(String),
+}
+
+/// The tokens a node knows, by hash. Clone it freely; clones share the table.
+#[derive(Clone, Default)]
 pub struct TokenAuth {
-    hashes: Arc<Vec<[u8; 32]>>,
+    tokens: Arc<RwLock<HashMap<[u8; 32], Principal>>>,
 }
 
 impl TokenAuth {
-    /// Admits the tokens whose SHA-256 hashes are given.
-    pub fn new(hashes: Vec<[u8; 32]>) -> Self {
+    /// A table with the given tokens.
+    pub fn new(tokens: Vec<([u8; 32], Principal)>) -> Self {
         TokenAuth {
-            hashes: Arc::new(hashes),
+            tokens: Arc::new(RwLock::new(tokens.into_iter().collect())),
         }
     }
 
-    /// Checks one request's metadata.
+    /// Admits a token (by hash) from now on.
+    pub fn grant(&self, hash: [u8; 32], principal: Principal) {
+        self.tokens.write().expect("token table lock").insert(hash, principal);
+    }
+
+    /// Stops admitting a token.
+    pub fn revoke(&self, hash: &[u8; 32]) {
+        self.tokens.write().expect("token table lock").remove(hash);
+    }
+
+    /// Checks one request's token and that `allowed` admits its principal, which is then attached to the
+    /// request's extensions.
     #[allow(clippy::result_large_err)]
-    pub fn check<T>(&self, request: Request<T>) -> Result<Request<T>, Status> {
+    pub fn check<T>(&self, mut request: Request<T>, allowed: fn(&Principal) -> bool) -> Result<Request<T>, Status> {
         let Some(value) = request.metadata().get("authorization") else {
             return Err(Status::unauthenticated(
                 "missing bearer token: send `authorization: Bearer <token>` (goferctl: --token or GOFER_TOKEN)",
@@ -40,22 +64,19 @@ impl TokenAuth {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))?;
-        let presented = hash_token(token.trim());
-        // Compare every hash in full so the time taken does not tell which byte differed.
-        let known = self
-            .hashes
-            .iter()
-            .fold(false, |found, h| found | ring_eq(h, &presented));
-        if known {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("invalid token"))
+        let principal = self
+            .tokens
+            .read()
+            .expect("token table lock")
+            .get(&hash_token(token.trim()))
+            .cloned();
+        let principal = principal.ok_or_else(|| Status::unauthenticated("invalid token"))?;
+        if !allowed(&principal) {
+            return Err(Status::permission_denied("this token may not call this service"));
         }
+        request.extensions_mut().insert(principal);
+        Ok(request)
     }
-}
-
-fn ring_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -70,13 +91,35 @@ mod tests {
         request
     }
 
+    fn admin_only(p: &Principal) -> bool {
+        *p == Principal::Admin
+    }
+
     #[test]
     fn admits_the_right_token_only() {
-        let auth = TokenAuth::new(vec![hash_token("s3cret")]);
-        assert!(auth.check(with_header(Some("Bearer s3cret"))).is_ok());
+        let auth = TokenAuth::new(vec![(hash_token("s3cret"), Principal::Admin)]);
+        let admitted = auth.check(with_header(Some("Bearer s3cret")), admin_only).unwrap();
+        assert_eq!(admitted.extensions().get::<Principal>(), Some(&Principal::Admin));
         for bad in [None, Some("Bearer nope"), Some("s3cret"), Some("Basic s3cret")] {
-            let status = auth.check(with_header(bad)).unwrap_err();
+            let status = auth.check(with_header(bad), admin_only).unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_scoped_token_reaches_only_its_services_and_can_be_revoked() {
+        let auth = TokenAuth::default();
+        auth.grant(hash_token("ext"), Principal::Extension("ticker".into()));
+        let denied = auth.check(with_header(Some("Bearer ext")), admin_only).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let extensions = |p: &Principal| matches!(p, Principal::Extension(_));
+        let admitted = auth.check(with_header(Some("Bearer ext")), extensions).unwrap();
+        assert_eq!(
+            admitted.extensions().get::<Principal>(),
+            Some(&Principal::Extension("ticker".into()))
+        );
+        auth.revoke(&hash_token("ext"));
+        let revoked = auth.check(with_header(Some("Bearer ext")), extensions).unwrap_err();
+        assert_eq!(revoked.code(), tonic::Code::Unauthenticated);
     }
 }

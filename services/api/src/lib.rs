@@ -9,5 +9,5 @@ mod auth;
 mod logs;
 mod service;
 
-pub use auth::{TokenAuth, hash_token};
+pub use auth::{Principal, TokenAuth, hash_token};
 pub use service::{ApiService, NoTriggers, TriggerDirectory};

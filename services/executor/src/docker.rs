@@ -41,7 +41,7 @@ impl DockerBackend {
     }
 
     /// Whether `image` exists locally. There is no registry to pull from.
-    pub(crate) async fn has_image(&self, image: &str) -> Result<bool, String> {
+    pub async fn has_image(&self, image: &str) -> Result<bool, String> {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
@@ -63,6 +63,18 @@ impl DockerBackend {
 
     /// Containers, running or not, that carry every one of `labels`, as (id, attempt key).
     async fn labelled(&self, labels: &[(&str, &str)]) -> Result<Vec<(String, String)>, String> {
+        let found = self.containers_labelled(labels).await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(id, labels)| Some((id, labels.get(LABEL_ATTEMPT)?.clone())))
+            .collect())
+    }
+
+    /// Containers, running or not, that carry every one of `labels`, with all their labels.
+    pub async fn containers_labelled(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> Result<Vec<(String, HashMap<String, String>)>, String> {
         let filters = HashMap::from([(
             "label".to_string(),
             labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
@@ -79,11 +91,50 @@ impl DockerBackend {
             .map_err(|e| format!("listing containers: {e}"))?;
         Ok(found
             .into_iter()
-            .filter_map(|c| {
-                let key = c.labels.as_ref()?.get(LABEL_ATTEMPT)?.clone();
-                Some((c.id?, key))
-            })
+            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
             .collect())
+    }
+
+    /// Creates and starts a long-running service container (an extension) on the host's network, so that
+    /// it reaches a node listening on loopback; returns its id. A leftover container of the same name is
+    /// replaced.
+    pub async fn run_service(
+        &self,
+        name: &str,
+        image: &str,
+        env: Vec<String>,
+        labels: HashMap<String, String>,
+    ) -> Result<String, String> {
+        if !self.has_image(image).await? {
+            return Err(format!(
+                "image {image:?} not found locally (there is no registry to pull from)"
+            ));
+        }
+        self.remove(name).await?;
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(bollard::models::HostConfig {
+                network_mode: Some("host".to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| format!("creating the container: {e}"))?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.remove(&created.id).await;
+            return Err(format!("starting the container: {e}"));
+        }
+        Ok(created.id)
     }
 
     /// Creates and starts the container of an attempt; returns its id.
@@ -157,7 +208,7 @@ impl DockerBackend {
     }
 
     /// Waits until the container stops and returns its exit code.
-    pub(crate) async fn wait(&self, id: &str) -> Result<i64, String> {
+    pub async fn wait(&self, id: &str) -> Result<i64, String> {
         let options = WaitContainerOptions {
             condition: "not-running".to_string(),
         };
@@ -172,7 +223,7 @@ impl DockerBackend {
     }
 
     /// Asks the container to stop: SIGTERM, then SIGKILL after a grace period.
-    pub(crate) async fn stop(&self, id: &str) -> Result<(), String> {
+    pub async fn stop(&self, id: &str) -> Result<(), String> {
         let options = StopContainerOptions {
             t: Some(5),
             ..Default::default()
@@ -188,7 +239,7 @@ impl DockerBackend {
     }
 
     /// Removes the container, running or not.
-    pub(crate) async fn remove(&self, id: &str) -> Result<(), String> {
+    pub async fn remove(&self, id: &str) -> Result<(), String> {
         let options = RemoveContainerOptions {
             force: true,
             ..Default::default()

@@ -8,7 +8,9 @@
 //! through `gofer-executor`.
 
 mod fires;
+mod launcher;
 mod schedules;
+mod service;
 mod webhook;
 
 use std::collections::HashMap;
@@ -20,6 +22,8 @@ use gofer_state::StateNode;
 use tokio_util::sync::CancellationToken;
 
 pub use fires::{FireQueue, FireResult};
+pub use launcher::LaunchConfig;
+pub use service::ExtensionHandler;
 
 /// The version built-in extensions register with.
 const BUILTIN_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -126,6 +130,7 @@ pub struct ExtensionHost {
     state: StateNode,
     fires: FireQueue,
     connected: Arc<Mutex<HashMap<String, u64>>>,
+    next_connection: Arc<std::sync::atomic::AtomicU64>,
     webhook_base: Arc<Mutex<Option<String>>>,
 }
 
@@ -137,6 +142,7 @@ impl ExtensionHost {
             state,
             fires,
             connected: Arc::default(),
+            next_connection: Arc::default(),
             webhook_base: Arc::default(),
         }
     }
@@ -186,6 +192,34 @@ impl ExtensionHost {
             *self.webhook_base.lock().expect("webhook base lock") = Some(format!("http://{addr}"));
         }
         webhook::serve(self.state.clone(), self.fires.clone(), listener, shutdown).await
+    }
+
+    /// Runs installed extensions as containers until `shutdown`.
+    pub async fn run_launcher(self, config: LaunchConfig, shutdown: CancellationToken) {
+        launcher::run(self, config, shutdown).await
+    }
+
+    /// The `ExtensionService` handler.
+    pub fn handler(&self) -> ExtensionHandler {
+        ExtensionHandler::new(self.clone())
+    }
+
+    /// Marks an extension connected; returns the connection's id.
+    fn connect(&self, name: &str) -> u64 {
+        let id = self.next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.connected
+            .lock()
+            .expect("connected lock")
+            .insert(name.to_string(), id);
+        id
+    }
+
+    /// Marks an extension gone, unless a newer connection replaced this one.
+    fn disconnect(&self, name: &str, id: u64) {
+        let mut connected = self.connected.lock().expect("connected lock");
+        if connected.get(name) == Some(&id) {
+            connected.remove(name);
+        }
     }
 
     /// What the API shows about this host.
