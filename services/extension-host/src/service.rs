@@ -53,11 +53,12 @@ impl ExtensionService for ExtensionHandler {
         &self,
         request: Request<Streaming<v1::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        // The node's interceptor attaches the caller; a request without one never passed it.
         let principal = request
             .extensions()
             .get::<Principal>()
             .cloned()
-            .unwrap_or(Principal::Admin);
+            .ok_or_else(|| Status::unauthenticated("no authenticated caller"))?;
         let mut inbound = request.into_inner();
         let register = match inbound.next().await {
             Some(Ok(v1::SessionRequest {
@@ -126,8 +127,13 @@ fn subscriptions_of(host: &ExtensionHost, name: &str) -> BTreeMap<SubKey, BTreeM
     })
 }
 
+/// An extension that sends nothing (not even a heartbeat, which the SDK sends every 10 s) for this long is
+/// taken as gone, and its stream is closed.
+const SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(35);
+
 async fn serve_session(host: &ExtensionHost, name: &str, mut inbound: Streaming<v1::SessionRequest>, tx: &Outbound) {
     let mut changes = host.state.subscribe();
+    let mut last_heard = tokio::time::Instant::now();
     let mut sent: BTreeMap<SubKey, BTreeMap<String, String>> = BTreeMap::new();
     loop {
         // Bring the extension's view of its subscriptions in line with the log.
@@ -158,8 +164,14 @@ async fn serve_session(host: &ExtensionHost, name: &str, mut inbound: Streaming<
                 continue;
             }
             () = tx.closed() => return,
+            () = tokio::time::sleep_until(last_heard + SILENCE_LIMIT) => {
+                tracing::warn!(extension = %name, "extension went silent; closing its stream");
+                let _ = tx.send(Err(Status::deadline_exceeded("no heartbeat for 35 s")));
+                return;
+            }
             message = inbound.next() => message,
         };
+        last_heard = tokio::time::Instant::now();
         match message {
             Some(Ok(v1::SessionRequest {
                 kind: Some(session_request::Kind::Fire(fire)),

@@ -391,3 +391,156 @@ fn state_survives_a_serde_round_trip() {
     let back: State = serde_json::from_str(&json).unwrap();
     assert_eq!(back, state);
 }
+
+mod properties {
+    //! Random command sequences against the invariants: ids only grow, a run ends exactly when all its
+    //! tasks have, refusals change nothing, equal logs give equal states, and a snapshot round-trip
+    //! changes nothing.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::plan;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Start,
+        AssignPlanned,
+        Finish { pick: usize, code: i64 },
+        Stop { pick: usize },
+        Cancel { pick: usize },
+        Bogus { pick: usize },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            2 => Just(Step::Start),
+            3 => Just(Step::AssignPlanned),
+            4 => (any::<usize>(), 0i64..3).prop_map(|(pick, code)| Step::Finish { pick, code }),
+            1 => any::<usize>().prop_map(|pick| Step::Stop { pick }),
+            1 => any::<usize>().prop_map(|pick| Step::Cancel { pick }),
+            1 => any::<usize>().prop_map(|pick| Step::Bogus { pick }),
+        ]
+    }
+
+    /// Turns a step into commands for the current state (so most of them are valid).
+    fn commands(state: &State, step: &Step, at: i64) -> Vec<Command> {
+        let live: Vec<(AttemptRef, u32)> = state
+            .active_runs()
+            .flat_map(|(ns, p, _, run)| {
+                run.tasks.iter().filter(|t| t.assignment.is_some()).map(move |t| {
+                    (
+                        AttemptRef {
+                            namespace: ns.into(),
+                            pipeline: p.into(),
+                            run: run.id,
+                            task: t.task.clone(),
+                        },
+                        t.attempt,
+                    )
+                })
+            })
+            .collect();
+        let runs: Vec<u64> = state
+            .pipeline("default", "p")
+            .map(|p| p.runs.keys().copied().collect())
+            .unwrap_or_default();
+        match step {
+            Step::Start => vec![Command::StartRun {
+                namespace: "default".into(),
+                pipeline: "p".into(),
+                at,
+            }],
+            Step::AssignPlanned => plan(state)
+                .into_iter()
+                .map(|(target, attempt)| Command::AssignAttempt {
+                    target,
+                    attempt,
+                    executor: "e".into(),
+                    at,
+                })
+                .collect(),
+            Step::Finish { pick, code } if !live.is_empty() => {
+                let (target, attempt) = live[pick % live.len()].clone();
+                vec![
+                    Command::AttemptStarted {
+                        target: target.clone(),
+                        attempt,
+                        at,
+                    },
+                    Command::AttemptFinished {
+                        target,
+                        attempt,
+                        outcome: AttemptOutcome::Exited(*code),
+                        at,
+                    },
+                ]
+            }
+            Step::Stop { pick } if !live.is_empty() => {
+                let (target, attempt) = live[pick % live.len()].clone();
+                vec![Command::AttemptFinished {
+                    target,
+                    attempt,
+                    outcome: AttemptOutcome::Stopped,
+                    at,
+                }]
+            }
+            Step::Cancel { pick } if !runs.is_empty() => vec![Command::CancelRun {
+                namespace: "default".into(),
+                pipeline: "p".into(),
+                run: runs[pick % runs.len()],
+                reason: "r".into(),
+                at,
+            }],
+            Step::Bogus { pick } => vec![Command::AttemptFinished {
+                target: target("a", *pick as u64 % 5 + 1),
+                attempt: 7,
+                outcome: AttemptOutcome::Exited(0),
+                at,
+            }],
+            _ => vec![],
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_command_sequences_keep_the_invariants(steps in prop::collection::vec(step(), 1..60)) {
+            let mut state = init();
+            register(&mut state, CHAIN);
+            let mut log = Vec::new();
+            let mut last_run = 0;
+            for (i, step) in steps.iter().enumerate() {
+                for command in commands(&state, step, 10 + i as i64) {
+                    let before = state.clone();
+                    match state.apply(&command) {
+                        Ok(Applied::Run(id)) => {
+                            prop_assert!(id > last_run, "run ids only grow");
+                            last_run = id;
+                        }
+                        Ok(_) => {}
+                        Err(_) => prop_assert_eq!(&state, &before, "a refused command changes nothing"),
+                    }
+                    log.push(command);
+                }
+                for run in state.pipeline("default", "p").unwrap().runs.values() {
+                    let all_ended = run.tasks.iter().all(|t| t.state.is_terminal());
+                    prop_assert_eq!(run.state.is_terminal(), all_ended, "run {} ends exactly when its tasks have", run.id);
+                    let assigned = run.tasks.iter().filter(|t| t.assignment.is_some()).count();
+                    prop_assert!(!run.state.is_terminal() || assigned == 0, "an ended run holds no assignment");
+                }
+            }
+            // Equal logs give equal states.
+            let mut replayed = init();
+            register(&mut replayed, CHAIN);
+            for command in &log {
+                let _ = replayed.apply(command);
+            }
+            prop_assert_eq!(&replayed, &state);
+            // A snapshot round-trip changes nothing.
+            let snapshot: State = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+            prop_assert_eq!(snapshot, state);
+        }
+    }
+}
