@@ -121,20 +121,7 @@ impl DockerBackend {
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptions {
-            name: Some(name.to_string()),
-            ..Default::default()
-        };
-        let created = self
-            .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| format!("creating the container: {e}"))?;
-        if let Err(e) = self.docker.start_container(&created.id, None).await {
-            let _ = self.remove(&created.id).await;
-            return Err(format!("starting the container: {e}"));
-        }
-        Ok(created.id)
+        self.create_started(name.to_string(), body).await
     }
 
     /// Creates and starts the container of an attempt; returns its id.
@@ -176,7 +163,11 @@ impl DockerBackend {
             labels: Some(labels),
             ..Default::default()
         };
-        let name = container_name(cluster, attempt);
+        self.create_started(container_name(cluster, attempt), body).await
+    }
+
+    /// Creates a container called `name` and starts it; a container that will not start is removed.
+    async fn create_started(&self, name: String, body: ContainerCreateBody) -> Result<String, String> {
         let options = CreateContainerOptions {
             name: Some(name),
             ..Default::default()
