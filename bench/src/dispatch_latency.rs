@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, WaitContainerOptions,
 };
@@ -283,10 +283,10 @@ async fn measure_pairs(args: &Args, api: &mut Api, namespace: &str, raw: &Raw) -
     Ok(measured)
 }
 
+/// `time` in whole milliseconds since the epoch, truncated as the server truncates its stamps, so that
+/// client and server stamps compare on the same footing.
 fn unix_millis(time: SystemTime) -> f64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
+    time.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_millis() as f64)
 }
 
 /// Starts one run and follows it to its end; the timed window is StartRun's send to the final update.
@@ -383,11 +383,6 @@ impl Raw {
             image: Some(self.image.clone()),
             cmd: Some(vec![COMMAND.to_string()]),
             labels: Some(HashMap::from([(RAW_LABEL.to_string(), self.pid.clone())])),
-            // As Gofer's executor asks, though it is also the Engine's default.
-            host_config: Some(HostConfig {
-                init: Some(false),
-                ..Default::default()
-            }),
             ..Default::default()
         };
         let options = CreateContainerOptions {
@@ -516,7 +511,8 @@ impl Machine {
     }
 }
 
-/// The workspace's commit, marked when the tree has uncommitted changes.
+/// The workspace's commit, marked when the product's code has uncommitted changes (the benchmark's own
+/// crates, `bench/` and `crates/testkit/`, do not count: they are not what is measured).
 fn revision() -> String {
     let root = gofer_testkit::workspace_root();
     let git = |args: &[&str]| {
@@ -528,9 +524,10 @@ fn revision() -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    match (git(&["rev-parse", "--short", "HEAD"]), git(&["status", "--porcelain"])) {
+    let status = git(&["status", "--porcelain", "--", ".", ":!bench", ":!crates/testkit"]);
+    match (git(&["rev-parse", "--short", "HEAD"]), status) {
         (Some(commit), Some(status)) if status.is_empty() => commit,
-        (Some(commit), Some(_)) => format!("{commit} with uncommitted changes"),
+        (Some(commit), Some(_)) => format!("{commit} with uncommitted changes to the product"),
         _ => "unknown".to_string(),
     }
 }
@@ -580,6 +577,11 @@ impl<'a> Report<'a> {
         self.gofer.p95.as_secs_f64() / self.raw.p95.as_secs_f64()
     }
 
+    /// What Gofer adds to the raw median, in milliseconds.
+    fn overhead_ms(&self) -> f64 {
+        millis(self.gofer.median) - millis(self.raw.median)
+    }
+
     fn verdict(&self) -> String {
         let ratio = self.median_ratio();
         let target = if ratio <= TARGET_RATIO { "meets" } else { "misses" };
@@ -621,10 +623,11 @@ impl<'a> Report<'a> {
             ));
         }
         out.push_str(&format!(
-            "\nratio gofer/raw: median {:.2}×, p95 {:.2}× ({})\n",
+            "\nratio gofer/raw: median {:.2}×, p95 {:.2}× ({}); Gofer adds {:.1} ms to the median\n",
             self.median_ratio(),
             self.p95_ratio(),
-            self.verdict()
+            self.verdict(),
+            self.overhead_ms()
         ));
         out.push_str("\nwhere the time goes (median of each phase, ms):\n");
         for (name, ms) in GOFER_PHASES.iter().zip(&self.gofer_phases) {
@@ -667,13 +670,15 @@ impl<'a> Report<'a> {
             ));
         }
         out.push_str(&format!(
-            "\nRatio gofer/raw: median **{:.2}×**, p95 {:.2}×: {}.\n\n\
+            "\nRatio gofer/raw: median **{:.2}×**, p95 {:.2}×: {}. Gofer adds {:.1} ms to the median.\n\n\
              Where the time goes (median of each phase over the measured pairs, ms; the Gofer phases come from \
-             the server's millisecond timestamps):\n\n\
+             the server's whole-millisecond timestamps, and the medians of the parts need not add up to the \
+             median of the whole):\n\n\
              | phase | ms |\n|---|---:|\n",
             self.median_ratio(),
             self.p95_ratio(),
-            self.verdict()
+            self.verdict(),
+            self.overhead_ms()
         ));
         for (name, ms) in GOFER_PHASES.iter().zip(&self.gofer_phases) {
             out.push_str(&format!("| gofer: {name} | {ms:.1} |\n"));

@@ -17,26 +17,53 @@ pub use image::{TOOLBOX_COMMANDS, build_toolbox_image, workspace_root};
 /// The local image the demo and tests run tasks in.
 pub const TOOLBOX_IMAGE: &str = "gofer/toolbox:1";
 
+/// A `cargo` command run in the workspace root.
+///
+/// `cargo run` and `cargo test` hand their child the package variables of the crate they run. Some build
+/// scripts (ring's) declare `rerun-if-env-changed` on those, so inheriting them would rebuild ring and
+/// everything above it here, and again in the caller's next cargo command: they are removed.
+pub fn cargo_command(args: &[&str]) -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.args(args).current_dir(workspace_root());
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(name, "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE")
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds `goferd` and `goferctl` with `profile` and returns the directory that holds them.
+fn build_binaries(profile: BuildProfile) -> std::result::Result<PathBuf, String> {
+    let (args, dir): (&[&str], &str) = match profile {
+        BuildProfile::Debug => (&["build", "--quiet", "-p", "goferd", "-p", "goferctl"], "debug"),
+        BuildProfile::Release => (&["build", "--release", "-p", "goferd", "-p", "goferctl"], "release"),
+    };
+    let status = cargo_command(args)
+        .status()
+        .map_err(|e| format!("running cargo {}: {e}", args.join(" ")))?;
+    if !status.success() {
+        return Err(format!("cargo {} failed", args.join(" ")));
+    }
+    Ok(target_dir().join(dir))
+}
+
 /// The directory holding the built `goferd` and `goferctl`, building them first (once per process).
 pub fn bin_dir() -> Result<PathBuf> {
     static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let root = workspace_root();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "goferd", "-p", "goferctl"])
-                .current_dir(&root)
-                .status()
-                .map_err(|e| format!("running cargo build: {e}"))?;
-            if !status.success() {
-                return Err("cargo build -p goferd -p goferctl failed".to_string());
-            }
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"));
-            Ok(target.join("debug"))
-        })
+        .get_or_init(|| build_binaries(BuildProfile::Debug))
         .clone()
         .map_err(anyhow::Error::msg)
 }
@@ -60,22 +87,7 @@ pub fn bin_dir_with_profile(profile: BuildProfile) -> Result<PathBuf> {
     }
     static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let root = workspace_root();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--release", "-p", "goferd", "-p", "goferctl"])
-                .current_dir(&root)
-                .status()
-                .map_err(|e| format!("running cargo build --release: {e}"))?;
-            if !status.success() {
-                return Err("cargo build --release -p goferd -p goferctl failed".to_string());
-            }
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"));
-            Ok(target.join("release"))
-        })
+        .get_or_init(|| build_binaries(BuildProfile::Release))
         .clone()
         .map_err(anyhow::Error::msg)
 }
@@ -357,12 +369,7 @@ impl Drop for GoferDev {
 /// Builds `bin` of `package` (debug) and a local image `tag` FROM scratch holding it and the shared
 /// libraries `ldd` lists, with the binary as entrypoint. There is no registry to pull a base from.
 pub fn build_binary_image(package: &str, bin: &str, tag: &str) -> Result<()> {
-    let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .current_dir(&root)
-        .status()?;
+    let status = cargo_command(&["build", "--quiet", "-p", package, "--bin", bin]).status()?;
     if !status.success() {
         bail!("cargo build -p {package} --bin {bin} failed");
     }
