@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -24,14 +23,9 @@ use bollard::query_parameters::{
 };
 use clap::Parser;
 use futures_util::StreamExt;
-use gofer_bench::{Summary, millis, replace_section, utc_timestamp};
-use gofer_proto::v1::{self, gofer_service_client::GoferServiceClient};
+use gofer_bench::{Api, ClientConfig, Machine, Summary, connect, millis, replace_section, utc_timestamp};
+use gofer_proto::v1;
 use gofer_testkit::{BuildProfile, DEFAULT_LOG_FILTER, GoferDev, bin_dir_with_profile, toolbox_image};
-use serde::Deserialize;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::{Request, Status};
 
 /// The pipeline every Gofer iteration runs.
 const PIPELINE_ID: &str = "bench";
@@ -85,28 +79,6 @@ struct Args {
     no_record: bool,
 }
 
-/// The client config `goferd dev` writes.
-#[derive(Deserialize)]
-struct ClientConfig {
-    host: String,
-    token: String,
-    ca_cert: PathBuf,
-    namespace: String,
-}
-
-/// Adds the bearer token to every call.
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Api = GoferServiceClient<InterceptedService<Channel, Bearer>>;
-
 /// One Gofer run: the client-side latency and, from the server's millisecond timestamps, where it went.
 struct GoferSample {
     total: Duration,
@@ -157,8 +129,7 @@ fn main() -> Result<()> {
         r#"{{"id": "{PIPELINE_ID}", "tasks": [{{"id": "{TASK_ID}", "image": "{image}", "command": ["{COMMAND}"]}}]}}"#
     );
     dev.register(&pipeline).context("registering the benchmark pipeline")?;
-    let config_text = std::fs::read_to_string(dev.config_path()).context("reading goferd's client config")?;
-    let config: ClientConfig = toml::from_str(&config_text).context("parsing goferd's client config")?;
+    let config = ClientConfig::read(&dev.config_path())?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let measured = runtime.block_on(measure_all(&args, &config, image));
@@ -215,24 +186,6 @@ async fn measure_all(args: &Args, config: &ClientConfig, image: &str) -> Result<
     };
     raw.sweep().await;
     measured
-}
-
-async fn connect(config: &ClientConfig) -> Result<Api> {
-    let header: MetadataValue<Ascii> = format!("Bearer {}", config.token)
-        .parse()
-        .context("the token cannot be a header value")?;
-    let pem = std::fs::read(&config.ca_cert)
-        .with_context(|| format!("reading the CA certificate {}", config.ca_cert.display()))?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(pem))
-        .domain_name("localhost");
-    let channel = Endpoint::from_shared(config.host.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .tls_config(tls)?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to goferd at {}", config.host))?;
-    Ok(GoferServiceClient::with_interceptor(channel, Bearer(header)))
 }
 
 /// Runs pairs, one Gofer run then one raw container, until `--iterations` measured pairs or the budget.
@@ -472,63 +425,6 @@ impl Raw {
                 eprintln!("could not remove leftover raw container {id}: {err:#}");
             }
         }
-    }
-}
-
-/// Where the figures were taken.
-struct Machine {
-    cpus: usize,
-    cpu_model: String,
-    docker_version: String,
-    revision: String,
-}
-
-impl Machine {
-    async fn describe() -> Result<Machine> {
-        let docker = Docker::connect_with_local_defaults()?;
-        let docker_version = docker
-            .version()
-            .await
-            .context("asking the Docker Engine its version")?
-            .version
-            .unwrap_or_else(|| "unknown".to_string());
-        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|info| {
-                info.lines().find_map(|line| {
-                    line.strip_prefix("model name")?
-                        .split_once(':')
-                        .map(|(_, m)| m.trim().to_string())
-                })
-            })
-            .unwrap_or_else(|| "unknown CPU".to_string());
-        Ok(Machine {
-            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model,
-            docker_version,
-            revision: revision(),
-        })
-    }
-}
-
-/// The workspace's commit, marked when the product's code has uncommitted changes (the benchmark's own
-/// crates, `bench/` and `crates/testkit/`, do not count: they are not what is measured).
-fn revision() -> String {
-    let root = gofer_testkit::workspace_root();
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(&root)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let status = git(&["status", "--porcelain", "--", ".", ":!bench", ":!crates/testkit"]);
-    match (git(&["rev-parse", "--short", "HEAD"]), status) {
-        (Some(commit), Some(status)) if status.is_empty() => commit,
-        (Some(commit), Some(_)) => format!("{commit} with uncommitted changes to the product"),
-        _ => "unknown".to_string(),
     }
 }
 
