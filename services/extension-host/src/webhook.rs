@@ -1,7 +1,8 @@
 //! The built-in webhook trigger: its own HTTP port (never the API port), `POST
 //! /webhooks/{namespace}/{pipeline}/{subscription}`, an HMAC-SHA256 signature over the raw body in GitHub's
 //! `X-Hub-Signature-256: sha256=<hex>` form checked in constant time, idempotency from `X-GitHub-Delivery`
-//! or `Idempotency-Key`, a 1 MiB body cap, and chosen payload fields passed to the run as parameters.
+//! or `Idempotency-Key` (else the SHA-256 of the body), a 1 MiB body cap, and chosen payload fields passed
+//! to the run as parameters. A body is parsed as JSON when fields are chosen or its content type says JSON.
 //!
 //! Every refusal is a JSON body `{"error": "..."}` with a clear message: 401 bad signature, 404 unknown
 //! subscription, 413 too large, 400 malformed.
@@ -97,21 +98,36 @@ async fn handle(
             .map(str::trim)
             .filter(|v| !v.is_empty())
     });
-    let Some(delivery) = delivery else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "missing X-GitHub-Delivery or Idempotency-Key header",
-        );
+    // Without a delivery id the body itself is the event: the same body delivered again makes no run.
+    let body_hash;
+    let delivery = match delivery {
+        Some(delivery) => delivery,
+        None => {
+            let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+            body_hash = format!(
+                "sha256:{}",
+                digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+            &body_hash
+        }
     };
     if delivery.len() > 128 {
         return refuse(StatusCode::BAD_REQUEST, "the delivery id is longer than 128 bytes");
     }
-    let parameters = match fields {
-        Some(fields) => match pick_fields(&fields, &body) {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    let parameters = match (fields, is_json) {
+        (Some(fields), _) => match pick_fields(&fields, &body) {
             Ok(parameters) => parameters,
             Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
         },
-        None => BTreeMap::new(),
+        (None, true) => match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(_) => BTreeMap::new(),
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}")),
+        },
+        (None, false) => BTreeMap::new(),
     };
     let fire = Fire {
         idempotency_key: format!("webhook:{namespace}/{pipeline}/{label}:{delivery}"),
