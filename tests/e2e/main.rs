@@ -3,6 +3,7 @@
 //! through `GoferDev`'s drop, even when it fails.
 
 mod bad_input;
+mod certs;
 mod extensions;
 mod runs;
 mod triggers;

@@ -2,6 +2,7 @@
 //! shutdown. The roles themselves (api, state, scheduler, executor) live in their own crates and never
 //! read flags or env.
 
+mod certs;
 mod dev;
 mod server;
 
@@ -24,10 +25,22 @@ enum Command {
     /// Run every role in one process on a single-node Raft, with generated dev certificates and an admin
     /// token, and write a client config that goferctl finds on its own.
     Dev(dev::DevArgs),
+    /// Make a cluster CA and the node and client certificates it signs
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Certs(command) = cli.command {
+        return match certs::run(command) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("goferd: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     // rustls needs a process-wide crypto provider before any TLS config is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
@@ -47,6 +60,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
+            Command::Certs(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

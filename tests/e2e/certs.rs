@@ -1,0 +1,44 @@
+//! `goferd certs init | issue NAME`: a cluster CA and certificates without openssl, private keys kept
+//! private, nothing overwritten.
+
+use std::os::unix::fs::PermissionsExt;
+
+use anyhow::Result;
+use gofer_testkit::bin_dir;
+
+#[test]
+fn certs_init_and_issue_write_a_ca_and_certificates_and_never_overwrite() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    let goferd = |args: &[&str]| {
+        std::process::Command::new(bin_dir().unwrap().join("goferd"))
+            .arg("certs")
+            .args(args)
+            .arg("--dir")
+            .arg(&certs)
+            .output()
+    };
+    assert!(goferd(&["init"])?.status.success());
+    assert!(goferd(&["issue", "node1"])?.status.success());
+    assert!(goferd(&["issue", "ops", "--san", "ops.example"])?.status.success());
+    for (file, mode) in [
+        ("ca.pem", 0o644),
+        ("ca.key", 0o600),
+        ("node1.pem", 0o644),
+        ("node1.key", 0o600),
+        ("ops.key", 0o600),
+    ] {
+        let meta = std::fs::metadata(certs.join(file))?;
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
+    }
+    assert!(std::fs::read_to_string(certs.join("node1.pem"))?.starts_with("-----BEGIN CERTIFICATE-----"));
+    let again = goferd(&["init"])?;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to replace"));
+    let twice = goferd(&["issue", "node1"])?;
+    assert_eq!(twice.status.code(), Some(1));
+    let bad = goferd(&["issue", "../escape"])?;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(!dir.path().join("escape.pem").exists());
+    Ok(())
+}
