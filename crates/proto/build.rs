@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "gofer/v1/gofer.proto",
         "gofer/v1/dispatch.proto",
         "gofer/v1/extension.proto",
+        "gofer/v1/raft.proto",
     ];
     println!("cargo:rerun-if-changed={}", root.display());
     let fds = protox::compile(files, [&root])?;

@@ -13,11 +13,15 @@
 mod logs;
 mod network;
 mod node;
+mod server;
 mod store;
 mod types;
 
 pub use logs::{LogStore, LogWriter};
+pub use network::{Faults, PeerNetwork};
 pub use node::StateNode;
+pub use server::RaftHandler;
+pub use types::NodeId;
 
 /// Why a state operation failed.
 #[derive(Debug, thiserror::Error)]

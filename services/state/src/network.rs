@@ -1,15 +1,18 @@
-//! The raft network: for now, one that reaches nobody.
+//! The raft network over gRPC: each node dials its peers' `RaftService` with mutual TLS and sends
+//! openraft's messages as JSON. A node with no peers (`goferd dev`) never dials anyone.
 //!
-//! A single-voter cluster never sends an RPC, so openraft never calls these connections; they exist so
-//! that `StateNode` is a real openraft node and not a shortcut around raft. Every RPC answers
-//! `Unreachable`, which openraft treats as "back off and retry", never as a reply. The gRPC network
-//! (append entries, vote, snapshot transfer between goferd processes) arrives with the three-node issue
-//! and replaces this file; it refuses to pretend to deliver anything until then.
+//! [`Faults`] lets the in-process test harness drop the traffic between chosen nodes, so partitions and
+//! node loss are tested on the real network code; production code never sets a fault.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use gofer_proto::v1::{self, raft_service_client::RaftServiceClient};
 use openraft::error::{
-    Fatal, InstallSnapshotError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
 };
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -17,42 +20,141 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory, Snapshot, Vote};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::Error;
 use crate::types::{NodeId, TypeConfig};
 
-/// Makes connections to peers; each one is [`Unconnected`].
-pub(crate) struct NoNetwork;
+/// Traffic the test harness drops: `(from, to)` pairs. Empty in production.
+#[derive(Clone, Default)]
+pub struct Faults {
+    blocked: Arc<RwLock<HashSet<(NodeId, NodeId)>>>,
+}
 
-impl RaftNetworkFactory<TypeConfig> for NoNetwork {
-    type Network = Unconnected;
+impl Faults {
+    /// Drops everything between `a` and `b`, both ways.
+    pub fn cut(&self, a: NodeId, b: NodeId) {
+        let mut blocked = self.blocked.write().expect("faults lock");
+        blocked.insert((a, b));
+        blocked.insert((b, a));
+    }
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Unconnected {
-        Unconnected { target }
+    /// Restores all traffic.
+    pub fn heal(&self) {
+        self.blocked.write().expect("faults lock").clear();
+    }
+
+    fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
+        self.blocked.read().expect("faults lock").contains(&(from, to))
     }
 }
 
-/// A connection to `target` that fails every RPC as unreachable.
-pub(crate) struct Unconnected {
+/// How a node reaches its peers.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    pub(crate) id: NodeId,
+    tls: Option<ClientTlsConfig>,
+    pub(crate) faults: Faults,
+}
+
+impl PeerNetwork {
+    /// Node `id`'s network, dialing peers with `tls` (mutual TLS with the cluster CA); `None` only for
+    /// a single node that never dials.
+    pub fn new(id: NodeId, tls: Option<ClientTlsConfig>, faults: Faults) -> Self {
+        PeerNetwork { id, tls, faults }
+    }
+
+    /// A client for the peer at `addr` (such as `https://10.0.0.2:7444`).
+    pub(crate) fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+        let mut endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|e| format!("peer address {addr:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            let host = endpoint.uri().host().unwrap_or("localhost").to_string();
+            endpoint = endpoint
+                .tls_config(tls.clone().domain_name(host))
+                .map_err(|e| format!("peer TLS: {e}"))?;
+        }
+        Ok(RaftServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(1 << 30)
+            .max_encoding_message_size(1 << 30))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            network: self.clone(),
+            target,
+            client: self.client(&node.addr),
+        }
+    }
+}
+
+/// A connection to one peer.
+pub struct PeerConnection {
+    network: PeerNetwork,
     target: NodeId,
+    client: Result<RaftServiceClient<Channel>, String>,
 }
 
-impl Unconnected {
-    fn unreachable(&self) -> Unreachable {
-        Unreachable::new(&Error::Unavailable(format!(
-            "no raft network to node {} yet: gofer-state runs a single node",
-            self.target
-        )))
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("raft messages always serialize")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, NetworkError> {
+    serde_json::from_slice(bytes).map_err(|e| NetworkError::new(&e))
+}
+
+impl PeerConnection {
+    fn unreachable(&self, why: String) -> Unreachable {
+        Unreachable::new(&Error::Unavailable(format!("node {}: {why}", self.target)))
+    }
+
+    /// The client, unless the harness cut this link or the address is bad.
+    fn client(&self) -> Result<RaftServiceClient<Channel>, Unreachable> {
+        if self.network.faults.is_cut(self.network.id, self.target) {
+            return Err(self.unreachable("cut by the test harness".into()));
+        }
+        self.client.clone().map_err(|e| self.unreachable(e))
+    }
+
+    fn request<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(option.hard_ttl());
+        request
     }
 }
 
-impl RaftNetwork<TypeConfig> for Unconnected {
+fn transport<E: std::error::Error>(target: NodeId, status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Unreachable(
+            Unreachable::new(&Error::Unavailable(format!("node {target}: {}", status.message()))),
+        ),
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let request = Self::request(v1::AppendEntriesRequest { payload: encode(&rpc) }, &option);
+        let reply = client
+            .append_entries(request)
+            .await
+            .map_err(|s| transport(self.target, s))?;
+        let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            decode(&reply.into_inner().payload).map_err(RPCError::Network)?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn install_snapshot(
@@ -61,24 +163,50 @@ impl RaftNetwork<TypeConfig> for Unconnected {
         _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
-        Err(RPCError::Unreachable(self.unreachable()))
+        // Snapshots travel whole through `full_snapshot`; openraft calls this chunked form only from its
+        // default `full_snapshot`, which is replaced below.
+        Err(RPCError::Unreachable(
+            self.unreachable("snapshots are sent whole, not in chunks".into()),
+        ))
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let request = Self::request(v1::VoteRequest { payload: encode(&rpc) }, &option);
+        let reply = client.vote(request).await.map_err(|s| transport(self.target, s))?;
+        let result: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+            decode(&reply.into_inner().payload).map_err(RPCError::Network)?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn full_snapshot(
         &mut self,
-        _vote: Vote<NodeId>,
-        _snapshot: Snapshot<TypeConfig>,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
         _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        Err(StreamingError::Unreachable(self.unreachable()))
+        let mut client = self.client().map_err(StreamingError::Unreachable)?;
+        let message = v1::InstallSnapshotRequest {
+            vote: encode(&vote),
+            meta: encode(&snapshot.meta),
+            data: snapshot.snapshot.into_inner(),
+        };
+        let reply =
+            client
+                .install_snapshot(Self::request(message, &option))
+                .await
+                .map_err(|status| match transport::<Fatal<NodeId>>(self.target, status) {
+                    RPCError::Unreachable(e) => StreamingError::Unreachable(e),
+                    RPCError::Network(e) => StreamingError::Network(e),
+                    other => StreamingError::Network(NetworkError::new(&other)),
+                })?;
+        let result: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            decode(&reply.into_inner().payload).map_err(StreamingError::Network)?;
+        result.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use gofer_domain::{Applied, Command, State};
+use openraft::error::ForwardToLeader;
 use openraft::{BasicNode, Config, Raft, ServerState};
 use tokio::sync::{oneshot, watch};
 
 use crate::Error;
-use crate::network::NoNetwork;
+use crate::network::{Faults, PeerNetwork};
 use crate::store::{self, AppliedState};
 use crate::types::{NodeId, TypeConfig, raft_config};
 
@@ -36,7 +37,9 @@ pub struct StateNode {
 }
 
 struct Inner {
+    id: NodeId,
     raft: Raft<TypeConfig>,
+    network: PeerNetwork,
     applied: Arc<RwLock<AppliedState>>,
     applied_index: watch::Receiver<u64>,
     /// Taken by the first `shutdown`; completes once the redb file is closed.
@@ -53,30 +56,8 @@ impl StateNode {
 
     /// [`StateNode::open_single`] with a given raft config, so tests can snapshot after a few entries.
     pub(crate) async fn open_with(data_dir: &Path, config: Config) -> Result<StateNode, Error> {
-        let config = config
-            .validate()
-            .map_err(|e| Error::Unavailable(format!("invalid raft config: {e}")))?;
-        tokio::fs::create_dir_all(data_dir)
-            .await
-            .map_err(|e| Error::Storage(format!("creating {}: {e}", data_dir.display())))?;
-        let store = store::open(data_dir.join(STATE_FILE)).await?;
-        let raft = Raft::new(
-            SINGLE_NODE_ID,
-            Arc::new(config),
-            NoNetwork,
-            store.log,
-            store.state_machine,
-        )
-        .await
-        .map_err(|e| Error::Unavailable(format!("starting raft: {e}")))?;
-        let node = StateNode {
-            inner: Arc::new(Inner {
-                raft,
-                applied: store.applied,
-                applied_index: store.applied_index,
-                closed: Mutex::new(Some(store.closed)),
-            }),
-        };
+        let network = PeerNetwork::new(SINGLE_NODE_ID, None, Faults::default());
+        let node = StateNode::start(data_dir, config, network).await?;
         if let Err(error) = node.become_leader().await {
             if let Err(shutdown_error) = node.shutdown().await {
                 tracing::warn!(%shutdown_error, "shutting down a state node that failed to open");
@@ -85,6 +66,65 @@ impl StateNode {
         }
         tracing::info!(data_dir = %data_dir.display(), applied = *node.inner.applied_index.borrow(), "state node open");
         Ok(node)
+    }
+
+    /// Opens node `network.id` of a cluster on `data_dir`. With `bootstrap`, a fresh node initializes the
+    /// cluster with those members (id → raft address); every member of a new cluster may be given the
+    /// same list. It returns without waiting for a leader.
+    pub async fn open_member(
+        data_dir: &Path,
+        network: PeerNetwork,
+        bootstrap: Option<BTreeMap<NodeId, String>>,
+    ) -> Result<StateNode, Error> {
+        let node = StateNode::start(data_dir, raft_config(), network).await?;
+        if let Some(members) = bootstrap {
+            let initialized = node
+                .inner
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+            if !initialized {
+                let members: BTreeMap<NodeId, BasicNode> =
+                    members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+                match node.inner.raft.initialize(members).await {
+                    Ok(()) => {}
+                    // Another member initialized first, and its log reached us: that is the same cluster.
+                    Err(e) if e.api_error().is_some() => tracing::info!(%e, "cluster already initialized"),
+                    Err(e) => return Err(Error::Unavailable(format!("initializing raft: {e}"))),
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    async fn start(data_dir: &Path, config: Config, network: PeerNetwork) -> Result<StateNode, Error> {
+        let config = config
+            .validate()
+            .map_err(|e| Error::Unavailable(format!("invalid raft config: {e}")))?;
+        tokio::fs::create_dir_all(data_dir)
+            .await
+            .map_err(|e| Error::Storage(format!("creating {}: {e}", data_dir.display())))?;
+        let store = store::open(data_dir.join(STATE_FILE)).await?;
+        let raft = Raft::new(
+            network.id,
+            Arc::new(config),
+            network.clone(),
+            store.log,
+            store.state_machine,
+        )
+        .await
+        .map_err(|e| Error::Unavailable(format!("starting raft: {e}")))?;
+        Ok(StateNode {
+            inner: Arc::new(Inner {
+                id: network.id,
+                raft,
+                network,
+                applied: store.applied,
+                applied_index: store.applied_index,
+                closed: Mutex::new(Some(store.closed)),
+            }),
+        })
     }
 
     /// Initializes a fresh store, then waits until this node leads and has applied an entry of its own
@@ -120,14 +160,132 @@ impl StateNode {
     /// Proposes a command through raft; returns after it is committed (fsynced) and applied.
     ///
     /// A command the state machine refused comes back as `Error::Rejected`, and changed nothing.
+    /// On a follower the command is forwarded to the leader, and this returns once this node has applied
+    /// it too, so a read here right after sees the write.
     pub async fn propose(&self, command: Command) -> Result<Applied, Error> {
+        match self.inner.raft.client_write(command.clone()).await {
+            Ok(response) => Ok(response.data.0?),
+            Err(e) => match e.forward_to_leader::<BasicNode>() {
+                Some(ForwardToLeader {
+                    leader_node: Some(leader),
+                    ..
+                }) => {
+                    let (result, index) = self.forward(&leader.addr, &command).await?;
+                    self.wait_applied(index).await?;
+                    Ok(result?)
+                }
+                Some(_) => Err(Error::Unavailable("no leader is known yet; retry".into())),
+                None => Err(Error::Unavailable(e.to_string())),
+            },
+        }
+    }
+
+    /// Commits a command on this node, which must lead; returns its result and log index.
+    pub(crate) async fn propose_here(
+        &self,
+        command: Command,
+    ) -> Result<(Result<Applied, gofer_domain::Error>, u64), Error> {
         let response = self
             .inner
             .raft
             .client_write(command)
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))?;
-        Ok(response.data.0?)
+        Ok((response.data.0, response.log_id.index))
+    }
+
+    async fn forward(
+        &self,
+        leader: &str,
+        command: &Command,
+    ) -> Result<(Result<Applied, gofer_domain::Error>, u64), Error> {
+        let mut client = self.inner.network.client(leader).map_err(Error::Unavailable)?;
+        let request = gofer_proto::v1::ProposeRequest {
+            command: serde_json::to_vec(command).expect("commands always serialize"),
+        };
+        let reply = client
+            .propose(request)
+            .await
+            .map_err(|s| Error::Unavailable(format!("forwarding to the leader: {}", s.message())))?
+            .into_inner();
+        let result = serde_json::from_slice(&reply.result)
+            .map_err(|e| Error::Unavailable(format!("the leader's reply: {e}")))?;
+        Ok((result, reply.index))
+    }
+
+    /// Waits (10 s at most) until this node has applied `index`.
+    async fn wait_applied(&self, index: u64) -> Result<(), Error> {
+        self.inner
+            .raft
+            .wait(Some(DEADLINE))
+            .applied_index_at_least(Some(index), "applied the forwarded write")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    }
+
+    /// Runs `f` on the applied state once this node has applied everything the cluster committed before
+    /// the call: a linearizable read, through the leader's read index.
+    pub async fn read_linearizable<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R, Error> {
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(_) => {}
+            Err(e) => match e.forward_to_leader::<BasicNode>() {
+                Some(ForwardToLeader {
+                    leader_node: Some(leader),
+                    ..
+                }) => {
+                    let mut client = self.inner.network.client(&leader.addr).map_err(Error::Unavailable)?;
+                    let index = client
+                        .read_index(gofer_proto::v1::ReadIndexRequest {})
+                        .await
+                        .map_err(|s| {
+                            Error::Unavailable(format!("asking the leader for a read index: {}", s.message()))
+                        })?
+                        .into_inner()
+                        .index;
+                    self.wait_applied(index).await?;
+                }
+                Some(_) => return Err(Error::Unavailable("no leader is known yet; retry".into())),
+                None => return Err(Error::Unavailable(e.to_string())),
+            },
+        }
+        Ok(self.read(f))
+    }
+
+    /// This node's raft id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The raft handle, for the node's RPC server.
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    /// The `RaftService` this node serves to its peers; mount it behind mutual TLS.
+    pub fn raft_service(&self) -> gofer_proto::v1::raft_service_server::RaftServiceServer<crate::server::RaftHandler> {
+        gofer_proto::v1::raft_service_server::RaftServiceServer::new(crate::server::RaftHandler { node: self.clone() })
+            .max_decoding_message_size(1 << 30)
+            .max_encoding_message_size(1 << 30)
+    }
+
+    /// Raft's view of the cluster: leader, term, indexes, membership.
+    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, BasicNode> {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// Waits (up to `deadline`) until this node knows a leader; returns its id.
+    pub async fn wait_for_leader(&self, deadline: Duration) -> Result<NodeId, Error> {
+        let metrics = self
+            .inner
+            .raft
+            .wait(Some(deadline))
+            .metrics(|m| m.current_leader.is_some(), "a known leader")
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        metrics
+            .current_leader
+            .ok_or_else(|| Error::Unavailable("no leader".into()))
     }
 
     /// Runs `f` on the applied state, under a read lock that `f` must not hold on to.

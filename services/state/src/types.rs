@@ -8,7 +8,7 @@ use openraft::{Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
 /// Raft node ids. Node 1 is the single node of `StateNode::open_single`.
-pub(crate) type NodeId = u64;
+pub type NodeId = u64;
 
 openraft::declare_raft_types!(
     /// Gofer's raft types: log entries carry a [`Command`], applying one gives a [`Response`].

@@ -1,0 +1,241 @@
+//! Three state nodes in one process, talking raft over real gRPC with mutual TLS on loopback, with a
+//! network that the test can cut: election, forwarding, linearizable reads on followers, leader loss,
+//! healing, and refusal of a peer without a cluster certificate.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gofer_domain::{Applied, Command, PipelineConfig};
+use gofer_state::{Faults, NodeId, PeerNetwork, StateNode};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, StateNode>,
+    faults: Faults,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    _dirs: Vec<tempfile::TempDir>,
+    ca_pem: String,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = gofer_tls::Ca::generate(gofer_tls::CLUSTER_CA_NAME).unwrap();
+        let ca_pem = ca.certified().cert_pem.clone();
+        let faults = Faults::default();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=3u64 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listeners.insert(id, listener);
+        }
+        let members: BTreeMap<NodeId, String> = listeners
+            .iter()
+            .map(|(id, l)| (*id, format!("https://{}", l.local_addr().unwrap())))
+            .collect();
+        let (mut nodes, mut servers, mut dirs) = (BTreeMap::new(), Vec::new(), Vec::new());
+        for (id, listener) in listeners {
+            let cert = ca
+                .issue(&format!("node{id}"), &["localhost".into(), "127.0.0.1".into()])
+                .unwrap();
+            let client_tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&ca_pem))
+                .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+            let dir = tempfile::tempdir().unwrap();
+            let network = PeerNetwork::new(id, Some(client_tls), faults.clone());
+            let node = StateNode::open_member(dir.path(), network, Some(members.clone()))
+                .await
+                .unwrap();
+            let server_tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
+                .client_ca_root(Certificate::from_pem(&ca_pem));
+            let service = node.raft_service();
+            servers.push(tokio::spawn(async move {
+                let _ = Server::builder()
+                    .tls_config(server_tls)
+                    .unwrap()
+                    .add_service(service)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .await;
+            }));
+            nodes.insert(id, node);
+            dirs.push(dir);
+        }
+        Cluster {
+            nodes,
+            faults,
+            servers,
+            _dirs: dirs,
+            ca_pem,
+        }
+    }
+
+    /// The leader every live node agrees on, waiting for one.
+    async fn leader(&self, among: &[NodeId]) -> NodeId {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let seen: Vec<Option<NodeId>> = among.iter().map(|id| self.nodes[id].metrics().current_leader).collect();
+            if let Some(Some(leader)) = seen.first()
+                && seen.iter().all(|s| *s == Some(*leader))
+                && among.contains(leader)
+            {
+                return *leader;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader among {among:?}: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) {
+        for node in self.nodes.values() {
+            let _ = node.shutdown().await;
+        }
+        for server in self.servers {
+            server.abort();
+        }
+    }
+}
+
+fn namespace(name: &str) -> Command {
+    Command::CreateNamespace {
+        namespace: name.into(),
+        at: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_replicate_forward_and_read_linearizably() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let followers: Vec<NodeId> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    // A write sent to a follower is forwarded to the leader, and the follower has applied it on return.
+    let follower = &cluster.nodes[&followers[0]];
+    follower
+        .propose(Command::Init {
+            cluster_id: "c".into(),
+            at: 1,
+        })
+        .await
+        .unwrap();
+    follower.propose(namespace("team-a")).await.unwrap();
+    assert!(follower.read(|s| s.namespaces.contains_key("team-a")));
+    // A refusal comes back from the leader as a refusal.
+    let refused = follower.propose(namespace("team-a")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(gofer_state::Error::Rejected(gofer_domain::Error::AlreadyExists(_)))
+        ),
+        "{refused:?}"
+    );
+    // A linearizable read on the other follower sees every acknowledged write.
+    let other = &cluster.nodes[&followers[1]];
+    let seen = other
+        .read_linearizable(|s| s.namespaces.contains_key("team-a"))
+        .await
+        .unwrap();
+    assert!(seen);
+    let config = PipelineConfig::from_json(r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#).unwrap();
+    let applied = other
+        .propose(Command::RegisterPipeline {
+            namespace: "team-a".into(),
+            config,
+            at: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(applied, Applied::Version(1));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_leader_elects_another_and_loses_no_acknowledged_write() {
+    let cluster = Cluster::start().await;
+    let old = cluster.leader(&[1, 2, 3]).await;
+    cluster.nodes[&old]
+        .propose(Command::Init {
+            cluster_id: "c".into(),
+            at: 1,
+        })
+        .await
+        .unwrap();
+    cluster.nodes[&old].propose(namespace("before")).await.unwrap();
+    let rest: Vec<NodeId> = [1, 2, 3].into_iter().filter(|id| *id != old).collect();
+    for id in &rest {
+        cluster.faults.cut(old, *id);
+    }
+    let new = cluster.leader(&rest).await;
+    assert_ne!(new, old);
+    cluster.nodes[&rest[0]].propose(namespace("during")).await.unwrap();
+    // The cut-off old leader cannot commit anything.
+    let stale = tokio::time::timeout(Duration::from_secs(3), cluster.nodes[&old].propose(namespace("lost"))).await;
+    assert!(
+        !matches!(stale, Ok(Ok(_))),
+        "a partitioned leader must not acknowledge a write: {stale:?}"
+    );
+    cluster.faults.heal();
+    let agreed = cluster.leader(&[1, 2, 3]).await;
+    assert!(rest.contains(&agreed));
+    let states: Vec<_> = {
+        let mut states = Vec::new();
+        for id in [1, 2, 3] {
+            let node = &cluster.nodes[&id];
+            states.push(node.read_linearizable(|s| s.clone()).await.unwrap());
+        }
+        states
+    };
+    for state in &states {
+        assert!(state.namespaces.contains_key("before") && state.namespaces.contains_key("during"));
+        assert!(!state.namespaces.contains_key("lost"));
+    }
+    assert!(states.windows(2).all(|w| w[0] == w[1]), "all nodes agree");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_a_cluster_certificate_is_refused() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let addr = cluster.nodes[&leader]
+        .metrics()
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .unwrap()
+        .addr
+        .clone();
+    let stranger = gofer_tls::Ca::generate(gofer_tls::CLUSTER_CA_NAME)
+        .unwrap()
+        .issue("evil", &["localhost".into()])
+        .unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&cluster.ca_pem))
+        .identity(Identity::from_pem(&stranger.cert_pem, &stranger.key_pem))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    let mut client = gofer_proto::v1::raft_service_client::RaftServiceClient::new(channel);
+    let refused = client.read_index(gofer_proto::v1::ReadIndexRequest {}).await;
+    assert!(refused.is_err(), "a certificate from another CA is refused");
+    let no_cert = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&cluster.ca_pem))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(addr)
+        .unwrap()
+        .tls_config(no_cert)
+        .unwrap()
+        .connect_lazy();
+    let mut client = gofer_proto::v1::raft_service_client::RaftServiceClient::new(channel);
+    assert!(
+        client.read_index(gofer_proto::v1::ReadIndexRequest {}).await.is_err(),
+        "no certificate is refused"
+    );
+    cluster.stop().await;
+}
