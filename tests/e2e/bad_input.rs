@@ -111,3 +111,21 @@ fn unknown_things_missing_tokens_and_usage_errors_are_refused_and_the_server_kee
     assert!(!dev.server_log().contains("panicked"), "{}", dev.server_log());
     Ok(())
 }
+
+#[test]
+fn cluster_status_shows_the_single_dev_node_as_leader() -> Result<()> {
+    let dev = start()?;
+    let status = dev.ctl_json(&["cluster", "status"])?;
+    assert_eq!(status["node_id"], 1);
+    assert_eq!(status["leader_id"], 1);
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(status["nodes"][0]["role"], "LEADER");
+    assert!(status["applied_index"].as_u64() >= Some(1));
+    let table = dev.ctl_ok(&["cluster", "status"])?;
+    assert!(table.contains("leader:      node 1"), "{table}");
+    let bad = dev.ctl(&["cluster", "remove", "7"])?;
+    assert!(stderr(&bad).contains("NotFound"), "{}", stderr(&bad));
+    let usage = dev.ctl(&["cluster", "add", "x", "https://h:1"])?;
+    assert_eq!(usage.status.code(), Some(2));
+    Ok(())
+}

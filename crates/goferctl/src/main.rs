@@ -61,6 +61,19 @@ enum Command {
     /// Link pipelines to extensions, such as a cron schedule or a webhook
     #[command(subcommand)]
     Subscription(SubscriptionCommand),
+    /// Show and change the state nodes of the cluster
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Show the nodes, their roles, the leader, the term and the log indexes
+    Status,
+    /// Add a state node as a voter, by id and raft address (https://host:port)
+    Add { node_id: u64, address: String },
+    /// Remove a state node
+    Remove { node_id: u64 },
 }
 
 /// A `key=value` setting.
@@ -535,6 +548,39 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     print_json(&serde_json::json!({ "pipeline_id": pipeline, "label": label, "deleted": true }))
                 }
                 Format::Table => println!("subscription {label} of {pipeline} deleted"),
+            }
+        }
+        Command::Cluster(ClusterCommand::Status) => {
+            let status = api
+                .get_cluster_status(v1::GetClusterStatusRequest {})
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&output::cluster_status(&status)),
+                Format::Table => output::describe_cluster(&status),
+            }
+        }
+        Command::Cluster(ClusterCommand::Add { node_id, address }) => {
+            let request = v1::AddClusterNodeRequest {
+                node_id,
+                address: address.clone(),
+            };
+            api.add_cluster_node(request).await.map_err(client::status)?;
+            match format {
+                Format::Json => {
+                    print_json(&serde_json::json!({ "node_id": node_id, "address": address, "added": true }))
+                }
+                Format::Table => println!("node {node_id} added at {address}"),
+            }
+        }
+        Command::Cluster(ClusterCommand::Remove { node_id }) => {
+            api.remove_cluster_node(v1::RemoveClusterNodeRequest { node_id })
+                .await
+                .map_err(client::status)?;
+            match format {
+                Format::Json => print_json(&serde_json::json!({ "node_id": node_id, "removed": true })),
+                Format::Table => println!("node {node_id} removed"),
             }
         }
         Command::Task(TaskCommand::Logs {

@@ -390,6 +390,55 @@ pub fn describe_pipeline(p: &v1::Pipeline, c: &v1::PipelineConfig) {
     );
 }
 
+pub fn cluster_status(s: &v1::GetClusterStatusResponse) -> Value {
+    let nodes: Vec<Value> = s
+        .nodes
+        .iter()
+        .map(|n| json!({ "id": n.id, "address": n.address, "role": n.role, "matched_index": n.matched_index }))
+        .collect();
+    json!({
+        "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term, "last_log_index": s.last_log_index,
+        "applied_index": s.applied_index, "nodes": nodes,
+    })
+}
+
+pub fn describe_cluster(s: &v1::GetClusterStatusResponse) {
+    println!("answered by: node {}", s.node_id);
+    println!(
+        "leader:      {}",
+        if s.leader_id == 0 {
+            "none known".to_string()
+        } else {
+            format!("node {}", s.leader_id)
+        }
+    );
+    println!("term:        {}", s.term);
+    println!("log index:   {} (applied {})", s.last_log_index, s.applied_index);
+    println!();
+    print_table(
+        &["NODE", "ROLE", "ADDRESS", "MATCHED"],
+        s.nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.id.to_string(),
+                    n.role.clone(),
+                    if n.address.is_empty() {
+                        "-".into()
+                    } else {
+                        n.address.clone()
+                    },
+                    if n.matched_index == 0 {
+                        "-".into()
+                    } else {
+                        n.matched_index.to_string()
+                    },
+                ]
+            })
+            .collect(),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

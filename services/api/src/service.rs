@@ -470,6 +470,54 @@ impl GoferService for ApiService {
         Ok(Response::new(v1::DeleteSubscriptionResponse {}))
     }
 
+    async fn get_cluster_status(
+        &self,
+        _request: Request<v1::GetClusterStatusRequest>,
+    ) -> ApiResult<v1::GetClusterStatusResponse> {
+        let status = self.state.cluster_status();
+        Ok(Response::new(v1::GetClusterStatusResponse {
+            node_id: status.node_id,
+            leader_id: status.leader_id.unwrap_or(0),
+            term: status.term,
+            last_log_index: status.last_log_index,
+            applied_index: status.applied_index,
+            nodes: status
+                .members
+                .into_iter()
+                .map(|m| v1::ClusterNode {
+                    id: m.id,
+                    address: m.address,
+                    role: m.role.to_string(),
+                    matched_index: m.matched_index,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn add_cluster_node(
+        &self,
+        request: Request<v1::AddClusterNodeRequest>,
+    ) -> ApiResult<v1::AddClusterNodeResponse> {
+        let request = request.into_inner();
+        let change = gofer_state::MembershipChange::Add {
+            id: request.node_id,
+            address: request.address,
+        };
+        self.state.change_membership(change).await.map_err(state_status)?;
+        Ok(Response::new(v1::AddClusterNodeResponse {}))
+    }
+
+    async fn remove_cluster_node(
+        &self,
+        request: Request<v1::RemoveClusterNodeRequest>,
+    ) -> ApiResult<v1::RemoveClusterNodeResponse> {
+        let change = gofer_state::MembershipChange::Remove {
+            id: request.into_inner().node_id,
+        };
+        self.state.change_membership(change).await.map_err(state_status)?;
+        Ok(Response::new(v1::RemoveClusterNodeResponse {}))
+    }
+
     type GetTaskLogsStream = BoxStream<v1::GetTaskLogsResponse>;
 
     async fn get_task_logs(&self, request: Request<v1::GetTaskLogsRequest>) -> ApiResult<Self::GetTaskLogsStream> {

@@ -11,6 +11,7 @@
 //! here too (`logs`): files under the data dir, not redb, because big bytes stay out of the log.
 
 mod logs;
+mod membership;
 mod network;
 mod node;
 mod server;
@@ -18,6 +19,7 @@ mod store;
 mod types;
 
 pub use logs::{LogStore, LogWriter};
+pub use membership::{ClusterStatus, MemberStatus, MembershipChange};
 pub use network::{Faults, PeerNetwork};
 pub use node::StateNode;
 pub use server::RaftHandler;

@@ -199,7 +199,7 @@ impl StateNode {
         leader: &str,
         command: &Command,
     ) -> Result<(Result<Applied, gofer_domain::Error>, u64), Error> {
-        let mut client = self.inner.network.client(leader).map_err(Error::Unavailable)?;
+        let mut client = self.peer_client(leader)?;
         let request = gofer_proto::v1::ProposeRequest {
             command: serde_json::to_vec(command).expect("commands always serialize"),
         };
@@ -234,7 +234,7 @@ impl StateNode {
                     leader_node: Some(leader),
                     ..
                 }) => {
-                    let mut client = self.inner.network.client(&leader.addr).map_err(Error::Unavailable)?;
+                    let mut client = self.peer_client(&leader.addr)?;
                     let index = client
                         .read_index(gofer_proto::v1::ReadIndexRequest {})
                         .await
@@ -250,6 +250,14 @@ impl StateNode {
             },
         }
         Ok(self.read(f))
+    }
+
+    /// A client for the peer at `addr`.
+    pub(crate) fn peer_client(
+        &self,
+        addr: &str,
+    ) -> Result<gofer_proto::v1::raft_service_client::RaftServiceClient<tonic::transport::Channel>, Error> {
+        self.inner.network.client(addr).map_err(Error::Unavailable)
     }
 
     /// This node's raft id.

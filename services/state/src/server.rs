@@ -9,6 +9,7 @@ use openraft::Snapshot;
 use tonic::{Request, Response, Status};
 
 use crate::StateNode;
+use crate::membership::ForwardOr;
 
 /// Serves one node's raft to its peers.
 #[derive(Clone)]
@@ -73,6 +74,21 @@ impl RaftService for RaftHandler {
             result: encode(&result),
             index,
         }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<v1::ChangeMembershipRequest>,
+    ) -> Result<Response<v1::ChangeMembershipResponse>, Status> {
+        let change = serde_json::from_slice(&request.into_inner().change).map_err(bad_payload)?;
+        match self.node.change_here(&change).await {
+            Ok(()) => Ok(Response::new(v1::ChangeMembershipResponse {})),
+            Err(ForwardOr::Forward(leader)) => Err(Status::unavailable(format!(
+                "not the leader any more; the leader is at {}",
+                leader.addr
+            ))),
+            Err(ForwardOr::Failed(e)) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn read_index(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gofer_domain::{Applied, Command, PipelineConfig};
-use gofer_state::{Faults, NodeId, PeerNetwork, StateNode};
+use gofer_state::{Faults, MembershipChange, NodeId, PeerNetwork, StateNode};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -236,6 +236,80 @@ async fn a_peer_without_a_cluster_certificate_is_refused() {
     assert!(
         client.read_index(gofer_proto::v1::ReadIndexRequest {}).await.is_err(),
         "no certificate is refused"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_removed_and_added_back_through_any_node_and_catches_up() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let followers: Vec<NodeId> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let (asker, removed) = (followers[0], followers[1]);
+    let address = cluster.nodes[&leader]
+        .cluster_status()
+        .members
+        .iter()
+        .find(|m| m.id == removed)
+        .unwrap()
+        .address
+        .clone();
+    cluster.nodes[&leader]
+        .propose(Command::Init {
+            cluster_id: "c".into(),
+            at: 1,
+        })
+        .await
+        .unwrap();
+    // Asked of a follower, the change is forwarded to the leader.
+    cluster.nodes[&asker]
+        .change_membership(MembershipChange::Remove { id: removed })
+        .await
+        .unwrap();
+    let status = cluster.nodes[&leader].cluster_status();
+    assert_eq!(
+        status.members.iter().map(|m| m.id).collect::<Vec<_>>().len(),
+        2,
+        "{status:?}"
+    );
+    assert!(status.members.iter().all(|m| m.id != removed));
+    cluster.nodes[&leader].propose(namespace("while-away")).await.unwrap();
+    cluster.nodes[&asker]
+        .change_membership(MembershipChange::Add { id: removed, address })
+        .await
+        .unwrap();
+    let status = cluster.nodes[&leader].cluster_status();
+    assert_eq!(status.members.len(), 3, "{status:?}");
+    assert_eq!(status.members.iter().filter(|m| m.role == "LEADER").count(), 1);
+    let caught_up = cluster.nodes[&removed]
+        .read_linearizable(|s| s.namespaces.contains_key("while-away"))
+        .await
+        .unwrap();
+    assert!(caught_up, "the re-added node caught up on what it missed");
+    let bad = cluster.nodes[&leader]
+        .change_membership(MembershipChange::Add {
+            id: 9,
+            address: "nope".into(),
+        })
+        .await;
+    assert!(
+        matches!(
+            bad,
+            Err(gofer_state::Error::Rejected(
+                gofer_domain::Error::InvalidArgument { .. }
+            ))
+        ),
+        "{bad:?}"
+    );
+    let unknown = cluster.nodes[&leader]
+        .change_membership(MembershipChange::Remove { id: 42 })
+        .await;
+    assert!(
+        matches!(
+            unknown,
+            Err(gofer_state::Error::Rejected(gofer_domain::Error::NotFound(_)))
+        ),
+        "{unknown:?}"
     );
     cluster.stop().await;
 }

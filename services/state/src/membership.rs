@@ -1,0 +1,167 @@
+//! Changing and showing who the state nodes are: add a voter (as a learner first, so it catches up
+//! before it counts), remove one, and the cluster status that `goferctl cluster status` prints. A change
+//! received by a follower is forwarded to the leader, like a write.
+
+use std::collections::BTreeSet;
+
+use openraft::error::ForwardToLeader;
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+use crate::{Error, StateNode};
+
+/// A membership change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add node `id`, reachable at `address` (its raft address, `https://host:port`), as a voter.
+    Add { id: NodeId, address: String },
+    /// Remove node `id` from the cluster.
+    Remove { id: NodeId },
+}
+
+/// One node as the membership lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub address: String,
+    /// `LEADER`, `FOLLOWER` or `LEARNER`.
+    pub role: &'static str,
+    pub matched_index: u64,
+}
+
+/// This node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+impl StateNode {
+    /// Applies a membership change on the leader, forwarding it there from a follower.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), Error> {
+        match &change {
+            MembershipChange::Add { id, address } => {
+                if *id == 0 {
+                    return Err(gofer_domain::Error::invalid("node_id", "must be at least 1").into());
+                }
+                if !address.starts_with("https://") || address.len() <= "https://".len() {
+                    return Err(gofer_domain::Error::invalid("address", "must be https://host:port").into());
+                }
+            }
+            MembershipChange::Remove { id } => {
+                let members = self.metrics().membership_config.membership().clone();
+                if members.get_node(id).is_none() {
+                    return Err(gofer_domain::Error::NotFound(format!("node {id}")).into());
+                }
+            }
+        }
+        match self.change_here(&change).await {
+            Ok(()) => Ok(()),
+            Err(ForwardOr::Forward(leader)) => {
+                let mut client = self.peer_client(&leader.addr)?;
+                let request = gofer_proto::v1::ChangeMembershipRequest {
+                    change: serde_json::to_vec(&change).expect("changes always serialize"),
+                };
+                client
+                    .change_membership(request)
+                    .await
+                    .map_err(|s| Error::Unavailable(format!("forwarding to the leader: {}", s.message())))?;
+                Ok(())
+            }
+            Err(ForwardOr::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Applies a membership change here; this node must lead.
+    pub(crate) async fn change_here(&self, change: &MembershipChange) -> Result<(), ForwardOr> {
+        let raft = self.raft();
+        let result = match change {
+            MembershipChange::Add { id, address } => {
+                let node = BasicNode { addr: address.clone() };
+                match raft.add_learner(*id, node, true).await {
+                    Ok(_) => {
+                        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            MembershipChange::Remove { id } => {
+                let voters: BTreeSet<NodeId> = self.metrics().membership_config.membership().voter_ids().collect();
+                if voters.contains(id) {
+                    raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([*id])), false)
+                        .await
+                } else {
+                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([*id])), false)
+                        .await
+                }
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match e.forward_to_leader::<BasicNode>() {
+                Some(ForwardToLeader {
+                    leader_node: Some(leader),
+                    ..
+                }) => Err(ForwardOr::Forward(leader.clone())),
+                Some(_) => Err(ForwardOr::Failed(Error::Unavailable(
+                    "no leader is known yet; retry".into(),
+                ))),
+                None => Err(ForwardOr::Failed(Error::Unavailable(e.to_string()))),
+            },
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let matched = |id: &NodeId| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map_or(0, |log_id| log_id.index)
+        };
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                id: *id,
+                address: node.addr.clone(),
+                role: if metrics.current_leader == Some(*id) {
+                    "LEADER"
+                } else if voters.contains(id) {
+                    "FOLLOWER"
+                } else {
+                    "LEARNER"
+                },
+                matched_index: if *id == metrics.id && metrics.state == ServerState::Leader {
+                    metrics.last_log_index.unwrap_or(0)
+                } else {
+                    matched(id)
+                },
+            })
+            .collect();
+        ClusterStatus {
+            node_id: metrics.id,
+            leader_id: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            members,
+        }
+    }
+}
+
+/// Why a membership change did not happen here.
+pub(crate) enum ForwardOr {
+    /// Another node leads: send it there.
+    Forward(BasicNode),
+    Failed(Error),
+}
