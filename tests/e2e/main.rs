@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod certs;
+mod cluster;
 mod extensions;
 mod runs;
 mod triggers;

@@ -398,11 +398,12 @@ pub fn cluster_status(s: &v1::GetClusterStatusResponse) -> Value {
         .collect();
     json!({
         "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term, "last_log_index": s.last_log_index,
-        "applied_index": s.applied_index, "nodes": nodes,
+        "applied_index": s.applied_index, "nodes": nodes, "cluster_id": s.cluster_id,
     })
 }
 
 pub fn describe_cluster(s: &v1::GetClusterStatusResponse) {
+    println!("cluster:     {}", s.cluster_id);
     println!("answered by: node {}", s.node_id);
     println!(
         "leader:      {}",

@@ -9,7 +9,7 @@ use gofer_tls::{CLUSTER_CA_NAME, Ca};
 /// Flags of `goferd certs`.
 #[derive(clap::Subcommand)]
 pub enum CertsCommand {
-    /// Make a new cluster CA in DIR (ca.pem, ca.key)
+    /// Make a new cluster CA in DIR (ca.pem, ca.key) and an admin token (admin.token)
     Init {
         /// Where the CA and the certificates live
         #[arg(long, default_value = "gofer-certs")]
@@ -53,6 +53,15 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
             let ca = Ca::generate(CLUSTER_CA_NAME)?;
             write_new(&dir.join("ca.key"), &ca.certified().key_pem, true)?;
             write_new(&dir.join("ca.pem"), &ca.certified().cert_pem, false)?;
+            write_new(
+                &dir.join("admin.token"),
+                &format!("{}\n", crate::dev::random_hex(32)?),
+                true,
+            )?;
+            println!(
+                "admin token written to {}/admin.token (for goferd server and goferctl)",
+                dir.display()
+            );
             println!(
                 "cluster CA written to {}/ca.pem (key: ca.key, keep it safe)",
                 dir.display()

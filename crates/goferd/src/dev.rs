@@ -8,14 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use gofer_api::{ApiService, Principal, TokenAuth, hash_token};
-use gofer_domain::Command;
-use gofer_scheduler::{DispatchHandler, Scheduler};
+use gofer_api::{Principal, TokenAuth, hash_token};
 use gofer_state::{LogStore, StateNode};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Identity;
 
 /// Flags of `goferd dev`.
 #[derive(clap::Args)]
@@ -53,7 +49,7 @@ fn user_dir(xdg: &str, fallback: &str) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(fallback))
 }
 
-fn random_hex(bytes: usize) -> anyhow::Result<String> {
+pub(crate) fn random_hex(bytes: usize) -> anyhow::Result<String> {
     use ring::rand::SecureRandom;
     let mut buf = vec![0u8; bytes];
     ring::rand::SystemRandom::new()
@@ -163,23 +159,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let state = StateNode::open_single(&data_dir.join("state"))
         .await
         .context("opening the state")?;
-    if state.read(|s| s.cluster_id.is_empty()) {
-        let cluster_id = random_hex(8)?;
-        state
-            .propose(Command::Init {
-                cluster_id,
-                at: gofer_proto::now_millis(),
-            })
-            .await
-            .context("initializing the cluster")?;
-    }
-    let logs = LogStore::new(data_dir.join("logs"));
-
-    let host_role = gofer_extension_host::ExtensionHost::new(state.clone());
-    host_role
-        .register_builtins()
-        .await
-        .context("registering the built-in triggers")?;
     let webhook_listener = tokio::net::TcpListener::bind(&args.webhook_listen)
         .await
         .with_context(|| {
@@ -188,13 +167,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 args.webhook_listen
             )
         })?;
-    let webhook_addr = webhook_listener.local_addr()?;
-
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let api_listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {} (pass --listen to choose another address)", args.listen))?;
-    let addr = listener.local_addr()?;
-    let host = format!("https://{addr}");
+    let addr = api_listener.local_addr()?;
+    let node = crate::node::start(crate::node::NodeSetup {
+        state: state.clone(),
+        logs: LogStore::new(data_dir.join("logs")),
+        docker,
+        auth,
+        identity,
+        ca_pem,
+        api_listener,
+        webhook_listener,
+        raft: None,
+        executor_id: "local".to_string(),
+        executor_token,
+        new_cluster_id: random_hex(8)?,
+    })
+    .await?;
+    let host = node.api_host.clone();
+    let webhook_addr = node.webhook_addr;
     if let Some(dir) = client_config.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -205,56 +198,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         namespace: "default".to_string(),
     };
     write_private(&client_config, &toml::to_string(&config)?)?;
-
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let scheduler = Scheduler::new(state.clone());
-    let api = ApiService::new(state.clone(), logs.clone(), host_role.directory());
-    let dispatch = DispatchHandler::new(scheduler.clone(), logs);
-    let server = tracker.spawn(crate::server::serve(
-        listener,
-        identity,
-        auth.clone(),
-        api,
-        dispatch,
-        host_role.handler(),
-        shutdown.clone(),
-    ));
-    tracker.spawn(scheduler.run(shutdown.clone()));
-    tracker.spawn(host_role.clone().run_schedules(shutdown.clone()));
-    let launch = gofer_extension_host::LaunchConfig {
-        api_host: host.clone(),
-        ca_pem: ca_pem.clone(),
-        auth: auth.clone(),
-        docker: docker.clone(),
-    };
-    tracker.spawn(host_role.clone().run_launcher(launch, shutdown.clone()));
-    let webhook_shutdown = shutdown.clone();
-    let webhooks = host_role.clone();
-    tracker.spawn(async move {
-        if let Err(err) = webhooks.serve_webhooks(webhook_listener, webhook_shutdown).await {
-            tracing::error!(%err, "the webhook listener stopped");
-        }
-    });
-
-    let channel = Endpoint::from_shared(host.clone())?
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca_pem))
-                .domain_name("localhost"),
-        )?
-        .connect_lazy();
-    let executor_config = gofer_executor::ExecutorConfig {
-        executor_id: "local".to_string(),
-        token: executor_token,
-    };
-    let executor_shutdown = shutdown.clone();
-    tracker.spawn(async move {
-        if let Err(err) = gofer_executor::run(executor_config, docker, channel, executor_shutdown).await {
-            tracing::error!(%err, "the executor stopped");
-        }
-    });
-    tracker.close();
 
     let cluster_id = state.read(|s| s.cluster_id.clone());
     println!("goferd dev is ready");
@@ -267,27 +210,5 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let _ = std::io::Write::flush(&mut std::io::stdout());
     tracing::info!(%addr, data_dir = %data_dir.display(), "goferd dev started");
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
-        _ = terminate.recv() => tracing::info!("terminated; shutting down"),
-        result = server => {
-            shutdown.cancel();
-            state.shutdown().await.ok();
-            return match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(err),
-                Err(err) => Err(anyhow::anyhow!("the server task failed: {err}")),
-            };
-        }
-    }
-    shutdown.cancel();
-    if tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not stop within 10 s");
-    }
-    state.shutdown().await.context("shutting the state down")?;
-    Ok(())
+    node.run_until_signalled().await
 }

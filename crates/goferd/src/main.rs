@@ -3,7 +3,9 @@
 //! read flags or env.
 
 mod certs;
+mod cluster;
 mod dev;
+mod node;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,8 @@ enum Command {
     /// Run every role in one process on a single-node Raft, with generated dev certificates and an admin
     /// token, and write a client config that goferctl finds on its own.
     Dev(dev::DevArgs),
+    /// Run one node of a cluster (state, api, scheduler, extension host and an executor)
+    Server(cluster::ServerArgs),
     /// Make a cluster CA and the node and client certificates it signs
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -60,6 +64,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
+            Command::Server(args) => cluster::run(args).await,
             Command::Certs(_) => unreachable!("handled before the runtime starts"),
         }
     });

@@ -82,11 +82,25 @@ impl ApiService {
     }
 
     async fn propose(&self, command: Command) -> Result<Applied, Status> {
+        self.initialized()?;
         self.state.propose(command).await.map_err(state_status)
     }
 
     pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> Result<R, Error>) -> Result<R, Status> {
+        self.initialized()?;
         self.state.read(f).map_err(into_status)
+    }
+
+    /// A new cluster serves once its first command (`Init`) is applied here; before, every answer would
+    /// be a misleading NotFound.
+    #[allow(clippy::result_large_err)]
+    fn initialized(&self) -> Result<(), Status> {
+        if self.state.read(|s| s.cluster_id.is_empty()) {
+            return Err(Status::unavailable(
+                "the cluster is starting: it has no leader or is not initialized yet; retry",
+            ));
+        }
+        Ok(())
     }
 
     fn run_proto(&self, namespace: &str, pipeline: &str, run: u64) -> Result<v1::Run, Status> {
@@ -481,6 +495,7 @@ impl GoferService for ApiService {
             term: status.term,
             last_log_index: status.last_log_index,
             applied_index: status.applied_index,
+            cluster_id: self.state.read(|s| s.cluster_id.clone()),
             nodes: status
                 .members
                 .into_iter()

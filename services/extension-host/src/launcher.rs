@@ -53,10 +53,12 @@ pub async fn run(host: ExtensionHost, config: LaunchConfig, shutdown: Cancellati
     let mut running: HashMap<String, (Desired, CancellationToken)> = HashMap::new();
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
+        // Extension containers run beside the leader only.
+        let leading = host.state.is_leader();
         let desired: HashMap<String, Desired> = host.state.read(|s| {
             s.extensions
                 .iter()
-                .filter(|(_, e)| !e.builtin)
+                .filter(|(_, e)| leading && !e.builtin)
                 .map(|(name, e)| (name.clone(), (e.image.clone(), e.settings.clone())))
                 .collect()
         });
@@ -84,6 +86,8 @@ pub async fn run(host: ExtensionHost, config: LaunchConfig, shutdown: Cancellati
         tokio::select! {
             () = shutdown.cancelled() => break,
             changed = changes.changed() => if changed.is_err() { break },
+            // Leadership can move without a new entry being applied here; look again every second.
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
     for (_, stop) in running.values() {

@@ -47,7 +47,13 @@ pub async fn run(state: StateNode, fires: FireQueue, shutdown: CancellationToken
     // Fires whose commit failed come back here to be tried again with the same key.
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Fire>();
     loop {
-        sync(&state, &fires, &mut tracked, &retry_tx);
+        // Only the leader's timers fire; another node takes over from the log when it leads. Fires carry
+        // idempotency keys, so a short overlap during a leader change makes no second run.
+        if state.is_leader() {
+            sync(&state, &fires, &mut tracked, &retry_tx);
+        } else {
+            tracked.clear();
+        }
         let now = now_millis();
         let mut due = Vec::new();
         for (key, t) in tracked.iter_mut() {
@@ -64,6 +70,8 @@ pub async fn run(state: StateNode, fires: FireQueue, shutdown: CancellationToken
         }
         let wake = tracked.iter().filter_map(|(k, t)| t.fire_at(k)).min();
         let sleep = match wake {
+            // A follower looks again every second: it may be the leader next.
+            _ if tracked.is_empty() && !state.is_leader() => Duration::from_secs(1),
             Some(at) => Duration::from_millis((at - now_millis()).clamp(0, 60_000) as u64),
             None => Duration::from_secs(60),
         };

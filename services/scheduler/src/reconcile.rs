@@ -86,6 +86,10 @@ impl Scheduler {
     }
 
     async fn reconcile(&self) {
+        // One scheduler acts per cluster: the leader's. (The fencing epoch arrives with the dispatch issue.)
+        if !self.state.is_leader() {
+            return;
+        }
         let planned = self.state.read(plan);
         for (target, attempt) in planned {
             let Some(executor) = self.pick_executor() else { break };

@@ -260,6 +260,12 @@ impl StateNode {
         self.inner.network.client(addr).map_err(Error::Unavailable)
     }
 
+    /// Whether this node leads the cluster right now. Roles that must act once per cluster (the
+    /// scheduler, the trigger timers, extension containers) act only while it does.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().state == ServerState::Leader
+    }
+
     /// This node's raft id.
     pub fn id(&self) -> NodeId {
         self.inner.id

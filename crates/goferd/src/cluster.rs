@@ -1,0 +1,210 @@
+//! `goferd server`: one node of a cluster, from a TOML config file and flags (flags win). The node serves
+//! the API (TLS, bearer tokens) and Raft (mutual TLS with the cluster CA) on their own ports, and runs the
+//! scheduler, the extension host and an executor; the scheduler, the trigger timers and extension
+//! containers act only while the node leads.
+//!
+//! Bootstrapping a new cluster is one step: start every node with the same `bootstrap` members; the first
+//! to start initializes the cluster and the others join it. Later nodes join with `goferctl cluster add`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use gofer_api::{Principal, TokenAuth, hash_token};
+use gofer_state::{Faults, LogStore, PeerNetwork, StateNode};
+use serde::Deserialize;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// Flags of `goferd server`; each overrides the config file's value.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// A TOML config file with the keys below (node_id, data_dir, api_listen, raft_listen,
+    /// webhook_listen, ca, cert, key, admin_token_file, bootstrap)
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id in the cluster (1, 2, 3 …)
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Where this node keeps its state and logs
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The API address [default: 127.0.0.1:7443]
+    #[arg(long)]
+    api_listen: Option<String>,
+    /// The Raft address [default: 127.0.0.1:7444]
+    #[arg(long)]
+    raft_listen: Option<String>,
+    /// The webhook trigger's address [default: 127.0.0.1:7080]
+    #[arg(long)]
+    webhook_listen: Option<String>,
+    /// The cluster CA certificate (from `goferd certs init`)
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This node's certificate (from `goferd certs issue NAME`)
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// This node's private key
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// A file holding the admin token clients present (from `goferd certs init`)
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// The members of a new cluster, as ID=https://HOST:PORT pairs separated by commas
+    #[arg(long, value_delimiter = ',')]
+    bootstrap: Vec<String>,
+}
+
+/// The config file.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServerConfig {
+    node_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    api_listen: Option<String>,
+    raft_listen: Option<String>,
+    webhook_listen: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    /// Node id (as a string key) → raft address.
+    bootstrap: Option<BTreeMap<String, String>>,
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))
+}
+
+fn parse_members(pairs: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut members = BTreeMap::new();
+    for (id, address) in pairs {
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("bootstrap: {id:?} is not a node id"))?;
+        if id == 0 || !address.starts_with("https://") {
+            bail!("bootstrap: node ids start at 1 and addresses are https://host:port, got {id}={address}");
+        }
+        members.insert(id, address.trim().to_string());
+    }
+    Ok(members)
+}
+
+/// Runs one cluster node until SIGINT or SIGTERM.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => toml::from_str::<ServerConfig>(&read(path, "config file")?)
+            .with_context(|| format!("config file {}", path.display()))?,
+        None => ServerConfig::default(),
+    };
+    let node_id = args
+        .node_id
+        .or(file.node_id)
+        .context("node_id is required (--node-id or the config file)")?;
+    if node_id == 0 {
+        bail!("node_id must be at least 1");
+    }
+    let data_dir = args.data_dir.or(file.data_dir).context("data_dir is required")?;
+    let api_listen = args
+        .api_listen
+        .or(file.api_listen)
+        .unwrap_or_else(|| "127.0.0.1:7443".into());
+    let raft_listen = args
+        .raft_listen
+        .or(file.raft_listen)
+        .unwrap_or_else(|| "127.0.0.1:7444".into());
+    let webhook_listen = args
+        .webhook_listen
+        .or(file.webhook_listen)
+        .unwrap_or_else(|| "127.0.0.1:7080".into());
+    let ca = args
+        .ca
+        .or(file.ca)
+        .context("ca is required (the cluster CA certificate)")?;
+    let cert = args
+        .cert
+        .or(file.cert)
+        .context("cert is required (this node's certificate)")?;
+    let key = args
+        .key
+        .or(file.key)
+        .context("key is required (this node's private key)")?;
+    let token_file = args
+        .admin_token_file
+        .or(file.admin_token_file)
+        .context("admin_token_file is required")?;
+    let bootstrap = if !args.bootstrap.is_empty() {
+        let pairs = args.bootstrap.iter().map(|pair| match pair.split_once('=') {
+            Some((id, address)) => Ok((id.to_string(), address.to_string())),
+            None => bail!("--bootstrap takes ID=https://HOST:PORT pairs, got {pair:?}"),
+        });
+        Some(parse_members(pairs.collect::<anyhow::Result<Vec<_>>>()?)?)
+    } else {
+        file.bootstrap.map(parse_members).transpose()?
+    };
+    if let Some(members) = &bootstrap
+        && !members.contains_key(&node_id)
+    {
+        bail!("bootstrap members must include this node ({node_id})");
+    }
+
+    let ca_pem = read(&ca, "CA certificate")?;
+    let (cert_pem, key_pem) = (read(&cert, "certificate")?, read(&key, "key")?);
+    let token = read(&token_file, "admin token file")?.trim().to_string();
+    if token.len() < 16 {
+        bail!(
+            "the admin token in {} must be at least 16 characters",
+            token_file.display()
+        );
+    }
+    let docker = gofer_executor::DockerBackend::connect()
+        .await
+        .context("goferd runs tasks in Docker")?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+
+    let raft_listener = tokio::net::TcpListener::bind(&raft_listen)
+        .await
+        .with_context(|| format!("binding the raft port {raft_listen}"))?;
+    let peer_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca_pem))
+        .identity(Identity::from_pem(&cert_pem, &key_pem));
+    let network = PeerNetwork::new(node_id, Some(peer_tls), Faults::default());
+    let state = StateNode::open_member(&data_dir.join("state"), network, bootstrap)
+        .await
+        .context("opening the state")?;
+    let raft_tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&cert_pem, &key_pem))
+        .client_ca_root(Certificate::from_pem(&ca_pem));
+    let executor_token = crate::dev::random_hex(32)?;
+    let auth = TokenAuth::new(vec![
+        (hash_token(&token), Principal::Admin),
+        (hash_token(&executor_token), Principal::Executor),
+    ]);
+    let api_listener = tokio::net::TcpListener::bind(&api_listen)
+        .await
+        .with_context(|| format!("binding the API port {api_listen}"))?;
+    let webhook_listener = tokio::net::TcpListener::bind(&webhook_listen)
+        .await
+        .with_context(|| format!("binding the webhook port {webhook_listen}"))?;
+    let node = crate::node::start(crate::node::NodeSetup {
+        state,
+        logs: LogStore::new(data_dir.join("logs")),
+        docker,
+        auth,
+        identity: Identity::from_pem(&cert_pem, &key_pem),
+        ca_pem,
+        api_listener,
+        webhook_listener,
+        raft: Some((raft_listener, raft_tls)),
+        executor_id: format!("node{node_id}"),
+        executor_token,
+        new_cluster_id: crate::dev::random_hex(8)?,
+    })
+    .await?;
+    println!("goferd server node {node_id} is up");
+    println!("  api:      {}", node.api_host);
+    println!("  raft:     https://{raft_listen}");
+    println!("  webhooks: http://{}", node.webhook_addr);
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    node.run_until_signalled().await
+}

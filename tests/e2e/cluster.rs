@@ -1,0 +1,249 @@
+//! Three `goferd server` processes on loopback form a cluster over mutual-TLS Raft: any node takes any
+//! call, a run started on a follower runs, and after the leader is killed with SIGKILL another node leads,
+//! nothing acknowledged is lost, and runs go on.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use gofer_testkit::{bin_dir, toolbox_image, wait_until};
+use serde_json::Value;
+
+use crate::pipeline;
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Node {
+    id: u64,
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    fn start() -> Result<Cluster> {
+        toolbox_image()?;
+        let bin = bin_dir()?;
+        let dir = tempfile::Builder::new().prefix("gofer-cluster-").tempdir()?;
+        let certs = dir.path().join("certs");
+        let goferd = bin.join("goferd");
+        let ok = |output: std::process::Output| -> Result<()> {
+            anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            Ok(())
+        };
+        ok(Command::new(&goferd)
+            .args(["certs", "init", "--dir"])
+            .arg(&certs)
+            .output()?)?;
+        let mut ports = Vec::new();
+        for id in 1..=3u64 {
+            ok(Command::new(&goferd)
+                .args(["certs", "issue", &format!("node{id}"), "--dir"])
+                .arg(&certs)
+                .output()?)?;
+            ports.push((id, free_port()?, free_port()?, free_port()?));
+        }
+        let bootstrap: Vec<String> = ports
+            .iter()
+            .map(|(id, _, raft, _)| format!("{id}=https://127.0.0.1:{raft}"))
+            .collect();
+        let token = std::fs::read_to_string(certs.join("admin.token"))?.trim().to_string();
+        let mut nodes = Vec::new();
+        for (id, api, raft, webhook) in ports {
+            let log = dir.path().join(format!("node{id}.log"));
+            let child = Command::new(&goferd)
+                .arg("server")
+                .args(["--node-id", &id.to_string()])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("node{id}")))
+                .args(["--api-listen", &format!("127.0.0.1:{api}")])
+                .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
+                .args(["--webhook-listen", &format!("127.0.0.1:{webhook}")])
+                .arg("--ca")
+                .arg(certs.join("ca.pem"))
+                .arg("--cert")
+                .arg(certs.join(format!("node{id}.pem")))
+                .arg("--key")
+                .arg(certs.join(format!("node{id}.key")))
+                .arg("--admin-token-file")
+                .arg(certs.join("admin.token"))
+                .args(["--bootstrap", &bootstrap.join(",")])
+                .env("GOFER_LOG", "info,openraft=warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(std::fs::File::create(&log)?))
+                .spawn()?;
+            let config = dir.path().join(format!("node{id}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "host = \"https://127.0.0.1:{api}\"\ntoken = \"{token}\"\nca_cert = \"{}\"\nnamespace = \"default\"\n",
+                    certs.join("ca.pem").display()
+                ),
+            )?;
+            nodes.push(Node {
+                id,
+                child: Some(child),
+                config,
+                log,
+            });
+        }
+        Ok(Cluster { dir, nodes })
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).expect("node ids are 1-3")
+    }
+
+    fn ctl(&self, id: u64, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(bin_dir()?.join("goferctl"))
+            .env("GOFER_CONFIG", &self.node(id).config)
+            .env_remove("GOFER_HOST")
+            .env_remove("GOFER_TOKEN")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    fn json(&self, id: u64, args: &[&str]) -> Result<Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let output = self.ctl(id, &all)?;
+        anyhow::ensure!(
+            output.status.success(),
+            "goferctl {all:?} on node {id}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    fn register(&self, id: u64, json: &str) -> Result<()> {
+        let path = self.dir.path().join("pipeline.json");
+        std::fs::write(&path, json)?;
+        let output = self.ctl(id, &["pipeline", "register", path.to_str().context("utf-8 path")?])?;
+        anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        Ok(())
+    }
+
+    /// The leader as node `asked` sees it, once it sees one among `among`.
+    fn leader(&self, asked: u64, among: &[u64]) -> Result<(u64, Value)> {
+        wait_until("an agreed leader", Duration::from_secs(60), || {
+            let status = self.json(asked, &["cluster", "status"])?;
+            let leader = status["leader_id"].as_u64().unwrap_or(0);
+            let initialized = !status["cluster_id"].as_str().unwrap_or_default().is_empty();
+            Ok((initialized && among.contains(&leader)).then_some((leader, status)))
+        })
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.iter_mut().find(|n| n.id == id).and_then(|n| n.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- node {} ---\n{}",
+                    n.id,
+                    std::fs::read_to_string(&n.log).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+fn remove_containers(cluster_id: &str) {
+    if cluster_id.is_empty() {
+        return;
+    }
+    if let Ok(output) = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=dev.gofer.cluster={cluster_id}"),
+        ])
+        .output()
+    {
+        let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let cluster_id = self
+            .json(1, &["cluster", "status"])
+            .ok()
+            .and_then(|s| s["cluster_id"].as_str().map(str::to_string));
+        for id in 1..=3 {
+            self.kill(id);
+        }
+        remove_containers(cluster_id.as_deref().unwrap_or_default());
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+fn run_succeeds(cluster: &Cluster, node: u64, pipeline: &str) -> Result<String> {
+    let output = cluster.ctl(node, &["run", "start", pipeline, "--wait"])?;
+    anyhow::ensure!(
+        output.status.success(),
+        "run start --wait on node {node}: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs()
+    );
+    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+}
+
+#[test]
+fn a_three_node_cluster_serves_from_any_node_and_survives_losing_its_leader() -> Result<()> {
+    let mut cluster = Cluster::start()?;
+    let (leader, status) = cluster.leader(1, &[1, 2, 3])?;
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3), "{status}");
+    let cluster_id = status["cluster_id"].as_str().unwrap_or_default().to_string();
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+
+    // Writes and runs through followers.
+    cluster.register(
+        followers[0],
+        &pipeline("spread", &[("a", "echo from the cluster", &[])]),
+    )?;
+    assert_eq!(run_succeeds(&cluster, followers[1], "spread")?, "1");
+    // Logs are archived on the node whose scheduler received them (the leader); serving them from every
+    // node is still to come.
+    let logs = cluster.ctl(leader, &["task", "logs", "spread", "1", "a"])?;
+    assert_eq!(String::from_utf8_lossy(&logs.stdout).trim(), "from the cluster");
+
+    // Kill the leader: another node leads, nothing acknowledged is lost, runs go on.
+    cluster.kill(leader);
+    let (new_leader, _) = cluster.leader(followers[0], &followers)?;
+    assert_ne!(new_leader, leader);
+    let pipeline = cluster.json(followers[1], &["pipeline", "get", "spread"])?;
+    assert_eq!(pipeline["latest_version"], 1);
+    assert_eq!(
+        cluster.json(followers[1], &["run", "get", "spread", "1"])?["state"],
+        "SUCCEEDED"
+    );
+    assert_eq!(run_succeeds(&cluster, followers[0], "spread")?, "2");
+    remove_containers(&cluster_id);
+    Ok(())
+}
