@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use gofer_api::{Principal, TokenAuth, hash_token};
-use gofer_state::{Faults, LogStore, PeerNetwork, StateNode};
+use gofer_state::{Faults, LogStore, MemberOptions, PeerNetwork, StateNode};
 use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -169,7 +169,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .ca_certificate(Certificate::from_pem(&ca_pem))
         .identity(Identity::from_pem(&cert_pem, &key_pem));
     let network = PeerNetwork::new(node_id, Some(peer_tls), Faults::default());
-    let state = StateNode::open_member(&data_dir.join("state"), network, bootstrap)
+    let state = StateNode::open_member(&data_dir.join("state"), network, bootstrap, MemberOptions::default())
         .await
         .context("opening the state")?;
     let raft_tls = ServerTlsConfig::new()

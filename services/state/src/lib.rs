@@ -21,7 +21,7 @@ mod types;
 pub use logs::{LogStore, LogWriter};
 pub use membership::{ClusterStatus, MemberStatus, MembershipChange};
 pub use network::{Faults, PeerNetwork};
-pub use node::StateNode;
+pub use node::{MemberOptions, StateNode};
 pub use server::RaftHandler;
 pub use types::NodeId;
 

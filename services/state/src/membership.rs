@@ -60,12 +60,29 @@ impl StateNode {
                 }
             }
         }
-        match self.change_here(&change).await {
+        // A new leader cannot change membership until it has committed an entry of its term, and raft
+        // takes one change at a time: both pass quickly, so retry them for a while.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match self.change_once(&change).await {
+                Err(Error::Unavailable(reason))
+                    if reason.contains("undergoing a configuration change")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn change_once(&self, change: &MembershipChange) -> Result<(), Error> {
+        match self.change_here(change).await {
             Ok(()) => Ok(()),
             Err(ForwardOr::Forward(leader)) => {
                 let mut client = self.peer_client(&leader.addr)?;
                 let request = gofer_proto::v1::ChangeMembershipRequest {
-                    change: serde_json::to_vec(&change).expect("changes always serialize"),
+                    change: serde_json::to_vec(change).expect("changes always serialize"),
                 };
                 client
                     .change_membership(request)

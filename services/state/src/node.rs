@@ -27,6 +27,25 @@ const STATE_FILE: &str = "state.redb";
 /// How long opening waits for leadership, and shutting down for the redb file to close.
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// How a cluster member compacts its log.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberOptions {
+    /// Take a snapshot after this many entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Keep this many entries before a snapshot, so a follower that lags a little catches up from the
+    /// log; one that lags more gets the snapshot.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for MemberOptions {
+    fn default() -> Self {
+        MemberOptions {
+            snapshot_every_entries: 5000,
+            logs_kept_after_snapshot: 1000,
+        }
+    }
+}
+
 /// A running state node: openraft, its redb store, and the applied [`State`] in memory.
 ///
 /// Clones share the node. Call [`StateNode::shutdown`] before dropping the last clone: only that stops
@@ -75,8 +94,15 @@ impl StateNode {
         data_dir: &Path,
         network: PeerNetwork,
         bootstrap: Option<BTreeMap<NodeId, String>>,
+        options: MemberOptions,
     ) -> Result<StateNode, Error> {
-        let node = StateNode::start(data_dir, raft_config(), network).await?;
+        let mut config = raft_config();
+        config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_every_entries);
+        config.max_in_snapshot_log_to_keep = options.logs_kept_after_snapshot;
+        let config = config
+            .validate()
+            .map_err(|e| Error::Unavailable(format!("invalid raft config: {e}")))?;
+        let node = StateNode::start(data_dir, config, network).await?;
         if let Some(members) = bootstrap {
             let initialized = node
                 .inner

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gofer_domain::{Applied, Command, PipelineConfig};
-use gofer_state::{Faults, MembershipChange, NodeId, PeerNetwork, StateNode};
+use gofer_state::{Faults, MemberOptions, MembershipChange, NodeId, PeerNetwork, StateNode};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -21,6 +21,10 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(MemberOptions::default()).await
+    }
+
+    async fn start_with(options: MemberOptions) -> Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let ca = gofer_tls::Ca::generate(gofer_tls::CLUSTER_CA_NAME).unwrap();
         let ca_pem = ca.certified().cert_pem.clone();
@@ -44,7 +48,7 @@ impl Cluster {
                 .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
             let dir = tempfile::tempdir().unwrap();
             let network = PeerNetwork::new(id, Some(client_tls), faults.clone());
-            let node = StateNode::open_member(dir.path(), network, Some(members.clone()))
+            let node = StateNode::open_member(dir.path(), network, Some(members.clone()), options)
                 .await
                 .unwrap();
             let server_tls = ServerTlsConfig::new()
@@ -311,5 +315,53 @@ async fn a_node_is_removed_and_added_back_through_any_node_and_catches_up() {
         ),
         "{unknown:?}"
     );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_fell_behind_the_compacted_log_catches_up_by_snapshot() {
+    let options = MemberOptions {
+        snapshot_every_entries: 20,
+        logs_kept_after_snapshot: 5,
+    };
+    let cluster = Cluster::start_with(options).await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let behind = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    for id in [1, 2, 3].into_iter().filter(|id| *id != behind) {
+        cluster.faults.cut(behind, id);
+    }
+    let node = &cluster.nodes[&leader];
+    node.propose(Command::Init {
+        cluster_id: "c".into(),
+        at: 1,
+    })
+    .await
+    .unwrap();
+    for i in 0..80 {
+        node.propose(namespace(&format!("ns-{i}"))).await.unwrap();
+    }
+    // The leader compacted past what the cut-off node has.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let behind_at = cluster.nodes[&behind].metrics().last_log_index.unwrap_or(0);
+    while node.metrics().purged.map_or(0, |p| p.index) <= behind_at {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader never purged its log: {:?}",
+            node.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.faults.heal();
+    let caught_up = cluster.nodes[&behind]
+        .read_linearizable(|s| s.namespaces.len())
+        .await
+        .unwrap();
+    assert_eq!(caught_up, 81, "default plus 80 namespaces");
+    assert!(
+        cluster.nodes[&behind].metrics().snapshot.is_some(),
+        "it caught up by installing a snapshot"
+    );
+    let leader_state = node.read(|s| s.clone());
+    assert_eq!(cluster.nodes[&behind].read(|s| s.clone()), leader_state);
     cluster.stop().await;
 }
