@@ -274,3 +274,54 @@ fn containers_no_live_attempt_owns_are_removed_on_start() -> Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn a_task_that_ends_while_goferd_stops_is_recorded_as_it_ended() -> Result<()> {
+    let mut dev = start()?;
+    dev.register(&pipeline(
+        "stopping",
+        &[
+            ("x", "echo x1; sleep 3; echo x2", &[]),
+            ("y", "echo y", &[("x", "success")]),
+            ("long", "sleep 300", &[]),
+        ],
+    ))?;
+    let run = dev.ctl_ok(&["run", "start", "stopping"])?.trim().to_string();
+    wait_until("x to run", Duration::from_secs(60), || {
+        Ok((tasks(&dev, "stopping", &run)?["x"]["state"] == "RUNNING").then_some(()))
+    })?;
+    // x exits while goferd is down, so its report is not committed: its container must stay for the next
+    // start to adopt, and not be removed (or called lost) before the report is committed.
+    dev.stop()?;
+    wait_until(
+        "x's container to exit while goferd is down",
+        Duration::from_secs(30),
+        || {
+            let exited = std::process::Command::new("docker")
+                .args(["ps", "-a", "--format", "{{.Names}}", "--filter", "status=exited"])
+                .args(["--filter", &format!("label=dev.gofer.cluster={}", dev.cluster)])
+                .output()?;
+            Ok(String::from_utf8_lossy(&exited.stdout)
+                .lines()
+                .any(|name| name.contains("-stopping-"))
+                .then_some(()))
+        },
+    )?;
+    dev.relaunch()?;
+    let x = wait_until("x to end", Duration::from_secs(60), || {
+        let x = tasks(&dev, "stopping", &run)?["x"].clone();
+        Ok((x["state"] != "RUNNING" && x["state"] != "PENDING").then_some(x))
+    })?;
+    assert_eq!(
+        (x["state"].as_str(), x["exit_code"].as_i64()),
+        (Some("SUCCEEDED"), Some(0)),
+        "{x}"
+    );
+    wait_until("y to succeed", Duration::from_secs(60), || {
+        Ok((tasks(&dev, "stopping", &run)?["y"]["state"] == "SUCCEEDED").then_some(()))
+    })?;
+    assert_eq!(dev.ctl_ok(&["task", "logs", "stopping", &run, "x"])?, "x1\nx2\n");
+    dev.ctl_ok(&["run", "cancel", "stopping", &run])?;
+    assert_eq!(wait_for_end(&dev, "stopping", &run)?["state"], "CANCELLED");
+    Ok(())
+}

@@ -89,16 +89,26 @@ pub(crate) async fn run(
         // logs are missing. The container stays for an operator to inspect.
         return report_error(format!("the attempt ran but its logs could not be stored: {err}"));
     }
-    if let Err(err) = executor.docker.remove(&container).await {
-        tracing::warn!(%err, container = %container, "could not remove a finished container");
-    }
     let kind = match (code, stopped) {
         (_, true) => finished(&key, v1::AttemptOutcome::Stopped, None, "stopped".into()),
         (Ok(code), false) => finished(&key, v1::AttemptOutcome::Exited, Some(code), String::new()),
         (Err(err), false) => finished(&key, v1::AttemptOutcome::Error, None, err),
     };
+    // The container goes only once the scheduler confirms the report is committed: if this process stops
+    // first, the next one adopts the exited container and reports it again, instead of calling it lost.
+    let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+    executor
+        .acks
+        .lock()
+        .expect("acks lock")
+        .insert(key_text.to_string(), ack_tx);
     tracing::info!(attempt = %key_text, "attempt finished");
     executor.report(kind);
+    if ack_rx.await.is_ok() {
+        if let Err(err) = executor.docker.remove(&container).await {
+            tracing::warn!(%err, container = %container, "could not remove a finished container");
+        }
+    }
 }
 
 /// Streams the container's output to the log archive and returns once every byte is durable there.

@@ -53,14 +53,20 @@ pub async fn run(
     loop {
         let connected_at = std::time::Instant::now();
         match executor.clone().session(&shutdown).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                executor.abandon_all();
+                return Ok(());
+            }
             Err(status) => tracing::warn!(%status, "dispatch stream ended; reconnecting"),
         }
         if connected_at.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);
         }
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => {
+                executor.abandon_all();
+                return Ok(());
+            }
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));

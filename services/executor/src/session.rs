@@ -40,6 +40,8 @@ pub(crate) fn key_string(key: &v1::AttemptKey) -> String {
 /// An attempt this executor is running.
 pub(crate) struct Active {
     pub(crate) stop: CancellationToken,
+    /// Set once the attempt's task is spawned.
+    pub(crate) task: Option<tokio::task::AbortHandle>,
 }
 
 pub(crate) struct Executor {
@@ -51,6 +53,8 @@ pub(crate) struct Executor {
     pub(crate) active: Mutex<HashMap<String, Active>>,
     /// Final reports, by key, kept until the scheduler stops listing the attempt as live.
     pub(crate) finished: Mutex<HashMap<String, v1::AttemptFinished>>,
+    /// Attempts waiting for the scheduler to confirm their final report, by key.
+    pub(crate) acks: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     /// Where reports go while a stream is up.
     outbound: Mutex<Option<mpsc::UnboundedSender<v1::DispatchRequest>>>,
     pub(crate) cluster: Mutex<String>,
@@ -70,6 +74,7 @@ impl Executor {
             header,
             active: Mutex::default(),
             finished: Mutex::default(),
+            acks: Mutex::default(),
             outbound: Mutex::default(),
             cluster: Mutex::default(),
         }
@@ -151,14 +156,32 @@ impl Executor {
                         return;
                     }
                     let stop = CancellationToken::new();
-                    active.insert(key.clone(), Active { stop: stop.clone() });
+                    active.insert(
+                        key.clone(),
+                        Active {
+                            stop: stop.clone(),
+                            task: None,
+                        },
+                    );
                     stop
                 };
                 let this = self.clone();
-                tokio::spawn(async move {
-                    crate::attempt::run(&this, &key, start, stop).await;
-                    this.active.lock().expect("active lock").remove(&key);
+                let task_key = key.clone();
+                let task = tokio::spawn(async move {
+                    crate::attempt::run(&this, &task_key, start, stop).await;
+                    this.active.lock().expect("active lock").remove(&task_key);
                 });
+                if let Some(active) = self.active.lock().expect("active lock").get_mut(&key) {
+                    active.task = Some(task.abort_handle());
+                }
+            }
+            dispatch_response::Kind::FinishedAck(ack) => {
+                let Some(key) = ack.key else { return };
+                let key = key_string(&key);
+                self.finished.lock().expect("finished lock").remove(&key);
+                if let Some(waiter) = self.acks.lock().expect("acks lock").remove(&key) {
+                    let _ = waiter.send(());
+                }
             }
             dispatch_response::Kind::Stop(stop) => {
                 let Some(key) = stop.key else { return };
@@ -175,6 +198,17 @@ impl Executor {
                 // before a restart.
                 let this = self.clone();
                 tokio::spawn(async move { crate::attempt::stop_unstarted(&this, &key_text, key).await });
+            }
+        }
+    }
+
+    /// Stops following every attempt, leaving their containers as they are: the next executor adopts them
+    /// and ships their output again from the start. Called on shutdown, so that no log upload keeps the
+    /// node's server from draining.
+    pub(crate) fn abandon_all(&self) {
+        for (_, active) in self.active.lock().expect("active lock").drain() {
+            if let Some(task) = active.task {
+                task.abort();
             }
         }
     }

@@ -80,11 +80,13 @@ impl DispatchService for DispatchHandler {
         let _ = tx.send(Ok(v1::DispatchResponse {
             kind: Some(v1::dispatch_response::Kind::Welcome(welcome)),
         }));
+        let acks = tx.clone();
         let connection = self.scheduler.connect(&executor, tx);
         tracing::info!(%executor, "executor connected");
         let this = self.clone();
         tokio::spawn(async move {
             while let Some(message) = inbound.next().await {
+                let mut ack = None;
                 let command = match message {
                     Ok(v1::DispatchRequest {
                         kind: Some(dispatch_request::Kind::Started(started)),
@@ -101,6 +103,7 @@ impl DispatchService for DispatchHandler {
                         kind: Some(dispatch_request::Kind::Finished(finished)),
                     }) => {
                         let Some(key) = finished.key.as_ref() else { continue };
+                        ack = Some(key.clone());
                         let (target, attempt) = attempt_ref(key);
                         Command::AttemptFinished {
                             target,
@@ -118,6 +121,10 @@ impl DispatchService for DispatchHandler {
                 if let Err(status) = this.commit(command).await {
                     tracing::warn!(%executor, %status, "could not commit a report; the executor will resend it");
                     break;
+                }
+                if let Some(key) = ack {
+                    let kind = v1::dispatch_response::Kind::FinishedAck(v1::FinishedAck { key: Some(key) });
+                    let _ = acks.send(Ok(v1::DispatchResponse { kind: Some(kind) }));
                 }
             }
             this.scheduler.disconnect(&executor, connection);

@@ -46,7 +46,11 @@ impl Scheduler {
         loop {
             self.reconcile().await;
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    // Dropping the executors' senders ends their streams, so the server can drain.
+                    self.executors.lock().expect("executors lock").clear();
+                    return;
+                }
                 changed = changes.changed() => if changed.is_err() { return },
                 () = self.wake.notified() => {}
                 // A safety net, not a synchroniser: an assignment that failed to commit is retried even

@@ -150,7 +150,10 @@ async fn a_triggered_snapshot_restores_the_same_state() {
     node.inner
         .raft
         .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied), "the snapshot of everything applied")
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= applied),
+            "the snapshot of everything applied",
+        )
         .await
         .unwrap();
     node.shutdown().await.unwrap();
