@@ -104,10 +104,10 @@ pub(crate) async fn run(
         .insert(key_text.to_string(), ack_tx);
     tracing::info!(attempt = %key_text, "attempt finished");
     executor.report(kind);
-    if ack_rx.await.is_ok() {
-        if let Err(err) = executor.docker.remove(&container).await {
-            tracing::warn!(%err, container = %container, "could not remove a finished container");
-        }
+    if ack_rx.await.is_ok()
+        && let Err(err) = executor.docker.remove(&container).await
+    {
+        tracing::warn!(%err, container = %container, "could not remove a finished container");
     }
 }
 
