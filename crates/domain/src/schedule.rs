@@ -5,13 +5,13 @@
 //! the same inputs give the same fires on every node and in every test. Cron expressions are evaluated
 //! with croner in an IANA time zone (chrono-tz), which gets daylight saving right: a local time that
 //! does not exist (spring forward) fires once at the next valid instant, and a fixed local time that
-//! happens twice (fall back) fires once, at its first occurrence. Patterns with a wildcard hour follow
-//! real time through the repeated hour, as Vixie cron does.
+//! happens twice (fall back) fires once, at its first occurrence, whatever the pattern: each local
+//! wall-clock time fires at most once.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{TimeZone, Utc};
+use chrono::{LocalResult, TimeZone, Timelike, Utc};
 use croner::parser::{CronParser, Seconds};
 
 use crate::Error;
@@ -86,13 +86,52 @@ impl Schedule {
                 let periods = (after_ms - anchor_ms) / every_ms + 1;
                 anchor_ms.checked_add(periods.checked_mul(*every_ms)?)
             }
-            Schedule::Cron { cron, timezone } => {
-                let from = Utc.timestamp_millis_opt(after_ms).single()?.with_timezone(timezone);
-                let next = cron.find_next_occurrence(&from, false).ok()?;
-                Some(next.timestamp_millis())
-            }
+            Schedule::Cron { cron, timezone } => next_cron_instant(cron, *timezone, after_ms),
         }
     }
+}
+
+/// Where the check for patterns that never fire starts (2026-01-01): a fixed instant, since the domain
+/// reads no clock. A pattern that matches some date matches one within croner's search from there.
+const NEVER_FIRES_CHECK_FROM_MS: i64 = 1_767_225_600_000;
+
+/// How many local times a cron search looks at before it gives up (a pattern that matches only
+/// non-existent or already-fired local times for this long never fires).
+const MAX_CRON_STEPS: usize = 10_000;
+
+/// The first instant after `after_ms` at which `cron` fires in `timezone`.
+///
+/// The pattern is matched against local wall-clock times, and each local time fires at most once: a time
+/// that happens twice (fall back) fires at its first occurrence only, and every time that does not exist
+/// (spring forward) fires once, at the instant the gap ends.
+fn next_cron_instant(cron: &croner::Cron, timezone: chrono_tz::Tz, after_ms: i64) -> Option<i64> {
+    let after = Utc.timestamp_millis_opt(after_ms).single()?;
+    let mut cursor = after.with_timezone(&timezone).naive_local();
+    for _ in 0..MAX_CRON_STEPS {
+        let local = cron.find_next_occurrence(&cursor, false).ok()?;
+        let instant = match timezone.from_local_datetime(&local) {
+            LocalResult::Single(at) => at.timestamp_millis(),
+            LocalResult::Ambiguous(first, _) => first.timestamp_millis(),
+            LocalResult::None => gap_end(timezone, local)?,
+        };
+        if instant > after_ms {
+            return Some(instant);
+        }
+        cursor = local;
+    }
+    None
+}
+
+/// The first instant after a daylight-saving gap that `local` falls in: the first existing local minute.
+fn gap_end(timezone: chrono_tz::Tz, local: chrono::NaiveDateTime) -> Option<i64> {
+    let minute = local.with_second(0)?.with_nanosecond(0)?;
+    (1..=24 * 60).find_map(|step| {
+        let candidate = minute + chrono::Duration::minutes(step);
+        match timezone.from_local_datetime(&candidate) {
+            LocalResult::Single(at) | LocalResult::Ambiguous(at, _) => Some(at.timestamp_millis()),
+            LocalResult::None => None,
+        }
+    })
 }
 
 /// A trigger subscription's schedule settings, parsed and checked.
@@ -135,20 +174,32 @@ impl ScheduleSettings {
             .seconds(Seconds::Optional)
             .build()
             .parse(expression)
-            .map_err(|e| Error::invalid("settings.expression", format!("{expression:?}: {e}")))?;
+            .map_err(|e| {
+                Error::invalid(
+                    "settings.expression",
+                    format!("{expression:?} is not a valid cron expression: {e}"),
+                )
+            })?;
         let timezone = match settings.get("timezone") {
             None => chrono_tz::UTC,
-            Some(zone) => zone
-                .parse::<chrono_tz::Tz>()
+            Some(zone) => chrono_tz::Tz::from_str_insensitive(zone)
                 .map_err(|_| Error::invalid("settings.timezone", format!("{zone:?} is not an IANA time zone")))?,
         };
-        Self::common(
+        let parsed = Self::common(
             settings,
             Schedule::Cron {
                 cron: Box::new(cron),
                 timezone,
             },
-        )
+        )?;
+        // A pattern such as `0 3 31 2 *` (February 31st) would be accepted and never fire.
+        if parsed.schedule.next_after(NEVER_FIRES_CHECK_FROM_MS).is_none() {
+            return Err(Error::invalid(
+                "settings.expression",
+                format!("{expression:?} never matches a date"),
+            ));
+        }
+        Ok(parsed)
     }
 
     fn common(settings: &BTreeMap<String, String>, schedule: Schedule) -> Result<Self, Error> {

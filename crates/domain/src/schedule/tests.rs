@@ -79,11 +79,59 @@ fn new_york_spring_forward_and_fall_back() {
 }
 
 #[test]
-fn a_wildcard_hour_follows_real_time_through_the_repeated_hour() {
+fn every_local_time_fires_once_even_when_the_pattern_matches_many_times_in_the_changed_hour() {
+    // Fall back, Europe/Berlin 2026-10-25: 02:00-02:59 happens twice; each local time fires once, at its
+    // first occurrence (CEST, UTC+2).
     let hourly = cron("0 * * * *", "Europe/Berlin");
     assert_eq!(
         next_n(&hourly, "2026-10-24 23:30:00", 3),
-        ["2026-10-25 00:00:00", "2026-10-25 01:00:00", "2026-10-25 02:00:00"]
+        ["2026-10-25 00:00:00", "2026-10-25 02:00:00", "2026-10-25 03:00:00"]
+    );
+    let half_hours = cron("0,30 2 * * *", "Europe/Berlin");
+    assert_eq!(
+        next_n(&half_hours, "2026-10-24 12:00:00", 3),
+        ["2026-10-25 00:00:00", "2026-10-25 00:30:00", "2026-10-26 01:00:00"]
+    );
+    let quarters = cron("*/15 2 * * *", "Europe/Berlin");
+    assert_eq!(
+        next_n(&quarters, "2026-10-24 12:00:00", 5),
+        [
+            "2026-10-25 00:00:00",
+            "2026-10-25 00:15:00",
+            "2026-10-25 00:30:00",
+            "2026-10-25 00:45:00",
+            "2026-10-26 01:00:00"
+        ]
+    );
+    let range = cron("0 1-3 * * *", "Europe/Berlin");
+    assert_eq!(
+        next_n(&range, "2026-10-24 12:00:00", 4),
+        [
+            "2026-10-24 23:00:00",
+            "2026-10-25 00:00:00",
+            "2026-10-25 02:00:00",
+            "2026-10-26 00:00:00"
+        ]
+    );
+    // Asked from inside the second pass of the repeated hour, nothing fires again.
+    assert_eq!(next_n(&half_hours, "2026-10-25 01:10:00", 1), ["2026-10-26 01:00:00"]);
+}
+
+#[test]
+fn every_missing_local_time_fires_once_when_the_gap_ends() {
+    // Spring forward, Europe/Berlin 2026-03-29: 02:00-02:59 does not exist; whatever the pattern matches
+    // in it fires once, at 03:00 CEST (01:00 UTC).
+    for expression in ["0,30 2 * * *", "*/15 2 * * *", "15,45 2 * * *"] {
+        let schedule = cron(expression, "Europe/Berlin");
+        let fires = next_n(&schedule, "2026-03-28 12:00:00", 2);
+        assert_eq!(fires[0], "2026-03-29 01:00:00", "{expression}");
+        assert!(fires[1].starts_with("2026-03-30 00:"), "{expression}: {fires:?}");
+    }
+    // New York 2026-03-08: 02:00-02:59 EST does not exist.
+    let schedule = cron("10,40 2 * * *", "America/New_York");
+    assert_eq!(
+        next_n(&schedule, "2026-03-07 12:00:00", 2),
+        ["2026-03-08 07:00:00", "2026-03-09 06:10:00"]
     );
 }
 
@@ -131,6 +179,12 @@ fn bad_settings_name_their_field() {
         field(ScheduleSettings::interval(&settings(&[("every", "500ms")]), 0)),
         "settings.every"
     );
+    assert_eq!(
+        field(ScheduleSettings::cron(&settings(&[("expression", "0 3 31 2 *")]))),
+        "settings.expression"
+    );
+    let lower = ScheduleSettings::cron(&settings(&[("expression", "* * * * *"), ("timezone", "europe/berlin")]));
+    assert!(lower.is_ok(), "time zone names are matched without regard to case");
     assert_eq!(
         field(ScheduleSettings::interval(&settings(&[("every", "ten")]), 0)),
         "settings.every"
