@@ -4,6 +4,17 @@
 //! on: one clear error line on stderr, exit 2 for usage errors and 1 for everything else, `-o json` on
 //! every read verb with the proto message's fields, and aligned tables for people by default.
 
+/// `println!` that ends goferctl quietly when stdout is closed (`goferctl run list | head -1`) instead of
+/// panicking, and with one error line when stdout fails otherwise.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::output::stdout_failed(err);
+        }
+    }};
+}
+
 mod client;
 mod output;
 
@@ -232,7 +243,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let ns = response.into_inner().namespace.unwrap_or_default();
             match format {
                 Format::Json => print_json(&output::namespace(&ns)),
-                Format::Table => println!("namespace {} created", ns.id),
+                Format::Table => say!("namespace {} created", ns.id),
             }
         }
         Command::Namespace(NamespaceCommand::List) => {
@@ -270,7 +281,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 Format::Json => print_json(&serde_json::json!({
                     "pipeline": output::pipeline(&pipeline), "version": response.version,
                 })),
-                Format::Table => println!("pipeline {} version {}", pipeline.id, response.version),
+                Format::Table => say!("pipeline {} version {}", pipeline.id, response.version),
             }
         }
         Command::Pipeline(PipelineCommand::List) => {
@@ -336,12 +347,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             if !wait {
                 match format {
                     Format::Json => print_json(&output::run(&run)),
-                    Format::Table => println!("{}", run.id),
+                    Format::Table => say!("{}", run.id),
                 }
                 return Ok(ExitCode::SUCCESS);
             }
             if format == Format::Table {
-                println!("{}", run.id);
+                say!("{}", run.id);
                 let _ = std::io::stdout().flush();
             }
             let last = client::wait_for_run(&mut api, &namespace, &pipeline, run.id).await?;
@@ -407,7 +418,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .unwrap_or_default();
             match format {
                 Format::Json => print_json(&output::run(&run)),
-                Format::Table => println!(
+                Format::Table => say!(
                     "run {} of {} is being cancelled ({})",
                     run.id,
                     pipeline,
@@ -466,7 +477,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let extension = response.into_inner().extension.unwrap_or_default();
             match format {
                 Format::Json => print_json(&output::extension(&extension)),
-                Format::Table => println!("extension {} installed from {}", extension.name, extension.image),
+                Format::Table => say!("extension {} installed from {}", extension.name, extension.image),
             }
         }
         Command::Extension(ExtensionCommand::Uninstall { name }) => {
@@ -475,7 +486,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(client::status)?;
             match format {
                 Format::Json => print_json(&serde_json::json!({ "name": name, "uninstalled": true })),
-                Format::Table => println!("extension {name} uninstalled"),
+                Format::Table => say!("extension {name} uninstalled"),
             }
         }
         Command::Subscription(SubscriptionCommand::Create {
@@ -496,12 +507,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             match format {
                 Format::Json => print_json(&output::subscription(&subscription)),
                 Format::Table => {
-                    println!(
+                    say!(
                         "subscription {} of {} to {} created",
                         subscription.label, subscription.pipeline_id, subscription.extension
                     );
                     if !subscription.webhook_url.is_empty() {
-                        println!("webhook url: {}", subscription.webhook_url);
+                        say!("webhook url: {}", subscription.webhook_url);
                     }
                 }
             }
@@ -547,7 +558,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 Format::Json => {
                     print_json(&serde_json::json!({ "pipeline_id": pipeline, "label": label, "deleted": true }))
                 }
-                Format::Table => println!("subscription {label} of {pipeline} deleted"),
+                Format::Table => say!("subscription {label} of {pipeline} deleted"),
             }
         }
         Command::Cluster(ClusterCommand::Status) => {
@@ -571,7 +582,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 Format::Json => {
                     print_json(&serde_json::json!({ "node_id": node_id, "address": address, "added": true }))
                 }
-                Format::Table => println!("node {node_id} added at {address}"),
+                Format::Table => say!("node {node_id} added at {address}"),
             }
         }
         Command::Cluster(ClusterCommand::Remove { node_id }) => {
@@ -580,7 +591,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(client::status)?;
             match format {
                 Format::Json => print_json(&serde_json::json!({ "node_id": node_id, "removed": true })),
-                Format::Table => println!("node {node_id} removed"),
+                Format::Table => say!("node {node_id} removed"),
             }
         }
         Command::Task(TaskCommand::Logs {
@@ -602,8 +613,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 if format == Format::Json {
                     print_json(&serde_json::json!({ "data": String::from_utf8_lossy(&chunk.data) }));
                 } else {
-                    stdout.write_all(&chunk.data)?;
-                    stdout.flush()?;
+                    if let Err(err) = stdout.write_all(&chunk.data).and_then(|()| stdout.flush()) {
+                        output::stdout_failed(err);
+                    }
                 }
             }
         }

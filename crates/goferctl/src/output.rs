@@ -10,8 +10,17 @@ pub enum Format {
     Json,
 }
 
+/// Ends the process after stdout failed: quietly when the reader went away, else with one error line.
+pub fn stdout_failed(err: std::io::Error) -> ! {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to stdout: {err}");
+    std::process::exit(1);
+}
+
 pub fn print_json(value: &Value) {
-    println!(
+    say!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON values always serialize")
     );
@@ -34,7 +43,7 @@ pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
                 out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        say!("{}", out.trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for row in rows {
@@ -190,12 +199,12 @@ pub fn extensions_table(extensions: &[v1::Extension]) {
 }
 
 pub fn describe_extension(e: &v1::Extension) {
-    println!("extension: {}", e.name);
-    println!("kind:      {}", if e.builtin { "built-in" } else { "container" });
+    say!("extension: {}", e.name);
+    say!("kind:      {}", if e.builtin { "built-in" } else { "container" });
     if !e.image.is_empty() {
-        println!("image:     {}", e.image);
+        say!("image:     {}", e.image);
     }
-    println!(
+    say!(
         "version:   {}",
         if e.registered {
             e.version.as_str()
@@ -203,11 +212,11 @@ pub fn describe_extension(e: &v1::Extension) {
             "(not registered yet)"
         }
     );
-    println!("connected: {}", if e.connected { "yes" } else { "no" });
+    say!("connected: {}", if e.connected { "yes" } else { "no" });
     if !e.documentation.is_empty() {
-        println!("\n{}", e.documentation);
+        say!("\n{}", e.documentation);
     }
-    println!();
+    say!();
     print_table(
         &["SETTING", "REQUIRED", "DESCRIPTION"],
         e.settings
@@ -267,24 +276,24 @@ pub fn subscriptions_table(subscriptions: &[v1::Subscription]) {
 }
 
 pub fn describe_subscription(s: &v1::Subscription) {
-    println!("subscription: {}", s.label);
-    println!("pipeline:     {}", s.pipeline_id);
-    println!("extension:    {}", s.extension);
-    println!("settings:     {}", settings_text(&s.settings));
+    say!("subscription: {}", s.label);
+    say!("pipeline:     {}", s.pipeline_id);
+    say!("extension:    {}", s.extension);
+    say!("settings:     {}", settings_text(&s.settings));
     if !s.webhook_url.is_empty() {
-        println!("webhook url:  {}", s.webhook_url);
+        say!("webhook url:  {}", s.webhook_url);
     }
-    println!("created:      {}", time(s.created_unix_millis));
-    println!("fired:        {}", s.fired);
-    println!("skipped:      {}", s.skipped);
+    say!("created:      {}", time(s.created_unix_millis));
+    say!("fired:        {}", s.fired);
+    say!("skipped:      {}", s.skipped);
     if s.last_run_id > 0 {
-        println!("last run:     {}", s.last_run_id);
+        say!("last run:     {}", s.last_run_id);
     }
     if s.buffered {
-        println!("buffered:     one fire waits for the last run to end");
+        say!("buffered:     one fire waits for the last run to end");
     }
     if !s.recent_skips.is_empty() {
-        println!();
+        say!();
         print_table(
             &["SKIPPED AT", "SCHEDULED", "REASON"],
             s.recent_skips
@@ -353,13 +362,13 @@ pub fn tasks_table(tasks: &[v1::TaskExecution]) {
 }
 
 pub fn describe_pipeline(p: &v1::Pipeline, c: &v1::PipelineConfig) {
-    println!("pipeline:    {}", p.id);
-    println!("name:        {}", p.name);
+    say!("pipeline:    {}", p.id);
+    say!("name:        {}", p.name);
     if !p.description.is_empty() {
-        println!("description: {}", p.description);
+        say!("description: {}", p.description);
     }
-    println!("version:     {}", p.latest_version);
-    println!(
+    say!("version:     {}", p.latest_version);
+    say!(
         "parallelism: {}",
         if c.parallelism == 0 {
             "unlimited".to_string()
@@ -367,7 +376,7 @@ pub fn describe_pipeline(p: &v1::Pipeline, c: &v1::PipelineConfig) {
             c.parallelism.to_string()
         }
     );
-    println!();
+    say!();
     print_table(
         &["TASK", "IMAGE", "DEPENDS ON", "COMMAND"],
         c.tasks
@@ -403,9 +412,9 @@ pub fn cluster_status(s: &v1::GetClusterStatusResponse) -> Value {
 }
 
 pub fn describe_cluster(s: &v1::GetClusterStatusResponse) {
-    println!("cluster:     {}", s.cluster_id);
-    println!("answered by: node {}", s.node_id);
-    println!(
+    say!("cluster:     {}", s.cluster_id);
+    say!("answered by: node {}", s.node_id);
+    say!(
         "leader:      {}",
         if s.leader_id == 0 {
             "none known".to_string()
@@ -413,9 +422,9 @@ pub fn describe_cluster(s: &v1::GetClusterStatusResponse) {
             format!("node {}", s.leader_id)
         }
     );
-    println!("term:        {}", s.term);
-    println!("log index:   {} (applied {})", s.last_log_index, s.applied_index);
-    println!();
+    say!("term:        {}", s.term);
+    say!("log index:   {} (applied {})", s.last_log_index, s.applied_index);
+    say!();
     print_table(
         &["NODE", "ROLE", "ADDRESS", "MATCHED"],
         s.nodes
