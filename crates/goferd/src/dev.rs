@@ -146,6 +146,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let docker = gofer_executor::DockerBackend::connect()
         .await
         .context("goferd dev runs tasks in Docker")?;
+    // The state's lock comes first: a second goferd on the same data dir stops here, before it touches the
+    // certificates or the admin token of the one that runs.
+    let state = StateNode::open_single(&data_dir.join("state"))
+        .await
+        .with_context(|| format!("opening the state in {} (is another goferd using it?)", data_dir.display()))?;
     let (ca_pem, identity) = ensure_pki(&data_dir)?;
     let token = admin_token(&data_dir, &client_config)?;
     let admin_hash = parse_hash(&std::fs::read_to_string(data_dir.join("admin-token.sha256"))?)?;
@@ -156,9 +161,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         (hash_token(&executor_token), Principal::Executor),
     ]);
 
-    let state = StateNode::open_single(&data_dir.join("state"))
-        .await
-        .context("opening the state")?;
     let webhook_listener = tokio::net::TcpListener::bind(&args.webhook_listen)
         .await
         .with_context(|| {
