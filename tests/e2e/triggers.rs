@@ -284,7 +284,10 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 #[test]
 fn a_signed_webhook_makes_one_run_a_replay_none_and_bad_requests_are_refused() -> Result<()> {
     let dev = start()?;
-    dev.register(&pipeline("hooked", &[("a", "echo hooked", &[])]))?;
+    dev.register(&pipeline(
+        "hooked",
+        &[("a", "echo ref=$GOFER_PARAM_REF repo=$GOFER_PARAM_REPOSITORY_NAME", &[])],
+    ))?;
     dev.ctl_ok(&[
         "subscription",
         "create",
@@ -377,6 +380,13 @@ fn a_signed_webhook_makes_one_run_a_replay_none_and_bad_requests_are_refused() -
     assert_eq!(run["trigger"]["delivery_id"], "d-1");
     assert_eq!(run["trigger"]["parameters"]["ref"], "refs/heads/main");
     assert_eq!(run["trigger"]["parameters"]["repository.name"], "gofer");
+    // The chosen fields reach the tasks as GOFER_PARAM_<NAME>.
+    let ended = crate::wait_for_end(&dev, "hooked", "1")?;
+    assert_eq!(ended["state"], "SUCCEEDED", "{ended}");
+    assert_eq!(
+        dev.ctl_ok(&["task", "logs", "hooked", "1", "a"])?,
+        "ref=refs/heads/main repo=gofer\n"
+    );
     assert_eq!(
         runs(&dev, "hooked")?.len(),
         2,

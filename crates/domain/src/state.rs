@@ -7,7 +7,7 @@
 //! ends, apply skips the dependents whose condition can no longer be met and ends the run when every task
 //! execution has ended, so a run's fate never depends on which scheduler looked at it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -145,6 +145,9 @@ pub struct PipelineRecord {
     /// The pipeline's links to extensions, by label.
     #[serde(default)]
     pub subscriptions: BTreeMap<String, Subscription>,
+    /// The idempotency keys of deleted subscriptions, by label, restored if the label is used again.
+    #[serde(default)]
+    pub retired_keys: BTreeMap<String, VecDeque<(String, FireOutcome)>>,
 }
 
 impl PipelineRecord {
@@ -431,6 +434,7 @@ impl State {
                     runs: BTreeMap::new(),
                     next_run_id: 1,
                     subscriptions: BTreeMap::new(),
+                    retired_keys: BTreeMap::new(),
                 });
                 record.versions.push(config.clone());
                 record.updated_at = *at;

@@ -154,6 +154,26 @@ impl Subscription {
     }
 }
 
+/// The webhook's own rules: a secret to sign with, and well-formed field paths.
+fn check_webhook(settings: &BTreeMap<String, String>) -> Result<(), Error> {
+    if settings.get("secret").is_none_or(|s| s.trim().is_empty()) {
+        return Err(Error::invalid(
+            "settings.secret",
+            "must not be empty: it is the key deliveries are signed with",
+        ));
+    }
+    if let Some(fields) = settings.get("fields") {
+        let paths: Vec<&str> = fields.split(',').map(str::trim).collect();
+        if paths.iter().any(|p| p.is_empty() || p.split('.').any(str::is_empty)) {
+            return Err(Error::invalid(
+                "settings.fields",
+                "must be comma-separated JSON paths such as ref,repository.full_name",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_settings(field: &str, settings: &BTreeMap<String, String>) -> Result<(), Error> {
     if settings.len() > MAX_SETTINGS {
         return Err(Error::invalid(field, format!("at most {MAX_SETTINGS} settings")));
@@ -302,6 +322,7 @@ impl State {
             match extension {
                 "interval" => drop(ScheduleSettings::interval(settings, at)?),
                 "cron" => drop(ScheduleSettings::cron(settings)?),
+                "webhook" => check_webhook(settings)?,
                 _ => {}
             }
         }
@@ -324,7 +345,9 @@ impl State {
                 skipped_through: 0,
                 recent_skips: VecDeque::new(),
                 buffered: None,
-                keys: VecDeque::new(),
+                // The keys of a deleted subscription of the same label come back with it: a delivery or an
+                // instant fired before the delete still makes no second run.
+                keys: pipeline_record.retired_keys.remove(label).unwrap_or_default(),
             },
         );
         Ok(())
@@ -332,11 +355,12 @@ impl State {
 
     pub(crate) fn delete_subscription(&mut self, namespace: &str, pipeline: &str, label: &str) -> Result<(), Error> {
         let record = self.pipeline_mut(namespace, pipeline)?;
-        record
+        let removed = record
             .subscriptions
             .remove(label)
-            .map(drop)
-            .ok_or_else(|| Error::NotFound(format!("subscription {label:?} of pipeline {pipeline:?}")))
+            .ok_or_else(|| Error::NotFound(format!("subscription {label:?} of pipeline {pipeline:?}")))?;
+        record.retired_keys.insert(label.to_string(), removed.keys);
+        Ok(())
     }
 
     /// Applies one fire. A key seen before returns what it did then, and changes nothing.

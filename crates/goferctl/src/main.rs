@@ -509,7 +509,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 Format::Table => {
                     say!(
                         "subscription {} of {} to {} created",
-                        subscription.label, subscription.pipeline_id, subscription.extension
+                        subscription.label,
+                        subscription.pipeline_id,
+                        subscription.extension
                     );
                     if !subscription.webhook_url.is_empty() {
                         say!("webhook url: {}", subscription.webhook_url);

@@ -148,9 +148,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .context("goferd dev runs tasks in Docker")?;
     // The state's lock comes first: a second goferd on the same data dir stops here, before it touches the
     // certificates or the admin token of the one that runs.
-    let state = StateNode::open_single(&data_dir.join("state"))
-        .await
-        .with_context(|| format!("opening the state in {} (is another goferd using it?)", data_dir.display()))?;
+    let state = StateNode::open_single(&data_dir.join("state")).await.with_context(|| {
+        format!(
+            "opening the state in {} (is another goferd using it?)",
+            data_dir.display()
+        )
+    })?;
     let (ca_pem, identity) = ensure_pki(&data_dir)?;
     let token = admin_token(&data_dir, &client_config)?;
     let admin_hash = parse_hash(&std::fs::read_to_string(data_dir.join("admin-token.sha256"))?)?;

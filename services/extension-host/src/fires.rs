@@ -31,11 +31,21 @@ impl FireQueue {
     /// Commits one fire and returns what it did. `Err` means the log could not be written (the caller
     /// retries with the same key, which is safe).
     pub async fn fire(&self, fire: Fire) -> Result<FireResult, String> {
+        self.enqueue(fire).await
+    }
+
+    /// Queues a fire now, so that fires queued one after another are committed in that order; the
+    /// returned future gives what it did.
+    pub fn enqueue(&self, fire: Fire) -> impl std::future::Future<Output = Result<FireResult, String>> + use<> {
         let (tx, rx) = oneshot::channel();
-        self.tx
+        let queued = self
+            .tx
             .send((fire, tx))
-            .map_err(|_| "the fire queue stopped".to_string())?;
-        rx.await.map_err(|_| "the fire queue stopped".to_string())?
+            .map_err(|_| "the fire queue stopped".to_string());
+        async move {
+            queued?;
+            rx.await.map_err(|_| "the fire queue stopped".to_string())?
+        }
     }
 }
 

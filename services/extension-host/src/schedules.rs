@@ -106,11 +106,12 @@ fn fire_for((ns, pipeline, label): &SubKey, extension: &str, instant: i64) -> Fi
 
 /// Queues a fire and logs what it did; a fire the log could not take is retried.
 fn send(fires: &FireQueue, fire: Fire, retry: &mpsc::UnboundedSender<Fire>) {
-    let fires = fires.clone();
+    // Queued here, in the caller's order, so that caught-up instants are committed oldest first.
+    let committed = fires.enqueue(fire.clone());
     let retry = retry.clone();
     tokio::spawn(async move {
         let key = fire.idempotency_key.clone();
-        match fires.fire(fire.clone()).await {
+        match committed.await {
             Ok(Ok((FireOutcome::Started(run), duplicate))) => {
                 tracing::debug!(%key, run, duplicate, "scheduled fire started a run")
             }

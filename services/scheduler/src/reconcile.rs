@@ -176,6 +176,30 @@ pub(crate) struct LiveAttempt {
     pub(crate) start: v1::StartAttempt,
 }
 
+/// A task's env: its own, plus the run's trigger parameters as `GOFER_PARAM_<NAME>` (upper case, with every
+/// character that is not a letter or digit as `_`).
+fn task_env(
+    own: &std::collections::BTreeMap<String, String>,
+    trigger: Option<&gofer_domain::triggers::Trigger>,
+) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = own.clone().into_iter().collect();
+    for (name, value) in trigger.map(|t| &t.parameters).into_iter().flatten() {
+        let name: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        env.entry(format!("GOFER_PARAM_{name}"))
+            .or_insert_with(|| value.clone());
+    }
+    env
+}
+
 /// Every assigned, unfinished attempt, with the Start message that runs it.
 pub(crate) fn live_attempts(state: &State) -> Vec<LiveAttempt> {
     let mut out = Vec::new();
@@ -196,7 +220,7 @@ pub(crate) fn live_attempts(state: &State) -> Vec<LiveAttempt> {
                     key: Some(gofer_proto::attempt_key(&target, task.attempt)),
                     image: spec.image.clone(),
                     command: spec.command.clone(),
-                    env: spec.env.clone().into_iter().collect(),
+                    env: task_env(&spec.env, run.trigger.as_ref()),
                     already_started: assignment.started,
                 },
                 target,
@@ -206,4 +230,37 @@ pub(crate) fn live_attempts(state: &State) -> Vec<LiveAttempt> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use gofer_domain::triggers::Trigger;
+
+    use super::task_env;
+
+    #[test]
+    fn trigger_parameters_become_gofer_param_variables_without_overriding_the_task() {
+        let own = BTreeMap::from([
+            ("K".to_string(), "V".to_string()),
+            ("GOFER_PARAM_REF".to_string(), "mine".to_string()),
+        ]);
+        let trigger = Trigger {
+            extension: "webhook".into(),
+            subscription: "gh".into(),
+            idempotency_key: "k".into(),
+            scheduled_at: 0,
+            delivery: "d".into(),
+            parameters: BTreeMap::from([
+                ("repository.full_name".to_string(), "o/r".to_string()),
+                ("ref".to_string(), "main".to_string()),
+            ]),
+        };
+        let env = task_env(&own, Some(&trigger));
+        assert_eq!(env["K"], "V");
+        assert_eq!(env["GOFER_PARAM_REPOSITORY_FULL_NAME"], "o/r");
+        assert_eq!(env["GOFER_PARAM_REF"], "mine", "the task's own env wins");
+        assert_eq!(task_env(&own, None).len(), 2);
+    }
 }

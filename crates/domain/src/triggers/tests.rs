@@ -419,3 +419,58 @@ fn skips_count_even_when_caught_up_fires_commit_first() {
     assert_eq!(subscription(&state, "s").skipped, 3);
     assert_eq!(subscription(&state, "s").last_scheduled_at, 100);
 }
+
+#[test]
+fn a_recreated_subscription_remembers_the_keys_it_fired() {
+    let mut state = state();
+    subscribe(&mut state, "s", &[("every", "1s")]).unwrap();
+    apply_fire(&mut state, fire("s", "k1", 1)).unwrap();
+    state
+        .apply(&Command::DeleteSubscription {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            label: "s".into(),
+            at: 5,
+        })
+        .unwrap();
+    subscribe(&mut state, "s", &[("every", "1s")]).unwrap();
+    assert_eq!(
+        apply_fire(&mut state, fire("s", "k1", 1)).unwrap(),
+        (FireOutcome::Started(1), true)
+    );
+    assert_eq!(state.pipeline("default", "p").unwrap().runs.len(), 1);
+}
+
+#[test]
+fn a_webhook_needs_a_secret_and_well_formed_fields() {
+    let mut state = state();
+    let webhook = vec![spec("secret", true), spec("fields", false)];
+    state
+        .apply(&Command::RegisterExtension {
+            name: "webhook".into(),
+            builtin: true,
+            registration: registration(webhook),
+            at: 1,
+        })
+        .unwrap();
+    let create = |state: &mut State, settings: &[(&str, &str)]| {
+        state.apply(&Command::CreateSubscription {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            label: "w".into(),
+            extension: "webhook".into(),
+            settings: map(settings),
+            at: 10,
+        })
+    };
+    assert_eq!(field_of(create(&mut state, &[("secret", "")])), "settings.secret");
+    assert_eq!(field_of(create(&mut state, &[("secret", "  ")])), "settings.secret");
+    for fields in [",", "a..b", "", "ref,"] {
+        assert_eq!(
+            field_of(create(&mut state, &[("secret", "k"), ("fields", fields)])),
+            "settings.fields",
+            "{fields:?}"
+        );
+    }
+    create(&mut state, &[("secret", "k"), ("fields", "ref, repository.full_name")]).unwrap();
+}
