@@ -164,7 +164,7 @@ pub fn extension(e: &v1::Extension) -> Value {
     json!({
         "name": e.name, "image": e.image, "builtin": e.builtin, "installed_unix_millis": e.installed_unix_millis,
         "registered": e.registered, "version": e.version, "documentation": e.documentation, "settings": settings,
-        "connected": e.connected,
+        "connected": e.connected, "last_error": e.last_error,
     })
 }
 
@@ -213,6 +213,9 @@ pub fn describe_extension(e: &v1::Extension) {
         }
     );
     say!("connected: {}", if e.connected { "yes" } else { "no" });
+    if !e.last_error.is_empty() {
+        say!("problem:   {}", e.last_error);
+    }
     if !e.documentation.is_empty() {
         say!("\n{}", e.documentation);
     }

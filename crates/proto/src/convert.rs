@@ -123,6 +123,7 @@ pub fn extension_to_proto(name: &str, record: &ExtensionRecord, connected: bool)
             .map(|r| r.settings.iter().map(setting_to_proto).collect())
             .unwrap_or_default(),
         connected,
+        last_error: String::new(),
     }
 }
 

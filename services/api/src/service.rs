@@ -25,6 +25,8 @@ pub trait TriggerDirectory: Send + Sync + 'static {
     fn is_connected(&self, extension: &str) -> bool;
     /// The webhook listener's base URL, such as `http://127.0.0.1:7080`, if one runs.
     fn webhook_base(&self) -> Option<String>;
+    /// Why the extension's container could not run last time, if it could not.
+    fn last_error(&self, extension: &str) -> Option<String>;
 }
 
 /// A directory for a node without an extension host.
@@ -36,6 +38,10 @@ impl TriggerDirectory for NoTriggers {
     }
 
     fn webhook_base(&self) -> Option<String> {
+        None
+    }
+
+    fn last_error(&self, _extension: &str) -> Option<String> {
         None
     }
 }
@@ -72,12 +78,16 @@ impl ApiService {
 
     fn extension_proto(&self, name: &str) -> Result<v1::Extension, Status> {
         let connected = self.triggers.is_connected(name);
+        let last_error = self.triggers.last_error(name).unwrap_or_default();
         self.read(|s| {
             let record = s
                 .extensions
                 .get(name)
                 .ok_or_else(|| Error::NotFound(format!("extension {name:?}")))?;
-            Ok(extension_to_proto(name, record, connected))
+            Ok(v1::Extension {
+                last_error,
+                ..extension_to_proto(name, record, connected)
+            })
         })
     }
 

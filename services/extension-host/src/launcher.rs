@@ -75,6 +75,7 @@ pub async fn run(host: ExtensionHost, config: LaunchConfig, shutdown: Cancellati
             }
             let stop = shutdown.child_token();
             tracker.spawn(supervise(
+                host.clone(),
                 name.clone(),
                 spec.clone(),
                 cluster.clone(),
@@ -108,6 +109,7 @@ fn random_token() -> String {
 }
 
 async fn supervise(
+    host: ExtensionHost,
     name: String,
     (image, settings): Desired,
     cluster: String,
@@ -138,12 +140,19 @@ async fn supervise(
         ]);
         let started = Instant::now();
         match config.docker.run_service(&container, &image, env, labels).await {
-            Err(err) => tracing::error!(extension = %name, %err, "cannot start the extension"),
+            Err(err) => {
+                tracing::error!(extension = %name, %err, "cannot start the extension");
+                host.set_launch_error(&name, Some(err));
+            }
             Ok(id) => {
+                host.set_launch_error(&name, None);
                 tracing::info!(extension = %name, container = %id, "extension started");
                 tokio::select! {
                     code = config.docker.wait(&id) => match code {
-                        Ok(code) => tracing::warn!(extension = %name, code, "extension exited; restarting it"),
+                        Ok(code) => {
+                            tracing::warn!(extension = %name, code, "extension exited; restarting it");
+                            host.set_launch_error(&name, Some(format!("its container exited with code {code}; restarting it")));
+                        }
                         Err(err) => tracing::warn!(extension = %name, %err, "lost track of the extension; restarting it"),
                     },
                     () = stop.cancelled() => {

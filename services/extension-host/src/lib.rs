@@ -132,6 +132,8 @@ pub struct ExtensionHost {
     connected: Arc<Mutex<HashMap<String, u64>>>,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
     webhook_base: Arc<Mutex<Option<String>>>,
+    /// Why each extension's container could not run last time, by name.
+    launch_errors: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl ExtensionHost {
@@ -144,6 +146,7 @@ impl ExtensionHost {
             connected: Arc::default(),
             next_connection: Arc::default(),
             webhook_base: Arc::default(),
+            launch_errors: Arc::default(),
         }
     }
 
@@ -192,6 +195,15 @@ impl ExtensionHost {
             *self.webhook_base.lock().expect("webhook base lock") = Some(format!("http://{addr}"));
         }
         webhook::serve(self.state.clone(), self.fires.clone(), listener, shutdown).await
+    }
+
+    /// Records (or, with `None`, clears) why an extension's container could not run.
+    pub(crate) fn set_launch_error(&self, extension: &str, error: Option<String>) {
+        let mut errors = self.launch_errors.lock().expect("launch errors lock");
+        match error {
+            Some(error) => errors.insert(extension.to_string(), error),
+            None => errors.remove(extension),
+        };
     }
 
     /// Runs installed extensions as containers until `shutdown`.
@@ -246,5 +258,14 @@ impl gofer_api::TriggerDirectory for Directory {
 
     fn webhook_base(&self) -> Option<String> {
         self.host.webhook_base.lock().expect("webhook base lock").clone()
+    }
+
+    fn last_error(&self, extension: &str) -> Option<String> {
+        self.host
+            .launch_errors
+            .lock()
+            .expect("launch errors lock")
+            .get(extension)
+            .cloned()
     }
 }
