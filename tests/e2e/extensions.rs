@@ -123,7 +123,10 @@ fn an_extension_whose_image_is_missing_says_so() -> Result<()> {
     dev.ctl_ok(&["extension", "install", "ghost", "gofer-test/no-such-extension:1"])?;
     let extension = wait_until("the launch error to show", Duration::from_secs(30), || {
         let e = dev.ctl_json(&["extension", "get", "ghost"])?;
-        Ok(e["last_error"].as_str().is_some_and(|m| m.contains("not found locally")).then_some(e))
+        Ok(e["last_error"]
+            .as_str()
+            .is_some_and(|m| m.contains("not found locally"))
+            .then_some(e))
     })?;
     assert_eq!(extension["connected"], false);
     dev.ctl_ok(&["extension", "uninstall", "ghost"])?;

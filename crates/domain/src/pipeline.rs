@@ -83,12 +83,15 @@ impl PipelineConfig {
         let config: PipelineConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner();
-            let field = if path == "." || path.starts_with('[') {
+            let field = if path == "." || path == "?" || path.starts_with('[') {
                 "pipeline".to_string()
             } else {
                 path
             };
-            Error::invalid(field, format!("malformed JSON: {inner}"))
+            let reason = inner
+                .to_string()
+                .replace("struct PipelineConfig with 5 elements", "a pipeline object");
+            Error::invalid(field, format!("malformed JSON: {reason}"))
         })?;
         de.end()
             .map_err(|err| Error::invalid("pipeline", format!("malformed JSON: {err}")))?;
@@ -224,8 +227,11 @@ impl TaskConfig {
         let mut env_bytes = 0;
         for (key, value) in &self.env {
             let field = format!("tasks[{i}].env.{key}");
-            if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
-                return Err(Error::invalid(field, "env names must be non-empty without '=' or NUL"));
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(Error::invalid(field, "env names must be non-empty, without '=' or NUL"));
+            }
+            if value.contains('\0') {
+                return Err(Error::invalid(field, "env values must not contain NUL"));
             }
             env_bytes += key.len() + value.len();
         }

@@ -193,7 +193,7 @@ impl PipelineRecord {
         let run = self
             .runs
             .get_mut(&id)
-            .ok_or_else(|| Error::NotFound(format!("run {id}")))?;
+            .ok_or_else(|| Error::NotFound(format!("run {id} of this pipeline")))?;
         if run.state.is_terminal() {
             if run.state == RunState::Cancelled {
                 return Ok(());

@@ -73,11 +73,15 @@ impl Settings {
         let token = token
             .or(file.token)
             .ok_or_else(|| Failure("no API token: pass --token or set GOFER_TOKEN".into()))?;
+        let namespace = namespace.or(file.namespace).unwrap_or_else(|| "default".to_string());
+        if namespace.trim().is_empty() {
+            return Err(Failure("--namespace must not be empty".into()));
+        }
         Ok(Settings {
             host,
             token,
             ca_cert: ca_cert.or(file.ca_cert),
-            namespace: namespace.or(file.namespace).unwrap_or_else(|| "default".to_string()),
+            namespace,
         })
     }
 }
@@ -121,11 +125,13 @@ pub async fn connect(settings: &Settings) -> Result<Api, Failure> {
             .map_err(|e| Failure(format!("TLS setup: {e}")))?;
     }
     let channel = endpoint.connect().await.map_err(|e| {
-        Failure(format!(
-            "cannot reach Gofer at {}: {} (is goferd running?)",
-            settings.host,
-            source_chain(&e)
-        ))
+        let detail = source_chain(&e);
+        let hint = if detail.contains("refused") {
+            " (is goferd running?)"
+        } else {
+            ""
+        };
+        Failure(format!("cannot reach Gofer at {}: {detail}{hint}", settings.host))
     })?;
     Ok(GoferServiceClient::with_interceptor(channel, Bearer(header))
         .max_decoding_message_size(16 * 1024 * 1024)
@@ -136,7 +142,11 @@ fn source_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(inner) = source {
-        text = format!("{text}: {inner}");
+        // Layers often repeat their cause's message; say each part once.
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
         source = inner.source();
     }
     text
@@ -182,17 +192,13 @@ fn run_cargo_project(dir: &Path) -> Result<String, Failure> {
         .args(["run", "--quiet"])
         .current_dir(dir)
         .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| Failure(format!("running `cargo run --quiet` in {}: {e}", dir.display())))?;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no output");
+        // Cargo's own messages (the compiler's errors) went to stderr above this line.
         return Err(Failure(format!(
-            "`cargo run --quiet` in {} failed: {last}",
+            "`cargo run --quiet` in {} failed (its errors are above)",
             dir.display()
         )));
     }

@@ -94,7 +94,13 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let host_role = ExtensionHost::new(state.clone());
-    let api_host = format!("https://{}", api_listener.local_addr()?);
+    // Clients on this machine (the executor, extensions, the written client config) dial loopback when the
+    // API listens on every address.
+    let mut api_addr = api_listener.local_addr()?;
+    if api_addr.ip().is_unspecified() {
+        api_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let api_host = format!("https://{api_addr}");
     let webhook_addr = webhook_listener.local_addr()?;
 
     let single_node = raft.is_none();

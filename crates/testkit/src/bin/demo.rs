@@ -69,8 +69,6 @@ fn demo() -> Result<()> {
     if finished != "SUCCEEDED" {
         bail!("run {run} ended {finished}");
     }
-    println!(
-        "\nrun {run} of hello SUCCEEDED. Next: `goferd dev` keeps running for you, and README.md shows goferctl's verbs."
-    );
+    println!("\nrun {run} of hello SUCCEEDED. Next: run `goferd dev` yourself and try goferctl's verbs (README.md).");
     Ok(())
 }
