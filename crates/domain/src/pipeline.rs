@@ -211,6 +211,7 @@ impl TaskConfig {
             ));
         }
         check_len(&format!("tasks[{i}].image"), &self.image, MAX_IMAGE_LEN)?;
+        check_image_reference(&format!("tasks[{i}].image"), &self.image)?;
         let command_bytes: usize = self.command.iter().map(String::len).sum();
         if command_bytes > MAX_COMMAND_BYTES {
             return Err(Error::invalid(
@@ -252,6 +253,57 @@ impl TaskConfig {
         }
         Ok(())
     }
+}
+
+/// A loose check of Docker's reference grammar, `[host[:port]/]path[:tag][@digest]`, so that a typo fails at
+/// registration rather than as an opaque Engine error when the task runs.
+pub(crate) fn check_image_reference(field: &str, image: &str) -> Result<(), Error> {
+    let bad = |why: &str| {
+        Err(Error::invalid(
+            field,
+            format!("{image:?} is not an image reference: {why}"),
+        ))
+    };
+    let (name, digest) = match image.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (image, None),
+    };
+    if let Some(digest) = digest
+        && !digest.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty() && !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())
+        })
+    {
+        return bad("the digest after '@' must be algorithm:hex");
+    }
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (path, tag) = match name[last_slash..].rfind(':') {
+        Some(colon) => (&name[..last_slash + colon], Some(&name[last_slash + colon + 1..])),
+        None => (name, None),
+    };
+    if let Some(tag) = tag
+        && (tag.is_empty() || tag.len() > 128 || !tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
+    {
+        return bad("a tag is 1-128 letters, digits, '_', '.' or '-'");
+    }
+    let components: Vec<&str> = path.split('/').collect();
+    // The first component may be a registry host (with a port, and in any case); the rest are lower case.
+    let host = components.len() > 1
+        && (components[0].contains('.') || components[0].contains(':') || components[0] == "localhost");
+    for (n, component) in components.iter().enumerate() {
+        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
+        let ok = if n == 0 && host {
+            !component.is_empty()
+                && component
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+        } else {
+            !component.is_empty() && component.chars().all(allowed)
+        };
+        if !ok {
+            return bad("repository names use lower-case letters, digits, '.', '_' and '-'");
+        }
+    }
+    Ok(())
 }
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), Error> {

@@ -154,7 +154,11 @@ impl ScheduleSettings {
         if every_ms < MIN_INTERVAL_MS {
             return Err(Error::invalid("settings.every", "must be at least 1s"));
         }
-        Self::common(settings, Schedule::Interval { every_ms, anchor_ms })
+        let parsed = Self::common(settings, Schedule::Interval { every_ms, anchor_ms })?;
+        if parsed.jitter_ms >= every_ms {
+            return Err(Error::invalid("settings.jitter", "must be shorter than every"));
+        }
+        Ok(parsed)
     }
 
     /// Parses a cron subscription's settings: `expression` (required; 5 fields, or 6 with seconds first),

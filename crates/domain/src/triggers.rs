@@ -204,6 +204,7 @@ impl State {
                 "must be a non-empty image name without whitespace",
             ));
         }
+        crate::pipeline::check_image_reference("image", image)?;
         check_settings("settings", settings)?;
         if self.extensions.contains_key(name) {
             return Err(Error::AlreadyExists(format!("extension {name:?}")));

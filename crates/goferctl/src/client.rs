@@ -159,6 +159,12 @@ pub fn status(status: Status) -> Failure {
     } else {
         status.message()
     };
+    // A stream cut by the server going away surfaces as a transport error, not as a Status from Gofer.
+    if message.contains("h2 protocol error") || message.contains("error reading a body") {
+        return Failure(
+            "lost the connection to goferd; what was under way goes on (check it with goferctl run get)".into(),
+        );
+    }
     let hint = match status.code() {
         Code::Unauthenticated => " (check --token, GOFER_TOKEN or the config file)",
         Code::Unavailable => " (is goferd running?)",

@@ -138,3 +138,30 @@ fn empty_image_bad_ids_and_too_many_tasks_are_refused() {
         "tasks"
     );
 }
+
+#[test]
+fn image_references_are_checked() {
+    for good in [
+        "gofer/toolbox:1",
+        "busybox",
+        "localhost:5000/a/b:c",
+        "Registry.Example.com/x/y",
+        "x@sha256:abcd",
+        "a_b/c.d-e:1.2-rc_3",
+    ] {
+        let json = format!(r#"{{"id": "x", "tasks": [{{"id": "a", "image": "{good}"}}]}}"#);
+        assert!(parse(&json).is_ok(), "{good}");
+    }
+    for bad in [
+        "UPPER/Case::bad@@",
+        "Upper:1",
+        "a/B",
+        "x:",
+        "x@sha256:",
+        "a//b",
+        "x:bad tag",
+    ] {
+        let json = format!(r#"{{"id": "x", "tasks": [{{"id": "a", "image": "{bad}"}}]}}"#);
+        assert_eq!(field_of(&json), "tasks[0].image", "{bad}");
+    }
+}

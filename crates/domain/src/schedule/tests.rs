@@ -183,6 +183,10 @@ fn bad_settings_name_their_field() {
         field(ScheduleSettings::cron(&settings(&[("expression", "0 3 31 2 *")]))),
         "settings.expression"
     );
+    assert_eq!(
+        field(ScheduleSettings::interval(&settings(&[("every", "1s"), ("jitter", "1h")]), 0)),
+        "settings.jitter"
+    );
     let lower = ScheduleSettings::cron(&settings(&[("expression", "* * * * *"), ("timezone", "europe/berlin")]));
     assert!(lower.is_ok(), "time zone names are matched without regard to case");
     assert_eq!(
