@@ -85,6 +85,15 @@ fn a_failing_task_runs_its_failure_dependent_and_skips_the_rest() -> Result<()> 
     assert_eq!(tasks["alert"]["state"], "SUCCEEDED");
     assert_eq!(tasks["cleanup"]["state"], "SUCCEEDED");
     assert_eq!(dev.ctl_ok(&["task", "logs", "fails", "1", "alert"])?, "build failed\n");
+    // Asking for the logs of a task that never ran says so on stderr.
+    let skipped = dev.ctl(&["task", "logs", "fails", "1", "deploy", "--follow"])?;
+    assert!(skipped.status.success());
+    assert!(skipped.stdout.is_empty());
+    assert!(
+        stderr(&skipped).contains("task deploy never ran (SKIPPED"),
+        "{}",
+        stderr(&skipped)
+    );
     Ok(())
 }
 

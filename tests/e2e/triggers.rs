@@ -169,12 +169,17 @@ fn overlap_skip_never_lets_two_runs_of_a_subscription_overlap() -> Result<()> {
 
 /// A minimal HTTP/1.1 POST over loopback; returns the status and body.
 fn post(url: &str, headers: &[(&str, String)], body: &[u8]) -> Result<(u16, String)> {
+    request("POST", url, headers, body)
+}
+
+/// A minimal HTTP/1.1 request over loopback; returns the status and body.
+fn request(method: &str, url: &str, headers: &[(&str, String)], body: &[u8]) -> Result<(u16, String)> {
     let rest = url.strip_prefix("http://").context("http url")?;
     let (addr, path) = rest.split_at(rest.find('/').context("url path")?);
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (name, value) in headers {
@@ -317,6 +322,13 @@ fn a_signed_webhook_makes_one_run_a_replay_none_and_bad_requests_are_refused() -
             ("X-GitHub-Delivery", delivery.to_string()),
         ]
     };
+    // Anything but a POST to a webhook path gets a JSON error too.
+    let (status, reply) = request("GET", &url, &[], b"")?;
+    assert_eq!(status, 405, "{reply}");
+    assert!(reply.contains("\"error\""), "{reply}");
+    let (status, reply) = post(&format!("{url}/extra"), &good("d-0"), body)?;
+    assert_eq!(status, 404, "{reply}");
+    assert!(reply.contains("\"error\""), "{reply}");
     let (status, reply) = post(&url, &good("d-1"), body)?;
     assert_eq!(status, 202, "{reply}");
     let reply: Value = serde_json::from_str(&reply)?;

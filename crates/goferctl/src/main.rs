@@ -603,21 +603,48 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             follow,
         }) => {
             let request = v1::GetTaskLogsRequest {
-                namespace_id: namespace,
-                pipeline_id: pipeline,
+                namespace_id: namespace.clone(),
+                pipeline_id: pipeline.clone(),
                 run_id: run,
-                task_id: task,
+                task_id: task.clone(),
                 follow,
             };
             let mut stream = api.get_task_logs(request).await.map_err(client::status)?.into_inner();
             let mut stdout = std::io::stdout().lock();
+            let mut printed = false;
             while let Some(chunk) = stream.message().await.map_err(client::status)? {
+                printed |= !chunk.data.is_empty();
                 if format == Format::Json {
                     print_json(&serde_json::json!({ "data": String::from_utf8_lossy(&chunk.data) }));
                 } else {
                     if let Err(err) = stdout.write_all(&chunk.data).and_then(|()| stdout.flush()) {
                         output::stdout_failed(err);
                     }
+                }
+            }
+            if !printed {
+                // An empty log of a task that never ran deserves a word on stderr, not silence.
+                let request = v1::ListTaskExecutionsRequest {
+                    namespace_id: namespace,
+                    pipeline_id: pipeline,
+                    run_id: run,
+                };
+                let tasks = api
+                    .list_task_executions(request)
+                    .await
+                    .map_err(client::status)?
+                    .into_inner()
+                    .task_executions;
+                if let Some(t) = tasks.iter().find(|t| t.task_id == task && t.attempt == 0) {
+                    let reason = if t.state_reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", t.state_reason)
+                    };
+                    eprintln!(
+                        "task {task} never ran ({}{reason})",
+                        gofer_proto::task_state_name(t.state)
+                    );
                 }
             }
         }

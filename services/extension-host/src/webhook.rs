@@ -38,7 +38,16 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route("/webhooks/{namespace}/{pipeline}/{subscription}", post(handle))
+        .route(
+            "/webhooks/{namespace}/{pipeline}/{subscription}",
+            post(handle).fallback(|| async { refuse(StatusCode::METHOD_NOT_ALLOWED, "webhooks take POST") }),
+        )
+        .fallback(|| async {
+            refuse(
+                StatusCode::NOT_FOUND,
+                "webhooks are POST /webhooks/{namespace}/{pipeline}/{subscription}",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Context { state, fires });
     axum::serve(listener, app)

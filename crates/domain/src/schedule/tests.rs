@@ -184,7 +184,10 @@ fn bad_settings_name_their_field() {
         "settings.expression"
     );
     assert_eq!(
-        field(ScheduleSettings::interval(&settings(&[("every", "1s"), ("jitter", "1h")]), 0)),
+        field(ScheduleSettings::interval(
+            &settings(&[("every", "1s"), ("jitter", "1h")]),
+            0
+        )),
         "settings.jitter"
     );
     let lower = ScheduleSettings::cron(&settings(&[("expression", "* * * * *"), ("timezone", "europe/berlin")]));
