@@ -227,6 +227,11 @@ fn a_three_node_cluster_serves_from_any_node_and_survives_losing_its_leader() ->
         followers[0],
         &pipeline("spread", &[("a", "echo from the cluster", &[])]),
     )?;
+    // Read-your-writes across nodes: the other follower sees the registration on the very next call.
+    assert_eq!(
+        cluster.json(followers[1], &["pipeline", "get", "spread"])?["latest_version"],
+        1
+    );
     assert_eq!(run_succeeds(&cluster, followers[1], "spread")?, "1");
     // Logs are archived on the node whose scheduler received them (the leader); serving them from every
     // node is still to come.

@@ -101,6 +101,12 @@ impl ApiService {
         self.state.read(f).map_err(into_status)
     }
 
+    /// Waits until this node has applied everything the cluster committed before the call, so that a
+    /// client that got OK for a write sees it on its next read from any node.
+    async fn linearize(&self) -> Result<(), Status> {
+        self.state.read_linearizable(|_| ()).await.map_err(state_status)
+    }
+
     /// A new cluster serves once its first command (`Init`) is applied here; before, every answer would
     /// be a misleading NotFound.
     #[allow(clippy::result_large_err)]
@@ -185,6 +191,7 @@ impl GoferService for ApiService {
         &self,
         _request: Request<v1::ListNamespacesRequest>,
     ) -> ApiResult<v1::ListNamespacesResponse> {
+        self.linearize().await?;
         let namespaces = self.read(|s| {
             Ok(s.namespaces
                 .iter()
@@ -230,6 +237,7 @@ impl GoferService for ApiService {
     }
 
     async fn list_pipelines(&self, request: Request<v1::ListPipelinesRequest>) -> ApiResult<v1::ListPipelinesResponse> {
+        self.linearize().await?;
         let namespace = namespace_or_default(request.into_inner().namespace_id);
         let pipelines = self.read(|s| {
             Ok(s.namespace(&namespace)?
@@ -242,6 +250,7 @@ impl GoferService for ApiService {
     }
 
     async fn get_pipeline(&self, request: Request<v1::GetPipelineRequest>) -> ApiResult<v1::GetPipelineResponse> {
+        self.linearize().await?;
         let request = request.into_inner();
         let namespace = namespace_or_default(request.namespace_id);
         let (pipeline, config) = self.read(|s| {
@@ -277,6 +286,7 @@ impl GoferService for ApiService {
     }
 
     async fn get_run(&self, request: Request<v1::GetRunRequest>) -> ApiResult<v1::GetRunResponse> {
+        self.linearize().await?;
         let request = request.into_inner();
         let namespace = namespace_or_default(request.namespace_id);
         let run = self.run_proto(&namespace, &request.pipeline_id, request.run_id)?;
@@ -284,6 +294,7 @@ impl GoferService for ApiService {
     }
 
     async fn list_runs(&self, request: Request<v1::ListRunsRequest>) -> ApiResult<v1::ListRunsResponse> {
+        self.linearize().await?;
         let request = request.into_inner();
         let namespace = namespace_or_default(request.namespace_id);
         let pipeline = request.pipeline_id;
@@ -315,6 +326,7 @@ impl GoferService for ApiService {
     type WatchRunStream = BoxStream<v1::WatchRunResponse>;
 
     async fn watch_run(&self, request: Request<v1::WatchRunRequest>) -> ApiResult<Self::WatchRunStream> {
+        self.linearize().await?;
         let request = request.into_inner();
         let namespace = namespace_or_default(request.namespace_id);
         let (pipeline, id) = (request.pipeline_id, request.run_id);
@@ -365,6 +377,7 @@ impl GoferService for ApiService {
         &self,
         request: Request<v1::ListTaskExecutionsRequest>,
     ) -> ApiResult<v1::ListTaskExecutionsResponse> {
+        self.linearize().await?;
         let request = request.into_inner();
         let namespace = namespace_or_default(request.namespace_id);
         let pipeline = request.pipeline_id;
@@ -411,6 +424,7 @@ impl GoferService for ApiService {
         &self,
         _request: Request<v1::ListExtensionsRequest>,
     ) -> ApiResult<v1::ListExtensionsResponse> {
+        self.linearize().await?;
         let names: Vec<String> = self.state.read(|s| s.extensions.keys().cloned().collect());
         let extensions = names
             .iter()
@@ -420,6 +434,7 @@ impl GoferService for ApiService {
     }
 
     async fn get_extension(&self, request: Request<v1::GetExtensionRequest>) -> ApiResult<v1::GetExtensionResponse> {
+        self.linearize().await?;
         let extension = self.extension_proto(&request.into_inner().name)?;
         Ok(Response::new(v1::GetExtensionResponse {
             extension: Some(extension),
@@ -451,6 +466,7 @@ impl GoferService for ApiService {
         &self,
         request: Request<v1::ListSubscriptionsRequest>,
     ) -> ApiResult<v1::ListSubscriptionsResponse> {
+        self.linearize().await?;
         let request = request.into_inner();
         let namespace = namespace_or_default(request.namespace_id);
         let labels: Vec<String> = self.read(|s| {
@@ -471,6 +487,7 @@ impl GoferService for ApiService {
         &self,
         request: Request<v1::GetSubscriptionRequest>,
     ) -> ApiResult<v1::GetSubscriptionResponse> {
+        self.linearize().await?;
         let request = request.into_inner();
         let namespace = namespace_or_default(request.namespace_id);
         let subscription = self.subscription_proto(&namespace, &request.pipeline_id, &request.label)?;
@@ -546,6 +563,7 @@ impl GoferService for ApiService {
     type GetTaskLogsStream = BoxStream<v1::GetTaskLogsResponse>;
 
     async fn get_task_logs(&self, request: Request<v1::GetTaskLogsRequest>) -> ApiResult<Self::GetTaskLogsStream> {
+        self.linearize().await?;
         let request = request.into_inner();
         let stream = crate::logs::stream_task_logs(self.clone(), request)?;
         Ok(Response::new(stream))
