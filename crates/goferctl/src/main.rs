@@ -257,7 +257,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     list.namespaces.iter().map(output::namespace).collect(),
                 )),
                 Format::Table => print_table(
-                    &["ID", "CREATED"],
+                    &["ID", "CREATED (UTC)"],
                     list.namespaces
                         .iter()
                         .map(|n| vec![n.id.clone(), output::time(n.created_unix_millis)])
@@ -297,7 +297,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     list.pipelines.iter().map(output::pipeline).collect(),
                 )),
                 Format::Table => print_table(
-                    &["ID", "NAME", "VERSION", "UPDATED"],
+                    &["ID", "NAME", "VERSION", "UPDATED (UTC)"],
                     list.pipelines
                         .iter()
                         .map(|p| {

@@ -141,7 +141,7 @@ fn trigger(t: &v1::RunTrigger) -> Value {
 fn trigger_text(t: Option<&v1::RunTrigger>) -> String {
     let Some(t) = t else { return "-".to_string() };
     let what = if t.scheduled_unix_millis > 0 {
-        format!(" @ {}", precise_time(t.scheduled_unix_millis))
+        format!(" @ {} UTC", precise_time(t.scheduled_unix_millis))
     } else if !t.delivery_id.is_empty() {
         format!(" delivery {}", t.delivery_id)
     } else {
@@ -286,7 +286,7 @@ pub fn describe_subscription(s: &v1::Subscription) {
     if !s.webhook_url.is_empty() {
         say!("webhook url:  {}", s.webhook_url);
     }
-    say!("created:      {}", time(s.created_unix_millis));
+    say!("created:      {} UTC", time(s.created_unix_millis));
     say!("fired:        {}", s.fired);
     say!("skipped:      {}", s.skipped);
     if s.last_run_id > 0 {
@@ -298,7 +298,7 @@ pub fn describe_subscription(s: &v1::Subscription) {
     if !s.recent_skips.is_empty() {
         say!();
         print_table(
-            &["SKIPPED AT", "SCHEDULED", "REASON"],
+            &["SKIPPED AT (UTC)", "SCHEDULED (UTC)", "REASON"],
             s.recent_skips
                 .iter()
                 .map(|k| {
@@ -327,7 +327,7 @@ pub fn task(t: &v1::TaskExecution) -> Value {
 
 pub fn runs_table(runs: &[v1::Run]) {
     print_table(
-        &["RUN", "VERSION", "STATE", "CREATED", "DURATION", "TRIGGER", "REASON"],
+        &["RUN", "VERSION", "STATE", "CREATED (UTC)", "DURATION", "TRIGGER", "REASON"],
         runs.iter()
             .map(|r| {
                 vec![
@@ -346,7 +346,7 @@ pub fn runs_table(runs: &[v1::Run]) {
 
 pub fn tasks_table(tasks: &[v1::TaskExecution]) {
     print_table(
-        &["TASK", "STATE", "EXIT", "ATTEMPT", "STARTED", "DURATION", "REASON"],
+        &["TASK", "STATE", "EXIT", "ATTEMPT", "STARTED (UTC)", "DURATION", "REASON"],
         tasks
             .iter()
             .map(|t| {
