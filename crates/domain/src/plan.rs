@@ -90,6 +90,7 @@ mod tests {
                     target: target.clone(),
                     attempt: *attempt,
                     executor: "e".into(),
+                    node: 1,
                     at: 3,
                 })
                 .unwrap();

@@ -113,6 +113,9 @@ pub struct TaskExecution {
     pub exit_code: Option<i64>,
     pub started_at: i64,
     pub ended_at: i64,
+    /// The state node whose scheduler dispatched the current attempt, and so keeps its logs; 0 if none.
+    #[serde(default)]
+    pub log_node: u64,
 }
 
 /// One execution of a pipeline version.
@@ -168,6 +171,7 @@ impl PipelineRecord {
                 exit_code: None,
                 started_at: 0,
                 ended_at: 0,
+                log_node: 0,
             })
             .collect();
         let run = Run {
@@ -293,6 +297,9 @@ pub enum Command {
         target: AttemptRef,
         attempt: u32,
         executor: String,
+        /// The state node whose scheduler assigns it (it receives the attempt's logs).
+        #[serde(default)]
+        node: u64,
         at: i64,
     },
     /// The executor started the attempt's container.
@@ -464,6 +471,7 @@ impl State {
                 target,
                 attempt,
                 executor,
+                node,
                 at,
             } => {
                 let (run, config) = self.run_mut(target)?;
@@ -485,6 +493,7 @@ impl State {
                     )));
                 }
                 task.attempt = *attempt;
+                task.log_node = *node;
                 task.assignment = Some(Assignment {
                     executor: executor.clone(),
                     started: false,

@@ -327,7 +327,15 @@ pub fn task(t: &v1::TaskExecution) -> Value {
 
 pub fn runs_table(runs: &[v1::Run]) {
     print_table(
-        &["RUN", "VERSION", "STATE", "CREATED (UTC)", "DURATION", "TRIGGER", "REASON"],
+        &[
+            "RUN",
+            "VERSION",
+            "STATE",
+            "CREATED (UTC)",
+            "DURATION",
+            "TRIGGER",
+            "REASON",
+        ],
         runs.iter()
             .map(|r| {
                 vec![
@@ -346,7 +354,15 @@ pub fn runs_table(runs: &[v1::Run]) {
 
 pub fn tasks_table(tasks: &[v1::TaskExecution]) {
     print_table(
-        &["TASK", "STATE", "EXIT", "ATTEMPT", "STARTED (UTC)", "DURATION", "REASON"],
+        &[
+            "TASK",
+            "STATE",
+            "EXIT",
+            "ATTEMPT",
+            "STARTED (UTC)",
+            "DURATION",
+            "REASON",
+        ],
         tasks
             .iter()
             .map(|t| {

@@ -105,7 +105,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
 
     let single_node = raft.is_none();
     if let Some((listener, tls)) = raft {
-        let service = state.raft_service();
+        let service = state.raft_service(Some(logs.clone()));
         let raft_shutdown = shutdown.clone();
         tracker.spawn(async move {
             let served = Server::builder()

@@ -19,6 +19,8 @@ const CHUNK: usize = 64 * 1024;
 struct TaskView {
     attempt: u32,
     ended: bool,
+    /// The state node that keeps the attempt's log (0: this one, for logs from before nodes were named).
+    log_node: u64,
 }
 
 fn task_view(api: &ApiService, target: &AttemptRef) -> Result<TaskView, Status> {
@@ -30,6 +32,7 @@ fn task_view(api: &ApiService, target: &AttemptRef) -> Result<TaskView, Status> 
         Ok(TaskView {
             attempt: task.attempt,
             ended: task.state.is_terminal(),
+            log_node: task.log_node,
         })
     })
 }
@@ -78,6 +81,9 @@ async fn pump(
         .logs
         .path(target, attempt)
         .map_err(|e| internal("reading task logs", &e, false))?;
+    // Another node keeps this log when its scheduler dispatched the attempt: read it from there, and, with
+    // no local append to wake on, look again every quarter second while following.
+    let remote = (view.log_node != 0 && view.log_node != api.state.id()).then_some(view.log_node);
     let mut appends = api.logs.subscribe(&path);
     let mut offset = 0u64;
     loop {
@@ -85,11 +91,18 @@ async fn pump(
         // committed, so a reader that saw the end and then read to EOF has them all.
         let ended = task_view(api, target)?.ended;
         loop {
-            let data = api
-                .logs
-                .read_at(&path, offset, CHUNK)
-                .await
-                .map_err(|e| internal("reading task logs", &e, false))?;
+            let data = match remote {
+                Some(node) => api
+                    .state
+                    .read_peer_log(node, target, attempt, offset, CHUNK as u32)
+                    .await
+                    .map_err(|e| internal("reading task logs from their node", &e, true))?,
+                None => api
+                    .logs
+                    .read_at(&path, offset, CHUNK)
+                    .await
+                    .map_err(|e| internal("reading task logs", &e, false))?,
+            };
             if data.is_empty() {
                 break;
             }
@@ -101,7 +114,15 @@ async fn pump(
         if !follow || ended {
             return Ok(());
         }
-        wait(&mut state_changes, Some(&mut appends), tx).await?;
+        match remote {
+            Some(_) => {
+                tokio::select! {
+                    result = wait(&mut state_changes, None, tx) => result?,
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+            None => wait(&mut state_changes, Some(&mut appends), tx).await?,
+        }
     }
 }
 

@@ -101,6 +101,7 @@ impl Scheduler {
                 target: target.clone(),
                 attempt,
                 executor: executor.clone(),
+                node: self.state.id(),
                 at: now_millis(),
             };
             match self.state.propose(command).await {

@@ -292,6 +292,39 @@ impl StateNode {
         self.inner.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// Reads part of an attempt's log from node `node`, which keeps it.
+    pub async fn read_peer_log(
+        &self,
+        node: NodeId,
+        target: &gofer_domain::AttemptRef,
+        attempt: u32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<Vec<u8>, Error> {
+        let address = self
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&node)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| Error::Unavailable(format!("node {node}, which keeps this log, is not a member")))?;
+        let mut client = self.peer_client(&address)?;
+        let request = gofer_proto::v1::ReadTaskLogRequest {
+            namespace_id: target.namespace.clone(),
+            pipeline_id: target.pipeline.clone(),
+            run_id: target.run,
+            task_id: target.task.clone(),
+            attempt,
+            offset,
+            max_bytes,
+        };
+        let reply = client
+            .read_task_log(request)
+            .await
+            .map_err(|s| Error::Unavailable(format!("reading the log from node {node}: {}", s.message())))?;
+        Ok(reply.into_inner().data)
+    }
+
     /// This node's raft id.
     pub fn id(&self) -> NodeId {
         self.inner.id
@@ -302,11 +335,18 @@ impl StateNode {
         &self.inner.raft
     }
 
-    /// The `RaftService` this node serves to its peers; mount it behind mutual TLS.
-    pub fn raft_service(&self) -> gofer_proto::v1::raft_service_server::RaftServiceServer<crate::server::RaftHandler> {
-        gofer_proto::v1::raft_service_server::RaftServiceServer::new(crate::server::RaftHandler { node: self.clone() })
-            .max_decoding_message_size(1 << 30)
-            .max_encoding_message_size(1 << 30)
+    /// The `RaftService` this node serves to its peers, reading task logs from `logs`; mount it behind
+    /// mutual TLS.
+    pub fn raft_service(
+        &self,
+        logs: Option<crate::LogStore>,
+    ) -> gofer_proto::v1::raft_service_server::RaftServiceServer<crate::server::RaftHandler> {
+        gofer_proto::v1::raft_service_server::RaftServiceServer::new(crate::server::RaftHandler {
+            node: self.clone(),
+            logs,
+        })
+        .max_decoding_message_size(1 << 30)
+        .max_encoding_message_size(1 << 30)
     }
 
     /// Raft's view of the cluster: leader, term, indexes, membership.

@@ -15,6 +15,8 @@ use crate::membership::ForwardOr;
 #[derive(Clone)]
 pub struct RaftHandler {
     pub(crate) node: StateNode,
+    /// The node's task log archive, read by peers that serve a log they do not keep.
+    pub(crate) logs: Option<crate::LogStore>,
 }
 
 fn bad_payload(e: serde_json::Error) -> Status {
@@ -89,6 +91,32 @@ impl RaftService for RaftHandler {
             ))),
             Err(ForwardOr::Failed(e)) => Err(Status::unavailable(e.to_string())),
         }
+    }
+
+    async fn read_task_log(
+        &self,
+        request: Request<v1::ReadTaskLogRequest>,
+    ) -> Result<Response<v1::ReadTaskLogResponse>, Status> {
+        let request = request.into_inner();
+        let logs = self
+            .logs
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this node keeps no task logs"))?;
+        let target = gofer_domain::AttemptRef {
+            namespace: request.namespace_id,
+            pipeline: request.pipeline_id,
+            run: request.run_id,
+            task: request.task_id,
+        };
+        let path = logs
+            .path(&target, request.attempt)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let max = (request.max_bytes as usize).clamp(1, 1024 * 1024);
+        let data = logs
+            .read_at(&path, request.offset, max)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(v1::ReadTaskLogResponse { data }))
     }
 
     async fn read_index(

@@ -54,7 +54,7 @@ impl Cluster {
             let server_tls = ServerTlsConfig::new()
                 .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
                 .client_ca_root(Certificate::from_pem(&ca_pem));
-            let service = node.raft_service();
+            let service = node.raft_service(None);
             servers.push(tokio::spawn(async move {
                 let _ = Server::builder()
                     .tls_config(server_tls)

@@ -56,6 +56,7 @@ fn run_task(state: &mut State, run: u64, task: &str, outcome: AttemptOutcome) {
             target: target(task, run),
             attempt,
             executor: "e".into(),
+            node: 1,
             at: 4,
         })
         .unwrap();
@@ -178,6 +179,7 @@ fn a_task_cannot_be_assigned_before_its_parents_end() {
         target: target("ok", run),
         attempt: 1,
         executor: "e".into(),
+        node: 1,
         at: 4,
     });
     assert!(matches!(refused, Err(Error::FailedPrecondition(_))), "{refused:?}");
@@ -194,6 +196,7 @@ fn an_attempt_is_assigned_once_and_stale_reports_are_refused() {
             target: target("a", run),
             attempt: 1,
             executor: "e".into(),
+            node: 1,
             at: 4,
         })
         .unwrap();
@@ -204,6 +207,7 @@ fn an_attempt_is_assigned_once_and_stale_reports_are_refused() {
                 target: target("a", run),
                 attempt: 1,
                 executor: "f".into(),
+                node: 1,
                 at: 4
             })
             .is_err()
@@ -250,6 +254,7 @@ fn cancel_ends_pending_tasks_at_once_and_running_ones_when_stopped() {
             target: target("a", run),
             attempt: 1,
             executor: "e".into(),
+            node: 1,
             at: 4,
         })
         .unwrap();
@@ -457,6 +462,7 @@ mod properties {
                     target,
                     attempt,
                     executor: "e".into(),
+                    node: 1,
                     at,
                 })
                 .collect(),

@@ -111,6 +111,7 @@ fn finish(state: &mut State, run: u64) {
             target: target.clone(),
             attempt: 1,
             executor: "e".into(),
+            node: 1,
             at: 30,
         })
         .unwrap();
