@@ -70,7 +70,7 @@ impl PeerNetwork {
     pub(crate) fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
         let mut endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|e| format!("peer address {addr:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
+            .connect_timeout(Duration::from_millis(250))
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             let host = endpoint.uri().host().unwrap_or("localhost").to_string();
