@@ -264,6 +264,10 @@ fn a_missing_image_fails_the_task_not_the_server() -> Result<()> {
 #[test]
 fn containers_no_live_attempt_owns_are_removed_on_start() -> Result<()> {
     let mut dev = start()?;
+    // The executor cleans up when it connects; make the orphan after that, so this start leaves it alone.
+    wait_until("the executor to connect", Duration::from_secs(30), || {
+        Ok(dev.server_log().contains("executor connected").then_some(()))
+    })?;
     let name = format!("gofer-orphan-{}", dev.cluster);
     let created = std::process::Command::new("docker")
         .args(["run", "-d", "--name", &name])

@@ -27,6 +27,14 @@ const STATE_FILE: &str = "state.redb";
 /// How long opening waits for leadership, and shutting down for the redb file to close.
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// Why a forwarded write did not come back with a result.
+enum Forwarded {
+    /// Certainly not appended: safe to try again.
+    NotSent(String),
+    /// Perhaps appended: trying again could commit the command twice.
+    Failed(Error),
+}
+
 /// How a cluster member compacts its log.
 #[derive(Debug, Clone, Copy)]
 pub struct MemberOptions {
@@ -188,54 +196,82 @@ impl StateNode {
     /// A command the state machine refused comes back as `Error::Rejected`, and changed nothing.
     /// On a follower the command is forwarded to the leader, and this returns once this node has applied
     /// it too, so a read here right after sees the write.
+    ///
+    /// While the leader changes, the write is tried again for up to 10 s, but only when it certainly was
+    /// not appended anywhere (no leader known, a leader that says it no longer leads, a connection that was
+    /// never made): a retry must never commit a command twice.
     pub async fn propose(&self, command: Command) -> Result<Applied, Error> {
-        match self.inner.raft.client_write(command.clone()).await {
-            Ok(response) => Ok(response.data.0?),
-            Err(e) => match e.forward_to_leader::<BasicNode>() {
-                Some(ForwardToLeader {
-                    leader_node: Some(leader),
-                    ..
-                }) => {
-                    let (result, index) = self.forward(&leader.addr, &command).await?;
-                    self.wait_applied(index).await?;
-                    Ok(result?)
-                }
-                Some(_) => Err(Error::Unavailable("no leader is known yet; retry".into())),
-                None => Err(Error::Unavailable(e.to_string())),
-            },
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let not_sent = match self.inner.raft.client_write(command.clone()).await {
+                Ok(response) => return Ok(response.data.0?),
+                Err(e) => match e.forward_to_leader::<BasicNode>() {
+                    Some(ForwardToLeader {
+                        leader_node: Some(leader),
+                        ..
+                    }) => match self.forward(&leader.addr, &command).await {
+                        Ok((result, index)) => {
+                            self.wait_applied(index).await?;
+                            return Ok(result?);
+                        }
+                        Err(Forwarded::NotSent(why)) => why,
+                        Err(Forwarded::Failed(e)) => return Err(e),
+                    },
+                    Some(_) => "no leader is known yet".to_string(),
+                    None => return Err(Error::Unavailable(e.to_string())),
+                },
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!("{not_sent}; retry")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Commits a command on this node, which must lead; returns its result and log index.
+    /// `Ok(None)` means this node does not lead (any more) and appended nothing.
     pub(crate) async fn propose_here(
         &self,
         command: Command,
-    ) -> Result<(Result<Applied, gofer_domain::Error>, u64), Error> {
-        let response = self
-            .inner
-            .raft
-            .client_write(command)
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        Ok((response.data.0, response.log_id.index))
+    ) -> Result<Option<(Result<Applied, gofer_domain::Error>, u64)>, Error> {
+        match self.inner.raft.client_write(command).await {
+            Ok(response) => Ok(Some((response.data.0, response.log_id.index))),
+            Err(e) if e.forward_to_leader::<BasicNode>().is_some() => Ok(None),
+            Err(e) => Err(Error::Unavailable(e.to_string())),
+        }
     }
 
     async fn forward(
         &self,
         leader: &str,
         command: &Command,
-    ) -> Result<(Result<Applied, gofer_domain::Error>, u64), Error> {
-        let mut client = self.peer_client(leader)?;
+    ) -> Result<(Result<Applied, gofer_domain::Error>, u64), Forwarded> {
+        let mut client = self.peer_client(leader).map_err(Forwarded::Failed)?;
         let request = gofer_proto::v1::ProposeRequest {
             command: serde_json::to_vec(command).expect("commands always serialize"),
         };
-        let reply = client
-            .propose(request)
-            .await
-            .map_err(|s| Error::Unavailable(format!("forwarding to the leader: {}", s.message())))?
-            .into_inner();
+        let reply = match client.propose(request).await {
+            Ok(reply) => reply.into_inner(),
+            // The leader appended nothing: it no longer leads.
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                return Err(Forwarded::NotSent(format!("the leader moved: {}", s.message())));
+            }
+            // The connection was never made, so the request never left.
+            Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => {
+                return Err(Forwarded::NotSent(format!(
+                    "the leader is unreachable: {}",
+                    s.message()
+                )));
+            }
+            Err(s) => {
+                return Err(Forwarded::Failed(Error::Unavailable(format!(
+                    "forwarding to the leader: {}",
+                    s.message()
+                ))));
+            }
+        };
         let result = serde_json::from_slice(&reply.result)
-            .map_err(|e| Error::Unavailable(format!("the leader's reply: {e}")))?;
+            .map_err(|e| Forwarded::Failed(Error::Unavailable(format!("the leader's reply: {e}"))))?;
         Ok((result, reply.index))
     }
 
@@ -253,8 +289,21 @@ impl StateNode {
     /// Runs `f` on the applied state once this node has applied everything the cluster committed before
     /// the call: a linearizable read, through the leader's read index.
     pub async fn read_linearizable<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R, Error> {
+        // Reads change nothing, so any failure while the leader changes is tried again, for up to 10 s.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match self.read_barrier().await {
+                Ok(()) => return Ok(self.read(f)),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Waits until this node has applied the leader's read index.
+    async fn read_barrier(&self) -> Result<(), Error> {
         match self.inner.raft.ensure_linearizable().await {
-            Ok(_) => {}
+            Ok(_) => Ok(()),
             Err(e) => match e.forward_to_leader::<BasicNode>() {
                 Some(ForwardToLeader {
                     leader_node: Some(leader),
@@ -269,13 +318,12 @@ impl StateNode {
                         })?
                         .into_inner()
                         .index;
-                    self.wait_applied(index).await?;
+                    self.wait_applied(index).await
                 }
-                Some(_) => return Err(Error::Unavailable("no leader is known yet; retry".into())),
-                None => return Err(Error::Unavailable(e.to_string())),
+                Some(_) => Err(Error::Unavailable("no leader is known yet; retry".into())),
+                None => Err(Error::Unavailable(e.to_string())),
             },
         }
-        Ok(self.read(f))
     }
 
     /// A client for the peer at `addr`.

@@ -71,7 +71,8 @@ impl RaftService for RaftHandler {
             .node
             .propose_here(command)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| Status::failed_precondition("not the leader: nothing was appended"))?;
         Ok(Response::new(v1::ProposeResponse {
             result: encode(&result),
             index,
