@@ -21,3 +21,11 @@ bench:
 # What CI runs.
 ci:
     bash .ci/run
+
+# Cron fire skew at 1, 100 and 1,000 subscriptions; writes bench/RESULTS.md.
+bench-fire-skew:
+    cargo run --release -p gofer-bench --bin fire-skew
+
+# Replicated writes and failover against a three-member etcd (apt-get install etcd-server etcd-client).
+bench-raft:
+    cargo run --release -p gofer-bench --bin raft-write
