@@ -5,6 +5,7 @@
 mod bad_input;
 mod certs;
 mod cluster;
+mod deploy;
 mod extensions;
 mod runs;
 mod triggers;

@@ -1,0 +1,199 @@
+//! The Compose deployment (`deploy/`): three `goferd server` containers on a private network, from an image
+//! built locally the way `deploy/build-image.sh` does, with certificates from `deploy/certs.sh`. A pipeline
+//! registered on one node runs when started on another; after the leader's container stops, another node
+//! leads and runs go on; a node whose data volume was wiped catches up when it comes back.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use gofer_testkit::{bin_dir, toolbox_image, wait_until, workspace_root};
+use serde_json::Value;
+
+use crate::pipeline;
+
+struct Deployment {
+    project: String,
+    image: String,
+    compose: PathBuf,
+    env: Vec<(String, String)>,
+    configs: Vec<PathBuf>,
+    dir: tempfile::TempDir,
+}
+
+fn run(command: &mut Command) -> Result<String> {
+    let output = command.output()?;
+    ensure!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).to_string())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Deployment {
+    fn up() -> Result<Deployment> {
+        toolbox_image()?;
+        let bin = bin_dir()?;
+        let root = workspace_root();
+        let unique = format!("{}{}", std::process::id(), free_port()?);
+        let dir = tempfile::Builder::new().prefix("gofer-deploy-").tempdir()?;
+        let image = format!("gofer-test/goferd:{unique}");
+        run(Command::new("bash")
+            .arg(root.join("deploy/build-image.sh"))
+            .arg(&image)
+            .env("GOFER_GOFERD", bin.join("goferd")))?;
+        let certs = dir.path().join("certs");
+        run(Command::new("bash")
+            .arg(root.join("deploy/certs.sh"))
+            .arg(&certs)
+            .env("GOFERD", bin.join("goferd")))?;
+        let token = std::fs::read_to_string(certs.join("admin.token"))?.trim().to_string();
+        let mut env = vec![
+            ("GOFER_IMAGE".to_string(), image.clone()),
+            ("GOFER_CERTS".to_string(), certs.display().to_string()),
+        ];
+        let mut configs = Vec::new();
+        for n in 1..=3 {
+            let api = free_port()?;
+            env.push((format!("GOFER_NODE{n}_API_PORT"), api.to_string()));
+            env.push((format!("GOFER_NODE{n}_WEBHOOK_PORT"), free_port()?.to_string()));
+            let config = dir.path().join(format!("node{n}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "host = \"https://127.0.0.1:{api}\"\ntoken = \"{token}\"\nca_cert = \"{}\"\nnamespace = \"default\"\n",
+                    certs.join("ca.pem").display()
+                ),
+            )?;
+            configs.push(config);
+        }
+        let deployment = Deployment {
+            project: format!("gofertest{unique}"),
+            image,
+            compose: root.join("deploy/compose.yaml"),
+            env,
+            configs,
+            dir,
+        };
+        deployment.compose(&["up", "-d"])?;
+        Ok(deployment)
+    }
+
+    fn compose(&self, args: &[&str]) -> Result<String> {
+        let mut command = Command::new("docker-compose");
+        command
+            .args(["-p", &self.project, "-f"])
+            .arg(&self.compose)
+            .args(args)
+            .envs(self.env.iter().cloned());
+        run(&mut command)
+    }
+
+    fn json(&self, node: usize, args: &[&str]) -> Result<Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = run(Command::new(bin_dir()?.join("goferctl"))
+            .env("GOFER_CONFIG", &self.configs[node - 1])
+            .args(&all))?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    fn ctl(&self, node: usize, args: &[&str]) -> Result<String> {
+        run(Command::new(bin_dir()?.join("goferctl"))
+            .env("GOFER_CONFIG", &self.configs[node - 1])
+            .args(args))
+    }
+
+    fn leader(&self, asked: usize, among: &[u64]) -> Result<(u64, String)> {
+        wait_until("a leader", Duration::from_secs(90), || {
+            let status = self.json(asked, &["cluster", "status"])?;
+            let leader = status["leader_id"].as_u64().unwrap_or(0);
+            let cluster = status["cluster_id"].as_str().unwrap_or_default().to_string();
+            Ok((!cluster.is_empty() && among.contains(&leader)).then_some((leader, cluster)))
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let cluster = self
+            .json(1, &["cluster", "status"])
+            .ok()
+            .and_then(|s| s["cluster_id"].as_str().map(str::to_string));
+        if std::thread::panicking() {
+            let logs = self.compose(&["logs", "--no-color"]).unwrap_or_default();
+            eprintln!("--- compose logs ---\n{logs}");
+        }
+        let _ = self.compose(&["down", "-v"]);
+        if let Some(cluster) = cluster
+            && let Ok(ids) = run(Command::new("docker").args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=dev.gofer.cluster={cluster}"),
+            ]))
+        {
+            let ids: Vec<&str> = ids.lines().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+            }
+        }
+        let _ = Command::new("docker").args(["rmi", "-f", &self.image]).output();
+    }
+}
+
+#[test]
+fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_a_wiped_node() -> Result<()> {
+    let deployment = Deployment::up()?;
+    let (leader, _) = deployment.leader(1, &[1, 2, 3])?;
+    let json_path = deployment.path().join("hello.json");
+    std::fs::write(
+        &json_path,
+        pipeline("composed", &[("a", "echo hello from compose", &[])]),
+    )?;
+    deployment.ctl(1, &["pipeline", "register", json_path.to_str().context("utf-8")?])?;
+    assert_eq!(deployment.ctl(3, &["run", "start", "composed", "--wait"])?.trim(), "1");
+    assert_eq!(
+        deployment.ctl(2, &["task", "logs", "composed", "1", "a"])?,
+        "hello from compose\n"
+    );
+
+    deployment.compose(&["stop", &format!("node{leader}")])?;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != leader).collect();
+    let (new_leader, _) = deployment.leader(others[0] as usize, &others)?;
+    assert_ne!(new_leader, leader);
+    assert_eq!(
+        deployment
+            .ctl(others[1] as usize, &["run", "start", "composed", "--wait"])?
+            .trim(),
+        "2"
+    );
+    deployment.compose(&["start", &format!("node{leader}")])?;
+
+    // Replace a follower whose data volume is gone: it rejoins and catches up.
+    let (leader, _) = deployment.leader(1, &[1, 2, 3])?;
+    let follower = [1u64, 2, 3].into_iter().find(|n| *n != leader).expect("a follower");
+    deployment.compose(&["rm", "-sf", &format!("node{follower}")])?;
+    run(Command::new("docker").args(["volume", "rm", &format!("{}_node{follower}", deployment.project)]))?;
+    deployment.compose(&["up", "-d", &format!("node{follower}")])?;
+    let runs = wait_until("the replaced node to catch up", Duration::from_secs(90), || {
+        let runs = deployment.json(follower as usize, &["run", "list", "composed"])?;
+        Ok((runs.as_array().map(Vec::len) == Some(2)).then_some(runs))
+    })?;
+    assert!(
+        runs.as_array().unwrap().iter().all(|r| r["state"] == "SUCCEEDED"),
+        "{runs}"
+    );
+    Ok(())
+}
