@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::pipeline;
 
-struct Deployment {
+pub(crate) struct Deployment {
     project: String,
     image: String,
     compose: PathBuf,
@@ -38,7 +38,7 @@ fn free_port() -> Result<u16> {
 }
 
 impl Deployment {
-    fn up() -> Result<Deployment> {
+    pub(crate) fn up() -> Result<Deployment> {
         toolbox_image()?;
         let bin = bin_dir()?;
         let root = workspace_root();
@@ -86,7 +86,7 @@ impl Deployment {
         Ok(deployment)
     }
 
-    fn compose(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn compose(&self, args: &[&str]) -> Result<String> {
         let mut command = Command::new("docker-compose");
         command
             .args(["-p", &self.project, "-f"])
@@ -96,7 +96,7 @@ impl Deployment {
         run(&mut command)
     }
 
-    fn json(&self, node: usize, args: &[&str]) -> Result<Value> {
+    pub(crate) fn json(&self, node: usize, args: &[&str]) -> Result<Value> {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
         let out = run(Command::new(bin_dir()?.join("goferctl"))
@@ -111,7 +111,33 @@ impl Deployment {
             .args(args))
     }
 
-    fn leader(&self, asked: usize, among: &[u64]) -> Result<(u64, String)> {
+    /// goferctl on `node`, whatever its exit status.
+    pub(crate) fn ctl_output(&self, node: usize, args: &[&str]) -> Result<std::process::Output> {
+        // Given up after 10 s: a paused node accepts connections and never answers.
+        Ok(Command::new("timeout")
+            .arg("10")
+            .arg(bin_dir()?.join("goferctl"))
+            .env("GOFER_CONFIG", &self.configs[node - 1])
+            .args(args)
+            .output()?)
+    }
+
+    /// The container of node `n`.
+    pub(crate) fn container(&self, n: u64) -> Result<String> {
+        Ok(self.compose(&["ps", "-q", &format!("node{n}")])?.trim().to_string())
+    }
+
+    /// The deployment's private network.
+    pub(crate) fn network_name(&self) -> String {
+        format!("{}_gofer", self.project)
+    }
+
+    /// `docker network ARGS`.
+    pub(crate) fn network(&self, args: &[&str]) -> Result<String> {
+        run(Command::new("docker").arg("network").args(args))
+    }
+
+    pub(crate) fn leader(&self, asked: usize, among: &[u64]) -> Result<(u64, String)> {
         wait_until("a leader", Duration::from_secs(90), || {
             let status = self.json(asked, &["cluster", "status"])?;
             let leader = status["leader_id"].as_u64().unwrap_or(0);

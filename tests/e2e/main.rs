@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod certs;
+mod chaos;
 mod cluster;
 mod deploy;
 mod extensions;
