@@ -241,10 +241,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .await
                 .map_err(client::status)?;
             let ns = response.into_inner().namespace.unwrap_or_default();
-            match format {
-                Format::Json => print_json(&output::namespace(&ns)),
-                Format::Table => say!("namespace {} created", ns.id),
-            }
+            output::emit(
+                format,
+                || print_json(&output::namespace(&ns)),
+                || say!("namespace {} created", ns.id),
+            );
         }
         Command::Namespace(NamespaceCommand::List) => {
             let list = api
@@ -345,10 +346,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .run
                 .unwrap_or_default();
             if !wait {
-                match format {
-                    Format::Json => print_json(&output::run(&run)),
-                    Format::Table => say!("{}", run.id),
-                }
+                output::emit(format, || print_json(&output::run(&run)), || say!("{}", run.id));
                 return Ok(ExitCode::SUCCESS);
             }
             if format == Format::Table {
@@ -387,10 +385,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .into_inner()
                 .run
                 .unwrap_or_default();
-            match format {
-                Format::Json => print_json(&output::run(&run)),
-                Format::Table => output::runs_table(std::slice::from_ref(&run)),
-            }
+            output::emit(
+                format,
+                || print_json(&output::run(&run)),
+                || output::runs_table(std::slice::from_ref(&run)),
+            );
         }
         Command::Run(RunCommand::List { pipeline }) => {
             let request = v1::ListRunsRequest {
@@ -398,10 +397,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 pipeline_id: pipeline,
             };
             let runs = api.list_runs(request).await.map_err(client::status)?.into_inner().runs;
-            match format {
-                Format::Json => print_json(&serde_json::Value::Array(runs.iter().map(output::run).collect())),
-                Format::Table => output::runs_table(&runs),
-            }
+            output::emit(
+                format,
+                || print_json(&serde_json::Value::Array(runs.iter().map(output::run).collect())),
+                || output::runs_table(&runs),
+            );
         }
         Command::Run(RunCommand::Cancel { pipeline, run }) => {
             let request = v1::CancelRunRequest {
@@ -438,10 +438,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(client::status)?
                 .into_inner()
                 .task_executions;
-            match format {
-                Format::Json => print_json(&serde_json::Value::Array(tasks.iter().map(output::task).collect())),
-                Format::Table => output::tasks_table(&tasks),
-            }
+            output::emit(
+                format,
+                || print_json(&serde_json::Value::Array(tasks.iter().map(output::task).collect())),
+                || output::tasks_table(&tasks),
+            );
         }
         Command::Extension(ExtensionCommand::List) => {
             let list = api
@@ -462,10 +463,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .await
                 .map_err(client::status)?;
             let extension = response.into_inner().extension.unwrap_or_default();
-            match format {
-                Format::Json => print_json(&output::extension(&extension)),
-                Format::Table => output::describe_extension(&extension),
-            }
+            output::emit(
+                format,
+                || print_json(&output::extension(&extension)),
+                || output::describe_extension(&extension),
+            );
         }
         Command::Extension(ExtensionCommand::Install { name, image, settings }) => {
             let request = v1::InstallExtensionRequest {
@@ -475,19 +477,21 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             };
             let response = api.install_extension(request).await.map_err(client::status)?;
             let extension = response.into_inner().extension.unwrap_or_default();
-            match format {
-                Format::Json => print_json(&output::extension(&extension)),
-                Format::Table => say!("extension {} installed from {}", extension.name, extension.image),
-            }
+            output::emit(
+                format,
+                || print_json(&output::extension(&extension)),
+                || say!("extension {} installed from {}", extension.name, extension.image),
+            );
         }
         Command::Extension(ExtensionCommand::Uninstall { name }) => {
             api.uninstall_extension(v1::UninstallExtensionRequest { name: name.clone() })
                 .await
                 .map_err(client::status)?;
-            match format {
-                Format::Json => print_json(&serde_json::json!({ "name": name, "uninstalled": true })),
-                Format::Table => say!("extension {name} uninstalled"),
-            }
+            output::emit(
+                format,
+                || print_json(&serde_json::json!({ "name": name, "uninstalled": true })),
+                || say!("extension {name} uninstalled"),
+            );
         }
         Command::Subscription(SubscriptionCommand::Create {
             pipeline,
@@ -544,10 +548,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             };
             let response = api.get_subscription(request).await.map_err(client::status)?;
             let subscription = response.into_inner().subscription.unwrap_or_default();
-            match format {
-                Format::Json => print_json(&output::subscription(&subscription)),
-                Format::Table => output::describe_subscription(&subscription),
-            }
+            output::emit(
+                format,
+                || print_json(&output::subscription(&subscription)),
+                || output::describe_subscription(&subscription),
+            );
         }
         Command::Subscription(SubscriptionCommand::Delete { pipeline, label }) => {
             let request = v1::DeleteSubscriptionRequest {
@@ -569,10 +574,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .await
                 .map_err(client::status)?
                 .into_inner();
-            match format {
-                Format::Json => print_json(&output::cluster_status(&status)),
-                Format::Table => output::describe_cluster(&status),
-            }
+            output::emit(
+                format,
+                || print_json(&output::cluster_status(&status)),
+                || output::describe_cluster(&status),
+            );
         }
         Command::Cluster(ClusterCommand::Add { node_id, address }) => {
             let request = v1::AddClusterNodeRequest {
@@ -591,10 +597,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             api.remove_cluster_node(v1::RemoveClusterNodeRequest { node_id })
                 .await
                 .map_err(client::status)?;
-            match format {
-                Format::Json => print_json(&serde_json::json!({ "node_id": node_id, "removed": true })),
-                Format::Table => say!("node {node_id} removed"),
-            }
+            output::emit(
+                format,
+                || print_json(&serde_json::json!({ "node_id": node_id, "removed": true })),
+                || say!("node {node_id} removed"),
+            );
         }
         Command::Task(TaskCommand::Logs {
             pipeline,

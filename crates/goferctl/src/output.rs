@@ -19,6 +19,14 @@ pub fn stdout_failed(err: std::io::Error) -> ! {
     std::process::exit(1);
 }
 
+/// Prints one result: `json` for `-o json`, `table` for people.
+pub fn emit(format: Format, json: impl FnOnce(), table: impl FnOnce()) {
+    match format {
+        Format::Json => json(),
+        Format::Table => table(),
+    }
+}
+
 pub fn print_json(value: &Value) {
     say!(
         "{}",
