@@ -134,6 +134,10 @@ impl Executor {
 
     async fn handle(self: &Arc<Self>, kind: dispatch_response::Kind) {
         match kind {
+            dispatch_response::Kind::Welcome(welcome) if welcome.cluster_id.is_empty() => {
+                // Without a cluster id, "ours" would match every cluster's containers on this host.
+                tracing::warn!("the scheduler welcomed this executor without a cluster id; ignoring it");
+            }
             dispatch_response::Kind::Welcome(welcome) => {
                 *self.cluster.lock().expect("cluster lock") = welcome.cluster_id.clone();
                 let live: std::collections::HashSet<String> = welcome.live_attempts.iter().map(key_string).collect();

@@ -72,6 +72,13 @@ impl DispatchService for DispatchHandler {
                 .collect();
             (s.cluster_id.clone(), live)
         });
+        // Containers are owned by (cluster, executor): until the cluster has its id, a welcome would let
+        // the executor label, adopt or clean up containers of another cluster on the same Docker host.
+        if cluster_id.is_empty() {
+            return Err(Status::unavailable(
+                "the cluster is not initialized yet; try again shortly",
+            ));
+        }
         // The welcome goes first, before the scheduler can queue any Start on this stream.
         let welcome = v1::Welcome {
             cluster_id,
