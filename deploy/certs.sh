@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Makes deploy/certs (or $1): the cluster CA, an admin token, and a certificate per node good for its compose name,
-# localhost and 127.0.0.1. Run once; it never overwrites.
+# Makes deploy/certs (or $1): the cluster CA, an admin token, and a certificate per process (the three state
+# nodes, the api, both schedulers, the extension host and the executor) good for its compose name, localhost
+# and 127.0.0.1. Run once; it never overwrites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 goferd=${GOFERD:-target/release/goferd}
 dir=${1:-deploy/certs}
 "$goferd" certs init --dir "$dir"
-for n in 1 2 3; do
-  "$goferd" certs issue "node$n" --dir "$dir" --san "node$n" --san localhost --san 127.0.0.1
+for name in node1 node2 node3 api scheduler-a scheduler-b extension-host executor; do
+  "$goferd" certs issue "$name" --dir "$dir" --san "$name" --san localhost --san 127.0.0.1
 done
 # The containers run as root but the files are read through a bind mount: keep them readable.
 chmod 0644 "$dir"/*.key "$dir"/admin.token
@@ -15,4 +16,6 @@ for n in 1 2 3; do
   printf 'host = "https://127.0.0.1:74%s3"\ntoken = "%s"\nca_cert = "%s"\nnamespace = "default"\n' \
     "$n" "$(cat "$dir/admin.token")" "$(cd "$dir" && pwd)/ca.pem" > "$dir/goferctl-node$n.toml"
 done
+printf 'host = "https://127.0.0.1:7403"\ntoken = "%s"\nca_cert = "%s"\nnamespace = "default"\n' \
+  "$(cat "$dir/admin.token")" "$(cd "$dir" && pwd)/ca.pem" > "$dir/goferctl-api.toml"
 echo "certificates and goferctl configs in $dir"

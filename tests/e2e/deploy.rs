@@ -1,7 +1,9 @@
-//! The Compose deployment (`deploy/`): three `goferd server` containers on a private network, from an image
-//! built locally the way `deploy/build-image.sh` does, with certificates from `deploy/certs.sh`. A pipeline
-//! registered on one node runs when started on another; after the leader's container stops, another node
-//! leads and runs go on; a node whose data volume was wiped catches up when it comes back.
+//! The Compose deployment (`deploy/`): three state nodes, and an api, two schedulers, the extension host and
+//! an executor each in its own container, on a private network, from an image built locally the way
+//! `deploy/build-image.sh` does, with certificates from `deploy/certs.sh`. A pipeline registered through the
+//! api runs when started on a state node; after the leader's container stops, another node leads and runs
+//! go on; after the active scheduler is killed, the standby takes the lease in the next epoch and runs go
+//! on; a node whose data volume was wiped catches up when it comes back.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +14,9 @@ use gofer_testkit::{bin_dir, toolbox_image, wait_until, workspace_root};
 use serde_json::Value;
 
 use crate::pipeline;
+
+/// goferctl's target for the api container; 1 to 3 are the state nodes, which serve the API too.
+pub(crate) const API: usize = 4;
 
 pub(crate) struct Deployment {
     project: String,
@@ -58,13 +63,18 @@ impl Deployment {
         let mut env = vec![
             ("GOFER_IMAGE".to_string(), image.clone()),
             ("GOFER_CERTS".to_string(), certs.display().to_string()),
+            ("GOFER_WEBHOOK_PORT".to_string(), free_port()?.to_string()),
         ];
         let mut configs = Vec::new();
-        for n in 1..=3 {
+        for n in 1..=API {
             let api = free_port()?;
-            env.push((format!("GOFER_NODE{n}_API_PORT"), api.to_string()));
-            env.push((format!("GOFER_NODE{n}_WEBHOOK_PORT"), free_port()?.to_string()));
-            let config = dir.path().join(format!("node{n}.toml"));
+            let variable = if n == API {
+                "GOFER_API_PORT".to_string()
+            } else {
+                format!("GOFER_NODE{n}_API_PORT")
+            };
+            env.push((variable, api.to_string()));
+            let config = dir.path().join(format!("client{n}.toml"));
             std::fs::write(
                 &config,
                 format!(
@@ -105,8 +115,11 @@ impl Deployment {
         Ok(serde_json::from_str(&out)?)
     }
 
+    /// goferctl on `node`, given up after two minutes (a `--wait` that never ends fails the test).
     fn ctl(&self, node: usize, args: &[&str]) -> Result<String> {
-        run(Command::new(bin_dir()?.join("goferctl"))
+        run(Command::new("timeout")
+            .arg("120")
+            .arg(bin_dir()?.join("goferctl"))
             .env("GOFER_CONFIG", &self.configs[node - 1])
             .args(args))
     }
@@ -125,6 +138,31 @@ impl Deployment {
     /// The container of node `n`.
     pub(crate) fn container(&self, n: u64) -> Result<String> {
         Ok(self.compose(&["ps", "-q", &format!("node{n}")])?.trim().to_string())
+    }
+
+    /// The scheduler lease as the api sees it, once a scheduler holds it: (container name, epoch).
+    pub(crate) fn scheduler_lease(&self, not_in: &[u64]) -> Result<(String, u64)> {
+        wait_until("a scheduler to hold the lease", Duration::from_secs(60), || {
+            let status = self.json(API, &["cluster", "status"])?;
+            let lease = status["leases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["role"] == "scheduler")
+                .cloned();
+            Ok(lease.and_then(|l| {
+                let holder = l["holder"].as_str()?;
+                let epoch = l["epoch"].as_u64()?;
+                let expires = l["expires_unix_millis"].as_i64()?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?;
+                let live = expires > now.as_millis() as i64;
+                // The holder is NAME/SUFFIX, and NAME is its compose service.
+                let name = holder.split('/').next()?.to_string();
+                (live && !not_in.contains(&epoch)).then_some((name, epoch))
+            }))
+        })
     }
 
     /// The deployment's private network.
@@ -188,12 +226,41 @@ fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_
         &json_path,
         pipeline("composed", &[("a", "echo hello from compose", &[])]),
     )?;
-    deployment.ctl(1, &["pipeline", "register", json_path.to_str().context("utf-8")?])?;
+    deployment.ctl(API, &["pipeline", "register", json_path.to_str().context("utf-8")?])?;
     assert_eq!(deployment.ctl(3, &["run", "start", "composed", "--wait"])?.trim(), "1");
     assert_eq!(
         deployment.ctl(2, &["task", "logs", "composed", "1", "a"])?,
         "hello from compose\n"
     );
+    assert_eq!(
+        deployment.ctl(API, &["task", "logs", "composed", "1", "a"])?,
+        "hello from compose\n"
+    );
+    // The executor container ran it, for the scheduler that holds the lease.
+    let (active, epoch) = deployment.scheduler_lease(&[])?;
+    let tasks = deployment.json(API, &["task", "list", "composed", "1"])?;
+    let task = &tasks[0];
+    assert_eq!(task["executor"], "executor", "{task}");
+    assert_eq!(task["scheduler_epoch"].as_u64(), Some(epoch), "{task}");
+    assert!(
+        task["scheduler"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("{active}/"))),
+        "{task}"
+    );
+
+    // Kill the active scheduler: the standby takes the lease in the next epoch and runs go on.
+    deployment.compose(&["kill", &active])?;
+    let (standby, next_epoch) = deployment.scheduler_lease(&[epoch])?;
+    assert_ne!(standby, active);
+    assert!(next_epoch > epoch);
+    assert_eq!(
+        deployment.ctl(API, &["run", "start", "composed", "--wait"])?.trim(),
+        "2"
+    );
+    let tasks = deployment.json(API, &["task", "list", "composed", "2"])?;
+    assert_eq!(tasks[0]["scheduler_epoch"].as_u64(), Some(next_epoch), "{tasks}");
+    deployment.compose(&["start", &active])?;
 
     deployment.compose(&["stop", &format!("node{leader}")])?;
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != leader).collect();
@@ -203,7 +270,7 @@ fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_
         deployment
             .ctl(others[1] as usize, &["run", "start", "composed", "--wait"])?
             .trim(),
-        "2"
+        "3"
     );
     deployment.compose(&["start", &format!("node{leader}")])?;
 
@@ -215,7 +282,7 @@ fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_
     deployment.compose(&["up", "-d", &format!("node{follower}")])?;
     let runs = wait_until("the replaced node to catch up", Duration::from_secs(90), || {
         let runs = deployment.json(follower as usize, &["run", "list", "composed"])?;
-        Ok((runs.as_array().map(Vec::len) == Some(2)).then_some(runs))
+        Ok((runs.as_array().map(Vec::len) == Some(3)).then_some(runs))
     })?;
     assert!(
         runs.as_array().unwrap().iter().all(|r| r["state"] == "SUCCEEDED"),

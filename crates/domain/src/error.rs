@@ -39,6 +39,17 @@ impl Error {
         }
     }
 
+    /// A refusal of a command whose issuer does not hold the lease it was fenced with.
+    pub fn fenced(reason: impl std::fmt::Display) -> Self {
+        Error::FailedPrecondition(format!("fenced: {reason}"))
+    }
+
+    /// Whether this is a [`Error::fenced`] refusal: the command was not applied because its issuer lost
+    /// its lease, not because of what it asked.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Error::FailedPrecondition(reason) if reason.starts_with("fenced: "))
+    }
+
     /// The kind of refusal this is.
     pub fn kind(&self) -> ErrorKind {
         match self {

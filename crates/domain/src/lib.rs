@@ -7,6 +7,7 @@
 
 mod error;
 mod ids;
+pub mod lease;
 mod pipeline;
 mod plan;
 pub mod schedule;

@@ -91,6 +91,8 @@ mod tests {
                     attempt: *attempt,
                     executor: "e".into(),
                     node: 1,
+                    scheduler: String::new(),
+                    epoch: 0,
                     at: 3,
                 })
                 .unwrap();
@@ -113,6 +115,7 @@ mod tests {
                 target,
                 attempt,
                 outcome: AttemptOutcome::Exited(0),
+                log_node: 0,
                 at: 4,
             })
             .unwrap();
@@ -138,6 +141,7 @@ mod tests {
                 target,
                 attempt,
                 outcome: AttemptOutcome::Exited(0),
+                log_node: 0,
                 at: 4,
             })
             .unwrap();

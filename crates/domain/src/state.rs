@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lease::{Lease, Leases, Role};
 use crate::triggers::{ExtensionRecord, Fire, FireOutcome, Registration, Subscription, Trigger};
 use crate::{Condition, Error, PipelineConfig, validate_id};
 
@@ -99,6 +100,11 @@ pub struct Assignment {
     pub executor: String,
     /// Set once the executor reported the attempt's container running.
     pub started: bool,
+    /// The scheduler that assigned it and the epoch of its lease; empty and 0 before leases existed.
+    #[serde(default)]
+    pub scheduler: String,
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// One task inside one run.
@@ -116,6 +122,14 @@ pub struct TaskExecution {
     /// The state node whose scheduler dispatched the current attempt, and so keeps its logs; 0 if none.
     #[serde(default)]
     pub log_node: u64,
+    /// Who ran the current attempt, and which scheduler assigned it in which lease epoch; kept after it
+    /// ends.
+    #[serde(default)]
+    pub executor: String,
+    #[serde(default)]
+    pub scheduler: String,
+    #[serde(default)]
+    pub scheduler_epoch: u64,
 }
 
 /// One execution of a pipeline version.
@@ -172,6 +186,9 @@ impl PipelineRecord {
                 started_at: 0,
                 ended_at: 0,
                 log_node: 0,
+                executor: String::new(),
+                scheduler: String::new(),
+                scheduler_epoch: 0,
             })
             .collect();
         let run = Run {
@@ -300,6 +317,11 @@ pub enum Command {
         /// The state node whose scheduler assigns it (it receives the attempt's logs).
         #[serde(default)]
         node: u64,
+        /// The assigning scheduler and its lease epoch; a fenced assignment must carry the fence's.
+        #[serde(default)]
+        scheduler: String,
+        #[serde(default)]
+        epoch: u64,
         at: i64,
     },
     /// The executor started the attempt's container.
@@ -313,6 +335,9 @@ pub enum Command {
         target: AttemptRef,
         attempt: u32,
         outcome: AttemptOutcome,
+        /// The state node its logs were stored on, when not the one named at assignment; 0 if that one.
+        #[serde(default)]
+        log_node: u64,
         at: i64,
     },
     /// Installs an extension that the extension host runs as a container.
@@ -363,6 +388,28 @@ pub enum Command {
         reason: String,
         at: i64,
     },
+    /// Takes or renews the lease on `role` for `holder` (see [`crate::lease`]).
+    AcquireLease {
+        role: Role,
+        holder: String,
+        ttl_millis: u64,
+        at: i64,
+    },
+    /// Ends `holder`'s lease early, so a standby takes over without waiting for it to expire.
+    ReleaseLease {
+        role: Role,
+        holder: String,
+        epoch: u64,
+        at: i64,
+    },
+    /// A command issued by the holder of `role` in `epoch`: refused, changing nothing, once the epoch has
+    /// moved on.
+    Fenced {
+        role: Role,
+        holder: String,
+        epoch: u64,
+        command: Box<Command>,
+    },
 }
 
 /// What an applied command produced, beyond the change itself.
@@ -375,6 +422,8 @@ pub enum Applied {
     Run(u64),
     /// What each fire of a Fire command did, in order: its outcome, and whether its key was seen before.
     Fired(Vec<Result<(FireOutcome, bool), Error>>),
+    /// The lease an AcquireLease granted or renewed.
+    Lease(Lease),
 }
 
 /// Whether a PENDING task execution may start.
@@ -397,6 +446,9 @@ pub struct State {
     /// Installed extensions, by name.
     #[serde(default)]
     pub extensions: BTreeMap<String, ExtensionRecord>,
+    /// Who plays the one-at-a-time roles.
+    #[serde(default)]
+    pub leases: Leases,
 }
 
 impl State {
@@ -472,6 +524,8 @@ impl State {
                 attempt,
                 executor,
                 node,
+                scheduler,
+                epoch,
                 at,
             } => {
                 let (run, config) = self.run_mut(target)?;
@@ -494,9 +548,14 @@ impl State {
                 }
                 task.attempt = *attempt;
                 task.log_node = *node;
+                task.executor = executor.clone();
+                task.scheduler = scheduler.clone();
+                task.scheduler_epoch = *epoch;
                 task.assignment = Some(Assignment {
                     executor: executor.clone(),
                     started: false,
+                    scheduler: scheduler.clone(),
+                    epoch: *epoch,
                 });
                 if run.state == RunState::Pending {
                     run.state = RunState::Running;
@@ -522,6 +581,7 @@ impl State {
                 target,
                 attempt,
                 outcome,
+                log_node,
                 at,
             } => {
                 let (run, config) = self.run_mut(target)?;
@@ -533,6 +593,9 @@ impl State {
                     return Err(stale_attempt(target, *attempt));
                 }
                 task.assignment = None;
+                if *log_node != 0 {
+                    task.log_node = *log_node;
+                }
                 if task.started_at == 0 {
                     task.started_at = *at;
                 }
@@ -610,6 +673,57 @@ impl State {
             } => self
                 .skip_fires((namespace, pipeline, label), *count, *last_scheduled_at, reason, *at)
                 .map(|()| Applied::Done),
+            Command::AcquireLease {
+                role,
+                holder,
+                ttl_millis,
+                at,
+            } => self.leases.acquire(*role, holder, *ttl_millis, *at).map(Applied::Lease),
+            Command::ReleaseLease {
+                role,
+                holder,
+                epoch,
+                at,
+            } => {
+                self.leases.release(*role, holder, *epoch, *at);
+                Ok(Applied::Done)
+            }
+            Command::Fenced {
+                role,
+                holder,
+                epoch,
+                command,
+            } => {
+                self.leases.check(*role, holder, *epoch)?;
+                match command.as_ref() {
+                    Command::Fenced { .. } | Command::AcquireLease { .. } | Command::ReleaseLease { .. } => {
+                        return Err(Error::invalid("command", "a lease command cannot be fenced"));
+                    }
+                    Command::AssignAttempt {
+                        scheduler: by,
+                        epoch: in_epoch,
+                        ..
+                    } if by != holder || in_epoch != epoch => {
+                        return Err(Error::invalid(
+                            "command.scheduler",
+                            "a fenced assignment must name the fence's holder and epoch",
+                        ));
+                    }
+                    _ => {}
+                }
+                let applied = self.apply(command)?;
+                self.leases.count(*role);
+                Ok(applied)
+            }
+        }
+    }
+
+    /// Checks that attempt `attempt` of `target` has been assigned, so that its log may be stored.
+    pub fn check_attempt_exists(&self, target: &AttemptRef, attempt: u32) -> Result<(), Error> {
+        let (run, _) = self.run(&target.namespace, &target.pipeline, target.run)?;
+        match run.task(&target.task) {
+            Some(task) if attempt >= 1 && attempt <= task.attempt => Ok(()),
+            _ => Err(Error::NotFound(format!("attempt {attempt} of task {:?}", target.task))),
         }
     }
 

@@ -330,6 +330,7 @@ pub fn task(t: &v1::TaskExecution) -> Value {
         "namespace_id": t.namespace_id, "pipeline_id": t.pipeline_id, "run_id": t.run_id, "task_id": t.task_id,
         "state": gofer_proto::task_state_name(t.state), "state_reason": t.state_reason, "attempt": t.attempt,
         "exit_code": t.exit_code, "started_unix_millis": t.started_unix_millis, "ended_unix_millis": t.ended_unix_millis,
+        "executor": t.executor, "scheduler": t.scheduler, "scheduler_epoch": t.scheduler_epoch,
     })
 }
 
@@ -432,9 +433,19 @@ pub fn cluster_status(s: &v1::GetClusterStatusResponse) -> Value {
         .iter()
         .map(|n| json!({ "id": n.id, "address": n.address, "role": n.role, "matched_index": n.matched_index }))
         .collect();
+    let leases: Vec<Value> = s
+        .leases
+        .iter()
+        .map(|l| {
+            json!({
+                "role": l.role, "holder": l.holder, "epoch": l.epoch,
+                "expires_unix_millis": l.expires_unix_millis, "commands": l.commands,
+            })
+        })
+        .collect();
     json!({
         "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term, "last_log_index": s.last_log_index,
-        "applied_index": s.applied_index, "nodes": nodes, "cluster_id": s.cluster_id,
+        "applied_index": s.applied_index, "nodes": nodes, "cluster_id": s.cluster_id, "leases": leases,
     })
 }
 
@@ -474,6 +485,23 @@ pub fn describe_cluster(s: &v1::GetClusterStatusResponse) {
             })
             .collect(),
     );
+    if !s.leases.is_empty() {
+        say!();
+        print_table(
+            &["ROLE", "HOLDER", "EPOCH", "COMMANDS"],
+            s.leases
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.role.clone(),
+                        l.holder.clone(),
+                        l.epoch.to_string(),
+                        l.commands.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use gofer_api::{Principal, TokenAuth, hash_token};
-use gofer_state::{Faults, LogStore, MemberOptions, PeerNetwork, StateNode};
+use gofer_state::{Faults, LogStore, MemberOptions, PeerNetwork, RemoteState, StateNode};
+
+use crate::node::{Roles, StateSetup};
 use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -52,6 +54,20 @@ pub struct ServerArgs {
     /// The members of a new cluster, as ID=https://HOST:PORT pairs separated by commas
     #[arg(long, value_delimiter = ',')]
     bootstrap: Vec<String>,
+    /// The roles this process plays, separated by commas: state, api, scheduler, extension-host,
+    /// executor [default: all of them]
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// Names this process (its executor id and lease holder) [default: node<NODE_ID>]
+    #[arg(long)]
+    name: Option<String>,
+    /// Without the state role: the state nodes' raft addresses (https://HOST:PORT), separated by commas
+    #[arg(long, value_delimiter = ',')]
+    state_nodes: Vec<String>,
+    /// For an executor without a scheduler beside it: the schedulers' API addresses (https://HOST:PORT),
+    /// separated by commas
+    #[arg(long, value_delimiter = ',')]
+    schedulers: Vec<String>,
 }
 
 /// The config file.
@@ -69,6 +85,46 @@ struct ServerConfig {
     admin_token_file: Option<PathBuf>,
     /// Node id (as a string key) → raft address.
     bootstrap: Option<BTreeMap<String, String>>,
+    roles: Option<Vec<String>>,
+    name: Option<String>,
+    state_nodes: Option<Vec<String>>,
+    schedulers: Option<Vec<String>>,
+}
+
+/// Parses `--roles`: the state flag and the other roles.
+fn parse_roles(names: &[String]) -> anyhow::Result<(bool, Roles)> {
+    if names.is_empty() {
+        return Ok((true, Roles::ALL));
+    }
+    let mut state = false;
+    let mut roles = Roles {
+        api: false,
+        scheduler: false,
+        extension_host: false,
+        executor: false,
+    };
+    for name in names {
+        match name.trim() {
+            "state" => state = true,
+            "api" => roles.api = true,
+            "scheduler" => roles.scheduler = true,
+            "extension-host" => roles.extension_host = true,
+            "executor" => roles.executor = true,
+            other => {
+                bail!("roles: unknown role {other:?} (the roles are state, api, scheduler, extension-host, executor)")
+            }
+        }
+    }
+    Ok((state, roles))
+}
+
+fn check_addresses(field: &str, addresses: &[String]) -> anyhow::Result<()> {
+    for address in addresses {
+        if !address.starts_with("https://") || address.len() <= "https://".len() {
+            bail!("{field}: addresses are https://host:port, got {address:?}");
+        }
+    }
+    Ok(())
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<String> {
@@ -90,29 +146,33 @@ fn parse_members(pairs: impl IntoIterator<Item = (String, String)>) -> anyhow::R
     Ok(members)
 }
 
-/// Runs one cluster node until SIGINT or SIGTERM.
+/// Runs one cluster process until SIGINT or SIGTERM.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => toml::from_str::<ServerConfig>(&read(path, "config file")?)
             .with_context(|| format!("config file {}", path.display()))?,
         None => ServerConfig::default(),
     };
-    let node_id = args
-        .node_id
-        .or(file.node_id)
-        .context("node_id is required (--node-id or the config file)")?;
-    if node_id == 0 {
-        bail!("node_id must be at least 1");
+    let role_names = if args.roles.is_empty() {
+        file.roles.unwrap_or_default()
+    } else {
+        args.roles
+    };
+    let (state_role, roles) = parse_roles(&role_names)?;
+    if !state_role && !roles.serves_or_executes() {
+        bail!("roles: name at least one role");
     }
-    let data_dir = args.data_dir.or(file.data_dir).context("data_dir is required")?;
+    let node_id = args.node_id.or(file.node_id);
+    let name = match (args.name.or(file.name), node_id) {
+        (Some(name), _) => name,
+        (None, Some(id)) => format!("node{id}"),
+        (None, None) => bail!("name is required when the process has no node_id (--name or the config file)"),
+    };
+    gofer_domain::validate_id("name", &name)?;
     let api_listen = args
         .api_listen
         .or(file.api_listen)
         .unwrap_or_else(|| "127.0.0.1:7443".into());
-    let raft_listen = args
-        .raft_listen
-        .or(file.raft_listen)
-        .unwrap_or_else(|| "127.0.0.1:7444".into());
     let webhook_listen = args
         .webhook_listen
         .or(file.webhook_listen)
@@ -124,28 +184,29 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let cert = args
         .cert
         .or(file.cert)
-        .context("cert is required (this node's certificate)")?;
+        .context("cert is required (this process's certificate)")?;
     let key = args
         .key
         .or(file.key)
-        .context("key is required (this node's private key)")?;
+        .context("key is required (this process's private key)")?;
     let token_file = args
         .admin_token_file
         .or(file.admin_token_file)
         .context("admin_token_file is required")?;
-    let bootstrap = if !args.bootstrap.is_empty() {
-        let pairs = args.bootstrap.iter().map(|pair| match pair.split_once('=') {
-            Some((id, address)) => Ok((id.to_string(), address.to_string())),
-            None => bail!("--bootstrap takes ID=https://HOST:PORT pairs, got {pair:?}"),
-        });
-        Some(parse_members(pairs.collect::<anyhow::Result<Vec<_>>>()?)?)
+    let state_nodes = if args.state_nodes.is_empty() {
+        file.state_nodes.unwrap_or_default()
     } else {
-        file.bootstrap.map(parse_members).transpose()?
+        args.state_nodes
     };
-    if let Some(members) = &bootstrap
-        && !members.contains_key(&node_id)
-    {
-        bail!("bootstrap members must include this node ({node_id})");
+    check_addresses("state_nodes", &state_nodes)?;
+    let schedulers = if args.schedulers.is_empty() {
+        file.schedulers.unwrap_or_default()
+    } else {
+        args.schedulers
+    };
+    check_addresses("schedulers", &schedulers)?;
+    if roles.executor && !roles.scheduler && schedulers.is_empty() {
+        bail!("schedulers is required for an executor without the scheduler role beside it");
     }
 
     let ca_pem = read(&ca, "CA certificate")?;
@@ -157,54 +218,127 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             token_file.display()
         );
     }
-    let docker = gofer_executor::DockerBackend::connect()
-        .await
-        .context("goferd runs tasks in Docker")?;
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-
-    let raft_listener = tokio::net::TcpListener::bind(&raft_listen)
-        .await
-        .with_context(|| format!("binding the raft port {raft_listen}"))?;
+    let docker = if roles.executor || roles.extension_host {
+        Some(
+            gofer_executor::DockerBackend::connect()
+                .await
+                .context("the executor and the extension host run containers in Docker")?,
+        )
+    } else {
+        None
+    };
     let peer_tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&ca_pem))
         .identity(Identity::from_pem(&cert_pem, &key_pem));
-    let network = PeerNetwork::new(node_id, Some(peer_tls), Faults::default());
-    let state = StateNode::open_member(&data_dir.join("state"), network, bootstrap, MemberOptions::default())
-        .await
-        .context("opening the state")?;
-    let raft_tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&cert_pem, &key_pem))
-        .client_ca_root(Certificate::from_pem(&ca_pem));
-    let executor_token = crate::dev::random_hex(32)?;
+
+    let state = if state_role {
+        if !state_nodes.is_empty() {
+            bail!("state_nodes is for a process without the state role; this one is a state node");
+        }
+        let node_id = node_id.context("node_id is required for the state role (--node-id or the config file)")?;
+        if node_id == 0 {
+            bail!("node_id must be at least 1");
+        }
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .context("data_dir is required for the state role")?;
+        let raft_listen = args
+            .raft_listen
+            .or(file.raft_listen)
+            .unwrap_or_else(|| "127.0.0.1:7444".into());
+        let bootstrap = if !args.bootstrap.is_empty() {
+            let pairs = args.bootstrap.iter().map(|pair| match pair.split_once('=') {
+                Some((id, address)) => Ok((id.to_string(), address.to_string())),
+                None => bail!("--bootstrap takes ID=https://HOST:PORT pairs, got {pair:?}"),
+            });
+            Some(parse_members(pairs.collect::<anyhow::Result<Vec<_>>>()?)?)
+        } else {
+            file.bootstrap.map(parse_members).transpose()?
+        };
+        if let Some(members) = &bootstrap
+            && !members.contains_key(&node_id)
+        {
+            bail!("bootstrap members must include this node ({node_id})");
+        }
+        std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let raft_listener = tokio::net::TcpListener::bind(&raft_listen)
+            .await
+            .with_context(|| format!("binding the raft port {raft_listen}"))?;
+        let network = PeerNetwork::new(node_id, Some(peer_tls), Faults::default());
+        let node = StateNode::open_member(&data_dir.join("state"), network, bootstrap, MemberOptions::default())
+            .await
+            .context("opening the state")?;
+        let raft_tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&cert_pem, &key_pem))
+            .client_ca_root(Certificate::from_pem(&ca_pem));
+        println!("  raft:     https://{raft_listen}");
+        StateSetup::Local {
+            node,
+            logs: LogStore::new(data_dir.join("logs")),
+            raft: Some((raft_listener, raft_tls)),
+        }
+    } else {
+        if state_nodes.is_empty() {
+            bail!("state_nodes is required without the state role: the raft addresses of the state nodes");
+        }
+        let network = PeerNetwork::new(0, Some(peer_tls), Faults::default());
+        let remote = RemoteState::connect(network, state_nodes, std::time::Duration::from_secs(60))
+            .await
+            .context("following the state nodes")?;
+        StateSetup::Remote(remote)
+    };
+    // Schedulers accept their executors with a token: the in-process executor's is minted per start; an
+    // executor elsewhere presents the admin token.
+    let executor_token = if schedulers.is_empty() {
+        crate::dev::random_hex(32)?
+    } else {
+        token.clone()
+    };
     let auth = TokenAuth::new(vec![
         (hash_token(&token), Principal::Admin),
         (hash_token(&executor_token), Principal::Executor),
     ]);
-    let api_listener = tokio::net::TcpListener::bind(&api_listen)
-        .await
-        .with_context(|| format!("binding the API port {api_listen}"))?;
-    let webhook_listener = tokio::net::TcpListener::bind(&webhook_listen)
-        .await
-        .with_context(|| format!("binding the webhook port {webhook_listen}"))?;
+    let api_listener = if roles.serves() {
+        Some(
+            tokio::net::TcpListener::bind(&api_listen)
+                .await
+                .with_context(|| format!("binding the API port {api_listen}"))?,
+        )
+    } else {
+        None
+    };
+    let webhook_listener = if roles.extension_host {
+        Some(
+            tokio::net::TcpListener::bind(&webhook_listen)
+                .await
+                .with_context(|| format!("binding the webhook port {webhook_listen}"))?,
+        )
+    } else {
+        None
+    };
     let node = crate::node::start(crate::node::NodeSetup {
         state,
-        logs: LogStore::new(data_dir.join("logs")),
+        roles,
+        name: name.clone(),
         docker,
         auth,
         identity: Identity::from_pem(&cert_pem, &key_pem),
         ca_pem,
         api_listener,
         webhook_listener,
-        raft: Some((raft_listener, raft_tls)),
-        executor_id: format!("node{node_id}"),
         executor_token,
+        schedulers,
         new_cluster_id: crate::dev::random_hex(8)?,
     })
     .await?;
-    println!("goferd server node {node_id} is up");
-    println!("  api:      {}", node.api_host);
-    println!("  raft:     https://{raft_listen}");
-    println!("  webhooks: http://{}", node.webhook_addr);
+    println!("goferd server {name} is up");
+    if let Some(api_host) = &node.api_host {
+        println!("  api:      {api_host}");
+    }
+    if let Some(webhook_addr) = &node.webhook_addr {
+        println!("  webhooks: http://{webhook_addr}");
+    }
     let _ = std::io::Write::flush(&mut std::io::stdout());
     node.run_until_signalled().await
 }

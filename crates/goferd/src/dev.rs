@@ -177,22 +177,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {} (pass --listen to choose another address)", args.listen))?;
     let addr = api_listener.local_addr()?;
     let node = crate::node::start(crate::node::NodeSetup {
-        state: state.clone(),
-        logs: LogStore::new(data_dir.join("logs")),
-        docker,
+        state: crate::node::StateSetup::Local {
+            node: state.clone(),
+            logs: LogStore::new(data_dir.join("logs")),
+            raft: None,
+        },
+        roles: crate::node::Roles::ALL,
+        name: "local".to_string(),
+        docker: Some(docker),
         auth,
         identity,
         ca_pem,
-        api_listener,
-        webhook_listener,
-        raft: None,
-        executor_id: "local".to_string(),
+        api_listener: Some(api_listener),
+        webhook_listener: Some(webhook_listener),
         executor_token,
+        schedulers: Vec::new(),
         new_cluster_id: random_hex(8)?,
     })
     .await?;
-    let host = node.api_host.clone();
-    let webhook_addr = node.webhook_addr;
+    let host = node.api_host.clone().context("goferd dev serves the API")?;
+    let webhook_addr = node.webhook_addr.context("goferd dev serves webhooks")?;
     if let Some(dir) = client_config.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -6,67 +6,142 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-use gofer_api::{ApiService, TokenAuth};
+use anyhow::{Context, bail};
+use gofer_api::{ApiService, NoTriggers, TokenAuth};
 use gofer_domain::Command;
+use gofer_domain::lease::Role;
 use gofer_executor::DockerBackend;
 use gofer_extension_host::{ExtensionHost, LaunchConfig};
 use gofer_scheduler::{DispatchHandler, Scheduler};
-use gofer_state::{LogStore, StateNode};
+use gofer_state::{LeaseHolder, LogStore, RemoteState, StateHandle, StateNode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 
-/// What a node needs to start its roles.
+/// Which roles besides the state this process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub scheduler: bool,
+    pub extension_host: bool,
+    pub executor: bool,
+}
+
+impl Roles {
+    /// Every role: what `goferd dev` and a default `goferd server` run.
+    pub const ALL: Roles = Roles {
+        api: true,
+        scheduler: true,
+        extension_host: true,
+        executor: true,
+    };
+
+    /// Whether the process serves gRPC on an API port: the api, or a scheduler's dispatch service, or an
+    /// extension host's extension service.
+    pub fn serves(&self) -> bool {
+        self.api || self.scheduler || self.extension_host
+    }
+
+    /// Whether the process plays any role besides the state.
+    pub fn serves_or_executes(&self) -> bool {
+        self.serves() || self.executor
+    }
+}
+
+/// Where the replicated state is.
+pub enum StateSetup {
+    /// A state node in this process, with its task log archive and its Raft port and mutual-TLS config
+    /// (`None` for `goferd dev`'s single node).
+    Local {
+        node: StateNode,
+        logs: LogStore,
+        raft: Option<(TcpListener, ServerTlsConfig)>,
+    },
+    /// State nodes elsewhere, followed over mutual TLS.
+    Remote(RemoteState),
+}
+
+/// What a process needs to start its roles.
 pub struct NodeSetup {
-    pub state: StateNode,
-    pub logs: LogStore,
-    pub docker: DockerBackend,
+    pub state: StateSetup,
+    pub roles: Roles,
+    /// Names this process among its peers: its executor id, and its leases' holder with a suffix drawn
+    /// per start.
+    pub name: String,
+    /// Docker, for the executor and the extension host's containers.
+    pub docker: Option<DockerBackend>,
     pub auth: TokenAuth,
     /// The certificate and key the API port presents.
     pub identity: Identity,
     pub ca_pem: String,
-    pub api_listener: TcpListener,
-    pub webhook_listener: TcpListener,
-    /// The Raft port and its mutual-TLS config; `None` for `goferd dev`'s single node.
-    pub raft: Option<(TcpListener, ServerTlsConfig)>,
-    pub executor_id: String,
+    /// The API port, when the process serves one (see [`Roles`]).
+    pub api_listener: Option<TcpListener>,
+    /// The webhook port, for the extension host.
+    pub webhook_listener: Option<TcpListener>,
+    /// The token the executor presents to the schedulers.
     pub executor_token: String,
-    /// The cluster id to propose if the log has none yet.
+    /// The schedulers the executor may reach (`https://host:port`); empty for this process's API port.
+    pub schedulers: Vec<String>,
+    /// The cluster id a state node proposes if the log has none yet.
     pub new_cluster_id: String,
 }
 
-/// A node whose roles are running.
+/// A process whose roles are running.
 pub struct RunningNode {
-    pub api_host: String,
-    pub webhook_addr: std::net::SocketAddr,
-    state: StateNode,
+    pub api_host: Option<String>,
+    pub webhook_addr: Option<std::net::SocketAddr>,
+    local: Option<StateNode>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Proposes the cluster's first commands (its id, the built-in extensions) until they commit: in a
-/// cluster that has no quorum yet they wait for one. Every node does this; the first `Init` wins.
-async fn initialize(state: StateNode, host: ExtensionHost, cluster_id: String, shutdown: CancellationToken) {
-    loop {
-        let init = async {
-            if state.read(|s| s.cluster_id.is_empty()) {
-                let command = Command::Init {
-                    cluster_id: cluster_id.clone(),
-                    at: gofer_proto::now_millis(),
-                };
-                match state.propose(command).await {
-                    Ok(_) | Err(gofer_state::Error::Rejected(_)) => {}
-                    Err(e) => return Err(e),
-                }
+/// Proposes the cluster's first command, its id, until it commits: in a cluster that has no quorum yet it
+/// waits for one. Every state node does this; the first `Init` wins.
+async fn initialize(state: StateHandle, cluster_id: String, shutdown: CancellationToken) {
+    retry("waiting for a leader to initialize the cluster", &shutdown, || async {
+        if state.read(|s| s.cluster_id.is_empty()) {
+            let command = Command::Init {
+                cluster_id: cluster_id.clone(),
+                at: gofer_proto::now_millis(),
+            };
+            match state.propose(command).await {
+                Ok(_) | Err(gofer_state::Error::Rejected(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Registers the built-in extensions once the cluster is initialized.
+async fn register_builtins(state: StateHandle, host: ExtensionHost, shutdown: CancellationToken) {
+    retry(
+        "waiting for the cluster to register the built-in extensions",
+        &shutdown,
+        || async {
+            if state.read_linearizable(|s| s.cluster_id.is_empty()).await? {
+                return Err(gofer_state::Error::Unavailable(
+                    "the cluster is not initialized yet".into(),
+                ));
             }
             host.register_builtins().await
-        };
-        match init.await {
+        },
+    )
+    .await;
+}
+
+async fn retry<F, Fut>(what: &str, shutdown: &CancellationToken, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), gofer_state::Error>>,
+{
+    loop {
+        match attempt().await {
             Ok(()) => return,
-            Err(err) => tracing::info!(%err, "waiting for a leader to initialize the cluster"),
+            Err(err) => tracing::info!(%err, "{what}"),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -75,110 +150,178 @@ async fn initialize(state: StateNode, host: ExtensionHost, cluster_id: String, s
     }
 }
 
-/// Starts every role of the node.
+/// Starts every role of the process.
 pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
     let NodeSetup {
         state,
-        logs,
+        roles,
+        name,
         docker,
         auth,
         identity,
         ca_pem,
         api_listener,
         webhook_listener,
-        raft,
-        executor_id,
         executor_token,
+        schedulers,
         new_cluster_id,
     } = setup;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let host_role = ExtensionHost::new(state.clone());
-    // Clients on this machine (the executor, extensions, the written client config) dial loopback when the
-    // API listens on every address.
-    let mut api_addr = api_listener.local_addr()?;
-    if api_addr.ip().is_unspecified() {
-        api_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let api_host = format!("https://{api_addr}");
-    let webhook_addr = webhook_listener.local_addr()?;
+    let (handle, local, logs): (StateHandle, _, _) = match state {
+        StateSetup::Local { node, logs, raft } => {
+            let single_node = raft.is_none();
+            if let Some((listener, tls)) = raft {
+                let service = node.raft_service(Some(logs.clone()), shutdown.clone());
+                let raft_shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    let served = Server::builder()
+                        .tls_config(tls)
+                        .context("configuring the raft port's TLS")?
+                        .add_service(service)
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::TcpListenerStream::new(listener),
+                            raft_shutdown.cancelled(),
+                        )
+                        .await;
+                    served.context("serving raft")
+                });
+            }
+            let handle = StateHandle::from(node.clone());
+            // In a single node this commits at once; in a new cluster it waits for a quorum in the background.
+            let init = tracker.spawn(initialize(handle.clone(), new_cluster_id, shutdown.clone()));
+            if single_node {
+                init.await.context("initializing the node")?;
+            }
+            (handle, Some(node), Some(logs))
+        }
+        StateSetup::Remote(remote) => (StateHandle::from(remote), None, None),
+    };
+    // Each start is a new lease holder: a restarted process waits for its old lease to lapse (or finds it
+    // released) rather than acting in an epoch its previous life may still be acting in.
+    let holder = format!("{name}/{}", crate::dev::random_hex(2)?);
 
-    let single_node = raft.is_none();
-    if let Some((listener, tls)) = raft {
-        let service = state.raft_service(Some(logs.clone()));
-        let raft_shutdown = shutdown.clone();
+    let mut api_host = None;
+    let mut webhook_addr = None;
+    let mut server = None;
+    if roles.serves() {
+        let api_listener =
+            api_listener.context("an API port is needed for the api, scheduler and extension-host roles")?;
+        // Clients on this machine (the executor, extensions) dial loopback when the port listens on every
+        // address.
+        let mut addr = api_listener.local_addr()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let host = format!("https://{addr}");
+        let host_role = if roles.extension_host {
+            let lease = LeaseHolder::spawn(handle.clone(), Role::ExtensionHost, holder.clone(), shutdown.clone());
+            let host_role = ExtensionHost::new(handle.clone(), lease);
+            tracker.spawn(register_builtins(handle.clone(), host_role.clone(), shutdown.clone()));
+            tracker.spawn(host_role.clone().run_schedules(shutdown.clone()));
+            let docker = docker.clone().context("the extension host runs extensions in Docker")?;
+            let launch = LaunchConfig {
+                api_host: host.clone(),
+                ca_pem: ca_pem.clone(),
+                auth: auth.clone(),
+                docker,
+            };
+            tracker.spawn(host_role.clone().run_launcher(launch, shutdown.clone()));
+            let webhook_listener = webhook_listener.context("the extension host needs a webhook port")?;
+            webhook_addr = Some(webhook_listener.local_addr()?);
+            let webhook_shutdown = shutdown.clone();
+            let webhooks = host_role.clone();
+            tracker.spawn(async move {
+                if let Err(err) = webhooks.serve_webhooks(webhook_listener, webhook_shutdown).await {
+                    tracing::error!(%err, "the webhook listener stopped");
+                }
+            });
+            Some(host_role)
+        } else {
+            None
+        };
+        let api = roles.api.then(|| {
+            let directory = match &host_role {
+                Some(host_role) => host_role.directory(),
+                None => std::sync::Arc::new(NoTriggers),
+            };
+            ApiService::new(handle.clone(), logs.clone(), directory)
+        });
+        let dispatch = if roles.scheduler {
+            let lease = LeaseHolder::spawn(handle.clone(), Role::Scheduler, holder.clone(), shutdown.clone());
+            let scheduler = Scheduler::new(handle.clone(), lease);
+            tracker.spawn(scheduler.clone().run(shutdown.clone()));
+            Some(DispatchHandler::new(scheduler, logs.clone()))
+        } else {
+            None
+        };
+        let services = crate::server::Services {
+            api,
+            dispatch,
+            extension: host_role.map(|h| h.handler()),
+        };
+        server = Some(tracker.spawn(crate::server::serve(
+            api_listener,
+            identity,
+            auth.clone(),
+            services,
+            shutdown.clone(),
+        )));
+        api_host = Some(host);
+    }
+
+    if roles.executor {
+        let docker = docker.context("the executor runs tasks in Docker")?;
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
+        let channels = if schedulers.is_empty() {
+            let Some(host) = &api_host else {
+                bail!("an executor without a scheduler beside it needs the schedulers' addresses");
+            };
+            // This process's own port: its certificate names localhost.
+            vec![
+                Endpoint::from_shared(host.clone())?
+                    .tls_config(tls.domain_name("localhost"))?
+                    .connect_lazy(),
+            ]
+        } else {
+            schedulers
+                .iter()
+                .map(|address| -> anyhow::Result<_> {
+                    Ok(Endpoint::from_shared(address.clone())
+                        .with_context(|| format!("scheduler address {address:?}"))?
+                        .connect_timeout(Duration::from_secs(2))
+                        .tls_config(tls.clone())?
+                        .connect_lazy())
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+        };
+        let executor_config = gofer_executor::ExecutorConfig {
+            executor_id: name.clone(),
+            token: executor_token,
+        };
+        let executor_shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let served = Server::builder()
-                .tls_config(tls)
-                .context("configuring the raft port's TLS")?
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    raft_shutdown.cancelled(),
-                )
-                .await;
-            served.context("serving raft")
+            if let Err(err) = gofer_executor::run(executor_config, docker, channels, executor_shutdown).await {
+                tracing::error!(%err, "the executor stopped");
+            }
         });
     }
-    // In a single node this commits at once; in a new cluster it waits for a quorum in the background.
-    let init = tracker.spawn(initialize(
-        state.clone(),
-        host_role.clone(),
-        new_cluster_id,
-        shutdown.clone(),
-    ));
-    if single_node {
-        init.await.context("initializing the node")?;
-    }
-
-    let scheduler = Scheduler::new(state.clone());
-    let api = ApiService::new(state.clone(), logs.clone(), host_role.directory());
-    let dispatch = DispatchHandler::new(scheduler.clone(), logs);
-    let server = tracker.spawn(crate::server::serve(
-        api_listener,
-        identity,
-        auth.clone(),
-        api,
-        dispatch,
-        host_role.handler(),
-        shutdown.clone(),
-    ));
-    tracker.spawn(scheduler.run(shutdown.clone()));
-    tracker.spawn(host_role.clone().run_schedules(shutdown.clone()));
-    let launch = LaunchConfig {
-        api_host: api_host.clone(),
-        ca_pem: ca_pem.clone(),
-        auth,
-        docker: docker.clone(),
-    };
-    tracker.spawn(host_role.clone().run_launcher(launch, shutdown.clone()));
-    let webhook_shutdown = shutdown.clone();
-    let webhooks = host_role.clone();
-    tracker.spawn(async move {
-        if let Err(err) = webhooks.serve_webhooks(webhook_listener, webhook_shutdown).await {
-            tracing::error!(%err, "the webhook listener stopped");
+    let server = match server {
+        Some(server) => server,
+        // Nothing is served on an API port: the process runs until it is told to stop.
+        None => {
+            let stop = shutdown.clone();
+            tracker.spawn(async move {
+                stop.cancelled().await;
+                Ok(())
+            })
         }
-    });
-
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&ca_pem))
-        .domain_name("localhost");
-    let channel = Endpoint::from_shared(api_host.clone())?.tls_config(tls)?.connect_lazy();
-    let executor_config = gofer_executor::ExecutorConfig {
-        executor_id,
-        token: executor_token,
     };
-    let executor_shutdown = shutdown.clone();
-    tracker.spawn(async move {
-        if let Err(err) = gofer_executor::run(executor_config, docker, channel, executor_shutdown).await {
-            tracing::error!(%err, "the executor stopped");
-        }
-    });
     tracker.close();
     Ok(RunningNode {
         api_host,
         webhook_addr,
-        state,
+        local,
         shutdown,
         tracker,
         server,
@@ -189,7 +332,7 @@ impl RunningNode {
     /// Runs until SIGINT or SIGTERM (or the API server fails), then stops every role and the state.
     pub async fn run_until_signalled(self) -> anyhow::Result<()> {
         let RunningNode {
-            state,
+            local,
             shutdown,
             tracker,
             server,
@@ -212,7 +355,9 @@ impl RunningNode {
         {
             tracing::warn!("some tasks did not stop within 10 s");
         }
-        state.shutdown().await.context("shutting the state down")?;
+        if let Some(state) = local {
+            state.shutdown().await.context("shutting the state down")?;
+        }
         failed.unwrap_or(Ok(()))
     }
 }

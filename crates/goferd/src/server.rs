@@ -14,18 +14,25 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 /// Largest message a node accepts: a 200-task pipeline with big envs fits with room to spare.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The services a process serves on its API port, one per role it plays.
+pub struct Services {
+    pub api: Option<ApiService>,
+    pub dispatch: Option<DispatchHandler>,
+    pub extension: Option<ExtensionHandler>,
+}
+
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     identity: Identity,
     auth: TokenAuth,
-    api: ApiService,
-    dispatch: DispatchHandler,
-    extension: ExtensionHandler,
+    services: Services,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<GoferServiceServer<ApiService>>().await;
+    if services.api.is_some() {
+        health_reporter.set_serving::<GoferServiceServer<ApiService>>().await;
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(gofer_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -40,22 +47,34 @@ pub async fn serve(
     let admin = |p: &Principal| *p == Principal::Admin;
     let executors = |p: &Principal| matches!(p, Principal::Admin | Principal::Executor);
     let extensions = |p: &Principal| matches!(p, Principal::Admin | Principal::Extension(_));
-    let api = GoferServiceServer::new(api)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let extension = ExtensionServiceServer::new(extension);
-    let dispatch = DispatchServiceServer::new(dispatch)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let api = services.api.map(|api| {
+        InterceptedService::new(
+            GoferServiceServer::new(api)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            check(auth.clone(), admin),
+        )
+    });
+    let extension = services.extension.map(|extension| {
+        InterceptedService::new(ExtensionServiceServer::new(extension), check(auth.clone(), extensions))
+    });
+    let dispatch = services.dispatch.map(|dispatch| {
+        InterceptedService::new(
+            DispatchServiceServer::new(dispatch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            check(auth.clone(), executors),
+        )
+    });
     Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity))
         .context("configuring TLS")?
         .add_service(health)
         .add_service(InterceptedService::new(reflection_v1, check(auth.clone(), admin)))
         .add_service(InterceptedService::new(reflection_v1alpha, check(auth.clone(), admin)))
-        .add_service(InterceptedService::new(api, check(auth.clone(), admin)))
-        .add_service(InterceptedService::new(dispatch, check(auth.clone(), executors)))
-        .add_service(InterceptedService::new(extension, check(auth, extensions)))
+        .add_optional_service(api)
+        .add_optional_service(dispatch)
+        .add_optional_service(extension)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.cancelled(),

@@ -216,6 +216,9 @@ pub fn task_to_proto(namespace: &str, pipeline: &str, run: u64, task: &TaskExecu
         exit_code: task.exit_code,
         started_unix_millis: task.started_at,
         ended_unix_millis: task.ended_at,
+        executor: task.executor.clone(),
+        scheduler: task.scheduler.clone(),
+        scheduler_epoch: task.scheduler_epoch,
     }
 }
 

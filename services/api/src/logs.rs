@@ -77,31 +77,39 @@ async fn pump(
         return Ok(());
     }
     let attempt = view.attempt;
-    let path = api
-        .logs
-        .path(target, attempt)
-        .map_err(|e| internal("reading task logs", &e, false))?;
-    // Another node keeps this log when its scheduler dispatched the attempt: read it from there, and, with
-    // no local append to wake on, look again every quarter second while following.
-    let remote = (view.log_node != 0 && view.log_node != api.state.id()).then_some(view.log_node);
-    let mut appends = api.logs.subscribe(&path);
+    // Another node keeps this log when it received the attempt's output (or this process keeps no logs):
+    // read it from there, and, with no local append to wake on, look again every quarter second while
+    // following.
+    let local = match &api.logs {
+        Some(logs) if view.log_node == 0 || view.log_node == api.state.local_node() => {
+            let path = logs
+                .path(target, attempt)
+                .map_err(|e| internal("reading task logs", &e, false))?;
+            let appends = logs.subscribe(&path);
+            Some((logs, path, appends))
+        }
+        _ => None,
+    };
+    let (remote, mut appends) = match &local {
+        Some((_, _, appends)) => (None, Some(appends.clone())),
+        None => (Some(view.log_node), None),
+    };
     let mut offset = 0u64;
     loop {
         // Read whether the task ended before reading the file: bytes are durable before the end is
         // committed, so a reader that saw the end and then read to EOF has them all.
         let ended = task_view(api, target)?.ended;
         loop {
-            let data = match remote {
-                Some(node) => api
-                    .state
-                    .read_peer_log(node, target, attempt, offset, CHUNK as u32)
-                    .await
-                    .map_err(|e| internal("reading task logs from their node", &e, true))?,
-                None => api
-                    .logs
-                    .read_at(&path, offset, CHUNK)
+            let data = match &local {
+                Some((logs, path, _)) => logs
+                    .read_at(path, offset, CHUNK)
                     .await
                     .map_err(|e| internal("reading task logs", &e, false))?,
+                None => api
+                    .state
+                    .read_peer_log(view.log_node, target, attempt, offset, CHUNK as u32)
+                    .await
+                    .map_err(|e| internal("reading task logs from their node", &e, true))?,
             };
             if data.is_empty() {
                 break;
@@ -121,7 +129,7 @@ async fn pump(
                     () = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
             }
-            None => wait(&mut state_changes, Some(&mut appends), tx).await?,
+            None => wait(&mut state_changes, appends.as_mut(), tx).await?,
         }
     }
 }

@@ -9,7 +9,7 @@ use gofer_proto::{
     config_from_proto, config_to_proto, extension_to_proto, internal, into_status, run_to_proto, subscription_to_proto,
     task_to_proto,
 };
-use gofer_state::{LogStore, StateNode};
+use gofer_state::{LogStore, StateHandle};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -49,14 +49,15 @@ impl TriggerDirectory for NoTriggers {
 /// The public API of one node.
 #[derive(Clone)]
 pub struct ApiService {
-    pub(crate) state: StateNode,
-    pub(crate) logs: LogStore,
+    pub(crate) state: StateHandle,
+    pub(crate) logs: Option<LogStore>,
     triggers: Arc<dyn TriggerDirectory>,
 }
 
 impl ApiService {
-    /// An API over `state`, serving task logs from `logs`, showing trigger presence from `triggers`.
-    pub fn new(state: StateNode, logs: LogStore, triggers: Arc<dyn TriggerDirectory>) -> Self {
+    /// An API over `state`, serving task logs from `logs` (or, without them, from the state nodes that
+    /// keep them), showing trigger presence from `triggers`.
+    pub fn new(state: StateHandle, logs: Option<LogStore>, triggers: Arc<dyn TriggerDirectory>) -> Self {
         ApiService { state, logs, triggers }
     }
 
@@ -92,6 +93,10 @@ impl ApiService {
     }
 
     async fn propose(&self, command: Command) -> Result<Applied, Status> {
+        // This node may not have applied the cluster's first command yet while the cluster has.
+        if self.state.read(|s| s.cluster_id.is_empty()) {
+            self.linearize().await?;
+        }
         self.initialized()?;
         self.state.propose(command).await.map_err(state_status)
     }
@@ -515,8 +520,22 @@ impl GoferService for ApiService {
         &self,
         _request: Request<v1::GetClusterStatusRequest>,
     ) -> ApiResult<v1::GetClusterStatusResponse> {
-        let status = self.state.cluster_status();
+        let status = self.state.cluster_status().await.map_err(state_status)?;
+        let leases = self.state.read(|s| {
+            s.leases
+                .roles
+                .iter()
+                .map(|(role, lease)| v1::RoleLease {
+                    role: role.as_str().to_string(),
+                    holder: lease.holder.clone(),
+                    epoch: lease.epoch,
+                    expires_unix_millis: lease.expires_at,
+                    commands: lease.commands,
+                })
+                .collect()
+        });
         Ok(Response::new(v1::GetClusterStatusResponse {
+            leases,
             node_id: status.node_id,
             leader_id: status.leader_id.unwrap_or(0),
             term: status.term,

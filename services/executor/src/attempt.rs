@@ -71,7 +71,21 @@ pub(crate) async fn run(
     }));
     tracing::info!(attempt = %key_text, container = %container, "attempt running");
 
-    let logs = ship_logs(executor, &key, &container);
+    let logs = async {
+        // An upload that fails is sent again from the first byte (the archive replaces what it had), a
+        // few times: the scheduler or the state node keeping the log may be moving.
+        let mut tries = 0;
+        loop {
+            match ship_logs(executor, &key, &container).await {
+                Err(err) if tries < 3 => {
+                    tries += 1;
+                    tracing::info!(attempt = %key_text, %err, "storing the logs failed; sending them again");
+                    tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+                }
+                done => break done,
+            }
+        }
+    };
     let waited = async {
         tokio::select! {
             code = executor.docker.wait(&container) => (code, false),

@@ -37,38 +37,66 @@ pub struct ExecutorConfig {
     pub token: String,
 }
 
-/// Runs the executor until `shutdown` is cancelled: connects to the scheduler over `channel`, and
-/// reconnects with backoff whenever the stream breaks. Containers keep running across reconnections.
+/// Runs the executor until `shutdown` is cancelled: connects to the scheduler that holds the lease among
+/// `schedulers` (a standby refuses the stream, and the executor moves on to the next), and reconnects with
+/// backoff whenever the stream breaks. Containers keep running across reconnections.
 pub async fn run(
     config: ExecutorConfig,
     docker: DockerBackend,
-    channel: Channel,
+    schedulers: Vec<Channel>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    if schedulers.is_empty() {
+        return Err(Error::Config("name at least one scheduler".into()));
+    }
     let header = format!("Bearer {}", config.token)
         .parse()
         .map_err(|_| Error::Config("the token has characters a header cannot carry".into()))?;
-    let executor = Arc::new(session::Executor::new(config.executor_id, docker, channel, header));
+    let count = schedulers.len();
+    let executor = Arc::new(session::Executor::new(config.executor_id, docker, schedulers, header));
     let mut backoff = Duration::from_millis(100);
+    let mut failures_in_a_row = 0;
     loop {
         let connected_at = std::time::Instant::now();
-        match executor.clone().session(&shutdown).await {
+        let pause = match executor.clone().session(&shutdown).await {
             Ok(()) => {
                 executor.abandon_all();
                 return Ok(());
             }
-            Err(status) => tracing::warn!(%status, "dispatch stream ended; reconnecting"),
-        }
-        if connected_at.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(100);
-        }
+            Err(status) => {
+                if connected_at.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(100);
+                    failures_in_a_row = 0;
+                }
+                failures_in_a_row += 1;
+                if count > 1 {
+                    executor.current.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let standby = status.code() == tonic::Code::FailedPrecondition;
+                if standby {
+                    tracing::debug!(%status, "the scheduler is standing by; trying the next one");
+                } else {
+                    tracing::warn!(%status, "dispatch stream ended; reconnecting");
+                }
+                // Back off only after every scheduler was tried. Standbys answer at once and a lease
+                // moves within seconds, so they are asked again every quarter second.
+                if standby && failures_in_a_row % count == 0 {
+                    Duration::from_millis(250)
+                } else if failures_in_a_row % count == 0 {
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    pause
+                } else {
+                    Duration::from_millis(50)
+                }
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => {
                 executor.abandon_all();
                 return Ok(());
             }
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(pause) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

@@ -47,7 +47,9 @@ pub(crate) struct Active {
 pub(crate) struct Executor {
     pub(crate) id: String,
     pub(crate) docker: DockerBackend,
-    channel: Channel,
+    /// The schedulers it may reach; it talks to the one at `current`, the one that holds the lease.
+    channels: Vec<Channel>,
+    pub(crate) current: std::sync::atomic::AtomicUsize,
     header: MetadataValue<tonic::metadata::Ascii>,
     /// Attempts with a task running them, by key.
     pub(crate) active: Mutex<HashMap<String, Active>>,
@@ -64,13 +66,14 @@ impl Executor {
     pub(crate) fn new(
         id: String,
         docker: DockerBackend,
-        channel: Channel,
+        channels: Vec<Channel>,
         header: MetadataValue<tonic::metadata::Ascii>,
     ) -> Self {
         Executor {
             id,
             docker,
-            channel,
+            channels,
+            current: std::sync::atomic::AtomicUsize::new(0),
             header,
             active: Mutex::default(),
             finished: Mutex::default(),
@@ -81,7 +84,8 @@ impl Executor {
     }
 
     pub(crate) fn client(&self) -> Client {
-        DispatchServiceClient::with_interceptor(self.channel.clone(), Bearer(self.header.clone()))
+        let current = self.current.load(std::sync::atomic::Ordering::SeqCst) % self.channels.len();
+        DispatchServiceClient::with_interceptor(self.channels[current].clone(), Bearer(self.header.clone()))
             .max_decoding_message_size(16 * 1024 * 1024)
     }
 
@@ -139,6 +143,7 @@ impl Executor {
                 tracing::warn!("the scheduler welcomed this executor without a cluster id; ignoring it");
             }
             dispatch_response::Kind::Welcome(welcome) => {
+                tracing::info!(live = welcome.live_attempts.len(), "welcomed by the scheduler");
                 *self.cluster.lock().expect("cluster lock") = welcome.cluster_id.clone();
                 let live: std::collections::HashSet<String> = welcome.live_attempts.iter().map(key_string).collect();
                 self.finished
@@ -150,7 +155,10 @@ impl Executor {
             dispatch_response::Kind::Start(start) => {
                 let Some(key) = start.key.clone() else { return };
                 let key = key_string(&key);
-                if let Some(finished) = self.finished.lock().expect("finished lock").get(&key).cloned() {
+                // Bound first: a lock guard in the `if let` would live through the block, and `report`
+                // locks `finished` again.
+                let finished = self.finished.lock().expect("finished lock").get(&key).cloned();
+                if let Some(finished) = finished {
                     self.report(dispatch_request::Kind::Finished(finished));
                     return;
                 }
@@ -194,7 +202,8 @@ impl Executor {
                     active.stop.cancel();
                     return;
                 }
-                if let Some(finished) = self.finished.lock().expect("finished lock").get(&key_text).cloned() {
+                let finished = self.finished.lock().expect("finished lock").get(&key_text).cloned();
+                if let Some(finished) = finished {
                     self.report(dispatch_request::Kind::Finished(finished));
                     return;
                 }

@@ -3,7 +3,7 @@
 
 use gofer_domain::triggers::{Fire, FireOutcome};
 use gofer_domain::{Applied, Command};
-use gofer_state::StateNode;
+use gofer_state::StateHandle;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most fires one log entry carries.
@@ -22,7 +22,7 @@ pub struct FireQueue {
 
 impl FireQueue {
     /// Starts the batching task; it ends when every queue clone is dropped.
-    pub fn start(state: StateNode) -> Self {
+    pub fn start(state: StateHandle) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_loop(state, rx));
         FireQueue { tx }
@@ -49,7 +49,7 @@ impl FireQueue {
     }
 }
 
-async fn batch_loop(state: StateNode, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn batch_loop(state: StateHandle, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {

@@ -53,8 +53,8 @@ pub async fn run(host: ExtensionHost, config: LaunchConfig, shutdown: Cancellati
     let mut running: HashMap<String, (Desired, CancellationToken)> = HashMap::new();
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
-        // Extension containers run beside the leader only.
-        let leading = host.state.is_leader();
+        // Extension containers run beside the extension-host lease holder only.
+        let leading = host.lease.epoch().is_some();
         let desired: HashMap<String, Desired> = host.state.read(|s| {
             s.extensions
                 .iter()

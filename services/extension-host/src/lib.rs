@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use gofer_domain::Command;
 use gofer_domain::triggers::{Registration, SettingSpec};
-use gofer_state::StateNode;
+use gofer_state::StateHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use fires::{FireQueue, FireResult};
@@ -127,7 +127,9 @@ pub fn builtin_registrations(at: i64) -> Vec<(&'static str, Registration)> {
 /// The extension host of one node.
 #[derive(Clone)]
 pub struct ExtensionHost {
-    state: StateNode,
+    state: StateHandle,
+    /// The extension-host lease: only its holder runs the timers and the extension containers.
+    lease: gofer_state::LeaseHolder,
     fires: FireQueue,
     connected: Arc<Mutex<HashMap<String, u64>>>,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
@@ -137,11 +139,13 @@ pub struct ExtensionHost {
 }
 
 impl ExtensionHost {
-    /// A host over `state`. Call from inside a tokio runtime: it starts the fire batcher.
-    pub fn new(state: StateNode) -> Self {
+    /// A host over `state` that runs timers and extension containers while it holds `lease`. Call from
+    /// inside a tokio runtime: it starts the fire batcher.
+    pub fn new(state: StateHandle, lease: gofer_state::LeaseHolder) -> Self {
         let fires = FireQueue::start(state.clone());
         ExtensionHost {
             state,
+            lease,
             fires,
             connected: Arc::default(),
             next_connection: Arc::default(),
@@ -182,7 +186,7 @@ impl ExtensionHost {
 
     /// Runs the interval and cron triggers until `shutdown`.
     pub async fn run_schedules(self, shutdown: CancellationToken) {
-        schedules::run(self.state.clone(), self.fires.clone(), shutdown).await
+        schedules::run(self.state.clone(), self.lease.clone(), self.fires.clone(), shutdown).await
     }
 
     /// Serves the webhook trigger on `listener` until `shutdown`.

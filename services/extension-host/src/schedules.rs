@@ -12,7 +12,7 @@ use gofer_domain::Command;
 use gofer_domain::schedule::{ScheduleSettings, catch_up, jitter_ms};
 use gofer_domain::triggers::{Fire, FireOutcome};
 use gofer_proto::now_millis;
-use gofer_state::StateNode;
+use gofer_state::StateHandle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -41,15 +41,16 @@ fn subscription_id((ns, pipeline, label): &SubKey) -> String {
 }
 
 /// Runs the interval and cron triggers until `shutdown`.
-pub async fn run(state: StateNode, fires: FireQueue, shutdown: CancellationToken) {
+pub async fn run(state: StateHandle, lease: gofer_state::LeaseHolder, fires: FireQueue, shutdown: CancellationToken) {
     let mut changes = state.subscribe();
     let mut tracked: BTreeMap<SubKey, Tracked> = BTreeMap::new();
     // Fires whose commit failed come back here to be tried again with the same key.
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Fire>();
     loop {
-        // Only the leader's timers fire; another node takes over from the log when it leads. Fires carry
-        // idempotency keys, so a short overlap during a leader change makes no second run.
-        if state.is_leader() {
+        // Only the lease holder's timers fire; a standby takes over from the log when the lease lapses.
+        // Fires carry idempotency keys, so a short overlap while the lease moves makes no second run.
+        let holding = lease.epoch().is_some();
+        if holding {
             sync(&state, &fires, &mut tracked, &retry_tx);
         } else {
             tracked.clear();
@@ -70,8 +71,8 @@ pub async fn run(state: StateNode, fires: FireQueue, shutdown: CancellationToken
         }
         let wake = tracked.iter().filter_map(|(k, t)| t.fire_at(k)).min();
         let sleep = match wake {
-            // A follower looks again every second: it may be the leader next.
-            _ if tracked.is_empty() && !state.is_leader() => Duration::from_secs(1),
+            // A standby looks again every half second: it may hold the lease next.
+            _ if tracked.is_empty() && !holding => Duration::from_millis(500),
             Some(at) => Duration::from_millis((at - now_millis()).clamp(0, 60_000) as u64),
             None => Duration::from_secs(60),
         };
@@ -132,7 +133,7 @@ type SubscriptionView = (SubKey, String, i64, i64, BTreeMap<String, String>);
 
 /// Brings `tracked` in line with the subscriptions in the log, catching up on the new ones.
 fn sync(
-    state: &StateNode,
+    state: &StateHandle,
     fires: &FireQueue,
     tracked: &mut BTreeMap<SubKey, Tracked>,
     retry: &mpsc::UnboundedSender<Fire>,

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use gofer_domain::triggers::{Fire, FireOutcome};
-use gofer_state::StateNode;
+use gofer_state::StateHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::fires::FireQueue;
@@ -27,12 +27,12 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone)]
 struct Context {
-    state: StateNode,
+    state: StateHandle,
     fires: FireQueue,
 }
 
 pub(crate) async fn serve(
-    state: StateNode,
+    state: StateHandle,
     fires: FireQueue,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,

@@ -17,20 +17,31 @@ use crate::reconcile::live_attempts;
 #[derive(Clone)]
 pub struct DispatchHandler {
     scheduler: Scheduler,
-    logs: LogStore,
+    /// The task log archive of the state node in this process; `None` when the state nodes are elsewhere
+    /// and logs are sent to the one that keeps them.
+    logs: Option<LogStore>,
+    /// The state node each attempt's log was stored on, by attempt key, until its final report carries it.
+    stored_on: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl DispatchHandler {
-    /// Serves executors for `scheduler`, storing their logs in `logs`.
-    pub fn new(scheduler: Scheduler, logs: LogStore) -> Self {
-        DispatchHandler { scheduler, logs }
+    /// Serves executors for `scheduler`, storing their logs in `logs` or sending them to a state node.
+    pub fn new(scheduler: Scheduler, logs: Option<LogStore>) -> Self {
+        DispatchHandler {
+            scheduler,
+            logs,
+            stored_on: std::sync::Arc::default(),
+        }
     }
 
     /// Commits one report from an executor. A stale report (an attempt that is no longer live) is
     /// refused by the state machine and dropped here: the executor has nothing to do about it.
     async fn commit(&self, command: Command) -> Result<(), Status> {
-        match self.scheduler.state.propose(command).await {
+        match self.scheduler.lease.propose(command).await {
             Ok(_) => Ok(()),
+            // Refused by the fence (or never sent, the lease being lost): not committed, so not
+            // acknowledged; the executor resends it to the scheduler that holds the lease.
+            Err(gofer_state::Error::Rejected(err)) if err.is_fenced() => Err(Status::unavailable(err.to_string())),
             Err(gofer_state::Error::Rejected(err)) => {
                 tracing::debug!(%err, "stale executor report dropped");
                 Ok(())
@@ -72,6 +83,11 @@ impl DispatchService for DispatchHandler {
                 .collect();
             (s.cluster_id.clone(), live)
         });
+        if self.scheduler.lease.epoch().is_none() {
+            return Err(Status::failed_precondition(
+                "this scheduler is standing by: it does not hold the scheduler lease",
+            ));
+        }
         // Containers are owned by (cluster, executor): until the cluster has its id, a welcome would let
         // the executor label, adopt or clean up containers of another cluster on the same Docker host.
         if cluster_id.is_empty() {
@@ -88,11 +104,16 @@ impl DispatchService for DispatchHandler {
             kind: Some(v1::dispatch_response::Kind::Welcome(welcome)),
         }));
         let acks = tx.clone();
-        let connection = self.scheduler.connect(&executor, tx);
+        let (connection, closed) = self.scheduler.connect(&executor, tx);
         tracing::info!(%executor, "executor connected");
         let this = self.clone();
         tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
+            // Ends when the executor leaves or the scheduler drops the connection (a newer stream, or the
+            // lease lost): dropping `acks` then ends the response stream, and the executor looks again.
+            while let Some(message) = tokio::select! {
+                message = inbound.next() => message,
+                () = closed.cancelled() => None,
+            } {
                 let mut ack = None;
                 let command = match message {
                     Ok(v1::DispatchRequest {
@@ -112,10 +133,12 @@ impl DispatchService for DispatchHandler {
                         let Some(key) = finished.key.as_ref() else { continue };
                         ack = Some(key.clone());
                         let (target, attempt) = attempt_ref(key);
+                        let log_node = this.stored_on.lock().expect("stored_on lock").remove(&log_key(key));
                         Command::AttemptFinished {
                             target,
                             attempt,
                             outcome: outcome(&finished),
+                            log_node: log_node.unwrap_or(0),
                             at: finished.ended_unix_millis,
                         }
                     }
@@ -157,37 +180,53 @@ impl DispatchService for DispatchHandler {
             .key
             .ok_or_else(|| into_status(Error::invalid("key", "is required")))?;
         let (target, attempt) = attempt_ref(&key);
-        self.scheduler
-            .state
-            .read(|s| {
-                let (run, _) = s.run(&target.namespace, &target.pipeline, target.run)?;
-                match run.task(&target.task) {
-                    Some(task) if attempt >= 1 && attempt <= task.attempt => Ok(()),
-                    _ => Err(Error::NotFound(format!("attempt {attempt} of task {:?}", target.task))),
-                }
-            })
+        let state = &self.scheduler.state;
+        state
+            .read(|s| s.check_attempt_exists(&target, attempt))
             .map_err(into_status)?;
-        let mut writer = self
-            .logs
-            .writer(&target, attempt)
+        // The log goes to this process's state node, or else to the node its mirror follows, which it has
+        // heard from within the last two seconds; the final report records which.
+        let keeper = state
+            .log_keeper_now()
             .await
-            .map_err(|e| internal("storing task logs", &e, true))?;
-        writer
-            .append(&first.data)
-            .await
-            .map_err(|e| internal("storing task logs", &e, true))?;
-        while let Some(message) = inbound.next().await.transpose()? {
-            writer
-                .append(&message.data)
-                .await
-                .map_err(|e| internal("storing task logs", &e, true))?;
-        }
-        let stored_bytes = writer
-            .finish()
-            .await
-            .map_err(|e| internal("storing task logs", &e, true))?;
+            .map_err(|e| internal("finding a state node to keep the log", &e, true))?;
+        let chunks = inbound.map(|m| m.map(|m| m.data));
+        let key_text = log_key(&key);
+        let stored_bytes = match &self.logs {
+            Some(logs) => logs.store_stream(&target, attempt, &first.data, chunks).await?,
+            None => {
+                // The keeper is a state node elsewhere: the bytes go there. A broken upload ends the
+                // forwarded stream early and fails this call; the executor sends the whole log again.
+                let broken = std::sync::Arc::new(std::sync::Mutex::new(None));
+                let seen = broken.clone();
+                let rest = tokio_stream::StreamExt::map_while(chunks, move |chunk| match chunk {
+                    Ok(data) => Some(data),
+                    Err(status) => {
+                        *seen.lock().expect("upload lock") = Some(status);
+                        None
+                    }
+                });
+                let data = futures_util::stream::iter([first.data]).chain(rest);
+                let stored = state
+                    .send_log(keeper, key, data)
+                    .await
+                    .map_err(|e| internal("storing task logs", &e, true))?;
+                if let Some(status) = broken.lock().expect("upload lock").take() {
+                    return Err(status);
+                }
+                stored
+            }
+        };
+        self.stored_on.lock().expect("stored_on lock").insert(key_text, keeper);
         Ok(Response::new(v1::PushTaskLogsResponse { stored_bytes }))
     }
+}
+
+fn log_key(key: &v1::AttemptKey) -> String {
+    format!(
+        "{}/{}/{}/{}/{}",
+        key.namespace_id, key.pipeline_id, key.run_id, key.task_id, key.attempt
+    )
 }
 
 fn outcome(finished: &v1::AttemptFinished) -> AttemptOutcome {

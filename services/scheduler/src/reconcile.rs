@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use gofer_domain::{AttemptRef, Command, State, plan};
 use gofer_proto::now_millis;
 use gofer_proto::v1::{self, dispatch_response::Kind};
-use gofer_state::StateNode;
+use gofer_state::{LeaseHolder, StateHandle};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -18,22 +18,33 @@ pub(crate) struct Connection {
     pub(crate) tx: mpsc::UnboundedSender<Result<v1::DispatchResponse, Status>>,
     started: HashSet<(AttemptRef, u32)>,
     stopped: HashSet<(AttemptRef, u32)>,
+    /// Cancelled when the connection is dropped, to end the stream's handler.
+    closed: CancellationToken,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
 }
 
 /// The scheduler of one node. Clone it freely; all clones share the executors' connections.
 #[derive(Clone)]
 pub struct Scheduler {
-    pub(crate) state: StateNode,
+    pub(crate) state: StateHandle,
+    /// The scheduler lease: this scheduler acts only while it holds it, and fences what it commits.
+    pub(crate) lease: LeaseHolder,
     pub(crate) executors: Arc<Mutex<HashMap<String, Connection>>>,
     pub(crate) wake: Arc<Notify>,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Scheduler {
-    /// A scheduler over `state` with no executor connected yet.
-    pub fn new(state: StateNode) -> Self {
+    /// A scheduler over `state` that acts while it holds `lease`, with no executor connected yet.
+    pub fn new(state: StateHandle, lease: LeaseHolder) -> Self {
         Scheduler {
             state,
+            lease,
             executors: Arc::default(),
             wake: Arc::new(Notify::new()),
             next_connection: Arc::default(),
@@ -43,6 +54,7 @@ impl Scheduler {
     /// Runs the loop until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut changes = self.state.subscribe();
+        let mut lease = self.lease.watch();
         loop {
             self.reconcile().await;
             tokio::select! {
@@ -52,6 +64,13 @@ impl Scheduler {
                     return;
                 }
                 changed = changes.changed() => if changed.is_err() { return },
+                changed = lease.changed() => {
+                    if changed.is_err() { return }
+                    if lease.borrow_and_update().is_none() {
+                        // Standing by: the executors go and find the scheduler that holds the lease.
+                        self.executors.lock().expect("executors lock").clear();
+                    }
+                }
                 () = self.wake.notified() => {}
                 // A safety net, not a synchroniser: an assignment that failed to commit is retried even
                 // when nothing else changes.
@@ -60,25 +79,28 @@ impl Scheduler {
         }
     }
 
-    /// Registers a new executor stream, replacing an older stream of the same executor.
+    /// Registers a new executor stream, replacing an older stream of the same executor. Returns its id and
+    /// a token cancelled when the scheduler drops it.
     pub(crate) fn connect(
         &self,
         executor: &str,
         tx: mpsc::UnboundedSender<Result<v1::DispatchResponse, Status>>,
-    ) -> u64 {
+    ) -> (u64, CancellationToken) {
         let id = self.next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let closed = CancellationToken::new();
         let connection = Connection {
             id,
             tx,
             started: HashSet::new(),
             stopped: HashSet::new(),
+            closed: closed.clone(),
         };
         self.executors
             .lock()
             .expect("executors lock")
             .insert(executor.to_string(), connection);
         self.wake.notify_one();
-        id
+        (id, closed)
     }
 
     /// Forgets an executor stream, unless a newer one replaced it already.
@@ -90,10 +112,8 @@ impl Scheduler {
     }
 
     async fn reconcile(&self) {
-        // One scheduler acts per cluster: the leader's. (The fencing epoch arrives with the dispatch issue.)
-        if !self.state.is_leader() {
-            return;
-        }
+        // One scheduler acts per cluster: the lease holder, and the fence refuses it once it is not.
+        let Some(epoch) = self.lease.epoch() else { return };
         let planned = self.state.read(plan);
         for (target, attempt) in planned {
             let Some(executor) = self.pick_executor() else { break };
@@ -101,10 +121,12 @@ impl Scheduler {
                 target: target.clone(),
                 attempt,
                 executor: executor.clone(),
-                node: self.state.id(),
+                node: self.state.log_keeper(),
+                scheduler: self.lease.holder().to_string(),
+                epoch,
                 at: now_millis(),
             };
-            match self.state.propose(command).await {
+            match self.lease.propose(command).await {
                 Ok(_) => tracing::debug!(run = target.run, task = %target.task, %executor, "attempt assigned"),
                 Err(gofer_state::Error::Rejected(err)) => tracing::debug!(%err, "assignment refused"),
                 Err(err) => {

@@ -1,12 +1,14 @@
 //! The dispatch stream's hello and welcome, served over a real loopback connection.
 
 use gofer_domain::Command;
+use gofer_domain::lease::Role;
 use gofer_proto::v1::dispatch_service_client::DispatchServiceClient;
 use gofer_proto::v1::dispatch_service_server::DispatchServiceServer;
 use gofer_proto::v1::{self, dispatch_request, dispatch_response};
 use gofer_scheduler::{DispatchHandler, Scheduler};
-use gofer_state::{LogStore, StateNode};
+use gofer_state::{LeaseHolder, LogStore, StateHandle, StateNode};
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 async fn hello(
     client: &mut DispatchServiceClient<tonic::transport::Channel>,
@@ -25,19 +27,44 @@ async fn hello(
     }
 }
 
+/// Serves a scheduler that contends for the lease as `holder`; returns its client and lease.
+async fn serve(
+    state: &StateHandle,
+    holder: &str,
+    logs: LogStore,
+    shutdown: &CancellationToken,
+) -> (DispatchServiceClient<tonic::transport::Channel>, LeaseHolder) {
+    let lease = LeaseHolder::spawn(state.clone(), Role::Scheduler, holder.into(), shutdown.clone());
+    let handler = DispatchHandler::new(Scheduler::new(state.clone(), lease.clone()), Some(logs));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = shutdown.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DispatchServiceServer::new(handler))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                stop.cancelled().await
+            }),
+    );
+    let client = DispatchServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    (client, lease)
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_executor_is_welcomed_only_once_the_cluster_has_its_id() {
     let dir = tempfile::tempdir().unwrap();
-    let state = StateNode::open_single(&dir.path().join("state")).await.unwrap();
-    let handler = DispatchHandler::new(Scheduler::new(state.clone()), LogStore::new(dir.path().join("logs")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(DispatchServiceServer::new(handler))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let mut client = DispatchServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let state = StateHandle::from(StateNode::open_single(&dir.path().join("state")).await.unwrap());
+    let shutdown = CancellationToken::new();
+    let (mut client, lease) = serve(&state, "a", LogStore::new(dir.path().join("logs")), &shutdown).await;
+    wait_for("the lease", || lease.epoch().is_some()).await;
 
     // Before Init, a welcome would carry an empty cluster id, and "this cluster's containers" would
     // match every cluster's on the Docker host: the hello is refused as retryable instead.
@@ -59,5 +86,80 @@ async fn an_executor_is_welcomed_only_once_the_cluster_has_its_id() {
         }
         other => panic!("expected a welcome, got {other:?}"),
     }
-    server.abort();
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn one_scheduler_acts_a_standby_refuses_executors_and_takes_over_in_the_next_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateHandle::from(StateNode::open_single(&dir.path().join("state")).await.unwrap());
+    state
+        .propose(Command::Init {
+            cluster_id: "c".into(),
+            at: 1,
+        })
+        .await
+        .unwrap();
+    let logs = LogStore::new(dir.path().join("logs"));
+    let first_stop = CancellationToken::new();
+    let (mut first, first_lease) = serve(&state, "a", logs.clone(), &first_stop).await;
+    wait_for("the first scheduler's lease", || first_lease.epoch().is_some()).await;
+    let second_stop = CancellationToken::new();
+    let (mut second, second_lease) = serve(&state, "b", logs, &second_stop).await;
+    // Two lease periods pass: the holder keeps renewing, the standby never gets it.
+    tokio::time::sleep(gofer_state::LEASE_TTL * 2).await;
+    assert_eq!(first_lease.epoch(), Some(1));
+    assert_eq!(second_lease.epoch(), None);
+    let refused = hello(&mut second).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(matches!(
+        hello(&mut first).await.unwrap().kind,
+        Some(dispatch_response::Kind::Welcome(_))
+    ));
+    // What the standby would commit is refused by the fence.
+    let fenced = second_lease
+        .propose(Command::CreateNamespace {
+            namespace: "x".into(),
+            at: 2,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&fenced, gofer_state::Error::Rejected(e) if e.is_fenced()),
+        "{fenced:?}"
+    );
+
+    // The holder stops (and releases): the standby takes over in epoch 2, and the old epoch is fenced.
+    first_stop.cancel();
+    wait_for("the standby to take over", || second_lease.epoch() == Some(2)).await;
+    let stale = state
+        .propose(Command::Fenced {
+            role: Role::Scheduler,
+            holder: first_lease.holder().to_string(),
+            epoch: 1,
+            command: Box::new(Command::CreateNamespace {
+                namespace: "y".into(),
+                at: 3,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&stale, gofer_state::Error::Rejected(e) if e.is_fenced()),
+        "{stale:?}"
+    );
+    second_lease
+        .propose(Command::CreateNamespace {
+            namespace: "z".into(),
+            at: 4,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        hello(&mut second).await.unwrap().kind,
+        Some(dispatch_response::Kind::Welcome(_))
+    ));
+    let namespaces: Vec<String> = state.read(|s| s.namespaces.keys().cloned().collect());
+    assert_eq!(namespaces, ["default", "z"]);
+    second_stop.cancel();
 }

@@ -10,18 +10,24 @@
 //! three-node cluster arrives with the three-node issue (see `network.rs`). The task log archive lives
 //! here too (`logs`): files under the data dir, not redb, because big bytes stay out of the log.
 
+mod handle;
+mod lease;
 mod logs;
 mod membership;
 mod network;
 mod node;
+mod remote;
 mod server;
 mod store;
 mod types;
 
+pub use handle::StateHandle;
+pub use lease::{LEASE_TTL, LeaseHolder};
 pub use logs::{LogStore, LogWriter};
 pub use membership::{ClusterStatus, MemberStatus, MembershipChange};
 pub use network::{Faults, PeerNetwork};
 pub use node::{MemberOptions, StateNode};
+pub use remote::RemoteState;
 pub use server::RaftHandler;
 pub use types::NodeId;
 

@@ -39,6 +39,28 @@ impl LogStore {
         }
     }
 
+    /// Stores one attempt's whole log from `chunks` (replacing what was stored) and returns the bytes
+    /// stored, once they are fsynced.
+    pub async fn store_stream<S>(
+        &self,
+        target: &AttemptRef,
+        attempt: u32,
+        first: &[u8],
+        mut chunks: S,
+    ) -> Result<u64, tonic::Status>
+    where
+        S: futures_util::Stream<Item = Result<Vec<u8>, tonic::Status>> + Unpin,
+    {
+        use futures_util::StreamExt;
+        let failed = |e: std::io::Error| gofer_proto::internal("storing task logs", &e, true);
+        let mut writer = self.writer(target, attempt).await.map_err(failed)?;
+        writer.append(first).await.map_err(failed)?;
+        while let Some(chunk) = chunks.next().await.transpose()? {
+            writer.append(&chunk).await.map_err(failed)?;
+        }
+        writer.finish().await.map_err(failed)
+    }
+
     /// The file of one attempt. The ids were validated before they were stored, and are checked again
     /// here because they become path components.
     pub fn path(&self, target: &AttemptRef, attempt: u32) -> std::io::Result<PathBuf> {

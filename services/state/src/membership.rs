@@ -21,17 +21,17 @@ pub enum MembershipChange {
 }
 
 /// One node as the membership lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     pub id: NodeId,
     pub address: String,
     /// `LEADER`, `FOLLOWER` or `LEARNER`.
-    pub role: &'static str,
+    pub role: String,
     pub matched_index: u64,
 }
 
 /// This node's view of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub node_id: NodeId,
     pub leader_id: Option<NodeId>,
@@ -157,7 +157,8 @@ impl StateNode {
                     "FOLLOWER"
                 } else {
                     "LEARNER"
-                },
+                }
+                .to_string(),
                 matched_index: if *id == metrics.id && metrics.state == ServerState::Leader {
                     metrics.last_log_index.unwrap_or(0)
                 } else {

@@ -51,6 +51,23 @@ impl Faults {
     }
 }
 
+/// Whether a failed call certainly never reached its server: the connection was never made (a refused or
+/// timed-out connect, a name that does not resolve). Only then may a write be sent again elsewhere.
+pub(crate) fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if format!("{err:?}").contains("ConnectError") {
+            return true;
+        }
+        source = err.source();
+    }
+    let message = status.message();
+    message.contains("connect error") || message.contains("dns error")
+}
+
 /// How a node reaches its peers.
 #[derive(Clone)]
 pub struct PeerNetwork {
@@ -71,7 +88,11 @@ impl PeerNetwork {
         let mut endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|e| format!("peer address {addr:?}: {e}"))?
             .connect_timeout(Duration::from_millis(250))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A peer that is paused or cut off is noticed by its silence, not only by a closed socket.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
             let host = endpoint.uri().host().unwrap_or("localhost").to_string();
             endpoint = endpoint

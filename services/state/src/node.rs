@@ -69,6 +69,7 @@ struct Inner {
     network: PeerNetwork,
     applied: Arc<RwLock<AppliedState>>,
     applied_index: watch::Receiver<u64>,
+    changes: tokio::sync::broadcast::Sender<store::Change>,
     /// Taken by the first `shutdown`; completes once the redb file is closed.
     closed: Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -156,6 +157,7 @@ impl StateNode {
                 network,
                 applied: store.applied,
                 applied_index: store.applied_index,
+                changes: store.changes,
                 closed: Mutex::new(Some(store.closed)),
             }),
         })
@@ -257,7 +259,7 @@ impl StateNode {
                 return Err(Forwarded::NotSent(format!("the leader moved: {}", s.message())));
             }
             // The connection was never made, so the request never left.
-            Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => {
+            Err(s) if crate::network::never_sent(&s) => {
                 return Err(Forwarded::NotSent(format!(
                     "the leader is unreachable: {}",
                     s.message()
@@ -340,37 +342,19 @@ impl StateNode {
         self.inner.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// Reads part of an attempt's log from node `node`, which keeps it.
-    pub async fn read_peer_log(
+    /// A client for member `node`, at the address the membership lists.
+    pub(crate) fn member_client(
         &self,
         node: NodeId,
-        target: &gofer_domain::AttemptRef,
-        attempt: u32,
-        offset: u64,
-        max_bytes: u32,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<gofer_proto::v1::raft_service_client::RaftServiceClient<tonic::transport::Channel>, Error> {
         let address = self
             .metrics()
             .membership_config
             .membership()
             .get_node(&node)
             .map(|n| n.addr.clone())
-            .ok_or_else(|| Error::Unavailable(format!("node {node}, which keeps this log, is not a member")))?;
-        let mut client = self.peer_client(&address)?;
-        let request = gofer_proto::v1::ReadTaskLogRequest {
-            namespace_id: target.namespace.clone(),
-            pipeline_id: target.pipeline.clone(),
-            run_id: target.run,
-            task_id: target.task.clone(),
-            attempt,
-            offset,
-            max_bytes,
-        };
-        let reply = client
-            .read_task_log(request)
-            .await
-            .map_err(|s| Error::Unavailable(format!("reading the log from node {node}: {}", s.message())))?;
-        Ok(reply.into_inner().data)
+            .ok_or_else(|| Error::Unavailable(format!("node {node} is not a member")))?;
+        self.peer_client(&address)
     }
 
     /// This node's raft id.
@@ -384,14 +368,17 @@ impl StateNode {
     }
 
     /// The `RaftService` this node serves to its peers, reading task logs from `logs`; mount it behind
-    /// mutual TLS.
+    /// mutual TLS. Its long-lived streams (`Follow`) end when `shutdown` is cancelled, so the server can
+    /// drain.
     pub fn raft_service(
         &self,
         logs: Option<crate::LogStore>,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> gofer_proto::v1::raft_service_server::RaftServiceServer<crate::server::RaftHandler> {
         gofer_proto::v1::raft_service_server::RaftServiceServer::new(crate::server::RaftHandler {
             node: self.clone(),
             logs,
+            shutdown,
         })
         .max_decoding_message_size(1 << 30)
         .max_encoding_message_size(1 << 30)
@@ -429,6 +416,19 @@ impl StateNode {
             .read()
             .expect("the applied state is poisoned by a panic in apply");
         f(&applied.state)
+    }
+
+    /// The applied state as JSON with the index it is at, and a receiver of every change after it.
+    pub(crate) fn follow(&self) -> (u64, Vec<u8>, tokio::sync::broadcast::Receiver<store::Change>) {
+        let applied = self
+            .inner
+            .applied
+            .read()
+            .expect("the applied state is poisoned by a panic in apply");
+        // Subscribed under the read lock: apply sends under the write lock, so nothing falls between.
+        let changes = self.inner.changes.subscribe();
+        let json = serde_json::to_vec(&applied.state).expect("the state always serializes");
+        (applied.last_applied.map_or(0, |l| l.index), json, changes)
     }
 
     /// A receiver whose value is the last applied log index; it changes after every apply.

@@ -3,13 +3,17 @@
 //! the cluster CA reach it.
 
 use std::io::Cursor;
+use std::pin::Pin;
 
 use gofer_proto::v1::{self, raft_service_server::RaftService};
 use openraft::Snapshot;
-use tonic::{Request, Response, Status};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::StateNode;
 use crate::membership::ForwardOr;
+use crate::store::Change;
 
 /// Serves one node's raft to its peers.
 #[derive(Clone)]
@@ -17,6 +21,8 @@ pub struct RaftHandler {
     pub(crate) node: StateNode,
     /// The node's task log archive, read by peers that serve a log they do not keep.
     pub(crate) logs: Option<crate::LogStore>,
+    /// Ends the follow streams.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
 fn bad_payload(e: serde_json::Error) -> Status {
@@ -29,6 +35,57 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 
 #[tonic::async_trait]
 impl RaftService for RaftHandler {
+    type FollowStream = Pin<Box<dyn Stream<Item = Result<v1::FollowResponse, Status>> + Send + 'static>>;
+
+    async fn follow(&self, _request: Request<v1::FollowRequest>) -> Result<Response<Self::FollowStream>, Status> {
+        let node = self.node.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = follow(node, tx) => {}
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        Ok(Response::new(v1::ClusterStatusResponse {
+            status: encode(&self.node.cluster_status()),
+        }))
+    }
+
+    async fn store_task_log(
+        &self,
+        request: Request<Streaming<v1::StoreTaskLogRequest>>,
+    ) -> Result<Response<v1::StoreTaskLogResponse>, Status> {
+        let logs = self
+            .logs
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this node keeps no task logs"))?;
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .next()
+            .await
+            .transpose()?
+            .ok_or_else(|| Status::invalid_argument("key: the first message must name the attempt"))?;
+        let key = first.key.ok_or_else(|| Status::invalid_argument("key: is required"))?;
+        let (target, attempt) = gofer_proto::attempt_ref(&key);
+        // The sender's assignment is committed, but this node may not have applied it yet.
+        self.node
+            .read_linearizable(|s| s.check_attempt_exists(&target, attempt))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .map_err(gofer_proto::into_status)?;
+        let chunks = inbound.map(|m| m.map(|m| m.data));
+        let stored_bytes = logs.store_stream(&target, attempt, &first.data, chunks).await?;
+        Ok(Response::new(v1::StoreTaskLogResponse { stored_bytes }))
+    }
+
     async fn append_entries(
         &self,
         request: Request<v1::AppendEntriesRequest>,
@@ -124,14 +181,65 @@ impl RaftService for RaftHandler {
         &self,
         _request: Request<v1::ReadIndexRequest>,
     ) -> Result<Response<v1::ReadIndexResponse>, Status> {
-        let read = self
-            .node
-            .raft()
-            .ensure_linearizable()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let read = self.node.raft().ensure_linearizable().await.map_err(|e| {
+            match e.forward_to_leader::<openraft::BasicNode>() {
+                Some(_) => Status::failed_precondition(format!("not the leader: {e}")),
+                None => Status::unavailable(e.to_string()),
+            }
+        })?;
         Ok(Response::new(v1::ReadIndexResponse {
             index: read.map_or(0, |log_id| log_id.index),
         }))
+    }
+}
+
+/// How long a follow stream stays silent before it says it is still there.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Sends the node's whole state, then every applied entry after it, until the follower leaves.
+async fn follow(node: StateNode, tx: tokio::sync::mpsc::Sender<Result<v1::FollowResponse, Status>>) {
+    'snapshot: loop {
+        let (at, state, mut changes) = node.follow();
+        let whole = v1::FollowResponse {
+            index: at,
+            change: Some(v1::follow_response::Change::State(state)),
+        };
+        if tx.send(Ok(whole)).await.is_err() {
+            return;
+        }
+        let mut sent = at;
+        loop {
+            // Silence is broken every half second with the last index sent, so a follower can tell a
+            // quiet node from a paused or unreachable one.
+            let change = match tokio::time::timeout(HEARTBEAT, changes.recv()).await {
+                Ok(change) => change,
+                Err(_) => {
+                    let heartbeat = v1::FollowResponse {
+                        index: sent,
+                        change: None,
+                    };
+                    if tx.send(Ok(heartbeat)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let message = match change {
+                Ok(Change::Entry { index, .. }) if index <= at => continue,
+                Ok(Change::Entry { index, command }) => {
+                    sent = index;
+                    v1::FollowResponse {
+                        index,
+                        change: command.map(|c| v1::follow_response::Change::Command(encode(&*c))),
+                    }
+                }
+                // Fell behind, or a snapshot replaced the state: start again from the whole state.
+                Err(RecvError::Lagged(_)) | Ok(Change::Reset) => continue 'snapshot,
+                Err(RecvError::Closed) => return,
+            };
+            if tx.send(Ok(message)).await.is_err() {
+                return;
+            }
+        }
     }
 }

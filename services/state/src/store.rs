@@ -23,7 +23,7 @@ use std::sync::{Arc, RwLock};
 
 use openraft::{AnyError, SnapshotMeta};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
 pub(crate) use log::RaftLogStore;
 pub(crate) use state_machine::{AppliedState, StateMachineStore};
@@ -63,9 +63,26 @@ pub(crate) struct OpenStore {
     pub(crate) applied: Arc<RwLock<AppliedState>>,
     /// The last applied log index, sent after every apply batch and snapshot install.
     pub(crate) applied_index: watch::Receiver<u64>,
+    /// Every applied entry, in order, for the nodes' followers (see [`Change`]).
+    pub(crate) changes: broadcast::Sender<Change>,
     /// Completes (with an error, as nothing is ever sent) once the redb file is closed.
     pub(crate) closed: oneshot::Receiver<()>,
 }
+
+/// One change of the applied state, as followers of a node see it.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    /// The entry at `index` was applied; `command` is `None` for a blank or membership entry.
+    Entry {
+        index: u64,
+        command: Option<Arc<gofer_domain::Command>>,
+    },
+    /// A snapshot replaced the whole state.
+    Reset,
+}
+
+/// How many changes a slow follower may fall behind before it is sent the whole state again.
+const CHANGES_KEPT: usize = 4096;
 
 /// Opens or creates the redb file at `path` and loads the latest snapshot into memory.
 pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
@@ -106,11 +123,13 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
     let (applied_tx, applied_index) = watch::channel(applied.last_applied.map_or(0, |l| l.index));
     let applied = Arc::new(RwLock::new(applied));
     let file = Arc::new(file);
+    let (changes, _) = broadcast::channel(CHANGES_KEPT);
     Ok(OpenStore {
         log: RaftLogStore::new(file.clone()),
-        state_machine: StateMachineStore::new(file, applied.clone(), applied_tx),
+        state_machine: StateMachineStore::new(file, applied.clone(), applied_tx, changes.clone()),
         applied,
         applied_index,
+        changes,
         closed,
     })
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gofer_domain::{Applied, Command, PipelineConfig};
-use gofer_state::{Faults, MemberOptions, MembershipChange, NodeId, PeerNetwork, StateNode};
+use gofer_state::{Faults, MemberOptions, MembershipChange, NodeId, PeerNetwork, RemoteState, StateNode};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -17,6 +17,8 @@ struct Cluster {
     servers: Vec<tokio::task::JoinHandle<()>>,
     _dirs: Vec<tempfile::TempDir>,
     ca_pem: String,
+    ca: gofer_tls::Ca,
+    addresses: BTreeMap<NodeId, String>,
 }
 
 impl Cluster {
@@ -54,7 +56,7 @@ impl Cluster {
             let server_tls = ServerTlsConfig::new()
                 .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
                 .client_ca_root(Certificate::from_pem(&ca_pem));
-            let service = node.raft_service(None);
+            let service = node.raft_service(None, tokio_util::sync::CancellationToken::new());
             servers.push(tokio::spawn(async move {
                 let _ = Server::builder()
                     .tls_config(server_tls)
@@ -72,6 +74,8 @@ impl Cluster {
             servers,
             _dirs: dirs,
             ca_pem,
+            ca,
+            addresses: members,
         }
     }
 
@@ -363,5 +367,67 @@ async fn a_node_that_fell_behind_the_compacted_log_catches_up_by_snapshot() {
     );
     let leader_state = node.read(|s| s.clone());
     assert_eq!(cluster.nodes[&behind].read(|s| s.clone()), leader_state);
+    cluster.stop().await;
+}
+
+/// A process away from the state nodes (a standalone api or scheduler) follows one node's state, writes
+/// through the leader, reads its own writes and linearizably, and moves to another node when its node goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_process_mirrors_the_state_and_moves_on_when_its_node_goes() {
+    let mut cluster = Cluster::start().await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let cert = cluster.ca.issue("api", &["localhost".into()]).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&cluster.ca_pem))
+        .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+    // The follower first: the mirror follows it, and writes find the leader by trying the nodes.
+    let mut addresses = vec![cluster.addresses[&follower].clone()];
+    addresses.extend(
+        cluster
+            .addresses
+            .iter()
+            .filter(|(id, _)| **id != follower)
+            .map(|(_, a)| a.clone()),
+    );
+    let remote = RemoteState::connect(PeerNetwork::new(0, Some(tls), Faults::default()), addresses, DEADLINE)
+        .await
+        .unwrap();
+
+    remote.propose(namespace("from-afar")).await.unwrap();
+    assert!(
+        remote.read(|s| s.namespaces.contains_key("from-afar")),
+        "a write is readable on return"
+    );
+    let refused = remote.propose(namespace("from-afar")).await.unwrap_err();
+    assert!(matches!(refused, gofer_state::Error::Rejected(_)), "{refused:?}");
+    cluster.nodes[&leader]
+        .propose(namespace("on-the-leader"))
+        .await
+        .unwrap();
+    assert!(
+        remote
+            .read_linearizable(|s| s.namespaces.contains_key("on-the-leader"))
+            .await
+            .unwrap(),
+        "a linearizable read sees every write acknowledged before it"
+    );
+    let mirrored = remote.read(|s| s.clone());
+    assert_eq!(
+        mirrored,
+        cluster.nodes[&leader].read(|s| s.clone()),
+        "the mirror is the state"
+    );
+
+    // The followed node goes away for good: the mirror follows another, and writes and reads go on.
+    let gone = cluster.nodes.remove(&follower).unwrap();
+    gone.shutdown().await.unwrap();
+    cluster.servers[(follower - 1) as usize].abort();
+    remote.propose(namespace("after-the-loss")).await.unwrap();
+    assert!(remote.read(|s| s.namespaces.contains_key("after-the-loss")));
+    let status = remote.cluster_status().await.unwrap();
+    assert_ne!(status.node_id, follower);
+    assert_eq!(remote.following_node(), status.node_id);
+    remote.close();
     cluster.stop().await;
 }

@@ -57,6 +57,8 @@ fn run_task(state: &mut State, run: u64, task: &str, outcome: AttemptOutcome) {
             attempt,
             executor: "e".into(),
             node: 1,
+            scheduler: String::new(),
+            epoch: 0,
             at: 4,
         })
         .unwrap();
@@ -72,6 +74,7 @@ fn run_task(state: &mut State, run: u64, task: &str, outcome: AttemptOutcome) {
             target: target(task, run),
             attempt,
             outcome,
+            log_node: 0,
             at: 6,
         })
         .unwrap();
@@ -180,6 +183,8 @@ fn a_task_cannot_be_assigned_before_its_parents_end() {
         attempt: 1,
         executor: "e".into(),
         node: 1,
+        scheduler: String::new(),
+        epoch: 0,
         at: 4,
     });
     assert!(matches!(refused, Err(Error::FailedPrecondition(_))), "{refused:?}");
@@ -197,6 +202,8 @@ fn an_attempt_is_assigned_once_and_stale_reports_are_refused() {
             attempt: 1,
             executor: "e".into(),
             node: 1,
+            scheduler: String::new(),
+            epoch: 0,
             at: 4,
         })
         .unwrap();
@@ -208,6 +215,8 @@ fn an_attempt_is_assigned_once_and_stale_reports_are_refused() {
                 attempt: 1,
                 executor: "f".into(),
                 node: 1,
+                scheduler: String::new(),
+                epoch: 0,
                 at: 4
             })
             .is_err()
@@ -227,6 +236,7 @@ fn an_attempt_is_assigned_once_and_stale_reports_are_refused() {
             target: target("a", run),
             attempt: 1,
             outcome: AttemptOutcome::Exited(0),
+            log_node: 0,
             at: 6,
         })
         .unwrap();
@@ -237,6 +247,7 @@ fn an_attempt_is_assigned_once_and_stale_reports_are_refused() {
                 target: target("a", run),
                 attempt: 1,
                 outcome: AttemptOutcome::Exited(1),
+                log_node: 0,
                 at: 7
             })
             .is_err()
@@ -255,6 +266,8 @@ fn cancel_ends_pending_tasks_at_once_and_running_ones_when_stopped() {
             attempt: 1,
             executor: "e".into(),
             node: 1,
+            scheduler: String::new(),
+            epoch: 0,
             at: 4,
         })
         .unwrap();
@@ -282,6 +295,7 @@ fn cancel_ends_pending_tasks_at_once_and_running_ones_when_stopped() {
             target: target("a", run),
             attempt: 1,
             outcome: AttemptOutcome::Stopped,
+            log_node: 0,
             at: 7,
         })
         .unwrap();
@@ -415,6 +429,8 @@ mod properties {
         Stop { pick: usize },
         Cancel { pick: usize },
         Bogus { pick: usize },
+        Lease { who: usize, ttl: u64 },
+        FencedAssign { who: usize, epoch: u64 },
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -425,6 +441,8 @@ mod properties {
             1 => any::<usize>().prop_map(|pick| Step::Stop { pick }),
             1 => any::<usize>().prop_map(|pick| Step::Cancel { pick }),
             1 => any::<usize>().prop_map(|pick| Step::Bogus { pick }),
+            2 => (any::<usize>(), 1u64..4).prop_map(|(who, ttl)| Step::Lease { who, ttl }),
+            3 => (any::<usize>(), 0u64..4).prop_map(|(who, epoch)| Step::FencedAssign { who, epoch }),
         ]
     }
 
@@ -463,6 +481,8 @@ mod properties {
                     attempt,
                     executor: "e".into(),
                     node: 1,
+                    scheduler: String::new(),
+                    epoch: 0,
                     at,
                 })
                 .collect(),
@@ -478,6 +498,7 @@ mod properties {
                         target,
                         attempt,
                         outcome: AttemptOutcome::Exited(*code),
+                        log_node: 0,
                         at,
                     },
                 ]
@@ -488,6 +509,7 @@ mod properties {
                     target,
                     attempt,
                     outcome: AttemptOutcome::Stopped,
+                    log_node: 0,
                     at,
                 }]
             }
@@ -502,8 +524,35 @@ mod properties {
                 target: target("a", *pick as u64 % 5 + 1),
                 attempt: 7,
                 outcome: AttemptOutcome::Exited(0),
+                log_node: 0,
                 at,
             }],
+            Step::Lease { who, ttl } => vec![Command::AcquireLease {
+                role: Role::Scheduler,
+                holder: format!("s{}", who % 2),
+                ttl_millis: *ttl,
+                at,
+            }],
+            Step::FencedAssign { who, epoch } => plan(state)
+                .into_iter()
+                .map(|(target, attempt)| {
+                    let holder = format!("s{}", who % 2);
+                    Command::Fenced {
+                        role: Role::Scheduler,
+                        holder: holder.clone(),
+                        epoch: *epoch,
+                        command: Box::new(Command::AssignAttempt {
+                            target,
+                            attempt,
+                            executor: "e".into(),
+                            node: 1,
+                            scheduler: holder,
+                            epoch: *epoch,
+                            at,
+                        }),
+                    }
+                })
+                .collect(),
             _ => vec![],
         }
     }
@@ -517,6 +566,7 @@ mod properties {
             register(&mut state, CHAIN);
             let mut log = Vec::new();
             let mut last_run = 0;
+            let mut granted = BTreeMap::new();
             for (i, step) in steps.iter().enumerate() {
                 for command in commands(&state, step, 10 + i as i64) {
                     let before = state.clone();
@@ -524,6 +574,14 @@ mod properties {
                         Ok(Applied::Run(id)) => {
                             prop_assert!(id > last_run, "run ids only grow");
                             last_run = id;
+                        }
+                        Ok(Applied::Lease(lease)) => {
+                            let holder = granted.entry(lease.epoch).or_insert_with(|| lease.holder.clone());
+                            prop_assert_eq!(&*holder, &lease.holder, "one holder per epoch");
+                        }
+                        Ok(_) if matches!(command, Command::Fenced { .. }) => {
+                            let Command::Fenced { holder, epoch, .. } = &command else { unreachable!() };
+                            prop_assert_eq!(granted.get(epoch), Some(holder), "a fenced command acts in its holder's epoch");
                         }
                         Ok(_) => {}
                         Err(_) => prop_assert_eq!(&state, &before, "a refused command changes nothing"),
@@ -549,4 +607,49 @@ mod properties {
             prop_assert_eq!(snapshot, state);
         }
     }
+}
+
+#[test]
+fn a_finished_attempt_records_where_its_logs_went_and_who_assigned_it() {
+    let mut state = init();
+    register(&mut state, CHAIN);
+    let run = start(&mut state);
+    let assign = |scheduler: &str, epoch| Command::AssignAttempt {
+        target: target("a", run),
+        attempt: 1,
+        executor: "e".into(),
+        node: 1,
+        scheduler: scheduler.into(),
+        epoch,
+        at: 4,
+    };
+    state.leases.acquire(Role::Scheduler, "s/1", 1000, 0).unwrap();
+    // A fenced assignment must name its fence's holder and epoch.
+    let mismatched = Command::Fenced {
+        role: Role::Scheduler,
+        holder: "s/1".into(),
+        epoch: 1,
+        command: Box::new(assign("s/2", 1)),
+    };
+    assert!(matches!(state.apply(&mismatched), Err(Error::InvalidArgument { .. })));
+    let fenced = Command::Fenced {
+        role: Role::Scheduler,
+        holder: "s/1".into(),
+        epoch: 1,
+        command: Box::new(assign("s/1", 1)),
+    };
+    state.apply(&fenced).unwrap();
+    assert_eq!(state.leases.roles[&Role::Scheduler].commands, 1);
+    state
+        .apply(&Command::AttemptFinished {
+            target: target("a", run),
+            attempt: 1,
+            outcome: AttemptOutcome::Exited(0),
+            log_node: 3,
+            at: 6,
+        })
+        .unwrap();
+    let task = state.run("default", "p", run).unwrap().0.task("a").unwrap().clone();
+    assert_eq!((task.log_node, task.executor.as_str()), (3, "e"));
+    assert_eq!((task.scheduler.as_str(), task.scheduler_epoch), ("s/1", 1));
 }

@@ -112,6 +112,8 @@ fn finish(state: &mut State, run: u64) {
             attempt: 1,
             executor: "e".into(),
             node: 1,
+            scheduler: String::new(),
+            epoch: 0,
             at: 30,
         })
         .unwrap();
@@ -120,6 +122,7 @@ fn finish(state: &mut State, run: u64) {
             target,
             attempt: 1,
             outcome: AttemptOutcome::Exited(0),
+            log_node: 0,
             at: 31,
         })
         .unwrap();

@@ -18,9 +18,9 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
-use super::{RedbFile, blocking};
+use super::{Change, RedbFile, blocking};
 use crate::types::{NodeId, Response, TypeConfig};
 
 /// Everything applying the log produced: what a snapshot holds.
@@ -36,6 +36,7 @@ pub(crate) struct StateMachineStore {
     file: Arc<RedbFile>,
     applied: Arc<RwLock<AppliedState>>,
     applied_index: watch::Sender<u64>,
+    changes: broadcast::Sender<Change>,
     /// Counts snapshots built by this process, to keep snapshot ids unique.
     snapshots_built: Arc<AtomicU64>,
 }
@@ -66,11 +67,13 @@ impl StateMachineStore {
         file: Arc<RedbFile>,
         applied: Arc<RwLock<AppliedState>>,
         applied_index: watch::Sender<u64>,
+        changes: broadcast::Sender<Change>,
     ) -> Self {
         StateMachineStore {
             file,
             applied,
             applied_index,
+            changes,
             snapshots_built: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -97,6 +100,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut responses = Vec::new();
             for entry in entries {
                 applied.last_applied = Some(entry.log_id);
+                let mut applied_command = None;
                 let result = match entry.payload {
                     EntryPayload::Blank => Ok(Applied::Done),
                     EntryPayload::Normal(command) => {
@@ -104,6 +108,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         if let Err(error) = &result {
                             tracing::debug!(index = entry.log_id.index, %error, "command refused");
                         }
+                        applied_command = Some(Arc::new(command));
                         result
                     }
                     EntryPayload::Membership(membership) => {
@@ -111,6 +116,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         Ok(Applied::Done)
                     }
                 };
+                // Sent under the write lock, so followers see entries in apply order, and none that a
+                // state read under the lock already holds is sent after it without its index.
+                let _ = self.changes.send(Change::Entry {
+                    index: entry.log_id.index,
+                    command: applied_command,
+                });
                 responses.push(Response(result));
             }
             (responses, applied.last_applied.map(|l| l.index))
@@ -157,7 +168,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .map_err(|e| StorageIOError::write_snapshot(Some(signature), e))?;
 
         let index = installed.last_applied.map_or(0, |l| l.index);
-        *write_lock(&self.applied)? = installed;
+        {
+            let mut applied = write_lock(&self.applied)?;
+            *applied = installed;
+            let _ = self.changes.send(Change::Reset);
+        }
         self.applied_index.send_replace(index);
         Ok(())
     }

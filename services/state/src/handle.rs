@@ -1,0 +1,158 @@
+//! [`StateHandle`]: what the roles (api, scheduler, extension host) hold to reach the replicated state,
+//! whether a state node runs in the same process or the state nodes are elsewhere. One mechanism either
+//! way: propose, read, read linearizably, watch the applied index.
+
+use gofer_domain::{Applied, AttemptRef, Command, State};
+use gofer_proto::v1;
+use tokio::sync::watch;
+
+use crate::{ClusterStatus, Error, MembershipChange, NodeId, RemoteState, StateNode};
+
+/// The replicated state as a role reaches it. Clones share the node or the mirror.
+#[derive(Clone)]
+pub enum StateHandle {
+    /// A state node in this process.
+    Local(StateNode),
+    /// State nodes elsewhere, followed over mutual TLS.
+    Remote(RemoteState),
+}
+
+impl From<StateNode> for StateHandle {
+    fn from(node: StateNode) -> Self {
+        StateHandle::Local(node)
+    }
+}
+
+impl From<RemoteState> for StateHandle {
+    fn from(remote: RemoteState) -> Self {
+        StateHandle::Remote(remote)
+    }
+}
+
+impl StateHandle {
+    /// Commits `command` and returns its result once this process can read it.
+    pub async fn propose(&self, command: Command) -> Result<Applied, Error> {
+        match self {
+            StateHandle::Local(node) => node.propose(command).await,
+            StateHandle::Remote(remote) => remote.propose(command).await,
+        }
+    }
+
+    /// Runs `f` on the state as this process has applied it (not linearizable).
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        match self {
+            StateHandle::Local(node) => node.read(f),
+            StateHandle::Remote(remote) => remote.read(f),
+        }
+    }
+
+    /// Runs `f` on the state once it holds everything committed before the call.
+    pub async fn read_linearizable<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R, Error> {
+        match self {
+            StateHandle::Local(node) => node.read_linearizable(f).await,
+            StateHandle::Remote(remote) => remote.read_linearizable(f).await,
+        }
+    }
+
+    /// A receiver whose value is the last applied log index; it changes after every apply.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        match self {
+            StateHandle::Local(node) => node.subscribe(),
+            StateHandle::Remote(remote) => remote.subscribe(),
+        }
+    }
+
+    /// The state node in this process, 0 if there is none.
+    pub fn local_node(&self) -> NodeId {
+        match self {
+            StateHandle::Local(node) => node.id(),
+            StateHandle::Remote(_) => 0,
+        }
+    }
+
+    /// The state node that keeps the task logs this process receives: this process's node, or the one
+    /// its mirror follows (0 while unknown).
+    pub fn log_keeper(&self) -> NodeId {
+        match self {
+            StateHandle::Local(node) => node.id(),
+            StateHandle::Remote(remote) => remote.following_node(),
+        }
+    }
+
+    /// The state node to send a task log to now: this process's node, or a live one the mirror knows.
+    pub async fn log_keeper_now(&self) -> Result<NodeId, Error> {
+        match self {
+            StateHandle::Local(node) => Ok(node.id()),
+            StateHandle::Remote(remote) => remote.log_keeper().await,
+        }
+    }
+
+    /// A state node's view of the cluster.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, Error> {
+        match self {
+            StateHandle::Local(node) => Ok(node.cluster_status()),
+            StateHandle::Remote(remote) => remote.cluster_status().await,
+        }
+    }
+
+    /// Adds or removes a state node.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), Error> {
+        match self {
+            StateHandle::Local(node) => node.change_membership(change).await,
+            StateHandle::Remote(remote) => remote.change_membership(change).await,
+        }
+    }
+
+    /// Reads part of an attempt's log from state node `node`, which keeps it.
+    pub async fn read_peer_log(
+        &self,
+        node: NodeId,
+        target: &AttemptRef,
+        attempt: u32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<Vec<u8>, Error> {
+        let mut client = match self {
+            StateHandle::Local(local) => local.member_client(node)?,
+            StateHandle::Remote(remote) => remote.member_client(node).await?,
+        };
+        let request = v1::ReadTaskLogRequest {
+            namespace_id: target.namespace.clone(),
+            pipeline_id: target.pipeline.clone(),
+            run_id: target.run,
+            task_id: target.task.clone(),
+            attempt,
+            offset,
+            max_bytes,
+        };
+        let reply = client
+            .read_task_log(request)
+            .await
+            .map_err(|s| Error::Unavailable(format!("reading the log from node {node}: {}", s.message())))?;
+        Ok(reply.into_inner().data)
+    }
+
+    /// Sends an attempt's whole log to state node `node` to keep, and returns the bytes it stored.
+    pub async fn send_log(
+        &self,
+        node: NodeId,
+        key: v1::AttemptKey,
+        chunks: impl futures_util::Stream<Item = Vec<u8>> + Send + 'static,
+    ) -> Result<u64, Error> {
+        use futures_util::StreamExt;
+        let mut client = match self {
+            StateHandle::Local(local) => local.member_client(node)?,
+            StateHandle::Remote(remote) => remote.member_client(node).await?,
+        };
+        let first = v1::StoreTaskLogRequest {
+            key: Some(key),
+            data: Vec::new(),
+        };
+        let rest = chunks.map(|data| v1::StoreTaskLogRequest { key: None, data });
+        let reply = client
+            .store_task_log(futures_util::stream::iter([first]).chain(rest))
+            .await
+            .map_err(|s| Error::Unavailable(format!("storing the log on node {node}: {}", s.message())))?;
+        Ok(reply.into_inner().stored_bytes)
+    }
+}
