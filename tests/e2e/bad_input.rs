@@ -2,7 +2,10 @@
 //! stored; unknown things are NotFound; a missing or wrong token is Unauthenticated; usage errors exit 2;
 //! the server keeps serving after each.
 
+use std::time::Duration;
+
 use anyhow::Result;
+use gofer_testkit::wait_until;
 
 use crate::{start, stderr};
 
@@ -121,8 +124,37 @@ fn cluster_status_shows_the_single_dev_node_as_leader() -> Result<()> {
     assert_eq!(status["nodes"].as_array().map(Vec::len), Some(1));
     assert_eq!(status["nodes"][0]["role"], "LEADER");
     assert!(status["applied_index"].as_u64() >= Some(1));
+    let digest = status["state_digest"].as_str().unwrap_or_default();
+    assert!(
+        digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()),
+        "{status}"
+    );
+    // The one node holds both one-at-a-time roles, each in its first epoch.
+    let leases = wait_until("both leases", Duration::from_secs(10), || {
+        let status = dev.ctl_json(&["cluster", "status"])?;
+        let roles: Vec<(String, u64)> = status["leases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                (
+                    l["role"].as_str().unwrap_or_default().to_string(),
+                    l["epoch"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        Ok((roles.len() == 2).then_some(roles))
+    })?;
+    assert_eq!(
+        leases,
+        [("scheduler".to_string(), 1), ("extension-host".to_string(), 1)]
+    );
     let table = dev.ctl_ok(&["cluster", "status"])?;
     assert!(table.contains("leader:      node 1"), "{table}");
+    assert!(
+        table.contains("ROLE") && table.contains("HOLDER") && table.contains("local/"),
+        "{table}"
+    );
     let bad = dev.ctl(&["cluster", "remove", "7"])?;
     assert!(stderr(&bad).contains("NotFound"), "{}", stderr(&bad));
     let usage = dev.ctl(&["cluster", "add", "x", "https://h:1"])?;

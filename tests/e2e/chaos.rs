@@ -159,6 +159,17 @@ fn chaos(deployment: &Deployment) -> Result<()> {
         views.push(view);
     }
     assert!(views.windows(2).all(|w| w[0] == w[1]), "the nodes disagree: {views:?}");
+    // The state machines are identical: once the nodes have applied the same commands, their states'
+    // digests (leases aside, as they renew all the time) are equal.
+    let digests = wait_until("the nodes' states to be identical", Duration::from_secs(60), || {
+        let mut digests = BTreeSet::new();
+        for node in 1..=3usize {
+            let status = deployment.json(node, &["cluster", "status"])?;
+            digests.insert(status["state_digest"].as_str().unwrap_or_default().to_string());
+        }
+        Ok((digests.len() == 1 && !digests.contains("")).then_some(digests))
+    })?;
+    assert_eq!(digests.len(), 1);
     eprintln!(
         "chaos: {} writes attempted, {} acknowledged, {} runs acknowledged and ended, {faults} faults injected, \
          0 lost, 0 duplicated, {} scheduler epochs with one scheduler each",

@@ -446,6 +446,7 @@ pub fn cluster_status(s: &v1::GetClusterStatusResponse) -> Value {
     json!({
         "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term, "last_log_index": s.last_log_index,
         "applied_index": s.applied_index, "nodes": nodes, "cluster_id": s.cluster_id, "leases": leases,
+        "state_digest": s.state_digest,
     })
 }
 

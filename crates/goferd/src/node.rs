@@ -168,9 +168,10 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
     } = setup;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let mut single_node = false;
     let (handle, local, logs): (StateHandle, _, _) = match state {
         StateSetup::Local { node, logs, raft } => {
-            let single_node = raft.is_none();
+            single_node = raft.is_none();
             if let Some((listener, tls)) = raft {
                 let service = node.raft_service(Some(logs.clone()), shutdown.clone());
                 let raft_shutdown = shutdown.clone();
@@ -217,7 +218,11 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         let host_role = if roles.extension_host {
             let lease = LeaseHolder::spawn(handle.clone(), Role::ExtensionHost, holder.clone(), shutdown.clone());
             let host_role = ExtensionHost::new(handle.clone(), lease);
-            tracker.spawn(register_builtins(handle.clone(), host_role.clone(), shutdown.clone()));
+            let builtins = tracker.spawn(register_builtins(handle.clone(), host_role.clone(), shutdown.clone()));
+            // A single node commits at once: `goferd dev` is ready only once the built-in triggers are.
+            if single_node {
+                builtins.await.context("registering the built-in extensions")?;
+            }
             tracker.spawn(host_role.clone().run_schedules(shutdown.clone()));
             let docker = docker.clone().context("the extension host runs extensions in Docker")?;
             let launch = LaunchConfig {

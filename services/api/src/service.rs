@@ -521,6 +521,13 @@ impl GoferService for ApiService {
         _request: Request<v1::GetClusterStatusRequest>,
     ) -> ApiResult<v1::GetClusterStatusResponse> {
         let status = self.state.cluster_status().await.map_err(state_status)?;
+        let state_digest = self.state.read(|s| {
+            let mut state = s.clone();
+            state.leases = Default::default();
+            let json = serde_json::to_vec(&state).expect("the state always serializes");
+            let digest = ring::digest::digest(&ring::digest::SHA256, &json);
+            digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
+        });
         let leases = self.state.read(|s| {
             s.leases
                 .roles
@@ -536,6 +543,7 @@ impl GoferService for ApiService {
         });
         Ok(Response::new(v1::GetClusterStatusResponse {
             leases,
+            state_digest,
             node_id: status.node_id,
             leader_id: status.leader_id.unwrap_or(0),
             term: status.term,
