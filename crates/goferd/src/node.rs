@@ -181,7 +181,8 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
                         .context("configuring the raft port's TLS")?
                         .add_service(service)
                         .serve_with_incoming_shutdown(
-                            tokio_stream::wrappers::TcpListenerStream::new(listener),
+                            // Without nodelay, a reply split into small writes can wait 40 ms for a delayed ACK.
+                            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                             raft_shutdown.cancelled(),
                         )
                         .await;

@@ -76,7 +76,8 @@ pub async fn serve(
         .add_optional_service(dispatch)
         .add_optional_service(extension)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Without nodelay, a reply split into small writes can wait 40 ms for a delayed ACK.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.cancelled(),
         )
         .await

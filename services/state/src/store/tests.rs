@@ -48,7 +48,7 @@ async fn a_reopened_file_keeps_vote_log_committed_purged_and_snapshot() {
         }),
     };
 
-    let snapshot_meta = {
+    let (snapshot_meta, closed) = {
         let mut store = open(path.clone()).await.unwrap();
         store.log.save_vote(&Vote::new(3, 1)).await.unwrap();
         store
@@ -72,8 +72,10 @@ async fn a_reopened_file_keeps_vote_log_committed_purged_and_snapshot() {
         store.log.purge(log_id(1, 1, 1)).await.unwrap();
         let applied = *store.applied_index.borrow();
         assert_eq!(applied, 2);
-        snapshot.meta
+        (snapshot.meta, store.closed)
     };
+    // The log writer lets go of the file once the store is dropped.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), closed).await;
 
     let mut store = open(path).await.unwrap();
     assert_eq!(store.log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
