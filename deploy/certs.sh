@@ -10,8 +10,10 @@ dir=${1:-deploy/certs}
 for name in node1 node2 node3 api scheduler-a scheduler-b extension-host executor; do
   "$goferd" certs issue "$name" --dir "$dir" --san "$name" --san localhost --san 127.0.0.1
 done
-# The containers run as root but the files are read through a bind mount: keep them readable.
+# The containers run as root but the files are read through a bind mount: keep them readable, all but the
+# CA's key, which no process needs.
 chmod 0644 "$dir"/*.key "$dir"/admin.token
+chmod 0600 "$dir/ca.key"
 for n in 1 2 3; do
   printf 'host = "https://127.0.0.1:74%s3"\ntoken = "%s"\nca_cert = "%s"\nnamespace = "default"\n' \
     "$n" "$(cat "$dir/admin.token")" "$(cd "$dir" && pwd)/ca.pem" > "$dir/goferctl-node$n.toml"

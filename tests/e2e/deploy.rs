@@ -2,8 +2,8 @@
 //! an executor each in its own container, on a private network, from an image built locally the way
 //! `deploy/build-image.sh` does, with certificates from `deploy/certs.sh`. A pipeline registered through the
 //! api runs when started on a state node; after the leader's container stops, another node leads and runs
-//! go on; after the active scheduler is killed, the standby takes the lease in the next epoch and runs go
-//! on; a node whose data volume was wiped catches up when it comes back.
+//! go on; after the active scheduler is killed, or paused, the standby takes the lease in the next epoch and
+//! runs go on; a node whose data volume was wiped catches up when it comes back.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -262,6 +262,19 @@ fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_
     assert_eq!(tasks[0]["scheduler_epoch"].as_u64(), Some(next_epoch), "{tasks}");
     deployment.compose(&["start", &active])?;
 
+    // Pause the holder instead (its sockets stay open, it just stops answering): the lease moves, the
+    // executor notices the silence and follows it, and runs go on.
+    deployment.compose(&["pause", &standby])?;
+    let (third, third_epoch) = deployment.scheduler_lease(&[epoch, next_epoch])?;
+    assert_eq!(third, active);
+    assert_eq!(
+        deployment.ctl(API, &["run", "start", "composed", "--wait"])?.trim(),
+        "3"
+    );
+    let tasks = deployment.json(API, &["task", "list", "composed", "3"])?;
+    assert_eq!(tasks[0]["scheduler_epoch"].as_u64(), Some(third_epoch), "{tasks}");
+    deployment.compose(&["unpause", &standby])?;
+
     deployment.compose(&["stop", &format!("node{leader}")])?;
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != leader).collect();
     let (new_leader, _) = deployment.leader(others[0] as usize, &others)?;
@@ -270,7 +283,7 @@ fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_
         deployment
             .ctl(others[1] as usize, &["run", "start", "composed", "--wait"])?
             .trim(),
-        "3"
+        "4"
     );
     deployment.compose(&["start", &format!("node{leader}")])?;
 
@@ -282,7 +295,7 @@ fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_
     deployment.compose(&["up", "-d", &format!("node{follower}")])?;
     let runs = wait_until("the replaced node to catch up", Duration::from_secs(90), || {
         let runs = deployment.json(follower as usize, &["run", "list", "composed"])?;
-        Ok((runs.as_array().map(Vec::len) == Some(3)).then_some(runs))
+        Ok((runs.as_array().map(Vec::len) == Some(4)).then_some(runs))
     })?;
     assert!(
         runs.as_array().unwrap().iter().all(|r| r["state"] == "SUCCEEDED"),

@@ -21,7 +21,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 #[derive(clap::Args)]
 pub struct ServerArgs {
     /// A TOML config file with the keys below (node_id, data_dir, api_listen, raft_listen,
-    /// webhook_listen, ca, cert, key, admin_token_file, bootstrap)
+    /// webhook_listen, ca, cert, key, admin_token_file, name, and the lists bootstrap (a table of
+    /// id = "https://host:port"), roles, state_nodes and schedulers); see README
     #[arg(long)]
     config: Option<PathBuf>,
     /// This node's id in the cluster (1, 2, 3 …)
@@ -120,7 +121,14 @@ fn parse_roles(names: &[String]) -> anyhow::Result<(bool, Roles)> {
 
 fn check_addresses(field: &str, addresses: &[String]) -> anyhow::Result<()> {
     for address in addresses {
-        if !address.starts_with("https://") || address.len() <= "https://".len() {
+        let uri: Option<tonic::transport::Uri> = address.parse().ok();
+        let valid = uri.is_some_and(|uri| {
+            uri.scheme_str() == Some("https")
+                && uri.host().is_some_and(|h| !h.is_empty())
+                && uri.port_u16().is_some()
+                && uri.path() == "/"
+        });
+        if !valid {
             bail!("{field}: addresses are https://host:port, got {address:?}");
         }
     }
@@ -163,6 +171,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         bail!("roles: name at least one role");
     }
     let node_id = args.node_id.or(file.node_id);
+    if state_role && node_id.is_none() {
+        bail!("node_id is required for the state role (--node-id or the config file)");
+    }
     let name = match (args.name.or(file.name), node_id) {
         (Some(name), _) => name,
         (None, Some(id)) => format!("node{id}"),
@@ -341,4 +352,43 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let _ = std::io::Write::flush(&mut std::io::stdout());
     node.run_until_signalled().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_and_unknown_ones_are_named() {
+        assert_eq!(parse_roles(&[]).unwrap(), (true, Roles::ALL));
+        let (state, roles) = parse_roles(&["scheduler".into(), "executor".into()]).unwrap();
+        assert!(!state && roles.scheduler && roles.executor && !roles.api && !roles.extension_host);
+        let err = parse_roles(&["Scheduler".into()]).unwrap_err().to_string();
+        assert!(err.contains("roles") && err.contains("\"Scheduler\""), "{err}");
+    }
+
+    #[test]
+    fn addresses_must_be_https_host_and_port() {
+        assert!(
+            check_addresses(
+                "state_nodes",
+                &["https://node1:7444".into(), "https://127.0.0.1:1".into()]
+            )
+            .is_ok()
+        );
+        for bad in [
+            "127.0.0.1:7444",
+            "http://node1:7444",
+            "https://node1",
+            "https://127.0.0.1:notaport",
+            "https://a b:1",
+            "https://node1:7444/path",
+            "https://",
+        ] {
+            let err = check_addresses("state_nodes", &[bad.to_string()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("state_nodes:"), "{bad}: {err}");
+        }
+    }
 }

@@ -296,6 +296,11 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
                     Ok(Endpoint::from_shared(address.clone())
                         .with_context(|| format!("scheduler address {address:?}"))?
                         .connect_timeout(Duration::from_secs(2))
+                        // A paused or cut-off scheduler is noticed by its silence within about 3 s, and
+                        // the executor moves on to the one that holds the lease.
+                        .http2_keep_alive_interval(Duration::from_secs(1))
+                        .keep_alive_timeout(Duration::from_secs(2))
+                        .keep_alive_while_idle(true)
                         .tls_config(tls.clone())?
                         .connect_lazy())
                 })

@@ -104,15 +104,21 @@ impl DispatchService for DispatchHandler {
             kind: Some(v1::dispatch_response::Kind::Welcome(welcome)),
         }));
         let acks = tx.clone();
+        let mut lease = self.scheduler.lease.watch();
+        let epoch = *lease.borrow_and_update();
         let (connection, closed) = self.scheduler.connect(&executor, tx);
         tracing::info!(%executor, "executor connected");
         let this = self.clone();
         tokio::spawn(async move {
             // Ends when the executor leaves or the scheduler drops the connection (a newer stream, or the
             // lease lost): dropping `acks` then ends the response stream, and the executor looks again.
+            // The stream also ends as soon as this scheduler stops holding the lease it was opened under.
+            let lease_moved = lease.wait_for(move |now| *now != epoch);
+            tokio::pin!(lease_moved);
             while let Some(message) = tokio::select! {
                 message = inbound.next() => message,
                 () = closed.cancelled() => None,
+                _ = &mut lease_moved => None,
             } {
                 let mut ack = None;
                 let command = match message {
