@@ -155,6 +155,7 @@ fn cluster_status_shows_the_single_dev_node_as_leader() -> Result<()> {
         table.contains("ROLE") && table.contains("HOLDER") && table.contains("local/"),
         "{table}"
     );
+    assert!(table.contains(&format!("state:       {digest}")), "{table}");
     let bad = dev.ctl(&["cluster", "remove", "7"])?;
     assert!(stderr(&bad).contains("NotFound"), "{}", stderr(&bad));
     let usage = dev.ctl(&["cluster", "add", "x", "https://h:1"])?;

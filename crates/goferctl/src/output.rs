@@ -463,6 +463,7 @@ pub fn describe_cluster(s: &v1::GetClusterStatusResponse) {
     );
     say!("term:        {}", s.term);
     say!("log index:   {} (applied {})", s.last_log_index, s.applied_index);
+    say!("state:       {}", s.state_digest);
     say!();
     print_table(
         &["NODE", "ROLE", "ADDRESS", "MATCHED"],
