@@ -236,6 +236,16 @@ fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_
         deployment.ctl(API, &["task", "logs", "composed", "1", "a"])?,
         "hello from compose\n"
     );
+    // The api runs apart from the extension host, yet sees the built-in triggers served.
+    let extensions = deployment.json(API, &["extension", "list"])?;
+    let builtins: Vec<&Value> = extensions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["builtin"] == true)
+        .collect();
+    assert!(!builtins.is_empty(), "{extensions}");
+    assert!(builtins.iter().all(|e| e["connected"] == true), "{extensions}");
     // The executor container ran it, for the scheduler that holds the lease.
     let (active, epoch) = deployment.scheduler_lease(&[])?;
     let tasks = deployment.json(API, &["task", "list", "composed", "1"])?;

@@ -80,11 +80,20 @@ impl ApiService {
     fn extension_proto(&self, name: &str) -> Result<v1::Extension, Status> {
         let connected = self.triggers.is_connected(name);
         let last_error = self.triggers.last_error(name).unwrap_or_default();
+        let now = now_millis();
         self.read(|s| {
             let record = s
                 .extensions
                 .get(name)
                 .ok_or_else(|| Error::NotFound(format!("extension {name:?}")))?;
+            // Away from the extension host, a built-in trigger counts as connected while some extension
+            // host holds its lease: that host runs the built-ins.
+            let host_live = s
+                .leases
+                .roles
+                .get(&gofer_domain::lease::Role::ExtensionHost)
+                .is_some_and(|lease| lease.expires_at > now);
+            let connected = connected || (record.builtin && host_live);
             Ok(v1::Extension {
                 last_error,
                 ..extension_to_proto(name, record, connected)
