@@ -42,3 +42,64 @@ fn certs_init_and_issue_write_a_ca_and_certificates_and_never_overwrite() -> Res
     assert!(!dir.path().join("escape.pem").exists());
     Ok(())
 }
+
+/// `goferd server` refuses bad settings at once, naming the field, before it waits for any state node.
+#[test]
+fn server_settings_are_refused_at_once_naming_the_field() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    let goferd = bin_dir()?.join("goferd");
+    let certs_cmd = |args: &[&str]| {
+        std::process::Command::new(&goferd)
+            .arg("certs")
+            .args(args)
+            .arg("--dir")
+            .arg(&certs)
+            .output()
+    };
+    assert!(certs_cmd(&["init"])?.status.success());
+    assert!(certs_cmd(&["issue", "api"])?.status.success());
+    let path = |name: &str| certs.join(name).display().to_string();
+    let common = [
+        format!("--ca={}", path("ca.pem")),
+        format!("--cert={}", path("api.pem")),
+        format!("--key={}", path("api.key")),
+        format!("--admin-token-file={}", path("admin.token")),
+    ];
+    // Nothing listens on port 1: a process that waited for the state nodes would hang for a minute.
+    for (args, field) in [
+        (
+            vec![
+                "--roles=api",
+                "--name=api",
+                "--api-listen=nonsense",
+                "--state-nodes=https://127.0.0.1:1",
+            ],
+            "API port",
+        ),
+        (
+            vec!["--roles=api", "--name=api", "--state-nodes=https://127.0.0.1:notaport"],
+            "state_nodes",
+        ),
+        (vec!["--roles=api", "--name=api"], "state_nodes"),
+        (
+            vec!["--roles=executor", "--name=x", "--state-nodes=https://127.0.0.1:1"],
+            "schedulers",
+        ),
+        (vec!["--roles=state,api", "--data-dir=d"], "node_id"),
+        (vec!["--roles=api,bogus", "--name=api"], "roles"),
+    ] {
+        let output = std::process::Command::new("timeout")
+            .arg("20")
+            .arg(&goferd)
+            .arg("server")
+            .args(&common)
+            .args(&args)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(field), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    Ok(())
+}

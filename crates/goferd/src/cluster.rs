@@ -242,6 +242,25 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .ca_certificate(Certificate::from_pem(&ca_pem))
         .identity(Identity::from_pem(&cert_pem, &key_pem));
 
+    // Ports are bound first, so a bad or busy address is reported at once, not after the state answers.
+    let api_listener = if roles.serves() {
+        Some(
+            tokio::net::TcpListener::bind(&api_listen)
+                .await
+                .with_context(|| format!("binding the API port {api_listen}"))?,
+        )
+    } else {
+        None
+    };
+    let webhook_listener = if roles.extension_host {
+        Some(
+            tokio::net::TcpListener::bind(&webhook_listen)
+                .await
+                .with_context(|| format!("binding the webhook port {webhook_listen}"))?,
+        )
+    } else {
+        None
+    };
     let state = if state_role {
         if !state_nodes.is_empty() {
             bail!("state_nodes is for a process without the state role; this one is a state node");
@@ -310,24 +329,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         (hash_token(&token), Principal::Admin),
         (hash_token(&executor_token), Principal::Executor),
     ]);
-    let api_listener = if roles.serves() {
-        Some(
-            tokio::net::TcpListener::bind(&api_listen)
-                .await
-                .with_context(|| format!("binding the API port {api_listen}"))?,
-        )
-    } else {
-        None
-    };
-    let webhook_listener = if roles.extension_host {
-        Some(
-            tokio::net::TcpListener::bind(&webhook_listen)
-                .await
-                .with_context(|| format!("binding the webhook port {webhook_listen}"))?,
-        )
-    } else {
-        None
-    };
     let node = crate::node::start(crate::node::NodeSetup {
         state,
         roles,
