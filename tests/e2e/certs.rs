@@ -6,18 +6,22 @@ use std::os::unix::fs::PermissionsExt;
 use anyhow::Result;
 use gofer_testkit::bin_dir;
 
+/// `goferd certs ARGS --dir DIR`.
+fn certs_in(dir: &std::path::Path, args: &[&str]) -> std::io::Result<std::process::Output> {
+    let goferd = bin_dir().map_err(std::io::Error::other)?.join("goferd");
+    std::process::Command::new(goferd)
+        .arg("certs")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+}
+
 #[test]
 fn certs_init_and_issue_write_a_ca_and_certificates_and_never_overwrite() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    let goferd = |args: &[&str]| {
-        std::process::Command::new(bin_dir().unwrap().join("goferd"))
-            .arg("certs")
-            .args(args)
-            .arg("--dir")
-            .arg(&certs)
-            .output()
-    };
+    let goferd = |args: &[&str]| certs_in(&certs, args);
     assert!(goferd(&["init"])?.status.success());
     assert!(goferd(&["issue", "node1"])?.status.success());
     assert!(goferd(&["issue", "ops", "--san", "ops.example"])?.status.success());
@@ -49,14 +53,7 @@ fn server_settings_are_refused_at_once_naming_the_field() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     let goferd = bin_dir()?.join("goferd");
-    let certs_cmd = |args: &[&str]| {
-        std::process::Command::new(&goferd)
-            .arg("certs")
-            .args(args)
-            .arg("--dir")
-            .arg(&certs)
-            .output()
-    };
+    let certs_cmd = |args: &[&str]| certs_in(&certs, args);
     assert!(certs_cmd(&["init"])?.status.success());
     assert!(certs_cmd(&["issue", "api"])?.status.success());
     let path = |name: &str| certs.join(name).display().to_string();

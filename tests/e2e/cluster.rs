@@ -164,29 +164,6 @@ impl Cluster {
     }
 }
 
-fn remove_containers(cluster_id: &str) {
-    if cluster_id.is_empty() {
-        return;
-    }
-    if let Ok(output) = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=dev.gofer.cluster={cluster_id}"),
-        ])
-        .output()
-    {
-        let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
-        }
-    }
-}
-
 impl Drop for Cluster {
     fn drop(&mut self) {
         let cluster_id = self
@@ -196,7 +173,7 @@ impl Drop for Cluster {
         for id in 1..=3 {
             self.kill(id);
         }
-        remove_containers(cluster_id.as_deref().unwrap_or_default());
+        gofer_testkit::remove_cluster_containers(cluster_id.as_deref().unwrap_or_default());
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
@@ -248,6 +225,6 @@ fn a_three_node_cluster_serves_from_any_node_and_survives_losing_its_leader() ->
         "SUCCEEDED"
     );
     assert_eq!(run_succeeds(&cluster, followers[0], "spread")?, "2");
-    remove_containers(&cluster_id);
+    gofer_testkit::remove_cluster_containers(&cluster_id);
     Ok(())
 }

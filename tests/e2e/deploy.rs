@@ -200,19 +200,7 @@ impl Drop for Deployment {
             eprintln!("--- compose logs ---\n{logs}");
         }
         let _ = self.compose(&["down", "-v"]);
-        if let Some(cluster) = cluster
-            && let Ok(ids) = run(Command::new("docker").args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=dev.gofer.cluster={cluster}"),
-            ]))
-        {
-            let ids: Vec<&str> = ids.lines().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
-            }
-        }
+        gofer_testkit::remove_cluster_containers(cluster.as_deref().unwrap_or_default());
         let _ = Command::new("docker").args(["rmi", "-f", &self.image]).output();
     }
 }

@@ -19,6 +19,10 @@ pub enum Error {
     /// The state does not allow the command, such as cancelling a run that ended.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The command's issuer does not hold the lease it was fenced with: nothing about the command itself
+    /// was wrong, and it may be sent again by whoever holds the lease now.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 /// The small fixed set of error kinds that `gofer-proto` maps to gRPC codes.
@@ -41,13 +45,13 @@ impl Error {
 
     /// A refusal of a command whose issuer does not hold the lease it was fenced with.
     pub fn fenced(reason: impl std::fmt::Display) -> Self {
-        Error::FailedPrecondition(format!("fenced: {reason}"))
+        Error::Fenced(reason.to_string())
     }
 
-    /// Whether this is a [`Error::fenced`] refusal: the command was not applied because its issuer lost
+    /// Whether this is a [`Error::Fenced`] refusal: the command was not applied because its issuer lost
     /// its lease, not because of what it asked.
     pub fn is_fenced(&self) -> bool {
-        matches!(self, Error::FailedPrecondition(reason) if reason.starts_with("fenced: "))
+        matches!(self, Error::Fenced(_))
     }
 
     /// The kind of refusal this is.
@@ -56,7 +60,7 @@ impl Error {
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
-            Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Error::FailedPrecondition(_) | Error::Fenced(_) => ErrorKind::FailedPrecondition,
         }
     }
 }

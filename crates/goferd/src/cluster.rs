@@ -92,6 +92,15 @@ struct ServerConfig {
     schedulers: Option<Vec<String>>,
 }
 
+/// A list flag if it was given, else the config file's list, else none.
+fn flag_or_file(flag: Vec<String>, file: Option<Vec<String>>) -> Vec<String> {
+    if flag.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flag
+    }
+}
+
 /// Parses `--roles`: the state flag and the other roles.
 fn parse_roles(names: &[String]) -> anyhow::Result<(bool, Roles)> {
     if names.is_empty() {
@@ -161,11 +170,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("config file {}", path.display()))?,
         None => ServerConfig::default(),
     };
-    let role_names = if args.roles.is_empty() {
-        file.roles.unwrap_or_default()
-    } else {
-        args.roles
-    };
+    let role_names = flag_or_file(args.roles, file.roles);
     let (state_role, roles) = parse_roles(&role_names)?;
     if !state_role && !roles.serves_or_executes() {
         bail!("roles: name at least one role");
@@ -204,17 +209,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .admin_token_file
         .or(file.admin_token_file)
         .context("admin_token_file is required")?;
-    let state_nodes = if args.state_nodes.is_empty() {
-        file.state_nodes.unwrap_or_default()
-    } else {
-        args.state_nodes
-    };
+    let state_nodes = flag_or_file(args.state_nodes, file.state_nodes);
     check_addresses("state_nodes", &state_nodes)?;
-    let schedulers = if args.schedulers.is_empty() {
-        file.schedulers.unwrap_or_default()
-    } else {
-        args.schedulers
-    };
+    let schedulers = flag_or_file(args.schedulers, file.schedulers);
     check_addresses("schedulers", &schedulers)?;
     if roles.executor && !roles.scheduler && schedulers.is_empty() {
         bail!("schedulers is required for an executor without the scheduler role beside it");

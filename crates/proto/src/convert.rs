@@ -250,6 +250,14 @@ pub fn attempt_key(target: &AttemptRef, attempt: u32) -> v1::AttemptKey {
 }
 
 /// The domain reference and attempt number of a wire key.
+/// An attempt key as one string, `namespace/pipeline/run/task/attempt`: a container label value and a map key.
+pub fn attempt_key_text(key: &v1::AttemptKey) -> String {
+    format!(
+        "{}/{}/{}/{}/{}",
+        key.namespace_id, key.pipeline_id, key.run_id, key.task_id, key.attempt
+    )
+}
+
 pub fn attempt_ref(key: &v1::AttemptKey) -> (AttemptRef, u32) {
     (
         AttemptRef {

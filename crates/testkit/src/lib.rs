@@ -330,22 +330,29 @@ impl GoferDev {
 
     /// Names of this server's containers that still exist.
     pub fn containers(&self) -> Result<Vec<String>> {
-        let output = Command::new("docker")
-            .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
-            .arg(format!("label=dev.gofer.cluster={}", self.cluster))
-            .output()?;
-        Ok(String::from_utf8(output.stdout)?.lines().map(str::to_string).collect())
+        cluster_containers(&self.cluster)
     }
+}
 
-    fn remove_containers(&self) {
-        if self.cluster.is_empty() {
-            return;
-        }
-        if let Ok(names) = self.containers()
-            && !names.is_empty()
-        {
-            let _ = Command::new("docker").args(["rm", "-f"]).args(&names).output();
-        }
+/// Names of the containers, running or not, that carry cluster `cluster`'s label.
+pub fn cluster_containers(cluster: &str) -> Result<Vec<String>> {
+    let output = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
+        .arg(format!("label=dev.gofer.cluster={cluster}"))
+        .output()?;
+    Ok(String::from_utf8(output.stdout)?.lines().map(str::to_string).collect())
+}
+
+/// Removes every container of cluster `cluster` (none when the id is empty), ignoring failures: for
+/// cleanup.
+pub fn remove_cluster_containers(cluster: &str) {
+    if cluster.is_empty() {
+        return;
+    }
+    if let Ok(names) = cluster_containers(cluster)
+        && !names.is_empty()
+    {
+        let _ = Command::new("docker").args(["rm", "-f"]).args(&names).output();
     }
 }
 
@@ -355,7 +362,7 @@ impl Drop for GoferDev {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.remove_containers();
+        remove_cluster_containers(&self.cluster);
         if std::thread::panicking() {
             eprintln!(
                 "--- goferd log ({}) ---\n{}",

@@ -29,13 +29,7 @@ impl tonic::service::Interceptor for Bearer {
 
 pub(crate) type Client = DispatchServiceClient<InterceptedService<Channel, Bearer>>;
 
-/// The attempt key as a label value and map key: `namespace/pipeline/run/task/attempt`.
-pub(crate) fn key_string(key: &v1::AttemptKey) -> String {
-    format!(
-        "{}/{}/{}/{}/{}",
-        key.namespace_id, key.pipeline_id, key.run_id, key.task_id, key.attempt
-    )
-}
+pub(crate) use gofer_proto::attempt_key_text as key_string;
 
 /// An attempt this executor is running.
 pub(crate) struct Active {

@@ -139,7 +139,11 @@ impl DispatchService for DispatchHandler {
                         let Some(key) = finished.key.as_ref() else { continue };
                         ack = Some(key.clone());
                         let (target, attempt) = attempt_ref(key);
-                        let log_node = this.stored_on.lock().expect("stored_on lock").remove(&log_key(key));
+                        let log_node = this
+                            .stored_on
+                            .lock()
+                            .expect("stored_on lock")
+                            .remove(&gofer_proto::attempt_key_text(key));
                         Command::AttemptFinished {
                             target,
                             attempt,
@@ -197,7 +201,7 @@ impl DispatchService for DispatchHandler {
             .await
             .map_err(|e| internal("finding a state node to keep the log", &e, true))?;
         let chunks = inbound.map(|m| m.map(|m| m.data));
-        let key_text = log_key(&key);
+        let key_text = gofer_proto::attempt_key_text(&key);
         let stored_bytes = match &self.logs {
             Some(logs) => logs.store_stream(&target, attempt, &first.data, chunks).await?,
             None => {
@@ -226,13 +230,6 @@ impl DispatchService for DispatchHandler {
         self.stored_on.lock().expect("stored_on lock").insert(key_text, keeper);
         Ok(Response::new(v1::PushTaskLogsResponse { stored_bytes }))
     }
-}
-
-fn log_key(key: &v1::AttemptKey) -> String {
-    format!(
-        "{}/{}/{}/{}/{}",
-        key.namespace_id, key.pipeline_id, key.run_id, key.task_id, key.attempt
-    )
 }
 
 fn outcome(finished: &v1::AttemptFinished) -> AttemptOutcome {

@@ -153,13 +153,7 @@ impl RemoteState {
         let mut tried = self.inner.leader_hint.load(Ordering::SeqCst);
         loop {
             let mut client = self.client(tried)?;
-            let answer = tokio::time::timeout(CALL_TIMEOUT, client.propose(request.clone()))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(tonic::Status::deadline_exceeded(
-                        "the state node did not answer in time",
-                    ))
-                });
+            let answer = within(client.propose(request.clone())).await;
             let not_sent = match answer {
                 Ok(reply) => {
                     self.inner.leader_hint.store(tried, Ordering::SeqCst);
@@ -207,13 +201,7 @@ impl RemoteState {
         let mut tried = self.inner.leader_hint.load(Ordering::SeqCst);
         loop {
             let mut client = self.client(tried)?;
-            let answer = tokio::time::timeout(CALL_TIMEOUT, client.read_index(v1::ReadIndexRequest {}))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(tonic::Status::deadline_exceeded(
-                        "the state node did not answer in time",
-                    ))
-                });
+            let answer = within(client.read_index(v1::ReadIndexRequest {})).await;
             let outcome = match answer {
                 Ok(reply) => {
                     self.inner.leader_hint.store(tried, Ordering::SeqCst);
@@ -239,13 +227,7 @@ impl RemoteState {
         for i in 0..self.inner.addresses.len() {
             let start = self.inner.following.load(Ordering::SeqCst);
             let mut client = self.client(start + i)?;
-            let answer = tokio::time::timeout(CALL_TIMEOUT, client.cluster_status(v1::ClusterStatusRequest {}))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(tonic::Status::deadline_exceeded(
-                        "the state node did not answer in time",
-                    ))
-                });
+            let answer = within(client.cluster_status(v1::ClusterStatusRequest {})).await;
             match answer {
                 Ok(reply) => {
                     return serde_json::from_slice(&reply.into_inner().status)
@@ -318,6 +300,15 @@ impl RemoteState {
     }
 }
 
+/// One call to a state node, given up after [`CALL_TIMEOUT`].
+async fn within<T>(call: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Result<T, tonic::Status> {
+    tokio::time::timeout(CALL_TIMEOUT, call).await.unwrap_or_else(|_| {
+        Err(tonic::Status::deadline_exceeded(
+            "the state node did not answer in time",
+        ))
+    })
+}
+
 /// Follows one node after another until the mirror is closed.
 async fn follow_loop(remote: RemoteState, ready: watch::Sender<bool>) {
     let inner = remote.inner.clone();
@@ -343,14 +334,13 @@ async fn follow_loop(remote: RemoteState, ready: watch::Sender<bool>) {
 /// Follows the node at address `index` until its stream ends.
 async fn follow_one(remote: &RemoteState, index: usize, ready: &watch::Sender<bool>) -> Result<(), String> {
     let mut client = remote.client(index).map_err(|e| e.to_string())?;
-    if let Ok(Ok(status)) = tokio::time::timeout(CALL_TIMEOUT, client.cluster_status(v1::ClusterStatusRequest {})).await
+    if let Ok(status) = within(client.cluster_status(v1::ClusterStatusRequest {})).await
         && let Ok(status) = serde_json::from_slice::<ClusterStatus>(&status.into_inner().status)
     {
         remote.inner.following_node.store(status.node_id, Ordering::SeqCst);
     }
-    let mut stream = tokio::time::timeout(CALL_TIMEOUT, client.follow(v1::FollowRequest {}))
+    let mut stream = within(client.follow(v1::FollowRequest {}))
         .await
-        .map_err(|_| "the node did not answer in time".to_string())?
         .map_err(|s| s.message().to_string())?
         .into_inner();
     loop {
