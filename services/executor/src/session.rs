@@ -108,10 +108,13 @@ impl Executor {
         };
         tx.send(hello)
             .map_err(|_| Status::internal("the report queue closed"))?;
-        let mut inbound = self
-            .client()
-            .dispatch(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-            .await?
+        // A scheduler answers a hello at once (welcome or refusal); one that does not is gone or cut off,
+        // and the executor tries the next instead of waiting on it.
+        let mut client = self.client();
+        let opened = client.dispatch(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        let mut inbound = tokio::time::timeout(std::time::Duration::from_secs(5), opened)
+            .await
+            .map_err(|_| Status::unavailable("the scheduler did not answer the hello within 5 s"))??
             .into_inner();
         *self.outbound.lock().expect("outbound lock") = Some(tx);
         let result = loop {
