@@ -1,8 +1,9 @@
 //! Chaos on the Compose cluster, bounded in time: a client keeps creating namespaces (one id each, retried
-//! until it is acknowledged or refused as existing) and starting runs while the test kills the leader,
-//! cuts a node off the network, pauses one, restarts one and kills the active scheduler. Then every node
-//! must hold every acknowledged write exactly once, all nodes must agree, every acknowledged run must end,
-//! and no two schedulers may have acted in one lease epoch.
+//! until it is acknowledged or refused as existing), starting runs with request ids (retried until
+//! acknowledged) and registering pipelines (once each, not retried) while the test kills the leader, cuts a
+//! node off the network, pauses one, restarts one and kills the active scheduler. Then every node must hold
+//! every acknowledged write exactly once, all nodes must agree, every acknowledged run must end, no request
+//! id may have two runs, and no two schedulers may have acted in one lease epoch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -28,6 +29,32 @@ fn write(deployment: &Deployment, first: usize, id: &str, deadline: Instant) -> 
     false
 }
 
+/// Starts a run of `chaos` with `request_id` through `node`, retrying through the other nodes until one
+/// acknowledges it; returns the run id, or `None` if none did within `deadline`.
+fn start_run(deployment: &Deployment, first: usize, request_id: &str, deadline: Instant) -> Option<u64> {
+    let mut node = first;
+    while Instant::now() < deadline {
+        match deployment.ctl_output(node, &["run", "start", "chaos", "--request-id", request_id]) {
+            Ok(output) if output.status.success() => {
+                return String::from_utf8_lossy(&output.stdout).trim().parse().ok();
+            }
+            _ => node = node % 3 + 1,
+        }
+    }
+    None
+}
+
+/// What the client got acknowledged.
+#[derive(Default)]
+struct Acknowledged {
+    namespaces: BTreeSet<String>,
+    /// Run id by request id.
+    runs: BTreeMap<String, u64>,
+    /// Pipelines registered once each.
+    pipelines: BTreeSet<String>,
+    attempted: usize,
+}
+
 #[test]
 fn acknowledged_writes_survive_a_killed_leader_a_partition_a_pause_and_a_restart() {
     let deployment = Deployment::up().expect("bringing the deployment up");
@@ -50,34 +77,52 @@ fn chaos(deployment: &Deployment) -> Result<()> {
             .success()
             .then_some(()))
     })?;
-    let mut acknowledged = BTreeSet::new();
-    let mut runs = BTreeSet::new();
+    let pipeline_json = |id: &str| pipeline(id, &[("a", "true", &[])]);
+    let mut acked = Acknowledged::default();
     let mut faults = 0;
     let mut n = 0;
-    let mut write_some = |deployment: &Deployment, count: usize, acknowledged: &mut BTreeSet<String>| {
+    let mut write_some = |deployment: &Deployment, count: usize, acked: &mut Acknowledged| {
         for _ in 0..count {
             n += 1;
+            let node = n % 3 + 1;
+            let deadline = Instant::now() + Duration::from_secs(20);
             let id = format!("chaos-{n}");
-            if write(deployment, n % 3 + 1, &id, Instant::now() + Duration::from_secs(20)) {
-                acknowledged.insert(id);
+            acked.attempted += 1;
+            if write(deployment, node, &id, deadline) {
+                acked.namespaces.insert(id);
             }
-            // A run start is not retried: without a request id a retry could start a second run. An
-            // acknowledged one must end.
-            if n % 2 == 0
-                && let Ok(output) = deployment.ctl_output(n % 3 + 1, &["run", "start", "chaos"])
-                && output.status.success()
-            {
-                let id: u64 = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0);
-                assert!(runs.insert(id), "run {id} was acknowledged twice");
+            // A run start is retried with its request id until acknowledged: a retry returns the run
+            // the first try may have started. An acknowledged run must end.
+            if n % 2 == 0 {
+                let request_id = format!("chaos-run-{n}");
+                acked.attempted += 1;
+                if let Some(run) = start_run(deployment, node, &request_id, deadline) {
+                    acked.runs.insert(request_id, run);
+                }
+            }
+            // A registration is sent once and not retried (a retry would make a second version), so an
+            // acknowledged one must be there at version 1: the log applied it once.
+            if n % 3 == 0 {
+                let id = format!("chaos-p-{n}");
+                let file = tempfile::NamedTempFile::new().expect("a temp file");
+                std::fs::write(file.path(), pipeline_json(&id)).expect("writing a pipeline");
+                let path = file.path().to_str().unwrap_or_default();
+                acked.attempted += 1;
+                if deployment
+                    .ctl_output(node, &["pipeline", "register", path])
+                    .is_ok_and(|o| o.status.success())
+                {
+                    acked.pipelines.insert(id);
+                }
             }
         }
     };
-    write_some(&deployment, 10, &mut acknowledged);
+    write_some(&deployment, 10, &mut acked);
 
     // Kill the leader outright, write on, bring it back.
     deployment.compose(&["kill", &format!("node{leader}")])?;
     faults += 1;
-    write_some(&deployment, 10, &mut acknowledged);
+    write_some(&deployment, 10, &mut acked);
     deployment.compose(&["start", &format!("node{leader}")])?;
 
     // Cut a follower off the network, write on, reconnect it.
@@ -85,26 +130,41 @@ fn chaos(deployment: &Deployment) -> Result<()> {
     let cut = [1u64, 2, 3].into_iter().find(|n| *n != leader).expect("a follower");
     deployment.network(&["disconnect", &deployment.network_name(), &deployment.container(cut)?])?;
     faults += 1;
-    write_some(&deployment, 10, &mut acknowledged);
+    write_some(&deployment, 10, &mut acked);
     deployment.network(&["connect", &deployment.network_name(), &deployment.container(cut)?])?;
 
     // Pause a node (it stops answering but keeps its sockets), write on, unpause it.
     deployment.compose(&["pause", "node2"])?;
     faults += 1;
-    write_some(&deployment, 10, &mut acknowledged);
+    write_some(&deployment, 10, &mut acked);
     deployment.compose(&["unpause", "node2"])?;
 
     // Restart a node.
     deployment.compose(&["restart", "node3"])?;
     faults += 1;
-    write_some(&deployment, 10, &mut acknowledged);
+    write_some(&deployment, 10, &mut acked);
 
     // Kill the scheduler that holds the lease; the standby takes over.
     let (active, _) = deployment.scheduler_lease(&[])?;
     deployment.compose(&["kill", &active])?;
     faults += 1;
-    write_some(&deployment, 10, &mut acknowledged);
+    write_some(&deployment, 10, &mut acked);
     deployment.compose(&["start", &active])?;
+
+    // No request id has two runs, and every acknowledged one has its run.
+    let listed = deployment.json(API, &["run", "list", "chaos"])?;
+    let mut by_request: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for run in listed.as_array().into_iter().flatten() {
+        let request_id = run["request_id"].as_str().unwrap_or_default().to_string();
+        by_request.entry(request_id).or_default().push(run["id"].as_u64().unwrap_or(0));
+    }
+    let duplicated_runs: Vec<_> = by_request.iter().filter(|(_, runs)| runs.len() > 1).collect();
+    assert!(duplicated_runs.is_empty(), "request ids with two runs: {duplicated_runs:?}");
+    for (request_id, run) in &acked.runs {
+        assert_eq!(by_request.get(request_id), Some(&vec![*run]), "request {request_id}");
+    }
+    let runs: BTreeSet<u64> = acked.runs.values().copied().collect();
+    assert_eq!(runs.len(), acked.runs.len(), "two request ids were answered with one run");
 
     // Every acknowledged run ends, and each lease epoch's assignments come from one scheduler.
     let tasks = wait_until("every acknowledged run to end", Duration::from_secs(120), || {
@@ -151,11 +211,21 @@ fn chaos(deployment: &Deployment) -> Result<()> {
                     .flatten()
                     .filter_map(|n| n["id"].as_str().map(str::to_string))
                     .collect();
-                Ok(acknowledged.iter().all(|id| ids.contains(id)).then_some(ids))
+                Ok(acked.namespaces.iter().all(|id| ids.contains(id)).then_some(ids))
             },
         )?;
         let unique: BTreeSet<&String> = view.iter().collect();
         assert_eq!(unique.len(), view.len(), "node {node} lists a namespace twice");
+        let pipelines = deployment.json(node, &["pipeline", "list"])?;
+        let versions: BTreeMap<String, u64> = pipelines
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["id"].as_str()?.to_string(), p["latest_version"].as_u64()?)))
+            .collect();
+        for id in &acked.pipelines {
+            assert_eq!(versions.get(id), Some(&1), "node {node}: pipeline {id} (lost, or applied twice)");
+        }
         views.push(view);
     }
     assert!(views.windows(2).all(|w| w[0] == w[1]), "the nodes disagree: {views:?}");
@@ -170,18 +240,23 @@ fn chaos(deployment: &Deployment) -> Result<()> {
         Ok((digests.len() == 1 && !digests.contains("")).then_some(digests))
     })?;
     assert_eq!(digests.len(), 1);
+    let acknowledged = acked.namespaces.len() + acked.runs.len() + acked.pipelines.len();
     eprintln!(
-        "chaos: {} writes attempted, {} acknowledged, {} runs acknowledged and ended, {faults} faults injected, \
-         0 lost, 0 duplicated, {} scheduler epochs with one scheduler each",
-        n,
-        acknowledged.len(),
+        "chaos: {} writes attempted ({} namespaces, {} runs with request ids, {} pipeline registrations \
+         acknowledged), {acknowledged} acknowledged, {faults} faults injected, {} runs ended, lost 0, \
+         duplicated 0 (every acknowledged write was checked on every node), {} scheduler epochs with one \
+         scheduler each",
+        acked.attempted,
+        acked.namespaces.len(),
+        acked.runs.len(),
+        acked.pipelines.len(),
         runs.len(),
         by_epoch.len()
     );
     assert!(
-        acknowledged.len() >= n / 2,
-        "most writes were acknowledged: {} of {n}",
-        acknowledged.len()
+        acknowledged >= acked.attempted / 2,
+        "most writes were acknowledged: {acknowledged} of {}",
+        acked.attempted
     );
     Ok(())
 }

@@ -28,6 +28,29 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Request ids are at most this many characters.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Checks a client's request id: 1 to 128 printable ASCII characters, no spaces. `field` names it.
+pub fn validate_request_id(field: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_REQUEST_ID_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_REQUEST_ID_LEN} characters, got {}", value.chars().count()),
+        ));
+    }
+    if let Some(bad) = value.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(Error::invalid(
+            field,
+            format!("has {bad:?}; request ids may only use printable ASCII without spaces"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ mod state;
 pub mod triggers;
 
 pub use error::{Error, ErrorKind};
-pub use ids::{MAX_ID_LEN, validate_id};
+pub use ids::{MAX_ID_LEN, MAX_REQUEST_ID_LEN, validate_id, validate_request_id};
 pub use pipeline::{Condition, MAX_TASKS, PipelineConfig, TaskConfig};
 pub use plan::plan;
 pub use state::{

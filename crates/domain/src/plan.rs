@@ -75,6 +75,7 @@ mod tests {
             let applied = state.apply(&Command::StartRun {
                 namespace: "default".into(),
                 pipeline: "p".into(),
+                request_id: String::new(),
                 at: 2,
             });
             assert!(matches!(applied, Ok(Applied::Run(_))));

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lease::{Lease, Leases, Role};
 use crate::triggers::{ExtensionRecord, Fire, FireOutcome, Registration, Subscription, Trigger};
-use crate::{Condition, Error, PipelineConfig, validate_id};
+use crate::{Condition, Error, PipelineConfig, validate_id, validate_request_id};
 
 /// The namespace that exists from the start.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -148,6 +148,9 @@ pub struct Run {
     /// What fired the run; `None` for a run started by hand.
     #[serde(default)]
     pub trigger: Option<Trigger>,
+    /// The client's request id it was started with, if any.
+    #[serde(default)]
+    pub request_id: String,
 }
 
 /// A pipeline: its versions (index 0 is version 1) and its runs.
@@ -165,6 +168,9 @@ pub struct PipelineRecord {
     /// The idempotency keys of deleted subscriptions, by label, restored if the label is used again.
     #[serde(default)]
     pub retired_keys: BTreeMap<String, VecDeque<(String, FireOutcome)>>,
+    /// The run each client request id started, kept as long as the pipeline keeps its runs.
+    #[serde(default)]
+    pub requests: BTreeMap<String, u64>,
 }
 
 impl PipelineRecord {
@@ -202,6 +208,7 @@ impl PipelineRecord {
             ended_at: 0,
             tasks,
             trigger,
+            request_id: String::new(),
         };
         self.runs.insert(id, run);
         self.next_run_id += 1;
@@ -296,10 +303,13 @@ pub enum Command {
         config: PipelineConfig,
         at: i64,
     },
-    /// Starts a run of the pipeline's newest version.
+    /// Starts a run of the pipeline's newest version. With a `request_id` the pipeline has seen before, it
+    /// starts nothing and answers with that request's run, so a client may retry it safely.
     StartRun {
         namespace: String,
         pipeline: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        request_id: String,
         at: i64,
     },
     CancelRun {
@@ -420,6 +430,8 @@ pub enum Applied {
     Version(u64),
     /// The id of the run a StartRun made.
     Run(u64),
+    /// The id of the run an earlier StartRun with the same request id made; nothing was started.
+    ExistingRun(u64),
     /// What each fire of a Fire command did, in order: its outcome, and whether its key was seen before.
     Fired(Vec<Result<(FireOutcome, bool), Error>>),
     /// The lease an AcquireLease granted or renewed.
@@ -494,6 +506,7 @@ impl State {
                     next_run_id: 1,
                     subscriptions: BTreeMap::new(),
                     retired_keys: BTreeMap::new(),
+                    requests: BTreeMap::new(),
                 });
                 record.versions.push(config.clone());
                 record.updated_at = *at;
@@ -502,9 +515,23 @@ impl State {
             Command::StartRun {
                 namespace,
                 pipeline,
+                request_id,
                 at,
             } => {
-                let id = self.pipeline_mut(namespace, pipeline)?.start_run(*at, None);
+                if !request_id.is_empty() {
+                    validate_request_id("request_id", request_id)?;
+                }
+                let record = self.pipeline_mut(namespace, pipeline)?;
+                if let Some(run) = record.requests.get(request_id) {
+                    return Ok(Applied::ExistingRun(*run));
+                }
+                let id = record.start_run(*at, None);
+                if !request_id.is_empty() {
+                    record.requests.insert(request_id.clone(), id);
+                    if let Some(run) = record.runs.get_mut(&id) {
+                        run.request_id = request_id.clone();
+                    }
+                }
                 Ok(Applied::Run(id))
             }
             Command::CancelRun {

@@ -212,6 +212,45 @@ fn run_cargo_project(dir: &Path) -> Result<String, Failure> {
 }
 
 /// Follows a run until it ends, printing each state change on stderr; returns the final run.
+/// A request id no other call will use: 128 random bits, in hex.
+pub fn new_request_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // No /dev/urandom: the time, the process and a hash seeded by the OS are unique enough.
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        hasher.write_u32(std::process::id());
+        bytes[..8].copy_from_slice(&hasher.finish().to_le_bytes());
+        bytes[8..].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Starts a run, retrying for up to about 10 s while the cluster is unreachable or between leaders: the
+/// request id makes a repeat return the run the first call may have started.
+pub async fn start_run(api: &mut Api, request: v1::StartRunRequest) -> Result<v1::StartRunResponse, Failure> {
+    let mut delay = std::time::Duration::from_millis(200);
+    for _ in 0..5 {
+        match api.start_run(request.clone()).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(e) if e.code() == Code::Unavailable => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(status(e)),
+        }
+    }
+    api.start_run(request).await.map(|r| r.into_inner()).map_err(status)
+}
+
 pub async fn wait_for_run(api: &mut Api, namespace: &str, pipeline: &str, run: u64) -> Result<v1::Run, Failure> {
     let request = v1::WatchRunRequest {
         namespace_id: namespace.to_string(),

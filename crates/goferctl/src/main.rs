@@ -166,6 +166,10 @@ enum RunCommand {
         /// Follow the run until it ends: exit 0 when it succeeded, 1 when it failed or was cancelled
         #[arg(long)]
         wait: bool,
+        /// Makes the start safe to repeat: a pipeline starts one run per request id, and repeating it
+        /// prints that run. Without it goferctl makes one up for its own retries of this call.
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
     },
     /// Show a run
     Get { pipeline: String, run: u64 },
@@ -333,20 +337,28 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 Format::Table => output::describe_pipeline(&pipeline, &config),
             }
         }
-        Command::Run(RunCommand::Start { pipeline, wait }) => {
+        Command::Run(RunCommand::Start {
+            pipeline,
+            wait,
+            request_id,
+        }) => {
             let request = v1::StartRunRequest {
                 namespace_id: namespace.clone(),
                 pipeline_id: pipeline.clone(),
+                request_id: request_id.unwrap_or_else(client::new_request_id),
             };
-            let run = api
-                .start_run(request)
-                .await
-                .map_err(client::status)?
-                .into_inner()
-                .run
-                .unwrap_or_default();
+            let response = client::start_run(&mut api, request).await?;
+            let run = response.run.unwrap_or_default();
+            if !response.created {
+                eprintln!("run {} was started earlier with this request id", run.id);
+            }
             if !wait {
-                output::emit(format, || print_json(&output::run(&run)), || say!("{}", run.id));
+                let json = || {
+                    let mut value = output::run(&run);
+                    value["created"] = response.created.into();
+                    print_json(&value)
+                };
+                output::emit(format, json, || say!("{}", run.id));
                 return Ok(ExitCode::SUCCESS);
             }
             if format == Format::Table {

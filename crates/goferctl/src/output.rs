@@ -134,7 +134,7 @@ pub fn run(r: &v1::Run) -> Value {
         "state": gofer_proto::run_state_name(r.state), "state_reason": r.state_reason,
         "created_unix_millis": r.created_unix_millis, "started_unix_millis": r.started_unix_millis,
         "ended_unix_millis": r.ended_unix_millis,
-        "trigger": r.trigger.as_ref().map(trigger),
+        "trigger": r.trigger.as_ref().map(trigger), "request_id": r.request_id,
     })
 }
 

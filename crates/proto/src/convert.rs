@@ -105,6 +105,7 @@ pub fn run_to_proto(namespace: &str, pipeline: &str, run: &Run) -> v1::Run {
             delivery_id: t.delivery.clone(),
             parameters: t.parameters.clone().into_iter().collect(),
         }),
+        request_id: run.request_id.clone(),
     }
 }
 

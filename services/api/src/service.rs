@@ -285,18 +285,23 @@ impl GoferService for ApiService {
             .propose(Command::StartRun {
                 namespace: namespace.clone(),
                 pipeline: pipeline.clone(),
+                request_id: request.request_id,
                 at: now_millis(),
             })
             .await?;
-        let Applied::Run(id) = applied else {
+        let (Applied::Run(id) | Applied::ExistingRun(id)) = applied else {
             return Err(internal(
                 "starting a run",
                 &format!("unexpected result {applied:?}"),
                 false,
             ));
         };
+        let created = matches!(applied, Applied::Run(_));
         let run = self.run_proto(&namespace, &pipeline, id)?;
-        Ok(Response::new(v1::StartRunResponse { run: Some(run) }))
+        Ok(Response::new(v1::StartRunResponse {
+            run: Some(run),
+            created,
+        }))
     }
 
     async fn get_run(&self, request: Request<v1::GetRunRequest>) -> ApiResult<v1::GetRunResponse> {

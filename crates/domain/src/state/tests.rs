@@ -41,6 +41,7 @@ fn start(state: &mut State) -> u64 {
     match state.apply(&Command::StartRun {
         namespace: "default".into(),
         pipeline: "p".into(),
+        request_id: String::new(),
         at: 3,
     }) {
         Ok(Applied::Run(id)) => id,
@@ -133,6 +134,38 @@ fn versions_and_run_ids_count_up() {
     assert_eq!(run.tasks.len(), 2);
     assert_eq!(config.tasks.len(), 2);
     assert_eq!(state.run("default", "p", 1).unwrap().0.tasks.len(), 1);
+}
+
+#[test]
+fn a_request_id_starts_one_run_however_often_it_is_sent() {
+    let mut state = init();
+    register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#);
+    let start_with = |state: &mut State, request_id: &str| {
+        state.apply(&Command::StartRun {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            request_id: request_id.into(),
+            at: 5,
+        })
+    };
+    assert_eq!(start_with(&mut state, "req-1"), Ok(Applied::Run(1)));
+    assert_eq!(start_with(&mut state, "req-1"), Ok(Applied::ExistingRun(1)));
+    assert_eq!(start_with(&mut state, "req-2"), Ok(Applied::Run(2)));
+    assert_eq!(start_with(&mut state, ""), Ok(Applied::Run(3)));
+    assert_eq!(start_with(&mut state, ""), Ok(Applied::Run(4)), "no request id: every call starts a run");
+    assert_eq!(start_with(&mut state, "req-1"), Ok(Applied::ExistingRun(1)));
+    assert_eq!(state.run("default", "p", 1).unwrap().0.request_id, "req-1");
+    assert_eq!(state.run("default", "p", 3).unwrap().0.request_id, "");
+    assert_eq!(state.pipeline("default", "p").unwrap().runs.len(), 4);
+
+    let before = state.clone();
+    for bad in ["has space", "tab\there", &"x".repeat(129), "ünïcode"] {
+        match start_with(&mut state, bad) {
+            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "request_id"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    assert_eq!(state, before, "a refused start changes nothing");
 }
 
 #[test]
@@ -365,6 +398,7 @@ fn unknown_things_are_not_found_and_change_nothing() {
         Command::StartRun {
             namespace: "default".into(),
             pipeline: "nope".into(),
+            request_id: String::new(),
             at: 1,
         },
         Command::CancelRun {
@@ -472,6 +506,7 @@ mod properties {
             Step::Start => vec![Command::StartRun {
                 namespace: "default".into(),
                 pipeline: "p".into(),
+                request_id: String::new(),
                 at,
             }],
             Step::AssignPlanned => plan(state)

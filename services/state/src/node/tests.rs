@@ -18,6 +18,7 @@ fn start_run(at: i64) -> Command {
     Command::StartRun {
         namespace: "team".into(),
         pipeline: "p".into(),
+        request_id: String::new(),
         at,
     }
 }
