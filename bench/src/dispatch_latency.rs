@@ -250,6 +250,7 @@ async fn gofer_once(api: &mut Api, namespace: &str) -> Result<GoferSample> {
         .start_run(v1::StartRunRequest {
             namespace_id: namespace.to_string(),
             pipeline_id: PIPELINE_ID.to_string(),
+            request_id: String::new(),
         })
         .await
         .context("StartRun")?

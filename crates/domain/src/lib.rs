@@ -6,6 +6,7 @@
 //! its dependency list.
 
 mod error;
+pub mod executors;
 mod ids;
 pub mod lease;
 mod pipeline;
@@ -16,9 +17,9 @@ pub mod triggers;
 
 pub use error::{Error, ErrorKind};
 pub use ids::{MAX_ID_LEN, MAX_REQUEST_ID_LEN, validate_id, validate_request_id};
-pub use pipeline::{Condition, MAX_TASKS, PipelineConfig, TaskConfig};
+pub use pipeline::{Condition, MAX_RETRIES, MAX_TASKS, PipelineConfig, TaskConfig};
 pub use plan::plan;
 pub use state::{
-    Applied, Assignment, AttemptOutcome, AttemptRef, Command, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord,
+    Applied, Assignment, AttemptOutcome, AttemptRecord, AttemptRef, AttemptState, Command, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord,
     Readiness, Run, RunState, State, TaskExecution, TaskState,
 };

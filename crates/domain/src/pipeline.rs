@@ -51,7 +51,26 @@ pub struct TaskConfig {
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub depends_on: BTreeMap<String, Condition>,
+    /// Further attempts after one that failed (exited other than 0, or could not run); at most
+    /// [`MAX_RETRIES`]. An attempt LOST with its executor is retried at least once whatever this says.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+    /// The wait before the first retry, such as `5s`; doubled for each retry after it, up to
+    /// [`MAX_BACKOFF_MS`]. Empty means [`DEFAULT_BACKOFF_MS`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backoff: String,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A task retries at most this many times.
+pub const MAX_RETRIES: u32 = 10;
+/// The first retry waits this long unless the task sets `backoff`.
+pub const DEFAULT_BACKOFF_MS: i64 = 1_000;
+/// No retry waits longer than this.
+pub const MAX_BACKOFF_MS: i64 = 3_600_000;
 
 /// One registered version of a pipeline: a DAG of tasks and the pipeline's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,7 +218,31 @@ impl PipelineConfig {
 }
 
 impl TaskConfig {
+    /// How long to wait before attempt `next` (2 or later): the backoff doubled for each retry before it.
+    pub fn retry_delay_ms(&self, next: u32) -> i64 {
+        let base = if self.backoff.is_empty() {
+            DEFAULT_BACKOFF_MS
+        } else {
+            crate::schedule::parse_duration("backoff", &self.backoff).unwrap_or(DEFAULT_BACKOFF_MS)
+        };
+        let doublings = next.saturating_sub(2).min(30);
+        base.saturating_mul(1 << doublings).min(MAX_BACKOFF_MS)
+    }
+
     fn validate(&self, i: usize, task_ids: &BTreeSet<&str>) -> Result<(), Error> {
+        if self.retries > MAX_RETRIES {
+            return Err(Error::invalid(
+                format!("tasks[{i}].retries"),
+                format!("must be at most {MAX_RETRIES}, got {}", self.retries),
+            ));
+        }
+        if !self.backoff.is_empty() {
+            let field = format!("tasks[{i}].backoff");
+            let ms = crate::schedule::parse_duration(&field, &self.backoff)?;
+            if ms > MAX_BACKOFF_MS {
+                return Err(Error::invalid(field, "must be at most 1h"));
+            }
+        }
         let image = self.image.trim();
         if image.is_empty() {
             return Err(Error::invalid(format!("tasks[{i}].image"), "must not be empty"));

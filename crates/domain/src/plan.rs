@@ -5,10 +5,10 @@
 
 use crate::{AttemptRef, Readiness, RunState, State, TaskState};
 
-/// Every PENDING, unassigned task execution whose parents met their conditions, with the attempt number
-/// to assign, oldest run first. A pipeline's `parallelism` caps how many of its runs are RUNNING: a
+/// Every PENDING, unassigned task execution whose parents met their conditions and whose retry backoff
+/// (if any) has passed by `now`, with the attempt number to assign, oldest run first. A pipeline's `parallelism` caps how many of its runs are RUNNING: a
 /// PENDING run only gets its first assignment while the cap has room.
-pub fn plan(state: &State) -> Vec<(AttemptRef, u32)> {
+pub fn plan(state: &State, now: i64) -> Vec<(AttemptRef, u32)> {
     let mut out = Vec::new();
     for (namespace, ns) in &state.namespaces {
         for (pipeline, record) in &ns.pipelines {
@@ -25,7 +25,7 @@ pub fn plan(state: &State) -> Vec<(AttemptRef, u32)> {
                 }
                 let mut took_slot = false;
                 for (index, task) in run.tasks.iter().enumerate() {
-                    if task.state != TaskState::Pending || task.assignment.is_some() {
+                    if task.state != TaskState::Pending || task.assignment.is_some() || task.not_before > now {
                         continue;
                     }
                     if run.readiness(config, index) == Readiness::Ready {
@@ -84,7 +84,7 @@ mod tests {
     }
 
     fn assign_all(state: &mut State) -> Vec<(AttemptRef, u32)> {
-        let planned = plan(state);
+        let planned = plan(state, i64::MAX);
         for (target, attempt) in &planned {
             state
                 .apply(&Command::AssignAttempt {
@@ -109,7 +109,7 @@ mod tests {
         );
         let first = assign_all(&mut state);
         assert_eq!(first.iter().map(|(t, _)| t.task.as_str()).collect::<Vec<_>>(), ["a"]);
-        assert!(plan(&state).is_empty(), "an assigned task is not planned again");
+        assert!(plan(&state, i64::MAX).is_empty(), "an assigned task is not planned again");
         let (target, attempt) = first[0].clone();
         state
             .apply(&Command::AttemptFinished {
@@ -120,7 +120,7 @@ mod tests {
                 at: 4,
             })
             .unwrap();
-        let second = plan(&state);
+        let second = plan(&state, i64::MAX);
         assert_eq!(
             second.iter().map(|(t, a)| (t.task.as_str(), *a)).collect::<Vec<_>>(),
             [("b", 1)]
@@ -135,7 +135,7 @@ mod tests {
         );
         let planned = assign_all(&mut state);
         assert_eq!(planned.iter().map(|(t, _)| t.run).collect::<Vec<_>>(), [1, 2]);
-        assert!(plan(&state).is_empty());
+        assert!(plan(&state, i64::MAX).is_empty());
         let (target, attempt) = planned[0].clone();
         state
             .apply(&Command::AttemptFinished {
@@ -146,7 +146,7 @@ mod tests {
                 at: 4,
             })
             .unwrap();
-        assert_eq!(plan(&state).iter().map(|(t, _)| t.run).collect::<Vec<_>>(), [3]);
+        assert_eq!(plan(&state, i64::MAX).iter().map(|(t, _)| t.run).collect::<Vec<_>>(), [3]);
     }
 
     #[test]
@@ -155,7 +155,7 @@ mod tests {
             r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}, {"id": "b", "image": "i"}]}"#,
             2,
         );
-        assert_eq!(plan(&state), plan(&state));
-        assert_eq!(plan(&state).len(), 4);
+        assert_eq!(plan(&state, i64::MAX), plan(&state, i64::MAX));
+        assert_eq!(plan(&state, i64::MAX).len(), 4);
     }
 }

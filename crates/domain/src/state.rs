@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::executors::{ExecutorInfo, Executors};
 use crate::lease::{Lease, Leases, Role};
 use crate::triggers::{ExtensionRecord, Fire, FireOutcome, Registration, Subscription, Trigger};
 use crate::{Condition, Error, PipelineConfig, validate_id, validate_request_id};
@@ -105,6 +106,55 @@ pub struct Assignment {
     pub scheduler: String,
     #[serde(default)]
     pub epoch: u64,
+    #[serde(default)]
+    pub assigned_at: i64,
+    /// When the executor reported the container running; 0 before.
+    #[serde(default)]
+    pub started_at: i64,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptState {
+    Succeeded,
+    Failed,
+    /// Its executor stopped heartbeating and its lease ran out: nobody knows how it ended.
+    Lost,
+    Cancelled,
+}
+
+impl AttemptState {
+    /// The state's name as users see it: `LOST`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Succeeded => "SUCCEEDED",
+            AttemptState::Failed => "FAILED",
+            AttemptState::Lost => "LOST",
+            AttemptState::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// One ended attempt of a task execution, kept so that every retry has its reason on record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub executor: String,
+    pub scheduler: String,
+    pub scheduler_epoch: u64,
+    pub assigned_at: i64,
+    /// 0 if it never reported running.
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub state: AttemptState,
+    pub exit_code: Option<i64>,
+    pub reason: String,
+    /// Whether another attempt followed because of this one.
+    pub retried: bool,
+    /// What its executor reported after the attempt had been declared LOST (for example that it killed
+    /// the container when it came back); empty if nothing.
+    #[serde(default)]
+    pub late_report: String,
 }
 
 /// One task inside one run.
@@ -130,6 +180,12 @@ pub struct TaskExecution {
     pub scheduler: String,
     #[serde(default)]
     pub scheduler_epoch: u64,
+    /// A retry waits until this instant (Unix milliseconds) before it is assigned; 0 for no wait.
+    #[serde(default)]
+    pub not_before: i64,
+    /// Every ended attempt, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<AttemptRecord>,
 }
 
 /// One execution of a pipeline version.
@@ -195,6 +251,8 @@ impl PipelineRecord {
                 executor: String::new(),
                 scheduler: String::new(),
                 scheduler_epoch: 0,
+                not_before: 0,
+                attempts: Vec::new(),
             })
             .collect();
         let run = Run {
@@ -280,6 +338,8 @@ pub enum AttemptOutcome {
     Error(String),
     /// The container was stopped because the run was cancelled.
     Stopped,
+    /// Its executor was declared lost; the reason says which and why.
+    Lost(String),
 }
 
 /// A change to the state, as it travels through the replicated log.
@@ -412,6 +472,26 @@ pub enum Command {
         epoch: u64,
         at: i64,
     },
+    /// Registers or renews the executor lease of each of `executors` until `at + ttl_millis` (see
+    /// [`crate::executors`]).
+    RenewExecutors {
+        executors: Vec<ExecutorInfo>,
+        ttl_millis: u64,
+        at: i64,
+    },
+    /// Declares an executor whose lease ran out lost: each attempt assigned to it ends LOST, and its
+    /// task's retry policy decides whether another attempt follows.
+    ExecutorLost {
+        executor: String,
+        at: i64,
+    },
+    /// Records what an executor reported about an attempt after it had been declared LOST.
+    AttemptReportedLate {
+        target: AttemptRef,
+        attempt: u32,
+        report: String,
+        at: i64,
+    },
     /// A command issued by the holder of `role` in `epoch`: refused, changing nothing, once the epoch has
     /// moved on.
     Fenced {
@@ -461,6 +541,9 @@ pub struct State {
     /// Who plays the one-at-a-time roles.
     #[serde(default)]
     pub leases: Leases,
+    /// The executors and their leases.
+    #[serde(default)]
+    pub executors: Executors,
 }
 
 impl State {
@@ -566,13 +649,26 @@ impl State {
                         target.task
                     )));
                 }
-                let task = &mut run.tasks[index];
+                let task = &run.tasks[index];
                 if task.state != TaskState::Pending || task.assignment.is_some() || *attempt != task.attempt + 1 {
                     return Err(Error::FailedPrecondition(format!(
                         "task {:?} is not waiting for attempt {attempt}",
                         target.task
                     )));
                 }
+                if *at < task.not_before {
+                    return Err(Error::FailedPrecondition(format!(
+                        "task {:?} waits until {} before attempt {attempt}",
+                        target.task, task.not_before
+                    )));
+                }
+                if !self.executors.may_assign(executor) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "executor {executor:?} was declared lost and has not renewed its lease"
+                    )));
+                }
+                let (run, _) = self.run_mut(target)?;
+                let task = &mut run.tasks[index];
                 task.attempt = *attempt;
                 task.log_node = *node;
                 task.executor = executor.clone();
@@ -583,6 +679,8 @@ impl State {
                     started: false,
                     scheduler: scheduler.clone(),
                     epoch: *epoch,
+                    assigned_at: *at,
+                    started_at: 0,
                 });
                 if run.state == RunState::Pending {
                     run.state = RunState::Running;
@@ -599,8 +697,11 @@ impl State {
                 };
                 if !assignment.started {
                     assignment.started = true;
+                    assignment.started_at = *at;
                     task.state = TaskState::Running;
-                    task.started_at = *at;
+                    if task.started_at == 0 {
+                        task.started_at = *at;
+                    }
                 }
                 Ok(Applied::Done)
             }
@@ -613,41 +714,51 @@ impl State {
             } => {
                 let (run, config) = self.run_mut(target)?;
                 let index = config.task_index(&target.task).expect("run tasks follow the config");
-                let cancelled = run.cancel_requested;
-                let cancel_reason = run.reason.clone();
                 let task = &mut run.tasks[index];
                 if task.assignment.is_none() || task.attempt != *attempt || task.state.is_terminal() {
                     return Err(stale_attempt(target, *attempt));
                 }
-                task.assignment = None;
+                if matches!(outcome, AttemptOutcome::Lost(_)) {
+                    return Err(Error::invalid("outcome", "only the scheduler declares an attempt lost"));
+                }
                 if *log_node != 0 {
                     task.log_node = *log_node;
                 }
-                if task.started_at == 0 {
-                    task.started_at = *at;
-                }
-                match outcome {
-                    AttemptOutcome::Exited(code) => {
-                        task.exit_code = Some(*code);
-                        if *code == 0 {
-                            end_task(task, TaskState::Succeeded, String::new(), *at);
-                        } else {
-                            end_task(task, TaskState::Failed, format!("exited with code {code}"), *at);
-                        }
-                    }
-                    AttemptOutcome::Error(reason) => end_task(task, TaskState::Failed, reason.clone(), *at),
-                    AttemptOutcome::Stopped => {
-                        let reason = if cancelled {
-                            cancel_reason
-                        } else {
-                            "stopped".to_string()
-                        };
-                        end_task(task, TaskState::Cancelled, reason, *at)
-                    }
-                }
+                finish_attempt(run, config, index, outcome, *at);
                 settle(run, config, *at);
                 self.pipeline_mut(&target.namespace, &target.pipeline)?
                     .start_buffered(*at);
+                Ok(Applied::Done)
+            }
+            Command::RenewExecutors {
+                executors,
+                ttl_millis,
+                at,
+            } => self.executors.renew(executors, *ttl_millis, *at).map(|()| Applied::Done),
+            Command::ExecutorLost { executor, at } => {
+                self.executors.lose(executor, *at)?;
+                self.lose_attempts_of(executor, *at);
+                Ok(Applied::Done)
+            }
+            Command::AttemptReportedLate {
+                target,
+                attempt,
+                report,
+                ..
+            } => {
+                let (run, config) = self.run_mut(target)?;
+                let index = config.task_index(&target.task).expect("run tasks follow the config");
+                let record = run.tasks[index]
+                    .attempts
+                    .iter_mut()
+                    .find(|a| a.attempt == *attempt && a.state == AttemptState::Lost && a.late_report.is_empty())
+                    .ok_or_else(|| {
+                        Error::FailedPrecondition(format!(
+                            "attempt {attempt} of task {:?} in run {} is not a LOST attempt without a report",
+                            target.task, target.run
+                        ))
+                    })?;
+                record.late_report = report.chars().take(1024).collect();
                 Ok(Applied::Done)
             }
             Command::InstallExtension {
@@ -741,6 +852,34 @@ impl State {
                 let applied = self.apply(command)?;
                 self.leases.count(*role);
                 Ok(applied)
+            }
+        }
+    }
+
+    /// Ends every attempt assigned to `executor` as LOST.
+    fn lose_attempts_of(&mut self, executor: &str, at: i64) {
+        let targets: Vec<AttemptRef> = self
+            .active_runs()
+            .flat_map(|(namespace, pipeline, _, run)| {
+                run.tasks
+                    .iter()
+                    .filter(|t| t.assignment.as_ref().is_some_and(|a| a.executor == executor))
+                    .map(move |t| AttemptRef {
+                        namespace: namespace.to_string(),
+                        pipeline: pipeline.to_string(),
+                        run: run.id,
+                        task: t.task.clone(),
+                    })
+            })
+            .collect();
+        let reason = format!("lost: executor {executor:?} stopped heartbeating and its lease ran out");
+        for target in targets {
+            let Ok((run, config)) = self.run_mut(&target) else { continue };
+            let index = config.task_index(&target.task).expect("run tasks follow the config");
+            finish_attempt(run, config, index, &AttemptOutcome::Lost(reason.clone()), at);
+            settle(run, config, at);
+            if let Ok(record) = self.pipeline_mut(&target.namespace, &target.pipeline) {
+                record.start_buffered(at);
             }
         }
     }
@@ -841,6 +980,80 @@ impl Run {
     /// The task execution for task `id`.
     pub fn task(&self, id: &str) -> Option<&TaskExecution> {
         self.tasks.iter().find(|t| t.task == id)
+    }
+}
+
+/// Ends the live attempt of task `index` with `outcome`, records it, and either ends the task or, when its
+/// retry policy allows another attempt, puts it back to PENDING behind its backoff. A failed attempt is
+/// retried while the task has retries left; a LOST one at least once; none once the run is cancelled.
+fn finish_attempt(run: &mut Run, config: &PipelineConfig, index: usize, outcome: &AttemptOutcome, at: i64) {
+    let cancelled = run.cancel_requested;
+    let cancel_reason = run.reason.clone();
+    let spec = &config.tasks[index];
+    let task = &mut run.tasks[index];
+    let assignment = task.assignment.take();
+    if task.started_at == 0 {
+        task.started_at = at;
+    }
+    let (state, attempt_state, reason, exit_code) = match outcome {
+        AttemptOutcome::Exited(0) => (TaskState::Succeeded, AttemptState::Succeeded, String::new(), Some(0)),
+        AttemptOutcome::Exited(code) => (
+            TaskState::Failed,
+            AttemptState::Failed,
+            format!("exited with code {code}"),
+            Some(*code),
+        ),
+        AttemptOutcome::Error(reason) => (TaskState::Failed, AttemptState::Failed, reason.clone(), None),
+        AttemptOutcome::Lost(reason) if cancelled => {
+            (TaskState::Cancelled, AttemptState::Lost, format!("{cancel_reason} ({reason})"), None)
+        }
+        AttemptOutcome::Lost(reason) => (TaskState::Failed, AttemptState::Lost, reason.clone(), None),
+        AttemptOutcome::Stopped => {
+            let reason = if cancelled { cancel_reason } else { "stopped".to_string() };
+            (TaskState::Cancelled, AttemptState::Cancelled, reason, None)
+        }
+    };
+    let allowed_retries = if attempt_state == AttemptState::Lost {
+        spec.retries.max(1)
+    } else {
+        spec.retries
+    };
+    let retry = !cancelled && state == TaskState::Failed && task.attempt <= allowed_retries;
+    let assignment = assignment.unwrap_or_else(|| Assignment {
+        executor: task.executor.clone(),
+        started: false,
+        scheduler: task.scheduler.clone(),
+        epoch: task.scheduler_epoch,
+        assigned_at: 0,
+        started_at: 0,
+    });
+    task.attempts.push(AttemptRecord {
+        attempt: task.attempt,
+        executor: assignment.executor,
+        scheduler: assignment.scheduler,
+        scheduler_epoch: assignment.epoch,
+        assigned_at: assignment.assigned_at,
+        started_at: assignment.started_at,
+        ended_at: at,
+        state: attempt_state,
+        exit_code,
+        reason: reason.clone(),
+        retried: retry,
+        late_report: String::new(),
+    });
+    task.exit_code = exit_code;
+    if retry {
+        let delay = spec.retry_delay_ms(task.attempt + 1);
+        task.state = TaskState::Pending;
+        task.reason = format!(
+            "attempt {} ended {}: {reason}; attempt {} follows",
+            task.attempt,
+            attempt_state.as_str(),
+            task.attempt + 1
+        );
+        task.not_before = at.saturating_add(delay);
+    } else {
+        end_task(task, state, reason, at);
     }
 }
 

@@ -69,6 +69,22 @@ pub struct ServerArgs {
     /// separated by commas
     #[arg(long, value_delimiter = ',')]
     schedulers: Vec<String>,
+    /// How many attempts this process's executor runs at once [default: 0, no limit]
+    #[arg(long)]
+    executor_capacity: Option<u32>,
+    /// A label this process's executor registers with, as KEY=VALUE; repeat it for more
+    #[arg(long = "executor-label", value_name = "KEY=VALUE")]
+    executor_labels: Vec<String>,
+}
+
+impl ServerArgs {
+    /// `goferd executor`: the executor role alone, unless `--roles` says otherwise.
+    pub fn executor_only(mut self) -> Self {
+        if self.roles.is_empty() {
+            self.roles = vec!["executor".to_string()];
+        }
+        self
+    }
 }
 
 /// The config file.
@@ -90,6 +106,25 @@ struct ServerConfig {
     name: Option<String>,
     state_nodes: Option<Vec<String>>,
     schedulers: Option<Vec<String>>,
+    executor_capacity: Option<u32>,
+    executor_labels: Option<BTreeMap<String, String>>,
+}
+
+/// Parses `--executor-label KEY=VALUE` flags, or else the config file's table.
+fn executor_labels(
+    flags: &[String],
+    file: Option<BTreeMap<String, String>>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    if flags.is_empty() {
+        return Ok(file.unwrap_or_default());
+    }
+    flags
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) => Ok((key.trim().to_string(), value.to_string())),
+            None => bail!("executor_labels: --executor-label takes KEY=VALUE, got {pair:?}"),
+        })
+        .collect()
 }
 
 /// A list flag if it was given, else the config file's list, else none.
@@ -216,6 +251,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if roles.executor && !roles.scheduler && schedulers.is_empty() {
         bail!("schedulers is required for an executor without the scheduler role beside it");
     }
+    let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
+    let executor_labels = executor_labels(&args.executor_labels, file.executor_labels)?;
+    for (key, value) in &executor_labels {
+        gofer_domain::validate_id("executor_labels", key)?;
+        if value.len() > 128 || value.chars().any(char::is_control) {
+            bail!("executor_labels.{key}: values are at most 128 characters, without control characters");
+        }
+    }
 
     let ca_pem = read(&ca, "CA certificate")?;
     let (cert_pem, key_pem) = (read(&cert, "certificate")?, read(&key, "key")?);
@@ -338,6 +381,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         webhook_listener,
         executor_token,
         schedulers,
+        executor_capacity,
+        executor_labels,
         new_cluster_id: crate::dev::random_hex(8)?,
     })
     .await?;

@@ -192,6 +192,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         webhook_listener: Some(webhook_listener),
         executor_token,
         schedulers: Vec::new(),
+        executor_capacity: 0,
+        executor_labels: Default::default(),
         new_cluster_id: random_hex(8)?,
     })
     .await?;

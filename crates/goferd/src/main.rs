@@ -29,6 +29,9 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run one node of a cluster (state, api, scheduler, extension host and an executor)
     Server(cluster::ServerArgs),
+    /// Run an executor on its own: `goferd server` with the executor role alone (the same flags; name
+    /// --schedulers and --state-nodes)
+    Executor(cluster::ServerArgs),
     /// Make a cluster CA and the node and client certificates it signs
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -65,6 +68,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Server(args) => cluster::run(args).await,
+            Command::Executor(args) => cluster::run(args.executor_only()).await,
             Command::Certs(_) => unreachable!("handled before the runtime starts"),
         }
     });

@@ -83,6 +83,9 @@ pub struct NodeSetup {
     pub executor_token: String,
     /// The schedulers the executor may reach (`https://host:port`); empty for this process's API port.
     pub schedulers: Vec<String>,
+    /// How many attempts the executor runs at once (0: no limit), and its labels.
+    pub executor_capacity: u32,
+    pub executor_labels: std::collections::BTreeMap<String, String>,
     /// The cluster id a state node proposes if the log has none yet.
     pub new_cluster_id: String,
 }
@@ -164,6 +167,8 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         webhook_listener,
         executor_token,
         schedulers,
+        executor_capacity,
+        executor_labels,
         new_cluster_id,
     } = setup;
     let shutdown = CancellationToken::new();
@@ -309,6 +314,8 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         let executor_config = gofer_executor::ExecutorConfig {
             executor_id: name.clone(),
             token: executor_token,
+            capacity: executor_capacity,
+            labels: executor_labels,
         };
         let executor_shutdown = shutdown.clone();
         tracker.spawn(async move {

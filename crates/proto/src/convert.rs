@@ -33,6 +33,8 @@ pub fn config_from_proto(config: v1::PipelineConfig) -> Result<PipelineConfig, E
             command: task.command,
             env: task.env.into_iter().collect(),
             depends_on,
+            retries: task.retries,
+            backoff: task.backoff,
         });
     }
     let config = PipelineConfig {
@@ -73,6 +75,8 @@ pub fn config_to_proto(config: &PipelineConfig) -> v1::PipelineConfig {
                         (parent.clone(), c as i32)
                     })
                     .collect(),
+                retries: t.retries,
+                backoff: t.backoff.clone(),
             })
             .collect(),
     }
@@ -220,6 +224,25 @@ pub fn task_to_proto(namespace: &str, pipeline: &str, run: u64, task: &TaskExecu
         executor: task.executor.clone(),
         scheduler: task.scheduler.clone(),
         scheduler_epoch: task.scheduler_epoch,
+        attempts: task
+            .attempts
+            .iter()
+            .map(|a| v1::Attempt {
+                attempt: a.attempt,
+                executor: a.executor.clone(),
+                scheduler: a.scheduler.clone(),
+                scheduler_epoch: a.scheduler_epoch,
+                assigned_unix_millis: a.assigned_at,
+                started_unix_millis: a.started_at,
+                ended_unix_millis: a.ended_at,
+                state: a.state.as_str().to_string(),
+                exit_code: a.exit_code,
+                reason: a.reason.clone(),
+                retried: a.retried,
+                late_report: a.late_report.clone(),
+            })
+            .collect(),
+        not_before_unix_millis: task.not_before,
     }
 }
 

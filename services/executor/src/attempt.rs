@@ -103,7 +103,14 @@ pub(crate) async fn run(
         // logs are missing. The container stays for an operator to inspect.
         return report_error(format!("the attempt ran but its logs could not be stored: {err}"));
     }
+    let fenced = executor.fenced.lock().expect("fenced lock").remove(key_text);
     let kind = match (code, stopped) {
+        (_, true) if fenced => finished(
+            &key,
+            v1::AttemptOutcome::Stopped,
+            None,
+            format!("executor {} stopped its container on reconnecting: the attempt had been fenced off", executor.id),
+        ),
         (_, true) => finished(&key, v1::AttemptOutcome::Stopped, None, "stopped".into()),
         (Ok(code), false) => finished(&key, v1::AttemptOutcome::Exited, Some(code), String::new()),
         (Err(err), false) => finished(&key, v1::AttemptOutcome::Error, None, err),

@@ -5,7 +5,10 @@
 //! A Start for an attempt it already runs is a no-op, and a Start for an attempt whose container exists
 //! adopts that container, so a re-sent Start never makes a second container. Containers are labelled with
 //! the cluster, executor, namespace, pipeline, run, task and attempt; on every (re)connection the executor
-//! removes its containers that belong to no live attempt. This is the only crate that talks to Docker.
+//! removes its containers that belong to no live attempt, and stops (and reports) the attempts it is still
+//! running that the cluster no longer counts live: those it declared LOST while this executor was cut off.
+//! It heartbeats every second on its stream, which keeps its executor lease. This is the only crate that
+//! talks to Docker.
 
 mod attempt;
 mod docker;
@@ -35,6 +38,10 @@ pub struct ExecutorConfig {
     pub executor_id: String,
     /// The bearer token it presents to the scheduler.
     pub token: String,
+    /// How many attempts it runs at once; 0 means no limit.
+    pub capacity: u32,
+    /// What it tells the scheduler about itself, such as `zone=a`.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Runs the executor until `shutdown` is cancelled: connects to the scheduler that holds the lease among
@@ -53,7 +60,7 @@ pub async fn run(
         .parse()
         .map_err(|_| Error::Config("the token has characters a header cannot carry".into()))?;
     let count = schedulers.len();
-    let executor = Arc::new(session::Executor::new(config.executor_id, docker, schedulers, header));
+    let executor = Arc::new(session::Executor::new(config, docker, schedulers, header));
     let mut backoff = Duration::from_millis(100);
     let mut failures_in_a_row = 0;
     loop {

@@ -40,6 +40,10 @@ pub(crate) struct Active {
 
 pub(crate) struct Executor {
     pub(crate) id: String,
+    capacity: u32,
+    labels: std::collections::BTreeMap<String, String>,
+    /// Attempts stopped because the cluster no longer counts them live, by key.
+    pub(crate) fenced: Mutex<std::collections::HashSet<String>>,
     pub(crate) docker: DockerBackend,
     /// The schedulers it may reach; it talks to the one at `current`, the one that holds the lease.
     channels: Vec<Channel>,
@@ -58,13 +62,16 @@ pub(crate) struct Executor {
 
 impl Executor {
     pub(crate) fn new(
-        id: String,
+        config: crate::ExecutorConfig,
         docker: DockerBackend,
         channels: Vec<Channel>,
         header: MetadataValue<tonic::metadata::Ascii>,
     ) -> Self {
         Executor {
-            id,
+            id: config.executor_id,
+            capacity: config.capacity,
+            labels: config.labels,
+            fenced: Mutex::default(),
             docker,
             channels,
             current: std::sync::atomic::AtomicUsize::new(0),
@@ -104,6 +111,9 @@ impl Executor {
         let hello = v1::DispatchRequest {
             kind: Some(dispatch_request::Kind::Hello(v1::ExecutorHello {
                 executor_id: self.id.clone(),
+                capacity: self.capacity,
+                labels: self.labels.clone().into_iter().collect(),
+                heartbeats: true,
             })),
         };
         tx.send(hello)
@@ -116,10 +126,19 @@ impl Executor {
             .await
             .map_err(|_| Status::unavailable("the scheduler did not answer the hello within 5 s"))??
             .into_inner();
-        *self.outbound.lock().expect("outbound lock") = Some(tx);
+        *self.outbound.lock().expect("outbound lock") = Some(tx.clone());
+        // The heartbeat keeps this executor's lease; a scheduler that stops hearing it for the lease's
+        // length declares it lost and its attempts go elsewhere.
+        let mut heartbeat = tokio::time::interval(std::time::Duration::from_secs(1));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             let message = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
+                _ = heartbeat.tick() => {
+                    let beat = dispatch_request::Kind::Heartbeat(v1::Heartbeat {});
+                    let _ = tx.send(v1::DispatchRequest { kind: Some(beat) });
+                    continue;
+                }
                 message = inbound.next() => message,
             };
             match message {
@@ -147,6 +166,7 @@ impl Executor {
                     .lock()
                     .expect("finished lock")
                     .retain(|key, _| live.contains(key));
+                self.stop_fenced_off(&live);
                 self.remove_orphans(&welcome.cluster_id, &live).await;
             }
             dispatch_response::Kind::Start(start) => {
@@ -220,6 +240,18 @@ impl Executor {
             if let Some(task) = active.task {
                 task.abort();
             }
+        }
+    }
+
+    /// Stops the attempts this executor still runs that the cluster no longer counts live: they were
+    /// declared LOST (and maybe retried elsewhere) while it was cut off, so they must not run on. Each is
+    /// reported stopped, and the scheduler records that on the LOST attempt.
+    fn stop_fenced_off(&self, live: &std::collections::HashSet<String>) {
+        let active = self.active.lock().expect("active lock");
+        for (key, attempt) in active.iter().filter(|(key, _)| !live.contains(*key)) {
+            tracing::warn!(attempt = %key, "stopping an attempt the cluster no longer counts live (fenced off)");
+            self.fenced.lock().expect("fenced lock").insert(key.clone());
+            attempt.stop.cancel();
         }
     }
 

@@ -3,6 +3,7 @@
 use std::pin::Pin;
 
 use futures_util::StreamExt;
+use gofer_domain::executors::ExecutorInfo;
 use gofer_domain::{AttemptOutcome, Command, Error};
 use gofer_proto::v1::{self, dispatch_request, dispatch_service_server::DispatchService};
 use gofer_proto::{attempt_ref, internal, into_status};
@@ -37,16 +38,48 @@ impl DispatchHandler {
     /// Commits one report from an executor. A stale report (an attempt that is no longer live) is
     /// refused by the state machine and dropped here: the executor has nothing to do about it.
     async fn commit(&self, command: Command) -> Result<(), Status> {
-        match self.scheduler.lease.propose(command).await {
+        match self.scheduler.lease.propose(command.clone()).await {
             Ok(_) => Ok(()),
             // Refused by the fence (or never sent, the lease being lost): not committed, so not
             // acknowledged; the executor resends it to the scheduler that holds the lease.
             Err(gofer_state::Error::Rejected(err)) if err.is_fenced() => Err(Status::unavailable(err.to_string())),
             Err(gofer_state::Error::Rejected(err)) => {
                 tracing::debug!(%err, "stale executor report dropped");
+                self.record_late(command).await;
                 Ok(())
             }
             Err(err) => Err(internal("committing an executor report", &err, true)),
+        }
+    }
+
+    /// A final report of an attempt that is no longer live is recorded on the attempt if it was declared
+    /// LOST: the executor came back and says how it ended (usually that it stopped the container).
+    async fn record_late(&self, command: Command) {
+        let Command::AttemptFinished {
+            target,
+            attempt,
+            outcome,
+            at,
+            ..
+        } = command
+        else {
+            return;
+        };
+        let report = match outcome {
+            AttemptOutcome::Exited(code) => format!("its executor reported it exited with code {code}"),
+            AttemptOutcome::Error(reason) | AttemptOutcome::Lost(reason) => {
+                format!("its executor reported an error: {reason}")
+            }
+            AttemptOutcome::Stopped => "its executor reported it stopped".to_string(),
+        };
+        let late = Command::AttemptReportedLate {
+            target,
+            attempt,
+            report,
+            at,
+        };
+        if let Err(err) = self.scheduler.lease.propose(late).await {
+            tracing::debug!(%err, "a late report was not recorded");
         }
     }
 }
@@ -74,6 +107,35 @@ impl DispatchService for DispatchHandler {
         };
         gofer_domain::validate_id("hello.executor_id", &hello.executor_id).map_err(into_status)?;
         let executor = hello.executor_id;
+        let info = ExecutorInfo {
+            id: executor.clone(),
+            capacity: hello.capacity,
+            labels: hello.labels.into_iter().collect(),
+        };
+        if self.scheduler.lease.epoch().is_none() {
+            return Err(Status::failed_precondition(
+                "this scheduler is standing by: it does not hold the scheduler lease",
+            ));
+        }
+        // Containers are owned by (cluster, executor): until the cluster has its id, a welcome would let
+        // the executor label, adopt or clean up containers of another cluster on the same Docker host.
+        if self.scheduler.state.read(|s| s.cluster_id.is_empty()) {
+            return Err(Status::unavailable(
+                "the cluster is not initialized yet; try again shortly",
+            ));
+        }
+        // The executor's lease is renewed before the welcome, so that an executor declared lost while it
+        // was away may be given attempts again, and the welcome's live list is read after it.
+        let renewal = Command::RenewExecutors {
+            executors: vec![info.clone()],
+            ttl_millis: crate::reconcile::EXECUTOR_LEASE.as_millis() as u64,
+            at: gofer_proto::now_millis(),
+        };
+        match self.scheduler.lease.propose(renewal).await {
+            Ok(_) => {}
+            Err(gofer_state::Error::Rejected(err)) if !err.is_fenced() => return Err(into_status(err)),
+            Err(err) => return Err(internal("registering the executor", &err, true)),
+        }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (cluster_id, live) = self.scheduler.state.read(|s| {
             let live = live_attempts(s)
@@ -83,18 +145,6 @@ impl DispatchService for DispatchHandler {
                 .collect();
             (s.cluster_id.clone(), live)
         });
-        if self.scheduler.lease.epoch().is_none() {
-            return Err(Status::failed_precondition(
-                "this scheduler is standing by: it does not hold the scheduler lease",
-            ));
-        }
-        // Containers are owned by (cluster, executor): until the cluster has its id, a welcome would let
-        // the executor label, adopt or clean up containers of another cluster on the same Docker host.
-        if cluster_id.is_empty() {
-            return Err(Status::unavailable(
-                "the cluster is not initialized yet; try again shortly",
-            ));
-        }
         // The welcome goes first, before the scheduler can queue any Start on this stream.
         let welcome = v1::Welcome {
             cluster_id,
@@ -106,7 +156,7 @@ impl DispatchService for DispatchHandler {
         let acks = tx.clone();
         let mut lease = self.scheduler.lease.watch();
         let epoch = *lease.borrow_and_update();
-        let (connection, closed) = self.scheduler.connect(&executor, tx);
+        let (connection, closed, heard) = self.scheduler.connect(info, hello.heartbeats, tx);
         tracing::info!(%executor, "executor connected");
         let this = self.clone();
         tokio::spawn(async move {
@@ -120,6 +170,7 @@ impl DispatchService for DispatchHandler {
                 () = closed.cancelled() => None,
                 _ = &mut lease_moved => None,
             } {
+                heard.store(gofer_proto::now_millis(), std::sync::atomic::Ordering::Relaxed);
                 let mut ack = None;
                 let command = match message {
                     Ok(v1::DispatchRequest {

@@ -11,4 +11,4 @@ mod dispatch;
 mod reconcile;
 
 pub use dispatch::DispatchHandler;
-pub use reconcile::Scheduler;
+pub use reconcile::{EXECUTOR_LEASE, Scheduler};

@@ -1,9 +1,13 @@
-//! The scheduler loop: on every state change or executor (re)connection, assign what the plan says is
-//! ready and send each connected executor the Starts and Stops it has not yet had on its stream.
+//! The scheduler loop: on every state change or executor (re)connection, keep the connected executors'
+//! leases renewed, declare lost the executors whose lease ran out, assign what the plan says is ready and
+//! send each connected executor the Starts and Stops it has not yet had on its stream.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use gofer_domain::executors::ExecutorInfo;
 use gofer_domain::{AttemptRef, Command, State, plan};
 use gofer_proto::now_millis;
 use gofer_proto::v1::{self, dispatch_response::Kind};
@@ -12,10 +16,23 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+/// How long an executor lease lasts: an executor not heard from for this long is declared lost, and a
+/// scheduler that just took over waits this long before declaring any executor lost.
+pub const EXECUTOR_LEASE: Duration = Duration::from_secs(5);
+/// How often the connected executors' leases are renewed (one log entry for all of them).
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// A heartbeating executor not heard from for this long is not renewed (and gets no new attempts).
+const HEARD_WITHIN: Duration = Duration::from_secs(3);
+
 /// What was sent on one executor stream.
 pub(crate) struct Connection {
     pub(crate) id: u64,
     pub(crate) tx: mpsc::UnboundedSender<Result<v1::DispatchResponse, Status>>,
+    pub(crate) info: ExecutorInfo,
+    /// Whether the executor sends heartbeats; one that does not is renewed while its stream is open.
+    heartbeats: bool,
+    /// When anything last arrived on the stream, in Unix milliseconds.
+    pub(crate) heard: Arc<AtomicI64>,
     started: HashSet<(AttemptRef, u32)>,
     stopped: HashSet<(AttemptRef, u32)>,
     /// Cancelled when the connection is dropped, to end the stream's handler.
@@ -37,6 +54,10 @@ pub struct Scheduler {
     pub(crate) executors: Arc<Mutex<HashMap<String, Connection>>>,
     pub(crate) wake: Arc<Notify>,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
+    /// The lease epoch this scheduler acts in and since when, so that it waits one executor lease after
+    /// taking over before it declares an executor lost: the executors need that long to find it.
+    acting_since: Arc<Mutex<Option<(u64, Instant)>>>,
+    last_renewal: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Scheduler {
@@ -48,6 +69,8 @@ impl Scheduler {
             executors: Arc::default(),
             wake: Arc::new(Notify::new()),
             next_connection: Arc::default(),
+            acting_since: Arc::default(),
+            last_renewal: Arc::default(),
         }
     }
 
@@ -83,14 +106,20 @@ impl Scheduler {
     /// a token cancelled when the scheduler drops it.
     pub(crate) fn connect(
         &self,
-        executor: &str,
+        info: ExecutorInfo,
+        heartbeats: bool,
         tx: mpsc::UnboundedSender<Result<v1::DispatchResponse, Status>>,
-    ) -> (u64, CancellationToken) {
+    ) -> (u64, CancellationToken, Arc<AtomicI64>) {
         let id = self.next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let closed = CancellationToken::new();
+        let heard = Arc::new(AtomicI64::new(now_millis()));
+        let executor = info.id.clone();
         let connection = Connection {
             id,
             tx,
+            info,
+            heartbeats,
+            heard: heard.clone(),
             started: HashSet::new(),
             stopped: HashSet::new(),
             closed: closed.clone(),
@@ -98,9 +127,9 @@ impl Scheduler {
         self.executors
             .lock()
             .expect("executors lock")
-            .insert(executor.to_string(), connection);
+            .insert(executor, connection);
         self.wake.notify_one();
-        (id, closed)
+        (id, closed, heard)
     }
 
     /// Forgets an executor stream, unless a newer one replaced it already.
@@ -111,12 +140,92 @@ impl Scheduler {
         }
     }
 
+    /// When this scheduler started acting in `epoch`.
+    fn acting_since(&self, epoch: u64) -> Instant {
+        let mut since = self.acting_since.lock().expect("acting_since lock");
+        match *since {
+            Some((e, at)) if e == epoch => at,
+            _ => {
+                let now = Instant::now();
+                *since = Some((epoch, now));
+                now
+            }
+        }
+    }
+
+    /// The connected executors heard from recently enough to count as alive, by id.
+    fn alive(&self) -> HashMap<String, ExecutorInfo> {
+        let now = now_millis();
+        let mut executors = self.executors.lock().expect("executors lock");
+        // A heartbeating executor silent for a whole lease is gone: its stream is dropped, so that it
+        // reconnects (and is welcomed afresh) if it is still there.
+        executors.retain(|_, c| !c.heartbeats || now - c.heard.load(Ordering::Relaxed) < EXECUTOR_LEASE.as_millis() as i64);
+        executors
+            .iter()
+            .filter(|(_, c)| !c.heartbeats || now - c.heard.load(Ordering::Relaxed) < HEARD_WITHIN.as_millis() as i64)
+            .map(|(id, c)| (id.clone(), c.info.clone()))
+            .collect()
+    }
+
+    /// Renews the leases of the executors alive, at most once per [`RENEW_EVERY`], in one command.
+    async fn renew_executors(&self, alive: &HashMap<String, ExecutorInfo>) {
+        if alive.is_empty()
+            || self
+                .last_renewal
+                .lock()
+                .expect("last_renewal lock")
+                .is_some_and(|at| at.elapsed() < RENEW_EVERY)
+        {
+            return;
+        }
+        let command = Command::RenewExecutors {
+            executors: alive.values().cloned().collect(),
+            ttl_millis: EXECUTOR_LEASE.as_millis() as u64,
+            at: now_millis(),
+        };
+        match self.lease.propose(command).await {
+            Ok(_) => *self.last_renewal.lock().expect("last_renewal lock") = Some(Instant::now()),
+            Err(err) => tracing::warn!(%err, "could not renew the executors' leases"),
+        }
+    }
+
+    /// Declares lost every executor whose lease ran out and that is not connected and alive here, once
+    /// this scheduler has acted for a whole executor lease.
+    async fn expire_executors(&self, since: Instant, alive: &HashMap<String, ExecutorInfo>) {
+        if since.elapsed() < EXECUTOR_LEASE {
+            return;
+        }
+        let now = now_millis();
+        let expired: Vec<String> = self.state.read(|s| {
+            s.executors
+                .expired(now)
+                .filter(|id| !alive.contains_key(*id))
+                .map(str::to_string)
+                .collect()
+        });
+        for executor in expired {
+            let command = Command::ExecutorLost {
+                executor: executor.clone(),
+                at: now,
+            };
+            match self.lease.propose(command).await {
+                Ok(_) => tracing::warn!(%executor, "executor lost: its lease ran out; its attempts are LOST"),
+                Err(err) => tracing::debug!(%err, %executor, "could not declare an executor lost"),
+            }
+        }
+    }
+
     async fn reconcile(&self) {
         // One scheduler acts per cluster: the lease holder, and the fence refuses it once it is not.
         let Some(epoch) = self.lease.epoch() else { return };
-        let planned = self.state.read(plan);
+        let since = self.acting_since(epoch);
+        let alive = self.alive();
+        self.renew_executors(&alive).await;
+        self.expire_executors(since, &alive).await;
+        let now = now_millis();
+        let planned = self.state.read(|s| plan(s, now));
         for (target, attempt) in planned {
-            let Some(executor) = self.pick_executor() else { break };
+            let Some(executor) = self.pick_executor(&alive) else { break };
             let command = Command::AssignAttempt {
                 target: target.clone(),
                 attempt,
@@ -138,13 +247,13 @@ impl Scheduler {
         self.send_pending();
     }
 
-    /// The connected executor with the fewest live attempts.
-    fn pick_executor(&self) -> Option<String> {
-        let executors = self.executors.lock().expect("executors lock");
-        if executors.is_empty() {
+    /// The alive executor with the fewest live attempts that has room for one more and may be given
+    /// attempts by the log (it was not declared lost since it renewed).
+    fn pick_executor(&self, alive: &HashMap<String, ExecutorInfo>) -> Option<String> {
+        if alive.is_empty() {
             return None;
         }
-        let load = self.state.read(|s| {
+        let (load, assignable) = self.state.read(|s| {
             let mut load: HashMap<String, usize> = HashMap::new();
             for (_, _, _, run) in s.active_runs() {
                 for task in &run.tasks {
@@ -153,12 +262,17 @@ impl Scheduler {
                     }
                 }
             }
-            load
+            let assignable: HashSet<String> = alive.keys().filter(|e| s.executors.may_assign(e)).cloned().collect();
+            (load, assignable)
         });
-        executors
-            .keys()
-            .min_by_key(|e| (load.get(*e).copied().unwrap_or(0), (*e).clone()))
-            .cloned()
+        alive
+            .iter()
+            .filter(|(id, info)| {
+                assignable.contains(*id)
+                    && (info.capacity == 0 || load.get(*id).copied().unwrap_or(0) < info.capacity as usize)
+            })
+            .min_by_key(|(id, _)| (load.get(*id).copied().unwrap_or(0), (*id).clone()))
+            .map(|(id, _)| id.clone())
     }
 
     /// Sends every connected executor the Starts and Stops for its live attempts that its current stream

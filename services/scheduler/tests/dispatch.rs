@@ -16,6 +16,7 @@ async fn hello(
     let hello = v1::DispatchRequest {
         kind: Some(dispatch_request::Kind::Hello(v1::ExecutorHello {
             executor_id: "node1".into(),
+            ..Default::default()
         })),
     };
     // The stream stays open (pending) after the hello, as an executor's does.

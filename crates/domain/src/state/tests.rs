@@ -509,7 +509,7 @@ mod properties {
                 request_id: String::new(),
                 at,
             }],
-            Step::AssignPlanned => plan(state)
+            Step::AssignPlanned => plan(state, i64::MAX)
                 .into_iter()
                 .map(|(target, attempt)| Command::AssignAttempt {
                     target,
@@ -568,7 +568,7 @@ mod properties {
                 ttl_millis: *ttl,
                 at,
             }],
-            Step::FencedAssign { who, epoch } => plan(state)
+            Step::FencedAssign { who, epoch } => plan(state, i64::MAX)
                 .into_iter()
                 .map(|(target, attempt)| {
                     let holder = format!("s{}", who % 2);
@@ -687,4 +687,198 @@ fn a_finished_attempt_records_where_its_logs_went_and_who_assigned_it() {
     let task = state.run("default", "p", run).unwrap().0.task("a").unwrap().clone();
     assert_eq!((task.log_node, task.executor.as_str()), (3, "e"));
     assert_eq!((task.scheduler.as_str(), task.scheduler_epoch), ("s/1", 1));
+}
+
+fn assign_to(state: &mut State, run: u64, task: &str, attempt: u32, executor: &str, at: i64) -> Result<Applied, Error> {
+    state.apply(&Command::AssignAttempt {
+        target: target(task, run),
+        attempt,
+        executor: executor.into(),
+        node: 1,
+        scheduler: String::new(),
+        epoch: 0,
+        at,
+    })
+}
+
+fn finish(state: &mut State, run: u64, task: &str, attempt: u32, outcome: AttemptOutcome, at: i64) -> Result<Applied, Error> {
+    state.apply(&Command::AttemptFinished {
+        target: target(task, run),
+        attempt,
+        outcome,
+        log_node: 0,
+        at,
+    })
+}
+
+fn task_of(state: &State, run: u64, task: &str) -> TaskExecution {
+    state.run("default", "p", run).unwrap().0.task(task).unwrap().clone()
+}
+
+#[test]
+fn a_failed_attempt_is_retried_after_a_doubling_backoff_and_every_attempt_is_on_record() {
+    let mut state = init();
+    register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "retries": 2, "backoff": "2s"}]}"#);
+    let run = start(&mut state);
+    assign_to(&mut state, run, "a", 1, "e", 10).unwrap();
+    finish(&mut state, run, "a", 1, AttemptOutcome::Exited(3), 1_000).unwrap();
+    let task = task_of(&state, run, "a");
+    assert_eq!((task.state, task.not_before, task.attempt), (TaskState::Pending, 3_000, 1));
+    assert!(task.reason.contains("exited with code 3"), "{}", task.reason);
+    assert_eq!(
+        (task.attempts[0].state, task.attempts[0].retried, task.attempts[0].exit_code),
+        (AttemptState::Failed, true, Some(3))
+    );
+    assert_eq!(run_state(&state, run), RunState::Running);
+    // Not planned, and not assignable, before its backoff has passed.
+    assert!(crate::plan(&state, 2_999).is_empty());
+    assert_eq!(crate::plan(&state, 3_000), vec![(target("a", run), 2)]);
+    let before = state.clone();
+    assert!(assign_to(&mut state, run, "a", 2, "e", 2_999).is_err());
+    assert_eq!(state, before);
+    assign_to(&mut state, run, "a", 2, "e", 3_000).unwrap();
+    finish(&mut state, run, "a", 2, AttemptOutcome::Error("no such image".into()), 3_500).unwrap();
+    assert_eq!(task_of(&state, run, "a").not_before, 3_500 + 4_000, "the backoff doubles");
+    assign_to(&mut state, run, "a", 3, "e", 7_500).unwrap();
+    finish(&mut state, run, "a", 3, AttemptOutcome::Exited(0), 8_000).unwrap();
+    let task = task_of(&state, run, "a");
+    assert_eq!((task.state, task.attempt, task.attempts.len()), (TaskState::Succeeded, 3, 3));
+    assert!(!task.attempts[2].retried);
+    assert_eq!(run_state(&state, run), RunState::Succeeded);
+
+    // Out of retries: the third failure ends the task.
+    let run = start(&mut state);
+    for attempt in 1..=3 {
+        let at = 100_000 * i64::from(attempt);
+        assign_to(&mut state, run, "a", attempt, "e", at).unwrap();
+        finish(&mut state, run, "a", attempt, AttemptOutcome::Exited(1), at + 1).unwrap();
+    }
+    let task = task_of(&state, run, "a");
+    assert_eq!((task.state, task.attempts.len()), (TaskState::Failed, 3));
+    assert_eq!(run_state(&state, run), RunState::Failed);
+}
+
+#[test]
+fn a_task_without_retries_is_not_retried_and_a_cancelled_run_retries_nothing() {
+    let mut state = init();
+    register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "retries": 1}]}"#);
+    let run = start(&mut state);
+    assign_to(&mut state, run, "a", 1, "e", 10).unwrap();
+    state
+        .apply(&Command::CancelRun {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            run,
+            reason: "by hand".into(),
+            at: 11,
+        })
+        .unwrap();
+    finish(&mut state, run, "a", 1, AttemptOutcome::Exited(1), 12).unwrap();
+    assert_eq!(task_state(&state, run, "a"), TaskState::Failed);
+    assert_eq!(run_state(&state, run), RunState::Cancelled);
+}
+
+fn renew(state: &mut State, executors: &[&str], at: i64) {
+    let executors = executors
+        .iter()
+        .map(|id| crate::executors::ExecutorInfo {
+            id: id.to_string(),
+            ..Default::default()
+        })
+        .collect();
+    state
+        .apply(&Command::RenewExecutors {
+            executors,
+            ttl_millis: 5_000,
+            at,
+        })
+        .unwrap();
+}
+
+#[test]
+fn an_executor_whose_lease_ran_out_loses_its_attempts_and_a_lost_attempt_is_retried_once() {
+    let mut state = init();
+    register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}, {"id": "b", "image": "i"}]}"#);
+    let run = start(&mut state);
+    renew(&mut state, &["e1", "e2"], 0);
+    assign_to(&mut state, run, "a", 1, "e1", 10).unwrap();
+    assign_to(&mut state, run, "b", 1, "e2", 10).unwrap();
+    state
+        .apply(&Command::AttemptStarted {
+            target: target("a", run),
+            attempt: 1,
+            at: 20,
+        })
+        .unwrap();
+    renew(&mut state, &["e2"], 4_000);
+
+    // Not before its lease ran out, whatever the proposer thinks.
+    let before = state.clone();
+    let early = state.apply(&Command::ExecutorLost {
+        executor: "e1".into(),
+        at: 4_999,
+    });
+    assert!(matches!(early, Err(Error::FailedPrecondition(_))), "{early:?}");
+    assert_eq!(state, before);
+
+    state
+        .apply(&Command::ExecutorLost {
+            executor: "e1".into(),
+            at: 5_000,
+        })
+        .unwrap();
+    let a = task_of(&state, run, "a");
+    assert_eq!((a.state, a.assignment.is_none()), (TaskState::Pending, true));
+    assert_eq!(a.attempts[0].state, AttemptState::Lost);
+    assert_eq!((a.attempts[0].executor.as_str(), a.attempts[0].started_at), ("e1", 20));
+    assert!(a.attempts[0].reason.contains("e1"), "{}", a.attempts[0].reason);
+    assert_eq!(task_of(&state, run, "b").state, TaskState::Pending, "e2's attempt is untouched");
+    assert!(task_of(&state, run, "b").assignment.is_some());
+
+    // The lost executor's late report of attempt 1 is stale; its kill report is recorded once.
+    assert!(finish(&mut state, run, "a", 1, AttemptOutcome::Exited(0), 5_001).is_err());
+    let late = Command::AttemptReportedLate {
+        target: target("a", run),
+        attempt: 1,
+        report: "container killed on return".into(),
+        at: 5_002,
+    };
+    state.apply(&late).unwrap();
+    assert_eq!(task_of(&state, run, "a").attempts[0].late_report, "container killed on return");
+    assert!(state.apply(&late).is_err(), "recorded once");
+
+    // A lost executor gets nothing until it renews; attempt 2 goes elsewhere.
+    assert!(assign_to(&mut state, run, "a", 2, "e1", 6_100).is_err());
+    assign_to(&mut state, run, "a", 2, "e2", 6_100).unwrap();
+    // LOST again: retried once by default, so this time the task fails, saying why.
+    renew(&mut state, &["e1"], 7_000);
+    state
+        .apply(&Command::ExecutorLost {
+            executor: "e2".into(),
+            at: 9_000,
+        })
+        .unwrap();
+    let a = task_of(&state, run, "a");
+    assert_eq!((a.state, a.attempts.len()), (TaskState::Failed, 2));
+    assert!(a.reason.starts_with("lost:"), "{}", a.reason);
+    let b = task_of(&state, run, "b");
+    assert_eq!((b.state, b.attempts[0].state), (TaskState::Pending, AttemptState::Lost));
+    assign_to(&mut state, run, "b", 2, "e1", 10_000).unwrap();
+    finish(&mut state, run, "b", 2, AttemptOutcome::Exited(0), 10_001).unwrap();
+    assert_eq!(run_state(&state, run), RunState::Failed);
+}
+
+#[test]
+fn retries_and_backoff_are_checked_naming_the_field() {
+    for (json, field) in [
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "retries": 11}]}"#, "tasks[0].retries"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "backoff": "-1s"}]}"#, "tasks[0].backoff"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "backoff": "2h"}]}"#, "tasks[0].backoff"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "backoff": "soon"}]}"#, "tasks[0].backoff"),
+    ] {
+        match PipelineConfig::from_json(json) {
+            Err(Error::InvalidArgument { field: named, .. }) => assert_eq!(named, field, "{json}"),
+            other => panic!("{json}: {other:?}"),
+        }
+    }
 }

@@ -1,0 +1,192 @@
+//! Executor leases: which executors the cluster counts as alive, committed in the log.
+//!
+//! The scheduler that holds the scheduler lease renews the lease of every executor that keeps
+//! heartbeating on its dispatch stream ([`crate::Command::RenewExecutors`], one log entry for all of them).
+//! Once an executor's lease has run out, that scheduler declares it lost ([`crate::Command::ExecutorLost`]):
+//! apply ends each attempt assigned to it as LOST, and the task's retry policy decides what happens next.
+//! Apply refuses to declare an executor lost before its lease ran out by the proposer's clock, and refuses
+//! assignments to a lost executor until it renews, so both rules hold whatever the scheduler believed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, validate_id};
+
+/// The shortest and longest executor lease, in milliseconds.
+pub const MIN_EXECUTOR_LEASE_MILLIS: u64 = 1_000;
+pub const MAX_EXECUTOR_LEASE_MILLIS: u64 = 600_000;
+/// At most this many labels per executor.
+pub const MAX_LABELS: usize = 32;
+
+/// What an executor says about itself when it connects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorInfo {
+    pub id: String,
+    /// How many attempts it runs at once; 0 means no limit.
+    #[serde(default)]
+    pub capacity: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ExecutorInfo {
+    fn validate(&self, field: &str) -> Result<(), Error> {
+        validate_id(&format!("{field}.id"), &self.id)?;
+        if self.labels.len() > MAX_LABELS {
+            return Err(Error::invalid(
+                format!("{field}.labels"),
+                format!("at most {MAX_LABELS} labels"),
+            ));
+        }
+        for (key, value) in &self.labels {
+            validate_id(&format!("{field}.labels"), key)?;
+            if value.len() > 128 || value.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    format!("{field}.labels.{key}"),
+                    "values are at most 128 characters, without control characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One executor as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorRecord {
+    pub capacity: u32,
+    pub labels: BTreeMap<String, String>,
+    pub registered_at: i64,
+    pub renewed_at: i64,
+    /// Unix milliseconds by the renewing scheduler's clock.
+    pub expires_at: i64,
+    /// When it was declared lost; 0 while it is alive.
+    pub lost_at: i64,
+}
+
+/// Every executor that ever registered, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Executors {
+    pub executors: BTreeMap<String, ExecutorRecord>,
+}
+
+impl Executors {
+    /// Registers or renews each executor's lease until `at + ttl_millis`; a lost executor is alive again.
+    pub(crate) fn renew(&mut self, executors: &[ExecutorInfo], ttl_millis: u64, at: i64) -> Result<(), Error> {
+        if !(MIN_EXECUTOR_LEASE_MILLIS..=MAX_EXECUTOR_LEASE_MILLIS).contains(&ttl_millis) {
+            return Err(Error::invalid(
+                "ttl_millis",
+                format!("must be between {MIN_EXECUTOR_LEASE_MILLIS} and {MAX_EXECUTOR_LEASE_MILLIS}"),
+            ));
+        }
+        for (i, info) in executors.iter().enumerate() {
+            info.validate(&format!("executors[{i}]"))?;
+        }
+        for info in executors {
+            let record = self.executors.entry(info.id.clone()).or_insert_with(|| ExecutorRecord {
+                capacity: 0,
+                labels: BTreeMap::new(),
+                registered_at: at,
+                renewed_at: at,
+                expires_at: at,
+                lost_at: 0,
+            });
+            record.capacity = info.capacity;
+            record.labels = info.labels.clone();
+            record.renewed_at = at;
+            record.expires_at = record.expires_at.max(at.saturating_add(ttl_millis as i64));
+            record.lost_at = 0;
+        }
+        Ok(())
+    }
+
+    /// Marks `executor` lost at `at`, which must be past its lease.
+    pub(crate) fn lose(&mut self, executor: &str, at: i64) -> Result<(), Error> {
+        let record = self
+            .executors
+            .get_mut(executor)
+            .ok_or_else(|| Error::NotFound(format!("executor {executor:?}")))?;
+        if record.lost_at != 0 {
+            return Err(Error::FailedPrecondition(format!("executor {executor:?} is already lost")));
+        }
+        if at < record.expires_at {
+            return Err(Error::FailedPrecondition(format!(
+                "executor {executor:?} holds its lease until {}",
+                record.expires_at
+            )));
+        }
+        record.lost_at = at;
+        Ok(())
+    }
+
+    /// Whether attempts may be given to `executor`: it is unknown (an executor from before leases) or
+    /// has not been declared lost since it last renewed.
+    pub fn may_assign(&self, executor: &str) -> bool {
+        self.executors.get(executor).is_none_or(|r| r.lost_at == 0)
+    }
+
+    /// Executors alive by the log whose lease ran out before `now`.
+    pub fn expired(&self, now: i64) -> impl Iterator<Item = &str> {
+        self.executors
+            .iter()
+            .filter(move |(_, r)| r.lost_at == 0 && r.expires_at <= now)
+            .map(|(id, _)| id.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str) -> ExecutorInfo {
+        ExecutorInfo {
+            id: id.into(),
+            capacity: 4,
+            labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+        }
+    }
+
+    #[test]
+    fn a_lease_runs_out_and_only_then_may_the_executor_be_lost() {
+        let mut executors = Executors::default();
+        executors.renew(&[info("e1"), info("e2")], 5_000, 1_000).unwrap();
+        assert_eq!(executors.expired(5_999).count(), 0);
+        assert!(executors.lose("e1", 5_999).is_err(), "still leased");
+        executors.renew(&[info("e2")], 5_000, 4_000).unwrap();
+        assert_eq!(executors.expired(6_000).collect::<Vec<_>>(), ["e1"]);
+        executors.lose("e1", 6_000).unwrap();
+        assert!(!executors.may_assign("e1"));
+        assert!(executors.may_assign("e2") && executors.may_assign("never-seen"));
+        assert!(executors.lose("e1", 7_000).is_err(), "lost once");
+        assert_eq!(executors.expired(8_000).count(), 0, "a lost executor is not expired again");
+        executors.renew(&[info("e1")], 5_000, 9_000).unwrap();
+        assert!(executors.may_assign("e1"), "it came back");
+        assert_eq!(executors.executors["e1"].registered_at, 1_000);
+        assert!(executors.lose("missing", 9_000).is_err());
+    }
+
+    #[test]
+    fn bad_renewals_name_the_field_and_change_nothing() {
+        let mut executors = Executors::default();
+        let before = executors.clone();
+        for (bad, ttl, field) in [
+            (info("Bad Id"), 5_000, "executors[0].id"),
+            (info("e"), 10, "ttl_millis"),
+            (
+                ExecutorInfo {
+                    labels: BTreeMap::from([("k".to_string(), "\u{7}".to_string())]),
+                    ..info("e")
+                },
+                5_000,
+                "executors[0].labels.k",
+            ),
+        ] {
+            match executors.renew(&[bad], ttl, 1) {
+                Err(Error::InvalidArgument { field: named, .. }) => assert_eq!(named, field),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(executors, before);
+    }
+}

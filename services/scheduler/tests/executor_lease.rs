@@ -1,0 +1,248 @@
+//! Executor leases end to end in one process: a real state node, the scheduler loop and its dispatch
+//! service on loopback, and executors played by the test over raw dispatch streams, so that the test
+//! decides when one falls silent, comes back or reports.
+
+use std::time::Duration;
+
+use gofer_domain::lease::Role;
+use gofer_domain::{AttemptState, Command, PipelineConfig, RunState, TaskState};
+use gofer_proto::v1::dispatch_service_client::DispatchServiceClient;
+use gofer_proto::v1::dispatch_service_server::DispatchServiceServer;
+use gofer_proto::v1::{self, dispatch_request, dispatch_response};
+use gofer_scheduler::{DispatchHandler, Scheduler};
+use gofer_state::{LeaseHolder, LogStore, StateHandle, StateNode};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+type Client = DispatchServiceClient<tonic::transport::Channel>;
+
+/// One executor played by the test: what it sends, and what it has received.
+struct FakeExecutor {
+    outbound: mpsc::UnboundedSender<v1::DispatchRequest>,
+    inbound: tonic::Streaming<v1::DispatchResponse>,
+    beating: CancellationToken,
+}
+
+impl FakeExecutor {
+    /// Says hello as `id` and heartbeats every 200 ms until [`FakeExecutor::fall_silent`]; returns it with
+    /// its welcome.
+    async fn connect(client: &mut Client, id: &str) -> (FakeExecutor, v1::Welcome) {
+        let (outbound, rx) = mpsc::unbounded_channel();
+        let hello = v1::ExecutorHello {
+            executor_id: id.into(),
+            capacity: 0,
+            labels: Default::default(),
+            heartbeats: true,
+        };
+        outbound
+            .send(v1::DispatchRequest {
+                kind: Some(dispatch_request::Kind::Hello(hello)),
+            })
+            .unwrap();
+        let mut inbound = client
+            .dispatch(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let welcome = match inbound.message().await.unwrap().and_then(|m| m.kind) {
+            Some(dispatch_response::Kind::Welcome(welcome)) => welcome,
+            other => panic!("expected a welcome, got {other:?}"),
+        };
+        let beating = CancellationToken::new();
+        let (beats, stop) = (outbound.clone(), beating.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let beat = dispatch_request::Kind::Heartbeat(v1::Heartbeat {});
+                if beats.send(v1::DispatchRequest { kind: Some(beat) }).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let executor = FakeExecutor {
+            outbound,
+            inbound,
+            beating,
+        };
+        (executor, welcome)
+    }
+
+    /// Stops heartbeating but keeps the stream open, as a cut-off or paused executor would.
+    fn fall_silent(&self) {
+        self.beating.cancel();
+    }
+
+    /// The next Start it receives.
+    async fn next_start(&mut self) -> v1::StartAttempt {
+        let deadline = Duration::from_secs(20);
+        loop {
+            let message = tokio::time::timeout(deadline, self.inbound.message())
+                .await
+                .expect("a Start within 20 s")
+                .expect("the stream is healthy")
+                .expect("the stream is open");
+            if let Some(dispatch_response::Kind::Start(start)) = message.kind {
+                return start;
+            }
+        }
+    }
+
+    fn report(&self, kind: dispatch_request::Kind) {
+        self.outbound.send(v1::DispatchRequest { kind: Some(kind) }).unwrap();
+    }
+
+    fn finish(&self, key: &v1::AttemptKey, outcome: v1::AttemptOutcome, exit_code: Option<i64>) {
+        self.report(dispatch_request::Kind::Finished(v1::AttemptFinished {
+            key: Some(key.clone()),
+            outcome: outcome as i32,
+            exit_code,
+            reason: "stopped".into(),
+            ended_unix_millis: gofer_proto::now_millis(),
+        }));
+    }
+}
+
+/// A state node with one pipeline, and a scheduler (loop and dispatch service) holding the lease.
+async fn cluster(dir: &std::path::Path, shutdown: &CancellationToken) -> (StateHandle, Client) {
+    let state = StateHandle::from(StateNode::open_single(&dir.join("state")).await.unwrap());
+    state
+        .propose(Command::Init {
+            cluster_id: "c".into(),
+            at: 1,
+        })
+        .await
+        .unwrap();
+    let config = PipelineConfig::from_json(r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#).unwrap();
+    state
+        .propose(Command::RegisterPipeline {
+            namespace: "default".into(),
+            config,
+            at: 1,
+        })
+        .await
+        .unwrap();
+    let lease = LeaseHolder::spawn(state.clone(), Role::Scheduler, "s".into(), shutdown.clone());
+    let scheduler = Scheduler::new(state.clone(), lease.clone());
+    tokio::spawn(scheduler.clone().run(shutdown.clone()));
+    let handler = DispatchHandler::new(scheduler, Some(LogStore::new(dir.join("logs"))));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = shutdown.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DispatchServiceServer::new(handler))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                stop.cancelled().await
+            }),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while lease.epoch().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the scheduler never took its lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = DispatchServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    (state, client)
+}
+
+fn task_a(state: &StateHandle, run: u64) -> gofer_domain::TaskExecution {
+    state.read(|s| s.run("default", "p", run).unwrap().0.task("a").unwrap().clone())
+}
+
+#[tokio::test]
+async fn a_silent_executor_loses_its_attempt_which_runs_again_elsewhere_and_is_stopped_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let (state, mut client) = cluster(dir.path(), &shutdown).await;
+
+    let (mut e1, _) = FakeExecutor::connect(&mut client, "e1").await;
+    let run = match state
+        .propose(Command::StartRun {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            request_id: String::new(),
+            at: gofer_proto::now_millis(),
+        })
+        .await
+        .unwrap()
+    {
+        gofer_domain::Applied::Run(run) => run,
+        other => panic!("{other:?}"),
+    };
+    let first = e1.next_start().await;
+    let first_key = first.key.clone().unwrap();
+    assert_eq!(first_key.attempt, 1);
+    e1.report(dispatch_request::Kind::Started(v1::AttemptStarted {
+        key: Some(first_key.clone()),
+        started_unix_millis: gofer_proto::now_millis(),
+    }));
+
+    // e1 falls silent with its stream still open; e2 is there and heartbeating.
+    let (mut e2, _) = FakeExecutor::connect(&mut client, "e2").await;
+    e1.fall_silent();
+    let silent_at = std::time::Instant::now();
+    let second = e2.next_start().await;
+    let lost_after = silent_at.elapsed();
+    let second_key = second.key.clone().unwrap();
+    assert_eq!((second_key.attempt, second_key.run_id), (2, run));
+    assert!(
+        lost_after >= Duration::from_secs(2),
+        "attempt 1 was declared lost only once e1's lease ran out, not at once ({lost_after:?})"
+    );
+    let task = task_a(&state, run);
+    assert_eq!(task.attempts.len(), 1);
+    let lost = &task.attempts[0];
+    assert_eq!((lost.state, lost.executor.as_str(), lost.retried), (AttemptState::Lost, "e1", true));
+    assert!(lost.reason.contains("e1"), "{}", lost.reason);
+    assert_eq!(task.executor, "e2");
+
+    // e1 comes back: attempt 1 is not live, so it stops it and reports that, which is recorded on the
+    // LOST attempt; its stale report changes nothing else.
+    drop(e1);
+    let (e1_again, welcome) = FakeExecutor::connect(&mut client, "e1").await;
+    assert!(welcome.live_attempts.is_empty(), "{:?}", welcome.live_attempts);
+    e1_again.finish(&first_key, v1::AttemptOutcome::Stopped, None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while task_a(&state, run).attempts[0].late_report.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the late report was never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(task_a(&state, run).attempts[0].late_report.contains("stopped"));
+    assert_eq!(task_a(&state, run).state, TaskState::Pending, "attempt 2 is still out");
+
+    e2.finish(&second_key, v1::AttemptOutcome::Exited, Some(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state.read(|s| s.run("default", "p", run).unwrap().0.state) != RunState::Succeeded {
+        assert!(std::time::Instant::now() < deadline, "the run never succeeded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let task = task_a(&state, run);
+    assert_eq!((task.attempt, task.attempts.len()), (2, 2));
+    assert!(state.read(|s| s.executors.may_assign("e1")), "e1 renewed its lease on return");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_heartbeating_executor_keeps_its_attempt_past_many_lease_periods() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let (state, mut client) = cluster(dir.path(), &shutdown).await;
+    let (mut e1, _) = FakeExecutor::connect(&mut client, "e1").await;
+    state
+        .propose(Command::StartRun {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            request_id: String::new(),
+            at: gofer_proto::now_millis(),
+        })
+        .await
+        .unwrap();
+    let start = e1.next_start().await;
+    tokio::time::sleep(gofer_scheduler::EXECUTOR_LEASE * 2).await;
+    let task = task_a(&state, 1);
+    assert!(task.attempts.is_empty(), "{:?}", task.attempts);
+    assert_eq!((task.attempt, task.executor.as_str()), (1, "e1"));
+    let renewed = state.read(|s| s.executors.executors["e1"].renewed_at);
+    assert!(gofer_proto::now_millis() - renewed < 3_000, "the lease is being renewed");
+    e1.finish(start.key.as_ref().unwrap(), v1::AttemptOutcome::Exited, Some(0));
+    shutdown.cancel();
+}
