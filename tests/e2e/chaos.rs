@@ -156,15 +156,25 @@ fn chaos(deployment: &Deployment) -> Result<()> {
     let mut by_request: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for run in listed.as_array().into_iter().flatten() {
         let request_id = run["request_id"].as_str().unwrap_or_default().to_string();
-        by_request.entry(request_id).or_default().push(run["id"].as_u64().unwrap_or(0));
+        by_request
+            .entry(request_id)
+            .or_default()
+            .push(run["id"].as_u64().unwrap_or(0));
     }
     let duplicated_runs: Vec<_> = by_request.iter().filter(|(_, runs)| runs.len() > 1).collect();
-    assert!(duplicated_runs.is_empty(), "request ids with two runs: {duplicated_runs:?}");
+    assert!(
+        duplicated_runs.is_empty(),
+        "request ids with two runs: {duplicated_runs:?}"
+    );
     for (request_id, run) in &acked.runs {
         assert_eq!(by_request.get(request_id), Some(&vec![*run]), "request {request_id}");
     }
     let runs: BTreeSet<u64> = acked.runs.values().copied().collect();
-    assert_eq!(runs.len(), acked.runs.len(), "two request ids were answered with one run");
+    assert_eq!(
+        runs.len(),
+        acked.runs.len(),
+        "two request ids were answered with one run"
+    );
 
     // Every acknowledged run ends, and each lease epoch's assignments come from one scheduler.
     let tasks = wait_until("every acknowledged run to end", Duration::from_secs(120), || {
@@ -224,7 +234,11 @@ fn chaos(deployment: &Deployment) -> Result<()> {
             .filter_map(|p| Some((p["id"].as_str()?.to_string(), p["latest_version"].as_u64()?)))
             .collect();
         for id in &acked.pipelines {
-            assert_eq!(versions.get(id), Some(&1), "node {node}: pipeline {id} (lost, or applied twice)");
+            assert_eq!(
+                versions.get(id),
+                Some(&1),
+                "node {node}: pipeline {id} (lost, or applied twice)"
+            );
         }
         views.push(view);
     }

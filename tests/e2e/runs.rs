@@ -344,15 +344,25 @@ fn a_request_id_starts_one_run_even_when_repeated_across_a_restart() -> Result<(
     let mut dev = start()?;
     dev.register(&pipeline("once", &[("a", "echo once", &[])]))?;
     let first = dev.ctl_json(&["run", "start", "once", "--request-id", "deploy-42"])?;
-    assert_eq!((first["id"].as_u64(), first["created"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(
+        (first["id"].as_u64(), first["created"].as_bool()),
+        (Some(1), Some(true))
+    );
     assert_eq!(first["request_id"], "deploy-42");
     let again = dev.ctl_json(&["run", "start", "once", "--request-id", "deploy-42"])?;
-    assert_eq!((again["id"].as_u64(), again["created"].as_bool()), (Some(1), Some(false)));
+    assert_eq!(
+        (again["id"].as_u64(), again["created"].as_bool()),
+        (Some(1), Some(false))
+    );
     dev.restart()?;
     let output = dev.ctl(&["run", "start", "once", "--request-id", "deploy-42"])?;
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1");
-    assert!(stderr(&output).contains("started earlier with this request id"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("started earlier with this request id"),
+        "{}",
+        stderr(&output)
+    );
     // Without a request id goferctl makes a fresh one per call: every call starts a run.
     assert_eq!(dev.ctl_ok(&["run", "start", "once"])?.trim(), "2");
     assert_eq!(dev.ctl_ok(&["run", "start", "once"])?.trim(), "3");
@@ -364,7 +374,10 @@ fn a_request_id_starts_one_run_even_when_repeated_across_a_restart() -> Result<(
         assert_eq!(output.status.code(), Some(1), "{err}");
         assert!(err.contains("request_id") && err.contains("InvalidArgument"), "{err}");
     }
-    assert_eq!(dev.ctl_json(&["run", "list", "once"])?.as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        dev.ctl_json(&["run", "list", "once"])?.as_array().map(Vec::len),
+        Some(3)
+    );
     wait_for_end(&dev, "once", "1")?;
     Ok(())
 }

@@ -108,7 +108,9 @@ impl Executors {
             .get_mut(executor)
             .ok_or_else(|| Error::NotFound(format!("executor {executor:?}")))?;
         if record.lost_at != 0 {
-            return Err(Error::FailedPrecondition(format!("executor {executor:?} is already lost")));
+            return Err(Error::FailedPrecondition(format!(
+                "executor {executor:?} is already lost"
+            )));
         }
         if at < record.expires_at {
             return Err(Error::FailedPrecondition(format!(
@@ -159,7 +161,11 @@ mod tests {
         assert!(!executors.may_assign("e1"));
         assert!(executors.may_assign("e2") && executors.may_assign("never-seen"));
         assert!(executors.lose("e1", 7_000).is_err(), "lost once");
-        assert_eq!(executors.expired(8_000).count(), 0, "a lost executor is not expired again");
+        assert_eq!(
+            executors.expired(8_000).count(),
+            0,
+            "a lost executor is not expired again"
+        );
         executors.renew(&[info("e1")], 5_000, 9_000).unwrap();
         assert!(executors.may_assign("e1"), "it came back");
         assert_eq!(executors.executors["e1"].registered_at, 1_000);

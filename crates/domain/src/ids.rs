@@ -39,7 +39,10 @@ pub fn validate_request_id(field: &str, value: &str) -> Result<(), Error> {
     if value.len() > MAX_REQUEST_ID_LEN {
         return Err(Error::invalid(
             field,
-            format!("must be at most {MAX_REQUEST_ID_LEN} characters, got {}", value.chars().count()),
+            format!(
+                "must be at most {MAX_REQUEST_ID_LEN} characters, got {}",
+                value.chars().count()
+            ),
         ));
     }
     if let Some(bad) = value.chars().find(|c| !c.is_ascii_graphic()) {

@@ -20,6 +20,6 @@ pub use ids::{MAX_ID_LEN, MAX_REQUEST_ID_LEN, validate_id, validate_request_id};
 pub use pipeline::{Condition, MAX_RETRIES, MAX_TASKS, PipelineConfig, TaskConfig};
 pub use plan::plan;
 pub use state::{
-    Applied, Assignment, AttemptOutcome, AttemptRecord, AttemptRef, AttemptState, Command, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord,
-    Readiness, Run, RunState, State, TaskExecution, TaskState,
+    Applied, Assignment, AttemptOutcome, AttemptRecord, AttemptRef, AttemptState, Command, DEFAULT_NAMESPACE,
+    NamespaceRecord, PipelineRecord, Readiness, Run, RunState, State, TaskExecution, TaskState,
 };

@@ -109,7 +109,10 @@ mod tests {
         );
         let first = assign_all(&mut state);
         assert_eq!(first.iter().map(|(t, _)| t.task.as_str()).collect::<Vec<_>>(), ["a"]);
-        assert!(plan(&state, i64::MAX).is_empty(), "an assigned task is not planned again");
+        assert!(
+            plan(&state, i64::MAX).is_empty(),
+            "an assigned task is not planned again"
+        );
         let (target, attempt) = first[0].clone();
         state
             .apply(&Command::AttemptFinished {
@@ -146,7 +149,10 @@ mod tests {
                 at: 4,
             })
             .unwrap();
-        assert_eq!(plan(&state, i64::MAX).iter().map(|(t, _)| t.run).collect::<Vec<_>>(), [3]);
+        assert_eq!(
+            plan(&state, i64::MAX).iter().map(|(t, _)| t.run).collect::<Vec<_>>(),
+            [3]
+        );
     }
 
     #[test]

@@ -734,7 +734,10 @@ impl State {
                 executors,
                 ttl_millis,
                 at,
-            } => self.executors.renew(executors, *ttl_millis, *at).map(|()| Applied::Done),
+            } => self
+                .executors
+                .renew(executors, *ttl_millis, *at)
+                .map(|()| Applied::Done),
             Command::ExecutorLost { executor, at } => {
                 self.executors.lose(executor, *at)?;
                 self.lose_attempts_of(executor, *at);
@@ -874,7 +877,9 @@ impl State {
             .collect();
         let reason = format!("lost: executor {executor:?} stopped heartbeating and its lease ran out");
         for target in targets {
-            let Ok((run, config)) = self.run_mut(&target) else { continue };
+            let Ok((run, config)) = self.run_mut(&target) else {
+                continue;
+            };
             let index = config.task_index(&target.task).expect("run tasks follow the config");
             finish_attempt(run, config, index, &AttemptOutcome::Lost(reason.clone()), at);
             settle(run, config, at);
@@ -1004,12 +1009,19 @@ fn finish_attempt(run: &mut Run, config: &PipelineConfig, index: usize, outcome:
             Some(*code),
         ),
         AttemptOutcome::Error(reason) => (TaskState::Failed, AttemptState::Failed, reason.clone(), None),
-        AttemptOutcome::Lost(reason) if cancelled => {
-            (TaskState::Cancelled, AttemptState::Lost, format!("{cancel_reason} ({reason})"), None)
-        }
+        AttemptOutcome::Lost(reason) if cancelled => (
+            TaskState::Cancelled,
+            AttemptState::Lost,
+            format!("{cancel_reason} ({reason})"),
+            None,
+        ),
         AttemptOutcome::Lost(reason) => (TaskState::Failed, AttemptState::Lost, reason.clone(), None),
         AttemptOutcome::Stopped => {
-            let reason = if cancelled { cancel_reason } else { "stopped".to_string() };
+            let reason = if cancelled {
+                cancel_reason
+            } else {
+                "stopped".to_string()
+            };
             (TaskState::Cancelled, AttemptState::Cancelled, reason, None)
         }
     };

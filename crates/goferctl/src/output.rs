@@ -331,6 +331,17 @@ pub fn task(t: &v1::TaskExecution) -> Value {
         "state": gofer_proto::task_state_name(t.state), "state_reason": t.state_reason, "attempt": t.attempt,
         "exit_code": t.exit_code, "started_unix_millis": t.started_unix_millis, "ended_unix_millis": t.ended_unix_millis,
         "executor": t.executor, "scheduler": t.scheduler, "scheduler_epoch": t.scheduler_epoch,
+        "not_before_unix_millis": t.not_before_unix_millis,
+        "attempts": t.attempts.iter().map(attempt).collect::<Vec<_>>(),
+    })
+}
+
+fn attempt(a: &v1::Attempt) -> Value {
+    json!({
+        "attempt": a.attempt, "state": a.state, "reason": a.reason, "exit_code": a.exit_code,
+        "executor": a.executor, "scheduler": a.scheduler, "scheduler_epoch": a.scheduler_epoch,
+        "assigned_unix_millis": a.assigned_unix_millis, "started_unix_millis": a.started_unix_millis,
+        "ended_unix_millis": a.ended_unix_millis, "retried": a.retried, "late_report": a.late_report,
     })
 }
 

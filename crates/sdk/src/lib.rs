@@ -40,6 +40,14 @@ pub struct Task {
     env: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     depends_on: BTreeMap<String, Condition>,
+    #[serde(skip_serializing_if = "is_zero")]
+    retries: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    backoff: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Task {
@@ -51,7 +59,22 @@ impl Task {
             command: Vec::new(),
             env: BTreeMap::new(),
             depends_on: BTreeMap::new(),
+            retries: 0,
+            backoff: String::new(),
         }
+    }
+
+    /// Tries again up to `retries` times (at most 10) after an attempt fails. An attempt lost with its
+    /// executor is retried once even without this.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The wait before the first retry, such as `"5s"` (1 s by default); it doubles for each retry after.
+    pub fn backoff(mut self, backoff: impl Into<String>) -> Self {
+        self.backoff = backoff.into();
+        self
     }
 
     /// The command to run, replacing the image's.

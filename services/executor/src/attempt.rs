@@ -109,7 +109,10 @@ pub(crate) async fn run(
             &key,
             v1::AttemptOutcome::Stopped,
             None,
-            format!("executor {} stopped its container on reconnecting: the attempt had been fenced off", executor.id),
+            format!(
+                "executor {} stopped its container on reconnecting: the attempt had been fenced off",
+                executor.id
+            ),
         ),
         (_, true) => finished(&key, v1::AttemptOutcome::Stopped, None, "stopped".into()),
         (Ok(code), false) => finished(&key, v1::AttemptOutcome::Exited, Some(code), String::new()),

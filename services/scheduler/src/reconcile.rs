@@ -159,7 +159,8 @@ impl Scheduler {
         let mut executors = self.executors.lock().expect("executors lock");
         // A heartbeating executor silent for a whole lease is gone: its stream is dropped, so that it
         // reconnects (and is welcomed afresh) if it is still there.
-        executors.retain(|_, c| !c.heartbeats || now - c.heard.load(Ordering::Relaxed) < EXECUTOR_LEASE.as_millis() as i64);
+        executors
+            .retain(|_, c| !c.heartbeats || now - c.heard.load(Ordering::Relaxed) < EXECUTOR_LEASE.as_millis() as i64);
         executors
             .iter()
             .filter(|(_, c)| !c.heartbeats || now - c.heard.load(Ordering::Relaxed) < HEARD_WITHIN.as_millis() as i64)
@@ -225,7 +226,9 @@ impl Scheduler {
         let now = now_millis();
         let planned = self.state.read(|s| plan(s, now));
         for (target, attempt) in planned {
-            let Some(executor) = self.pick_executor(&alive) else { break };
+            let Some(executor) = self.pick_executor(&alive) else {
+                break;
+            };
             let command = Command::AssignAttempt {
                 target: target.clone(),
                 attempt,

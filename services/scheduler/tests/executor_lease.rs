@@ -137,7 +137,10 @@ async fn cluster(dir: &std::path::Path, shutdown: &CancellationToken) -> (StateH
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while lease.epoch().is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "the scheduler never took its lease");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the scheduler never took its lease"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let client = DispatchServiceClient::connect(format!("http://{addr}")).await.unwrap();
@@ -191,7 +194,10 @@ async fn a_silent_executor_loses_its_attempt_which_runs_again_elsewhere_and_is_s
     let task = task_a(&state, run);
     assert_eq!(task.attempts.len(), 1);
     let lost = &task.attempts[0];
-    assert_eq!((lost.state, lost.executor.as_str(), lost.retried), (AttemptState::Lost, "e1", true));
+    assert_eq!(
+        (lost.state, lost.executor.as_str(), lost.retried),
+        (AttemptState::Lost, "e1", true)
+    );
     assert!(lost.reason.contains("e1"), "{}", lost.reason);
     assert_eq!(task.executor, "e2");
 
@@ -203,7 +209,10 @@ async fn a_silent_executor_loses_its_attempt_which_runs_again_elsewhere_and_is_s
     e1_again.finish(&first_key, v1::AttemptOutcome::Stopped, None);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while task_a(&state, run).attempts[0].late_report.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the late report was never recorded");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late report was never recorded"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(task_a(&state, run).attempts[0].late_report.contains("stopped"));
@@ -217,7 +226,10 @@ async fn a_silent_executor_loses_its_attempt_which_runs_again_elsewhere_and_is_s
     }
     let task = task_a(&state, run);
     assert_eq!((task.attempt, task.attempts.len()), (2, 2));
-    assert!(state.read(|s| s.executors.may_assign("e1")), "e1 renewed its lease on return");
+    assert!(
+        state.read(|s| s.executors.may_assign("e1")),
+        "e1 renewed its lease on return"
+    );
     shutdown.cancel();
 }
 
@@ -242,7 +254,10 @@ async fn a_heartbeating_executor_keeps_its_attempt_past_many_lease_periods() {
     assert!(task.attempts.is_empty(), "{:?}", task.attempts);
     assert_eq!((task.attempt, task.executor.as_str()), (1, "e1"));
     let renewed = state.read(|s| s.executors.executors["e1"].renewed_at);
-    assert!(gofer_proto::now_millis() - renewed < 3_000, "the lease is being renewed");
+    assert!(
+        gofer_proto::now_millis() - renewed < 3_000,
+        "the lease is being renewed"
+    );
     e1.finish(start.key.as_ref().unwrap(), v1::AttemptOutcome::Exited, Some(0));
     shutdown.cancel();
 }

@@ -152,7 +152,11 @@ fn a_request_id_starts_one_run_however_often_it_is_sent() {
     assert_eq!(start_with(&mut state, "req-1"), Ok(Applied::ExistingRun(1)));
     assert_eq!(start_with(&mut state, "req-2"), Ok(Applied::Run(2)));
     assert_eq!(start_with(&mut state, ""), Ok(Applied::Run(3)));
-    assert_eq!(start_with(&mut state, ""), Ok(Applied::Run(4)), "no request id: every call starts a run");
+    assert_eq!(
+        start_with(&mut state, ""),
+        Ok(Applied::Run(4)),
+        "no request id: every call starts a run"
+    );
     assert_eq!(start_with(&mut state, "req-1"), Ok(Applied::ExistingRun(1)));
     assert_eq!(state.run("default", "p", 1).unwrap().0.request_id, "req-1");
     assert_eq!(state.run("default", "p", 3).unwrap().0.request_id, "");
@@ -701,7 +705,14 @@ fn assign_to(state: &mut State, run: u64, task: &str, attempt: u32, executor: &s
     })
 }
 
-fn finish(state: &mut State, run: u64, task: &str, attempt: u32, outcome: AttemptOutcome, at: i64) -> Result<Applied, Error> {
+fn finish(
+    state: &mut State,
+    run: u64,
+    task: &str,
+    attempt: u32,
+    outcome: AttemptOutcome,
+    at: i64,
+) -> Result<Applied, Error> {
     state.apply(&Command::AttemptFinished {
         target: target(task, run),
         attempt,
@@ -718,15 +729,25 @@ fn task_of(state: &State, run: u64, task: &str) -> TaskExecution {
 #[test]
 fn a_failed_attempt_is_retried_after_a_doubling_backoff_and_every_attempt_is_on_record() {
     let mut state = init();
-    register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "retries": 2, "backoff": "2s"}]}"#);
+    register(
+        &mut state,
+        r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "retries": 2, "backoff": "2s"}]}"#,
+    );
     let run = start(&mut state);
     assign_to(&mut state, run, "a", 1, "e", 10).unwrap();
     finish(&mut state, run, "a", 1, AttemptOutcome::Exited(3), 1_000).unwrap();
     let task = task_of(&state, run, "a");
-    assert_eq!((task.state, task.not_before, task.attempt), (TaskState::Pending, 3_000, 1));
+    assert_eq!(
+        (task.state, task.not_before, task.attempt),
+        (TaskState::Pending, 3_000, 1)
+    );
     assert!(task.reason.contains("exited with code 3"), "{}", task.reason);
     assert_eq!(
-        (task.attempts[0].state, task.attempts[0].retried, task.attempts[0].exit_code),
+        (
+            task.attempts[0].state,
+            task.attempts[0].retried,
+            task.attempts[0].exit_code
+        ),
         (AttemptState::Failed, true, Some(3))
     );
     assert_eq!(run_state(&state, run), RunState::Running);
@@ -737,12 +758,27 @@ fn a_failed_attempt_is_retried_after_a_doubling_backoff_and_every_attempt_is_on_
     assert!(assign_to(&mut state, run, "a", 2, "e", 2_999).is_err());
     assert_eq!(state, before);
     assign_to(&mut state, run, "a", 2, "e", 3_000).unwrap();
-    finish(&mut state, run, "a", 2, AttemptOutcome::Error("no such image".into()), 3_500).unwrap();
-    assert_eq!(task_of(&state, run, "a").not_before, 3_500 + 4_000, "the backoff doubles");
+    finish(
+        &mut state,
+        run,
+        "a",
+        2,
+        AttemptOutcome::Error("no such image".into()),
+        3_500,
+    )
+    .unwrap();
+    assert_eq!(
+        task_of(&state, run, "a").not_before,
+        3_500 + 4_000,
+        "the backoff doubles"
+    );
     assign_to(&mut state, run, "a", 3, "e", 7_500).unwrap();
     finish(&mut state, run, "a", 3, AttemptOutcome::Exited(0), 8_000).unwrap();
     let task = task_of(&state, run, "a");
-    assert_eq!((task.state, task.attempt, task.attempts.len()), (TaskState::Succeeded, 3, 3));
+    assert_eq!(
+        (task.state, task.attempt, task.attempts.len()),
+        (TaskState::Succeeded, 3, 3)
+    );
     assert!(!task.attempts[2].retried);
     assert_eq!(run_state(&state, run), RunState::Succeeded);
 
@@ -761,7 +797,10 @@ fn a_failed_attempt_is_retried_after_a_doubling_backoff_and_every_attempt_is_on_
 #[test]
 fn a_task_without_retries_is_not_retried_and_a_cancelled_run_retries_nothing() {
     let mut state = init();
-    register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "retries": 1}]}"#);
+    register(
+        &mut state,
+        r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "retries": 1}]}"#,
+    );
     let run = start(&mut state);
     assign_to(&mut state, run, "a", 1, "e", 10).unwrap();
     state
@@ -798,7 +837,10 @@ fn renew(state: &mut State, executors: &[&str], at: i64) {
 #[test]
 fn an_executor_whose_lease_ran_out_loses_its_attempts_and_a_lost_attempt_is_retried_once() {
     let mut state = init();
-    register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}, {"id": "b", "image": "i"}]}"#);
+    register(
+        &mut state,
+        r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}, {"id": "b", "image": "i"}]}"#,
+    );
     let run = start(&mut state);
     renew(&mut state, &["e1", "e2"], 0);
     assign_to(&mut state, run, "a", 1, "e1", 10).unwrap();
@@ -832,7 +874,11 @@ fn an_executor_whose_lease_ran_out_loses_its_attempts_and_a_lost_attempt_is_retr
     assert_eq!(a.attempts[0].state, AttemptState::Lost);
     assert_eq!((a.attempts[0].executor.as_str(), a.attempts[0].started_at), ("e1", 20));
     assert!(a.attempts[0].reason.contains("e1"), "{}", a.attempts[0].reason);
-    assert_eq!(task_of(&state, run, "b").state, TaskState::Pending, "e2's attempt is untouched");
+    assert_eq!(
+        task_of(&state, run, "b").state,
+        TaskState::Pending,
+        "e2's attempt is untouched"
+    );
     assert!(task_of(&state, run, "b").assignment.is_some());
 
     // The lost executor's late report of attempt 1 is stale; its kill report is recorded once.
@@ -844,7 +890,10 @@ fn an_executor_whose_lease_ran_out_loses_its_attempts_and_a_lost_attempt_is_retr
         at: 5_002,
     };
     state.apply(&late).unwrap();
-    assert_eq!(task_of(&state, run, "a").attempts[0].late_report, "container killed on return");
+    assert_eq!(
+        task_of(&state, run, "a").attempts[0].late_report,
+        "container killed on return"
+    );
     assert!(state.apply(&late).is_err(), "recorded once");
 
     // A lost executor gets nothing until it renews; attempt 2 goes elsewhere.
@@ -871,10 +920,22 @@ fn an_executor_whose_lease_ran_out_loses_its_attempts_and_a_lost_attempt_is_retr
 #[test]
 fn retries_and_backoff_are_checked_naming_the_field() {
     for (json, field) in [
-        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "retries": 11}]}"#, "tasks[0].retries"),
-        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "backoff": "-1s"}]}"#, "tasks[0].backoff"),
-        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "backoff": "2h"}]}"#, "tasks[0].backoff"),
-        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "backoff": "soon"}]}"#, "tasks[0].backoff"),
+        (
+            r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "retries": 11}]}"#,
+            "tasks[0].retries",
+        ),
+        (
+            r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "backoff": "-1s"}]}"#,
+            "tasks[0].backoff",
+        ),
+        (
+            r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "backoff": "2h"}]}"#,
+            "tasks[0].backoff",
+        ),
+        (
+            r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "backoff": "soon"}]}"#,
+            "tasks[0].backoff",
+        ),
     ] {
         match PipelineConfig::from_json(json) {
             Err(Error::InvalidArgument { field: named, .. }) => assert_eq!(named, field, "{json}"),
