@@ -381,3 +381,44 @@ fn a_request_id_starts_one_run_even_when_repeated_across_a_restart() -> Result<(
     wait_for_end(&dev, "once", "1")?;
     Ok(())
 }
+
+#[test]
+fn a_task_that_fails_twice_succeeds_on_its_third_attempt_under_retries_two() -> Result<()> {
+    let dev = start()?;
+    let json = serde_json::json!({"id": "flaky", "tasks": [{
+        "id": "a", "image": gofer_testkit::TOOLBOX_IMAGE, "retries": 2, "backoff": "100ms",
+        "command": ["sh", "-c", "echo attempt $GOFER_ATTEMPT; test $GOFER_ATTEMPT -ge 3"],
+    }]});
+    dev.register(&json.to_string())?;
+    let run = dev.ctl_ok(&["run", "start", "flaky"])?;
+    let ended = wait_for_end(&dev, "flaky", run.trim())?;
+    assert_eq!(ended["state"], "SUCCEEDED", "{ended}");
+    let task = &tasks(&dev, "flaky", run.trim())?["a"];
+    assert_eq!(
+        (task["state"].as_str(), task["attempt"].as_u64()),
+        (Some("SUCCEEDED"), Some(3)),
+        "{task}"
+    );
+    let attempts = task["attempts"].as_array().cloned().unwrap_or_default();
+    let summary: Vec<(String, bool)> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a["state"].as_str().unwrap_or_default().to_string(),
+                a["retried"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("FAILED".to_string(), true),
+            ("FAILED".to_string(), true),
+            ("SUCCEEDED".to_string(), false)
+        ],
+        "{task}"
+    );
+    assert_eq!(attempts[0]["reason"], "exited with code 1");
+    assert_eq!(dev.ctl_ok(&["task", "logs", "flaky", run.trim(), "a"])?, "attempt 3\n");
+    Ok(())
+}

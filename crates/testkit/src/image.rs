@@ -18,7 +18,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 /// The names the toolbox binary is installed under in the image's `/bin`.
-pub const TOOLBOX_COMMANDS: [&str; 8] = ["gofer-toolbox", "sh", "echo", "sleep", "true", "false", "cat", "env"];
+pub const TOOLBOX_COMMANDS: [&str; 9] = [
+    "gofer-toolbox",
+    "sh",
+    "echo",
+    "sleep",
+    "true",
+    "false",
+    "cat",
+    "env",
+    "test",
+];
 
 /// The only target installed on the build machine; static glibc is fine for the toolbox because it
 /// does no name-service (DNS/NSS) lookups.

@@ -1,4 +1,4 @@
-//! The simple applets — `echo`, `sleep`, `true`, `false`, `cat`, `env` — used both as standalone
+//! The simple applets — `echo`, `sleep`, `true`, `false`, `cat`, `env`, `test` — used both as standalone
 //! commands (`/bin/echo` in the image) and as in-process builtins of the tiny shell.
 //!
 //! Every applet writes through [`Io`] and flushes as it goes, so a log follower sees each line
@@ -23,9 +23,37 @@ pub fn builtin(name: &str) -> Option<Applet> {
         "false" => |_, _| 1,
         "cat" => cat,
         "env" => env,
+        "test" => test,
         _ => return None,
     };
     Some(applet)
+}
+
+/// `test A OP B`: compares two integers with `-eq`, `-ne`, `-lt`, `-le`, `-gt` or `-ge`, or two strings
+/// with `=` or `!=`; exits 0 if it holds, 1 if not, 2 on bad usage.
+pub fn test(args: &[String], io: &mut Io) -> i32 {
+    let [a, op, b] = args else {
+        return fail(io, "test: expected A OP B") * 2;
+    };
+    let holds = match op.as_str() {
+        "=" => a == b,
+        "!=" => a != b,
+        _ => {
+            let (Ok(x), Ok(y)) = (a.trim().parse::<i64>(), b.trim().parse::<i64>()) else {
+                return fail(io, &format!("test: integers expected, got {a:?} and {b:?}")) * 2;
+            };
+            match op.as_str() {
+                "-eq" => x == y,
+                "-ne" => x != y,
+                "-lt" => x < y,
+                "-le" => x <= y,
+                "-gt" => x > y,
+                "-ge" => x >= y,
+                _ => return fail(io, &format!("test: unknown operator {op:?}")) * 2,
+            }
+        }
+    };
+    i32::from(!holds)
 }
 
 /// `echo [-n] ARGS...`: the arguments joined by spaces, then a newline unless `-n` was given.
@@ -204,6 +232,18 @@ mod tests {
         assert_eq!(run(echo, &["-n", "a"], b""), (0, "a".into(), String::new()));
         assert_eq!(run(echo, &[], b""), (0, "\n".into(), String::new()));
         assert_eq!(run(echo, &["a", "-n"], b""), (0, "a -n\n".into(), String::new()));
+    }
+
+    #[test]
+    fn test_compares_integers_and_strings() {
+        let t = |args: &[&str]| run(test, args, b"").0;
+        assert_eq!((t(&["3", "-ge", "3"]), t(&["2", "-ge", "3"])), (0, 1));
+        assert_eq!(
+            (t(&["1", "-eq", "1"]), t(&["1", "-ne", "1"]), t(&["1", "-lt", "2"])),
+            (0, 1, 0)
+        );
+        assert_eq!((t(&["a", "=", "a"]), t(&["a", "!=", "a"])), (0, 1));
+        assert_eq!((t(&["x", "-ge", "1"]), t(&["1", "-zz", "1"]), t(&["1"])), (2, 2, 2));
     }
 
     #[test]
