@@ -5,6 +5,7 @@
 //! machine description here.
 
 mod client;
+pub mod cluster;
 mod machine;
 mod results;
 mod stats;

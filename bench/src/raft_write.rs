@@ -11,15 +11,16 @@
 //! process it starts is killed when it ends, also on error.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use gofer_bench::{Api, ClientConfig, Machine, Summary, connect, millis, replace_section, utc_timestamp};
+use gofer_bench::cluster::{GoferCluster, Member, Pki, free_port};
+use gofer_bench::{Api, Machine, Summary, millis, replace_section, utc_timestamp};
 use gofer_proto::v1;
 use gofer_testkit::{BuildProfile, bin_dir_with_profile};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -58,83 +59,6 @@ struct Args {
     no_record: bool,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A member process that can be killed and started again with the same command.
-struct Member {
-    id: u64,
-    command: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(&self.command[0])
-            .args(&self.command[1..])
-            .env("GOFER_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("starting {}", self.command[0]))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The files both clusters use: a CA, one certificate per member, the admin token.
-struct Pki {
-    dir: PathBuf,
-    ca_pem: String,
-}
-
-impl Pki {
-    fn make(goferd: &Path, dir: &Path) -> Result<Pki> {
-        let certs = dir.join("certs");
-        let run = |args: &[&str]| -> Result<()> {
-            let out = Command::new(goferd)
-                .arg("certs")
-                .args(args)
-                .arg("--dir")
-                .arg(&certs)
-                .output()?;
-            ensure!(
-                out.status.success(),
-                "goferd certs {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(())
-        };
-        run(&["init"])?;
-        for id in 1..=3 {
-            run(&["issue", &format!("node{id}")])?;
-        }
-        let ca_pem = std::fs::read_to_string(certs.join("ca.pem"))?;
-        Ok(Pki { dir: certs, ca_pem })
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
 fn tls_channel(pki: &Pki, url: &str) -> Result<Channel> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca_pem))
@@ -143,98 +67,6 @@ fn tls_channel(pki: &Pki, url: &str) -> Result<Channel> {
         .connect_timeout(Duration::from_secs(2))
         .tls_config(tls)?
         .connect_lazy())
-}
-
-/// Three `goferd server` nodes.
-struct GoferCluster {
-    members: Vec<Member>,
-    configs: BTreeMap<u64, ClientConfig>,
-}
-
-impl GoferCluster {
-    fn start(bin: &Path, pki: &Pki, dir: &Path) -> Result<GoferCluster> {
-        let mut ports = Vec::new();
-        for id in 1..=3u64 {
-            ports.push((id, free_port()?, free_port()?, free_port()?));
-        }
-        let bootstrap: Vec<String> = ports
-            .iter()
-            .map(|(id, _, raft, _)| format!("{id}=https://127.0.0.1:{raft}"))
-            .collect();
-        let token = std::fs::read_to_string(pki.dir.join("admin.token"))?.trim().to_string();
-        let (mut members, mut configs) = (Vec::new(), BTreeMap::new());
-        for (id, api, raft, webhook) in ports {
-            let command: Vec<String> = vec![
-                bin.join("goferd").display().to_string(),
-                "server".into(),
-                "--node-id".into(),
-                id.to_string(),
-                "--data-dir".into(),
-                dir.join(format!("gofer{id}")).display().to_string(),
-                "--api-listen".into(),
-                format!("127.0.0.1:{api}"),
-                "--raft-listen".into(),
-                format!("127.0.0.1:{raft}"),
-                "--webhook-listen".into(),
-                format!("127.0.0.1:{webhook}"),
-                "--ca".into(),
-                pki.file("ca.pem"),
-                "--cert".into(),
-                pki.file(&format!("node{id}.pem")),
-                "--key".into(),
-                pki.file(&format!("node{id}.key")),
-                "--admin-token-file".into(),
-                pki.file("admin.token"),
-                "--bootstrap".into(),
-                bootstrap.join(","),
-            ];
-            let mut member = Member {
-                id,
-                command,
-                log: dir.join(format!("gofer{id}.log")),
-                child: None,
-            };
-            member.start()?;
-            members.push(member);
-            configs.insert(
-                id,
-                ClientConfig {
-                    host: format!("https://127.0.0.1:{api}"),
-                    token: token.clone(),
-                    ca_cert: pki.dir.join("ca.pem"),
-                    namespace: "default".into(),
-                },
-            );
-        }
-        Ok(GoferCluster { members, configs })
-    }
-
-    async fn client(&self, id: u64) -> Result<Api> {
-        connect(&self.configs[&id]).await
-    }
-
-    /// The leader as the live nodes see it, once the cluster is initialized.
-    async fn leader(&self, deadline: Duration) -> Result<u64> {
-        let start = Instant::now();
-        loop {
-            for member in self.members.iter().filter(|m| m.child.is_some()) {
-                if let Ok(mut api) = self.client(member.id).await
-                    && let Ok(status) = api.get_cluster_status(v1::GetClusterStatusRequest {}).await
-                {
-                    let status = status.into_inner();
-                    let alive = self
-                        .members
-                        .iter()
-                        .any(|m| m.id == status.leader_id && m.child.is_some());
-                    if alive && !status.cluster_id.is_empty() {
-                        return Ok(status.leader_id);
-                    }
-                }
-            }
-            ensure!(start.elapsed() < deadline, "no Gofer leader within {deadline:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 /// Three etcd members.
@@ -433,9 +265,10 @@ fn main() -> Result<()> {
         "etcd is not installed (apt-get install etcd-server etcd-client)"
     );
     let dir = tempfile::Builder::new().prefix("gofer-raft-bench-").tempdir()?;
-    let pki = Pki::make(&bins.join("goferd"), dir.path())?;
+    let names: Vec<String> = (1..=3).map(|id| format!("node{id}")).collect();
+    let pki = Pki::make(&bins.join("goferd"), dir.path(), &names)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let mut gofer = GoferCluster::start(&bins, &pki, dir.path())?;
+    let mut gofer = GoferCluster::start(&bins, &pki, dir.path(), 3, &[])?;
     let mut etcd = EtcdCluster::start(&pki, dir.path())?;
     let (gofer_figures, etcd_figures) = runtime.block_on(async {
         let leader = gofer.leader(Duration::from_secs(60)).await?;

@@ -149,13 +149,21 @@ fn cluster_status_shows_the_single_dev_node_as_leader() -> Result<()> {
         leases,
         [("scheduler".to_string(), 1), ("extension-host".to_string(), 1)]
     );
-    let table = dev.ctl_ok(&["cluster", "status"])?;
+    // The table prints the digest the JSON gives, once the state is quiet (the executor registers
+    // shortly after the start, which changes it).
+    let table = wait_until("the table to show the digest", Duration::from_secs(20), || {
+        let digest = dev.ctl_json(&["cluster", "status"])?["state_digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let table = dev.ctl_ok(&["cluster", "status"])?;
+        Ok(table.contains(&format!("state:       {digest}")).then_some(table))
+    })?;
     assert!(table.contains("leader:      node 1"), "{table}");
     assert!(
         table.contains("ROLE") && table.contains("HOLDER") && table.contains("local/"),
         "{table}"
     );
-    assert!(table.contains(&format!("state:       {digest}")), "{table}");
     let bad = dev.ctl(&["cluster", "remove", "7"])?;
     assert!(stderr(&bad).contains("NotFound"), "{}", stderr(&bad));
     let usage = dev.ctl(&["cluster", "add", "x", "https://h:1"])?;

@@ -492,6 +492,11 @@ pub enum Command {
         report: String,
         at: i64,
     },
+    /// Commands applied one after the other in one log entry, each with its own result: one refused
+    /// command does not refuse the others. The scheduler batches its assignments and executor reports so.
+    Batch {
+        commands: Vec<Command>,
+    },
     /// A command issued by the holder of `role` in `epoch`: refused, changing nothing, once the epoch has
     /// moved on.
     Fenced {
@@ -516,6 +521,8 @@ pub enum Applied {
     Fired(Vec<Result<(FireOutcome, bool), Error>>),
     /// The lease an AcquireLease granted or renewed.
     Lease(Lease),
+    /// What each command of a Batch did, in order.
+    Batch(Vec<Result<Applied, Error>>),
 }
 
 /// Whether a PENDING task execution may start.
@@ -814,6 +821,24 @@ impl State {
             } => self
                 .skip_fires((namespace, pipeline, label), *count, *last_scheduled_at, reason, *at)
                 .map(|()| Applied::Done),
+            Command::Batch { commands } => {
+                if commands.len() > MAX_BATCH {
+                    return Err(Error::invalid(
+                        "commands",
+                        format!("a batch holds at most {MAX_BATCH} commands, got {}", commands.len()),
+                    ));
+                }
+                if commands
+                    .iter()
+                    .any(|c| matches!(c, Command::Batch { .. } | Command::Fenced { .. }))
+                {
+                    return Err(Error::invalid(
+                        "commands",
+                        "a batch cannot hold a batch or a fenced command",
+                    ));
+                }
+                Ok(Applied::Batch(commands.iter().map(|c| self.apply(c)).collect()))
+            }
             Command::AcquireLease {
                 role,
                 holder,
@@ -836,22 +861,7 @@ impl State {
                 command,
             } => {
                 self.leases.check(*role, holder, *epoch)?;
-                match command.as_ref() {
-                    Command::Fenced { .. } | Command::AcquireLease { .. } | Command::ReleaseLease { .. } => {
-                        return Err(Error::invalid("command", "a lease command cannot be fenced"));
-                    }
-                    Command::AssignAttempt {
-                        scheduler: by,
-                        epoch: in_epoch,
-                        ..
-                    } if by != holder || in_epoch != epoch => {
-                        return Err(Error::invalid(
-                            "command.scheduler",
-                            "a fenced assignment must name the fence's holder and epoch",
-                        ));
-                    }
-                    _ => {}
-                }
+                check_fenceable(command, holder, *epoch)?;
                 let applied = self.apply(command)?;
                 self.leases.count(*role);
                 Ok(applied)
@@ -1112,6 +1122,29 @@ fn settle(run: &mut Run, config: &PipelineConfig, at: i64) {
         run.reason = format!("task {:?} ended {}", failed.task, failed.state.as_str());
     } else {
         run.state = RunState::Succeeded;
+    }
+}
+
+/// The most commands one Batch may hold.
+pub const MAX_BATCH: usize = 4096;
+
+/// Checks that `command` may travel inside a fence of `holder` in `epoch`: no lease command or nested fence,
+/// and every assignment (alone or in a batch) names that holder and epoch.
+fn check_fenceable(command: &Command, holder: &str, epoch: u64) -> Result<(), Error> {
+    match command {
+        Command::Fenced { .. } | Command::AcquireLease { .. } | Command::ReleaseLease { .. } => {
+            Err(Error::invalid("command", "a lease command cannot be fenced"))
+        }
+        Command::AssignAttempt {
+            scheduler: by,
+            epoch: in_epoch,
+            ..
+        } if by != holder || *in_epoch != epoch => Err(Error::invalid(
+            "command.scheduler",
+            "a fenced assignment must name the fence's holder and epoch",
+        )),
+        Command::Batch { commands } => commands.iter().try_for_each(|c| check_fenceable(c, holder, epoch)),
+        _ => Ok(()),
     }
 }
 

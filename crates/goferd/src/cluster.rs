@@ -75,6 +75,10 @@ pub struct ServerArgs {
     /// A label this process's executor registers with, as KEY=VALUE; repeat it for more
     #[arg(long = "executor-label", value_name = "KEY=VALUE")]
     executor_labels: Vec<String>,
+    /// What runs this process's attempts: docker, or benchmark-noop, which runs nothing and reports every
+    /// attempt exited 0 at once (for control-plane benchmarks only) [default: docker]
+    #[arg(long)]
+    executor_backend: Option<String>,
 }
 
 impl ServerArgs {
@@ -108,6 +112,7 @@ struct ServerConfig {
     schedulers: Option<Vec<String>>,
     executor_capacity: Option<u32>,
     executor_labels: Option<BTreeMap<String, String>>,
+    executor_backend: Option<String>,
 }
 
 /// Parses `--executor-label KEY=VALUE` flags, or else the config file's table.
@@ -253,6 +258,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
     let executor_labels = executor_labels(&args.executor_labels, file.executor_labels)?;
+    let benchmark_backend = match args.executor_backend.or(file.executor_backend).as_deref() {
+        None | Some("docker") => false,
+        Some("benchmark-noop") => true,
+        Some(other) => bail!("executor_backend: {other:?} is not docker or benchmark-noop"),
+    };
     for (key, value) in &executor_labels {
         gofer_domain::validate_id("executor_labels", key)?;
         if value.len() > 128 || value.chars().any(char::is_control) {
@@ -269,7 +279,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             token_file.display()
         );
     }
-    let docker = if roles.executor || roles.extension_host {
+    let docker = if (roles.executor && !benchmark_backend) || roles.extension_host {
         Some(
             gofer_executor::DockerBackend::connect()
                 .await
@@ -383,6 +393,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         schedulers,
         executor_capacity,
         executor_labels,
+        benchmark_backend,
         new_cluster_id: crate::dev::random_hex(8)?,
     })
     .await?;

@@ -194,6 +194,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         schedulers: Vec::new(),
         executor_capacity: 0,
         executor_labels: Default::default(),
+        benchmark_backend: false,
         new_cluster_id: random_hex(8)?,
     })
     .await?;

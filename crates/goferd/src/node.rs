@@ -86,6 +86,8 @@ pub struct NodeSetup {
     /// How many attempts the executor runs at once (0: no limit), and its labels.
     pub executor_capacity: u32,
     pub executor_labels: std::collections::BTreeMap<String, String>,
+    /// Runs the executor on the benchmark-noop backend (no containers) instead of Docker.
+    pub benchmark_backend: bool,
     /// The cluster id a state node proposes if the log has none yet.
     pub new_cluster_id: String,
 }
@@ -169,6 +171,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         schedulers,
         executor_capacity,
         executor_labels,
+        benchmark_backend,
         new_cluster_id,
     } = setup;
     let shutdown = CancellationToken::new();
@@ -282,7 +285,12 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
     }
 
     if roles.executor {
-        let docker = docker.context("the executor runs tasks in Docker")?;
+        let backend = if benchmark_backend {
+            tracing::warn!("the executor runs the benchmark-noop backend: attempts run nothing and exit 0");
+            gofer_executor::Backend::BenchmarkNoop
+        } else {
+            gofer_executor::Backend::Docker(docker.context("the executor runs tasks in Docker")?)
+        };
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
         let channels = if schedulers.is_empty() {
             let Some(host) = &api_host else {
@@ -319,7 +327,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         };
         let executor_shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(err) = gofer_executor::run(executor_config, docker, channels, executor_shutdown).await {
+            if let Err(err) = gofer_executor::run(executor_config, backend, channels, executor_shutdown).await {
                 tracing::error!(%err, "the executor stopped");
             }
         });

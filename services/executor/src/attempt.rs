@@ -27,12 +27,15 @@ pub(crate) async fn run(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let Some(key) = start.key.clone() else { return };
+    let Some(docker) = executor.docker() else {
+        return run_benchmark_noop(executor, key_text, &key).await;
+    };
     let cluster = executor.cluster.lock().expect("cluster lock").clone();
     let report_error = |reason: String| {
         tracing::info!(attempt = %key_text, %reason, "attempt failed to run");
         executor.report(finished(&key, v1::AttemptOutcome::Error, None, reason));
     };
-    let container = match executor.docker.find(&cluster, key_text).await {
+    let container = match docker.find(&cluster, key_text).await {
         Err(err) => return report_error(err),
         Ok(Some(existing)) => {
             tracing::info!(attempt = %key_text, container = %existing.id, "adopting the attempt's container");
@@ -45,7 +48,7 @@ pub(crate) async fn run(
             if stop.is_cancelled() {
                 return executor.report(finished(&key, v1::AttemptOutcome::Stopped, None, String::new()));
             }
-            match executor.docker.has_image(&start.image).await {
+            match docker.has_image(&start.image).await {
                 Ok(true) => {}
                 Ok(false) => {
                     return report_error(format!(
@@ -55,11 +58,7 @@ pub(crate) async fn run(
                 }
                 Err(err) => return report_error(err),
             }
-            match executor
-                .docker
-                .create_and_start(&cluster, &executor.id, key_text, &start)
-                .await
-            {
+            match docker.create_and_start(&cluster, &executor.id, key_text, &start).await {
                 Ok(id) => id,
                 Err(err) => return report_error(err),
             }
@@ -76,7 +75,7 @@ pub(crate) async fn run(
         // few times: the scheduler or the state node keeping the log may be moving.
         let mut tries = 0;
         loop {
-            match ship_logs(executor, &key, &container).await {
+            match ship_logs(executor, docker, &key, &container).await {
                 Err(err) if tries < 3 => {
                     tries += 1;
                     tracing::info!(attempt = %key_text, %err, "storing the logs failed; sending them again");
@@ -88,12 +87,12 @@ pub(crate) async fn run(
     };
     let waited = async {
         tokio::select! {
-            code = executor.docker.wait(&container) => (code, false),
+            code = docker.wait(&container) => (code, false),
             () = stop.cancelled() => {
-                if let Err(err) = executor.docker.stop(&container).await {
+                if let Err(err) = docker.stop(&container).await {
                     tracing::warn!(%err, "could not stop a cancelled attempt's container");
                 }
-                (executor.docker.wait(&container).await, true)
+                (docker.wait(&container).await, true)
             }
         }
     };
@@ -129,14 +128,19 @@ pub(crate) async fn run(
     tracing::info!(attempt = %key_text, "attempt finished");
     executor.report(kind);
     if ack_rx.await.is_ok()
-        && let Err(err) = executor.docker.remove(&container).await
+        && let Err(err) = docker.remove(&container).await
     {
         tracing::warn!(%err, container = %container, "could not remove a finished container");
     }
 }
 
 /// Streams the container's output to the log archive and returns once every byte is durable there.
-async fn ship_logs(executor: &Executor, key: &v1::AttemptKey, container: &str) -> Result<(), String> {
+async fn ship_logs(
+    executor: &Executor,
+    docker: &crate::DockerBackend,
+    key: &v1::AttemptKey,
+    container: &str,
+) -> Result<(), String> {
     let (tx, rx) = tokio::sync::mpsc::channel::<v1::PushTaskLogsRequest>(64);
     let first = v1::PushTaskLogsRequest {
         key: Some(key.clone()),
@@ -149,7 +153,7 @@ async fn ship_logs(executor: &Executor, key: &v1::AttemptKey, container: &str) -
             .push_task_logs(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    let mut output = Box::pin(executor.docker.logs(container));
+    let mut output = Box::pin(docker.logs(container));
     let mut read_error = None;
     while let Some(chunk) = output.next().await {
         match chunk {
@@ -181,10 +185,28 @@ async fn ship_logs(executor: &Executor, key: &v1::AttemptKey, container: &str) -
 /// before a restart and reports it stopped.
 pub(crate) async fn stop_unstarted(executor: &Executor, key_text: &str, key: v1::AttemptKey) {
     let cluster = executor.cluster.lock().expect("cluster lock").clone();
-    if let Ok(Some(existing)) = executor.docker.find(&cluster, key_text).await
-        && let Err(err) = executor.docker.remove(&existing.id).await
+    if let Some(docker) = executor.docker()
+        && let Ok(Some(existing)) = docker.find(&cluster, key_text).await
+        && let Err(err) = docker.remove(&existing.id).await
     {
         tracing::warn!(%err, "could not remove a cancelled attempt's container");
     }
     executor.report(finished(&key, v1::AttemptOutcome::Stopped, None, "stopped".into()));
+}
+
+/// The benchmark backend's attempt: reported started and exited 0 at once, with no container and no log;
+/// it waits for the final report's acknowledgement as a real attempt does.
+async fn run_benchmark_noop(executor: &Executor, key_text: &str, key: &v1::AttemptKey) {
+    executor.report(Kind::Started(v1::AttemptStarted {
+        key: Some(key.clone()),
+        started_unix_millis: now_millis(),
+    }));
+    let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+    executor
+        .acks
+        .lock()
+        .expect("acks lock")
+        .insert(key_text.to_string(), ack_tx);
+    executor.report(finished(key, v1::AttemptOutcome::Exited, Some(0), String::new()));
+    let _ = ack_rx.await;
 }

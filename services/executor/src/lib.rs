@@ -22,6 +22,15 @@ use tonic::transport::Channel;
 
 pub use docker::DockerBackend;
 
+/// What runs the attempts.
+pub enum Backend {
+    /// Docker containers: the product.
+    Docker(DockerBackend),
+    /// For benchmarks of the control plane only: every attempt "runs" no container, reports started and
+    /// then exited 0 at once, and ships no log. Never use it for real work.
+    BenchmarkNoop,
+}
+
 /// Why the executor stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,7 +58,7 @@ pub struct ExecutorConfig {
 /// backoff whenever the stream breaks. Containers keep running across reconnections.
 pub async fn run(
     config: ExecutorConfig,
-    docker: DockerBackend,
+    backend: Backend,
     schedulers: Vec<Channel>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
@@ -60,7 +69,7 @@ pub async fn run(
         .parse()
         .map_err(|_| Error::Config("the token has characters a header cannot carry".into()))?;
     let count = schedulers.len();
-    let executor = Arc::new(session::Executor::new(config, docker, schedulers, header));
+    let executor = Arc::new(session::Executor::new(config, backend, schedulers, header));
     let mut backoff = Duration::from_millis(100);
     let mut failures_in_a_row = 0;
     loop {

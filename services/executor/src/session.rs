@@ -44,7 +44,7 @@ pub(crate) struct Executor {
     labels: std::collections::BTreeMap<String, String>,
     /// Attempts stopped because the cluster no longer counts them live, by key.
     pub(crate) fenced: Mutex<std::collections::HashSet<String>>,
-    pub(crate) docker: DockerBackend,
+    backend: crate::Backend,
     /// The schedulers it may reach; it talks to the one at `current`, the one that holds the lease.
     channels: Vec<Channel>,
     pub(crate) current: std::sync::atomic::AtomicUsize,
@@ -63,7 +63,7 @@ pub(crate) struct Executor {
 impl Executor {
     pub(crate) fn new(
         config: crate::ExecutorConfig,
-        docker: DockerBackend,
+        backend: crate::Backend,
         channels: Vec<Channel>,
         header: MetadataValue<tonic::metadata::Ascii>,
     ) -> Self {
@@ -72,7 +72,7 @@ impl Executor {
             capacity: config.capacity,
             labels: config.labels,
             fenced: Mutex::default(),
-            docker,
+            backend,
             channels,
             current: std::sync::atomic::AtomicUsize::new(0),
             header,
@@ -81,6 +81,14 @@ impl Executor {
             acks: Mutex::default(),
             outbound: Mutex::default(),
             cluster: Mutex::default(),
+        }
+    }
+
+    /// Docker, unless this executor runs the benchmark backend.
+    pub(crate) fn docker(&self) -> Option<&DockerBackend> {
+        match &self.backend {
+            crate::Backend::Docker(docker) => Some(docker),
+            crate::Backend::BenchmarkNoop => None,
         }
     }
 
@@ -257,7 +265,8 @@ impl Executor {
 
     /// Removes containers of this cluster and executor that belong to no live or active attempt.
     async fn remove_orphans(&self, cluster: &str, live: &std::collections::HashSet<String>) {
-        let ours = match self.docker.ours(cluster, &self.id).await {
+        let Some(docker) = self.docker() else { return };
+        let ours = match docker.ours(cluster, &self.id).await {
             Ok(ours) => ours,
             Err(err) => {
                 tracing::warn!(%err, "could not list containers to clean up");
@@ -268,7 +277,7 @@ impl Executor {
             let active = self.active.lock().expect("active lock").contains_key(&key);
             if !live.contains(&key) && !active {
                 tracing::info!(container = %id, attempt = %key, "removing a container no live attempt owns");
-                if let Err(err) = self.docker.remove(&id).await {
+                if let Err(err) = docker.remove(&id).await {
                     tracing::warn!(%err, container = %id, "could not remove an orphaned container");
                 }
             }

@@ -8,7 +8,9 @@ use gofer_domain::{AttemptOutcome, Command, Error};
 use gofer_proto::v1::{self, dispatch_request, dispatch_service_server::DispatchService};
 use gofer_proto::{attempt_ref, internal, into_status};
 use gofer_state::LogStore;
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Scheduler;
@@ -23,65 +25,114 @@ pub struct DispatchHandler {
     logs: Option<LogStore>,
     /// The state node each attempt's log was stored on, by attempt key, until its final report carries it.
     stored_on: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// Reports on their way to [`commit_reports`].
+    reports: mpsc::UnboundedSender<Report>,
 }
 
 impl DispatchHandler {
     /// Serves executors for `scheduler`, storing their logs in `logs` or sending them to a state node.
+    /// Starts the task that commits the executors' reports; call it inside a Tokio runtime.
     pub fn new(scheduler: Scheduler, logs: Option<LogStore>) -> Self {
+        let (reports, queue) = mpsc::unbounded_channel();
+        tokio::spawn(commit_reports(scheduler.clone(), queue));
         DispatchHandler {
             scheduler,
             logs,
             stored_on: std::sync::Arc::default(),
+            reports,
         }
     }
+}
 
-    /// Commits one report from an executor. A stale report (an attempt that is no longer live) is
-    /// refused by the state machine and dropped here: the executor has nothing to do about it.
-    async fn commit(&self, command: Command) -> Result<(), Status> {
-        match self.scheduler.lease.propose(command.clone()).await {
-            Ok(_) => Ok(()),
-            // Refused by the fence (or never sent, the lease being lost): not committed, so not
-            // acknowledged; the executor resends it to the scheduler that holds the lease.
-            Err(gofer_state::Error::Rejected(err)) if err.is_fenced() => Err(Status::unavailable(err.to_string())),
-            Err(gofer_state::Error::Rejected(err)) => {
+/// One executor report waiting to be committed, and where its outcome goes.
+struct Report {
+    command: Command,
+    /// The key to acknowledge once the report is committed (final reports only).
+    ack: Option<v1::AttemptKey>,
+    acks: mpsc::UnboundedSender<Result<v1::DispatchResponse, Status>>,
+    /// Cancelled to end the report's stream when it could not be committed: the executor resends it to
+    /// the scheduler that holds the lease.
+    refused: CancellationToken,
+}
+
+/// The most reports committed in one log entry.
+const MAX_REPORTS_PER_ENTRY: usize = 1024;
+
+/// Commits the executors' reports in arrival order, every report waiting at the time in one fenced
+/// `Batch` (one log entry), and acknowledges the final ones once committed. A report of an attempt that
+/// is no longer live is refused by apply and dropped (acknowledged: the executor has nothing to do about
+/// it); if the attempt was declared LOST, what the executor reported is recorded on it.
+async fn commit_reports(scheduler: Scheduler, mut queue: mpsc::UnboundedReceiver<Report>) {
+    while let Some(first) = queue.recv().await {
+        let mut reports = vec![first];
+        while reports.len() < MAX_REPORTS_PER_ENTRY
+            && let Ok(more) = queue.try_recv()
+        {
+            reports.push(more);
+        }
+        let commands = reports.iter().map(|r| r.command.clone()).collect();
+        let results = match scheduler.lease.propose(Command::Batch { commands }).await {
+            Ok(gofer_domain::Applied::Batch(results)) => results,
+            Ok(other) => {
+                tracing::error!(?other, "a batch of reports applied as something else");
+                continue;
+            }
+            // Not committed (fenced off, the lease lost, or the state unreachable): not acknowledged.
+            // The streams end and their executors resend to the scheduler that holds the lease.
+            Err(err) => {
+                tracing::warn!(%err, reports = reports.len(), "could not commit executor reports; their executors will resend them");
+                for report in &reports {
+                    report.refused.cancel();
+                }
+                continue;
+            }
+        };
+        let mut late = Vec::new();
+        for (report, result) in reports.into_iter().zip(results) {
+            if let Err(err) = &result {
                 tracing::debug!(%err, "stale executor report dropped");
-                self.record_late(command).await;
-                Ok(())
+                late.extend(late_report(&report.command));
             }
-            Err(err) => Err(internal("committing an executor report", &err, true)),
+            if let Some(key) = report.ack {
+                let kind = v1::dispatch_response::Kind::FinishedAck(v1::FinishedAck { key: Some(key) });
+                let _ = report.acks.send(Ok(v1::DispatchResponse { kind: Some(kind) }));
+            }
+        }
+        if !late.is_empty()
+            && let Err(err) = scheduler.lease.propose(Command::Batch { commands: late }).await
+        {
+            tracing::debug!(%err, "late reports were not recorded");
         }
     }
+}
 
-    /// A final report of an attempt that is no longer live is recorded on the attempt if it was declared
-    /// LOST: the executor came back and says how it ended (usually that it stopped the container).
-    async fn record_late(&self, command: Command) {
-        let Command::AttemptFinished {
-            target,
-            attempt,
-            outcome,
-            at,
-            ..
-        } = command
-        else {
-            return;
-        };
-        let report = match outcome {
-            AttemptOutcome::Exited(code) => format!("its executor reported it exited with code {code}"),
-            AttemptOutcome::Error(reason) | AttemptOutcome::Lost(reason) => {
-                format!("its executor reported an error: {reason}")
-            }
-            AttemptOutcome::Stopped => "its executor reported it stopped".to_string(),
-        };
-        let late = Command::AttemptReportedLate {
-            target,
-            attempt,
-            report,
-            at,
-        };
-        if let Err(err) = self.scheduler.lease.propose(late).await {
-            tracing::debug!(%err, "a late report was not recorded");
+/// A final report of an attempt that is no longer live, as a record for the attempt in case it was
+/// declared LOST: the executor came back and says how it ended (usually that it stopped the container).
+/// Apply refuses it for an attempt that was not LOST.
+fn late_report(command: &Command) -> Option<Command> {
+    let Command::AttemptFinished {
+        target,
+        attempt,
+        outcome,
+        at,
+        ..
+    } = command
+    else {
+        return None;
+    };
+    let report = match outcome {
+        AttemptOutcome::Exited(code) => format!("its executor reported it exited with code {code}"),
+        AttemptOutcome::Error(reason) | AttemptOutcome::Lost(reason) => {
+            format!("its executor reported an error: {reason}")
         }
-    }
+        AttemptOutcome::Stopped => "its executor reported it stopped".to_string(),
+    };
+    Some(Command::AttemptReportedLate {
+        target: target.clone(),
+        attempt: *attempt,
+        report,
+        at: *at,
+    })
 }
 
 #[tonic::async_trait]
@@ -160,14 +211,17 @@ impl DispatchService for DispatchHandler {
         tracing::info!(%executor, "executor connected");
         let this = self.clone();
         tokio::spawn(async move {
-            // Ends when the executor leaves or the scheduler drops the connection (a newer stream, or the
-            // lease lost): dropping `acks` then ends the response stream, and the executor looks again.
-            // The stream also ends as soon as this scheduler stops holding the lease it was opened under.
+            // Ends when the executor leaves, the scheduler drops the connection (a newer stream, the lease
+            // lost, a silent executor) or a report could not be committed: dropping `acks` then ends the
+            // response stream, and the executor looks again. The stream also ends as soon as this
+            // scheduler stops holding the lease it was opened under.
             let lease_moved = lease.wait_for(move |now| *now != epoch);
             tokio::pin!(lease_moved);
+            let refused = CancellationToken::new();
             while let Some(message) = tokio::select! {
                 message = inbound.next() => message,
                 () = closed.cancelled() => None,
+                () = refused.cancelled() => None,
                 _ = &mut lease_moved => None,
             } {
                 heard.store(gofer_proto::now_millis(), std::sync::atomic::Ordering::Relaxed);
@@ -209,14 +263,18 @@ impl DispatchService for DispatchHandler {
                         break;
                     }
                 };
-                if let Err(status) = this.commit(command).await {
-                    tracing::warn!(%executor, %status, "could not commit a report; the executor will resend it");
+                let report = Report {
+                    command,
+                    ack,
+                    acks: acks.clone(),
+                    refused: refused.clone(),
+                };
+                if this.reports.send(report).is_err() {
                     break;
                 }
-                if let Some(key) = ack {
-                    let kind = v1::dispatch_response::Kind::FinishedAck(v1::FinishedAck { key: Some(key) });
-                    let _ = acks.send(Ok(v1::DispatchResponse { kind: Some(kind) }));
-                }
+            }
+            if refused.is_cancelled() {
+                tracing::warn!(%executor, "a report could not be committed; the executor will resend it");
             }
             this.scheduler.disconnect(&executor, connection);
             tracing::info!(%executor, "executor disconnected");

@@ -225,64 +225,77 @@ impl Scheduler {
         self.expire_executors(since, &alive).await;
         let now = now_millis();
         let planned = self.state.read(|s| plan(s, now));
-        for (target, attempt) in planned {
-            let Some(executor) = self.pick_executor(&alive) else {
-                break;
-            };
-            let command = Command::AssignAttempt {
-                target: target.clone(),
-                attempt,
-                executor: executor.clone(),
-                node: self.state.log_keeper(),
-                scheduler: self.lease.holder().to_string(),
-                epoch,
-                at: now_millis(),
-            };
-            match self.lease.propose(command).await {
-                Ok(_) => tracing::debug!(run = target.run, task = %target.task, %executor, "attempt assigned"),
-                Err(gofer_state::Error::Rejected(err)) => tracing::debug!(%err, "assignment refused"),
-                Err(err) => {
-                    tracing::warn!(%err, "could not commit an assignment; will retry on the next change");
-                    return;
+        if !planned.is_empty() {
+            let mut load = self.load(&alive);
+            let mut commands = Vec::new();
+            for (target, attempt) in planned.into_iter().take(MAX_ASSIGNMENTS_PER_ENTRY) {
+                let Some(executor) = pick_executor(&mut load, &alive) else {
+                    break;
+                };
+                commands.push(Command::AssignAttempt {
+                    target,
+                    attempt,
+                    executor,
+                    node: self.state.log_keeper(),
+                    scheduler: self.lease.holder().to_string(),
+                    epoch,
+                    at: now,
+                });
+            }
+            // Every assignment of this pass in one log entry; apply checks each on its own.
+            let count = commands.len();
+            if count > 0 {
+                match self.lease.propose(Command::Batch { commands }).await {
+                    Ok(_) => tracing::debug!(count, "attempts assigned"),
+                    Err(gofer_state::Error::Rejected(err)) => tracing::debug!(%err, "assignments refused"),
+                    Err(err) => {
+                        tracing::warn!(%err, "could not commit assignments; will retry on the next change");
+                        return;
+                    }
                 }
             }
         }
         self.send_pending();
     }
 
-    /// The alive executor with the fewest live attempts that has room for one more and may be given
-    /// attempts by the log (it was not declared lost since it renewed).
-    fn pick_executor(&self, alive: &HashMap<String, ExecutorInfo>) -> Option<String> {
-        if alive.is_empty() {
-            return None;
-        }
-        let (load, assignable) = self.state.read(|s| {
-            let mut load: HashMap<String, usize> = HashMap::new();
+    /// The live attempts of each alive executor that the log lets us give attempts to.
+    fn load(&self, alive: &HashMap<String, ExecutorInfo>) -> HashMap<String, usize> {
+        self.state.read(|s| {
+            let mut load: HashMap<String, usize> = alive
+                .keys()
+                .filter(|e| s.executors.may_assign(e))
+                .map(|e| (e.clone(), 0))
+                .collect();
             for (_, _, _, run) in s.active_runs() {
                 for task in &run.tasks {
-                    if let Some(a) = &task.assignment {
-                        *load.entry(a.executor.clone()).or_default() += 1;
+                    if let Some(a) = &task.assignment
+                        && let Some(n) = load.get_mut(&a.executor)
+                    {
+                        *n += 1;
                     }
                 }
             }
-            let assignable: HashSet<String> = alive.keys().filter(|e| s.executors.may_assign(e)).cloned().collect();
-            (load, assignable)
-        });
-        alive
-            .iter()
-            .filter(|(id, info)| {
-                assignable.contains(*id)
-                    && (info.capacity == 0 || load.get(*id).copied().unwrap_or(0) < info.capacity as usize)
-            })
-            .min_by_key(|(id, _)| (load.get(*id).copied().unwrap_or(0), (*id).clone()))
-            .map(|(id, _)| id.clone())
+            load
+        })
     }
 
     /// Sends every connected executor the Starts and Stops for its live attempts that its current stream
     /// has not carried yet.
     fn send_pending(&self) {
-        let live = self.state.read(live_attempts);
         let mut executors = self.executors.lock().expect("executors lock");
+        // Only the attempts a connected executor has not had on its stream are built into messages.
+        let live = self.state.read(|s| {
+            live_attempts_where(s, |executor, target, attempt, cancel| {
+                executors.get(executor).is_some_and(|c| {
+                    let key = (target.clone(), attempt);
+                    if cancel {
+                        !c.stopped.contains(&key)
+                    } else {
+                        !c.started.contains(&key)
+                    }
+                })
+            })
+        });
         for attempt in live {
             let Some(connection) = executors.get_mut(&attempt.executor) else {
                 continue;
@@ -305,6 +318,24 @@ impl Scheduler {
             let _ = connection.tx.send(Ok(v1::DispatchResponse { kind: Some(message) }));
         }
     }
+}
+
+/// The most assignments committed in one log entry.
+const MAX_ASSIGNMENTS_PER_ENTRY: usize = 1024;
+
+/// The executor with the fewest live attempts among those in `load` (alive and assignable) that has room
+/// for one more; counts the attempt against it.
+fn pick_executor(load: &mut HashMap<String, usize>, alive: &HashMap<String, ExecutorInfo>) -> Option<String> {
+    let (id, count) = load
+        .iter_mut()
+        .filter(|(id, count)| {
+            alive
+                .get(*id)
+                .is_some_and(|info| info.capacity == 0 || **count < info.capacity as usize)
+        })
+        .min_by_key(|(id, count)| (**count, (*id).clone()))?;
+    *count += 1;
+    Some(id.clone())
 }
 
 /// One assigned attempt that has not finished.
@@ -342,6 +373,11 @@ fn task_env(
 
 /// Every assigned, unfinished attempt, with the Start message that runs it.
 pub(crate) fn live_attempts(state: &State) -> Vec<LiveAttempt> {
+    live_attempts_where(state, |_, _, _, _| true)
+}
+
+/// The assigned, unfinished attempts that `want` (executor, target, attempt, cancel requested) picks.
+fn live_attempts_where(state: &State, mut want: impl FnMut(&str, &AttemptRef, u32, bool) -> bool) -> Vec<LiveAttempt> {
     let mut out = Vec::new();
     for (namespace, pipeline, record, run) in state.active_runs() {
         let config = record.version(run.version).expect("a run's version exists");
@@ -353,6 +389,9 @@ pub(crate) fn live_attempts(state: &State) -> Vec<LiveAttempt> {
                 run: run.id,
                 task: task.task.clone(),
             };
+            if !want(&assignment.executor, &target, task.attempt, run.cancel_requested) {
+                continue;
+            }
             let spec = &config.tasks[index];
             out.push(LiveAttempt {
                 executor: assignment.executor.clone(),

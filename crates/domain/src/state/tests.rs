@@ -943,3 +943,53 @@ fn retries_and_backoff_are_checked_naming_the_field() {
         }
     }
 }
+
+#[test]
+fn a_batch_applies_each_command_with_its_own_result_and_a_fenced_batch_checks_every_assignment() {
+    let mut state = init();
+    register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#);
+    let run = start(&mut state);
+    state
+        .apply(&Command::AcquireLease {
+            role: Role::Scheduler,
+            holder: "s".into(),
+            ttl_millis: 1_000,
+            at: 1,
+        })
+        .unwrap();
+    let assign = |attempt: u32, scheduler: &str| Command::AssignAttempt {
+        target: target("a", run),
+        attempt,
+        executor: "e".into(),
+        node: 1,
+        scheduler: scheduler.into(),
+        epoch: 1,
+        at: 2,
+    };
+    let fenced = |commands: Vec<Command>| Command::Fenced {
+        role: Role::Scheduler,
+        holder: "s".into(),
+        epoch: 1,
+        command: Box::new(Command::Batch { commands }),
+    };
+    // One assignment names another scheduler: the whole fenced batch is refused.
+    let before = state.clone();
+    assert!(matches!(
+        state.apply(&fenced(vec![assign(1, "s"), assign(1, "other")])),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(state, before);
+    // The second assignment of the same attempt is refused on its own; the first stands.
+    match state.apply(&fenced(vec![assign(1, "s"), assign(1, "s")])) {
+        Ok(Applied::Batch(results)) => {
+            assert_eq!(results[0], Ok(Applied::Done));
+            assert!(matches!(results[1], Err(Error::FailedPrecondition(_))), "{results:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(task_of(&state, run, "a").attempt, 1);
+    let nested = Command::Batch {
+        commands: vec![Command::Batch { commands: vec![] }],
+    };
+    assert!(state.apply(&nested).is_err());
+}
