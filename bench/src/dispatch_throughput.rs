@@ -31,7 +31,7 @@ const PIPELINE_ID: &str = "throughput";
 #[command(about = "Gofer's control-plane dispatch throughput on one and three nodes, benchmark-noop executors")]
 struct Args {
     /// One-task runs queued per cluster size.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 20000)]
     runs: usize,
     /// Executor processes.
     #[arg(long, default_value_t = 4)]
