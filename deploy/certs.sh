@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Makes deploy/certs (or $1): the cluster CA, an admin token, and a certificate per process (the three state
-# nodes, the api, both schedulers, the extension host and the executor) good for its compose name, localhost
+# nodes, the api, both schedulers, the extension host and both executors) good for its compose name, localhost
 # and 127.0.0.1. Run once; it never overwrites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 goferd=${GOFERD:-target/release/goferd}
 dir=${1:-deploy/certs}
 "$goferd" certs init --dir "$dir"
-for name in node1 node2 node3 api scheduler-a scheduler-b extension-host executor; do
+for name in node1 node2 node3 api scheduler-a scheduler-b extension-host executor executor-b; do
   "$goferd" certs issue "$name" --dir "$dir" --san "$name" --san localhost --san 127.0.0.1
 done
 # The containers run as root but the files are read through a bind mount: keep them readable, all but the

@@ -7,6 +7,7 @@ mod certs;
 mod chaos;
 mod cluster;
 mod deploy;
+mod dispatch_chaos;
 mod extensions;
 mod runs;
 mod triggers;
