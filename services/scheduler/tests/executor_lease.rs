@@ -261,3 +261,115 @@ async fn a_heartbeating_executor_keeps_its_attempt_past_many_lease_periods() {
     e1.finish(start.key.as_ref().unwrap(), v1::AttemptOutcome::Exited, Some(0));
     shutdown.cancel();
 }
+
+impl FakeExecutor {
+    /// The next FinishedAck it receives.
+    async fn next_ack(&mut self) -> v1::AttemptKey {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), self.inbound.message())
+                .await
+                .expect("an ack within 20 s")
+                .expect("the stream is healthy")
+                .expect("the stream is open");
+            if let Some(dispatch_response::Kind::FinishedAck(ack)) = message.kind {
+                return ack.key.expect("an acked key");
+            }
+        }
+    }
+}
+
+async fn start_run(state: &StateHandle) -> u64 {
+    let applied = state
+        .propose(Command::StartRun {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            request_id: String::new(),
+            at: gofer_proto::now_millis(),
+        })
+        .await
+        .unwrap();
+    match applied {
+        gofer_domain::Applied::Run(run) => run,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_start_lost_with_its_stream_is_sent_again_on_the_next_for_the_same_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let (state, mut client) = cluster(dir.path(), &shutdown).await;
+    let (e1, _) = FakeExecutor::connect(&mut client, "e1").await;
+    let run = start_run(&state).await;
+    // The assignment is committed; the stream that carried (or would carry) its Start breaks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while task_a(&state, run).assignment.is_none() {
+        assert!(std::time::Instant::now() < deadline, "never assigned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(e1);
+    let (mut again, welcome) = FakeExecutor::connect(&mut client, "e1").await;
+    assert_eq!(
+        welcome.live_attempts.len(),
+        1,
+        "the attempt is live: the executor adopts, not starts anew"
+    );
+    let start = again.next_start().await;
+    assert_eq!(
+        start.key.as_ref().map(|k| (k.run_id, k.attempt)),
+        Some((run, 1)),
+        "the same attempt"
+    );
+    again.finish(start.key.as_ref().unwrap(), v1::AttemptOutcome::Exited, Some(0));
+    again.next_ack().await;
+    let task = task_a(&state, run);
+    assert_eq!(
+        (task.state, task.attempt, task.attempts.len()),
+        (TaskState::Succeeded, 1, 1)
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_final_report_whose_ack_was_lost_is_acknowledged_again_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let (state, mut client) = cluster(dir.path(), &shutdown).await;
+    let (mut e1, _) = FakeExecutor::connect(&mut client, "e1").await;
+    let run = start_run(&state).await;
+    let start = e1.next_start().await;
+    let key = start.key.clone().unwrap();
+    e1.finish(&key, v1::AttemptOutcome::Exited, Some(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while task_a(&state, run).state != TaskState::Succeeded {
+        assert!(std::time::Instant::now() < deadline, "the report was never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The ack is lost with the stream; the executor, still holding the report, sends it again.
+    drop(e1);
+    let (mut again, welcome) = FakeExecutor::connect(&mut client, "e1").await;
+    assert!(welcome.live_attempts.is_empty(), "the attempt ended: nothing to adopt");
+    again.finish(&key, v1::AttemptOutcome::Exited, Some(0));
+    assert_eq!(
+        again.next_ack().await,
+        key,
+        "acknowledged again, so the executor removes its container"
+    );
+    let task = task_a(&state, run);
+    assert_eq!(
+        (task.state, task.attempt, task.attempts.len()),
+        (TaskState::Succeeded, 1, 1)
+    );
+    assert_eq!(
+        state.read(|s| s.run("default", "p", run).unwrap().0.state),
+        RunState::Succeeded
+    );
+    shutdown.cancel();
+}
+
+impl Drop for FakeExecutor {
+    fn drop(&mut self) {
+        // Its heartbeats stop too, so that its stream ends as a gone executor's does.
+        self.beating.cancel();
+    }
+}
