@@ -183,7 +183,7 @@ fn dispatch_chaos(deployment: &Deployment) -> Result<()> {
     ensure!(twice.is_empty(), "attempts whose container started twice: {twice:?}");
 
     // Every attempt after the first records why the one before it did not do.
-    let (mut second_attempts, mut lost) = (0, 0);
+    let (mut second_attempts, mut lost, mut late) = (0, 0, 0);
     for task in &tasks {
         let attempts: Vec<Value> = task["attempts"].as_array().cloned().unwrap_or_default();
         for pair in attempts.windows(2) {
@@ -196,6 +196,7 @@ fn dispatch_chaos(deployment: &Deployment) -> Result<()> {
             );
         }
         lost += attempts.iter().filter(|a| a["state"] == "LOST").count();
+        late += attempts.iter().filter(|a| a["late_report"] != "").count();
         let last = task["attempt"].as_u64().unwrap_or(0);
         ensure!(
             attempts.iter().filter_map(|a| a["attempt"].as_u64()).eq(1..=last),
@@ -206,7 +207,8 @@ fn dispatch_chaos(deployment: &Deployment) -> Result<()> {
     eprintln!(
         "dispatch chaos: {attempted} runs started, {} acknowledged, all ended ({succeeded} succeeded), \
          {faults} faults injected, {} container starts, 0 attempts started twice, {second_attempts} retries \
-         ({lost} attempts LOST), 0 request ids with two runs",
+         ({lost} attempts LOST, {late} of them reported by their executor on its return), 0 request ids \
+         with two runs",
         acked.len(),
         starts.values().sum::<usize>()
     );

@@ -273,7 +273,6 @@ pub fn attempt_key(target: &AttemptRef, attempt: u32) -> v1::AttemptKey {
     }
 }
 
-/// The domain reference and attempt number of a wire key.
 /// An attempt key as one string, `namespace/pipeline/run/task/attempt`: a container label value and a map key.
 pub fn attempt_key_text(key: &v1::AttemptKey) -> String {
     format!(
@@ -282,6 +281,20 @@ pub fn attempt_key_text(key: &v1::AttemptKey) -> String {
     )
 }
 
+/// Reads [`attempt_key_text`]'s form back; `None` if `text` is not one.
+pub fn parse_attempt_key_text(text: &str) -> Option<v1::AttemptKey> {
+    let mut parts = text.split('/');
+    let key = v1::AttemptKey {
+        namespace_id: parts.next()?.to_string(),
+        pipeline_id: parts.next()?.to_string(),
+        run_id: parts.next()?.parse().ok()?,
+        task_id: parts.next()?.to_string(),
+        attempt: parts.next()?.parse().ok()?,
+    };
+    parts.next().is_none().then_some(key)
+}
+
+/// The domain reference and attempt number of a wire key.
 pub fn attempt_ref(key: &v1::AttemptKey) -> (AttemptRef, u32) {
     (
         AttemptRef {
@@ -292,4 +305,24 @@ pub fn attempt_ref(key: &v1::AttemptKey) -> (AttemptRef, u32) {
         },
         key.attempt,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_key_reads_back_from_its_text() {
+        let key = v1::AttemptKey {
+            namespace_id: "ns".into(),
+            pipeline_id: "p-1".into(),
+            run_id: 42,
+            task_id: "build_x".into(),
+            attempt: 3,
+        };
+        assert_eq!(parse_attempt_key_text(&attempt_key_text(&key)), Some(key));
+        for bad in ["", "a/b/c/d", "a/b/x/d/1", "a/b/1/d/1/extra", "a/b/1/d/-1"] {
+            assert_eq!(parse_attempt_key_text(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -279,6 +279,22 @@ impl Executor {
                 tracing::info!(container = %id, attempt = %key, "removing a container no live attempt owns");
                 if let Err(err) = docker.remove(&id).await {
                     tracing::warn!(%err, container = %id, "could not remove an orphaned container");
+                    continue;
+                }
+                // Said to the scheduler, which keeps it on the attempt if it was declared LOST while this
+                // executor was away (and drops it otherwise).
+                if let Some(key) = gofer_proto::parse_attempt_key_text(&key) {
+                    let reason = format!(
+                        "executor {} removed its container on starting: the attempt was no longer live",
+                        self.id
+                    );
+                    self.report(dispatch_request::Kind::Finished(v1::AttemptFinished {
+                        key: Some(key),
+                        outcome: v1::AttemptOutcome::Stopped as i32,
+                        exit_code: None,
+                        reason,
+                        ended_unix_millis: gofer_proto::now_millis(),
+                    }));
                 }
             }
         }

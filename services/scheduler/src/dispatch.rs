@@ -47,6 +47,8 @@ impl DispatchHandler {
 /// One executor report waiting to be committed, and where its outcome goes.
 struct Report {
     command: Command,
+    /// What the executor said with it, kept on a LOST attempt if the report comes late.
+    detail: String,
     /// The key to acknowledge once the report is committed (final reports only).
     ack: Option<v1::AttemptKey>,
     acks: mpsc::UnboundedSender<Result<v1::DispatchResponse, Status>>,
@@ -91,7 +93,7 @@ async fn commit_reports(scheduler: Scheduler, mut queue: mpsc::UnboundedReceiver
         for (report, result) in reports.into_iter().zip(results) {
             if let Err(err) = &result {
                 tracing::debug!(%err, "stale executor report dropped");
-                late.extend(late_report(&report.command));
+                late.extend(late_report(&report.command, &report.detail));
             }
             if let Some(key) = report.ack {
                 let kind = v1::dispatch_response::Kind::FinishedAck(v1::FinishedAck { key: Some(key) });
@@ -109,7 +111,7 @@ async fn commit_reports(scheduler: Scheduler, mut queue: mpsc::UnboundedReceiver
 /// A final report of an attempt that is no longer live, as a record for the attempt in case it was
 /// declared LOST: the executor came back and says how it ended (usually that it stopped the container).
 /// Apply refuses it for an attempt that was not LOST.
-fn late_report(command: &Command) -> Option<Command> {
+fn late_report(command: &Command, detail: &str) -> Option<Command> {
     let Command::AttemptFinished {
         target,
         attempt,
@@ -125,6 +127,7 @@ fn late_report(command: &Command) -> Option<Command> {
         AttemptOutcome::Error(reason) | AttemptOutcome::Lost(reason) => {
             format!("its executor reported an error: {reason}")
         }
+        AttemptOutcome::Stopped if !detail.is_empty() => format!("its executor reported it stopped: {detail}"),
         AttemptOutcome::Stopped => "its executor reported it stopped".to_string(),
     };
     Some(Command::AttemptReportedLate {
@@ -226,6 +229,7 @@ impl DispatchService for DispatchHandler {
             } {
                 heard.store(gofer_proto::now_millis(), std::sync::atomic::Ordering::Relaxed);
                 let mut ack = None;
+                let mut detail = String::new();
                 let command = match message {
                     Ok(v1::DispatchRequest {
                         kind: Some(dispatch_request::Kind::Started(started)),
@@ -243,6 +247,7 @@ impl DispatchService for DispatchHandler {
                     }) => {
                         let Some(key) = finished.key.as_ref() else { continue };
                         ack = Some(key.clone());
+                        detail = finished.reason.clone();
                         let (target, attempt) = attempt_ref(key);
                         let log_node = this
                             .stored_on
@@ -265,6 +270,7 @@ impl DispatchService for DispatchHandler {
                 };
                 let report = Report {
                     command,
+                    detail,
                     ack,
                     acks: acks.clone(),
                     refused: refused.clone(),
