@@ -95,8 +95,6 @@ impl Pki {
 pub struct GoferCluster {
     pub members: Vec<Member>,
     pub configs: BTreeMap<u64, ClientConfig>,
-    /// The nodes' raft addresses, for processes that follow the state from elsewhere.
-    pub raft_addresses: Vec<String>,
 }
 
 impl GoferCluster {
@@ -157,15 +155,7 @@ impl GoferCluster {
                 },
             );
         }
-        let raft_addresses = bootstrap
-            .iter()
-            .filter_map(|pair| pair.split_once('=').map(|(_, address)| address.to_string()))
-            .collect();
-        Ok(GoferCluster {
-            members,
-            configs,
-            raft_addresses,
-        })
+        Ok(GoferCluster { members, configs })
     }
 
     pub async fn client(&self, id: u64) -> Result<Api> {

@@ -140,8 +140,6 @@ async fn measure(args: &Args, bins: &Path, dir: &Path, nodes: u64) -> Result<Fig
                 "benchmark-noop".into(),
                 "--schedulers".into(),
                 schedulers.join(","),
-                "--state-nodes".into(),
-                cluster.raft_addresses.join(","),
                 "--ca".into(),
                 pki.file("ca.pem"),
                 "--cert".into(),

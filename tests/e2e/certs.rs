@@ -98,5 +98,39 @@ fn server_settings_are_refused_at_once_naming_the_field() -> Result<()> {
         assert!(stderr.contains(field), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    // `goferd executor` is the executor role alone: it needs the schedulers, not the state nodes.
+    let executor = |args: &[&str]| {
+        std::process::Command::new("timeout")
+            .arg("3")
+            .arg(&goferd)
+            .arg("executor")
+            .args(&common)
+            .args(["--name=x", "--schedulers=https://127.0.0.1:1"])
+            .args(args)
+            .output()
+    };
+    for (args, field) in [
+        (&["--executor-backend=podman"][..], "executor_backend"),
+        (&["--executor-label=no-equals-sign"][..], "executor_labels"),
+        (&["--executor-label=Bad Key=v"][..], "executor_labels"),
+    ] {
+        let output = executor(args)?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(field), "{args:?}: {stderr}");
+    }
+    let output = executor(&[
+        "--executor-backend=benchmark-noop",
+        "--executor-capacity=4",
+        "--executor-label=zone=a",
+    ])?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(124),
+        "it keeps running: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("goferd server x is up"), "{stdout}");
     Ok(())
 }

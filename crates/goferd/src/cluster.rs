@@ -358,6 +358,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             logs: LogStore::new(data_dir.join("logs")),
             raft: Some((raft_listener, raft_tls)),
         }
+    } else if !roles.serves() {
+        // An executor alone talks to the schedulers only; it needs no view of the state.
+        StateSetup::None
     } else {
         if state_nodes.is_empty() {
             bail!("state_nodes is required without the state role: the raft addresses of the state nodes");

@@ -29,8 +29,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run one node of a cluster (state, api, scheduler, extension host and an executor)
     Server(cluster::ServerArgs),
-    /// Run an executor on its own: `goferd server` with the executor role alone (the same flags; name
-    /// --schedulers and --state-nodes)
+    /// Run an executor on its own: `goferd server` with the executor role alone (the same flags; it needs
+    /// --schedulers, not the state nodes)
     Executor(cluster::ServerArgs),
     /// Make a cluster CA and the node and client certificates it signs
     #[command(subcommand)]

@@ -60,6 +60,8 @@ pub enum StateSetup {
     },
     /// State nodes elsewhere, followed over mutual TLS.
     Remote(RemoteState),
+    /// No state: a process that only executes, and talks to the schedulers alone.
+    None,
 }
 
 /// What a process needs to start its roles.
@@ -177,7 +179,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut single_node = false;
-    let (handle, local, logs): (StateHandle, _, _) = match state {
+    let (handle, local, logs): (Option<StateHandle>, _, _) = match state {
         StateSetup::Local { node, logs, raft } => {
             single_node = raft.is_none();
             if let Some((listener, tls)) = raft {
@@ -203,9 +205,10 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             if single_node {
                 init.await.context("initializing the node")?;
             }
-            (handle, Some(node), Some(logs))
+            (Some(handle), Some(node), Some(logs))
         }
-        StateSetup::Remote(remote) => (StateHandle::from(remote), None, None),
+        StateSetup::Remote(remote) => (Some(StateHandle::from(remote)), None, None),
+        StateSetup::None => (None, None, None),
     };
     // Each start is a new lease holder: a restarted process waits for its old lease to lapse (or finds it
     // released) rather than acting in an epoch its previous life may still be acting in.
@@ -217,6 +220,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
     if roles.serves() {
         let api_listener =
             api_listener.context("an API port is needed for the api, scheduler and extension-host roles")?;
+        let handle = handle.context("the api, scheduler and extension-host roles need the state")?;
         // Clients on this machine (the executor, extensions) dial loopback when the port listens on every
         // address.
         let mut addr = api_listener.local_addr()?;
