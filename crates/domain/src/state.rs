@@ -1035,6 +1035,8 @@ fn finish_attempt(run: &mut Run, config: &PipelineConfig, index: usize, outcome:
             (TaskState::Cancelled, AttemptState::Cancelled, reason, None)
         }
     };
+    // Reasons come from executors: kept to a bound, as everything in the log is.
+    let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
     let allowed_retries = if attempt_state == AttemptState::Lost {
         spec.retries.max(1)
     } else {
@@ -1124,6 +1126,9 @@ fn settle(run: &mut Run, config: &PipelineConfig, at: i64) {
         run.state = RunState::Succeeded;
     }
 }
+
+/// The longest reason an attempt keeps, in characters.
+const MAX_REASON_CHARS: usize = 4096;
 
 /// The most commands one Batch may hold.
 pub const MAX_BATCH: usize = 4096;

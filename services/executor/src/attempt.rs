@@ -103,6 +103,14 @@ pub(crate) async fn run(
         return report_error(format!("the attempt ran but its logs could not be stored: {err}"));
     }
     let fenced = executor.fenced.lock().expect("fenced lock").remove(key_text);
+    if let (Err(err), false) = (&code, stopped) {
+        // Waiting failed, so the container may still run: it is stopped before the attempt is reported
+        // failed, so that a retry never runs beside it.
+        tracing::warn!(attempt = %key_text, %err, "could not wait for the container; stopping it");
+        if let Err(err) = docker.stop(&container).await {
+            tracing::warn!(%err, "could not stop a container that could not be waited for");
+        }
+    }
     let kind = match (code, stopped) {
         (_, true) if fenced => finished(
             &key,

@@ -136,17 +136,27 @@ impl Executor {
             .into_inner();
         *self.outbound.lock().expect("outbound lock") = Some(tx.clone());
         // The heartbeat keeps this executor's lease; a scheduler that stops hearing it for the lease's
-        // length declares it lost and its attempts go elsewhere.
-        let mut heartbeat = tokio::time::interval(std::time::Duration::from_secs(1));
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // length declares it lost and its attempts go elsewhere. It beats from its own task, so that slow
+        // Docker calls while handling a message never silence it.
+        let beating = CancellationToken::new();
+        let _stop_beating = beating.clone().drop_guard();
+        tokio::spawn(async move {
+            let mut heartbeat = tokio::time::interval(std::time::Duration::from_secs(1));
+            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = beating.cancelled() => return,
+                    _ = heartbeat.tick() => {}
+                }
+                let beat = dispatch_request::Kind::Heartbeat(v1::Heartbeat {});
+                if tx.send(v1::DispatchRequest { kind: Some(beat) }).is_err() {
+                    return;
+                }
+            }
+        });
         let result = loop {
             let message = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                _ = heartbeat.tick() => {
-                    let beat = dispatch_request::Kind::Heartbeat(v1::Heartbeat {});
-                    let _ = tx.send(v1::DispatchRequest { kind: Some(beat) });
-                    continue;
-                }
                 message = inbound.next() => message,
             };
             match message {
@@ -207,6 +217,7 @@ impl Executor {
                 let task = tokio::spawn(async move {
                     crate::attempt::run(&this, &task_key, start, stop).await;
                     this.active.lock().expect("active lock").remove(&task_key);
+                    this.fenced.lock().expect("fenced lock").remove(&task_key);
                 });
                 if let Some(active) = self.active.lock().expect("active lock").get_mut(&key) {
                     active.task = Some(task.abort_handle());

@@ -191,14 +191,19 @@ impl DispatchService for DispatchHandler {
             Err(err) => return Err(internal("registering the executor", &err, true)),
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (cluster_id, live) = self.scheduler.state.read(|s| {
-            let live = live_attempts(s)
+        // Linearizable: a scheduler following remote state nodes must not welcome with a stale live list,
+        // which would make the executor stop an attempt that is live.
+        let read = self.scheduler.state.read_linearizable(|s| {
+            let live: Vec<v1::AttemptKey> = live_attempts(s)
                 .into_iter()
                 .filter(|a| a.executor == executor)
                 .map(|a| gofer_proto::attempt_key(&a.target, a.attempt))
                 .collect();
             (s.cluster_id.clone(), live)
         });
+        let (cluster_id, live) = read
+            .await
+            .map_err(|e| internal("reading the live attempts", &e, true))?;
         // The welcome goes first, before the scheduler can queue any Start on this stream.
         let welcome = v1::Welcome {
             cluster_id,
@@ -239,7 +244,7 @@ impl DispatchService for DispatchHandler {
                         Command::AttemptStarted {
                             target,
                             attempt,
-                            at: started.started_unix_millis,
+                            at: started.started_unix_millis.min(gofer_proto::now_millis()),
                         }
                     }
                     Ok(v1::DispatchRequest {
@@ -259,7 +264,8 @@ impl DispatchService for DispatchHandler {
                             attempt,
                             outcome: outcome(&finished),
                             log_node: log_node.unwrap_or(0),
-                            at: finished.ended_unix_millis,
+                            // An executor's clock ahead of this one must not push a retry's backoff out.
+                            at: finished.ended_unix_millis.min(gofer_proto::now_millis()),
                         }
                     }
                     Ok(_) => continue,

@@ -92,6 +92,9 @@ impl Scheduler {
                     if lease.borrow_and_update().is_none() {
                         // Standing by: the executors go and find the scheduler that holds the lease.
                         self.executors.lock().expect("executors lock").clear();
+                        // Taking the lease back, even in the same epoch, starts a new grace period:
+                        // the executors need a whole lease to find this scheduler again.
+                        *self.acting_since.lock().expect("acting_since lock") = None;
                     }
                 }
                 () = self.wake.notified() => {}
@@ -210,7 +213,12 @@ impl Scheduler {
                 at: now,
             };
             match self.lease.propose(command).await {
-                Ok(_) => tracing::warn!(%executor, "executor lost: its lease ran out; its attempts are LOST"),
+                Ok(_) => {
+                    tracing::warn!(%executor, "executor lost: its lease ran out; its attempts are LOST");
+                    // Should its stream still be open, it ends: the executor reconnects, and the welcome,
+                    // which no longer lists its LOST attempts, makes it stop them.
+                    self.executors.lock().expect("executors lock").remove(&executor);
+                }
                 Err(err) => tracing::debug!(%err, %executor, "could not declare an executor lost"),
             }
         }
