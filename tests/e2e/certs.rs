@@ -134,3 +134,126 @@ fn server_settings_are_refused_at_once_naming_the_field() -> Result<()> {
     assert!(stdout.contains("goferd server x is up"), "{stdout}");
     Ok(())
 }
+
+/// A child process killed when dropped, also when the test fails.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[test]
+fn an_executor_elsewhere_is_admitted_by_its_certificate_and_only_under_its_own_name() -> Result<()> {
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    for args in [
+        &["init"][..],
+        &["issue", "node1"],
+        &["issue", "exec1"],
+        &["issue", "exec2"],
+    ] {
+        assert!(certs_in(&certs, args)?.status.success(), "goferd certs {args:?}");
+    }
+    let path = |name: &str| certs.join(name).display().to_string();
+    let bin = bin_dir()?;
+    let (api, raft) = (free_port()?, free_port()?);
+    // One node with the state, api and scheduler roles, and no executor of its own.
+    let _node = Process(
+        std::process::Command::new(bin.join("goferd"))
+            .arg("server")
+            .args(["--node-id=1", "--roles=state,api,scheduler"])
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--api-listen=127.0.0.1:{api}"))
+            .arg(format!("--raft-listen=127.0.0.1:{raft}"))
+            .arg(format!("--bootstrap=1=https://127.0.0.1:{raft}"))
+            .args([
+                format!("--ca={}", path("ca.pem")),
+                format!("--cert={}", path("node1.pem")),
+            ])
+            .args([
+                format!("--key={}", path("node1.key")),
+                format!("--admin-token-file={}", path("admin.token")),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let token = std::fs::read_to_string(certs.join("admin.token"))?.trim().to_string();
+    let config = dir.path().join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "host = \"https://127.0.0.1:{api}\"\ntoken = \"{token}\"\nca_cert = \"{}\"\nnamespace = \"default\"\n",
+            path("ca.pem")
+        ),
+    )?;
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(bin.join("goferctl"))
+            .env("GOFER_CONFIG", &config)
+            .args(args)
+            .output()
+    };
+    let pipeline = dir.path().join("p.json");
+    std::fs::write(
+        &pipeline,
+        r#"{"id": "p", "tasks": [{"id": "a", "image": "none/needed:1"}]}"#,
+    )?;
+    gofer_testkit::wait_until("the node to take a pipeline", Duration::from_secs(60), || {
+        Ok(ctl(&["pipeline", "register", pipeline.to_str().unwrap_or_default()])?
+            .status
+            .success()
+            .then_some(()))
+    })?;
+    assert!(ctl(&["run", "start", "p"])?.status.success());
+    // An executor without the admin token, on the benchmark backend, with `cert` as its certificate.
+    let executor = |name: &str, cert: &str, log: &std::path::Path| -> Result<Process> {
+        Ok(Process(
+            std::process::Command::new(bin.join("goferd"))
+                .arg("executor")
+                .args([
+                    format!("--name={name}"),
+                    format!("--schedulers=https://localhost:{api}"),
+                ])
+                .args([
+                    "--executor-backend=benchmark-noop".to_string(),
+                    format!("--ca={}", path("ca.pem")),
+                ])
+                .args([
+                    format!("--cert={}", path(&format!("{cert}.pem"))),
+                    format!("--key={}", path(&format!("{cert}.key"))),
+                ])
+                .env("GOFER_LOG", "info")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(log)?)
+                .spawn()?,
+        ))
+    };
+    // exec2's certificate under exec1's name is refused, and the run waits.
+    let impostor_log = dir.path().join("impostor.log");
+    let impostor = executor("exec1", "exec2", &impostor_log)?;
+    gofer_testkit::wait_until("the impostor to be refused", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&impostor_log)?;
+        Ok(log.contains("not issued for executor").then_some(()))
+    })?;
+    let run = String::from_utf8_lossy(&ctl(&["run", "get", "p", "1", "-o", "json"])?.stdout).to_string();
+    assert!(run.contains("\"PENDING\""), "{run}");
+    drop(impostor);
+    // exec1 with its own certificate is admitted and runs it.
+    let _exec1 = executor("exec1", "exec1", &dir.path().join("exec1.log"))?;
+    gofer_testkit::wait_until("the run to succeed", Duration::from_secs(30), || {
+        let run = String::from_utf8_lossy(&ctl(&["run", "get", "p", "1", "-o", "json"])?.stdout).to_string();
+        Ok(run.contains("\"SUCCEEDED\"").then_some(()))
+    })?;
+    let tasks: serde_json::Value = serde_json::from_slice(&ctl(&["task", "list", "p", "1", "-o", "json"])?.stdout)?;
+    assert_eq!(tasks[0]["executor"], "exec1", "{tasks}");
+    Ok(())
+}

@@ -245,10 +245,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .key
         .or(file.key)
         .context("key is required (this process's private key)")?;
-    let token_file = args
-        .admin_token_file
-        .or(file.admin_token_file)
-        .context("admin_token_file is required")?;
+    let token_file = args.admin_token_file.or(file.admin_token_file);
+    // An executor alone presents its certificate to the schedulers; everything else checks tokens.
+    if token_file.is_none() && (state_role || roles.serves()) {
+        bail!("admin_token_file is required");
+    }
     let state_nodes = flag_or_file(args.state_nodes, file.state_nodes);
     check_addresses("state_nodes", &state_nodes)?;
     let schedulers = flag_or_file(args.schedulers, file.schedulers);
@@ -272,13 +273,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let ca_pem = read(&ca, "CA certificate")?;
     let (cert_pem, key_pem) = (read(&cert, "certificate")?, read(&key, "key")?);
-    let token = read(&token_file, "admin token file")?.trim().to_string();
-    if token.len() < 16 {
-        bail!(
-            "the admin token in {} must be at least 16 characters",
-            token_file.display()
-        );
-    }
+    let token = match &token_file {
+        Some(token_file) => {
+            let token = read(token_file, "admin token file")?.trim().to_string();
+            if token.len() < 16 {
+                bail!(
+                    "the admin token in {} must be at least 16 characters",
+                    token_file.display()
+                );
+            }
+            Some(token)
+        }
+        None => None,
+    };
     let docker = if (roles.executor && !benchmark_backend) || roles.extension_host {
         Some(
             gofer_executor::DockerBackend::connect()
@@ -371,17 +378,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .context("following the state nodes")?;
         StateSetup::Remote(remote)
     };
-    // Schedulers accept their executors with a token: the in-process executor's is minted per start; an
-    // executor elsewhere presents the admin token.
+    // Schedulers accept the in-process executor with a token minted per start; an executor elsewhere
+    // presents its certificate (mutual TLS), which must name it, and no token.
     let executor_token = if schedulers.is_empty() {
         crate::dev::random_hex(32)?
     } else {
-        token.clone()
+        String::new()
     };
-    let auth = TokenAuth::new(vec![
-        (hash_token(&token), Principal::Admin),
-        (hash_token(&executor_token), Principal::Executor),
-    ]);
+    let mut tokens = Vec::new();
+    if let Some(token) = &token {
+        tokens.push((hash_token(token), Principal::Admin));
+    }
+    if !executor_token.is_empty() {
+        tokens.push((hash_token(&executor_token), Principal::Executor));
+    }
+    let auth = TokenAuth::new(tokens);
     let node = crate::node::start(crate::node::NodeSetup {
         state,
         roles,

@@ -280,8 +280,9 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         };
         server = Some(tracker.spawn(crate::server::serve(
             api_listener,
-            identity,
+            identity.clone(),
             auth.clone(),
+            Some(Certificate::from_pem(&ca_pem)),
             services,
             shutdown.clone(),
         )));
@@ -307,6 +308,8 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
                     .connect_lazy(),
             ]
         } else {
+            // Schedulers elsewhere: the executor presents this process's certificate, which must name it.
+            let tls = tls.identity(identity.clone());
             schedulers
                 .iter()
                 .map(|address| -> anyhow::Result<_> {

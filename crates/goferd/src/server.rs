@@ -1,5 +1,7 @@
 //! Serving a node's gRPC services on one TLS listener: the public API, the executors' dispatch service,
-//! health and reflection. Every service but health needs a bearer token.
+//! health and reflection. Every service but health needs a bearer token, except that an executor may
+//! present a client certificate from the cluster CA instead (verified in the handshake; the dispatch
+//! handler checks that it names the executor).
 
 use anyhow::Context;
 use gofer_api::{ApiService, Principal, TokenAuth};
@@ -9,7 +11,7 @@ use gofer_proto::v1::{dispatch_service_server::DispatchServiceServer, gofer_serv
 use gofer_scheduler::DispatchHandler;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Largest message a node accepts: a 200-task pipeline with big envs fits with room to spare.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -26,6 +28,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     identity: Identity,
     auth: TokenAuth,
+    client_ca: Option<Certificate>,
     services: Services,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -59,15 +62,27 @@ pub async fn serve(
         InterceptedService::new(ExtensionServiceServer::new(extension), check(auth.clone(), extensions))
     });
     let dispatch = services.dispatch.map(|dispatch| {
+        let auth = auth.clone();
+        let certified_or_token = move |request: tonic::Request<()>| {
+            if request.peer_certs().is_some_and(|certs| !certs.is_empty()) {
+                return Ok(request);
+            }
+            auth.check(request, executors)
+        };
         InterceptedService::new(
             DispatchServiceServer::new(dispatch)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            check(auth.clone(), executors),
+            certified_or_token,
         )
     });
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = client_ca {
+        // Clients may present a certificate (executors do); those without one still get in with a token.
+        tls = tls.client_ca_root(ca).client_auth_optional(true);
+    }
     Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(identity))
+        .tls_config(tls)
         .context("configuring TLS")?
         .add_service(health)
         .add_service(InterceptedService::new(reflection_v1, check(auth.clone(), admin)))

@@ -178,3 +178,34 @@ mod tests {
         );
     }
 }
+
+/// Whether the DER certificate `der` names `name` (a DNS name among its subject alternative names). Used on
+/// a client certificate the TLS handshake already verified against the cluster CA, to check that a process
+/// claims only its own name.
+pub fn certificate_names(der: &[u8], name: &str) -> bool {
+    let der = rustls_pki_types::CertificateDer::from(der);
+    let Ok(cert) = webpki::EndEntityCert::try_from(&der) else {
+        return false;
+    };
+    let Ok(name) = rustls_pki_types::ServerName::try_from(name) else {
+        return false;
+    };
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+#[cfg(test)]
+mod names_tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_names_only_what_it_was_issued_for() {
+        let ca = Ca::generate("test CA").unwrap();
+        let issued = ca
+            .issue("exec1", &["exec1".to_string(), "localhost".to_string()])
+            .unwrap();
+        assert!(certificate_names(&issued.cert_der, "exec1"));
+        assert!(!certificate_names(&issued.cert_der, "exec2"));
+        assert!(!certificate_names(b"not a certificate", "exec1"));
+        assert!(!certificate_names(&issued.cert_der, "bad name!"));
+    }
+}

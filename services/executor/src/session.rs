@@ -22,7 +22,10 @@ pub(crate) struct Bearer(MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+        // An executor that presents a client certificate has no token to add.
+        if self.0.as_encoded_bytes() != b"Bearer " {
+            request.metadata_mut().insert("authorization", self.0.clone());
+        }
         Ok(request)
     }
 }

@@ -146,6 +146,8 @@ impl DispatchService for DispatchHandler {
         &self,
         request: Request<Streaming<v1::DispatchRequest>>,
     ) -> Result<Response<Self::DispatchStream>, Status> {
+        // The client certificate, when the executor presented one (verified against the cluster CA).
+        let certificate = request.peer_certs().and_then(|certs| certs.first().map(|c| c.to_vec()));
         let mut inbound = request.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(v1::DispatchRequest {
@@ -160,6 +162,14 @@ impl DispatchService for DispatchHandler {
             }
         };
         gofer_domain::validate_id("hello.executor_id", &hello.executor_id).map_err(into_status)?;
+        if let Some(der) = &certificate
+            && !gofer_tls::certificate_names(der, &hello.executor_id)
+        {
+            return Err(Status::permission_denied(format!(
+                "hello.executor_id: the client certificate is not issued for executor {:?}",
+                hello.executor_id
+            )));
+        }
         let executor = hello.executor_id;
         let info = ExecutorInfo {
             id: executor.clone(),
