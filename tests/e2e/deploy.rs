@@ -242,6 +242,27 @@ fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_
         matches!(task["executor"].as_str(), Some("executor" | "executor-b")),
         "{task}"
     );
+    // executor-b names only the state nodes, which run no scheduler: they point it at the active one,
+    // whose address the lease records; both executors hold live leases.
+    let status = wait_until("both executors to be registered", Duration::from_secs(60), || {
+        let status = deployment.json(API, &["cluster", "status"])?;
+        let alive: Vec<String> = status["executors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["lost_unix_millis"] == 0)
+            .filter_map(|e| e["id"].as_str().map(str::to_string))
+            .collect();
+        Ok((alive == ["executor", "executor-b"]).then_some(status))
+    })?;
+    let lease = status["leases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["role"] == "scheduler")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(lease["address"], format!("https://{active}:7443"), "{lease}");
     assert_eq!(task["scheduler_epoch"].as_u64(), Some(epoch), "{task}");
     assert!(
         task["scheduler"]

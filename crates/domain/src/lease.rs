@@ -49,6 +49,10 @@ pub struct Lease {
     /// Fenced commands this holder had applied in this epoch.
     #[serde(default)]
     pub commands: u64,
+    /// Where the holder can be reached (a scheduler's dispatch address), so that others can point there;
+    /// empty if it did not say.
+    #[serde(default)]
+    pub address: String,
 }
 
 /// Every role's lease.
@@ -91,10 +95,21 @@ impl Leases {
                     granted_at: at,
                     expires_at,
                     commands: 0,
+                    address: String::new(),
                 };
                 self.roles.insert(role, lease.clone());
                 Ok(lease)
             }
+        }
+    }
+
+    /// Records where the current holder of `role` can be reached, if `holder` is it.
+    pub(crate) fn advertise(&mut self, role: Role, holder: &str, address: &str) {
+        if let Some(lease) = self.roles.get_mut(&role)
+            && lease.holder == holder
+            && !address.is_empty()
+        {
+            lease.address = address.chars().take(256).collect();
         }
     }
 

@@ -463,6 +463,9 @@ pub enum Command {
         role: Role,
         holder: String,
         ttl_millis: u64,
+        /// Where the holder can be reached, recorded on the lease; empty to say nothing.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        address: String,
         at: i64,
     },
     /// Ends `holder`'s lease early, so a standby takes over without waiting for it to expire.
@@ -843,8 +846,19 @@ impl State {
                 role,
                 holder,
                 ttl_millis,
+                address,
                 at,
-            } => self.leases.acquire(*role, holder, *ttl_millis, *at).map(Applied::Lease),
+            } => {
+                let mut lease = self.leases.acquire(*role, holder, *ttl_millis, *at)?;
+                self.leases.advertise(*role, holder, address);
+                lease.address = self
+                    .leases
+                    .roles
+                    .get(role)
+                    .map(|l| l.address.clone())
+                    .unwrap_or_default();
+                Ok(Applied::Lease(lease))
+            }
             Command::ReleaseLease {
                 role,
                 holder,

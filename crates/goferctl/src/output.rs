@@ -450,13 +450,24 @@ pub fn cluster_status(s: &v1::GetClusterStatusResponse) -> Value {
         .map(|l| {
             json!({
                 "role": l.role, "holder": l.holder, "epoch": l.epoch,
-                "expires_unix_millis": l.expires_unix_millis, "commands": l.commands,
+                "expires_unix_millis": l.expires_unix_millis, "commands": l.commands, "address": l.address,
+            })
+        })
+        .collect();
+    let executors: Vec<Value> = s
+        .executors
+        .iter()
+        .map(|e| {
+            json!({
+                "id": e.id, "capacity": e.capacity, "labels": e.labels,
+                "expires_unix_millis": e.expires_unix_millis, "lost_unix_millis": e.lost_unix_millis,
+                "live_attempts": e.live_attempts,
             })
         })
         .collect();
     json!({
         "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term, "last_log_index": s.last_log_index,
-        "applied_index": s.applied_index, "nodes": nodes, "cluster_id": s.cluster_id, "leases": leases,
+        "applied_index": s.applied_index, "nodes": nodes, "cluster_id": s.cluster_id, "leases": leases, "executors": executors,
         "state_digest": s.state_digest,
     })
 }
@@ -501,7 +512,7 @@ pub fn describe_cluster(s: &v1::GetClusterStatusResponse) {
     if !s.leases.is_empty() {
         say!();
         print_table(
-            &["ROLE", "HOLDER", "EPOCH", "COMMANDS"],
+            &["ROLE", "HOLDER", "EPOCH", "COMMANDS", "ADDRESS"],
             s.leases
                 .iter()
                 .map(|l| {
@@ -510,6 +521,38 @@ pub fn describe_cluster(s: &v1::GetClusterStatusResponse) {
                         l.holder.clone(),
                         l.epoch.to_string(),
                         l.commands.to_string(),
+                        if l.address.is_empty() {
+                            "-".to_string()
+                        } else {
+                            l.address.clone()
+                        },
+                    ]
+                })
+                .collect(),
+        );
+    }
+    if !s.executors.is_empty() {
+        say!();
+        print_table(
+            &["EXECUTOR", "STATE", "CAPACITY", "LIVE ATTEMPTS", "LABELS"],
+            s.executors
+                .iter()
+                .map(|e| {
+                    let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    vec![
+                        e.id.clone(),
+                        if e.lost_unix_millis == 0 { "ALIVE" } else { "LOST" }.to_string(),
+                        if e.capacity == 0 {
+                            "-".to_string()
+                        } else {
+                            e.capacity.to_string()
+                        },
+                        e.live_attempts.to_string(),
+                        if labels.is_empty() {
+                            "-".to_string()
+                        } else {
+                            labels.join(",")
+                        },
                     ]
                 })
                 .collect(),

@@ -75,6 +75,11 @@ pub struct ServerArgs {
     /// A label this process's executor registers with, as KEY=VALUE; repeat it for more
     #[arg(long = "executor-label", value_name = "KEY=VALUE")]
     executor_labels: Vec<String>,
+    /// The API address others reach this process at, https://HOST:PORT; the scheduler lease records it so
+    /// that every node points executors there [default: https://NAME:PORT when the API listens on every
+    /// address, else https://API_LISTEN]
+    #[arg(long)]
+    advertise_api: Option<String>,
     /// What runs this process's attempts: docker, or benchmark-noop, which runs nothing and reports every
     /// attempt exited 0 at once (for control-plane benchmarks only) [default: docker]
     #[arg(long)]
@@ -113,6 +118,22 @@ struct ServerConfig {
     executor_capacity: Option<u32>,
     executor_labels: Option<BTreeMap<String, String>>,
     executor_backend: Option<String>,
+    advertise_api: Option<String>,
+}
+
+/// The API address to advertise when none is given: the listen address, or this process's name with the
+/// port when it listens on every address (a Compose service's name is its host name).
+fn advertised(api_listen: &str, name: &str) -> anyhow::Result<String> {
+    let addr: std::net::SocketAddr = match api_listen.parse() {
+        Ok(addr) => addr,
+        // A host name: others reach it by that name.
+        Err(_) => return Ok(format!("https://{api_listen}")),
+    };
+    Ok(if addr.ip().is_unspecified() {
+        format!("https://{name}:{}", addr.port())
+    } else {
+        format!("https://{addr}")
+    })
 }
 
 /// Parses `--executor-label KEY=VALUE` flags, or else the config file's table.
@@ -257,6 +278,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if roles.executor && !roles.scheduler && schedulers.is_empty() {
         bail!("schedulers is required for an executor without the scheduler role beside it");
     }
+    let advertise_api = match args.advertise_api.or(file.advertise_api) {
+        Some(address) => address,
+        None => advertised(&api_listen, &name)?,
+    };
+    check_addresses("advertise_api", std::slice::from_ref(&advertise_api))?;
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
     let executor_labels = executor_labels(&args.executor_labels, file.executor_labels)?;
     let benchmark_backend = match args.executor_backend.or(file.executor_backend).as_deref() {
@@ -404,6 +430,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         api_listener,
         webhook_listener,
         executor_token,
+        advertise_api: Some(advertise_api),
         schedulers,
         executor_capacity,
         executor_labels,

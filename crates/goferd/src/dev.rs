@@ -191,6 +191,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         api_listener: Some(api_listener),
         webhook_listener: Some(webhook_listener),
         executor_token,
+        advertise_api: None,
         schedulers: Vec::new(),
         executor_capacity: 0,
         executor_labels: Default::default(),

@@ -83,6 +83,9 @@ pub struct NodeSetup {
     pub webhook_listener: Option<TcpListener>,
     /// The token the executor presents to the schedulers.
     pub executor_token: String,
+    /// The API address others reach this process at (`https://host:port`), when it differs from the one it
+    /// listens on; the scheduler lease records it.
+    pub advertise_api: Option<String>,
     /// The schedulers the executor may reach (`https://host:port`); empty for this process's API port.
     pub schedulers: Vec<String>,
     /// How many attempts the executor runs at once (0: no limit), and its labels.
@@ -170,6 +173,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         api_listener,
         webhook_listener,
         executor_token,
+        advertise_api,
         schedulers,
         executor_capacity,
         executor_labels,
@@ -266,16 +270,26 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             ApiService::new(handle.clone(), logs.clone(), directory)
         });
         let dispatch = if roles.scheduler {
-            let lease = LeaseHolder::spawn(handle.clone(), Role::Scheduler, holder.clone(), shutdown.clone());
+            // The lease records where executors reach this scheduler, so that other processes point there.
+            let address = advertise_api.clone().unwrap_or_else(|| host.clone());
+            let lease = LeaseHolder::spawn_advertising(
+                handle.clone(),
+                Role::Scheduler,
+                holder.clone(),
+                address,
+                shutdown.clone(),
+            );
             let scheduler = Scheduler::new(handle.clone(), lease);
             tracker.spawn(scheduler.clone().run(shutdown.clone()));
             Some(DispatchHandler::new(scheduler, logs.clone()))
         } else {
             None
         };
+        let redirect = (!roles.scheduler).then(|| gofer_scheduler::DispatchRedirect::new(handle.clone()));
         let services = crate::server::Services {
             api,
             dispatch,
+            redirect,
             extension: host_role.map(|h| h.handler()),
         };
         server = Some(tracker.spawn(crate::server::serve(
@@ -297,34 +311,37 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             gofer_executor::Backend::Docker(docker.context("the executor runs tasks in Docker")?)
         };
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
-        let channels = if schedulers.is_empty() {
+        let (channels, connect) = if schedulers.is_empty() {
             let Some(host) = &api_host else {
                 bail!("an executor without a scheduler beside it needs the schedulers' addresses");
             };
             // This process's own port: its certificate names localhost.
-            vec![
-                Endpoint::from_shared(host.clone())?
-                    .tls_config(tls.domain_name("localhost"))?
-                    .connect_lazy(),
-            ]
+            let own = Endpoint::from_shared(host.clone())?
+                .tls_config(tls.domain_name("localhost"))?
+                .connect_lazy();
+            (vec![own], None)
         } else {
             // Schedulers elsewhere: the executor presents this process's certificate, which must name it.
             let tls = tls.identity(identity.clone());
-            schedulers
+            let endpoint = move |address: &str| -> anyhow::Result<tonic::transport::Channel> {
+                Ok(Endpoint::from_shared(address.to_string())
+                    .with_context(|| format!("scheduler address {address:?}"))?
+                    .connect_timeout(Duration::from_secs(2))
+                    // A paused or cut-off scheduler is noticed by its silence within about 3 s, and the
+                    // executor moves on to the one that holds the lease.
+                    .http2_keep_alive_interval(Duration::from_secs(1))
+                    .keep_alive_timeout(Duration::from_secs(2))
+                    .keep_alive_while_idle(true)
+                    .tls_config(tls.clone())?
+                    .connect_lazy())
+            };
+            let channels = schedulers
                 .iter()
-                .map(|address| -> anyhow::Result<_> {
-                    Ok(Endpoint::from_shared(address.clone())
-                        .with_context(|| format!("scheduler address {address:?}"))?
-                        .connect_timeout(Duration::from_secs(2))
-                        // A paused or cut-off scheduler is noticed by its silence within about 3 s, and
-                        // the executor moves on to the one that holds the lease.
-                        .http2_keep_alive_interval(Duration::from_secs(1))
-                        .keep_alive_timeout(Duration::from_secs(2))
-                        .keep_alive_while_idle(true)
-                        .tls_config(tls.clone())?
-                        .connect_lazy())
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?
+                .map(|address| endpoint(address))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            // Where a process without the lease points it (the address the active scheduler advertises).
+            let connect: gofer_executor::Connect = std::sync::Arc::new(move |address: &str| endpoint(address).ok());
+            (channels, Some(connect))
         };
         let executor_config = gofer_executor::ExecutorConfig {
             executor_id: name.clone(),
@@ -334,7 +351,8 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         };
         let executor_shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(err) = gofer_executor::run(executor_config, backend, channels, executor_shutdown).await {
+            if let Err(err) = gofer_executor::run(executor_config, backend, channels, connect, executor_shutdown).await
+            {
                 tracing::error!(%err, "the executor stopped");
             }
         });

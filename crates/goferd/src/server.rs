@@ -8,7 +8,7 @@ use gofer_api::{ApiService, Principal, TokenAuth};
 use gofer_extension_host::ExtensionHandler;
 use gofer_proto::v1::extension_service_server::ExtensionServiceServer;
 use gofer_proto::v1::{dispatch_service_server::DispatchServiceServer, gofer_service_server::GoferServiceServer};
-use gofer_scheduler::DispatchHandler;
+use gofer_scheduler::{DispatchHandler, DispatchRedirect};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -20,6 +20,8 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub struct Services {
     pub api: Option<ApiService>,
     pub dispatch: Option<DispatchHandler>,
+    /// For a process without a scheduler: points executors at the active one.
+    pub redirect: Option<DispatchRedirect>,
     pub extension: Option<ExtensionHandler>,
 }
 
@@ -61,20 +63,24 @@ pub async fn serve(
     let extension = services.extension.map(|extension| {
         InterceptedService::new(ExtensionServiceServer::new(extension), check(auth.clone(), extensions))
     });
-    let dispatch = services.dispatch.map(|dispatch| {
-        let auth = auth.clone();
-        let certified_or_token = move |request: tonic::Request<()>| {
+    let certified_or_token = |auth: TokenAuth| {
+        move |request: tonic::Request<()>| {
             if request.peer_certs().is_some_and(|certs| !certs.is_empty()) {
                 return Ok(request);
             }
             auth.check(request, executors)
-        };
+        }
+    };
+    let dispatch = services.dispatch.map(|dispatch| {
         InterceptedService::new(
             DispatchServiceServer::new(dispatch)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            certified_or_token,
+            certified_or_token(auth.clone()),
         )
+    });
+    let redirect = services.redirect.map(|redirect| {
+        InterceptedService::new(DispatchServiceServer::new(redirect), certified_or_token(auth.clone()))
     });
     let mut tls = ServerTlsConfig::new().identity(identity);
     if let Some(ca) = client_ca {
@@ -89,6 +95,7 @@ pub async fn serve(
         .add_service(InterceptedService::new(reflection_v1alpha, check(auth.clone(), admin)))
         .add_optional_service(api)
         .add_optional_service(dispatch)
+        .add_optional_service(redirect)
         .add_optional_service(extension)
         .serve_with_incoming_shutdown(
             // Without nodelay, a reply split into small writes can wait 40 ms for a delayed ACK.

@@ -558,11 +558,33 @@ impl GoferService for ApiService {
                     epoch: lease.epoch,
                     expires_unix_millis: lease.expires_at,
                     commands: lease.commands,
+                    address: lease.address.clone(),
+                })
+                .collect()
+        });
+        let executors = self.state.read(|s| {
+            let mut live: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+            for (_, _, _, run) in s.active_runs() {
+                for assignment in run.tasks.iter().filter_map(|t| t.assignment.as_ref()) {
+                    *live.entry(assignment.executor.as_str()).or_default() += 1;
+                }
+            }
+            s.executors
+                .executors
+                .iter()
+                .map(|(id, e)| v1::ExecutorStatus {
+                    id: id.clone(),
+                    capacity: e.capacity,
+                    labels: e.labels.clone().into_iter().collect(),
+                    expires_unix_millis: e.expires_at,
+                    lost_unix_millis: e.lost_at,
+                    live_attempts: live.get(id.as_str()).copied().unwrap_or(0),
                 })
                 .collect()
         });
         Ok(Response::new(v1::GetClusterStatusResponse {
             leases,
+            executors,
             state_digest,
             node_id: status.node_id,
             leader_id: status.leader_id.unwrap_or(0),

@@ -53,13 +53,20 @@ pub struct ExecutorConfig {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+/// Opens a channel to a scheduler at an `https://host:port` address it was pointed to; `None` if the
+/// address cannot be used.
+pub type Connect = Arc<dyn Fn(&str) -> Option<Channel> + Send + Sync>;
+
 /// Runs the executor until `shutdown` is cancelled: connects to the scheduler that holds the lease among
-/// `schedulers` (a standby refuses the stream, and the executor moves on to the next), and reconnects with
-/// backoff whenever the stream breaks. Containers keep running across reconnections.
+/// `schedulers` (a standby, or a process without a scheduler, refuses the stream and points it at the
+/// active scheduler, which it tries next through `connect`; without a pointer it moves on to the next in
+/// its list), and reconnects with backoff whenever the stream breaks. Containers keep running across
+/// reconnections.
 pub async fn run(
     config: ExecutorConfig,
     backend: Backend,
     schedulers: Vec<Channel>,
+    connect: Option<Connect>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     if schedulers.is_empty() {
@@ -83,6 +90,33 @@ pub async fn run(
                 if connected_at.elapsed() > Duration::from_secs(10) {
                     backoff = Duration::from_millis(100);
                     failures_in_a_row = 0;
+                }
+                let pointed = (status.code() == tonic::Code::FailedPrecondition)
+                    .then(|| status.metadata().get(gofer_proto::SCHEDULER_ADDRESS_METADATA))
+                    .flatten()
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string);
+                let was_redirected = executor.redirected_to();
+                match (pointed, &connect) {
+                    // Pointed somewhere new: go there next, at once.
+                    (Some(address), Some(connect)) if was_redirected.as_deref() != Some(address.as_str()) => {
+                        if let Some(channel) = connect(&address) {
+                            tracing::info!(%address, "pointed at the active scheduler");
+                            executor.redirect(Some((address, channel)));
+                            tokio::select! {
+                                () = shutdown.cancelled() => {
+                                    executor.abandon_all();
+                                    return Ok(());
+                                }
+                                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                            }
+                            continue;
+                        }
+                    }
+                    // The place it was pointed at failed, or points at itself (the lease is moving):
+                    // back to its own list.
+                    _ if was_redirected.is_some() => executor.redirect(None),
+                    _ => {}
                 }
                 failures_in_a_row += 1;
                 if count > 1 {

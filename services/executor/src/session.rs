@@ -50,6 +50,8 @@ pub(crate) struct Executor {
     backend: crate::Backend,
     /// The schedulers it may reach; it talks to the one at `current`, the one that holds the lease.
     channels: Vec<Channel>,
+    /// Where a process that is not the active scheduler pointed it, tried before `channels`.
+    redirect: Mutex<Option<(String, Channel)>>,
     pub(crate) current: std::sync::atomic::AtomicUsize,
     header: MetadataValue<tonic::metadata::Ascii>,
     /// Attempts with a task running them, by key.
@@ -77,6 +79,7 @@ impl Executor {
             fenced: Mutex::default(),
             backend,
             channels,
+            redirect: Mutex::default(),
             current: std::sync::atomic::AtomicUsize::new(0),
             header,
             active: Mutex::default(),
@@ -96,9 +99,32 @@ impl Executor {
     }
 
     pub(crate) fn client(&self) -> Client {
-        let current = self.current.load(std::sync::atomic::Ordering::SeqCst) % self.channels.len();
-        DispatchServiceClient::with_interceptor(self.channels[current].clone(), Bearer(self.header.clone()))
+        let redirected = self
+            .redirect
+            .lock()
+            .expect("redirect lock")
+            .as_ref()
+            .map(|(_, c)| c.clone());
+        let channel = redirected.unwrap_or_else(|| {
+            let current = self.current.load(std::sync::atomic::Ordering::SeqCst) % self.channels.len();
+            self.channels[current].clone()
+        });
+        DispatchServiceClient::with_interceptor(channel, Bearer(self.header.clone()))
             .max_decoding_message_size(16 * 1024 * 1024)
+    }
+
+    /// Where it was redirected to last, if it still talks there.
+    pub(crate) fn redirected_to(&self) -> Option<String> {
+        self.redirect
+            .lock()
+            .expect("redirect lock")
+            .as_ref()
+            .map(|(a, _)| a.clone())
+    }
+
+    /// Talks to `channel` at `address` from the next session on, or (with `None`) to its own list again.
+    pub(crate) fn redirect(&self, to: Option<(String, Channel)>) {
+        *self.redirect.lock().expect("redirect lock") = to;
     }
 
     /// Sends a report if a stream is up; a report that cannot be sent now is recovered by the re-sent Start.

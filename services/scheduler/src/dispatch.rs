@@ -4,10 +4,11 @@ use std::pin::Pin;
 
 use futures_util::StreamExt;
 use gofer_domain::executors::ExecutorInfo;
+use gofer_domain::lease::Role;
 use gofer_domain::{AttemptOutcome, Command, Error};
 use gofer_proto::v1::{self, dispatch_request, dispatch_service_server::DispatchService};
 use gofer_proto::{attempt_ref, internal, into_status};
-use gofer_state::LogStore;
+use gofer_state::{LogStore, StateHandle};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,60 @@ impl DispatchHandler {
             stored_on: std::sync::Arc::default(),
             reports,
         }
+    }
+}
+
+/// Refuses an executor here as FailedPrecondition, pointing it at the active scheduler when the scheduler
+/// lease says where that is (the message says it, and the `gofer-scheduler-address` metadata carries it).
+fn standby(state: &StateHandle, why: &str) -> Status {
+    let address = state.read(|s| {
+        s.leases
+            .roles
+            .get(&Role::Scheduler)
+            .map(|lease| lease.address.clone())
+            .unwrap_or_default()
+    });
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    let message = match address.parse() {
+        Ok(value) if !address.is_empty() => {
+            metadata.insert(gofer_proto::SCHEDULER_ADDRESS_METADATA, value);
+            format!("{why}; the active scheduler is at {address}")
+        }
+        _ => why.to_string(),
+    };
+    Status::with_metadata(tonic::Code::FailedPrecondition, message, metadata)
+}
+
+/// The dispatch service of a process that runs no scheduler (an api or state node): it points every
+/// executor at the active scheduler.
+#[derive(Clone)]
+pub struct DispatchRedirect {
+    state: StateHandle,
+}
+
+impl DispatchRedirect {
+    /// Points executors at the scheduler the lease in `state` names.
+    pub fn new(state: StateHandle) -> Self {
+        DispatchRedirect { state }
+    }
+}
+
+#[tonic::async_trait]
+impl DispatchService for DispatchRedirect {
+    type DispatchStream = Pin<Box<dyn Stream<Item = Result<v1::DispatchResponse, Status>> + Send + 'static>>;
+
+    async fn dispatch(
+        &self,
+        _request: Request<Streaming<v1::DispatchRequest>>,
+    ) -> Result<Response<Self::DispatchStream>, Status> {
+        Err(standby(&self.state, "this process runs no scheduler"))
+    }
+
+    async fn push_task_logs(
+        &self,
+        _request: Request<Streaming<v1::PushTaskLogsRequest>>,
+    ) -> Result<Response<v1::PushTaskLogsResponse>, Status> {
+        Err(standby(&self.state, "this process runs no scheduler"))
     }
 }
 
@@ -177,7 +232,8 @@ impl DispatchService for DispatchHandler {
             labels: hello.labels.into_iter().collect(),
         };
         if self.scheduler.lease.epoch().is_none() {
-            return Err(Status::failed_precondition(
+            return Err(standby(
+                &self.scheduler.state,
                 "this scheduler is standing by: it does not hold the scheduler lease",
             ));
         }

@@ -10,5 +10,5 @@
 mod dispatch;
 mod reconcile;
 
-pub use dispatch::DispatchHandler;
+pub use dispatch::{DispatchHandler, DispatchRedirect};
 pub use reconcile::{EXECUTOR_LEASE, Scheduler};

@@ -164,3 +164,54 @@ async fn one_scheduler_acts_a_standby_refuses_executors_and_takes_over_in_the_ne
     assert_eq!(namespaces, ["default", "z"]);
     second_stop.cancel();
 }
+
+#[tokio::test]
+async fn a_standby_and_a_process_without_a_scheduler_point_executors_at_the_active_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateHandle::from(StateNode::open_single(&dir.path().join("state")).await.unwrap());
+    state
+        .propose(Command::Init {
+            cluster_id: "c".into(),
+            at: 1,
+        })
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let active = LeaseHolder::spawn_advertising(
+        state.clone(),
+        Role::Scheduler,
+        "a".into(),
+        "https://scheduler-a.example:7443".into(),
+        shutdown.clone(),
+    );
+    wait_for("the lease", || active.epoch().is_some()).await;
+    let (mut standby, _) = serve(&state, "b", LogStore::new(dir.path().join("logs")), &shutdown).await;
+
+    let redirect = gofer_scheduler::DispatchRedirect::new(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = shutdown.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DispatchServiceServer::new(redirect))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                stop.cancelled().await
+            }),
+    );
+    let mut no_scheduler = DispatchServiceClient::connect(format!("http://{addr}")).await.unwrap();
+
+    for client in [&mut standby, &mut no_scheduler] {
+        let refused = hello(client).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        let pointed = refused
+            .metadata()
+            .get(gofer_proto::SCHEDULER_ADDRESS_METADATA)
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(pointed, Some("https://scheduler-a.example:7443"), "{refused:?}");
+        assert!(
+            refused.message().contains("https://scheduler-a.example:7443"),
+            "{refused:?}"
+        );
+    }
+    shutdown.cancel();
+}

@@ -32,8 +32,20 @@ impl LeaseHolder {
     /// Starts contending for `role` as `holder` (unique among the processes that may play it) until
     /// `shutdown`; then a held lease is released so a standby takes over at once.
     pub fn spawn(state: StateHandle, role: Role, holder: String, shutdown: CancellationToken) -> LeaseHolder {
+        Self::spawn_advertising(state, role, holder, String::new(), shutdown)
+    }
+
+    /// As [`LeaseHolder::spawn`], recording `address` (where this process can be reached for the role) on
+    /// the lease whenever it holds it, so that other processes can point there.
+    pub fn spawn_advertising(
+        state: StateHandle,
+        role: Role,
+        holder: String,
+        address: String,
+        shutdown: CancellationToken,
+    ) -> LeaseHolder {
         let (tx, epoch) = watch::channel(None);
-        tokio::spawn(keep(state.clone(), role, holder.clone(), tx, shutdown));
+        tokio::spawn(keep(state.clone(), role, holder.clone(), address, tx, shutdown));
         LeaseHolder {
             state,
             role,
@@ -81,6 +93,7 @@ async fn keep(
     state: StateHandle,
     role: Role,
     holder: String,
+    address: String,
     tx: watch::Sender<Option<u64>>,
     shutdown: CancellationToken,
 ) {
@@ -106,6 +119,7 @@ async fn keep(
                 role,
                 holder: holder.clone(),
                 ttl_millis,
+                address: address.clone(),
                 at: now,
             };
             // The lease counts from `sent`, so a slow answer only shortens it; one that takes longer than

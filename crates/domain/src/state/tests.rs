@@ -570,6 +570,7 @@ mod properties {
                 role: Role::Scheduler,
                 holder: format!("s{}", who % 2),
                 ttl_millis: *ttl,
+                address: String::new(),
                 at,
             }],
             Step::FencedAssign { who, epoch } => plan(state, i64::MAX)
@@ -954,6 +955,7 @@ fn a_batch_applies_each_command_with_its_own_result_and_a_fenced_batch_checks_ev
             role: Role::Scheduler,
             holder: "s".into(),
             ttl_millis: 1_000,
+            address: String::new(),
             at: 1,
         })
         .unwrap();
