@@ -32,6 +32,14 @@ fn invalid_pipelines_are_refused_naming_the_field_and_nothing_is_stored() -> Res
         (format!(r#"{{"id": "{long}", "tasks": [{}]}}"#, task("a")), "id:"),
         (format!(r#"{{"id": "p", "tasks": [{}]}}"#, many.join(",")), "at most 200"),
         (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "depends_on": {"a": "sometimes"}}]}"#.into(), "tasks[0].depends_on.a"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "timeout": "-5s"}]}"#.into(), "tasks[0].timeout"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "timeout": "0s"}]}"#.into(), "tasks[0].timeout"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "retries": 11}]}"#.into(), "tasks[0].retries"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "memory": "1MiB"}]}"#.into(), "tasks[0].memory"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "memory": "lots"}]}"#.into(), "tasks[0].memory"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "cpu": 0}]}"#.into(), "tasks[0].cpu"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "cpu": -1.5}]}"#.into(), "tasks[0].cpu"),
+        (r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "workdir": "relative"}]}"#.into(), "tasks[0].workdir"),
     ];
     for (json, expected) in &cases {
         let output = dev.register_output(json)?;

@@ -9,6 +9,7 @@ mod cluster;
 mod deploy;
 mod dispatch_chaos;
 mod extensions;
+mod guardrails;
 mod runs;
 mod triggers;
 

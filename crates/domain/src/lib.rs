@@ -9,6 +9,7 @@ mod error;
 pub mod executors;
 mod ids;
 pub mod lease;
+pub mod limits;
 mod pipeline;
 mod plan;
 pub mod schedule;

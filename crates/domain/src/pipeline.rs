@@ -59,6 +59,19 @@ pub struct TaskConfig {
     /// [`MAX_BACKOFF_MS`]. Empty means [`DEFAULT_BACKOFF_MS`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backoff: String,
+    /// How long an attempt may run, such as `5m`; past it the container is stopped and the attempt
+    /// FAILED with reason "timed out". Empty for no limit.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub timeout: String,
+    /// The container's CPU limit, in CPUs (`0.5`); none if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<crate::limits::Cpus>,
+    /// The container's memory limit, such as `256MiB`; none if empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub memory: String,
+    /// The container's working directory, an absolute path; the image's if empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workdir: String,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -229,7 +242,29 @@ impl TaskConfig {
         base.saturating_mul(1 << doublings).min(MAX_BACKOFF_MS)
     }
 
+    /// The timeout in milliseconds, if the task sets one (validated configs only).
+    pub fn timeout_ms(&self) -> Option<i64> {
+        (!self.timeout.is_empty()).then(|| crate::limits::parse_timeout("timeout", &self.timeout).ok())?
+    }
+
+    /// The memory limit in bytes, if the task sets one (validated configs only).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        (!self.memory.is_empty()).then(|| crate::limits::parse_memory("memory", &self.memory).ok())?
+    }
+
     fn validate(&self, i: usize, task_ids: &BTreeSet<&str>) -> Result<(), Error> {
+        if !self.timeout.is_empty() {
+            crate::limits::parse_timeout(&format!("tasks[{i}].timeout"), &self.timeout)?;
+        }
+        if let Some(cpu) = self.cpu {
+            cpu.check(&format!("tasks[{i}].cpu"))?;
+        }
+        if !self.memory.is_empty() {
+            crate::limits::parse_memory(&format!("tasks[{i}].memory"), &self.memory)?;
+        }
+        if !self.workdir.is_empty() {
+            crate::limits::check_workdir(&format!("tasks[{i}].workdir"), &self.workdir)?;
+        }
         if self.retries > MAX_RETRIES {
             return Err(Error::invalid(
                 format!("tasks[{i}].retries"),

@@ -35,6 +35,10 @@ pub fn config_from_proto(config: v1::PipelineConfig) -> Result<PipelineConfig, E
             depends_on,
             retries: task.retries,
             backoff: task.backoff,
+            timeout: task.timeout,
+            cpu: task.cpu.map(gofer_domain::limits::Cpus::from_cpus),
+            memory: task.memory,
+            workdir: task.workdir,
         });
     }
     let config = PipelineConfig {
@@ -77,6 +81,10 @@ pub fn config_to_proto(config: &PipelineConfig) -> v1::PipelineConfig {
                     .collect(),
                 retries: t.retries,
                 backoff: t.backoff.clone(),
+                timeout: t.timeout.clone(),
+                cpu: t.cpu.map(|c| c.0 as f64 / 1000.0),
+                memory: t.memory.clone(),
+                workdir: t.workdir.clone(),
             })
             .collect(),
     }

@@ -44,6 +44,14 @@ pub struct Task {
     retries: u32,
     #[serde(skip_serializing_if = "String::is_empty")]
     backoff: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu: Option<f64>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    memory: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    workdir: String,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -61,7 +69,35 @@ impl Task {
             depends_on: BTreeMap::new(),
             retries: 0,
             backoff: String::new(),
+            timeout: String::new(),
+            cpu: None,
+            memory: String::new(),
+            workdir: String::new(),
         }
+    }
+
+    /// Stops an attempt that runs longer than `timeout` (such as `"5m"`) and fails it as timed out.
+    pub fn timeout(mut self, timeout: impl Into<String>) -> Self {
+        self.timeout = timeout.into();
+        self
+    }
+
+    /// Limits the container to `cpus` CPUs (such as `0.5`).
+    pub fn cpu(mut self, cpus: f64) -> Self {
+        self.cpu = Some(cpus);
+        self
+    }
+
+    /// Limits the container's memory (such as `"256MiB"`, at least 6 MiB).
+    pub fn memory(mut self, memory: impl Into<String>) -> Self {
+        self.memory = memory.into();
+        self
+    }
+
+    /// Runs the command in `dir`, an absolute path.
+    pub fn workdir(mut self, dir: impl Into<String>) -> Self {
+        self.workdir = dir.into();
+        self
     }
 
     /// Tries again up to `retries` times (at most 10) after an attempt fails. An attempt lost with its

@@ -1,4 +1,4 @@
-//! The simple applets — `echo`, `sleep`, `true`, `false`, `cat`, `env`, `test` — used both as standalone
+//! The simple applets — `echo`, `sleep`, `true`, `false`, `cat`, `env`, `test`, `alloc` — used both as standalone
 //! commands (`/bin/echo` in the image) and as in-process builtins of the tiny shell.
 //!
 //! Every applet writes through [`Io`] and flushes as it goes, so a log follower sees each line
@@ -24,9 +24,26 @@ pub fn builtin(name: &str) -> Option<Applet> {
         "cat" => cat,
         "env" => env,
         "test" => test,
+        "alloc" => alloc,
         _ => return None,
     };
     Some(applet)
+}
+
+/// `alloc MIB`: takes MIB mebibytes of memory, touches every page, holds it for a second and exits 0 (a task
+/// over its memory limit is killed before that).
+pub fn alloc(args: &[String], io: &mut Io) -> i32 {
+    let Some(mib) = args.first().and_then(|a| a.parse::<usize>().ok()) else {
+        return fail(io, "alloc: expected a number of MiB") * 2;
+    };
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..mib {
+        // Non-zero bytes, so the pages are really written.
+        held.push(vec![1u8; 1 << 20]);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let total: usize = held.iter().map(Vec::len).sum();
+    write_out(io, "alloc", format!("held {} MiB\n", total >> 20).as_bytes())
 }
 
 /// `test A OP B`: compares two integers with `-eq`, `-ne`, `-lt`, `-le`, `-gt` or `-ge`, or two strings

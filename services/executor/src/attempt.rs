@@ -85,18 +85,38 @@ pub(crate) async fn run(
             }
         }
     };
+    // The timeout counts from when this executor starts following the attempt (after a restart, from
+    // the adoption).
+    let timeout = u64::try_from(start.timeout_millis)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(std::time::Duration::from_millis);
+    let timed_out = async {
+        match timeout {
+            Some(timeout) => tokio::time::sleep(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
     let waited = async {
         tokio::select! {
-            code = docker.wait(&container) => (code, false),
+            code = docker.wait(&container) => (code, Ended::Itself),
             () = stop.cancelled() => {
                 if let Err(err) = docker.stop(&container).await {
                     tracing::warn!(%err, "could not stop a cancelled attempt's container");
                 }
-                (docker.wait(&container).await, true)
+                (docker.wait(&container).await, Ended::Stopped)
+            }
+            () = timed_out => {
+                tracing::info!(attempt = %key_text, "the attempt ran past its timeout; stopping it");
+                if let Err(err) = docker.stop(&container).await {
+                    tracing::warn!(%err, "could not stop a timed-out attempt's container");
+                }
+                (docker.wait(&container).await, Ended::TimedOut)
             }
         }
     };
-    let (shipped, (code, stopped)) = tokio::join!(logs, waited);
+    let (shipped, (code, ended)) = tokio::join!(logs, waited);
+    let stopped = ended == Ended::Stopped;
     if let Err(err) = shipped {
         // The attempt's output could not be archived: fail it loudly rather than report a success whose
         // logs are missing. The container stays for an operator to inspect.
@@ -111,7 +131,23 @@ pub(crate) async fn run(
             tracing::warn!(%err, "could not stop a container that could not be waited for");
         }
     }
+    let oom_killed = ended == Ended::Itself && start.memory_bytes > 0 && docker.oom_killed(&container).await;
     let kind = match (code, stopped) {
+        (_, false) if ended == Ended::TimedOut => finished(
+            &key,
+            v1::AttemptOutcome::Error,
+            None,
+            format!("timed out after {}", human_duration(start.timeout_millis)),
+        ),
+        (Ok(code), false) if oom_killed => finished(
+            &key,
+            v1::AttemptOutcome::Error,
+            Some(code),
+            format!(
+                "killed: out of memory (the task's limit is {} MiB)",
+                start.memory_bytes / (1024 * 1024)
+            ),
+        ),
         (_, true) if fenced => finished(
             &key,
             v1::AttemptOutcome::Stopped,
@@ -217,4 +253,29 @@ async fn run_benchmark_noop(executor: &Executor, key_text: &str, key: &v1::Attem
         .insert(key_text.to_string(), ack_tx);
     executor.report(finished(key, v1::AttemptOutcome::Exited, Some(0), String::new()));
     let _ = ack_rx.await;
+}
+
+/// How an attempt's container stopped running.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// It exited on its own (or was killed by the kernel).
+    Itself,
+    /// It was stopped because the run was cancelled or the attempt fenced off.
+    Stopped,
+    /// It was stopped because it ran past its timeout.
+    TimedOut,
+}
+
+/// `90000` milliseconds as `1m30s`.
+fn human_duration(millis: i64) -> String {
+    let (hours, rest) = (millis / 3_600_000, millis % 3_600_000);
+    let (minutes, rest) = (rest / 60_000, rest % 60_000);
+    let (seconds, ms) = (rest / 1_000, rest % 1_000);
+    let mut text = String::new();
+    for (value, unit) in [(hours, "h"), (minutes, "m"), (seconds, "s"), (ms, "ms")] {
+        if value > 0 {
+            text.push_str(&format!("{value}{unit}"));
+        }
+    }
+    if text.is_empty() { "0s".to_string() } else { text }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use bollard::Docker;
-use bollard::models::ContainerCreateBody;
+use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
     WaitContainerOptions,
@@ -147,11 +147,23 @@ impl DockerBackend {
         env.sort();
         env.extend([
             format!("GOFER_NAMESPACE={}", attempt.namespace_id),
+            format!("GOFER_PIPELINE_ID={}", attempt.pipeline_id),
+            format!("GOFER_PIPELINE_VERSION={}", start.pipeline_version),
+            format!("GOFER_RUN_ID={}", attempt.run_id),
+            format!("GOFER_TASK_ID={}", attempt.task_id),
+            format!("GOFER_ATTEMPT={}", attempt.attempt),
+            // The shorter names of earlier releases, kept for the tasks that use them.
             format!("GOFER_PIPELINE={}", attempt.pipeline_id),
             format!("GOFER_RUN={}", attempt.run_id),
             format!("GOFER_TASK={}", attempt.task_id),
-            format!("GOFER_ATTEMPT={}", attempt.attempt),
         ]);
+        let host_config = HostConfig {
+            nano_cpus: (start.nano_cpus > 0).then_some(start.nano_cpus),
+            memory: (start.memory_bytes > 0).then_some(start.memory_bytes),
+            // Without swap beyond the limit, so that the limit is the memory the task gets.
+            memory_swap: (start.memory_bytes > 0).then_some(start.memory_bytes),
+            ..Default::default()
+        };
         let body = ContainerCreateBody {
             image: Some(start.image.clone()),
             cmd: if start.command.is_empty() {
@@ -161,6 +173,8 @@ impl DockerBackend {
             },
             env: Some(env),
             labels: Some(labels),
+            working_dir: (!start.workdir.is_empty()).then(|| start.workdir.clone()),
+            host_config: Some(host_config),
             ..Default::default()
         };
         self.create_started(container_name(cluster, attempt), body).await
@@ -211,6 +225,17 @@ impl DockerBackend {
             Some(Err(e)) => Err(format!("waiting for the container: {e}")),
             None => Err("waiting for the container: the Engine closed the stream".to_string()),
         }
+    }
+
+    /// Whether the kernel killed the container for going over its memory limit.
+    pub async fn oom_killed(&self, id: &str) -> bool {
+        self.docker
+            .inspect_container(id, None)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false)
     }
 
     /// Asks the container to stop: SIGTERM, then SIGKILL after a grace period.

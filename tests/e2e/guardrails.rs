@@ -1,0 +1,107 @@
+//! A task's guardrails against real Docker: a timeout stops it and fails it as timed out, CPU and memory
+//! limits and the working directory reach the container (as `docker inspect` shows), the GOFER_ variables
+//! are in its environment, and a task over its memory limit is killed with a reason that says so.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use gofer_testkit::{TOOLBOX_IMAGE, wait_until};
+use serde_json::Value;
+
+use crate::{start, tasks, wait_for_end};
+
+fn one_task(pipeline: &str, task: Value) -> String {
+    let mut task = task;
+    task["id"] = "a".into();
+    task["image"] = TOOLBOX_IMAGE.into();
+    serde_json::json!({"id": pipeline, "tasks": [task]}).to_string()
+}
+
+#[test]
+fn a_task_past_its_timeout_is_stopped_and_failed_as_timed_out() -> Result<()> {
+    let dev = start()?;
+    dev.register(&one_task(
+        "slow",
+        serde_json::json!({"command": ["sleep", "60"], "timeout": "1s"}),
+    ))?;
+    let run = dev.ctl_ok(&["run", "start", "slow"])?;
+    let ended = wait_for_end(&dev, "slow", run.trim())?;
+    assert_eq!(ended["state"], "FAILED", "{ended}");
+    let task = &tasks(&dev, "slow", run.trim())?["a"];
+    assert_eq!(task["state"], "FAILED", "{task}");
+    assert!(
+        task["state_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timed out after 1s"),
+        "{task}"
+    );
+    Ok(())
+}
+
+#[test]
+fn limits_the_working_directory_and_the_gofer_variables_reach_the_container() -> Result<()> {
+    let dev = start()?;
+    let pipeline = format!("limits-{}", std::process::id());
+    let task = serde_json::json!({
+        "command": ["sh", "-c", "env; sleep 3"], "cpu": 0.5, "memory": "64MiB", "workdir": "/work",
+    });
+    dev.register(&one_task(&pipeline, task))?;
+    let run = dev.ctl_ok(&["run", "start", &pipeline])?;
+    let run = run.trim();
+    // While it runs, Docker shows the limits the executor set.
+    let inspected = wait_until("the task's container", Duration::from_secs(60), || {
+        let ids = std::process::Command::new("docker")
+            .args(["ps", "-q", "--filter", &format!("label=dev.gofer.pipeline={pipeline}")])
+            .output()?;
+        let id = String::from_utf8_lossy(&ids.stdout).trim().to_string();
+        if id.is_empty() {
+            return Ok(None);
+        }
+        let out = std::process::Command::new("docker").args(["inspect", &id]).output()?;
+        let value: Value = serde_json::from_slice(&out.stdout).context("docker inspect")?;
+        Ok(Some(value[0].clone()))
+    })?;
+    assert_eq!(
+        inspected["HostConfig"]["NanoCpus"], 500_000_000,
+        "{}",
+        inspected["HostConfig"]
+    );
+    assert_eq!(
+        inspected["HostConfig"]["Memory"],
+        64 * 1024 * 1024,
+        "{}",
+        inspected["HostConfig"]
+    );
+    assert_eq!(inspected["Config"]["WorkingDir"], "/work");
+    let ended = wait_for_end(&dev, &pipeline, run)?;
+    assert_eq!(ended["state"], "SUCCEEDED", "{ended}");
+    let env = dev.ctl_ok(&["task", "logs", &pipeline, run, "a"])?;
+    for expected in [
+        "GOFER_NAMESPACE=default".to_string(),
+        format!("GOFER_PIPELINE_ID={pipeline}"),
+        "GOFER_PIPELINE_VERSION=1".to_string(),
+        format!("GOFER_RUN_ID={run}"),
+        "GOFER_TASK_ID=a".to_string(),
+        "GOFER_ATTEMPT=1".to_string(),
+    ] {
+        assert!(env.lines().any(|l| l == expected), "{expected} not in {env}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_task_over_its_memory_limit_is_killed_and_says_so() -> Result<()> {
+    let dev = start()?;
+    dev.register(&one_task(
+        "hungry",
+        serde_json::json!({"command": ["alloc", "256"], "memory": "16MiB"}),
+    ))?;
+    let run = dev.ctl_ok(&["run", "start", "hungry"])?;
+    let ended = wait_for_end(&dev, "hungry", run.trim())?;
+    assert_eq!(ended["state"], "FAILED", "{ended}");
+    let task = &tasks(&dev, "hungry", run.trim())?["a"];
+    let reason = task["state_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("out of memory") && reason.contains("16 MiB"), "{task}");
+    Ok(())
+}
