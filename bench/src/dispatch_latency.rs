@@ -251,6 +251,7 @@ async fn gofer_once(api: &mut Api, namespace: &str) -> Result<GoferSample> {
             namespace_id: namespace.to_string(),
             pipeline_id: PIPELINE_ID.to_string(),
             request_id: String::new(),
+            parameters: Default::default(),
         })
         .await
         .context("StartRun")?

@@ -223,6 +223,7 @@ async fn queue_runs(cluster: &GoferCluster, count: usize, clients: usize, nodes:
                     namespace_id: String::new(),
                     pipeline_id: PIPELINE_ID.into(),
                     request_id: format!("throughput-{n}"),
+                    parameters: Default::default(),
                 })
                 .await
                 .context("StartRun")?;

@@ -422,3 +422,59 @@ fn a_task_that_fails_twice_succeeds_on_its_third_attempt_under_retries_two() -> 
     assert_eq!(dev.ctl_ok(&["task", "logs", "flaky", run.trim(), "a"])?, "attempt 3\n");
     Ok(())
 }
+
+#[test]
+fn parameters_reach_every_task_and_a_retry_runs_the_same_version_and_parameters() -> Result<()> {
+    let dev = start()?;
+    let json = serde_json::json!({"id": "params", "tasks": [
+        {"id": "a", "image": gofer_testkit::TOOLBOX_IMAGE, "command": ["sh", "-c", "echo $TARGET $COLOR"],
+         "env": {"COLOR": "task-wins"}},
+    ]});
+    dev.register(&json.to_string())?;
+    let first = dev.ctl_json(&[
+        "run",
+        "start",
+        "params",
+        "--param",
+        "TARGET=prod",
+        "--param",
+        "COLOR=blue",
+    ])?;
+    assert_eq!(first["parameters"]["TARGET"], "prod", "{first}");
+    wait_for_end(&dev, "params", "1")?;
+    assert_eq!(dev.ctl_ok(&["task", "logs", "params", "1", "a"])?, "prod task-wins\n");
+    // A new version does not change what a retry of run 1 runs.
+    let json = serde_json::json!({"id": "params", "tasks": [
+        {"id": "a", "image": gofer_testkit::TOOLBOX_IMAGE, "command": ["sh", "-c", "echo version two"]},
+    ]});
+    assert_eq!(dev.register(&json.to_string())?, 2);
+    let retry = dev.ctl_json(&["run", "retry", "params", "1"])?;
+    assert_eq!(
+        (
+            retry["id"].as_u64(),
+            retry["version"].as_u64(),
+            retry["retry_of"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{retry}"
+    );
+    assert_eq!(retry["parameters"]["TARGET"], "prod", "{retry}");
+    wait_for_end(&dev, "params", "2")?;
+    assert_eq!(dev.ctl_ok(&["task", "logs", "params", "2", "a"])?, "prod task-wins\n");
+    // Bad parameters are refused naming them, and a retry of a run that does not exist is NotFound.
+    for (args, expected) in [
+        (vec!["run", "start", "params", "--param", "1BAD=x"], "parameters.1BAD"),
+        (vec!["run", "start", "params", "--param", "NOEQUALS"], "--param"),
+        (vec!["run", "retry", "params", "99"], "NotFound"),
+    ] {
+        let output = dev.ctl(&args)?;
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    assert_eq!(
+        dev.ctl_json(&["run", "list", "params"])?.as_array().map(Vec::len),
+        Some(2)
+    );
+    Ok(())
+}

@@ -76,6 +76,8 @@ mod tests {
                 namespace: "default".into(),
                 pipeline: "p".into(),
                 request_id: String::new(),
+                parameters: Default::default(),
+                retry_of: 0,
                 at: 2,
             });
             assert!(matches!(applied, Ok(Applied::Run(_))));

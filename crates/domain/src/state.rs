@@ -207,6 +207,12 @@ pub struct Run {
     /// The client's request id it was started with, if any.
     #[serde(default)]
     pub request_id: String,
+    /// The parameters it was started with: every task gets them as env (its own env wins).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    /// The run this one retries (same version and parameters), or 0.
+    #[serde(default)]
+    pub retry_of: u64,
 }
 
 /// A pipeline: its versions (index 0 is version 1) and its runs.
@@ -232,10 +238,16 @@ pub struct PipelineRecord {
 impl PipelineRecord {
     /// Starts a run of the newest version and returns its id.
     pub(crate) fn start_run(&mut self, at: i64, trigger: Option<Trigger>) -> u64 {
-        let id = self.next_run_id;
         let version = self.versions.len() as u64;
+        self.start_run_of(version, at, trigger)
+    }
+
+    /// Starts a run of `version` (which exists) and returns its id.
+    fn start_run_of(&mut self, version: u64, at: i64, trigger: Option<Trigger>) -> u64 {
+        let id = self.next_run_id;
         let tasks = self
-            .latest()
+            .version(version)
+            .expect("the version exists")
             .tasks
             .iter()
             .map(|t| TaskExecution {
@@ -267,6 +279,8 @@ impl PipelineRecord {
             tasks,
             trigger,
             request_id: String::new(),
+            parameters: BTreeMap::new(),
+            retry_of: 0,
         };
         self.runs.insert(id, run);
         self.next_run_id += 1;
@@ -370,6 +384,13 @@ pub enum Command {
         pipeline: String,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         request_id: String,
+        /// Given to every task as env, under these names (the task's own env wins).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        parameters: BTreeMap<String, String>,
+        /// Runs the version and parameters of this earlier run instead of the newest version and
+        /// `parameters`; 0 for none.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        retry_of: u64,
         at: i64,
     },
     CancelRun {
@@ -609,21 +630,41 @@ impl State {
                 namespace,
                 pipeline,
                 request_id,
+                parameters,
+                retry_of,
                 at,
             } => {
                 if !request_id.is_empty() {
                     validate_request_id("request_id", request_id)?;
                 }
+                validate_parameters(parameters)?;
                 let record = self.pipeline_mut(namespace, pipeline)?;
                 if let Some(run) = record.requests.get(request_id) {
                     return Ok(Applied::ExistingRun(*run));
                 }
-                let id = record.start_run(*at, None);
+                let (version, parameters) = if *retry_of == 0 {
+                    (record.versions.len() as u64, parameters.clone())
+                } else {
+                    if !parameters.is_empty() {
+                        return Err(Error::invalid(
+                            "parameters",
+                            "a retry runs with the parameters of the run it retries",
+                        ));
+                    }
+                    let earlier = record
+                        .runs
+                        .get(retry_of)
+                        .ok_or_else(|| not_found_run(pipeline, *retry_of))?;
+                    (earlier.version, earlier.parameters.clone())
+                };
+                let id = record.start_run_of(version, *at, None);
                 if !request_id.is_empty() {
                     record.requests.insert(request_id.clone(), id);
-                    if let Some(run) = record.runs.get_mut(&id) {
-                        run.request_id = request_id.clone();
-                    }
+                }
+                if let Some(run) = record.runs.get_mut(&id) {
+                    run.request_id = request_id.clone();
+                    run.parameters = parameters;
+                    run.retry_of = *retry_of;
                 }
                 Ok(Applied::Run(id))
             }
@@ -1139,6 +1180,47 @@ fn settle(run: &mut Run, config: &PipelineConfig, at: i64) {
     } else {
         run.state = RunState::Succeeded;
     }
+}
+
+/// The most parameters a run takes, and their most bytes in all.
+pub const MAX_PARAMETERS: usize = 64;
+const MAX_PARAMETER_BYTES: usize = 64 * 1024;
+
+/// Checks a run's parameters: env names (`[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters) and values
+/// without NUL, at most [`MAX_PARAMETERS`] of them and 64 KiB in all. Errors name `parameters.NAME`.
+fn validate_parameters(parameters: &BTreeMap<String, String>) -> Result<(), Error> {
+    if parameters.len() > MAX_PARAMETERS {
+        return Err(Error::invalid(
+            "parameters",
+            format!("at most {MAX_PARAMETERS} parameters"),
+        ));
+    }
+    let mut bytes = 0;
+    for (name, value) in parameters {
+        let field = format!("parameters.{name}");
+        let mut chars = name.chars();
+        let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && name.len() <= 128;
+        if !valid {
+            return Err(Error::invalid(
+                field,
+                "names are env names: letters, digits and '_', not starting with a digit",
+            ));
+        }
+        if value.contains('\0') {
+            return Err(Error::invalid(field, "values must not contain NUL"));
+        }
+        bytes += name.len() + value.len();
+    }
+    if bytes > MAX_PARAMETER_BYTES {
+        return Err(Error::invalid("parameters", "at most 64 KiB in all"));
+    }
+    Ok(())
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The longest reason an attempt keeps, in characters.

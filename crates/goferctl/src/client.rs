@@ -234,21 +234,41 @@ pub fn new_request_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Starts a run, retrying for up to about 10 s while the cluster is unreachable or between leaders: the
-/// request id makes a repeat return the run the first call may have started.
-pub async fn start_run(api: &mut Api, request: v1::StartRunRequest) -> Result<v1::StartRunResponse, Failure> {
+/// A new run: of the newest version, or again of an earlier run.
+pub enum NewRun {
+    Start(v1::StartRunRequest),
+    Retry(v1::RetryRunRequest),
+}
+
+/// Starts a run, retrying for up to about 6 s while the cluster is unreachable or between leaders: the
+/// request id makes a repeat return the run the first call may have started. Returns the run and whether
+/// this call made it.
+pub async fn start_run(api: &mut Api, request: NewRun) -> Result<(v1::Run, bool), Failure> {
     let mut delay = std::time::Duration::from_millis(200);
-    for _ in 0..5 {
-        match api.start_run(request.clone()).await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(e) if e.code() == Code::Unavailable => {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let answer = match &request {
+            NewRun::Start(start) => api
+                .start_run(start.clone())
+                .await
+                .map(|r| r.into_inner())
+                .map(|r| (r.run, r.created)),
+            NewRun::Retry(retry) => api
+                .retry_run(retry.clone())
+                .await
+                .map(|r| r.into_inner())
+                .map(|r| (r.run, r.created)),
+        };
+        match answer {
+            Ok((run, created)) => return Ok((run.unwrap_or_default(), created)),
+            Err(e) if e.code() == Code::Unavailable && tries < 6 => {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
             Err(e) => return Err(status(e)),
         }
     }
-    api.start_run(request).await.map(|r| r.into_inner()).map_err(status)
 }
 
 pub async fn wait_for_run(api: &mut Api, namespace: &str, pipeline: &str, run: u64) -> Result<v1::Run, Failure> {

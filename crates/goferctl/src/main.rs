@@ -170,6 +170,20 @@ enum RunCommand {
         /// prints that run. Without it goferctl makes one up for its own retries of this call.
         #[arg(long, value_name = "ID")]
         request_id: Option<String>,
+        /// A parameter every task gets as env (its own env wins), as NAME=VALUE; repeat it for more
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+    },
+    /// Start a new run with the version and parameters of an earlier one; prints the new run id
+    Retry {
+        pipeline: String,
+        run: u64,
+        /// Follow the new run until it ends: exit 0 when it succeeded, 1 when it failed or was cancelled
+        #[arg(long)]
+        wait: bool,
+        /// Makes the retry safe to repeat, as for run start
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
     },
     /// Show a run
     Get { pipeline: String, run: u64 },
@@ -337,25 +351,55 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 Format::Table => output::describe_pipeline(&pipeline, &config),
             }
         }
-        Command::Run(RunCommand::Start {
-            pipeline,
-            wait,
-            request_id,
-        }) => {
-            let request = v1::StartRunRequest {
-                namespace_id: namespace.clone(),
-                pipeline_id: pipeline.clone(),
-                request_id: request_id.unwrap_or_else(client::new_request_id),
+        Command::Run(command @ (RunCommand::Start { .. } | RunCommand::Retry { .. })) => {
+            let (pipeline, wait, request) = match command {
+                RunCommand::Start {
+                    pipeline,
+                    wait,
+                    request_id,
+                    params,
+                } => {
+                    let mut parameters = std::collections::HashMap::new();
+                    for param in params {
+                        let Some((name, value)) = param.split_once('=') else {
+                            return Err(Failure(format!(
+                                "--param: {param:?} is not NAME=VALUE (InvalidArgument)"
+                            )));
+                        };
+                        parameters.insert(name.to_string(), value.to_string());
+                    }
+                    let request = client::NewRun::Start(v1::StartRunRequest {
+                        namespace_id: namespace.clone(),
+                        pipeline_id: pipeline.clone(),
+                        request_id: request_id.unwrap_or_else(client::new_request_id),
+                        parameters,
+                    });
+                    (pipeline, wait, request)
+                }
+                RunCommand::Retry {
+                    pipeline,
+                    run,
+                    wait,
+                    request_id,
+                } => {
+                    let request = client::NewRun::Retry(v1::RetryRunRequest {
+                        namespace_id: namespace.clone(),
+                        pipeline_id: pipeline.clone(),
+                        run_id: run,
+                        request_id: request_id.unwrap_or_else(client::new_request_id),
+                    });
+                    (pipeline, wait, request)
+                }
+                _ => unreachable!("matched above"),
             };
-            let response = client::start_run(&mut api, request).await?;
-            let run = response.run.unwrap_or_default();
-            if !response.created {
+            let (run, created) = client::start_run(&mut api, request).await?;
+            if !created {
                 eprintln!("run {} was started earlier with this request id", run.id);
             }
             if !wait {
                 let json = || {
                     let mut value = output::run(&run);
-                    value["created"] = response.created.into();
+                    value["created"] = created.into();
                     print_json(&value)
                 };
                 output::emit(format, json, || say!("{}", run.id));

@@ -135,6 +135,7 @@ pub fn run(r: &v1::Run) -> Value {
         "created_unix_millis": r.created_unix_millis, "started_unix_millis": r.started_unix_millis,
         "ended_unix_millis": r.ended_unix_millis,
         "trigger": r.trigger.as_ref().map(trigger), "request_id": r.request_id,
+        "parameters": r.parameters, "retry_of": r.retry_of,
     })
 }
 

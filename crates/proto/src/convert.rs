@@ -118,6 +118,8 @@ pub fn run_to_proto(namespace: &str, pipeline: &str, run: &Run) -> v1::Run {
             parameters: t.parameters.clone().into_iter().collect(),
         }),
         request_id: run.request_id.clone(),
+        parameters: run.parameters.clone().into_iter().collect(),
+        retry_of: run.retry_of,
     }
 }
 

@@ -133,6 +133,38 @@ impl ApiService {
         Ok(())
     }
 
+    /// Starts a run (or retries `retry_of`); returns it and whether this call made it.
+    async fn start(
+        &self,
+        namespace: String,
+        pipeline: String,
+        request_id: String,
+        parameters: std::collections::BTreeMap<String, String>,
+        retry_of: u64,
+    ) -> Result<(v1::Run, bool), Status> {
+        let applied = self
+            .propose(Command::StartRun {
+                namespace: namespace.clone(),
+                pipeline: pipeline.clone(),
+                request_id,
+                parameters,
+                retry_of,
+                at: now_millis(),
+            })
+            .await?;
+        let (Applied::Run(id) | Applied::ExistingRun(id)) = applied else {
+            return Err(internal(
+                "starting a run",
+                &format!("unexpected result {applied:?}"),
+                false,
+            ));
+        };
+        Ok((
+            self.run_proto(&namespace, &pipeline, id)?,
+            matches!(applied, Applied::Run(_)),
+        ))
+    }
+
     fn run_proto(&self, namespace: &str, pipeline: &str, run: u64) -> Result<v1::Run, Status> {
         self.read(|s| {
             s.run(namespace, pipeline, run)
@@ -280,25 +312,37 @@ impl GoferService for ApiService {
     async fn start_run(&self, request: Request<v1::StartRunRequest>) -> ApiResult<v1::StartRunResponse> {
         let request = request.into_inner();
         let namespace = namespace_or_default(request.namespace_id);
-        let pipeline = request.pipeline_id;
-        let applied = self
-            .propose(Command::StartRun {
-                namespace: namespace.clone(),
-                pipeline: pipeline.clone(),
-                request_id: request.request_id,
-                at: now_millis(),
-            })
+        let (run, created) = self
+            .start(
+                namespace,
+                request.pipeline_id,
+                request.request_id,
+                request.parameters.into_iter().collect(),
+                0,
+            )
             .await?;
-        let (Applied::Run(id) | Applied::ExistingRun(id)) = applied else {
-            return Err(internal(
-                "starting a run",
-                &format!("unexpected result {applied:?}"),
-                false,
-            ));
-        };
-        let created = matches!(applied, Applied::Run(_));
-        let run = self.run_proto(&namespace, &pipeline, id)?;
         Ok(Response::new(v1::StartRunResponse {
+            run: Some(run),
+            created,
+        }))
+    }
+
+    async fn retry_run(&self, request: Request<v1::RetryRunRequest>) -> ApiResult<v1::RetryRunResponse> {
+        let request = request.into_inner();
+        let namespace = namespace_or_default(request.namespace_id);
+        if request.run_id == 0 {
+            return Err(into_status(gofer_domain::Error::invalid("run_id", "is required")));
+        }
+        let (run, created) = self
+            .start(
+                namespace,
+                request.pipeline_id,
+                request.request_id,
+                Default::default(),
+                request.run_id,
+            )
+            .await?;
+        Ok(Response::new(v1::RetryRunResponse {
             run: Some(run),
             created,
         }))

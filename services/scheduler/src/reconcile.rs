@@ -355,13 +355,18 @@ pub(crate) struct LiveAttempt {
     pub(crate) start: v1::StartAttempt,
 }
 
-/// A task's env: its own, plus the run's trigger parameters as `GOFER_PARAM_<NAME>` (upper case, with every
-/// character that is not a letter or digit as `_`).
+/// A task's env: its own, plus the run's parameters under their names and its trigger's parameters as
+/// `GOFER_PARAM_<NAME>` (upper case, with every character that is not a letter or digit as `_`); the
+/// task's own env wins.
 fn task_env(
     own: &std::collections::BTreeMap<String, String>,
+    parameters: &std::collections::BTreeMap<String, String>,
     trigger: Option<&gofer_domain::triggers::Trigger>,
 ) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = own.clone().into_iter().collect();
+    for (name, value) in parameters {
+        env.entry(name.clone()).or_insert_with(|| value.clone());
+    }
     for (name, value) in trigger.map(|t| &t.parameters).into_iter().flatten() {
         let name: String = name
             .chars()
@@ -407,7 +412,7 @@ fn live_attempts_where(state: &State, mut want: impl FnMut(&str, &AttemptRef, u3
                     key: Some(gofer_proto::attempt_key(&target, task.attempt)),
                     image: spec.image.clone(),
                     command: spec.command.clone(),
-                    env: task_env(&spec.env, run.trigger.as_ref()),
+                    env: task_env(&spec.env, &run.parameters, run.trigger.as_ref()),
                     already_started: assignment.started,
                     timeout_millis: spec.timeout_ms().unwrap_or(0),
                     nano_cpus: spec.cpu.map_or(0, |c| c.nano_cpus()),
@@ -449,10 +454,15 @@ mod tests {
                 ("ref".to_string(), "main".to_string()),
             ]),
         };
-        let env = task_env(&own, Some(&trigger));
-        assert_eq!(env["K"], "V");
+        let parameters = BTreeMap::from([
+            ("K".to_string(), "from the run".to_string()),
+            ("DEPLOY".to_string(), "blue".to_string()),
+        ]);
+        let env = task_env(&own, &parameters, Some(&trigger));
+        assert_eq!(env["K"], "V", "the task's own env wins over a run parameter");
+        assert_eq!(env["DEPLOY"], "blue");
         assert_eq!(env["GOFER_PARAM_REPOSITORY_FULL_NAME"], "o/r");
         assert_eq!(env["GOFER_PARAM_REF"], "mine", "the task's own env wins");
-        assert_eq!(task_env(&own, None).len(), 2);
+        assert_eq!(task_env(&own, &BTreeMap::new(), None).len(), 2);
     }
 }

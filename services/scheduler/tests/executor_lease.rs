@@ -163,6 +163,8 @@ async fn a_silent_executor_loses_its_attempt_which_runs_again_elsewhere_and_is_s
             namespace: "default".into(),
             pipeline: "p".into(),
             request_id: String::new(),
+            parameters: Default::default(),
+            retry_of: 0,
             at: gofer_proto::now_millis(),
         })
         .await
@@ -244,6 +246,8 @@ async fn a_heartbeating_executor_keeps_its_attempt_past_many_lease_periods() {
             namespace: "default".into(),
             pipeline: "p".into(),
             request_id: String::new(),
+            parameters: Default::default(),
+            retry_of: 0,
             at: gofer_proto::now_millis(),
         })
         .await
@@ -284,6 +288,8 @@ async fn start_run(state: &StateHandle) -> u64 {
             namespace: "default".into(),
             pipeline: "p".into(),
             request_id: String::new(),
+            parameters: Default::default(),
+            retry_of: 0,
             at: gofer_proto::now_millis(),
         })
         .await

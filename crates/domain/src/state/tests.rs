@@ -42,6 +42,8 @@ fn start(state: &mut State) -> u64 {
         namespace: "default".into(),
         pipeline: "p".into(),
         request_id: String::new(),
+        parameters: Default::default(),
+        retry_of: 0,
         at: 3,
     }) {
         Ok(Applied::Run(id)) => id,
@@ -145,6 +147,8 @@ fn a_request_id_starts_one_run_however_often_it_is_sent() {
             namespace: "default".into(),
             pipeline: "p".into(),
             request_id: request_id.into(),
+            parameters: Default::default(),
+            retry_of: 0,
             at: 5,
         })
     };
@@ -403,6 +407,8 @@ fn unknown_things_are_not_found_and_change_nothing() {
             namespace: "default".into(),
             pipeline: "nope".into(),
             request_id: String::new(),
+            parameters: Default::default(),
+            retry_of: 0,
             at: 1,
         },
         Command::CancelRun {
@@ -511,6 +517,8 @@ mod properties {
                 namespace: "default".into(),
                 pipeline: "p".into(),
                 request_id: String::new(),
+                parameters: Default::default(),
+                retry_of: 0,
                 at,
             }],
             Step::AssignPlanned => plan(state, i64::MAX)

@@ -19,6 +19,8 @@ fn start_run(at: i64) -> Command {
         namespace: "team".into(),
         pipeline: "p".into(),
         request_id: String::new(),
+        parameters: Default::default(),
+        retry_of: 0,
         at,
     }
 }
