@@ -117,6 +117,8 @@ async fn measure(args: &Args, bins: &Path, dir: &Path, nodes: u64) -> Result<Fig
         config: Some(v1::PipelineConfig {
             id: PIPELINE_ID.into(),
             name: PIPELINE_ID.into(),
+            // Every run is kept, so that the benchmark can count them.
+            keep_runs: u32::try_from(args.runs).unwrap_or(u32::MAX),
             tasks: vec![task],
             ..Default::default()
         }),

@@ -478,3 +478,32 @@ fn parameters_reach_every_task_and_a_retry_runs_the_same_version_and_parameters(
     );
     Ok(())
 }
+
+#[test]
+fn a_pipeline_keeps_its_newest_runs_and_their_logs_and_prunes_the_rest() -> Result<()> {
+    let dev = start()?;
+    let json = serde_json::json!({"id": "kept", "keep_runs": 2, "tasks": [
+        {"id": "a", "image": gofer_testkit::TOOLBOX_IMAGE, "command": ["echo", "hello"]},
+    ]});
+    dev.register(&json.to_string())?;
+    for _ in 0..3 {
+        assert!(dev.ctl(&["run", "start", "kept", "--wait"])?.status.success());
+    }
+    let runs = dev.ctl_json(&["run", "list", "kept"])?;
+    let ids: Vec<u64> = runs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["id"].as_u64())
+        .collect();
+    assert_eq!(ids, [3, 2], "{runs}");
+    let gone = dev.ctl(&["run", "get", "kept", "1"])?;
+    assert!(stderr(&gone).contains("NotFound"), "{}", stderr(&gone));
+    assert_eq!(dev.ctl_ok(&["task", "logs", "kept", "3", "a"])?, "hello\n");
+    // Its logs go too, from the state node's data dir.
+    let logs = dev.data_dir().join("logs").join("default").join("kept");
+    wait_until("run 1's logs to be removed", Duration::from_secs(60), || {
+        Ok((!logs.join("1").exists() && logs.join("3").exists()).then_some(()))
+    })?;
+    Ok(())
+}

@@ -97,7 +97,27 @@ pub struct PipelineConfig {
     /// How many runs of the pipeline may be RUNNING at once; 0 means no limit.
     #[serde(default)]
     pub parallelism: u32,
+    /// How many runs (and their logs) the pipeline keeps; older ended ones are pruned, oldest first. 0
+    /// means [`DEFAULT_KEEP_RUNS`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_runs: u32,
     pub tasks: Vec<TaskConfig>,
+}
+
+/// Runs a pipeline keeps unless it says otherwise.
+pub const DEFAULT_KEEP_RUNS: u32 = 100;
+/// The most runs a pipeline may keep.
+pub const MAX_KEEP_RUNS: u32 = 100_000;
+
+impl PipelineConfig {
+    /// How many runs the pipeline keeps.
+    pub fn runs_kept(&self) -> usize {
+        (if self.keep_runs == 0 {
+            DEFAULT_KEEP_RUNS
+        } else {
+            self.keep_runs
+        }) as usize
+    }
 }
 
 impl PipelineConfig {
@@ -140,6 +160,12 @@ impl PipelineConfig {
         validate_id("id", &self.id)?;
         check_len("name", &self.name, MAX_NAME_LEN)?;
         check_len("description", &self.description, MAX_DESCRIPTION_LEN)?;
+        if self.keep_runs > MAX_KEEP_RUNS {
+            return Err(Error::invalid(
+                "keep_runs",
+                format!("must be at most {MAX_KEEP_RUNS}, got {}", self.keep_runs),
+            ));
+        }
         if self.tasks.is_empty() {
             return Err(Error::invalid("tasks", "a pipeline needs at least one task"));
         }

@@ -242,7 +242,30 @@ impl PipelineRecord {
         self.start_run_of(version, at, trigger)
     }
 
-    /// Starts a run of `version` (which exists) and returns its id.
+    /// Prunes the oldest ended runs beyond what the newest version keeps, with their request ids; runs
+    /// that have not ended are never pruned. Returns how many went.
+    fn prune_runs(&mut self) -> usize {
+        let keep = self.latest().runs_kept();
+        let excess = self.runs.len().saturating_sub(keep);
+        if excess == 0 {
+            return 0;
+        }
+        let pruned: Vec<u64> = self
+            .runs
+            .values()
+            .filter(|r| r.state.is_terminal())
+            .map(|r| r.id)
+            .take(excess)
+            .collect();
+        for id in &pruned {
+            self.runs.remove(id);
+        }
+        let gone: std::collections::BTreeSet<u64> = pruned.iter().copied().collect();
+        self.requests.retain(|_, run| !gone.contains(run));
+        pruned.len()
+    }
+
+    /// Starts a run of `version` (which exists) and returns its id, pruning old runs beyond the limit.
     fn start_run_of(&mut self, version: u64, at: i64, trigger: Option<Trigger>) -> u64 {
         let id = self.next_run_id;
         let tasks = self
@@ -284,6 +307,7 @@ impl PipelineRecord {
         };
         self.runs.insert(id, run);
         self.next_run_id += 1;
+        self.prune_runs();
         id
     }
 

@@ -186,6 +186,11 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
     let (handle, local, logs): (Option<StateHandle>, _, _) = match state {
         StateSetup::Local { node, logs, raft } => {
             single_node = raft.is_none();
+            tracker.spawn(prune_logs(
+                StateHandle::from(node.clone()),
+                logs.clone(),
+                shutdown.clone(),
+            ));
             if let Some((listener, tls)) = raft {
                 let service = node.raft_service(Some(logs.clone()), shutdown.clone());
                 let raft_shutdown = shutdown.clone();
@@ -410,5 +415,27 @@ impl RunningNode {
             state.shutdown().await.context("shutting the state down")?;
         }
         failed.unwrap_or(Ok(()))
+    }
+}
+
+/// Removes the task logs of runs the state pruned: on a change to the state, at most every 10 s.
+async fn prune_logs(state: StateHandle, logs: LogStore, shutdown: CancellationToken) {
+    let mut changes = state.subscribe();
+    let mut last = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        if last.elapsed() >= Duration::from_secs(10) {
+            last = std::time::Instant::now();
+            let kept = state.read(LogStore::kept_runs);
+            match logs.prune(kept).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed the logs of pruned runs"),
+                Err(err) => tracing::warn!(%err, "could not remove the logs of pruned runs"),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
     }
 }

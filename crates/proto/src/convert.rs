@@ -46,6 +46,7 @@ pub fn config_from_proto(config: v1::PipelineConfig) -> Result<PipelineConfig, E
         name: config.name,
         description: config.description,
         parallelism: config.parallelism,
+        keep_runs: config.keep_runs,
         tasks,
     };
     config.validate()?;
@@ -59,6 +60,7 @@ pub fn config_to_proto(config: &PipelineConfig) -> v1::PipelineConfig {
         name: config.name.clone(),
         description: config.description.clone(),
         parallelism: config.parallelism,
+        keep_runs: config.keep_runs,
         tasks: config
             .tasks
             .iter()

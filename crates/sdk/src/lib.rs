@@ -144,6 +144,8 @@ pub struct Pipeline {
     #[serde(skip_serializing_if = "String::is_empty")]
     description: String,
     parallelism: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    keep_runs: u32,
     tasks: Vec<Task>,
 }
 
@@ -155,6 +157,7 @@ impl Pipeline {
             name: name.into(),
             description: String::new(),
             parallelism: 0,
+            keep_runs: 0,
             tasks: Vec::new(),
         }
     }
@@ -162,6 +165,12 @@ impl Pipeline {
     /// A description for people.
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
+        self
+    }
+
+    /// How many runs (and their logs) to keep; older ended ones are pruned. 0 (the default) means 100.
+    pub fn keep_runs(mut self, keep_runs: u32) -> Self {
+        self.keep_runs = keep_runs;
         self
     }
 

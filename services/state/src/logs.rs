@@ -30,6 +30,9 @@ pub struct LogWriter {
     notify: watch::Sender<u64>,
 }
 
+/// By (namespace, pipeline): the next run id and the run ids the state holds.
+pub type KeptRuns = std::collections::BTreeMap<(String, String), (u64, std::collections::BTreeSet<u64>)>;
+
 impl LogStore {
     /// A store rooted at `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -59,6 +62,45 @@ impl LogStore {
             writer.append(&chunk).await.map_err(failed)?;
         }
         writer.finish().await.map_err(failed)
+    }
+
+    /// What [`LogStore::prune`] keeps: by pipeline, its next run id and the runs the state holds.
+    pub fn kept_runs(state: &gofer_domain::State) -> KeptRuns {
+        state
+            .namespaces
+            .iter()
+            .flat_map(|(ns, record)| {
+                record.pipelines.iter().map(move |(p, pipeline)| {
+                    let runs = pipeline.runs.keys().copied().collect();
+                    ((ns.clone(), p.clone()), (pipeline.next_run_id, runs))
+                })
+            })
+            .collect()
+    }
+
+    /// Removes the log directories of the runs the state pruned: for each pipeline directory, the run
+    /// directories below the pipeline's next run id that `kept` does not hold. Returns how many went.
+    pub async fn prune(&self, kept: KeptRuns) -> std::io::Result<usize> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
+            let mut removed = 0;
+            for ((ns, pipeline), (next_run_id, runs)) in &kept {
+                let dir = root.join(ns).join(pipeline);
+                let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+                for entry in entries.flatten() {
+                    let Some(run) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                        continue;
+                    };
+                    if run < *next_run_id && !runs.contains(&run) {
+                        std::fs::remove_dir_all(entry.path())?;
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// The file of one attempt. The ids were validated before they were stored, and are checked again

@@ -1003,3 +1003,49 @@ fn a_batch_applies_each_command_with_its_own_result_and_a_fenced_batch_checks_ev
     };
     assert!(state.apply(&nested).is_err());
 }
+
+#[test]
+fn a_pipeline_keeps_its_newest_runs_and_prunes_the_oldest_ended_ones() {
+    let mut state = init();
+    register(
+        &mut state,
+        r#"{"id": "p", "keep_runs": 3, "tasks": [{"id": "a", "image": "i"}]}"#,
+    );
+    let start_with = |state: &mut State, request_id: &str| match state.apply(&Command::StartRun {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        request_id: request_id.into(),
+        parameters: Default::default(),
+        retry_of: 0,
+        at: 5,
+    }) {
+        Ok(Applied::Run(id)) => id,
+        other => panic!("{other:?}"),
+    };
+    for n in 1..=4 {
+        start_with(&mut state, &format!("req-{n}"));
+    }
+    let ids = |state: &State| {
+        state
+            .pipeline("default", "p")
+            .unwrap()
+            .runs
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&state), [1, 2, 3, 4], "runs that have not ended are never pruned");
+    run_task(&mut state, 1, "a", AttemptOutcome::Exited(0));
+    run_task(&mut state, 2, "a", AttemptOutcome::Exited(1));
+    start_with(&mut state, "req-5");
+    assert_eq!(ids(&state), [3, 4, 5], "the two oldest ended runs went");
+    let requests = &state.pipeline("default", "p").unwrap().requests;
+    assert!(
+        !requests.contains_key("req-1") && requests.contains_key("req-3"),
+        "{requests:?}"
+    );
+    assert_eq!(start_with(&mut state, "req-6"), 6, "ids keep counting");
+    assert!(
+        PipelineConfig::from_json(r#"{"id": "p", "keep_runs": 100001, "tasks": [{"id": "a", "image": "i"}]}"#).is_err()
+    );
+}
