@@ -121,19 +121,14 @@ struct ServerConfig {
     advertise_api: Option<String>,
 }
 
-/// The API address to advertise when none is given: the listen address, or this process's name with the
+/// The API address to advertise when none is given: the bound address, or this process's name with the
 /// port when it listens on every address (a Compose service's name is its host name).
-fn advertised(api_listen: &str, name: &str) -> anyhow::Result<String> {
-    let addr: std::net::SocketAddr = match api_listen.parse() {
-        Ok(addr) => addr,
-        // A host name: others reach it by that name.
-        Err(_) => return Ok(format!("https://{api_listen}")),
-    };
-    Ok(if addr.ip().is_unspecified() {
-        format!("https://{name}:{}", addr.port())
+fn advertised(bound: std::net::SocketAddr, name: &str) -> String {
+    if bound.ip().is_unspecified() {
+        format!("https://{name}:{}", bound.port())
     } else {
-        format!("https://{addr}")
-    })
+        format!("https://{bound}")
+    }
 }
 
 /// Parses `--executor-label KEY=VALUE` flags, or else the config file's table.
@@ -278,11 +273,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if roles.executor && !roles.scheduler && schedulers.is_empty() {
         bail!("schedulers is required for an executor without the scheduler role beside it");
     }
-    let advertise_api = match args.advertise_api.or(file.advertise_api) {
-        Some(address) => address,
-        None => advertised(&api_listen, &name)?,
-    };
-    check_addresses("advertise_api", std::slice::from_ref(&advertise_api))?;
+    let advertise_api = args.advertise_api.or(file.advertise_api);
+    if let Some(address) = &advertise_api {
+        check_addresses("advertise_api", std::slice::from_ref(address))?;
+    }
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
     let executor_labels = executor_labels(&args.executor_labels, file.executor_labels)?;
     let benchmark_backend = match args.executor_backend.or(file.executor_backend).as_deref() {
@@ -419,6 +413,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tokens.push((hash_token(&executor_token), Principal::Executor));
     }
     let auth = TokenAuth::new(tokens);
+    let advertise_api = match (advertise_api, &api_listener) {
+        (Some(address), _) => Some(address),
+        (None, Some(listener)) => Some(advertised(listener.local_addr()?, &name)),
+        (None, None) => None,
+    };
     let node = crate::node::start(crate::node::NodeSetup {
         state,
         roles,
@@ -430,7 +429,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         api_listener,
         webhook_listener,
         executor_token,
-        advertise_api: Some(advertise_api),
+        advertise_api,
         schedulers,
         executor_capacity,
         executor_labels,
@@ -452,6 +451,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_advertised_address_is_the_bound_one_or_the_name_on_every_address() {
+        let on = |text: &str| text.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(advertised(on("127.0.0.1:7443"), "a"), "https://127.0.0.1:7443");
+        assert_eq!(
+            advertised(on("0.0.0.0:7443"), "scheduler-a"),
+            "https://scheduler-a:7443"
+        );
+        assert_eq!(advertised(on("[::]:9"), "s"), "https://s:9");
+    }
 
     #[test]
     fn roles_parse_and_unknown_ones_are_named() {
