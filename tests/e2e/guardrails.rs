@@ -105,3 +105,33 @@ fn a_task_over_its_memory_limit_is_killed_and_says_so() -> Result<()> {
     assert!(reason.contains("out of memory") && reason.contains("16 MiB"), "{task}");
     Ok(())
 }
+
+#[test]
+fn parallelism_one_runs_three_runs_started_at_once_one_after_the_other_in_order() -> Result<()> {
+    let dev = start()?;
+    let json = serde_json::json!({"id": "serial", "parallelism": 1, "tasks": [
+        {"id": "a", "image": TOOLBOX_IMAGE, "command": ["sleep", "1"]},
+    ]});
+    dev.register(&json.to_string())?;
+    for _ in 0..3 {
+        dev.ctl_ok(&["run", "start", "serial"])?;
+    }
+    let mut runs = Vec::new();
+    for run in ["1", "2", "3"] {
+        runs.push(wait_for_end(&dev, "serial", run)?);
+    }
+    for run in &runs {
+        assert_eq!(run["state"], "SUCCEEDED", "{run}");
+    }
+    // Each run started only once the one before it ended: never two RUNNING at once, oldest first.
+    for pair in runs.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        assert!(
+            after["started_unix_millis"].as_i64() >= before["ended_unix_millis"].as_i64(),
+            "run {} started before run {} ended: {before} {after}",
+            after["id"],
+            before["id"]
+        );
+    }
+    Ok(())
+}
