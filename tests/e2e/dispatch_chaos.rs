@@ -46,7 +46,7 @@ fn dispatch_chaos(deployment: &Deployment) -> Result<()> {
     let (_, cluster) = deployment.leader(1, &[1, 2, 3])?;
     // Docker's own record of container starts, followed live (its event history is a short ring buffer).
     let events_file = tempfile::NamedTempFile::new()?;
-    let events = EventWatch(
+    let events = crate::ChildGuard(
         std::process::Command::new("docker")
             .args(["events", "--filter", "type=container", "--filter", "event=start"])
             .args(["--filter", &format!("label=dev.gofer.cluster={cluster}")])
@@ -218,14 +218,4 @@ fn dispatch_chaos(deployment: &Deployment) -> Result<()> {
         acked.len()
     );
     Ok(())
-}
-
-/// Kills the `docker events` follower when dropped, also on failure.
-struct EventWatch(std::process::Child);
-
-impl Drop for EventWatch {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

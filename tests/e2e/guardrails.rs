@@ -135,3 +135,56 @@ fn parallelism_one_runs_three_runs_started_at_once_one_after_the_other_in_order(
     }
     Ok(())
 }
+
+#[test]
+fn cancel_gives_running_containers_the_grace_it_names_before_killing_them() -> Result<()> {
+    let dev = start()?;
+    let pipeline = format!("graceful-{}", std::process::id());
+    // The toolbox told to ignore SIGTERM stands for a task that does not stop when asked: only SIGKILL
+    // ends it.
+    dev.register(&one_task(
+        &pipeline,
+        serde_json::json!({"command": ["sleep", "300"], "env": {"GOFER_TOOLBOX_IGNORE_SIGTERM": "1"}}),
+    ))?;
+    // Docker's own record of the signals sent to the container, followed from before the run starts.
+    let file = tempfile::NamedTempFile::new()?;
+    let events = crate::ChildGuard(
+        std::process::Command::new("docker")
+            .args(["events", "--filter", "event=kill"])
+            .args(["--filter", &format!("label=dev.gofer.pipeline={pipeline}")])
+            .args(["--format", "{{.Actor.Attributes.signal}} {{.TimeNano}}"])
+            .stdout(file.reopen()?)
+            .spawn()?,
+    );
+    let run = dev.ctl_ok(&["run", "start", &pipeline])?.trim().to_string();
+    wait_until("the task to run", Duration::from_secs(60), || {
+        Ok((tasks(&dev, &pipeline, &run)?["a"]["state"] == "RUNNING").then_some(()))
+    })?;
+    let bad = dev.ctl(&["run", "cancel", &pipeline, &run, "--grace", "soon"])?;
+    assert!(crate::stderr(&bad).contains("--grace"), "{}", crate::stderr(&bad));
+    dev.ctl_ok(&["run", "cancel", &pipeline, &run, "--grace", "2s"])?;
+    let ended = wait_for_end(&dev, &pipeline, &run)?;
+    assert_eq!(ended["state"], "CANCELLED", "{ended}");
+    let signals = wait_until("Docker to report SIGTERM and SIGKILL", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(file.path())?;
+        let signals: Vec<(String, i64)> = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter_map(|(signal, at)| Some((signal.to_string(), at.parse().ok()?)))
+            .collect();
+        Ok((signals.len() >= 2).then_some(signals))
+    })?;
+    drop(events);
+    assert_eq!(
+        (signals[0].0.as_str(), signals[1].0.as_str()),
+        ("15", "9"),
+        "{signals:?}"
+    );
+    let grace = Duration::from_nanos(u64::try_from(signals[1].1 - signals[0].1).unwrap_or(0));
+    // The 2 s it was given, not the default 10 s.
+    assert!(
+        grace >= Duration::from_millis(1500) && grace < Duration::from_secs(9),
+        "SIGKILL came {grace:?} after SIGTERM"
+    );
+    Ok(())
+}

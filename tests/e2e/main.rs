@@ -68,3 +68,13 @@ fn tasks(dev: &GoferDev, pipeline: &str, run: &str) -> Result<std::collections::
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).to_string()
 }
+
+/// A child process (such as a `docker events` follower) killed when dropped, also when a test fails.
+pub(crate) struct ChildGuard(pub(crate) std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -213,6 +213,9 @@ pub struct Run {
     /// The run this one retries (same version and parameters), or 0.
     #[serde(default)]
     pub retry_of: u64,
+    /// Once cancelled: how long its running containers get between SIGTERM and SIGKILL.
+    #[serde(default)]
+    pub cancel_grace_ms: u64,
 }
 
 /// A pipeline: its versions (index 0 is version 1) and its runs.
@@ -304,6 +307,7 @@ impl PipelineRecord {
             request_id: String::new(),
             parameters: BTreeMap::new(),
             retry_of: 0,
+            cancel_grace_ms: 0,
         };
         self.runs.insert(id, run);
         self.next_run_id += 1;
@@ -422,6 +426,9 @@ pub enum Command {
         pipeline: String,
         run: u64,
         reason: String,
+        /// How long running containers get between SIGTERM and SIGKILL; 0 for [`DEFAULT_CANCEL_GRACE_MS`].
+        #[serde(default, skip_serializing_if = "is_zero")]
+        grace_millis: u64,
         at: i64,
     },
     /// Gives the next attempt of a PENDING task execution to an executor.
@@ -697,10 +704,23 @@ impl State {
                 pipeline,
                 run,
                 reason,
+                grace_millis,
                 at,
             } => {
+                if *grace_millis > MAX_CANCEL_GRACE_MS {
+                    return Err(Error::invalid("grace", "must be at most 1h"));
+                }
                 let record = self.pipeline_mut(namespace, pipeline)?;
                 record.cancel_run(*run, reason, *at)?;
+                if let Some(run) = record.runs.get_mut(run)
+                    && run.cancel_grace_ms == 0
+                {
+                    run.cancel_grace_ms = if *grace_millis == 0 {
+                        DEFAULT_CANCEL_GRACE_MS
+                    } else {
+                        *grace_millis
+                    };
+                }
                 record.start_buffered(*at);
                 Ok(Applied::Done)
             }
@@ -1205,6 +1225,11 @@ fn settle(run: &mut Run, config: &PipelineConfig, at: i64) {
         run.state = RunState::Succeeded;
     }
 }
+
+/// How long a cancelled run's containers get between SIGTERM and SIGKILL unless the cancel says.
+pub const DEFAULT_CANCEL_GRACE_MS: u64 = 10_000;
+/// The longest grace a cancel may give.
+const MAX_CANCEL_GRACE_MS: u64 = 3_600_000;
 
 /// The most parameters a run takes, and their most bytes in all.
 pub const MAX_PARAMETERS: usize = 64;

@@ -189,8 +189,15 @@ enum RunCommand {
     Get { pipeline: String, run: u64 },
     /// List a pipeline's runs, newest first
     List { pipeline: String },
-    /// Cancel a run: pending tasks are cancelled, running containers stopped
-    Cancel { pipeline: String, run: u64 },
+    /// Cancel a run: pending tasks are cancelled, running containers stopped (SIGTERM, then SIGKILL
+    /// after the grace period)
+    Cancel {
+        pipeline: String,
+        run: u64,
+        /// How long running containers get between SIGTERM and SIGKILL, such as 30s
+        #[arg(long, default_value = "10s")]
+        grace: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -459,11 +466,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 || output::runs_table(&runs),
             );
         }
-        Command::Run(RunCommand::Cancel { pipeline, run }) => {
+        Command::Run(RunCommand::Cancel { pipeline, run, grace }) => {
+            let grace_millis = gofer_domain::schedule::parse_duration("--grace", &grace)
+                .map_err(|e| Failure(format!("{e} (InvalidArgument)")))?;
             let request = v1::CancelRunRequest {
                 namespace_id: namespace,
                 pipeline_id: pipeline.clone(),
                 run_id: run,
+                grace_millis,
             };
             let run = api
                 .cancel_run(request)

@@ -23,9 +23,21 @@ extern "C" fn exit_on_signal(signum: i32) {
     unsafe { _exit(128 + signum) }
 }
 
-/// Makes SIGTERM and SIGINT end the process promptly with status 143 / 130.
+/// `SIG_IGN`, the disposition that ignores a signal.
+const SIG_IGN: usize = 1;
+
+/// Makes SIGTERM and SIGINT end the process promptly with status 143 / 130; with
+/// `GOFER_TOOLBOX_IGNORE_SIGTERM=1` in the environment SIGTERM is ignored instead, to stand for a task that
+/// does not stop when asked (tests of the grace period before SIGKILL).
 pub fn install() {
     let handler = exit_on_signal as extern "C" fn(i32) as usize;
+    if std::env::var_os("GOFER_TOOLBOX_IGNORE_SIGTERM").is_some_and(|v| v == "1") {
+        // SAFETY: SIG_IGN is a valid disposition for SIGTERM.
+        unsafe { signal(SIGTERM, SIG_IGN) };
+        // SAFETY: as below.
+        unsafe { signal(SIGINT, handler) };
+        return;
+    }
     for signum in [SIGTERM, SIGINT] {
         // SAFETY: `handler` is the address of an `extern "C" fn(i32)`, the handler type `signal`
         // expects, and that handler only calls an async-signal-safe function. If installing fails

@@ -379,6 +379,8 @@ impl GoferService for ApiService {
             pipeline: request.pipeline_id.clone(),
             run: request.run_id,
             reason: "cancelled by user".to_string(),
+            grace_millis: u64::try_from(request.grace_millis)
+                .map_err(|_| into_status(gofer_domain::Error::invalid("grace_millis", "must not be negative")))?,
             at: now_millis(),
         })
         .await?;

@@ -19,6 +19,9 @@ fn finished(key: &v1::AttemptKey, outcome: v1::AttemptOutcome, exit_code: Option
     })
 }
 
+/// How long a container gets between SIGTERM and SIGKILL when no cancel said otherwise.
+const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs one attempt to its end and reports it.
 pub(crate) async fn run(
     executor: &Executor,
@@ -101,14 +104,15 @@ pub(crate) async fn run(
         tokio::select! {
             code = docker.wait(&container) => (code, Ended::Itself),
             () = stop.cancelled() => {
-                if let Err(err) = docker.stop(&container).await {
+                let grace = executor.graces.lock().expect("graces lock").get(key_text).copied();
+                if let Err(err) = docker.stop(&container, grace.unwrap_or(DEFAULT_GRACE)).await {
                     tracing::warn!(%err, "could not stop a cancelled attempt's container");
                 }
                 (docker.wait(&container).await, Ended::Stopped)
             }
             () = timed_out => {
                 tracing::info!(attempt = %key_text, "the attempt ran past its timeout; stopping it");
-                if let Err(err) = docker.stop(&container).await {
+                if let Err(err) = docker.stop(&container, DEFAULT_GRACE).await {
                     tracing::warn!(%err, "could not stop a timed-out attempt's container");
                 }
                 (docker.wait(&container).await, Ended::TimedOut)
@@ -127,7 +131,7 @@ pub(crate) async fn run(
         // Waiting failed, so the container may still run: it is stopped before the attempt is reported
         // failed, so that a retry never runs beside it.
         tracing::warn!(attempt = %key_text, %err, "could not wait for the container; stopping it");
-        if let Err(err) = docker.stop(&container).await {
+        if let Err(err) = docker.stop(&container, DEFAULT_GRACE).await {
             tracing::warn!(%err, "could not stop a container that could not be waited for");
         }
     }

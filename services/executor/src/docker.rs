@@ -238,10 +238,11 @@ impl DockerBackend {
             .unwrap_or(false)
     }
 
-    /// Asks the container to stop: SIGTERM, then SIGKILL after a grace period.
-    pub async fn stop(&self, id: &str) -> Result<(), String> {
+    /// Asks the container to stop: SIGTERM, then SIGKILL after `grace` (in whole seconds, rounded up).
+    pub async fn stop(&self, id: &str, grace: std::time::Duration) -> Result<(), String> {
+        let seconds = grace.as_millis().div_ceil(1000);
         let options = StopContainerOptions {
-            t: Some(5),
+            t: Some(i32::try_from(seconds).unwrap_or(i32::MAX)),
             ..Default::default()
         };
         match self.docker.stop_container(id, Some(options)).await {

@@ -47,6 +47,8 @@ pub(crate) struct Executor {
     labels: std::collections::BTreeMap<String, String>,
     /// Attempts stopped because the cluster no longer counts them live, by key.
     pub(crate) fenced: Mutex<std::collections::HashSet<String>>,
+    /// The grace a Stop gave each attempt it stops, by key.
+    pub(crate) graces: Mutex<HashMap<String, std::time::Duration>>,
     backend: crate::Backend,
     /// The schedulers it may reach; it talks to the one at `current`, the one that holds the lease.
     channels: Vec<Channel>,
@@ -77,6 +79,7 @@ impl Executor {
             capacity: config.capacity,
             labels: config.labels,
             fenced: Mutex::default(),
+            graces: Mutex::default(),
             backend,
             channels,
             redirect: Mutex::default(),
@@ -247,6 +250,7 @@ impl Executor {
                     crate::attempt::run(&this, &task_key, start, stop).await;
                     this.active.lock().expect("active lock").remove(&task_key);
                     this.fenced.lock().expect("fenced lock").remove(&task_key);
+                    this.graces.lock().expect("graces lock").remove(&task_key);
                 });
                 if let Some(active) = self.active.lock().expect("active lock").get_mut(&key) {
                     active.task = Some(task.abort_handle());
@@ -263,6 +267,8 @@ impl Executor {
             dispatch_response::Kind::Stop(stop) => {
                 let Some(key) = stop.key else { return };
                 let key_text = key_string(&key);
+                let grace = std::time::Duration::from_millis(u64::try_from(stop.grace_millis).unwrap_or(0));
+                self.graces.lock().expect("graces lock").insert(key_text.clone(), grace);
                 if let Some(active) = self.active.lock().expect("active lock").get(&key_text) {
                     active.stop.cancel();
                     return;

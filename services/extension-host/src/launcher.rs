@@ -156,7 +156,7 @@ async fn supervise(
                         Err(err) => tracing::warn!(extension = %name, %err, "lost track of the extension; restarting it"),
                     },
                     () = stop.cancelled() => {
-                        let _ = config.docker.stop(&id).await;
+                        let _ = config.docker.stop(&id, std::time::Duration::from_secs(5)).await;
                     }
                 }
                 if let Err(err) = config.docker.remove(&id).await {

@@ -315,6 +315,7 @@ impl Scheduler {
                 }
                 Kind::Stop(v1::StopAttempt {
                     key: Some(gofer_proto::attempt_key(&attempt.target, attempt.attempt)),
+                    grace_millis: i64::try_from(attempt.cancel_grace_ms).unwrap_or(i64::MAX),
                 })
             } else {
                 if !connection.started.insert(key) {
@@ -352,6 +353,7 @@ pub(crate) struct LiveAttempt {
     pub(crate) target: AttemptRef,
     pub(crate) attempt: u32,
     pub(crate) cancel_requested: bool,
+    pub(crate) cancel_grace_ms: u64,
     pub(crate) start: v1::StartAttempt,
 }
 
@@ -423,6 +425,7 @@ fn live_attempts_where(state: &State, mut want: impl FnMut(&str, &AttemptRef, u3
                 target,
                 attempt: task.attempt,
                 cancel_requested: run.cancel_requested,
+                cancel_grace_ms: run.cancel_grace_ms,
             });
         }
     }

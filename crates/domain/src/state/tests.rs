@@ -325,6 +325,7 @@ fn cancel_ends_pending_tasks_at_once_and_running_ones_when_stopped() {
             pipeline: "p".into(),
             run,
             reason: "cancelled by user".into(),
+            grace_millis: 0,
             at: 6,
         })
         .unwrap();
@@ -349,6 +350,7 @@ fn cancel_ends_pending_tasks_at_once_and_running_ones_when_stopped() {
             pipeline: "p".into(),
             run,
             reason: "again".into(),
+            grace_millis: 0,
             at: 8,
         })
         .unwrap();
@@ -362,6 +364,7 @@ fn cancel_ends_pending_tasks_at_once_and_running_ones_when_stopped() {
         pipeline: "p".into(),
         run: second,
         reason: "late".into(),
+        grace_millis: 0,
         at: 9,
     });
     assert!(matches!(refused, Err(Error::FailedPrecondition(_))));
@@ -378,6 +381,7 @@ fn cancelling_a_pending_run_ends_it_at_once() {
             pipeline: "p".into(),
             run,
             reason: "r".into(),
+            grace_millis: 0,
             at: 6,
         })
         .unwrap();
@@ -416,6 +420,7 @@ fn unknown_things_are_not_found_and_change_nothing() {
             pipeline: "nope".into(),
             run: 1,
             reason: String::new(),
+            grace_millis: 0,
             at: 1,
         },
     ] {
@@ -565,6 +570,7 @@ mod properties {
                 pipeline: "p".into(),
                 run: runs[pick % runs.len()],
                 reason: "r".into(),
+                grace_millis: 0,
                 at,
             }],
             Step::Bogus { pick } => vec![Command::AttemptFinished {
@@ -818,6 +824,7 @@ fn a_task_without_retries_is_not_retried_and_a_cancelled_run_retries_nothing() {
             pipeline: "p".into(),
             run,
             reason: "by hand".into(),
+            grace_millis: 0,
             at: 11,
         })
         .unwrap();
