@@ -67,9 +67,13 @@ pub(crate) async fn run(
             }
         }
     };
+    let started_at = now_millis();
+    if let Some(active) = executor.active.lock().expect("active lock").get_mut(key_text) {
+        active.started_at = started_at;
+    }
     executor.report(Kind::Started(v1::AttemptStarted {
         key: Some(key.clone()),
-        started_unix_millis: now_millis(),
+        started_unix_millis: started_at,
     }));
     tracing::info!(attempt = %key_text, container = %container, "attempt running");
 

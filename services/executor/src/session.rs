@@ -39,6 +39,8 @@ pub(crate) struct Active {
     pub(crate) stop: CancellationToken,
     /// Set once the attempt's task is spawned.
     pub(crate) task: Option<tokio::task::AbortHandle>,
+    /// When its container was reported running (Unix milliseconds), or 0 before.
+    pub(crate) started_at: i64,
 }
 
 pub(crate) struct Executor {
@@ -231,7 +233,17 @@ impl Executor {
                 }
                 let stop = {
                     let mut active = self.active.lock().expect("active lock");
-                    if active.contains_key(&key) {
+                    if let Some(running) = active.get(&key) {
+                        // Already running here: nothing to start. If the scheduler has no record of it
+                        // running (that report was lost with a stream), it is said again.
+                        let started_at = running.started_at;
+                        drop(active);
+                        if !start.already_started && started_at > 0 {
+                            self.report(dispatch_request::Kind::Started(v1::AttemptStarted {
+                                key: start.key.clone(),
+                                started_unix_millis: started_at,
+                            }));
+                        }
                         return;
                     }
                     let stop = CancellationToken::new();
@@ -240,6 +252,7 @@ impl Executor {
                         Active {
                             stop: stop.clone(),
                             task: None,
+                            started_at: 0,
                         },
                     );
                     stop
