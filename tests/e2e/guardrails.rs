@@ -188,3 +188,33 @@ fn cancel_gives_running_containers_the_grace_it_names_before_killing_them() -> R
     );
     Ok(())
 }
+
+#[test]
+fn the_node_wide_container_limit_keeps_independent_tasks_from_running_at_once() -> Result<()> {
+    gofer_testkit::toolbox_image()?;
+    let dev = gofer_testkit::GoferDev::start_with_args(
+        gofer_testkit::bin_dir()?,
+        gofer_testkit::DEFAULT_LOG_FILTER,
+        &["--max-containers", "1"],
+    )?;
+    let json = serde_json::json!({"id": "limited", "tasks": [
+        {"id": "a", "image": TOOLBOX_IMAGE, "command": ["sleep", "1"]},
+        {"id": "b", "image": TOOLBOX_IMAGE, "command": ["sleep", "1"]},
+    ]});
+    dev.register(&json.to_string())?;
+    let run = dev.ctl_ok(&["run", "start", "limited"])?;
+    let ended = wait_for_end(&dev, "limited", run.trim())?;
+    assert_eq!(ended["state"], "SUCCEEDED", "{ended}");
+    let tasks = tasks(&dev, "limited", run.trim())?;
+    let span = |t: &Value| {
+        let attempt = &t["attempts"][0];
+        (
+            attempt["assigned_unix_millis"].as_i64().unwrap_or(0),
+            attempt["ended_unix_millis"].as_i64().unwrap_or(0),
+        )
+    };
+    let (a, b) = (span(&tasks["a"]), span(&tasks["b"]));
+    // One container at a time: the second was not even assigned before the first ended.
+    assert!(a.0 >= b.1 || b.0 >= a.1, "a {a:?} and b {b:?} overlapped");
+    Ok(())
+}

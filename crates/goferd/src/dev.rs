@@ -28,6 +28,9 @@ pub struct DevArgs {
     /// Where to write the client config [default: $GOFER_CONFIG, else the user's config directory]
     #[arg(long)]
     client_config: Option<PathBuf>,
+    /// The most task containers that run at once; more tasks wait for room (0: no limit)
+    #[arg(long, env = "GOFER_MAX_CONTAINERS", default_value_t = 32)]
+    max_containers: u32,
 }
 
 /// The file goferctl reads to find and trust the server.
@@ -193,7 +196,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         executor_token,
         advertise_api: None,
         schedulers: Vec::new(),
-        executor_capacity: 0,
+        executor_capacity: args.max_containers,
         executor_labels: Default::default(),
         benchmark_backend: false,
         new_cluster_id: random_hex(8)?,

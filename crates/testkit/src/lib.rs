@@ -129,6 +129,8 @@ pub struct GoferDev {
     child: Option<Child>,
     bin: PathBuf,
     log_filter: String,
+    /// More `goferd dev` flags, given on every (re)start.
+    extra_args: Vec<String>,
     pub host: String,
     pub cluster: String,
     /// The webhook listener's base URL, such as `http://127.0.0.1:41234`.
@@ -144,12 +146,18 @@ impl GoferDev {
     /// Starts `goferd dev` from the binaries in `bin_dir` (see [`bin_dir_with_profile`]) with
     /// `GOFER_LOG=log_filter`, on a fresh temp dir, and waits until it is ready. Restarts keep both.
     pub fn start_with(bin_dir: PathBuf, log_filter: &str) -> Result<Self> {
+        Self::start_with_args(bin_dir, log_filter, &[])
+    }
+
+    /// As [`GoferDev::start_with`], with more `goferd dev` flags.
+    pub fn start_with_args(bin_dir: PathBuf, log_filter: &str, extra_args: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("gofer-e2e-").tempdir()?;
         let mut dev = GoferDev {
             dir,
             child: None,
             bin: bin_dir,
             log_filter: log_filter.to_string(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             host: String::new(),
             cluster: String::new(),
             webhooks: String::new(),
@@ -193,6 +201,7 @@ impl GoferDev {
                 "--data-dir",
             ])
             .arg(self.data_dir())
+            .args(&self.extra_args)
             .env("GOFER_CONFIG", self.config_path())
             .env("GOFER_LOG", &self.log_filter)
             .stdin(Stdio::null())
