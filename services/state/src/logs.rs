@@ -20,6 +20,8 @@ use tokio::sync::watch;
 pub struct LogStore {
     root: PathBuf,
     live: Arc<Mutex<HashMap<PathBuf, watch::Sender<u64>>>>,
+    /// How much of one attempt's output is kept.
+    cap: u64,
 }
 
 /// An open attempt log being written.
@@ -28,7 +30,18 @@ pub struct LogWriter {
     path: PathBuf,
     written: u64,
     notify: watch::Sender<u64>,
+    /// Bytes the head may still take; past them, output goes to `tail`.
+    head_left: u64,
+    /// The newest bytes beyond the head, at most `tail_cap` of them, written when the log finishes.
+    tail: std::collections::VecDeque<u8>,
+    tail_cap: usize,
+    /// Bytes dropped between the head and the tail.
+    omitted: u64,
 }
+
+/// How much of one attempt's output the archive keeps: the first and the last half of this, with a marker
+/// between them saying how much was left out.
+pub const LOG_CAP_BYTES: u64 = 10 * 1024 * 1024;
 
 /// By (namespace, pipeline): the next run id and the run ids the state holds.
 pub type KeptRuns = std::collections::BTreeMap<(String, String), (u64, std::collections::BTreeSet<u64>)>;
@@ -36,9 +49,15 @@ pub type KeptRuns = std::collections::BTreeMap<(String, String), (u64, std::coll
 impl LogStore {
     /// A store rooted at `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self::with_cap(root, LOG_CAP_BYTES)
+    }
+
+    /// A store that keeps at most about `cap` bytes of each attempt's output (see [`LOG_CAP_BYTES`]).
+    pub fn with_cap(root: impl Into<PathBuf>, cap: u64) -> Self {
         LogStore {
             root: root.into(),
             live: Arc::default(),
+            cap,
         }
     }
 
@@ -141,6 +160,10 @@ impl LogStore {
             path,
             written: 0,
             notify,
+            head_left: self.cap - self.cap / 2,
+            tail: std::collections::VecDeque::new(),
+            tail_cap: usize::try_from(self.cap / 2).unwrap_or(usize::MAX),
+            omitted: 0,
         })
     }
 
@@ -166,17 +189,41 @@ impl LogStore {
 }
 
 impl LogWriter {
-    /// Appends bytes and wakes followers.
+    /// Appends bytes and wakes followers. Past the head (half the cap) they are held as the tail, of
+    /// which the newest half-cap is kept, and written when the log finishes.
     pub async fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(data).await?;
-        self.file.flush().await?;
-        self.written += data.len() as u64;
-        self.notify.send_modify(|generation| *generation += 1);
+        let head = usize::try_from(self.head_left).unwrap_or(usize::MAX).min(data.len());
+        if head > 0 {
+            self.file.write_all(&data[..head]).await?;
+            self.file.flush().await?;
+            self.written += head as u64;
+            self.head_left -= head as u64;
+            self.notify.send_modify(|generation| *generation += 1);
+        }
+        self.tail.extend(&data[head..]);
+        if self.tail.len() > self.tail_cap {
+            let excess = self.tail.len() - self.tail_cap;
+            self.tail.drain(..excess);
+            self.omitted += excess as u64;
+        }
         Ok(())
     }
 
-    /// Makes every appended byte durable and returns how many there were.
+    /// Writes the tail (after a marker if bytes were left out), makes every stored byte durable and
+    /// returns how many there are.
     pub async fn finish(mut self) -> std::io::Result<u64> {
+        if self.omitted > 0 {
+            let marker = format!(
+                "\n[gofer: {} bytes of output left out here; the log keeps its first and last {} bytes]\n",
+                self.omitted, self.tail_cap
+            );
+            self.file.write_all(marker.as_bytes()).await?;
+            self.written += marker.len() as u64;
+        }
+        let (first, second) = self.tail.as_slices();
+        self.file.write_all(first).await?;
+        self.file.write_all(second).await?;
+        self.written += self.tail.len() as u64;
         self.file.flush().await?;
         self.file.sync_all().await?;
         if let Some(dir) = self.path.parent() {
@@ -240,5 +287,32 @@ mod tests {
         let mut bad = target();
         bad.pipeline = "../etc".into();
         assert!(store.path(&bad, 1).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_log_over_the_cap_keeps_its_head_and_tail_with_a_marker_between() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::with_cap(dir.path(), 100);
+        let mut writer = store.writer(&target(), 1).await.unwrap();
+        // 30 lines of 10 bytes: 300 bytes, three times the cap, in uneven appends.
+        let lines: Vec<String> = (0..30).map(|i| format!("line {i:04}\n")).collect();
+        let all = lines.concat();
+        for chunk in all.as_bytes().chunks(7) {
+            writer.append(chunk).await.unwrap();
+        }
+        let stored = writer.finish().await.unwrap();
+        let text = std::fs::read_to_string(store.path(&target(), 1).unwrap()).unwrap();
+        assert_eq!(stored, text.len() as u64);
+        assert!(text.starts_with(&all[..50]), "the first half-cap: {text}");
+        assert!(text.ends_with(&all[all.len() - 50..]), "the last half-cap: {text}");
+        assert!(text.contains("[gofer: 200 bytes of output left out here"), "{text}");
+        // Under the cap, nothing is left out and there is no marker.
+        let mut writer = store.writer(&target(), 2).await.unwrap();
+        writer.append(b"short\n").await.unwrap();
+        assert_eq!(writer.finish().await.unwrap(), 6);
+        assert_eq!(
+            std::fs::read_to_string(store.path(&target(), 2).unwrap()).unwrap(),
+            "short\n"
+        );
     }
 }
