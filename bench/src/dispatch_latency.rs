@@ -12,7 +12,7 @@
 //! figures from a debug build or a non-default log level in RESULTS.md, since those are not the product's.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -23,7 +23,7 @@ use bollard::query_parameters::{
 };
 use clap::Parser;
 use futures_util::StreamExt;
-use gofer_bench::{Api, ClientConfig, Machine, Summary, connect, millis, replace_section, utc_timestamp};
+use gofer_bench::{Api, ClientConfig, Machine, Summary, connect, millis, utc_timestamp};
 use gofer_proto::v1;
 use gofer_testkit::{BuildProfile, DEFAULT_LOG_FILTER, GoferDev, bin_dir_with_profile, toolbox_image};
 
@@ -41,17 +41,6 @@ const SECTION_HEADING: &str = "## dispatch-latency";
 /// What the Gofer side must stay under now, and what the product aims for, as multiples of the raw median.
 const TARGET_RATIO: f64 = 1.5;
 const GOAL_RATIO: f64 = 1.1;
-
-const RESULTS_HEADER: &str = "# Benchmark results
-
-Each benchmark measures Gofer against a raw baseline in the same run, interleaved, because the machines are
-shared and noisy (absolute figures move 15–40 % between runs): compare the ratios, not the milliseconds.
-Each `## <benchmark>` section is rewritten by its benchmark; the rest of this file is left as it is.
-
-Reproduce (builds a release `goferd` and the local `gofer/toolbox:1` image first; needs Docker):
-
-    cargo run --release -p gofer-bench --bin dispatch-latency -- [--iterations 30] [--warmup 3]
-";
 
 #[derive(Parser)]
 #[command(about = "Gofer's StartRun-to-finished latency against a raw Docker create+start+wait+remove")]
@@ -154,14 +143,7 @@ fn main() -> Result<()> {
     } else if !recordable {
         eprintln!("not recorded in bench/RESULTS.md: only a release goferd at the default log level is");
     } else {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
-        let existing = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => RESULTS_HEADER.to_string(),
-            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
-        };
-        let updated = replace_section(&existing, SECTION_HEADING, &report.markdown());
-        std::fs::write(&path, updated).with_context(|| format!("writing {}", path.display()))?;
+        let path = gofer_bench::record(SECTION_HEADING, &report.markdown())?;
         eprintln!("recorded in {}", path.display());
     }
     Ok(())

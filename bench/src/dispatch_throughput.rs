@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use gofer_bench::cluster::{GoferCluster, Member, Pki};
-use gofer_bench::{Api, Machine, millis, replace_section, utc_timestamp};
+use gofer_bench::{Api, Machine, millis, utc_timestamp};
 use gofer_proto::v1;
 use gofer_testkit::{BuildProfile, bin_dir_with_profile};
 
@@ -83,9 +83,7 @@ fn main() -> Result<()> {
         eprintln!("not recorded in bench/RESULTS.md");
         return Ok(());
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
-    let existing = std::fs::read_to_string(&path)?;
-    std::fs::write(&path, replace_section(&existing, SECTION_HEADING, &text))?;
+    let path = gofer_bench::record(SECTION_HEADING, &text)?;
     eprintln!("recorded in {}", path.display());
     Ok(())
 }

@@ -11,12 +11,11 @@
 //! its figures in the `## fire-skew` section of `bench/RESULTS.md` (release build only).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use gofer_bench::{Api, ClientConfig, Machine, Summary, connect, millis, replace_section, utc_timestamp};
+use gofer_bench::{Api, ClientConfig, Machine, Summary, connect, millis, utc_timestamp};
 use gofer_proto::v1;
 use gofer_testkit::{BuildProfile, DEFAULT_LOG_FILTER, GoferDev, bin_dir_with_profile, toolbox_image};
 
@@ -110,9 +109,7 @@ fn main() -> Result<()> {
         eprintln!("not recorded in bench/RESULTS.md");
         return Ok(());
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
-    let existing = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    std::fs::write(&path, replace_section(&existing, SECTION_HEADING, &text))?;
+    let path = gofer_bench::record(SECTION_HEADING, &text)?;
     eprintln!("recorded in {}", path.display());
     Ok(())
 }

@@ -7,6 +7,28 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[cfg(test)]
 mod tests;
 
+/// What a new `bench/RESULTS.md` starts with.
+const RESULTS_HEADER: &str = "# Benchmark results
+
+Each benchmark measures Gofer against a raw baseline in the same run, interleaved, because the machines are
+shared and noisy (absolute figures move 15–40 % between runs): compare the ratios, not the milliseconds.
+Each `## <benchmark>` section is rewritten by its benchmark; the rest of this file is left as it is.
+";
+
+/// Writes `section` as the `heading` section of `bench/RESULTS.md` (made if missing); returns its path.
+pub fn record(heading: &str, section: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => RESULTS_HEADER.to_string(),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    };
+    std::fs::write(&path, replace_section(&existing, heading, section))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// Returns `document` with the section that starts at the line `heading` (a `## ` heading) replaced by
 /// `section`, which should itself start with `heading`. The old section runs up to the next `#` or `##`
 /// heading outside a code fence, or to the end. Without such a section, `section` is appended.

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use gofer_proto::now_millis;
 use gofer_proto::v1::{self, dispatch_request::Kind};
 
-use crate::session::Executor;
+use crate::session::{Executor, Stopping};
 
 fn finished(key: &v1::AttemptKey, outcome: v1::AttemptOutcome, exit_code: Option<i64>, reason: String) -> Kind {
     Kind::Finished(v1::AttemptFinished {
@@ -108,8 +108,11 @@ pub(crate) async fn run(
         tokio::select! {
             code = docker.wait(&container) => (code, Ended::Itself),
             () = stop.cancelled() => {
-                let grace = executor.graces.lock().expect("graces lock").get(key_text).copied();
-                if let Err(err) = docker.stop(&container, grace.unwrap_or(DEFAULT_GRACE)).await {
+                let grace = match stopping(executor, key_text) {
+                    Some(Stopping::Cancelled(grace)) => grace,
+                    _ => DEFAULT_GRACE,
+                };
+                if let Err(err) = docker.stop(&container, grace).await {
                     tracing::warn!(%err, "could not stop a cancelled attempt's container");
                 }
                 (docker.wait(&container).await, Ended::Stopped)
@@ -130,7 +133,7 @@ pub(crate) async fn run(
         // logs are missing. The container stays for an operator to inspect.
         return report_error(format!("the attempt ran but its logs could not be stored: {err}"));
     }
-    let fenced = executor.fenced.lock().expect("fenced lock").remove(key_text);
+    let fenced = stopped && matches!(stopping(executor, key_text), Some(Stopping::FencedOff));
     if let (Err(err), false) = (&code, stopped) {
         // Waiting failed, so the container may still run: it is stopped before the attempt is reported
         // failed, so that a retry never runs beside it.
@@ -171,15 +174,8 @@ pub(crate) async fn run(
     };
     // The container goes only once the scheduler confirms the report is committed: if this process stops
     // first, the next one adopts the exited container and reports it again, instead of calling it lost.
-    let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-    executor
-        .acks
-        .lock()
-        .expect("acks lock")
-        .insert(key_text.to_string(), ack_tx);
     tracing::info!(attempt = %key_text, "attempt finished");
-    executor.report(kind);
-    if ack_rx.await.is_ok()
+    if report_final(executor, key_text, kind).await
         && let Err(err) = docker.remove(&container).await
     {
         tracing::warn!(%err, container = %container, "could not remove a finished container");
@@ -253,14 +249,35 @@ async fn run_benchmark_noop(executor: &Executor, key_text: &str, key: &v1::Attem
         key: Some(key.clone()),
         started_unix_millis: now_millis(),
     }));
+    report_final(
+        executor,
+        key_text,
+        finished(key, v1::AttemptOutcome::Exited, Some(0), String::new()),
+    )
+    .await;
+}
+
+/// Sends an attempt's final report and waits until the scheduler confirms it committed; `false` if this
+/// executor stopped waiting (it shut down).
+async fn report_final(executor: &Executor, key_text: &str, kind: Kind) -> bool {
     let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
     executor
         .acks
         .lock()
         .expect("acks lock")
         .insert(key_text.to_string(), ack_tx);
-    executor.report(finished(key, v1::AttemptOutcome::Exited, Some(0), String::new()));
-    let _ = ack_rx.await;
+    executor.report(kind);
+    ack_rx.await.is_ok()
+}
+
+/// Why the attempt's container is being stopped, as the Stop or welcome that stopped it said.
+fn stopping(executor: &Executor, key_text: &str) -> Option<Stopping> {
+    executor
+        .active
+        .lock()
+        .expect("active lock")
+        .get(key_text)
+        .and_then(|a| a.stopping)
 }
 
 /// How an attempt's container stopped running.

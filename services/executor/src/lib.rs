@@ -45,7 +45,7 @@ pub enum Error {
 pub struct ExecutorConfig {
     /// Unique among the cluster's executors; labels its containers.
     pub executor_id: String,
-    /// The bearer token it presents to the scheduler.
+    /// The bearer token it presents to the scheduler; empty when it presents its certificate instead.
     pub token: String,
     /// How many attempts it runs at once; 0 means no limit.
     pub capacity: u32,
@@ -72,8 +72,9 @@ pub async fn run(
     if schedulers.is_empty() {
         return Err(Error::Config("name at least one scheduler".into()));
     }
-    let header = format!("Bearer {}", config.token)
-        .parse()
+    let header = (!config.token.is_empty())
+        .then(|| format!("Bearer {}", config.token).parse())
+        .transpose()
         .map_err(|_| Error::Config("the token has characters a header cannot carry".into()))?;
     let count = schedulers.len();
     let executor = Arc::new(session::Executor::new(config, backend, schedulers, header));

@@ -16,15 +16,14 @@ use tonic::{Request, Status};
 
 use crate::DockerBackend;
 
-/// Adds the bearer token to every call.
+/// Adds the bearer token to every call; `None` for an executor that presents a client certificate instead.
 #[derive(Clone)]
-pub(crate) struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+pub(crate) struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        // An executor that presents a client certificate has no token to add.
-        if self.0.as_encoded_bytes() != b"Bearer " {
-            request.metadata_mut().insert("authorization", self.0.clone());
+        if let Some(header) = &self.0 {
+            request.metadata_mut().insert("authorization", header.clone());
         }
         Ok(request)
     }
@@ -41,23 +40,30 @@ pub(crate) struct Active {
     pub(crate) task: Option<tokio::task::AbortHandle>,
     /// When its container was reported running (Unix milliseconds), or 0 before.
     pub(crate) started_at: i64,
+    /// Why `stop` was cancelled, set just before it is.
+    pub(crate) stopping: Option<Stopping>,
+}
+
+/// Why an attempt's container is being stopped.
+#[derive(Clone, Copy)]
+pub(crate) enum Stopping {
+    /// Its run was cancelled; the container gets this long between SIGTERM and SIGKILL.
+    Cancelled(std::time::Duration),
+    /// The cluster no longer counts it live (declared LOST while this executor was cut off).
+    FencedOff,
 }
 
 pub(crate) struct Executor {
     pub(crate) id: String,
     capacity: u32,
     labels: std::collections::BTreeMap<String, String>,
-    /// Attempts stopped because the cluster no longer counts them live, by key.
-    pub(crate) fenced: Mutex<std::collections::HashSet<String>>,
-    /// The grace a Stop gave each attempt it stops, by key.
-    pub(crate) graces: Mutex<HashMap<String, std::time::Duration>>,
     backend: crate::Backend,
     /// The schedulers it may reach; it talks to the one at `current`, the one that holds the lease.
     channels: Vec<Channel>,
     /// Where a process that is not the active scheduler pointed it, tried before `channels`.
     redirect: Mutex<Option<(String, Channel)>>,
     pub(crate) current: std::sync::atomic::AtomicUsize,
-    header: MetadataValue<tonic::metadata::Ascii>,
+    header: Option<MetadataValue<tonic::metadata::Ascii>>,
     /// Attempts with a task running them, by key.
     pub(crate) active: Mutex<HashMap<String, Active>>,
     /// Final reports, by key, kept until the scheduler stops listing the attempt as live.
@@ -74,14 +80,12 @@ impl Executor {
         config: crate::ExecutorConfig,
         backend: crate::Backend,
         channels: Vec<Channel>,
-        header: MetadataValue<tonic::metadata::Ascii>,
+        header: Option<MetadataValue<tonic::metadata::Ascii>>,
     ) -> Self {
         Executor {
             id: config.executor_id,
             capacity: config.capacity,
             labels: config.labels,
-            fenced: Mutex::default(),
-            graces: Mutex::default(),
             backend,
             channels,
             redirect: Mutex::default(),
@@ -253,6 +257,7 @@ impl Executor {
                             stop: stop.clone(),
                             task: None,
                             started_at: 0,
+                            stopping: None,
                         },
                     );
                     stop
@@ -262,8 +267,6 @@ impl Executor {
                 let task = tokio::spawn(async move {
                     crate::attempt::run(&this, &task_key, start, stop).await;
                     this.active.lock().expect("active lock").remove(&task_key);
-                    this.fenced.lock().expect("fenced lock").remove(&task_key);
-                    this.graces.lock().expect("graces lock").remove(&task_key);
                 });
                 if let Some(active) = self.active.lock().expect("active lock").get_mut(&key) {
                     active.task = Some(task.abort_handle());
@@ -281,8 +284,8 @@ impl Executor {
                 let Some(key) = stop.key else { return };
                 let key_text = key_string(&key);
                 let grace = std::time::Duration::from_millis(u64::try_from(stop.grace_millis).unwrap_or(0));
-                self.graces.lock().expect("graces lock").insert(key_text.clone(), grace);
-                if let Some(active) = self.active.lock().expect("active lock").get(&key_text) {
+                if let Some(active) = self.active.lock().expect("active lock").get_mut(&key_text) {
+                    active.stopping = Some(Stopping::Cancelled(grace));
                     active.stop.cancel();
                     return;
                 }
@@ -314,10 +317,10 @@ impl Executor {
     /// declared LOST (and maybe retried elsewhere) while it was cut off, so they must not run on. Each is
     /// reported stopped, and the scheduler records that on the LOST attempt.
     fn stop_fenced_off(&self, live: &std::collections::HashSet<String>) {
-        let active = self.active.lock().expect("active lock");
-        for (key, attempt) in active.iter().filter(|(key, _)| !live.contains(*key)) {
+        let mut active = self.active.lock().expect("active lock");
+        for (key, attempt) in active.iter_mut().filter(|(key, _)| !live.contains(*key)) {
             tracing::warn!(attempt = %key, "stopping an attempt the cluster no longer counts live (fenced off)");
-            self.fenced.lock().expect("fenced lock").insert(key.clone());
+            attempt.stopping = Some(Stopping::FencedOff);
             attempt.stop.cancel();
         }
     }
