@@ -29,12 +29,18 @@ fn write(deployment: &Deployment, first: usize, id: &str, deadline: Instant) -> 
     false
 }
 
-/// Starts a run of `chaos` with `request_id` through `node`, retrying through the other nodes until one
-/// acknowledges it; returns the run id, or `None` if none did within `deadline`.
-fn start_run(deployment: &Deployment, first: usize, request_id: &str, deadline: Instant) -> Option<u64> {
+/// Starts a run of `pipeline` with `request_id` through node `first`, retrying through the other nodes
+/// until one acknowledges it; returns the run id, or `None` if none did within `deadline`.
+pub(crate) fn start_run(
+    deployment: &Deployment,
+    first: usize,
+    pipeline: &str,
+    request_id: &str,
+    deadline: Instant,
+) -> Option<u64> {
     let mut node = first;
     while Instant::now() < deadline {
-        match deployment.ctl_output(node, &["run", "start", "chaos", "--request-id", request_id]) {
+        match deployment.ctl_output(node, &["run", "start", pipeline, "--request-id", request_id]) {
             Ok(output) if output.status.success() => {
                 return String::from_utf8_lossy(&output.stdout).trim().parse().ok();
             }
@@ -42,6 +48,33 @@ fn start_run(deployment: &Deployment, first: usize, request_id: &str, deadline: 
         }
     }
     None
+}
+
+/// Checks that no request id has two runs of `pipeline`, and that each acknowledged request id (run id by
+/// request id) has exactly its run.
+pub(crate) fn one_run_per_request(
+    deployment: &Deployment,
+    pipeline: &str,
+    acked: &BTreeMap<String, u64>,
+) -> Result<()> {
+    let listed = deployment.json(API, &["run", "list", pipeline])?;
+    let mut by_request: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for run in listed.as_array().into_iter().flatten() {
+        let request_id = run["request_id"].as_str().unwrap_or_default().to_string();
+        by_request
+            .entry(request_id)
+            .or_default()
+            .push(run["id"].as_u64().unwrap_or(0));
+    }
+    let duplicated: Vec<_> = by_request.iter().filter(|(_, runs)| runs.len() > 1).collect();
+    anyhow::ensure!(duplicated.is_empty(), "request ids with two runs: {duplicated:?}");
+    for (request_id, run) in acked {
+        anyhow::ensure!(
+            by_request.get(request_id) == Some(&vec![*run]),
+            "request {request_id}: {by_request:?}"
+        );
+    }
+    Ok(())
 }
 
 /// What the client got acknowledged.
@@ -96,7 +129,7 @@ fn chaos(deployment: &Deployment) -> Result<()> {
             if n % 2 == 0 {
                 let request_id = format!("chaos-run-{n}");
                 acked.attempted += 1;
-                if let Some(run) = start_run(deployment, node, &request_id, deadline) {
+                if let Some(run) = start_run(deployment, node, "chaos", &request_id, deadline) {
                     acked.runs.insert(request_id, run);
                 }
             }
@@ -152,23 +185,7 @@ fn chaos(deployment: &Deployment) -> Result<()> {
     deployment.compose(&["start", &active])?;
 
     // No request id has two runs, and every acknowledged one has its run.
-    let listed = deployment.json(API, &["run", "list", "chaos"])?;
-    let mut by_request: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for run in listed.as_array().into_iter().flatten() {
-        let request_id = run["request_id"].as_str().unwrap_or_default().to_string();
-        by_request
-            .entry(request_id)
-            .or_default()
-            .push(run["id"].as_u64().unwrap_or(0));
-    }
-    let duplicated_runs: Vec<_> = by_request.iter().filter(|(_, runs)| runs.len() > 1).collect();
-    assert!(
-        duplicated_runs.is_empty(),
-        "request ids with two runs: {duplicated_runs:?}"
-    );
-    for (request_id, run) in &acked.runs {
-        assert_eq!(by_request.get(request_id), Some(&vec![*run]), "request {request_id}");
-    }
+    one_run_per_request(deployment, "chaos", &acked.runs)?;
     let runs: BTreeSet<u64> = acked.runs.values().copied().collect();
     assert_eq!(
         runs.len(),

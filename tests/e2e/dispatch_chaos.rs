@@ -13,25 +13,10 @@ use anyhow::{Context, Result, ensure};
 use gofer_testkit::{TOOLBOX_IMAGE, wait_until};
 use serde_json::Value;
 
+use crate::chaos::{one_run_per_request, start_run};
 use crate::deploy::{API, Deployment};
 
 const PIPELINE: &str = "work";
-
-/// Starts a run with `request_id` through `node`, retrying through the other nodes until one acknowledges
-/// it; returns the run id.
-fn start_run(deployment: &Deployment, first: usize, request_id: &str) -> Option<u64> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut node = first;
-    while Instant::now() < deadline {
-        match deployment.ctl_output(node, &["run", "start", PIPELINE, "--request-id", request_id]) {
-            Ok(output) if output.status.success() => {
-                return String::from_utf8_lossy(&output.stdout).trim().parse().ok();
-            }
-            _ => node = node % 3 + 1,
-        }
-    }
-    None
-}
 
 #[test]
 fn runs_end_once_each_while_nodes_schedulers_and_executors_fail() {
@@ -77,7 +62,13 @@ fn dispatch_chaos(deployment: &Deployment) -> Result<()> {
         for _ in 0..count {
             attempted += 1;
             let request_id = format!("dispatch-chaos-{attempted}");
-            if let Some(run) = start_run(deployment, attempted % 3 + 1, &request_id) {
+            if let Some(run) = start_run(
+                deployment,
+                attempted % 3 + 1,
+                PIPELINE,
+                &request_id,
+                Instant::now() + Duration::from_secs(20),
+            ) {
                 acked.insert(request_id, run);
             }
         }
@@ -144,23 +135,7 @@ fn dispatch_chaos(deployment: &Deployment) -> Result<()> {
     })?;
 
     // No request id has two runs, and each acknowledged one has its run.
-    let listed = deployment.json(API, &["run", "list", PIPELINE])?;
-    let mut by_request: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for run in listed.as_array().into_iter().flatten() {
-        let request_id = run["request_id"].as_str().unwrap_or_default().to_string();
-        by_request
-            .entry(request_id)
-            .or_default()
-            .push(run["id"].as_u64().unwrap_or(0));
-    }
-    let duplicated: Vec<_> = by_request.iter().filter(|(_, runs)| runs.len() > 1).collect();
-    ensure!(duplicated.is_empty(), "request ids with two runs: {duplicated:?}");
-    for (request_id, run) in &acked {
-        ensure!(
-            by_request.get(request_id) == Some(&vec![*run]),
-            "request {request_id}: {by_request:?}"
-        );
-    }
+    one_run_per_request(deployment, PIPELINE, &acked)?;
 
     // Docker started each attempt's container at most once, and every attempt that ran started one.
     let attempts_ran: usize = tasks

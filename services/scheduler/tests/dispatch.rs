@@ -3,12 +3,14 @@
 use gofer_domain::Command;
 use gofer_domain::lease::Role;
 use gofer_proto::v1::dispatch_service_client::DispatchServiceClient;
-use gofer_proto::v1::dispatch_service_server::DispatchServiceServer;
 use gofer_proto::v1::{self, dispatch_request, dispatch_response};
 use gofer_scheduler::{DispatchHandler, Scheduler};
 use gofer_state::{LeaseHolder, LogStore, StateHandle, StateNode};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::{initialized_state, serve_dispatch, wait_for};
 
 async fn hello(
     client: &mut DispatchServiceClient<tonic::transport::Channel>,
@@ -37,26 +39,7 @@ async fn serve(
 ) -> (DispatchServiceClient<tonic::transport::Channel>, LeaseHolder) {
     let lease = LeaseHolder::spawn(state.clone(), Role::Scheduler, holder.into(), shutdown.clone());
     let handler = DispatchHandler::new(Scheduler::new(state.clone(), lease.clone()), Some(logs));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = shutdown.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(DispatchServiceServer::new(handler))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                stop.cancelled().await
-            }),
-    );
-    let client = DispatchServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    (client, lease)
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    (serve_dispatch(handler, shutdown).await, lease)
 }
 
 #[tokio::test]
@@ -93,14 +76,7 @@ async fn an_executor_is_welcomed_only_once_the_cluster_has_its_id() {
 #[tokio::test]
 async fn one_scheduler_acts_a_standby_refuses_executors_and_takes_over_in_the_next_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let state = StateHandle::from(StateNode::open_single(&dir.path().join("state")).await.unwrap());
-    state
-        .propose(Command::Init {
-            cluster_id: "c".into(),
-            at: 1,
-        })
-        .await
-        .unwrap();
+    let state = initialized_state(dir.path()).await;
     let logs = LogStore::new(dir.path().join("logs"));
     let first_stop = CancellationToken::new();
     let (mut first, first_lease) = serve(&state, "a", logs.clone(), &first_stop).await;
@@ -168,14 +144,7 @@ async fn one_scheduler_acts_a_standby_refuses_executors_and_takes_over_in_the_ne
 #[tokio::test]
 async fn a_standby_and_a_process_without_a_scheduler_point_executors_at_the_active_one() {
     let dir = tempfile::tempdir().unwrap();
-    let state = StateHandle::from(StateNode::open_single(&dir.path().join("state")).await.unwrap());
-    state
-        .propose(Command::Init {
-            cluster_id: "c".into(),
-            at: 1,
-        })
-        .await
-        .unwrap();
+    let state = initialized_state(dir.path()).await;
     let shutdown = CancellationToken::new();
     let active = LeaseHolder::spawn_advertising(
         state.clone(),
@@ -188,17 +157,7 @@ async fn a_standby_and_a_process_without_a_scheduler_point_executors_at_the_acti
     let (mut standby, _) = serve(&state, "b", LogStore::new(dir.path().join("logs")), &shutdown).await;
 
     let redirect = gofer_scheduler::DispatchRedirect::new(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = shutdown.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(DispatchServiceServer::new(redirect))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                stop.cancelled().await
-            }),
-    );
-    let mut no_scheduler = DispatchServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut no_scheduler = serve_dispatch(redirect, &shutdown).await;
 
     for client in [&mut standby, &mut no_scheduler] {
         let refused = hello(client).await.unwrap_err();

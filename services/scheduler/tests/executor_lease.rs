@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use gofer_domain::lease::Role;
 use gofer_domain::{AttemptState, Command, PipelineConfig, RunState, TaskState};
-use gofer_proto::v1::dispatch_service_client::DispatchServiceClient;
-use gofer_proto::v1::dispatch_service_server::DispatchServiceServer;
 use gofer_proto::v1::{self, dispatch_request, dispatch_response};
 use gofer_scheduler::{DispatchHandler, Scheduler};
-use gofer_state::{LeaseHolder, LogStore, StateHandle, StateNode};
+use gofer_state::{LeaseHolder, LogStore, StateHandle};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-type Client = DispatchServiceClient<tonic::transport::Channel>;
+mod common;
+use common::{Client, initialized_state, serve_dispatch, wait_for};
 
 /// One executor played by the test: what it sends, and what it has received.
 struct FakeExecutor {
@@ -72,19 +71,36 @@ impl FakeExecutor {
         self.beating.cancel();
     }
 
-    /// The next Start it receives.
-    async fn next_start(&mut self) -> v1::StartAttempt {
-        let deadline = Duration::from_secs(20);
+    /// The next message it receives that `pick` takes, within 20 s.
+    async fn next<T>(&mut self, what: &str, pick: impl Fn(dispatch_response::Kind) -> Option<T>) -> T {
         loop {
-            let message = tokio::time::timeout(deadline, self.inbound.message())
+            let message = tokio::time::timeout(Duration::from_secs(20), self.inbound.message())
                 .await
-                .expect("a Start within 20 s")
+                .unwrap_or_else(|_| panic!("{what} within 20 s"))
                 .expect("the stream is healthy")
                 .expect("the stream is open");
-            if let Some(dispatch_response::Kind::Start(start)) = message.kind {
-                return start;
+            if let Some(picked) = message.kind.and_then(&pick) {
+                return picked;
             }
         }
+    }
+
+    /// The next Start it receives.
+    async fn next_start(&mut self) -> v1::StartAttempt {
+        self.next("a Start", |kind| match kind {
+            dispatch_response::Kind::Start(start) => Some(start),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next FinishedAck it receives.
+    async fn next_ack(&mut self) -> v1::AttemptKey {
+        self.next("an ack", |kind| match kind {
+            dispatch_response::Kind::FinishedAck(ack) => ack.key,
+            _ => None,
+        })
+        .await
     }
 
     fn report(&self, kind: dispatch_request::Kind) {
@@ -104,14 +120,7 @@ impl FakeExecutor {
 
 /// A state node with one pipeline, and a scheduler (loop and dispatch service) holding the lease.
 async fn cluster(dir: &std::path::Path, shutdown: &CancellationToken) -> (StateHandle, Client) {
-    let state = StateHandle::from(StateNode::open_single(&dir.join("state")).await.unwrap());
-    state
-        .propose(Command::Init {
-            cluster_id: "c".into(),
-            at: 1,
-        })
-        .await
-        .unwrap();
+    let state = initialized_state(dir).await;
     let config = PipelineConfig::from_json(r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#).unwrap();
     state
         .propose(Command::RegisterPipeline {
@@ -125,25 +134,8 @@ async fn cluster(dir: &std::path::Path, shutdown: &CancellationToken) -> (StateH
     let scheduler = Scheduler::new(state.clone(), lease.clone());
     tokio::spawn(scheduler.clone().run(shutdown.clone()));
     let handler = DispatchHandler::new(scheduler, Some(LogStore::new(dir.join("logs"))));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = shutdown.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(DispatchServiceServer::new(handler))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                stop.cancelled().await
-            }),
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while lease.epoch().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the scheduler never took its lease"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let client = DispatchServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let client = serve_dispatch(handler, shutdown).await;
+    wait_for("the scheduler to take its lease", || lease.epoch().is_some()).await;
     (state, client)
 }
 
@@ -158,21 +150,7 @@ async fn a_silent_executor_loses_its_attempt_which_runs_again_elsewhere_and_is_s
     let (state, mut client) = cluster(dir.path(), &shutdown).await;
 
     let (mut e1, _) = FakeExecutor::connect(&mut client, "e1").await;
-    let run = match state
-        .propose(Command::StartRun {
-            namespace: "default".into(),
-            pipeline: "p".into(),
-            request_id: String::new(),
-            parameters: Default::default(),
-            retry_of: 0,
-            at: gofer_proto::now_millis(),
-        })
-        .await
-        .unwrap()
-    {
-        gofer_domain::Applied::Run(run) => run,
-        other => panic!("{other:?}"),
-    };
+    let run = start_run(&state).await;
     let first = e1.next_start().await;
     let first_key = first.key.clone().unwrap();
     assert_eq!(first_key.attempt, 1);
@@ -209,23 +187,18 @@ async fn a_silent_executor_loses_its_attempt_which_runs_again_elsewhere_and_is_s
     let (e1_again, welcome) = FakeExecutor::connect(&mut client, "e1").await;
     assert!(welcome.live_attempts.is_empty(), "{:?}", welcome.live_attempts);
     e1_again.finish(&first_key, v1::AttemptOutcome::Stopped, None);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while task_a(&state, run).attempts[0].late_report.is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the late report was never recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the late report", || {
+        !task_a(&state, run).attempts[0].late_report.is_empty()
+    })
+    .await;
     assert!(task_a(&state, run).attempts[0].late_report.contains("stopped"));
     assert_eq!(task_a(&state, run).state, TaskState::Pending, "attempt 2 is still out");
 
     e2.finish(&second_key, v1::AttemptOutcome::Exited, Some(0));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while state.read(|s| s.run("default", "p", run).unwrap().0.state) != RunState::Succeeded {
-        assert!(std::time::Instant::now() < deadline, "the run never succeeded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the run to succeed", || {
+        state.read(|s| s.run("default", "p", run).unwrap().0.state) == RunState::Succeeded
+    })
+    .await;
     let task = task_a(&state, run);
     assert_eq!((task.attempt, task.attempts.len()), (2, 2));
     assert!(
@@ -241,17 +214,7 @@ async fn a_heartbeating_executor_keeps_its_attempt_past_many_lease_periods() {
     let shutdown = CancellationToken::new();
     let (state, mut client) = cluster(dir.path(), &shutdown).await;
     let (mut e1, _) = FakeExecutor::connect(&mut client, "e1").await;
-    state
-        .propose(Command::StartRun {
-            namespace: "default".into(),
-            pipeline: "p".into(),
-            request_id: String::new(),
-            parameters: Default::default(),
-            retry_of: 0,
-            at: gofer_proto::now_millis(),
-        })
-        .await
-        .unwrap();
+    start_run(&state).await;
     let start = e1.next_start().await;
     tokio::time::sleep(gofer_scheduler::EXECUTOR_LEASE * 2).await;
     let task = task_a(&state, 1);
@@ -264,22 +227,6 @@ async fn a_heartbeating_executor_keeps_its_attempt_past_many_lease_periods() {
     );
     e1.finish(start.key.as_ref().unwrap(), v1::AttemptOutcome::Exited, Some(0));
     shutdown.cancel();
-}
-
-impl FakeExecutor {
-    /// The next FinishedAck it receives.
-    async fn next_ack(&mut self) -> v1::AttemptKey {
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(20), self.inbound.message())
-                .await
-                .expect("an ack within 20 s")
-                .expect("the stream is healthy")
-                .expect("the stream is open");
-            if let Some(dispatch_response::Kind::FinishedAck(ack)) = message.kind {
-                return ack.key.expect("an acked key");
-            }
-        }
-    }
 }
 
 async fn start_run(state: &StateHandle) -> u64 {
@@ -308,11 +255,7 @@ async fn a_start_lost_with_its_stream_is_sent_again_on_the_next_for_the_same_att
     let (e1, _) = FakeExecutor::connect(&mut client, "e1").await;
     let run = start_run(&state).await;
     // The assignment is committed; the stream that carried (or would carry) its Start breaks.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while task_a(&state, run).assignment.is_none() {
-        assert!(std::time::Instant::now() < deadline, "never assigned");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the assignment", || task_a(&state, run).assignment.is_some()).await;
     drop(e1);
     let (mut again, welcome) = FakeExecutor::connect(&mut client, "e1").await;
     assert_eq!(
@@ -346,11 +289,10 @@ async fn a_final_report_whose_ack_was_lost_is_acknowledged_again_and_changes_not
     let start = e1.next_start().await;
     let key = start.key.clone().unwrap();
     e1.finish(&key, v1::AttemptOutcome::Exited, Some(0));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while task_a(&state, run).state != TaskState::Succeeded {
-        assert!(std::time::Instant::now() < deadline, "the report was never committed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the report to be committed", || {
+        task_a(&state, run).state == TaskState::Succeeded
+    })
+    .await;
     // The ack is lost with the stream; the executor, still holding the report, sends it again.
     drop(e1);
     let (mut again, welcome) = FakeExecutor::connect(&mut client, "e1").await;

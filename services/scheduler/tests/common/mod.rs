@@ -1,0 +1,49 @@
+//! What the scheduler's integration tests share: an initialized single-node state, a dispatch service on
+//! loopback, and waiting for a condition with a deadline.
+
+#![allow(dead_code)]
+
+use gofer_domain::Command;
+use gofer_proto::v1::dispatch_service_client::DispatchServiceClient;
+use gofer_proto::v1::dispatch_service_server::{DispatchService, DispatchServiceServer};
+use gofer_state::{StateHandle, StateNode};
+use tokio_util::sync::CancellationToken;
+
+pub type Client = DispatchServiceClient<tonic::transport::Channel>;
+
+/// A single state node under `dir`, initialized as cluster `c`.
+pub async fn initialized_state(dir: &std::path::Path) -> StateHandle {
+    let state = StateHandle::from(StateNode::open_single(&dir.join("state")).await.unwrap());
+    state
+        .propose(Command::Init {
+            cluster_id: "c".into(),
+            at: 1,
+        })
+        .await
+        .unwrap();
+    state
+}
+
+/// Serves `service` on a loopback port until `shutdown`; returns a client of it.
+pub async fn serve_dispatch<S: DispatchService>(service: S, shutdown: &CancellationToken) -> Client {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = shutdown.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DispatchServiceServer::new(service))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                stop.cancelled().await
+            }),
+    );
+    DispatchServiceClient::connect(format!("http://{addr}")).await.unwrap()
+}
+
+/// Waits until `done`, failing the test after 10 s.
+pub async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
