@@ -60,12 +60,39 @@ impl Deployment {
             .arg(&certs)
             .env("GOFERD", bin.join("goferd")))?;
         let token = std::fs::read_to_string(certs.join("admin.token"))?.trim().to_string();
-        let mut env = vec![
-            ("GOFER_IMAGE".to_string(), image.clone()),
+        let mut deployment = Deployment {
+            project: format!("gofertest{unique}"),
+            image,
+            compose: root.join("deploy/compose.yaml"),
+            env: Vec::new(),
+            configs: Vec::new(),
+            dir,
+        };
+        // The ports are picked free, then bound by Docker a moment later: another test may take one in
+        // between, so a start refused for a port in use is tried again on fresh ports.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            deployment.pick_ports(&certs, &token)?;
+            match deployment.compose(&["up", "-d"]) {
+                Ok(_) => return Ok(deployment),
+                Err(err) if tries < 3 && err.to_string().contains("address already in use") => {
+                    deployment.compose(&["down", "-v"])?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Picks free host ports for the API of every node, the api container and the webhooks, and writes a
+    /// goferctl config for each.
+    fn pick_ports(&mut self, certs: &Path, token: &str) -> Result<()> {
+        self.env = vec![
+            ("GOFER_IMAGE".to_string(), self.image.clone()),
             ("GOFER_CERTS".to_string(), certs.display().to_string()),
             ("GOFER_WEBHOOK_PORT".to_string(), free_port()?.to_string()),
         ];
-        let mut configs = Vec::new();
+        self.configs.clear();
         for n in 1..=API {
             let api = free_port()?;
             let variable = if n == API {
@@ -73,8 +100,8 @@ impl Deployment {
             } else {
                 format!("GOFER_NODE{n}_API_PORT")
             };
-            env.push((variable, api.to_string()));
-            let config = dir.path().join(format!("client{n}.toml"));
+            self.env.push((variable, api.to_string()));
+            let config = self.dir.path().join(format!("client{n}.toml"));
             std::fs::write(
                 &config,
                 format!(
@@ -82,18 +109,9 @@ impl Deployment {
                     certs.join("ca.pem").display()
                 ),
             )?;
-            configs.push(config);
+            self.configs.push(config);
         }
-        let deployment = Deployment {
-            project: format!("gofertest{unique}"),
-            image,
-            compose: root.join("deploy/compose.yaml"),
-            env,
-            configs,
-            dir,
-        };
-        deployment.compose(&["up", "-d"])?;
-        Ok(deployment)
+        Ok(())
     }
 
     pub(crate) fn compose(&self, args: &[&str]) -> Result<String> {
