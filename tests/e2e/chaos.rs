@@ -98,7 +98,6 @@ fn acknowledged_writes_survive_a_killed_leader_a_partition_a_pause_and_a_restart
 }
 
 fn chaos(deployment: &Deployment) -> Result<()> {
-    let deployment = deployment;
     let (leader, _) = deployment.leader(1, &[1, 2, 3])?;
     let json_path = tempfile::NamedTempFile::new()?;
     std::fs::write(json_path.path(), pipeline("chaos", &[("a", "echo chaos", &[])]))?;
@@ -150,12 +149,12 @@ fn chaos(deployment: &Deployment) -> Result<()> {
             }
         }
     };
-    write_some(&deployment, 10, &mut acked);
+    write_some(deployment, 10, &mut acked);
 
     // Kill the leader outright, write on, bring it back.
     deployment.compose(&["kill", &format!("node{leader}")])?;
     faults += 1;
-    write_some(&deployment, 10, &mut acked);
+    write_some(deployment, 10, &mut acked);
     deployment.compose(&["start", &format!("node{leader}")])?;
 
     // Cut a follower off the network, write on, reconnect it.
@@ -163,25 +162,25 @@ fn chaos(deployment: &Deployment) -> Result<()> {
     let cut = [1u64, 2, 3].into_iter().find(|n| *n != leader).expect("a follower");
     deployment.network(&["disconnect", &deployment.network_name(), &deployment.container(cut)?])?;
     faults += 1;
-    write_some(&deployment, 10, &mut acked);
+    write_some(deployment, 10, &mut acked);
     deployment.network(&["connect", &deployment.network_name(), &deployment.container(cut)?])?;
 
     // Pause a node (it stops answering but keeps its sockets), write on, unpause it.
     deployment.compose(&["pause", "node2"])?;
     faults += 1;
-    write_some(&deployment, 10, &mut acked);
+    write_some(deployment, 10, &mut acked);
     deployment.compose(&["unpause", "node2"])?;
 
     // Restart a node.
     deployment.compose(&["restart", "node3"])?;
     faults += 1;
-    write_some(&deployment, 10, &mut acked);
+    write_some(deployment, 10, &mut acked);
 
     // Kill the scheduler that holds the lease; the standby takes over.
     let (active, _) = deployment.scheduler_lease(&[])?;
     deployment.compose(&["kill", &active])?;
     faults += 1;
-    write_some(&deployment, 10, &mut acked);
+    write_some(deployment, 10, &mut acked);
     deployment.compose(&["start", &active])?;
 
     // No request id has two runs, and every acknowledged one has its run.

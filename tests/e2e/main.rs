@@ -8,6 +8,7 @@ mod chaos;
 mod cluster;
 mod deploy;
 mod dispatch_chaos;
+mod events;
 mod extensions;
 mod guardrails;
 mod runs;

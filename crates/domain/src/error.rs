@@ -23,6 +23,9 @@ pub enum Error {
     /// was wrong, and it may be sent again by whoever holds the lease now.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// What was asked for is past what is kept, such as events that were pruned.
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 /// The small fixed set of error kinds that `gofer-proto` maps to gRPC codes.
@@ -32,6 +35,7 @@ pub enum ErrorKind {
     NotFound,
     AlreadyExists,
     FailedPrecondition,
+    OutOfRange,
 }
 
 impl Error {
@@ -61,6 +65,7 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::FailedPrecondition(_) | Error::Fenced(_) => ErrorKind::FailedPrecondition,
+            Error::OutOfRange(_) => ErrorKind::OutOfRange,
         }
     }
 }

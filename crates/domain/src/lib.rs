@@ -6,6 +6,7 @@
 //! its dependency list.
 
 mod error;
+pub mod events;
 pub mod executors;
 mod ids;
 pub mod lease;

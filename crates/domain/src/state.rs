@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::EventLog;
 use crate::executors::{ExecutorInfo, Executors};
 use crate::lease::{Lease, Leases, Role};
 use crate::triggers::{ExtensionRecord, Fire, FireOutcome, Registration, Subscription, Trigger};
@@ -552,6 +553,11 @@ pub enum Command {
     Batch {
         commands: Vec<Command>,
     },
+    /// Sets how long the event stream keeps events (see [`crate::events`]).
+    SetEventRetention {
+        retention_millis: u64,
+        at: i64,
+    },
     /// A command issued by the holder of `role` in `epoch`: refused, changing nothing, once the epoch has
     /// moved on.
     Fenced {
@@ -606,11 +612,52 @@ pub struct State {
     /// The executors and their leases.
     #[serde(default)]
     pub executors: Executors,
+    /// The event stream: run and task state changes and trigger decisions (see [`crate::events`]).
+    #[serde(default)]
+    pub events: EventLog,
+}
+
+impl Command {
+    /// The time the command carries; none for a batch or a fence, whose commands carry their own.
+    pub fn at(&self) -> Option<i64> {
+        match self {
+            Command::Init { at, .. }
+            | Command::CreateNamespace { at, .. }
+            | Command::RegisterPipeline { at, .. }
+            | Command::StartRun { at, .. }
+            | Command::CancelRun { at, .. }
+            | Command::AssignAttempt { at, .. }
+            | Command::AttemptStarted { at, .. }
+            | Command::AttemptFinished { at, .. }
+            | Command::InstallExtension { at, .. }
+            | Command::UninstallExtension { at, .. }
+            | Command::RegisterExtension { at, .. }
+            | Command::CreateSubscription { at, .. }
+            | Command::DeleteSubscription { at, .. }
+            | Command::Fire { at, .. }
+            | Command::SkipFires { at, .. }
+            | Command::AcquireLease { at, .. }
+            | Command::ReleaseLease { at, .. }
+            | Command::RenewExecutors { at, .. }
+            | Command::ExecutorLost { at, .. }
+            | Command::AttemptReportedLate { at, .. }
+            | Command::SetEventRetention { at, .. } => Some(*at),
+            Command::Batch { .. } | Command::Fenced { .. } => None,
+        }
+    }
 }
 
 impl State {
-    /// Applies one command. A refused command leaves the state exactly as it was.
+    /// Applies one command, recording what it changed as events. A refused command leaves the state
+    /// exactly as it was and records nothing.
     pub fn apply(&mut self, command: &Command) -> Result<Applied, Error> {
+        let before = self.before(command);
+        let applied = self.apply_command(command)?;
+        self.record_events(before, command, &applied);
+        Ok(applied)
+    }
+
+    fn apply_command(&mut self, command: &Command) -> Result<Applied, Error> {
         match command {
             Command::Init { cluster_id, at } => {
                 if !self.cluster_id.is_empty() {
@@ -953,6 +1000,10 @@ impl State {
                 self.leases.release(*role, holder, *epoch, *at);
                 Ok(Applied::Done)
             }
+            Command::SetEventRetention { retention_millis, at } => self
+                .events
+                .set_retention(*retention_millis, *at)
+                .map(|()| Applied::Done),
             Command::Fenced {
                 role,
                 holder,

@@ -16,6 +16,7 @@ macro_rules! say {
 }
 
 mod client;
+mod events;
 mod output;
 
 use std::io::Write;
@@ -75,6 +76,27 @@ enum Command {
     /// Show and change the state nodes of the cluster
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Read the event stream: run and task state changes and trigger decisions
+    #[command(subcommand)]
+    Event(EventCommand),
+}
+
+#[derive(Subcommand)]
+enum EventCommand {
+    /// List the events kept, oldest first, one per line (-o json: one JSON object per line); with
+    /// --follow keep printing new ones, resuming after the last one printed if the connection drops
+    List {
+        /// Keep the stream open and print each new event as it is committed
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Start after this event id, the last one you saw: every later event is printed once. Fails if
+        /// the events after it were pruned (OutOfRange)
+        #[arg(long, value_name = "ID", default_value_t = 0)]
+        from: u64,
+        /// Only this pipeline's events (in the namespace of -n, default "default")
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,13 +266,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    let settings = client::Settings::resolve(
-        cli.config.clone(),
-        cli.host.clone(),
-        cli.token.clone(),
-        cli.ca_cert.clone(),
-        cli.namespace.clone(),
-    )?;
+    let resolve = || {
+        client::Settings::resolve(
+            cli.config.clone(),
+            cli.host.clone(),
+            cli.token.clone(),
+            cli.ca_cert.clone(),
+            cli.namespace.clone(),
+        )
+    };
+    let settings = resolve()?;
     let namespace = settings.namespace.clone();
     let format = cli.output;
     // Read the pipeline before connecting, so a bad file fails fast and without a server.
@@ -668,6 +693,20 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 || print_json(&serde_json::json!({ "node_id": node_id, "removed": true })),
                 || say!("node {node_id} removed"),
             );
+        }
+        Command::Event(EventCommand::List { follow, from, pipeline }) => {
+            // Without -n (or GOFER_NAMESPACE) the stream carries every namespace's events.
+            let namespace_id = match (&cli.namespace, &pipeline) {
+                (None, None) => String::new(),
+                _ => namespace,
+            };
+            let request = v1::ListEventsRequest {
+                after_id: from,
+                follow,
+                namespace_id,
+                pipeline_id: pipeline.unwrap_or_default(),
+            };
+            events::list(api, resolve, request, format).await?;
         }
         Command::Task(TaskCommand::Logs {
             pipeline,

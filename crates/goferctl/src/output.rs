@@ -160,7 +160,7 @@ fn trigger_text(t: Option<&v1::RunTrigger>) -> String {
 }
 
 /// A time with milliseconds, for scheduled instants.
-fn precise_time(millis: i64) -> String {
+pub fn precise_time(millis: i64) -> String {
     format!("{}.{:03}", time(millis), millis.rem_euclid(1000))
 }
 

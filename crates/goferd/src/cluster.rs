@@ -84,6 +84,10 @@ pub struct ServerArgs {
     /// attempt exited 0 at once (for control-plane benchmarks only) [default: docker]
     #[arg(long)]
     executor_backend: Option<String>,
+    /// How long the cluster's event stream keeps events, such as 2h or 7d; set by this process once the
+    /// cluster is initialized [default: the cluster's setting, 24h unless set before]
+    #[arg(long, value_parser = crate::parse_retention)]
+    event_retention: Option<u64>,
 }
 
 impl ServerArgs {
@@ -119,6 +123,7 @@ struct ServerConfig {
     executor_labels: Option<BTreeMap<String, String>>,
     executor_backend: Option<String>,
     advertise_api: Option<String>,
+    event_retention: Option<String>,
 }
 
 /// The API address to advertise when none is given: the bound address, or this process's name with the
@@ -277,6 +282,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(address) = &advertise_api {
         check_addresses("advertise_api", std::slice::from_ref(address))?;
     }
+    let event_retention_ms = match (args.event_retention, &file.event_retention) {
+        (Some(ms), _) => Some(ms),
+        (None, Some(text)) => Some(crate::parse_retention(text).map_err(|e| anyhow::anyhow!("{e}"))?),
+        (None, None) => None,
+    };
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
     let executor_labels = executor_labels(&args.executor_labels, file.executor_labels)?;
     let benchmark_backend = match args.executor_backend.or(file.executor_backend).as_deref() {
@@ -435,6 +445,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         executor_labels,
         benchmark_backend,
         new_cluster_id: crate::dev::random_hex(8)?,
+        event_retention_ms,
     })
     .await?;
     println!("goferd server {name} is up");

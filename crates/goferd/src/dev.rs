@@ -31,6 +31,10 @@ pub struct DevArgs {
     /// The most task containers that run at once; more tasks wait for room (0: no limit)
     #[arg(long, env = "GOFER_MAX_CONTAINERS", default_value_t = 32)]
     max_containers: u32,
+    /// How long the event stream keeps events, such as 2h or 7d; at most the newest 100,000 are kept
+    /// whatever the time [default: the cluster's setting, 24h unless set before]
+    #[arg(long, env = "GOFER_EVENT_RETENTION", value_parser = crate::parse_retention)]
+    event_retention: Option<u64>,
 }
 
 /// The file goferctl reads to find and trust the server.
@@ -200,6 +204,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         executor_labels: Default::default(),
         benchmark_backend: false,
         new_cluster_id: random_hex(8)?,
+        event_retention_ms: args.event_retention,
     })
     .await?;
     let host = node.api_host.clone().context("goferd dev serves the API")?;

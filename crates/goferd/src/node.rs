@@ -95,6 +95,9 @@ pub struct NodeSetup {
     pub benchmark_backend: bool,
     /// The cluster id a state node proposes if the log has none yet.
     pub new_cluster_id: String,
+    /// How long the cluster keeps events, when this process was told (`--event-retention`); it sets it
+    /// once the cluster is initialized.
+    pub event_retention_ms: Option<u64>,
 }
 
 /// A process whose roles are running.
@@ -123,6 +126,39 @@ async fn initialize(state: StateHandle, cluster_id: String, shutdown: Cancellati
         }
         Ok(())
     })
+    .await;
+}
+
+/// Sets the cluster's event retention once it is initialized, unless it already is that.
+async fn set_event_retention(state: StateHandle, retention_ms: u64, shutdown: CancellationToken) {
+    retry(
+        "waiting for the cluster to set the event retention",
+        &shutdown,
+        || async {
+            let (initialized, current) = state
+                .read_linearizable(|s| (!s.cluster_id.is_empty(), s.events.retention_ms()))
+                .await?;
+            if !initialized {
+                return Err(gofer_state::Error::Unavailable(
+                    "the cluster is not initialized yet".into(),
+                ));
+            }
+            if current != retention_ms {
+                let command = Command::SetEventRetention {
+                    retention_millis: retention_ms,
+                    at: gofer_proto::now_millis(),
+                };
+                match state.propose(command).await {
+                    Ok(_) => {}
+                    Err(gofer_state::Error::Rejected(e)) => {
+                        tracing::error!(error = %e, "the event retention was refused");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        },
+    )
     .await;
 }
 
@@ -179,6 +215,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         executor_labels,
         benchmark_backend,
         new_cluster_id,
+        event_retention_ms,
     } = setup;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -219,6 +256,13 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         StateSetup::Remote(remote) => (Some(StateHandle::from(remote)), None, None),
         StateSetup::None => (None, None, None),
     };
+    if let (Some(handle), Some(retention)) = (&handle, event_retention_ms) {
+        let set = tracker.spawn(set_event_retention(handle.clone(), retention, shutdown.clone()));
+        // A single node commits at once: `goferd dev` is ready only once the retention is in force.
+        if single_node {
+            set.await.context("setting the event retention")?;
+        }
+    }
     // Each start is a new lease holder: a restarted process waits for its old lease to lapse (or finds it
     // released) rather than acting in an epoch its previous life may still be acting in.
     let holder = format!("{name}/{}", crate::dev::random_hex(2)?);

@@ -1,6 +1,7 @@
 //! Conversions between `gofer.v1` messages and `gofer-domain` types. Incoming configs are checked here
 //! with the domain's rules, so a bad field becomes an `InvalidArgument` that names it.
 
+use gofer_domain::events::{Event, EventKind, FireDecision};
 use gofer_domain::triggers::{ExtensionRecord, SettingSpec, Subscription};
 use gofer_domain::{
     AttemptRef, Condition, Error, PipelineConfig, Run, RunState, State, TaskConfig, TaskExecution, TaskState,
@@ -94,13 +95,7 @@ pub fn config_to_proto(config: &PipelineConfig) -> v1::PipelineConfig {
 
 /// Converts a run to the wire.
 pub fn run_to_proto(namespace: &str, pipeline: &str, run: &Run) -> v1::Run {
-    let state = match run.state {
-        RunState::Pending => v1::RunState::Pending,
-        RunState::Running => v1::RunState::Running,
-        RunState::Succeeded => v1::RunState::Succeeded,
-        RunState::Failed => v1::RunState::Failed,
-        RunState::Cancelled => v1::RunState::Cancelled,
-    };
+    let state = run_state_to_proto(run.state);
     v1::Run {
         namespace_id: namespace.to_string(),
         pipeline_id: pipeline.to_string(),
@@ -214,14 +209,7 @@ pub fn subscription_to_proto(
 
 /// Converts a task execution to the wire.
 pub fn task_to_proto(namespace: &str, pipeline: &str, run: u64, task: &TaskExecution) -> v1::TaskExecution {
-    let state = match task.state {
-        TaskState::Pending => v1::TaskState::Pending,
-        TaskState::Running => v1::TaskState::Running,
-        TaskState::Succeeded => v1::TaskState::Succeeded,
-        TaskState::Failed => v1::TaskState::Failed,
-        TaskState::Cancelled => v1::TaskState::Cancelled,
-        TaskState::Skipped => v1::TaskState::Skipped,
-    };
+    let state = task_state_to_proto(task.state);
     v1::TaskExecution {
         namespace_id: namespace.to_string(),
         pipeline_id: pipeline.to_string(),
@@ -255,6 +243,96 @@ pub fn task_to_proto(namespace: &str, pipeline: &str, run: u64, task: &TaskExecu
             })
             .collect(),
         not_before_unix_millis: task.not_before,
+    }
+}
+
+fn run_state_to_proto(state: RunState) -> v1::RunState {
+    match state {
+        RunState::Pending => v1::RunState::Pending,
+        RunState::Running => v1::RunState::Running,
+        RunState::Succeeded => v1::RunState::Succeeded,
+        RunState::Failed => v1::RunState::Failed,
+        RunState::Cancelled => v1::RunState::Cancelled,
+    }
+}
+
+fn task_state_to_proto(state: TaskState) -> v1::TaskState {
+    match state {
+        TaskState::Pending => v1::TaskState::Pending,
+        TaskState::Running => v1::TaskState::Running,
+        TaskState::Succeeded => v1::TaskState::Succeeded,
+        TaskState::Failed => v1::TaskState::Failed,
+        TaskState::Cancelled => v1::TaskState::Cancelled,
+        TaskState::Skipped => v1::TaskState::Skipped,
+    }
+}
+
+/// Converts an event to the wire.
+pub fn event_to_proto(event: &Event) -> v1::Event {
+    use v1::event::Kind;
+    let (namespace, pipeline) = event.what.pipeline();
+    let kind = match &event.what {
+        EventKind::Run { run, state, reason, .. } => Kind::Run(v1::RunEvent {
+            run_id: *run,
+            state: run_state_to_proto(*state) as i32,
+            reason: reason.clone(),
+        }),
+        EventKind::Task {
+            run,
+            task,
+            attempt,
+            state,
+            reason,
+            ..
+        } => Kind::Task(v1::TaskEvent {
+            run_id: *run,
+            task_id: task.clone(),
+            attempt: *attempt,
+            state: task_state_to_proto(*state) as i32,
+            reason: reason.clone(),
+        }),
+        EventKind::Fire {
+            subscription,
+            extension,
+            idempotency_key,
+            scheduled_at,
+            decision,
+            run,
+            reason,
+            ..
+        } => Kind::Fire(v1::FireEvent {
+            subscription_label: subscription.clone(),
+            extension: extension.clone(),
+            idempotency_key: idempotency_key.clone(),
+            scheduled_unix_millis: *scheduled_at,
+            decision: match decision {
+                FireDecision::Started => v1::FireDecision::Started,
+                FireDecision::Buffered => v1::FireDecision::Buffered,
+                FireDecision::Skipped => v1::FireDecision::Skipped,
+                FireDecision::Duplicate => v1::FireDecision::Duplicate,
+            } as i32,
+            run_id: *run,
+            reason: reason.clone(),
+        }),
+        EventKind::FiresSkipped {
+            subscription,
+            count,
+            last_scheduled_at,
+            reason,
+            ..
+        } => Kind::FiresSkipped(v1::FiresSkippedEvent {
+            subscription_label: subscription.clone(),
+            count: *count,
+            last_scheduled_unix_millis: *last_scheduled_at,
+            reason: reason.clone(),
+        }),
+    };
+    v1::Event {
+        id: event.id,
+        emitted_unix_millis: event.at,
+        namespace_id: namespace.to_string(),
+        pipeline_id: pipeline.to_string(),
+        kind: Some(kind),
     }
 }
 

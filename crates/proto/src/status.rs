@@ -11,6 +11,7 @@ pub fn into_status(err: Error) -> Status {
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::AlreadyExists => Code::AlreadyExists,
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::OutOfRange => Code::OutOfRange,
     };
     Status::new(code, err.to_string())
 }

@@ -6,6 +6,7 @@
 //! `LogStore`.
 
 mod auth;
+mod events;
 mod logs;
 mod service;
 

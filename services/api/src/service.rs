@@ -683,4 +683,12 @@ impl GoferService for ApiService {
         let stream = crate::logs::stream_task_logs(self.clone(), request)?;
         Ok(Response::new(stream))
     }
+
+    type ListEventsStream = BoxStream<v1::ListEventsResponse>;
+
+    async fn list_events(&self, request: Request<v1::ListEventsRequest>) -> ApiResult<Self::ListEventsStream> {
+        self.linearize().await?;
+        let stream = crate::events::stream_events(self.clone(), request.into_inner())?;
+        Ok(Response::new(stream))
+    }
 }

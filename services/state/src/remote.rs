@@ -189,7 +189,7 @@ impl RemoteState {
                     "no state node took the write: {not_sent}; retry"
                 )));
             }
-            if tried % self.inner.addresses.len() == 0 {
+            if tried.is_multiple_of(self.inner.addresses.len()) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -215,7 +215,7 @@ impl RemoteState {
                 Err(_) => {}
             }
             tried += 1;
-            if tried % self.inner.addresses.len() == 0 {
+            if tried.is_multiple_of(self.inner.addresses.len()) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -649,6 +649,27 @@ mod properties {
                     prop_assert!(!run.state.is_terminal() || assigned == 0, "an ended run holds no assignment");
                 }
             }
+            // The events tell every run's and task's state: replaying them gives the state's.
+            let events = state.events.after(0, usize::MAX).unwrap();
+            for (i, event) in events.iter().enumerate() {
+                prop_assert_eq!(event.id, i as u64 + 1, "event ids count up from 1 without gaps");
+            }
+            let mut runs = BTreeMap::new();
+            let mut tasks = BTreeMap::new();
+            for event in &events {
+                match &event.what {
+                    crate::events::EventKind::Run { run, state, .. } => { runs.insert(*run, *state); }
+                    crate::events::EventKind::Task { run, task, state, .. } => { tasks.insert((*run, task.clone()), *state); }
+                    _ => {}
+                }
+            }
+            for run in state.pipeline("default", "p").unwrap().runs.values() {
+                prop_assert_eq!(runs.get(&run.id), Some(&run.state), "run {}'s events end in its state", run.id);
+                for task in &run.tasks {
+                    let told = tasks.get(&(run.id, task.task.clone())).copied().unwrap_or(TaskState::Pending);
+                    prop_assert_eq!(told, task.state, "run {} task {}'s events end in its state", run.id, &task.task);
+                }
+            }
             // Equal logs give equal states.
             let mut replayed = init();
             register(&mut replayed, CHAIN);

@@ -1,0 +1,178 @@
+//! `goferctl event list`: the cluster's events, one line each, oldest first; with `--follow` it keeps
+//! printing them and, when the connection drops, reconnects and resumes after the last id it printed,
+//! so a node restart costs no event and repeats none.
+
+use std::time::{Duration, Instant};
+
+use gofer_proto::v1;
+use serde_json::{Value, json};
+use tonic::Code;
+
+use crate::Failure;
+use crate::client::{self, Api, Settings};
+use crate::output::{self, Format};
+
+/// How long `--follow` keeps trying to reconnect before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// Prints the events `request` asks for. `resolve` reads the settings again before each reconnection,
+/// so a follower finds a `goferd dev` that came back on another port.
+pub async fn list(
+    mut api: Api,
+    resolve: impl Fn() -> Result<Settings, Failure>,
+    mut request: v1::ListEventsRequest,
+    format: Format,
+) -> Result<(), Failure> {
+    let mut lost_since: Option<Instant> = None;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let error = match api.list_events(request.clone()).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(message)) => {
+                            let Some(event) = message.event else { continue };
+                            lost_since = None;
+                            delay = Duration::from_millis(100);
+                            request.after_id = event.id;
+                            print(&event, format);
+                        }
+                        Ok(None) => return Ok(()),
+                        Err(status) => break status,
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        let transient = matches!(error.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
+        let since = *lost_since.get_or_insert_with(Instant::now);
+        if !request.follow || !transient || since.elapsed() > RECONNECT_FOR {
+            return Err(client::status(error));
+        }
+        eprintln!(
+            "the event stream was interrupted ({}); resuming after event {}",
+            error.message(),
+            request.after_id
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+        if let Ok(settings) = resolve()
+            && let Ok(fresh) = client::connect(&settings).await
+        {
+            api = fresh;
+        }
+    }
+}
+
+fn print(event: &v1::Event, format: Format) {
+    match format {
+        Format::Json => say!("{}", json_line(event)),
+        Format::Table => say!(
+            "{:<8} {}  {}/{}  {}",
+            event.id,
+            output::precise_time(event.emitted_unix_millis),
+            event.namespace_id,
+            event.pipeline_id,
+            describe(event)
+        ),
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+}
+
+/// An event as one line of JSON: the proto's fields, its kind named in `kind` and its details under it.
+fn json_line(event: &v1::Event) -> String {
+    use v1::event::Kind;
+    let (kind, detail) = match &event.kind {
+        Some(Kind::Run(r)) => (
+            "run",
+            json!({"run_id": r.run_id, "state": gofer_proto::run_state_name(r.state), "reason": r.reason}),
+        ),
+        Some(Kind::Task(t)) => (
+            "task",
+            json!({
+                "run_id": t.run_id, "task_id": t.task_id, "attempt": t.attempt,
+                "state": gofer_proto::task_state_name(t.state), "reason": t.reason,
+            }),
+        ),
+        Some(Kind::Fire(f)) => (
+            "fire",
+            json!({
+                "subscription_label": f.subscription_label, "extension": f.extension,
+                "idempotency_key": f.idempotency_key, "scheduled_unix_millis": f.scheduled_unix_millis,
+                "decision": decision_name(f.decision), "run_id": f.run_id, "reason": f.reason,
+            }),
+        ),
+        Some(Kind::FiresSkipped(s)) => (
+            "fires_skipped",
+            json!({
+                "subscription_label": s.subscription_label, "count": s.count,
+                "last_scheduled_unix_millis": s.last_scheduled_unix_millis, "reason": s.reason,
+            }),
+        ),
+        None => ("unknown", Value::Null),
+    };
+    let mut value = json!({
+        "id": event.id, "emitted_unix_millis": event.emitted_unix_millis,
+        "namespace_id": event.namespace_id, "pipeline_id": event.pipeline_id, "kind": kind,
+    });
+    value[kind] = detail;
+    value.to_string()
+}
+
+fn decision_name(decision: i32) -> &'static str {
+    match v1::FireDecision::try_from(decision) {
+        Ok(d) => d.as_str_name().strip_prefix("FIRE_DECISION_").unwrap_or("UNSPECIFIED"),
+        Err(_) => "UNKNOWN",
+    }
+}
+
+/// What an event says, for people: `run 3 FAILED: task "a" ended FAILED`.
+fn describe(event: &v1::Event) -> String {
+    use v1::event::Kind;
+    let with_reason = |text: String, reason: &str| {
+        if reason.is_empty() {
+            text
+        } else {
+            format!("{text}: {reason}")
+        }
+    };
+    match &event.kind {
+        Some(Kind::Run(r)) => with_reason(
+            format!("run {} {}", r.run_id, gofer_proto::run_state_name(r.state)),
+            &r.reason,
+        ),
+        Some(Kind::Task(t)) => with_reason(
+            format!(
+                "task {} of run {} attempt {} {}",
+                t.task_id,
+                t.run_id,
+                t.attempt,
+                gofer_proto::task_state_name(t.state)
+            ),
+            &t.reason,
+        ),
+        Some(Kind::Fire(f)) => {
+            let run = if f.run_id == 0 {
+                String::new()
+            } else {
+                format!(" run {}", f.run_id)
+            };
+            with_reason(
+                format!(
+                    "fire of {} ({}) {}{run}",
+                    f.subscription_label,
+                    f.extension,
+                    decision_name(f.decision)
+                ),
+                &f.reason,
+            )
+        }
+        Some(Kind::FiresSkipped(s)) => with_reason(
+            format!("{} fire(s) of {} skipped", s.count, s.subscription_label),
+            &s.reason,
+        ),
+        None => "an event this goferctl does not know".to_string(),
+    }
+}
