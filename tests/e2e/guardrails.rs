@@ -218,3 +218,51 @@ fn the_node_wide_container_limit_keeps_independent_tasks_from_running_at_once() 
     assert!(a.0 >= b.1 || b.0 >= a.1, "a {a:?} and b {b:?} overlapped");
     Ok(())
 }
+
+#[test]
+fn a_log_past_its_cap_keeps_its_head_and_tail_with_a_marker_between() -> Result<()> {
+    gofer_testkit::toolbox_image()?;
+    let dev = gofer_testkit::GoferDev::start_with_args(
+        gofer_testkit::bin_dir()?,
+        gofer_testkit::DEFAULT_LOG_FILTER,
+        &["--task-log-cap", "64KiB"],
+    )?;
+    // 1 to 200000, one per line: 1,288,895 bytes, twenty times the cap.
+    dev.register(&one_task(
+        "loud",
+        serde_json::json!({"command": ["sh", "-c", "seq 200000"]}),
+    ))?;
+    let run = dev.ctl_ok(&["run", "start", "loud"])?;
+    let ended = wait_for_end(&dev, "loud", run.trim())?;
+    assert_eq!(ended["state"], "SUCCEEDED", "{ended}");
+    let log = dev.ctl_ok(&["task", "logs", "loud", run.trim(), "a"])?;
+    let full: String = (1..=200_000).map(|n| format!("{n}\n")).collect();
+    let marker_at = log.find("\n[gofer: ").context("a marker in the log")?;
+    let marker_end = marker_at + 1 + log[marker_at + 1..].find('\n').context("the marker's end")? + 1;
+    let (head, marker, tail) = (&log[..marker_at], &log[marker_at..marker_end], &log[marker_end..]);
+    // The head and the tail are the output's first and last 32 KiB, byte for byte.
+    assert_eq!(head.len(), 32 << 10);
+    assert_eq!(tail.len(), 32 << 10);
+    assert!(full.starts_with(head), "head ends {:?}", &head[head.len() - 40..]);
+    let expected_tail = &full[full.len() - tail.len()..];
+    assert!(
+        tail == expected_tail,
+        "tail starts {:?} ends {:?}; expected {:?} … {:?}",
+        &tail[..40],
+        &tail[tail.len() - 40..],
+        &expected_tail[..40],
+        &expected_tail[expected_tail.len() - 40..]
+    );
+    let omitted = full.len() - (64 << 10);
+    assert!(
+        marker.contains(&format!("{omitted} bytes of output left out here")),
+        "{marker}"
+    );
+    // A cap out of bounds stops goferd before it starts, naming the field.
+    let bad = std::process::Command::new(gofer_testkit::bin_dir()?.join("goferd"))
+        .args(["dev", "--task-log-cap", "1KiB"])
+        .output()?;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("task_log_cap"));
+    Ok(())
+}

@@ -69,9 +69,20 @@ pub fn parse_timeout(field: &str, text: &str) -> Result<i64, Error> {
     Ok(ms)
 }
 
-/// Parses a size such as `256MiB`, `1GiB`, `512MB` or `67108864` (bytes) into bytes, at least
-/// [`MIN_MEMORY_BYTES`].
+/// Parses a task's `memory` (see [`parse_size`]) into bytes, at least [`MIN_MEMORY_BYTES`].
 pub fn parse_memory(field: &str, text: &str) -> Result<u64, Error> {
+    let bytes = parse_size(field, text)?;
+    if bytes < MIN_MEMORY_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("must be at least 6MiB (Docker refuses less), got {}", text.trim()),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses a size such as `256MiB`, `1GiB`, `512MB`, `64KiB` or `67108864` (bytes) into bytes.
+pub fn parse_size(field: &str, text: &str) -> Result<u64, Error> {
     let bad = || Error::invalid(field, format!("{text:?} is not a size such as 256MiB, 1GiB or 512MB"));
     let text = text.trim();
     let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -90,14 +101,7 @@ pub fn parse_memory(field: &str, text: &str) -> Result<u64, Error> {
         "GB" => 1_000_000_000,
         _ => return Err(bad()),
     };
-    let bytes = value.checked_mul(unit).ok_or_else(bad)?;
-    if bytes < MIN_MEMORY_BYTES {
-        return Err(Error::invalid(
-            field,
-            format!("must be at least 6MiB (Docker refuses less), got {text}"),
-        ));
-    }
-    Ok(bytes)
+    value.checked_mul(unit).ok_or_else(bad)
 }
 
 /// Checks a task's `workdir`: an absolute path of at most 1024 bytes, without NUL.

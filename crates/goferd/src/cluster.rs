@@ -88,6 +88,10 @@ pub struct ServerArgs {
     /// cluster is initialized [default: the cluster's setting, 24h unless set before]
     #[arg(long, value_parser = crate::parse_retention)]
     event_retention: Option<u64>,
+    /// How much of each task attempt's output a state node's log archive keeps, such as 1MiB: beyond it,
+    /// the first and last halves with a marker between them [default: 10MiB]
+    #[arg(long, value_parser = crate::parse_log_cap)]
+    task_log_cap: Option<u64>,
 }
 
 impl ServerArgs {
@@ -124,6 +128,7 @@ struct ServerConfig {
     executor_backend: Option<String>,
     advertise_api: Option<String>,
     event_retention: Option<String>,
+    task_log_cap: Option<String>,
 }
 
 /// The API address to advertise when none is given: the bound address, or this process's name with the
@@ -287,6 +292,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         (None, Some(text)) => Some(crate::parse_retention(text).map_err(|e| anyhow::anyhow!("{e}"))?),
         (None, None) => None,
     };
+    let task_log_cap = match (args.task_log_cap, &file.task_log_cap) {
+        (Some(bytes), _) => bytes,
+        (None, Some(text)) => crate::parse_log_cap(text).map_err(|e| anyhow::anyhow!("{e}"))?,
+        (None, None) => gofer_state::LOG_CAP_BYTES,
+    };
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
     let executor_labels = executor_labels(&args.executor_labels, file.executor_labels)?;
     let benchmark_backend = match args.executor_backend.or(file.executor_backend).as_deref() {
@@ -392,7 +402,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         println!("  raft:     https://{raft_listen}");
         StateSetup::Local {
             node,
-            logs: LogStore::new(data_dir.join("logs")),
+            logs: LogStore::with_cap(data_dir.join("logs"), task_log_cap),
             raft: Some((raft_listener, raft_tls)),
         }
     } else if !roles.serves() {

@@ -35,6 +35,10 @@ pub struct DevArgs {
     /// whatever the time [default: the cluster's setting, 24h unless set before]
     #[arg(long, env = "GOFER_EVENT_RETENTION", value_parser = crate::parse_retention)]
     event_retention: Option<u64>,
+    /// How much of each task attempt's output the log archive keeps, such as 1MiB: beyond it, the first
+    /// and last halves with a marker between them saying how much was left out
+    #[arg(long, env = "GOFER_TASK_LOG_CAP", default_value = "10MiB", value_parser = crate::parse_log_cap)]
+    task_log_cap: u64,
 }
 
 /// The file goferctl reads to find and trust the server.
@@ -186,7 +190,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let node = crate::node::start(crate::node::NodeSetup {
         state: crate::node::StateSetup::Local {
             node: state.clone(),
-            logs: LogStore::new(data_dir.join("logs")),
+            logs: LogStore::with_cap(data_dir.join("logs"), args.task_log_cap),
             raft: None,
         },
         roles: crate::node::Roles::ALL,

@@ -99,9 +99,29 @@ pub(crate) fn parse_retention(text: &str) -> Result<u64, String> {
     Ok(millis)
 }
 
+/// Reads a task log cap such as `10MiB` into bytes: at least 4 KiB, at most 1 GiB.
+pub(crate) fn parse_log_cap(text: &str) -> Result<u64, String> {
+    let field = "task_log_cap";
+    let bytes = gofer_domain::limits::parse_size(field, text).map_err(|e| e.to_string())?;
+    if !(4 << 10..=1 << 30).contains(&bytes) {
+        return Err(format!("{field}: {text:?} is not between 4KiB and 1GiB"));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_retention;
+    use super::{parse_log_cap, parse_retention};
+
+    #[test]
+    fn a_log_cap_reads_sizes_within_the_bounds() {
+        assert_eq!(parse_log_cap("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_log_cap("4096"), Ok(4096));
+        for bad in ["4095", "2GiB", "10 furlongs", "-1MiB"] {
+            let error = parse_log_cap(bad).unwrap_err();
+            assert!(error.starts_with("task_log_cap: "), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn a_retention_reads_durations_and_days_within_the_bounds() {

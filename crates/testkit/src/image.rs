@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 /// The names the toolbox binary is installed under in the image's `/bin`.
-pub const TOOLBOX_COMMANDS: [&str; 10] = [
+pub const TOOLBOX_COMMANDS: [&str; 11] = [
     "gofer-toolbox",
     "sh",
     "echo",
@@ -29,6 +29,7 @@ pub const TOOLBOX_COMMANDS: [&str; 10] = [
     "env",
     "test",
     "alloc",
+    "seq",
 ];
 
 /// The only target installed on the build machine; static glibc is fine for the toolbox because it

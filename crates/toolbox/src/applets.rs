@@ -1,4 +1,4 @@
-//! The simple applets — `echo`, `sleep`, `true`, `false`, `cat`, `env`, `test`, `alloc` — used both as standalone
+//! The simple applets — `echo`, `sleep`, `true`, `false`, `cat`, `env`, `test`, `alloc`, `seq` — used both as standalone
 //! commands (`/bin/echo` in the image) and as in-process builtins of the tiny shell.
 //!
 //! Every applet writes through [`Io`] and flushes as it goes, so a log follower sees each line
@@ -25,6 +25,7 @@ pub fn builtin(name: &str) -> Option<Applet> {
         "env" => env,
         "test" => test,
         "alloc" => alloc,
+        "seq" => seq,
         _ => return None,
     };
     Some(applet)
@@ -44,6 +45,26 @@ pub fn alloc(args: &[String], io: &mut Io) -> i32 {
     std::thread::sleep(Duration::from_secs(1));
     let total: usize = held.iter().map(Vec::len).sum();
     write_out(io, "alloc", format!("held {} MiB\n", total >> 20).as_bytes())
+}
+
+/// `seq N`: prints the numbers 1 to N, one per line (a lot of output, fast, for log tests).
+pub fn seq(args: &[String], io: &mut Io) -> i32 {
+    let Some(last) = args.first().and_then(|a| a.parse::<u64>().ok()) else {
+        return fail(io, "seq: expected a number") * 2;
+    };
+    let mut chunk = String::with_capacity(64 * 1024);
+    for n in 1..=last {
+        chunk.push_str(&n.to_string());
+        chunk.push('\n');
+        if chunk.len() >= 60 * 1024 || n == last {
+            let status = write_out(io, "seq", chunk.as_bytes());
+            if status != 0 {
+                return status;
+            }
+            chunk.clear();
+        }
+    }
+    0
 }
 
 /// `test A OP B`: compares two integers with `-eq`, `-ne`, `-lt`, `-le`, `-gt` or `-ge`, or two strings

@@ -1,5 +1,5 @@
 //! `gofer-toolbox`: a tiny static multi-call binary (`sh -c`, `echo`, `sleep`, `true`, `false`,
-//! `cat`, `env`, `test`, `alloc`) that is the whole userland of Gofer's locally built `FROM scratch` test and demo
+//! `cat`, `env`, `test`, `alloc`, `seq`) that is the whole userland of Gofer's locally built `FROM scratch` test and demo
 //! image, since the machine has no container registry to pull a real base image from.
 //!
 //! This file owns dispatch: the command is the name the binary was invoked as (`/bin/sh`,

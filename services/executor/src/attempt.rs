@@ -183,6 +183,9 @@ pub(crate) async fn run(
 }
 
 /// Streams the container's output to the log archive and returns once every byte is durable there.
+/// How long a follow may stay quiet after its container stopped before the log is read again instead.
+const FOLLOW_DRAIN: Duration = Duration::from_secs(2);
+
 async fn ship_logs(
     executor: &Executor,
     docker: &crate::DockerBackend,
@@ -201,18 +204,64 @@ async fn ship_logs(
             .push_task_logs(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    let mut output = Box::pin(docker.logs(container));
+    // The Engine's follow can end early (or go quiet) when its log file rotates under a large output; so
+    // once the container has stopped, the whole log is read again and whatever the follow missed, after
+    // the last piece it delivered, is sent too.
+    let mut output = Box::pin(docker.logs(container, true));
+    let mut exited = std::pin::pin!(docker.wait(container));
+    let mut stopped = false;
+    let mut last = (crate::docker::Stamp::default(), 0usize);
     let mut read_error = None;
-    while let Some(chunk) = output.next().await {
-        match chunk {
-            Ok(data) if data.is_empty() => {}
-            Ok(data) => {
-                if tx.send(v1::PushTaskLogsRequest { key: None, data }).await.is_err() {
+    loop {
+        let next = tokio::select! {
+            next = output.next() => next,
+            _ = &mut exited, if !stopped => {
+                stopped = true;
+                continue;
+            }
+            () = tokio::time::sleep(FOLLOW_DRAIN), if stopped => None,
+        };
+        match next {
+            Some(Ok((stamp, data))) => {
+                if stamp == last.0 {
+                    last.1 += 1;
+                } else {
+                    last = (stamp, 1);
+                }
+                if !data.is_empty() && tx.send(v1::PushTaskLogsRequest { key: None, data }).await.is_err() {
                     break;
                 }
             }
-            Err(err) => {
+            Some(Err(err)) => {
                 read_error = Some(err);
+                break;
+            }
+            None => break,
+        }
+    }
+    drop(output);
+    if read_error.is_none() {
+        if !stopped {
+            let _ = exited.await;
+        }
+        let mut again = Box::pin(docker.logs(container, false));
+        let mut same = 0;
+        while let Some(piece) = again.next().await {
+            let (stamp, data) = match piece {
+                Ok(piece) => piece,
+                Err(err) => {
+                    read_error = Some(err);
+                    break;
+                }
+            };
+            if stamp < last.0 {
+                continue;
+            }
+            if stamp == last.0 && same < last.1 {
+                same += 1;
+                continue;
+            }
+            if !data.is_empty() && tx.send(v1::PushTaskLogsRequest { key: None, data }).await.is_err() {
                 break;
             }
         }

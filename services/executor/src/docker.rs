@@ -198,17 +198,21 @@ impl DockerBackend {
         Ok(created.id)
     }
 
-    /// The container's output from its start, following it until the container stops.
-    pub(crate) fn logs(&self, id: &str) -> impl Stream<Item = Result<Vec<u8>, String>> + use<> {
+    /// The container's output from its start, each piece with the time the Engine stamped it; with
+    /// `follow`, going on until the container stops.
+    pub(crate) fn logs(&self, id: &str, follow: bool) -> impl Stream<Item = Result<(Stamp, Vec<u8>), String>> + use<> {
         let options = LogsOptions {
-            follow: true,
+            follow,
             stdout: true,
             stderr: true,
+            timestamps: true,
             ..Default::default()
         };
         self.docker.logs(id, Some(options)).map(|item| {
-            item.map(|output| output.into_bytes().to_vec())
-                .map_err(|e| format!("reading the container's output: {e}"))
+            let bytes = item
+                .map(|output| output.into_bytes())
+                .map_err(|e| format!("reading the container's output: {e}"))?;
+            Stamp::split(&bytes).ok_or_else(|| "reading the container's output: a piece without its time".to_string())
         })
     }
 
@@ -275,4 +279,48 @@ fn container_name(cluster: &str, key: &v1::AttemptKey) -> String {
         "gofer-{}-{}-{}-{}-{}-{}",
         key.namespace_id, key.pipeline_id, key.run_id, key.task_id, key.attempt, cluster
     )
+}
+
+/// The time the Engine stamped on a piece of output, ordered as the Engine wrote the pieces: the
+/// RFC 3339 date and time to the second, then nanoseconds (the Engine trims trailing zeros off the
+/// fraction, so the text alone does not sort).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct Stamp {
+    seconds: String,
+    nanos: u32,
+}
+
+impl Stamp {
+    /// Splits `2026-11-26T20:10:00.12345Z data…` into its stamp and its data.
+    fn split(bytes: &[u8]) -> Option<(Stamp, Vec<u8>)> {
+        let space = bytes.iter().position(|&b| b == b' ')?;
+        let text = std::str::from_utf8(&bytes[..space]).ok()?.strip_suffix('Z')?;
+        let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
+        if seconds.len() != 19 || fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let nanos = format!("{fraction:0<9}").parse().ok()?;
+        let stamp = Stamp {
+            seconds: seconds.to_string(),
+            nanos,
+        };
+        Some((stamp, bytes[space + 1..].to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::Stamp;
+
+    #[test]
+    fn stamps_split_off_their_data_and_sort_by_time_whatever_the_trimmed_fraction() {
+        let (a, data) = Stamp::split(b"2026-11-26T20:10:00.5Z hello\n").unwrap();
+        assert_eq!(data, b"hello\n");
+        let (b, _) = Stamp::split(b"2026-11-26T20:10:00.123456789Z x").unwrap();
+        let (c, empty) = Stamp::split(b"2026-11-26T20:10:01Z ").unwrap();
+        assert!(b < a && a < c, "{a:?} {b:?} {c:?}");
+        assert!(empty.is_empty());
+        assert_eq!(Stamp::split(b"no stamp here"), None);
+        assert_eq!(Stamp::split(b"2026-11-26T20:10:00.5 missing-zone"), None);
+    }
 }

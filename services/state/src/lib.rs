@@ -23,7 +23,7 @@ mod types;
 
 pub use handle::StateHandle;
 pub use lease::{LEASE_TTL, LeaseHolder};
-pub use logs::{LogStore, LogWriter};
+pub use logs::{LOG_CAP_BYTES, LogStore, LogWriter};
 pub use membership::{ClusterStatus, MemberStatus, MembershipChange};
 pub use network::{Faults, PeerNetwork};
 pub use node::{MemberOptions, StateNode};
