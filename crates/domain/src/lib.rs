@@ -15,6 +15,8 @@ mod pipeline;
 mod plan;
 pub mod schedule;
 mod state;
+#[cfg(test)]
+mod testing;
 pub mod triggers;
 
 pub use error::{Error, ErrorKind};

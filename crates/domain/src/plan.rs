@@ -53,24 +53,10 @@ pub fn plan(state: &State, now: i64) -> Vec<(AttemptRef, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Applied, AttemptOutcome, Command, PipelineConfig};
+    use crate::{Applied, AttemptOutcome, Command};
 
     fn state_with(json: &str, runs: usize) -> State {
-        let mut state = State::default();
-        state
-            .apply(&Command::Init {
-                cluster_id: "c".into(),
-                at: 1,
-            })
-            .unwrap();
-        let config = PipelineConfig::from_json(json).unwrap();
-        state
-            .apply(&Command::RegisterPipeline {
-                namespace: "default".into(),
-                config,
-                at: 1,
-            })
-            .unwrap();
+        let mut state = crate::testing::with_pipeline(json);
         for _ in 0..runs {
             let applied = state.apply(&Command::StartRun {
                 namespace: "default".into(),

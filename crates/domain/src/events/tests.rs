@@ -4,28 +4,12 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::triggers::{Fire, Registration, SettingSpec};
-use crate::{AttemptOutcome, AttemptRef, PipelineConfig};
+use crate::{AttemptOutcome, AttemptRef};
 
 fn state() -> State {
-    let mut state = State::default();
-    state
-        .apply(&Command::Init {
-            cluster_id: "c".into(),
-            at: 1,
-        })
-        .unwrap();
-    let config = PipelineConfig::from_json(
+    crate::testing::with_pipeline(
         r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "retries": 1, "backoff": "1s"}, {"id": "b", "image": "i", "depends_on": {"a": "success"}}]}"#,
     )
-    .unwrap();
-    state
-        .apply(&Command::RegisterPipeline {
-            namespace: "default".into(),
-            config,
-            at: 1,
-        })
-        .unwrap();
-    state
 }
 
 fn start(state: &mut State, at: i64) -> u64 {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::{Applied, AttemptOutcome, AttemptRef, Command, PipelineConfig, RunState};
+use crate::{Applied, AttemptOutcome, AttemptRef, Command, RunState};
 
 fn spec(name: &str, required: bool) -> SettingSpec {
     SettingSpec {
@@ -30,21 +30,7 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 /// A state with pipeline `p` (one task) and the built-in `interval` extension registered.
 fn state() -> State {
-    let mut state = State::default();
-    state
-        .apply(&Command::Init {
-            cluster_id: "c".into(),
-            at: 1,
-        })
-        .unwrap();
-    let config = PipelineConfig::from_json(r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#).unwrap();
-    state
-        .apply(&Command::RegisterPipeline {
-            namespace: "default".into(),
-            config,
-            at: 1,
-        })
-        .unwrap();
+    let mut state = crate::testing::with_pipeline(r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#);
     let settings = vec![
         spec("every", true),
         spec("jitter", false),
