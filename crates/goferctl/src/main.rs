@@ -383,82 +383,42 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 Format::Table => output::describe_pipeline(&pipeline, &config),
             }
         }
-        Command::Run(command @ (RunCommand::Start { .. } | RunCommand::Retry { .. })) => {
-            let (pipeline, wait, request) = match command {
-                RunCommand::Start {
-                    pipeline,
-                    wait,
-                    request_id,
-                    params,
-                } => {
-                    let mut parameters = std::collections::HashMap::new();
-                    for param in params {
-                        let Some((name, value)) = param.split_once('=') else {
-                            return Err(Failure(format!(
-                                "--param: {param:?} is not NAME=VALUE (InvalidArgument)"
-                            )));
-                        };
-                        parameters.insert(name.to_string(), value.to_string());
-                    }
-                    let request = client::NewRun::Start(v1::StartRunRequest {
-                        namespace_id: namespace.clone(),
-                        pipeline_id: pipeline.clone(),
-                        request_id: request_id.unwrap_or_else(client::new_request_id),
-                        parameters,
-                    });
-                    (pipeline, wait, request)
-                }
-                RunCommand::Retry {
-                    pipeline,
-                    run,
-                    wait,
-                    request_id,
-                } => {
-                    let request = client::NewRun::Retry(v1::RetryRunRequest {
-                        namespace_id: namespace.clone(),
-                        pipeline_id: pipeline.clone(),
-                        run_id: run,
-                        request_id: request_id.unwrap_or_else(client::new_request_id),
-                    });
-                    (pipeline, wait, request)
-                }
-                _ => unreachable!("matched above"),
-            };
-            let (run, created) = client::start_run(&mut api, request).await?;
-            if !created {
-                eprintln!("run {} was started earlier with this request id", run.id);
-            }
-            if !wait {
-                let json = || {
-                    let mut value = output::run(&run);
-                    value["created"] = created.into();
-                    print_json(&value)
+        Command::Run(RunCommand::Start {
+            pipeline,
+            wait,
+            request_id,
+            params,
+        }) => {
+            let mut parameters = std::collections::HashMap::new();
+            for param in params {
+                let Some((name, value)) = param.split_once('=') else {
+                    return Err(Failure(format!(
+                        "--param: {param:?} is not NAME=VALUE (InvalidArgument)"
+                    )));
                 };
-                output::emit(format, json, || say!("{}", run.id));
-                return Ok(ExitCode::SUCCESS);
+                parameters.insert(name.to_string(), value.to_string());
             }
-            if format == Format::Table {
-                say!("{}", run.id);
-                let _ = std::io::stdout().flush();
-            }
-            let last = client::wait_for_run(&mut api, &namespace, &pipeline, run.id).await?;
-            let state = gofer_proto::run_state_name(last.state);
-            match format {
-                Format::Json => print_json(&output::run(&last)),
-                Format::Table => {
-                    let reason = if last.state_reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", last.state_reason)
-                    };
-                    eprintln!("run {} of {} {}{}", last.id, pipeline, state, reason);
-                }
-            }
-            return Ok(if state == "SUCCEEDED" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+            let request = client::NewRun::Start(v1::StartRunRequest {
+                namespace_id: namespace.clone(),
+                pipeline_id: pipeline.clone(),
+                request_id: request_id.unwrap_or_else(client::new_request_id),
+                parameters,
             });
+            return start_run(&mut api, format, &namespace, &pipeline, wait, request).await;
+        }
+        Command::Run(RunCommand::Retry {
+            pipeline,
+            run,
+            wait,
+            request_id,
+        }) => {
+            let request = client::NewRun::Retry(v1::RetryRunRequest {
+                namespace_id: namespace.clone(),
+                pipeline_id: pipeline.clone(),
+                run_id: run,
+                request_id: request_id.unwrap_or_else(client::new_request_id),
+            });
+            return start_run(&mut api, format, &namespace, &pipeline, wait, request).await;
         }
         Command::Run(RunCommand::Get { pipeline, run }) => {
             let request = v1::GetRunRequest {
@@ -762,4 +722,50 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts a run (or a retry), prints it, and with `wait` follows it to its end: exit 0 if it succeeded.
+async fn start_run(
+    api: &mut client::Api,
+    format: Format,
+    namespace: &str,
+    pipeline: &str,
+    wait: bool,
+    request: client::NewRun,
+) -> Result<ExitCode, Failure> {
+    let (run, created) = client::start_run(api, request).await?;
+    if !created {
+        eprintln!("run {} was started earlier with this request id", run.id);
+    }
+    if !wait {
+        let json = || {
+            let mut value = output::run(&run);
+            value["created"] = created.into();
+            print_json(&value)
+        };
+        output::emit(format, json, || say!("{}", run.id));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if format == Format::Table {
+        say!("{}", run.id);
+        let _ = std::io::stdout().flush();
+    }
+    let last = client::wait_for_run(api, namespace, pipeline, run.id).await?;
+    let state = gofer_proto::run_state_name(last.state);
+    match format {
+        Format::Json => print_json(&output::run(&last)),
+        Format::Table => {
+            let reason = if last.state_reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", last.state_reason)
+            };
+            eprintln!("run {} of {} {}{}", last.id, pipeline, state, reason);
+        }
+    }
+    Ok(if state == "SUCCEEDED" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

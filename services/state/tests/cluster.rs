@@ -341,8 +341,28 @@ async fn a_node_that_fell_behind_the_compacted_log_catches_up_by_snapshot() {
     })
     .await
     .unwrap();
+    node.propose(Command::RegisterPipeline {
+        namespace: "default".into(),
+        config: PipelineConfig::from_json(r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#).unwrap(),
+        at: 1,
+    })
+    .await
+    .unwrap();
     for i in 0..80 {
         node.propose(namespace(&format!("ns-{i}"))).await.unwrap();
+        if i % 4 == 0 {
+            // Runs make events, which travel in the snapshot with their ids.
+            node.propose(Command::StartRun {
+                namespace: "default".into(),
+                pipeline: "p".into(),
+                request_id: String::new(),
+                parameters: BTreeMap::new(),
+                retry_of: 0,
+                at: 2,
+            })
+            .await
+            .unwrap();
+        }
     }
     // The leader compacted past what the cut-off node has.
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -367,6 +387,12 @@ async fn a_node_that_fell_behind_the_compacted_log_catches_up_by_snapshot() {
     );
     let leader_state = node.read(|s| s.clone());
     assert_eq!(cluster.nodes[&behind].read(|s| s.clone()), leader_state);
+    let ids: Vec<u64> = leader_state.events.events.iter().map(|e| e.id).collect();
+    assert_eq!(
+        ids,
+        (1..=20).collect::<Vec<u64>>(),
+        "one event per run, numbered alike on every node"
+    );
     cluster.stop().await;
 }
 
