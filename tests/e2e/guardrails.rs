@@ -10,6 +10,13 @@ use serde_json::Value;
 
 use crate::{start, tasks, wait_for_end};
 
+fn now_millis() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn one_task(pipeline: &str, task: Value) -> String {
     let mut task = task;
     task["id"] = "a".into();
@@ -35,6 +42,45 @@ fn a_task_past_its_timeout_is_stopped_and_failed_as_timed_out() -> Result<()> {
             .unwrap_or_default()
             .contains("timed out after 1s"),
         "{task}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_timeout_counts_from_the_container_start_even_across_a_restart_of_goferd() -> Result<()> {
+    let mut dev = start()?;
+    dev.register(&one_task(
+        "stubborn",
+        serde_json::json!({"command": ["sleep", "120"], "timeout": "6s"}),
+    ))?;
+    let run = dev.ctl_ok(&["run", "start", "stubborn"])?.trim().to_string();
+    let started = wait_until("the task to run", Duration::from_secs(60), || {
+        let task = &tasks(&dev, "stubborn", &run)?["a"];
+        Ok((task["state"] == "RUNNING").then(|| task["started_unix_millis"].as_i64().unwrap_or(0)))
+    })?;
+    // goferd stops (its container keeps running) and stays down until the timeout has passed.
+    dev.stop()?;
+    wait_until("the timeout to pass", Duration::from_secs(30), || {
+        Ok((now_millis() > started + 6_000).then_some(()))
+    })?;
+    let relaunched = now_millis();
+    dev.relaunch()?;
+    let ended = wait_for_end(&dev, "stubborn", &run)?;
+    assert_eq!(ended["state"], "FAILED", "{ended}");
+    let task = &tasks(&dev, "stubborn", &run)?["a"];
+    assert!(
+        task["state_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timed out after 6s"),
+        "{task}"
+    );
+    // The adopted attempt got what was left of its timeout (nothing), not a fresh six seconds.
+    let ended_at = task["ended_unix_millis"].as_i64().unwrap_or(0);
+    assert!(
+        ended_at < relaunched + 6_000,
+        "ended {} ms after the relaunch",
+        ended_at - relaunched
     );
     Ok(())
 }

@@ -38,11 +38,11 @@ pub(crate) async fn run(
         tracing::info!(attempt = %key_text, %reason, "attempt failed to run");
         executor.report(finished(&key, v1::AttemptOutcome::Error, None, reason));
     };
-    let container = match docker.find(&cluster, key_text).await {
+    let (container, since) = match docker.find(&cluster, key_text).await {
         Err(err) => return report_error(err),
         Ok(Some(existing)) => {
             tracing::info!(attempt = %key_text, container = %existing.id, "adopting the attempt's container");
-            existing.id
+            (existing.id, existing.created_unix_millis)
         }
         Ok(None) if start.already_started => {
             return report_error("the attempt's container was lost before it finished".to_string());
@@ -61,8 +61,9 @@ pub(crate) async fn run(
                 }
                 Err(err) => return report_error(err),
             }
+            let since = now_millis();
             match docker.create_and_start(&cluster, &executor.id, key_text, &start).await {
-                Ok(id) => id,
+                Ok(id) => (id, since),
                 Err(err) => return report_error(err),
             }
         }
@@ -92,12 +93,12 @@ pub(crate) async fn run(
             }
         }
     };
-    // The timeout counts from when this executor starts following the attempt (after a restart, from
-    // the adoption).
-    let timeout = u64::try_from(start.timeout_millis)
-        .ok()
-        .filter(|ms| *ms > 0)
-        .map(std::time::Duration::from_millis);
+    // The timeout counts from the container's creation, so an executor that adopts the attempt after a
+    // restart gives it only what is left.
+    let timeout = u64::try_from(start.timeout_millis).ok().filter(|ms| *ms > 0).map(|ms| {
+        let spent = u64::try_from(now_millis().saturating_sub(since)).unwrap_or(0);
+        std::time::Duration::from_millis(ms.saturating_sub(spent))
+    });
     let timed_out = async {
         match timeout {
             Some(timeout) => tokio::time::sleep(timeout).await,

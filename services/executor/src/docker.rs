@@ -27,6 +27,8 @@ pub struct DockerBackend {
 /// A container that exists for an attempt.
 pub(crate) struct Existing {
     pub(crate) id: String,
+    /// When the Engine created it (to the second), in Unix milliseconds.
+    pub(crate) created_unix_millis: i64,
 }
 
 impl DockerBackend {
@@ -51,8 +53,15 @@ impl DockerBackend {
 
     /// The container of an attempt, if there is one.
     pub(crate) async fn find(&self, cluster: &str, key: &str) -> Result<Option<Existing>, String> {
-        let found = self.labelled(&[(LABEL_CLUSTER, cluster), (LABEL_ATTEMPT, key)]).await?;
-        Ok(found.into_iter().next().map(|(id, _)| Existing { id }))
+        let found = self
+            .list_labelled(&[(LABEL_CLUSTER, cluster), (LABEL_ATTEMPT, key)])
+            .await?;
+        Ok(found.into_iter().find_map(|c| {
+            Some(Existing {
+                id: c.id?,
+                created_unix_millis: c.created.unwrap_or(0).saturating_mul(1000),
+            })
+        }))
     }
 
     /// Every container of this cluster and executor, by attempt key.
@@ -75,6 +84,14 @@ impl DockerBackend {
         &self,
         labels: &[(&str, &str)],
     ) -> Result<Vec<(String, HashMap<String, String>)>, String> {
+        let found = self.list_labelled(labels).await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+            .collect())
+    }
+
+    async fn list_labelled(&self, labels: &[(&str, &str)]) -> Result<Vec<bollard::models::ContainerSummary>, String> {
         let filters = HashMap::from([(
             "label".to_string(),
             labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
@@ -84,15 +101,10 @@ impl DockerBackend {
             filters: Some(filters),
             ..Default::default()
         };
-        let found = self
-            .docker
+        self.docker
             .list_containers(Some(options))
             .await
-            .map_err(|e| format!("listing containers: {e}"))?;
-        Ok(found
-            .into_iter()
-            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
-            .collect())
+            .map_err(|e| format!("listing containers: {e}"))
     }
 
     /// Creates and starts a long-running service container (an extension) on the host's network, so that
