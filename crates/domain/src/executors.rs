@@ -52,6 +52,9 @@ impl ExecutorInfo {
     }
 }
 
+/// How long an executor declared lost is remembered (and refused attempts) before it is forgotten.
+pub const FORGET_LOST_AFTER_MS: i64 = 7 * 24 * 3_600_000;
+
 /// One executor as the cluster knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutorRecord {
@@ -65,7 +68,7 @@ pub struct ExecutorRecord {
     pub lost_at: i64,
 }
 
-/// Every executor that ever registered, by id.
+/// Every executor that registered, by id, but those lost more than [`FORGET_LOST_AFTER_MS`] ago.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Executors {
     pub executors: BTreeMap<String, ExecutorRecord>,
@@ -98,6 +101,9 @@ impl Executors {
             record.expires_at = record.expires_at.max(at.saturating_add(ttl_millis as i64));
             record.lost_at = 0;
         }
+        // Executors lost long ago are forgotten, so names that come and go do not pile up.
+        self.executors
+            .retain(|_, r| r.lost_at == 0 || at.saturating_sub(r.lost_at) < FORGET_LOST_AFTER_MS);
         Ok(())
     }
 
@@ -170,6 +176,21 @@ mod tests {
         assert!(executors.may_assign("e1"), "it came back");
         assert_eq!(executors.executors["e1"].registered_at, 1_000);
         assert!(executors.lose("missing", 9_000).is_err());
+    }
+
+    #[test]
+    fn an_executor_lost_for_a_week_is_forgotten_and_a_live_one_never() {
+        let mut executors = Executors::default();
+        executors.renew(&[info("gone"), info("idle")], 5_000, 0).unwrap();
+        executors.lose("gone", 5_000).unwrap();
+        executors
+            .renew(&[info("idle")], 5_000, 5_000 + FORGET_LOST_AFTER_MS - 1)
+            .unwrap();
+        assert!(executors.executors.contains_key("gone"), "remembered for a week");
+        executors
+            .renew(&[info("idle")], 5_000, 5_000 + FORGET_LOST_AFTER_MS)
+            .unwrap();
+        assert_eq!(executors.executors.keys().collect::<Vec<_>>(), ["idle"]);
     }
 
     #[test]
