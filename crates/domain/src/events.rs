@@ -11,6 +11,7 @@
 //! [`MAX_EVENTS`] of them, pruned by the times the commands carry.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -120,15 +121,25 @@ impl FireDecision {
     }
 }
 
+/// How many events one shared chunk of the log holds.
+const CHUNK: usize = 1024;
+
 /// The events kept, and how long they are kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Events sit in chunks of [`CHUNK`]: full ones are immutable and shared between clones, so cloning the
+/// state (for a snapshot, under the lock applies wait on) copies a pointer per chunk rather than every
+/// event. In a snapshot it is the flat list `{next_id, retention_ms, events}`.
+#[derive(Debug, Clone)]
 pub struct EventLog {
     /// The id the next event gets.
-    pub next_id: u64,
+    next_id: u64,
     /// How long events are kept, by the times commands carry; 0 for [`DEFAULT_EVENT_RETENTION_MS`].
-    pub retention_ms: u64,
-    /// The events kept, oldest first; their ids run from `next_id - events.len()` to `next_id - 1`.
-    pub events: VecDeque<Event>,
+    retention_ms: u64,
+    /// Full chunks, oldest first; the first `skip` events of the first one are pruned.
+    sealed: VecDeque<Arc<Vec<Event>>>,
+    skip: usize,
+    /// The newest events, fewer than a chunk.
+    tail: Vec<Event>,
 }
 
 impl Default for EventLog {
@@ -136,8 +147,64 @@ impl Default for EventLog {
         EventLog {
             next_id: 1,
             retention_ms: 0,
-            events: VecDeque::new(),
+            sealed: VecDeque::new(),
+            skip: 0,
+            tail: Vec::new(),
         }
+    }
+}
+
+impl PartialEq for EventLog {
+    fn eq(&self, other: &Self) -> bool {
+        self.next_id == other.next_id
+            && self.retention_ms == other.retention_ms
+            && self.len() == other.len()
+            && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for EventLog {}
+
+/// An event log as snapshots hold it.
+#[derive(Serialize, Deserialize)]
+struct FlatEventLog<E> {
+    next_id: u64,
+    retention_ms: u64,
+    events: E,
+}
+
+/// Serializes the events kept as one sequence, without collecting them.
+struct Flat<'a>(&'a EventLog);
+
+impl Serialize for Flat<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter())
+    }
+}
+
+impl Serialize for EventLog {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        FlatEventLog {
+            next_id: self.next_id,
+            retention_ms: self.retention_ms,
+            events: Flat(self),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventLog {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let flat = FlatEventLog::<Vec<Event>>::deserialize(deserializer)?;
+        let mut log = EventLog {
+            next_id: flat.next_id,
+            retention_ms: flat.retention_ms,
+            ..EventLog::default()
+        };
+        for event in flat.events {
+            log.append(event);
+        }
+        Ok(log)
     }
 }
 
@@ -179,11 +246,40 @@ impl EventLog {
         self.next_id - 1
     }
 
+    /// How many events are kept.
+    pub fn len(&self) -> usize {
+        self.sealed.len() * CHUNK - self.skip + self.tail.len()
+    }
+
+    /// Whether no event is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The events kept, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Event> {
+        self.iter_from(0)
+    }
+
+    /// The events kept from the `position`-th oldest on.
+    fn iter_from(&self, position: usize) -> impl Iterator<Item = &Event> {
+        let global = self.skip + position;
+        let first_chunk = global / CHUNK;
+        let sealed = self
+            .sealed
+            .iter()
+            .skip(first_chunk)
+            .enumerate()
+            .flat_map(move |(i, chunk)| chunk.iter().skip(if i == 0 { global % CHUNK } else { 0 }));
+        let in_tail = global.saturating_sub(self.sealed.len() * CHUNK);
+        sealed.chain(self.tail.iter().skip(in_tail))
+    }
+
     /// Up to `limit` events with ids above `after`, oldest first. `after` 0 lists from the oldest kept;
     /// any other `after` must be an event that was made, and the one after it must still be kept, so a
     /// client resuming from the last id it saw never skips an event without being told.
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<Event>, EventGap> {
-        let oldest = self.next_id - self.events.len() as u64;
+        let oldest = self.next_id - self.len() as u64;
         if after > self.newest() {
             return Err(EventGap::Ahead {
                 after,
@@ -193,12 +289,12 @@ impl EventLog {
         if after != 0 && after + 1 < oldest {
             return Err(EventGap::Pruned { after, oldest });
         }
-        let skip = (after + 1).saturating_sub(oldest) as usize;
-        Ok(self.events.iter().skip(skip).take(limit).cloned().collect())
+        let position = (after + 1).saturating_sub(oldest) as usize;
+        Ok(self.iter_from(position).take(limit).cloned().collect())
     }
 
     fn push(&mut self, at: i64, what: EventKind) {
-        self.events.push_back(Event {
+        self.append(Event {
             id: self.next_id,
             at,
             what,
@@ -207,15 +303,37 @@ impl EventLog {
         self.prune(at);
     }
 
+    fn append(&mut self, event: Event) {
+        self.tail.push(event);
+        if self.tail.len() == CHUNK {
+            let full = std::mem::replace(&mut self.tail, Vec::with_capacity(CHUNK));
+            self.sealed.push_back(Arc::new(full));
+        }
+    }
+
+    fn oldest(&self) -> Option<&Event> {
+        self.iter().next()
+    }
+
+    fn pop_oldest(&mut self) {
+        if self.sealed.is_empty() {
+            if !self.tail.is_empty() {
+                self.tail.remove(0);
+            }
+            return;
+        }
+        self.skip += 1;
+        if self.skip == CHUNK {
+            self.sealed.pop_front();
+            self.skip = 0;
+        }
+    }
+
     /// Drops the events older than the retention at `now`, and the oldest beyond [`MAX_EVENTS`].
     fn prune(&mut self, now: i64) {
         let horizon = now.saturating_sub(i64::try_from(self.retention_ms()).unwrap_or(i64::MAX));
-        while self
-            .events
-            .front()
-            .is_some_and(|e| e.at < horizon || self.events.len() > MAX_EVENTS)
-        {
-            self.events.pop_front();
+        while self.len() > MAX_EVENTS || self.oldest().is_some_and(|e| e.at < horizon) {
+            self.pop_oldest();
         }
     }
 

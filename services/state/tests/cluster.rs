@@ -387,7 +387,7 @@ async fn a_node_that_fell_behind_the_compacted_log_catches_up_by_snapshot() {
     );
     let leader_state = node.read(|s| s.clone());
     assert_eq!(cluster.nodes[&behind].read(|s| s.clone()), leader_state);
-    let ids: Vec<u64> = leader_state.events.events.iter().map(|e| e.id).collect();
+    let ids: Vec<u64> = leader_state.events.iter().map(|e| e.id).collect();
     assert_eq!(
         ids,
         (1..=20).collect::<Vec<u64>>(),

@@ -239,8 +239,8 @@ fn at_most_max_events_are_kept() {
             },
         );
     }
-    assert_eq!(log.events.len(), MAX_EVENTS);
-    assert_eq!(log.events.front().map(|e| e.id), Some(11));
+    assert_eq!(log.len(), MAX_EVENTS);
+    assert_eq!(log.iter().next().map(|e| e.id), Some(11));
     assert_eq!(log.newest(), MAX_EVENTS as u64 + 10);
 }
 
@@ -356,4 +356,72 @@ fn losing_an_executor_tells_its_attempts_ended_and_retried() {
         })
         .unwrap();
     assert_eq!(lines(&state, newest), [format!("{} task 1/a#1 PENDING", newest + 1)]);
+}
+
+mod chunks {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn kind(n: u64) -> EventKind {
+        EventKind::FiresSkipped {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            subscription: "s".into(),
+            count: n,
+            last_scheduled_at: 0,
+            reason: String::new(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// The chunked log lists, resumes, prunes, compares and round-trips exactly as a plain list of
+        /// the same events would, across chunk boundaries.
+        #[test]
+        fn the_chunked_log_behaves_as_a_plain_list(
+            steps in prop::collection::vec((0i64..40, 1u64..3_000), 1..3_500),
+            probes in prop::collection::vec(any::<u64>(), 1..20),
+        ) {
+            let mut log = EventLog::default();
+            let mut model: VecDeque<Event> = VecDeque::new();
+            let mut now = 0;
+            for (i, (advance, retention)) in steps.iter().enumerate() {
+                now += advance;
+                if i % 500 == 499 {
+                    log.set_retention(1_000 + retention, now).unwrap();
+                }
+                log.push(now, kind(i as u64));
+                model.push_back(Event { id: i as u64 + 1, at: now, what: kind(i as u64) });
+                let horizon = now - log.retention_ms() as i64;
+                while model.len() > MAX_EVENTS || model.front().is_some_and(|e| e.at < horizon) {
+                    model.pop_front();
+                }
+            }
+            prop_assert_eq!(log.len(), model.len());
+            prop_assert!(log.iter().eq(model.iter()));
+            let oldest = model.front().map_or(log.next_id, |e| e.id);
+            for probe in probes {
+                let after = probe % (log.newest() + 2);
+                let expected: Result<Vec<Event>, EventGap> = if after > log.newest() {
+                    Err(EventGap::Ahead { after, newest: log.newest() })
+                } else if after != 0 && after + 1 < oldest {
+                    Err(EventGap::Pruned { after, oldest })
+                } else {
+                    Ok(model.iter().filter(|e| e.id > after).take(100).cloned().collect())
+                };
+                prop_assert_eq!(log.after(after, 100), expected);
+            }
+            let json = serde_json::to_string(&log).unwrap();
+            let back: EventLog = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(&back, &log);
+            prop_assert!(back.iter().eq(model.iter()));
+            let cloned = log.clone();
+            log.push(now, kind(u64::MAX));
+            prop_assert_eq!(cloned.len(), model.len(), "a clone does not see later events");
+        }
+    }
 }
