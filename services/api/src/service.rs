@@ -581,10 +581,12 @@ impl GoferService for ApiService {
         _request: Request<v1::GetClusterStatusRequest>,
     ) -> ApiResult<v1::GetClusterStatusResponse> {
         let status = self.state.cluster_status().await.map_err(state_status)?;
-        let state_digest = self.state.read(|s| {
+        // Cloned under the lock (cheap: events are shared chunks), encoded on the blocking pool, so neither
+        // applies nor this runtime's other tasks wait for the encoding.
+        let mut state = self.state.read(State::clone);
+        let state_digest = tokio::task::spawn_blocking(move || {
             // Leases and executor lease times change every second; the digest leaves them out so that
             // nodes that applied the same work compare equal.
-            let mut state = s.clone();
             state.leases = Default::default();
             for record in state.executors.executors.values_mut() {
                 record.renewed_at = 0;
@@ -593,7 +595,9 @@ impl GoferService for ApiService {
             let json = serde_json::to_vec(&state).expect("the state always serializes");
             let digest = ring::digest::digest(&ring::digest::SHA256, &json);
             digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
-        });
+        })
+        .await
+        .map_err(|e| internal("computing the state digest", &e, false))?;
         let leases = self.state.read(|s| {
             s.leases
                 .roles
