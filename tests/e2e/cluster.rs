@@ -1,6 +1,7 @@
 //! Three `goferd server` processes on loopback form a cluster over mutual-TLS Raft: any node takes any
 //! call, a run started on a follower runs, and after the leader is killed with SIGKILL another node leads,
-//! nothing acknowledged is lost, and runs go on.
+//! nothing acknowledged is lost, and runs go on; every node numbers the events alike, so a client resumes
+//! the event stream on another node.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -191,6 +192,16 @@ fn run_succeeds(cluster: &Cluster, node: u64, pipeline: &str) -> Result<String> 
     Ok(String::from_utf8(output.stdout)?.trim().to_string())
 }
 
+/// The events node `node` lists after `from`, parsed.
+fn events(cluster: &Cluster, node: u64, from: u64) -> Result<Vec<Value>> {
+    let output = cluster.ctl(node, &["event", "list", "--from", &from.to_string(), "-o", "json"])?;
+    anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout)?
+        .lines()
+        .map(|line| Ok(serde_json::from_str(line)?))
+        .collect()
+}
+
 #[test]
 fn a_three_node_cluster_serves_from_any_node_and_survives_losing_its_leader() -> Result<()> {
     let mut cluster = Cluster::start()?;
@@ -214,6 +225,14 @@ fn a_three_node_cluster_serves_from_any_node_and_survives_losing_its_leader() ->
     let logs = cluster.ctl(followers[0], &["task", "logs", "spread", "1", "a", "--follow"])?;
     assert_eq!(String::from_utf8_lossy(&logs.stdout).trim(), "from the cluster");
 
+    // Every node numbers the events alike: a client may read them from any node.
+    let seen = events(&cluster, leader, 0)?;
+    assert!(!seen.is_empty());
+    for node in &followers {
+        assert_eq!(events(&cluster, *node, 0)?, seen, "node {node}'s events");
+    }
+    let last_seen = seen.last().and_then(|e| e["id"].as_u64()).context("an event id")?;
+
     // Kill the leader: another node leads, nothing acknowledged is lost, runs go on.
     cluster.kill(leader);
     let (new_leader, _) = cluster.leader(followers[0], &followers)?;
@@ -225,6 +244,20 @@ fn a_three_node_cluster_serves_from_any_node_and_survives_losing_its_leader() ->
         "SUCCEEDED"
     );
     assert_eq!(run_succeeds(&cluster, followers[0], "spread")?, "2");
+    // A client that read the events from the dead leader resumes on another node, after its last id.
+    let resumed = events(&cluster, followers[1], last_seen)?;
+    let ids: Vec<u64> = seen.iter().chain(&resumed).filter_map(|e| e["id"].as_u64()).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "each event once, no gap"
+    );
+    assert!(
+        resumed
+            .iter()
+            .any(|e| e["kind"] == "run" && e["run"]["run_id"] == 2 && e["run"]["state"] == "SUCCEEDED"),
+        "{resumed:#?}"
+    );
     gofer_testkit::remove_cluster_containers(&cluster_id);
     Ok(())
 }
