@@ -104,14 +104,11 @@ fn main() -> Result<()> {
     }
     let machine = runtime.block_on(Machine::describe())?;
     let text = report(&args, profile, &scenarios, &machine);
-    print!("{text}");
-    if args.no_record || profile != BuildProfile::Release {
-        eprintln!("not recorded in bench/RESULTS.md");
-        return Ok(());
-    }
-    let path = gofer_bench::record(SECTION_HEADING, &text)?;
-    eprintln!("recorded in {}", path.display());
-    Ok(())
+    gofer_bench::publish(
+        SECTION_HEADING,
+        &text,
+        !args.no_record && profile == BuildProfile::Release,
+    )
 }
 
 async fn measure(args: &Args, config: &ClientConfig, count: usize) -> Result<Scenario> {

@@ -12,5 +12,5 @@ mod stats;
 
 pub use client::{Api, ClientConfig, connect};
 pub use machine::Machine;
-pub use results::{record, replace_section, utc_timestamp};
+pub use results::{publish, record, replace_section, utc_timestamp};
 pub use stats::{Summary, millis};

@@ -351,16 +351,13 @@ fn main() -> Result<()> {
     })?;
     let machine = runtime.block_on(Machine::describe())?;
     let text = report(&args, profile, &gofer_figures, &etcd_figures, &machine);
-    print!("{text}");
     drop(gofer);
     drop(etcd);
-    if args.no_record || profile != BuildProfile::Release {
-        eprintln!("not recorded in bench/RESULTS.md");
-        return Ok(());
-    }
-    let path = gofer_bench::record(SECTION_HEADING, &text)?;
-    eprintln!("recorded in {}", path.display());
-    Ok(())
+    gofer_bench::publish(
+        SECTION_HEADING,
+        &text,
+        !args.no_record && profile == BuildProfile::Release,
+    )
 }
 
 fn list(failovers: &[Duration]) -> String {

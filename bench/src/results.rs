@@ -15,6 +15,19 @@ shared and noisy (absolute figures move 15–40 % between runs): compare the rat
 Each `## <benchmark>` section is rewritten by its benchmark; the rest of this file is left as it is.
 ";
 
+/// Prints a benchmark's report, and records it in `bench/RESULTS.md` unless `record` is false (a debug
+/// build or `--no-record`), saying on stderr which it did.
+pub fn publish(heading: &str, text: &str, record_it: bool) -> anyhow::Result<()> {
+    print!("{text}");
+    if !record_it {
+        eprintln!("not recorded in bench/RESULTS.md");
+        return Ok(());
+    }
+    let path = record(heading, text)?;
+    eprintln!("recorded in {}", path.display());
+    Ok(())
+}
+
 /// Writes `section` as the `heading` section of `bench/RESULTS.md` (made if missing); returns its path.
 pub fn record(heading: &str, section: &str) -> anyhow::Result<std::path::PathBuf> {
     use anyhow::Context;
