@@ -854,6 +854,13 @@ fn a_task_without_retries_is_not_retried_and_a_cancelled_run_retries_nothing() {
     assert_eq!(run_state(&state, run), RunState::Cancelled);
 }
 
+fn lose(state: &mut State, executor: &str, at: i64) -> Result<Applied, Error> {
+    state.apply(&Command::ExecutorLost {
+        executor: executor.into(),
+        at,
+    })
+}
+
 fn renew(state: &mut State, executors: &[&str], at: i64) {
     let executors = executors
         .iter()
@@ -893,19 +900,11 @@ fn an_executor_whose_lease_ran_out_loses_its_attempts_and_a_lost_attempt_is_retr
 
     // Not before its lease ran out, whatever the proposer thinks.
     let before = state.clone();
-    let early = state.apply(&Command::ExecutorLost {
-        executor: "e1".into(),
-        at: 4_999,
-    });
+    let early = lose(&mut state, "e1", 4_999);
     assert!(matches!(early, Err(Error::FailedPrecondition(_))), "{early:?}");
     assert_eq!(state, before);
 
-    state
-        .apply(&Command::ExecutorLost {
-            executor: "e1".into(),
-            at: 5_000,
-        })
-        .unwrap();
+    lose(&mut state, "e1", 5_000).unwrap();
     let a = task_of(&state, run, "a");
     assert_eq!((a.state, a.assignment.is_none()), (TaskState::Pending, true));
     assert_eq!(a.attempts[0].state, AttemptState::Lost);
@@ -938,12 +937,7 @@ fn an_executor_whose_lease_ran_out_loses_its_attempts_and_a_lost_attempt_is_retr
     assign_to(&mut state, run, "a", 2, "e2", 6_100).unwrap();
     // LOST again: retried once by default, so this time the task fails, saying why.
     renew(&mut state, &["e1"], 7_000);
-    state
-        .apply(&Command::ExecutorLost {
-            executor: "e2".into(),
-            at: 9_000,
-        })
-        .unwrap();
+    lose(&mut state, "e2", 9_000).unwrap();
     let a = task_of(&state, run, "a");
     assert_eq!((a.state, a.attempts.len()), (TaskState::Failed, 2));
     assert!(a.reason.starts_with("lost:"), "{}", a.reason);
