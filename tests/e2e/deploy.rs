@@ -172,10 +172,7 @@ impl Deployment {
                 let holder = l["holder"].as_str()?;
                 let epoch = l["epoch"].as_u64()?;
                 let expires = l["expires_unix_millis"].as_i64()?;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()?;
-                let live = expires > now.as_millis() as i64;
+                let live = expires > crate::now_millis();
                 // The holder is NAME/SUFFIX, and NAME is its compose service.
                 let name = holder.split('/').next()?.to_string();
                 (live && !not_in.contains(&epoch)).then_some((name, epoch))

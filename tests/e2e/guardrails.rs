@@ -5,16 +5,19 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gofer_testkit::{TOOLBOX_IMAGE, wait_until};
+use gofer_testkit::{GoferDev, TOOLBOX_IMAGE, wait_until};
 use serde_json::Value;
 
-use crate::{start, tasks, wait_for_end};
+use crate::{now_millis, start, tasks, wait_for_end};
 
-fn now_millis() -> i64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+/// Registers `pipeline` with the one task `task`, runs it to its end and returns the run's id and JSON,
+/// and the task's.
+fn run_one_task(dev: &GoferDev, pipeline: &str, task: Value) -> Result<(String, Value, Value)> {
+    dev.register(&one_task(pipeline, task))?;
+    let run = dev.ctl_ok(&["run", "start", pipeline])?.trim().to_string();
+    let ended = wait_for_end(dev, pipeline, &run)?;
+    let task = tasks(dev, pipeline, &run)?.remove("a").context("task a")?;
+    Ok((run, ended, task))
 }
 
 fn one_task(pipeline: &str, task: Value) -> String {
@@ -27,14 +30,12 @@ fn one_task(pipeline: &str, task: Value) -> String {
 #[test]
 fn a_task_past_its_timeout_is_stopped_and_failed_as_timed_out() -> Result<()> {
     let dev = start()?;
-    dev.register(&one_task(
+    let (_, ended, task) = run_one_task(
+        &dev,
         "slow",
         serde_json::json!({"command": ["sleep", "60"], "timeout": "1s"}),
-    ))?;
-    let run = dev.ctl_ok(&["run", "start", "slow"])?;
-    let ended = wait_for_end(&dev, "slow", run.trim())?;
+    )?;
     assert_eq!(ended["state"], "FAILED", "{ended}");
-    let task = &tasks(&dev, "slow", run.trim())?["a"];
     assert_eq!(task["state"], "FAILED", "{task}");
     assert!(
         task["state_reason"]
@@ -139,14 +140,12 @@ fn limits_the_working_directory_and_the_gofer_variables_reach_the_container() ->
 #[test]
 fn a_task_over_its_memory_limit_is_killed_and_says_so() -> Result<()> {
     let dev = start()?;
-    dev.register(&one_task(
+    let (_, ended, task) = run_one_task(
+        &dev,
         "hungry",
         serde_json::json!({"command": ["alloc", "256"], "memory": "16MiB"}),
-    ))?;
-    let run = dev.ctl_ok(&["run", "start", "hungry"])?;
-    let ended = wait_for_end(&dev, "hungry", run.trim())?;
+    )?;
     assert_eq!(ended["state"], "FAILED", "{ended}");
-    let task = &tasks(&dev, "hungry", run.trim())?["a"];
     let reason = task["state_reason"].as_str().unwrap_or_default();
     assert!(reason.contains("out of memory") && reason.contains("16 MiB"), "{task}");
     Ok(())
@@ -274,14 +273,9 @@ fn a_log_past_its_cap_keeps_its_head_and_tail_with_a_marker_between() -> Result<
         &["--task-log-cap", "64KiB"],
     )?;
     // 1 to 200000, one per line: 1,288,895 bytes, twenty times the cap.
-    dev.register(&one_task(
-        "loud",
-        serde_json::json!({"command": ["sh", "-c", "seq 200000"]}),
-    ))?;
-    let run = dev.ctl_ok(&["run", "start", "loud"])?;
-    let ended = wait_for_end(&dev, "loud", run.trim())?;
+    let (run, ended, _) = run_one_task(&dev, "loud", serde_json::json!({"command": ["sh", "-c", "seq 200000"]}))?;
     assert_eq!(ended["state"], "SUCCEEDED", "{ended}");
-    let log = dev.ctl_ok(&["task", "logs", "loud", run.trim(), "a"])?;
+    let log = dev.ctl_ok(&["task", "logs", "loud", &run, "a"])?;
     let full: String = (1..=200_000).map(|n| format!("{n}\n")).collect();
     let marker_at = log.find("\n[gofer: ").context("a marker in the log")?;
     let marker_end = marker_at + 1 + log[marker_at + 1..].find('\n').context("the marker's end")? + 1;

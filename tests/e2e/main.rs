@@ -65,6 +65,14 @@ fn tasks(dev: &GoferDev, pipeline: &str, run: &str) -> Result<std::collections::
         .collect())
 }
 
+/// The wall clock in Unix milliseconds, as goferd stamps times.
+fn now_millis() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The stderr of a goferctl call.
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).to_string()

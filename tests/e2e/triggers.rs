@@ -3,17 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gofer_testkit::{GoferDev, wait_until};
 use serde_json::Value;
 
-use crate::{pipeline, start, stderr};
-
-fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
+use crate::{now_millis, pipeline, start, stderr};
 
 /// Every run of `pipeline` as JSON.
 fn runs(dev: &GoferDev, pipeline: &str) -> Result<Vec<Value>> {

@@ -383,9 +383,11 @@ impl State {
                 before.note_run(self, namespace, p, *run);
                 before.note_pipeline(self, namespace, p);
             }
-            Command::AssignAttempt { target, .. }
-            | Command::AttemptStarted { target, .. }
-            | Command::AttemptFinished { target, .. } => {
+            Command::AssignAttempt { target, .. } | Command::AttemptStarted { target, .. } => {
+                before.note_run(self, &target.namespace, &target.pipeline, target.run);
+            }
+            // An ended attempt may end its run and so start a buffered fire's run.
+            Command::AttemptFinished { target, .. } => {
                 before.note_run(self, &target.namespace, &target.pipeline, target.run);
                 before.note_pipeline(self, &target.namespace, &target.pipeline);
             }
