@@ -353,15 +353,24 @@ pub fn cluster_containers(cluster: &str) -> Result<Vec<String>> {
 }
 
 /// Removes every container of cluster `cluster` (none when the id is empty), ignoring failures: for
-/// cleanup.
+/// cleanup. A create that a killed goferd sent just before it died can still land in the Engine after a
+/// first sweep, so it sweeps until two sweeps 200 ms apart find nothing, for at most 3 s.
 pub fn remove_cluster_containers(cluster: &str) {
     if cluster.is_empty() {
         return;
     }
-    if let Ok(names) = cluster_containers(cluster)
-        && !names.is_empty()
-    {
-        let _ = Command::new("docker").args(["rm", "-f"]).args(&names).output();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut quiet = 0;
+    while quiet < 2 && Instant::now() < deadline {
+        match cluster_containers(cluster) {
+            Ok(names) if !names.is_empty() => {
+                quiet = 0;
+                let _ = Command::new("docker").args(["rm", "-f"]).args(&names).output();
+            }
+            Ok(_) => quiet += 1,
+            Err(_) => return,
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
