@@ -221,8 +221,15 @@ impl Drop for Deployment {
 }
 
 #[test]
-fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_a_wiped_node() -> Result<()> {
-    let deployment = Deployment::up()?;
+fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_a_wiped_node() {
+    let deployment = Deployment::up().expect("bringing the deployment up");
+    // A failure panics while the deployment is still up, so that its teardown prints every container's log.
+    if let Err(err) = compose_cluster(&deployment) {
+        panic!("{err:?}");
+    }
+}
+
+fn compose_cluster(deployment: &Deployment) -> Result<()> {
     let (leader, _) = deployment.leader(1, &[1, 2, 3])?;
     let json_path = deployment.path().join("hello.json");
     std::fs::write(

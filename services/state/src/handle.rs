@@ -103,7 +103,9 @@ impl StateHandle {
         }
     }
 
-    /// Reads part of an attempt's log from state node `node`, which keeps it.
+    /// Reads part of an attempt's log from state node `node`, which keeps it. A read changes nothing,
+    /// so one the network failed (a connect that timed out on a busy host, a connection cut) is tried
+    /// again, on a new connection, for up to [`PEER_READ_PATIENCE`].
     pub async fn read_peer_log(
         &self,
         node: NodeId,
@@ -112,10 +114,6 @@ impl StateHandle {
         offset: u64,
         max_bytes: u32,
     ) -> Result<Vec<u8>, Error> {
-        let mut client = match self {
-            StateHandle::Local(local) => local.member_client(node)?,
-            StateHandle::Remote(remote) => remote.member_client(node).await?,
-        };
         let request = v1::ReadTaskLogRequest {
             namespace_id: target.namespace.clone(),
             pipeline_id: target.pipeline.clone(),
@@ -125,11 +123,39 @@ impl StateHandle {
             offset,
             max_bytes,
         };
-        let reply = client
-            .read_task_log(request)
-            .await
-            .map_err(|s| Error::Unavailable(format!("reading the log from node {node}: {}", s.message())))?;
-        Ok(reply.into_inner().data)
+        let deadline = tokio::time::Instant::now() + PEER_READ_PATIENCE;
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            let failure = match self.member_client(node).await {
+                Ok(mut client) => match client.read_task_log(request.clone()).await {
+                    Ok(reply) => return Ok(reply.into_inner().data),
+                    Err(s) if !transient(&s) => {
+                        return Err(Error::Unavailable(format!(
+                            "reading the log from node {node}: {}",
+                            s.message()
+                        )));
+                    }
+                    Err(s) => format!("reading the log from node {node}: {}", s.message()),
+                },
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(Error::Unavailable(failure));
+            }
+            tracing::debug!(%failure, "trying the log read again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(800));
+        }
+    }
+
+    async fn member_client(
+        &self,
+        node: NodeId,
+    ) -> Result<v1::raft_service_client::RaftServiceClient<tonic::transport::Channel>, Error> {
+        match self {
+            StateHandle::Local(local) => local.member_client(node),
+            StateHandle::Remote(remote) => remote.member_client(node).await,
+        }
     }
 
     /// Sends an attempt's whole log to state node `node` to keep, and returns the bytes it stored.
@@ -140,10 +166,7 @@ impl StateHandle {
         chunks: impl futures_util::Stream<Item = Vec<u8>> + Send + 'static,
     ) -> Result<u64, Error> {
         use futures_util::StreamExt;
-        let mut client = match self {
-            StateHandle::Local(local) => local.member_client(node)?,
-            StateHandle::Remote(remote) => remote.member_client(node).await?,
-        };
+        let mut client = self.member_client(node).await?;
         let first = v1::StoreTaskLogRequest {
             key: Some(key),
             data: Vec::new(),
@@ -155,4 +178,16 @@ impl StateHandle {
             .map_err(|s| Error::Unavailable(format!("storing the log on node {node}: {}", s.message())))?;
         Ok(reply.into_inner().stored_bytes)
     }
+}
+
+/// How long a read from another state node keeps trying through network failures.
+const PEER_READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a failed call may succeed if made again: the network failed or the peer was busy, rather
+/// than the request being wrong.
+fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
 }

@@ -66,7 +66,7 @@ impl RaftService for RaftHandler {
         let logs = self
             .logs
             .as_ref()
-            .ok_or_else(|| Status::unavailable("this node keeps no task logs"))?;
+            .ok_or_else(|| Status::failed_precondition("this node keeps no task logs"))?;
         let mut inbound = request.into_inner();
         let first = inbound
             .next()
@@ -159,7 +159,7 @@ impl RaftService for RaftHandler {
         let logs = self
             .logs
             .as_ref()
-            .ok_or_else(|| Status::unavailable("this node keeps no task logs"))?;
+            .ok_or_else(|| Status::failed_precondition("this node keeps no task logs"))?;
         let target = gofer_domain::AttemptRef {
             namespace: request.namespace_id,
             pipeline: request.pipeline_id,

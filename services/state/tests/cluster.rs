@@ -5,8 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use gofer_domain::AttemptRef;
 use gofer_domain::{Applied, Command, PipelineConfig};
-use gofer_state::{Faults, MemberOptions, MembershipChange, NodeId, PeerNetwork, RemoteState, StateNode};
+use gofer_state::{
+    Faults, LogStore, MemberOptions, MembershipChange, NodeId, PeerNetwork, RemoteState, StateHandle, StateNode,
+};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -14,7 +17,11 @@ const DEADLINE: Duration = Duration::from_secs(15);
 struct Cluster {
     nodes: BTreeMap<NodeId, StateNode>,
     faults: Faults,
-    servers: Vec<tokio::task::JoinHandle<()>>,
+    servers: BTreeMap<NodeId, tokio::task::JoinHandle<()>>,
+    /// Each node's certificate, to serve again after a test stopped its server.
+    certs: BTreeMap<NodeId, gofer_tls::CertifiedKey>,
+    /// Each node's task log store, which its `RaftService` serves to the others.
+    logs: BTreeMap<NodeId, LogStore>,
     _dirs: Vec<tempfile::TempDir>,
     ca_pem: String,
     ca: gofer_tls::Ca,
@@ -40,7 +47,8 @@ impl Cluster {
             .iter()
             .map(|(id, l)| (*id, format!("https://{}", l.local_addr().unwrap())))
             .collect();
-        let (mut nodes, mut servers, mut dirs) = (BTreeMap::new(), Vec::new(), Vec::new());
+        let (mut nodes, mut servers, mut dirs) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
+        let (mut certs, mut logs) = (BTreeMap::new(), BTreeMap::new());
         for (id, listener) in listeners {
             let cert = ca
                 .issue(&format!("node{id}"), &["localhost".into(), "127.0.0.1".into()])
@@ -53,25 +61,19 @@ impl Cluster {
             let node = StateNode::open_member(dir.path(), network, Some(members.clone()), options)
                 .await
                 .unwrap();
-            let server_tls = ServerTlsConfig::new()
-                .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
-                .client_ca_root(Certificate::from_pem(&ca_pem));
-            let service = node.raft_service(None, tokio_util::sync::CancellationToken::new());
-            servers.push(tokio::spawn(async move {
-                let _ = Server::builder()
-                    .tls_config(server_tls)
-                    .unwrap()
-                    .add_service(service)
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                    .await;
-            }));
+            let store = LogStore::new(dir.path().join("logs"));
+            servers.insert(id, serve(&node, &cert, &ca_pem, &store, listener));
             nodes.insert(id, node);
+            certs.insert(id, cert);
+            logs.insert(id, store);
             dirs.push(dir);
         }
         Cluster {
             nodes,
             faults,
             servers,
+            certs,
+            logs,
             _dirs: dirs,
             ca_pem,
             ca,
@@ -102,10 +104,32 @@ impl Cluster {
         for node in self.nodes.values() {
             let _ = node.shutdown().await;
         }
-        for server in self.servers {
+        for server in self.servers.values() {
             server.abort();
         }
     }
+}
+
+/// Serves `node`'s `RaftService` (with its task logs) on `listener`, behind mutual TLS.
+fn serve(
+    node: &StateNode,
+    cert: &gofer_tls::CertifiedKey,
+    ca_pem: &str,
+    logs: &LogStore,
+    listener: tokio::net::TcpListener,
+) -> tokio::task::JoinHandle<()> {
+    let server_tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
+        .client_ca_root(Certificate::from_pem(ca_pem));
+    let service = node.raft_service(Some(logs.clone()), tokio_util::sync::CancellationToken::new());
+    tokio::spawn(async move {
+        let _ = Server::builder()
+            .tls_config(server_tls)
+            .unwrap()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    })
 }
 
 fn namespace(name: &str) -> Command {
@@ -448,12 +472,64 @@ async fn a_remote_process_mirrors_the_state_and_moves_on_when_its_node_goes() {
     // The followed node goes away for good: the mirror follows another, and writes and reads go on.
     let gone = cluster.nodes.remove(&follower).unwrap();
     gone.shutdown().await.unwrap();
-    cluster.servers[(follower - 1) as usize].abort();
+    cluster.servers[&follower].abort();
     remote.propose(namespace("after-the-loss")).await.unwrap();
     assert!(remote.read(|s| s.namespaces.contains_key("after-the-loss")));
     let status = remote.cluster_status().await.unwrap();
     assert_ne!(status.node_id, follower);
     assert_eq!(remote.following_node(), status.node_id);
     remote.close();
+    cluster.stop().await;
+}
+
+/// A task log read from the node that keeps it rides through a moment in which that node cannot be
+/// reached (on a busy host a connect can time out): the read is made again on a new connection rather
+/// than failing the client that asked for the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_read_from_another_node_rides_through_a_moment_that_node_cannot_be_reached() {
+    let mut cluster = Cluster::start().await;
+    // The keeper leads, so no raft traffic dials it: every connection it accepts below is the read's.
+    let keeper = cluster.leader(&[1, 2, 3]).await;
+    let reader = if keeper == 1 { 2 } else { 1 };
+    let target = AttemptRef {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        run: 1,
+        task: "a".into(),
+    };
+    let mut writer = cluster.logs[&keeper].writer(&target, 1).await.unwrap();
+    writer.append(b"kept on another node\n").await.unwrap();
+    writer.finish().await.unwrap();
+
+    // The keeper's server goes; in its place, a listener that drops every connection it accepts.
+    let server = cluster.servers.remove(&keeper).unwrap();
+    server.abort();
+    let _ = server.await;
+    let address = cluster.addresses[&keeper].trim_start_matches("https://").to_string();
+    let refuser = tokio::net::TcpListener::bind(&address).await.unwrap();
+    let handle = StateHandle::from(cluster.nodes[&reader].clone());
+    let read = tokio::spawn({
+        let target = target.clone();
+        async move { handle.read_peer_log(keeper, &target, 1, 0, 1024).await }
+    });
+    let (dropped, _) = tokio::time::timeout(DEADLINE, refuser.accept())
+        .await
+        .expect("the reader dials the keeper")
+        .unwrap();
+    drop(dropped);
+
+    // The keeper serves again at its address; the read that was waiting gets the log.
+    drop(refuser);
+    let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+    let server = serve(
+        &cluster.nodes[&keeper],
+        &cluster.certs[&keeper],
+        &cluster.ca_pem,
+        &cluster.logs[&keeper],
+        listener,
+    );
+    cluster.servers.insert(keeper, server);
+    let data = tokio::time::timeout(DEADLINE, read).await.unwrap().unwrap().unwrap();
+    assert_eq!(data, b"kept on another node\n");
     cluster.stop().await;
 }
