@@ -1,13 +1,15 @@
-//! The redb file behind one raft node: its tables, opening it, and the blocking reads and writes the
-//! log store ([`log`]) and the state machine ([`state_machine`]) make.
+//! A raft node's storage: the raft log in a write-ahead log of its own ([`wal`]), and one redb file
+//! with the rest, and the blocking reads and writes the log store ([`log`]) and the state machine
+//! ([`state_machine`]) make on it.
 //!
-//! One file per node holds the raft log (index → JSON entry), the vote, the committed log id, the last
-//! purged log id and the latest snapshot (meta and data). The state machine's applied state is not
-//! written on every apply: it is the latest snapshot plus the committed log after it, which openraft
-//! re-applies at startup from `read_committed`.
+//! The redb file holds the vote, the committed log id, the last purged log id and the latest snapshot
+//! (meta and data). The state machine's applied state is not written on every apply: it is the latest
+//! snapshot plus the committed log after it, which openraft re-applies at startup from `read_committed`.
+//! Before the log had its own file it lived in redb too (index → JSON entry); opening such a store moves
+//! it over once.
 //!
-//! redb calls block on disk IO and fsync, so every one of them runs in `spawn_blocking`. This module
-//! refuses to interpret commands: it stores bytes and openraft's own types, nothing else.
+//! Disk IO and fsync block, so every redb call and every write to the log file runs in `spawn_blocking`.
+//! This module refuses to interpret commands: it stores bytes and openraft's own types, nothing else.
 
 // openraft's storage traits fix their error type, `StorageError` (over 200 bytes); the helpers here pass
 // it on unchanged rather than boxing it only to unbox it again.
@@ -17,8 +19,9 @@ mod log;
 mod state_machine;
 #[cfg(test)]
 mod tests;
+mod wal;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use openraft::{AnyError, SnapshotMeta};
@@ -31,7 +34,8 @@ pub(crate) use state_machine::{AppliedState, StateMachineStore};
 use crate::Error;
 use crate::types::NodeId;
 
-/// The raft log: entry index → the entry as JSON.
+/// Where the raft log was kept before it had a file of its own: entry index → the entry as JSON. Read
+/// once, to move it over, and emptied.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft's own records, each JSON, under the `*_KEY` names below.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -84,21 +88,30 @@ pub(crate) enum Change {
 /// How many changes a slow follower may fall behind before it is sent the whole state again.
 const CHANGES_KEPT: usize = 4096;
 
-/// Opens or creates the redb file at `path` and loads the latest snapshot into memory.
+/// The raft log's directory, beside the redb file.
+const LOG_DIR: &str = "raft-log";
+
+/// Opens or creates the redb file at `path` and the raft log beside it, and loads the latest snapshot
+/// and the log into memory.
 pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
     let shown = path.display().to_string();
     let (closed_tx, closed) = oneshot::channel();
-    let (file, snapshot) = tokio::task::spawn_blocking(move || -> Result<_, redb::Error> {
-        let db = Database::create(&path)?;
+    let (file, snapshot, wal, log) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let db = Database::create(&path).map_err(|e| e.to_string())?;
         // Read transactions fail on a table that was never created, so create them all up front.
-        let txn = db.begin_write()?;
-        txn.open_table(LOG)?;
-        txn.open_table(META)?;
-        txn.open_table(SNAPSHOT)?;
-        txn.commit()?;
+        let created = || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(LOG)?;
+            txn.open_table(META)?;
+            txn.open_table(SNAPSHOT)?;
+            txn.commit()?;
+            Ok(())
+        };
+        created().map_err(|e| e.to_string())?;
         let file = RedbFile { db, _closed: closed_tx };
-        let snapshot = file.snapshot()?;
-        Ok((file, snapshot))
+        let snapshot = file.snapshot().map_err(|e| e.to_string())?;
+        let (wal, log) = open_log(&file, &path.with_file_name(LOG_DIR))?;
+        Ok((file, snapshot, wal, log))
     })
     .await
     .map_err(|e| Error::Storage(format!("opening {shown}: {e}")))?
@@ -125,13 +138,50 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
     let file = Arc::new(file);
     let (changes, _) = broadcast::channel(CHANGES_KEPT);
     Ok(OpenStore {
-        log: RaftLogStore::new(file.clone()),
+        log: RaftLogStore::new(file.clone(), wal, log),
         state_machine: StateMachineStore::new(file, applied.clone(), applied_tx, changes.clone()),
         applied,
         applied_index,
         changes,
         closed,
     })
+}
+
+/// Opens the raft log in `dir` (moving a log kept in redb over first) and decodes its entries.
+fn open_log(file: &RedbFile, dir: &Path) -> Result<(wal::Wal, log::Log), String> {
+    let purged: Option<openraft::LogId<NodeId>> = match file.meta(LAST_PURGED_KEY).map_err(|e| e.to_string())? {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("decoding the last purged log id: {e}"))?,
+        None => None,
+    };
+    if !dir.exists() {
+        // Written whole under another name, then renamed: a crash midway leaves the old log in place.
+        let rows = file.log_rows().map_err(|e| e.to_string())?;
+        let staging = dir.with_extension("import");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+        }
+        let (mut fresh, _) = wal::Wal::open(&staging, None).map_err(|e| e.to_string())?;
+        if !rows.is_empty() {
+            fresh.append(&rows).map_err(|e| e.to_string())?;
+        }
+        drop(fresh);
+        std::fs::rename(&staging, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if let Some(parent) = dir.parent() {
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+    }
+    // The log file holds every entry now; an older copy in redb goes.
+    file.clear_log().map_err(|e| e.to_string())?;
+    let (wal, rows) = wal::Wal::open(dir, purged.map(|p| p.index)).map_err(|e| e.to_string())?;
+    let mut entries = std::collections::BTreeMap::new();
+    for (index, bytes) in rows {
+        let entry: openraft::Entry<crate::types::TypeConfig> =
+            serde_json::from_slice(&bytes).map_err(|e| format!("decoding raft log entry {index}: {e}"))?;
+        entries.insert(index, entry);
+    }
+    Ok((wal, log::Log { entries, purged }))
 }
 
 /// Runs blocking redb work on the blocking pool, turning its error (or its panic) into an [`AnyError`]
@@ -166,53 +216,25 @@ impl RedbFile {
         Ok(())
     }
 
-    /// The last log entry and the last purged log id, read in one transaction.
-    fn log_state(&self) -> Result<StoredLogState, redb::Error> {
-        let txn = self.db.begin_read()?;
-        let last = txn.open_table(LOG)?.last()?.map(|(_, v)| v.value().to_vec());
-        let purged = txn.open_table(META)?.get(LAST_PURGED_KEY)?.map(|v| v.value().to_vec());
-        Ok(StoredLogState {
-            last_entry: last,
-            last_purged: purged,
-        })
-    }
-
-    /// The entries with index in `first..=last`.
-    fn log_range(&self, first: u64, last: u64) -> Result<Vec<Vec<u8>>, redb::Error> {
+    /// Every entry of a log kept in redb, as stored (a store from before the log had its own file).
+    fn log_rows(&self) -> Result<Vec<(u64, Vec<u8>)>, redb::Error> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(LOG)?;
-        let mut entries = Vec::new();
-        for row in table.range(first..=last)? {
-            entries.push(row?.1.value().to_vec());
+        let mut rows = Vec::new();
+        for row in table.range(0..)? {
+            let (index, entry) = row?;
+            rows.push((index.value(), entry.value().to_vec()));
         }
-        Ok(entries)
+        Ok(rows)
     }
 
-    fn append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(LOG)?;
-            for (index, entry) in entries {
-                table.insert(*index, entry.as_slice())?;
-            }
+    /// Empties the log kept in redb, if it holds anything.
+    fn clear_log(&self) -> Result<(), redb::Error> {
+        if self.db.begin_read()?.open_table(LOG)?.first()?.is_none() {
+            return Ok(());
         }
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Removes the entries with index `first` and later.
-    fn truncate(&self, first: u64) -> Result<(), redb::Error> {
         let txn = self.db.begin_write()?;
-        txn.open_table(LOG)?.retain_in(first.., |_, _| false)?;
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Records `last_purged` and removes the entries with index up to `last` in the same transaction.
-    fn purge(&self, last: u64, last_purged: &[u8]) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(META)?.insert(LAST_PURGED_KEY, last_purged)?;
-        txn.open_table(LOG)?.retain_in(..=last, |_, _| false)?;
+        txn.open_table(LOG)?.retain(|_, _| false)?;
         txn.commit()?;
         Ok(())
     }
@@ -257,12 +279,6 @@ impl RedbFile {
         txn.commit().map_err(|e| AnyError::new(&e))?;
         Ok(true)
     }
-}
-
-/// The log's end as stored: the last entry and the last purged log id, both JSON.
-struct StoredLogState {
-    last_entry: Option<Vec<u8>>,
-    last_purged: Option<Vec<u8>>,
 }
 
 /// The latest snapshot as stored: its meta and its data, both JSON.

@@ -1,14 +1,15 @@
-//! openraft's log storage on the redb file: entries, vote, committed and purged log ids.
+//! openraft's log storage: entries in the write-ahead log ([`super::wal`]), held in memory as well, and
+//! the vote, committed and purged log ids in the redb file.
 //!
-//! "Acknowledged means durable": `append` reports the entries flushed only after the redb transaction
-//! that holds them committed, and redb's commit fsyncs before it returns. The committed log id is the one
-//! record written without fsync (see [`RaftLogStore::save_committed`]). This file refuses to look inside
-//! entries: it stores and returns them as openraft gave them.
+//! "Acknowledged means durable": `append` reports the entries flushed only after the log file holding
+//! them was synced. The committed log id is the one record written without fsync (see
+//! [`RaftLogStore::save_committed`]). This file refuses to look inside entries: it stores and returns
+//! them as openraft gave them.
 //!
 //! Appends are written by one writer task, in order, so `append` returns as soon as the entries are queued
-//! and readable (from `pending`) and raft goes on while they are fsynced: a leader replicates entries to
-//! its followers while it flushes them itself, instead of one fsync after the other, and appends that
-//! queue up during an fsync share the next one. Truncate, purge and the vote wait for the queue to drain.
+//! and readable (every entry of the log is kept in memory; a snapshot purges the old ones) and raft goes
+//! on while they are synced; appends that queue up during a sync share the next one. Truncate, purge and
+//! the vote wait for the queue to drain.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -21,16 +22,23 @@ use openraft::{AnyError, Entry, LogId, LogState, OptionalSend, RaftLogReader, St
 use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{COMMITTED_KEY, RedbFile, VOTE_KEY, blocking};
+use super::wal::Wal;
+use super::{COMMITTED_KEY, LAST_PURGED_KEY, RedbFile, VOTE_KEY, blocking};
 use crate::types::{NodeId, TypeConfig};
 
 /// The raft log store. Cloning it is cheap; clones are the log readers openraft hands to replication.
 #[derive(Clone)]
 pub(crate) struct RaftLogStore {
     file: Arc<RedbFile>,
-    /// Entries queued for the writer and not yet committed, by index.
-    pending: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    wal: Arc<Mutex<Wal>>,
+    log: Arc<Mutex<Log>>,
     writer: mpsc::UnboundedSender<Write>,
+}
+
+/// The log as raft sees it: every entry after the purged ones, those still being synced included.
+pub(crate) struct Log {
+    pub(crate) entries: BTreeMap<u64, Entry<TypeConfig>>,
+    pub(crate) purged: Option<LogId<NodeId>>,
 }
 
 /// What the writer task does, in the order it was asked.
@@ -44,25 +52,46 @@ enum Write {
 }
 
 impl RaftLogStore {
-    /// A store on `file`, with its writer task (which ends when the last clone is dropped).
-    pub(super) fn new(file: Arc<RedbFile>) -> Self {
+    /// A store over `wal` (already opened and holding `log`), with its writer task, which ends when the
+    /// last clone is dropped.
+    pub(super) fn new(file: Arc<RedbFile>, wal: Wal, log: Log) -> Self {
         let (writer, queue) = mpsc::unbounded_channel();
-        let pending = Arc::new(Mutex::new(BTreeMap::new()));
-        tokio::spawn(write_loop(file.clone(), pending.clone(), queue));
-        RaftLogStore { file, pending, writer }
+        let wal = Arc::new(Mutex::new(wal));
+        tokio::spawn(write_loop(file.clone(), wal.clone(), queue));
+        RaftLogStore {
+            file,
+            wal,
+            log: Arc::new(Mutex::new(log)),
+            writer,
+        }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
-        self.pending.lock().expect("pending entries lock")
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().expect("raft log lock")
     }
 
-    /// Waits until every queued append is committed (or failed).
+    /// Waits until every queued append is synced (or failed).
     async fn drained(&self) -> Result<(), AnyError> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(Write::Drained(tx))
             .map_err(|_| AnyError::error("the log writer stopped"))?;
         rx.await.map_err(|_| AnyError::error("the log writer stopped"))
+    }
+
+    /// Runs `work` on the log file, on the blocking pool.
+    async fn with_wal(&self, work: impl FnOnce(&mut Wal) -> io::Result<()> + Send + 'static) -> Result<(), AnyError> {
+        let wal = self.wal.clone();
+        blocking(move || work(&mut wal.lock().expect("raft log file lock"))).await
+    }
+
+    /// Whether the redb file holds no log entries (for tests: the log lives in its own file).
+    #[cfg(test)]
+    pub(crate) async fn file_log_is_empty(&self) -> bool {
+        let file = self.file.clone();
+        blocking(move || file.log_rows().map(|rows| rows.is_empty()))
+            .await
+            .unwrap()
     }
 
     async fn read_meta<T: serde::de::DeserializeOwned>(
@@ -95,17 +124,9 @@ fn inclusive(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
     (first <= last).then_some((first, last))
 }
 
-fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError<NodeId>> {
-    serde_json::from_slice(bytes).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)).into())
-}
-
-/// Commits queued appends in order, each batch of those waiting in one transaction (one fsync), then tells
-/// raft they are flushed.
-async fn write_loop(
-    file: Arc<RedbFile>,
-    pending: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
-    mut queue: mpsc::UnboundedReceiver<Write>,
-) {
+/// Syncs queued appends in order, each batch of those waiting with one write and one sync, then tells
+/// raft they are flushed. Holds the redb file only so that it stays open while appends are in flight.
+async fn write_loop(_file: Arc<RedbFile>, wal: Arc<Mutex<Wal>>, mut queue: mpsc::UnboundedReceiver<Write>) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = queue.try_recv() {
@@ -124,16 +145,9 @@ async fn write_loop(
             }
         }
         if !rows.is_empty() {
-            let indexes: Vec<u64> = rows.iter().map(|(index, _)| *index).collect();
-            let target = file.clone();
-            let result = blocking(move || target.append(&rows)).await;
-            {
-                let mut pending = pending.lock().expect("pending entries lock");
-                for index in indexes {
-                    pending.remove(&index);
-                }
-            }
-            // The transaction committed, so the entries are on disk: only now may raft count them.
+            let wal = wal.clone();
+            let result = blocking(move || wal.lock().expect("raft log file lock").append(&rows)).await;
+            // The sync returned, so the entries are on disk: only now may raft count them.
             for callback in callbacks {
                 let outcome = match &result {
                     Ok(()) => Ok(()),
@@ -156,21 +170,7 @@ impl RaftLogReader<TypeConfig> for RaftLogStore {
         let Some((first, last)) = inclusive(&range) else {
             return Ok(Vec::new());
         };
-        // Pending entries first: one committed meanwhile leaves `pending` after it is readable from redb.
-        let queued: Vec<Entry<TypeConfig>> = self.pending().range(first..=last).map(|(_, e)| e.clone()).collect();
-        let file = self.file.clone();
-        let rows = blocking(move || file.log_range(first, last))
-            .await
-            .map_err(StorageIOError::read_logs)?;
-        let mut entries = BTreeMap::new();
-        for row in rows {
-            let entry = decode_entry(&row)?;
-            entries.insert(entry.log_id.index, entry);
-        }
-        for entry in queued {
-            entries.insert(entry.log_id.index, entry);
-        }
-        Ok(entries.into_values().collect())
+        Ok(self.log().entries.range(first..=last).map(|(_, e)| e.clone()).collect())
     }
 }
 
@@ -178,24 +178,12 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
     type LogReader = RaftLogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let queued_last = self.pending().values().next_back().map(|e| e.log_id);
-        let file = self.file.clone();
-        let stored = blocking(move || file.log_state())
-            .await
-            .map_err(StorageIOError::read_logs)?;
-        let last_purged_log_id: Option<LogId<NodeId>> = match stored.last_purged {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?,
-            None => None,
-        };
-        let last_log_id = match stored.last_entry {
-            Some(bytes) => Some(decode_entry(&bytes)?.log_id),
-            // Everything was purged (or nothing was ever written): the last log id is the purged one.
-            None => last_purged_log_id,
-        };
-        let last_log_id = last_log_id.max(queued_last);
+        let log = self.log();
+        let last_log_id = log.entries.values().next_back().map(|e| e.log_id);
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
+            last_purged_log_id: log.purged,
+            // Everything was purged (or nothing was ever written): the last log id is the purged one.
+            last_log_id: last_log_id.or(log.purged),
         })
     }
 
@@ -220,9 +208,8 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
     /// Records the committed log id without waiting for fsync.
     ///
     /// This runs whenever the commit index moves, so an fsync here would double the fsyncs per write.
-    /// It is safe to lose: the next durable commit (the next append) carries it to disk, and a committed
-    /// id that is behind after a crash only means fewer entries are re-applied at startup; the rest are
-    /// applied once the leader commits an entry of its new term.
+    /// It is safe to lose: a committed id that is behind after a crash only means fewer entries are
+    /// re-applied at startup; the rest are applied once the leader commits an entry of its new term.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
         let bytes = serde_json::to_vec(&committed).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         let file = self.file.clone();
@@ -255,8 +242,10 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                 Ok((index, bytes))
             })
             .collect::<Result<Vec<_>, StorageIOError<NodeId>>>()?;
-        // Readable at once; flushed (and reported so) by the writer.
-        self.pending().extend(queued.into_iter().map(|e| (e.log_id.index, e)));
+        // Readable at once; synced (and reported so) by the writer.
+        self.log()
+            .entries
+            .extend(queued.into_iter().map(|e| (e.log_id.index, e)));
         self.writer
             .send(Write::Append { rows, callback })
             .map_err(|_| StorageIOError::write_logs(AnyError::error("the log writer stopped")))?;
@@ -265,20 +254,28 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.drained().await.map_err(StorageIOError::write_logs)?;
-        let file = self.file.clone();
-        blocking(move || file.truncate(log_id.index))
+        self.with_wal(move |wal| wal.truncate(log_id.index))
             .await
             .map_err(StorageIOError::write_logs)?;
+        self.log().entries.split_off(&log_id.index);
         Ok(())
     }
 
+    /// Records `log_id` as purged (durably, first: a crash after it leaves segments that opening skips
+    /// and deletes), then deletes the segments that hold nothing after it.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let bytes = serde_json::to_vec(&Some(log_id)).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         self.drained().await.map_err(StorageIOError::write_logs)?;
         let file = self.file.clone();
-        blocking(move || file.purge(log_id.index, &bytes))
+        blocking(move || file.put_meta(LAST_PURGED_KEY, &bytes, Durability::Immediate))
             .await
             .map_err(StorageIOError::write_logs)?;
+        self.with_wal(move |wal| wal.purge(log_id.index))
+            .await
+            .map_err(StorageIOError::write_logs)?;
+        let mut log = self.log();
+        log.entries = log.entries.split_off(&(log_id.index + 1));
+        log.purged = Some(log_id);
         Ok(())
     }
 }

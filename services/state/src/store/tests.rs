@@ -95,3 +95,45 @@ async fn a_reopened_file_keeps_vote_log_committed_purged_and_snapshot() {
     let current = store.state_machine.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot_meta);
 }
+
+/// A store from before the raft log had its own file keeps its log in redb: opening it moves the log
+/// over once, and it stays there.
+#[tokio::test]
+async fn a_log_kept_in_redb_by_an_older_version_is_moved_to_the_log_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let entries = vec![command_entry(2, "a"), command_entry(3, "b"), command_entry(4, "c")];
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            for entry in &entries {
+                log.insert(entry.log_id.index, serde_json::to_vec(entry).unwrap().as_slice())
+                    .unwrap();
+            }
+            let purged = serde_json::to_vec(&Some(log_id(1, 1, 1))).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(LAST_PURGED_KEY, purged.as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    for _ in 0..2 {
+        let mut store = open(path.clone()).await.unwrap();
+        let state = store.log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 1)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, 4)));
+        let read = store.log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&read).unwrap(),
+            serde_json::to_value(&entries).unwrap()
+        );
+        assert!(dir.path().join(LOG_DIR).is_dir());
+        assert!(store.log.file_log_is_empty().await, "redb no longer holds the log");
+        drop(store.log);
+        drop(store.state_machine);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), store.closed).await;
+    }
+}
