@@ -2,8 +2,8 @@
 //! the vote, committed and purged log ids in the redb file.
 //!
 //! "Acknowledged means durable": `append` reports the entries flushed only after the log file holding
-//! them was synced. The committed log id is the one record written without fsync (see
-//! [`RaftLogStore::save_committed`]). This file refuses to look inside entries: it stores and returns
+//! them was synced. The committed log id is the one record written without fsync, and off raft's path
+//! (see [`RaftLogStore::save_committed`]). This file refuses to look inside entries: it stores and returns
 //! them as openraft gave them.
 //!
 //! Appends are written by one writer thread, in order, so `append` returns as soon as the entries are queued
@@ -35,6 +35,9 @@ pub(crate) struct RaftLogStore {
     wal: Arc<Mutex<Wal>>,
     log: Arc<Mutex<Log>>,
     writer: mpsc::Sender<Write>,
+    /// The latest committed log id raft gave this process, and the thread that records it in redb.
+    committed: Arc<Mutex<Option<LogId<NodeId>>>>,
+    committed_saver: mpsc::Sender<Option<LogId<NodeId>>>,
 }
 
 /// The log as raft sees it: every entry after the purged ones, those still being synced included.
@@ -65,11 +68,18 @@ impl RaftLogStore {
         std::thread::Builder::new()
             .name("gofer-raft-log".into())
             .spawn(move || write_loop(&held, &synced, &queue))?;
+        let (committed_saver, commits) = mpsc::channel();
+        let held = file.clone();
+        std::thread::Builder::new()
+            .name("gofer-raft-commit".into())
+            .spawn(move || save_committed_loop(&held, &commits))?;
         Ok(RaftLogStore {
             file,
             wal,
             log: Arc::new(Mutex::new(log)),
             writer,
+            committed: Arc::new(Mutex::new(None)),
+            committed_saver,
         })
     }
 
@@ -167,6 +177,26 @@ fn write_loop(_file: &Arc<RedbFile>, wal: &Mutex<Wal>, queue: &mpsc::Receiver<Wr
     }
 }
 
+/// Writes the latest committed log id handed over to redb (without fsync), skipping those a newer one
+/// replaced while the last was written. Ends once every sender is gone, after writing what was queued.
+fn save_committed_loop(file: &RedbFile, commits: &mpsc::Receiver<Option<LogId<NodeId>>>) {
+    while let Ok(mut committed) = commits.recv() {
+        if let Some(newest) = commits.try_iter().last() {
+            committed = newest;
+        }
+        let written = serde_json::to_vec(&committed)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                file.put_meta(COMMITTED_KEY, &bytes, Durability::None)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            // Only startup reads it, and a missing or older id there is safe (see `save_committed`).
+            tracing::warn!(error = %e, "recording the committed log id failed");
+        }
+    }
+}
+
 impl RaftLogReader<TypeConfig> for RaftLogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -210,21 +240,25 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         self.read_meta(VOTE_KEY, StorageIOError::read_vote).await
     }
 
-    /// Records the committed log id without waiting for fsync.
+    /// Records the committed log id, neither synced nor waited for.
     ///
-    /// This runs whenever the commit index moves, so an fsync here would double the fsyncs per write.
-    /// It is safe to lose: a committed id that is behind after a crash only means fewer entries are
-    /// re-applied at startup; the rest are applied once the leader commits an entry of its new term.
+    /// raft calls this each time the commit index moves and applies the entries only once it returns,
+    /// so it is on the path of every write: it hands the id to a thread that writes the latest one to
+    /// redb (without fsync), and returns. Losing it is safe: a committed id that is behind after a crash
+    /// only means fewer entries are re-applied at startup; the rest are applied once the leader commits
+    /// an entry of its new term.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        let bytes = serde_json::to_vec(&committed).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-        let file = self.file.clone();
-        blocking(move || file.put_meta(COMMITTED_KEY, &bytes, Durability::None))
-            .await
-            .map_err(StorageIOError::write)?;
+        *self.committed.lock().expect("committed lock") = committed;
+        self.committed_saver
+            .send(committed)
+            .map_err(|_| StorageIOError::write(AnyError::error("the committed id writer stopped")))?;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        if let Some(committed) = *self.committed.lock().expect("committed lock") {
+            return Ok(Some(committed));
+        }
         Ok(self
             .read_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY, StorageIOError::read)
             .await?
