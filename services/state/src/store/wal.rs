@@ -346,6 +346,16 @@ mod tests {
         rows.iter().map(|(i, _)| *i).collect()
     }
 
+    /// A log of records 1 to 20, two per append, over several small segments.
+    fn twenty_records_in_small_segments() -> (tempfile::TempDir, Wal) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open_sized(dir.path(), None, SMALL).unwrap();
+        for chunk in rows(1..=20, 50).chunks(2) {
+            wal.append(chunk).unwrap();
+        }
+        (dir, wal)
+    }
+
     fn segment_files(dir: &Path) -> usize {
         std::fs::read_dir(dir).unwrap().count()
     }
@@ -389,11 +399,7 @@ mod tests {
 
     #[test]
     fn truncate_drops_later_segments_and_appends_go_on_from_there() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open_sized(dir.path(), None, SMALL).unwrap();
-        for chunk in rows(1..=20, 50).chunks(2) {
-            wal.append(chunk).unwrap();
-        }
+        let (dir, mut wal) = twenty_records_in_small_segments();
         let before = segment_files(dir.path());
         wal.truncate(7).unwrap();
         assert!(segment_files(dir.path()) < before);
@@ -412,11 +418,7 @@ mod tests {
 
     #[test]
     fn purge_deletes_whole_segments_and_a_reopen_skips_what_was_purged() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open_sized(dir.path(), None, SMALL).unwrap();
-        for chunk in rows(1..=20, 50).chunks(2) {
-            wal.append(chunk).unwrap();
-        }
+        let (dir, mut wal) = twenty_records_in_small_segments();
         let before = segment_files(dir.path());
         wal.purge(9).unwrap();
         assert!(segment_files(dir.path()) < before);
@@ -451,11 +453,7 @@ mod tests {
 
     #[test]
     fn a_missing_segment_is_damage_and_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open_sized(dir.path(), None, SMALL).unwrap();
-        for chunk in rows(1..=20, 50).chunks(2) {
-            wal.append(chunk).unwrap();
-        }
+        let (dir, wal) = twenty_records_in_small_segments();
         drop(wal);
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
             .unwrap()
