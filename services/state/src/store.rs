@@ -45,6 +45,8 @@ const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapsh
 const VOTE_KEY: &str = "vote";
 const COMMITTED_KEY: &str = "committed";
 const LAST_PURGED_KEY: &str = "last_purged";
+/// Set once the raft log lives in its own file ([`LOG_DIR`]) rather than in [`LOG`].
+const LOG_IN_FILE_KEY: &str = "log_in_file";
 const SNAPSHOT_META_KEY: &str = "meta";
 const SNAPSHOT_DATA_KEY: &str = "data";
 
@@ -56,6 +58,8 @@ const SNAPSHOT_DATA_KEY: &str = "data";
 pub(crate) struct RedbFile {
     // Fields drop in order: the database closes before `_closed` reports it.
     db: Database,
+    /// The last log id of the snapshot stored in the file, sent after each store.
+    snapshot_stored: watch::Sender<Option<openraft::LogId<NodeId>>>,
     _closed: oneshot::Sender<()>,
 }
 
@@ -108,7 +112,11 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
             Ok(())
         };
         created().map_err(|e| e.to_string())?;
-        let file = RedbFile { db, _closed: closed_tx };
+        let file = RedbFile {
+            db,
+            snapshot_stored: watch::Sender::new(None),
+            _closed: closed_tx,
+        };
         let snapshot = file.snapshot().map_err(|e| e.to_string())?;
         let (wal, log) = open_log(&file, &path.with_file_name(LOG_DIR))?;
         Ok((file, snapshot, wal, log))
@@ -130,6 +138,7 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
                     meta.snapshot_id
                 )));
             }
+            file.snapshot_stored.send_replace(meta.last_log_id);
             applied
         }
     };
@@ -149,32 +158,58 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
 }
 
 /// Opens the raft log in `dir` (moving a log kept in redb over first) and decodes its entries.
+///
+/// The redb file records that the log moved (`LOG_IN_FILE_KEY`, in the same transaction that empties
+/// its old table), so a log directory that went missing, or a redb table that filled again (an older
+/// Gofer run on this data directory), is refused rather than taken for an empty log.
 fn open_log(file: &RedbFile, dir: &Path) -> Result<(wal::Wal, log::Log), String> {
     let purged: Option<openraft::LogId<NodeId>> = match file.meta(LAST_PURGED_KEY).map_err(|e| e.to_string())? {
         Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("decoding the last purged log id: {e}"))?,
         None => None,
     };
-    if !dir.exists() {
-        // Written whole under another name, then renamed: a crash midway leaves the old log in place.
-        let rows = file.log_rows().map_err(|e| e.to_string())?;
-        let staging = dir.with_extension("import");
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let moved = file.meta(LOG_IN_FILE_KEY).map_err(|e| e.to_string())?.is_some();
+    let rows = file.log_rows().map_err(|e| e.to_string())?;
+    match (dir.exists(), moved) {
+        (true, true) if !rows.is_empty() => {
+            return Err(format!(
+                "both {} and the redb file hold a raft log: was an older Gofer run on this data directory? \
+                 Refusing to choose one",
+                dir.display()
+            ));
         }
-        let (mut fresh, _) = wal::Wal::open(&staging, None).map_err(|e| e.to_string())?;
-        if !rows.is_empty() {
-            fresh.append(&rows).map_err(|e| e.to_string())?;
+        (true, true) => {}
+        (false, true) => {
+            return Err(format!(
+                "the raft log directory {} is missing, and this node's log was there: restore it, or \
+                 remove the whole data directory to start the node afresh",
+                dir.display()
+            ));
         }
-        drop(fresh);
-        std::fs::rename(&staging, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        if let Some(parent) = dir.parent() {
-            std::fs::File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| format!("{}: {e}", parent.display()))?;
+        (false, false) => {
+            // Written whole under another name, checked, then renamed: a crash midway leaves the old log
+            // in place.
+            let staging = dir.with_extension("import");
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+            }
+            let (mut fresh, _) = wal::Wal::open(&staging, None).map_err(|e| e.to_string())?;
+            if !rows.is_empty() {
+                fresh.append(&rows).map_err(|e| e.to_string())?;
+            }
+            drop(fresh);
+            wal::Wal::open(&staging, purged.map(|p| p.index))
+                .map_err(|e| format!("checking the raft log moved out of redb: {e}"))?;
+            std::fs::rename(&staging, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if let Some(parent) = dir.parent() {
+                std::fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            file.mark_log_moved().map_err(|e| e.to_string())?;
         }
+        // The rename was durable before a crash cut the move short: the directory holds the whole log.
+        (true, false) => file.mark_log_moved().map_err(|e| e.to_string())?,
     }
-    // The log file holds every entry now; an older copy in redb goes.
-    file.clear_log().map_err(|e| e.to_string())?;
     let (wal, rows) = wal::Wal::open(dir, purged.map(|p| p.index)).map_err(|e| e.to_string())?;
     let mut entries = std::collections::BTreeMap::new();
     for (index, bytes) in rows {
@@ -229,13 +264,12 @@ impl RedbFile {
         Ok(rows)
     }
 
-    /// Empties the log kept in redb, if it holds anything.
-    fn clear_log(&self) -> Result<(), redb::Error> {
-        if self.db.begin_read()?.open_table(LOG)?.first()?.is_none() {
-            return Ok(());
-        }
+    /// Records that the log lives in its own file, and empties the table that held it, in one
+    /// transaction.
+    fn mark_log_moved(&self) -> Result<(), redb::Error> {
         let txn = self.db.begin_write()?;
         txn.open_table(LOG)?.retain(|_, _| false)?;
+        txn.open_table(META)?.insert(LOG_IN_FILE_KEY, b"1".as_slice())?;
         txn.commit()?;
         Ok(())
     }
@@ -278,6 +312,13 @@ impl RedbFile {
             table.insert(SNAPSHOT_DATA_KEY, data).map_err(|e| AnyError::new(&e))?;
         }
         txn.commit().map_err(|e| AnyError::new(&e))?;
+        self.snapshot_stored.send_if_modified(|stored| {
+            let newer = meta.last_log_id > *stored;
+            if newer {
+                *stored = meta.last_log_id;
+            }
+            newer
+        });
         Ok(true)
     }
 }

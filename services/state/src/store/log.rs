@@ -38,7 +38,13 @@ pub(crate) struct RaftLogStore {
     /// The latest committed log id raft gave this process, and the thread that records it in redb.
     committed: Arc<Mutex<Option<LogId<NodeId>>>>,
     committed_saver: mpsc::Sender<Option<LogId<NodeId>>>,
+    /// Whether a purge waits for a stored snapshot that holds what it purges (always, but for
+    /// openraft's storage suite, which purges logs with no snapshot).
+    pub(super) purge_waits_for_snapshot: bool,
 }
+
+/// How long a purge waits for the snapshot that holds what it purges.
+const SNAPSHOT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The log as raft sees it: every entry after the purged ones, those still being synced included.
 pub(crate) struct Log {
@@ -80,6 +86,7 @@ impl RaftLogStore {
             writer,
             committed: Arc::new(Mutex::new(None)),
             committed_saver,
+            purge_waits_for_snapshot: true,
         })
     }
 
@@ -302,8 +309,23 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
 
     /// Records `log_id` as purged (durably, first: a crash after it leaves segments that opening skips
     /// and deletes), then deletes the segments that hold nothing after it.
+    ///
+    /// raft purges only what a snapshot holds, but a follower installing the leader's snapshot is told
+    /// to purge while its state machine may still be storing that snapshot; a crash in between would
+    /// leave neither the entries nor the snapshot holding them. So the purge first waits for a stored
+    /// snapshot that reaches `log_id`.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let bytes = serde_json::to_vec(&Some(log_id)).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        if self.purge_waits_for_snapshot {
+            let mut stored = self.file.snapshot_stored.subscribe();
+            let covered = tokio::time::timeout(SNAPSHOT_PATIENCE, stored.wait_for(|s| *s >= Some(log_id))).await;
+            if !matches!(covered, Ok(Ok(_))) {
+                return Err(StorageIOError::write_logs(AnyError::error(format!(
+                    "no snapshot reaching {log_id} was stored within {SNAPSHOT_PATIENCE:?}; the log up to it is kept"
+                )))
+                .into());
+            }
+        }
         self.drained().await.map_err(StorageIOError::write_logs)?;
         let file = self.file.clone();
         blocking(move || file.put_meta(LAST_PURGED_KEY, &bytes, Durability::Immediate))

@@ -14,9 +14,11 @@ struct TempDirStoreBuilder;
 impl StoreBuilder<TypeConfig, RaftLogStore, StateMachineStore, TempDir> for TempDirStoreBuilder {
     async fn build(&self) -> Result<(TempDir, RaftLogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
-        let store = open(dir.path().join("state.redb"))
+        let mut store = open(dir.path().join("state.redb"))
             .await
             .map_err(|e| StorageIOError::write(&e))?;
+        // The suite purges logs that no snapshot holds.
+        store.log.purge_waits_for_snapshot = false;
         Ok((dir, store.log, store.state_machine))
     }
 }
@@ -136,4 +138,83 @@ async fn a_log_kept_in_redb_by_an_older_version_is_moved_to_the_log_file() {
         drop(store.state_machine);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), store.closed).await;
     }
+}
+
+/// Once the log lives in its own directory, a directory that went missing is not taken for an empty
+/// log (the node would forget entries it acknowledged), and a log that reappeared in redb (an older
+/// Gofer run on the data directory) is not silently thrown away.
+#[tokio::test]
+async fn a_missing_log_directory_or_a_log_back_in_redb_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let closed = {
+        let mut store = open(path.clone()).await.unwrap();
+        store.log.blocking_append(vec![command_entry(1, "a")]).await.unwrap();
+        store.closed
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), closed).await;
+
+    let log_dir = dir.path().join(LOG_DIR);
+    let aside = dir.path().join("aside");
+    std::fs::rename(&log_dir, &aside).unwrap();
+    let err = open(path.clone())
+        .await
+        .err()
+        .expect("a missing log directory is refused");
+    assert!(err.to_string().contains("is missing"), "{err}");
+    std::fs::rename(&aside, &log_dir).unwrap();
+
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let entry = serde_json::to_vec(&command_entry(2, "b")).unwrap();
+        txn.open_table(LOG).unwrap().insert(2, entry.as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = open(path.clone()).await.err().expect("a second log in redb is refused");
+    assert!(err.to_string().contains("both"), "{err}");
+}
+
+/// A purge waits for a stored snapshot that holds what it purges: a follower is told to purge while
+/// its state machine may still be storing the leader's snapshot, and a crash in between must not leave
+/// neither the entries nor a snapshot holding them.
+#[tokio::test]
+async fn a_purge_waits_for_the_snapshot_that_holds_what_it_purges() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path().join("state.redb")).await.unwrap();
+    let init = Entry {
+        log_id: log_id(1, 1, 1),
+        payload: EntryPayload::Normal(gofer_domain::Command::Init {
+            cluster_id: "c".into(),
+            at: 1,
+        }),
+    };
+    let entries = vec![init, command_entry(2, "a"), command_entry(3, "b")];
+    store.log.blocking_append(entries.clone()).await.unwrap();
+    let mut purging = store.log.clone();
+    let purge = tokio::spawn(async move { purging.purge(log_id(1, 1, 2)).await });
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        while !purge.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(waited.is_err(), "the purge went ahead with no snapshot holding entry 2");
+    assert_eq!(store.log.try_get_log_entries(0..).await.unwrap().len(), 3);
+
+    store.state_machine.apply(entries).await.unwrap();
+    store
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), purge)
+        .await
+        .expect("the purge goes ahead once the snapshot is stored")
+        .unwrap()
+        .unwrap();
+    let kept = store.log.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(kept.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![3]);
 }

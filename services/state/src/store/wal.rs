@@ -91,7 +91,7 @@ impl Wal {
             let path = wal.path(seq);
             let mut bytes = Vec::new();
             File::open(&path)?.read_to_end(&mut bytes)?;
-            let (records, end) = scan(&bytes, &mut kept, purged);
+            let (records, end) = scan(&bytes, &mut kept, purged).map_err(|e| damaged(&path, e.to_string()))?;
             let last = i + 1 == count;
             if !last && end < bytes.len() as u64 && bytes[end as usize..].iter().any(|b| *b != 0) {
                 return Err(damaged(&path, format!("a record at byte {end} does not check out")));
@@ -135,6 +135,20 @@ impl Wal {
 
     /// Appends records (consecutive indexes, after the last one) and syncs them before returning.
     pub(crate) fn append(&mut self, rows: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        let mut expected = self
+            .segments
+            .last()
+            .and_then(|s| s.records.keys().next_back())
+            .map(|last| last + 1);
+        for (index, _) in rows {
+            if expected.is_some_and(|expected| *index != expected) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("log entry {index} does not follow the last one ({expected:?} expected)"),
+                ));
+            }
+            expected = Some(index + 1);
+        }
         let mut buf = Vec::with_capacity(rows.iter().map(|(_, p)| p.len() + HEADER as usize).sum());
         let mut starts = Vec::with_capacity(rows.len());
         for (index, payload) in rows {
@@ -217,11 +231,14 @@ impl Wal {
         let removes_current = range.end == self.segments.len();
         for segment in self.segments.drain(range).rev() {
             std::fs::remove_file(&segment.path)?;
+            // One at a time: unsynced removals may reach the disk in any order, and a truncate that lost
+            // an older segment but kept a newer one would leave a gap.
+            sync_dir(&self.dir)?;
         }
         if removes_current {
             self.current = None;
         }
-        sync_dir(&self.dir)
+        Ok(())
     }
 
     /// Creates the next segment, preallocated and durable (with its directory entry).
@@ -245,8 +262,8 @@ impl Wal {
 
 /// Reads the whole records at the start of `bytes`, adding those after `purged` to `kept`; returns
 /// each record's index and offset, and where the whole records end.
-fn scan(bytes: &[u8], kept: &mut Records, purged: Option<u64>) -> (BTreeMap<u64, u64>, u64) {
-    let mut records = BTreeMap::new();
+fn scan(bytes: &[u8], kept: &mut Records, purged: Option<u64>) -> io::Result<(BTreeMap<u64, u64>, u64)> {
+    let mut records: BTreeMap<u64, u64> = BTreeMap::new();
     let mut at = 0u64;
     loop {
         let start = at as usize;
@@ -266,11 +283,15 @@ fn scan(bytes: &[u8], kept: &mut Records, purged: Option<u64>) -> (BTreeMap<u64,
         if crc(index, payload) != sum {
             break;
         }
-        // A record that does not follow the one before it is not this log's (the scan stops).
+        // A whole record that does not follow the one before it was never written by this log (appends
+        // only follow, and cuts zero what they leave): damage, not a torn write to cut off.
         if let Some((previous, _)) = records.last_key_value()
-            && index != previous + 1
+            && Some(index) != previous.checked_add(1)
         {
-            break;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("entry {index} follows entry {previous} at byte {at}"),
+            ));
         }
         records.insert(index, at);
         if purged.is_none_or(|p| index > p) {
@@ -278,7 +299,7 @@ fn scan(bytes: &[u8], kept: &mut Records, purged: Option<u64>) -> (BTreeMap<u64,
         }
         at += HEADER + len;
     }
-    (records, at)
+    Ok((records, at))
 }
 
 fn damaged(path: &Path, what: String) -> io::Error {
@@ -466,5 +487,34 @@ mod tests {
             .expect("a log with a hole is refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("damaged"), "{err}");
+    }
+
+    #[test]
+    fn an_append_that_does_not_follow_is_refused_and_a_record_out_of_order_on_disk_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), None).unwrap();
+        wal.append(&rows(1..=2, 10)).unwrap();
+        let err = wal.append(&rows(4..=4, 10)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        drop(wal);
+        let (_, kept) = Wal::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&kept), vec![1, 2]);
+
+        // A whole record 4 right behind record 2 (as no append writes it) is damage, not a torn tail.
+        let path = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let payload = b"out of order";
+        let mut record = Vec::new();
+        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc(4, payload).to_le_bytes());
+        record.extend_from_slice(&4u64.to_le_bytes());
+        record.extend_from_slice(payload);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&record, 2 * (HEADER + 10)).unwrap();
+        drop(file);
+        let err = Wal::open(dir.path(), None)
+            .err()
+            .expect("a record out of order is refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("entry 4 follows entry 2"), "{err}");
     }
 }
