@@ -38,17 +38,33 @@ fn command_entry(index: u64, namespace: &str) -> Entry<TypeConfig> {
     }
 }
 
-#[tokio::test]
-async fn a_reopened_file_keeps_vote_log_committed_purged_and_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.redb");
-    let init = Entry {
+fn init_entry() -> Entry<TypeConfig> {
+    Entry {
         log_id: log_id(1, 1, 1),
         payload: EntryPayload::Normal(gofer_domain::Command::Init {
             cluster_id: "c".into(),
             at: 1,
         }),
-    };
+    }
+}
+
+/// Applies `entries` to the store's state machine and builds (and stores) a snapshot of it.
+async fn apply_and_snapshot(store: &mut OpenStore, entries: Vec<Entry<TypeConfig>>) -> openraft::Snapshot<TypeConfig> {
+    store.state_machine.apply(entries).await.unwrap();
+    store
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_reopened_file_keeps_vote_log_committed_purged_and_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let init = init_entry();
 
     let (snapshot_meta, closed) = {
         let mut store = open(path.clone()).await.unwrap();
@@ -59,18 +75,7 @@ async fn a_reopened_file_keeps_vote_log_committed_purged_and_snapshot() {
             .await
             .unwrap();
         store.log.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
-        store
-            .state_machine
-            .apply(vec![init, command_entry(2, "a")])
-            .await
-            .unwrap();
-        let snapshot = store
-            .state_machine
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snapshot = apply_and_snapshot(&mut store, vec![init, command_entry(2, "a")]).await;
         store.log.purge(log_id(1, 1, 1)).await.unwrap();
         let applied = *store.applied_index.borrow();
         assert_eq!(applied, 2);
@@ -182,13 +187,7 @@ async fn a_missing_log_directory_or_a_log_back_in_redb_is_refused() {
 async fn a_purge_waits_for_the_snapshot_that_holds_what_it_purges() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path().join("state.redb")).await.unwrap();
-    let init = Entry {
-        log_id: log_id(1, 1, 1),
-        payload: EntryPayload::Normal(gofer_domain::Command::Init {
-            cluster_id: "c".into(),
-            at: 1,
-        }),
-    };
+    let init = init_entry();
     let entries = vec![init, command_entry(2, "a"), command_entry(3, "b")];
     store.log.blocking_append(entries.clone()).await.unwrap();
     let mut purging = store.log.clone();
@@ -202,14 +201,7 @@ async fn a_purge_waits_for_the_snapshot_that_holds_what_it_purges() {
     assert!(waited.is_err(), "the purge went ahead with no snapshot holding entry 2");
     assert_eq!(store.log.try_get_log_entries(0..).await.unwrap().len(), 3);
 
-    store.state_machine.apply(entries).await.unwrap();
-    store
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    apply_and_snapshot(&mut store, entries).await;
     tokio::time::timeout(std::time::Duration::from_secs(10), purge)
         .await
         .expect("the purge goes ahead once the snapshot is stored")
