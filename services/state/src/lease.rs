@@ -19,6 +19,9 @@ use crate::{Error, StateHandle};
 /// How long a lease lasts unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_millis(1500);
 
+/// How often a lease that keeps failing to be taken or renewed is logged.
+const TELL_EVERY: Duration = Duration::from_secs(5);
+
 /// A process's claim on one role. Clones share it.
 #[derive(Clone)]
 pub struct LeaseHolder {
@@ -100,6 +103,7 @@ async fn keep(
     let ttl_millis = LEASE_TTL.as_millis() as u64;
     let renew_every = LEASE_TTL / 3;
     let mut valid_until = Instant::now();
+    let mut last_told: Option<Instant> = None;
     loop {
         let now = gofer_proto::now_millis();
         let current = state.read(|s| s.leases.roles.get(&role).cloned());
@@ -133,8 +137,17 @@ async fn keep(
                     }
                 }
                 Ok(Err(Error::Rejected(_))) => {}
-                Ok(other) => tracing::debug!(role = role.as_str(), ?other, "the lease was not renewed"),
-                Err(_) => tracing::debug!(role = role.as_str(), "renewing the lease timed out"),
+                // Said at most every few seconds: a standby that cannot take a lease nobody holds (or a
+                // holder that cannot renew it) is what an operator needs to see.
+                Ok(other) if last_told.is_none_or(|t| t.elapsed() >= TELL_EVERY) => {
+                    last_told = Some(Instant::now());
+                    tracing::warn!(role = role.as_str(), %holder, ?other, "the lease was not taken or renewed");
+                }
+                Err(_) if last_told.is_none_or(|t| t.elapsed() >= TELL_EVERY) => {
+                    last_told = Some(Instant::now());
+                    tracing::warn!(role = role.as_str(), %holder, "taking or renewing the lease timed out");
+                }
+                Ok(_) | Err(_) => {}
             }
         }
         if Instant::now() >= valid_until && tx.borrow().is_some() {
