@@ -201,9 +201,7 @@ fn open_log(file: &RedbFile, dir: &Path) -> Result<(wal::Wal, log::Log), String>
                 .map_err(|e| format!("checking the raft log moved out of redb: {e}"))?;
             std::fs::rename(&staging, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             if let Some(parent) = dir.parent() {
-                std::fs::File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+                wal::sync_dir(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
             }
             file.mark_log_moved().map_err(|e| e.to_string())?;
         }
