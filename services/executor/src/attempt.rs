@@ -193,18 +193,10 @@ async fn ship_logs(
     key: &v1::AttemptKey,
     container: &str,
 ) -> Result<(), String> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<v1::PushTaskLogsRequest>(64);
-    let first = v1::PushTaskLogsRequest {
-        key: Some(key.clone()),
-        data: Vec::new(),
-    };
-    tx.send(first).await.map_err(|_| "the log queue closed".to_string())?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let requests = log_requests(key, rx);
     let mut client = executor.client();
-    let upload = tokio::spawn(async move {
-        client
-            .push_task_logs(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
+    let upload = tokio::spawn(async move { client.push_task_logs(requests).await });
     // The Engine's follow can end early (or go quiet) when its log file rotates under a large output; so
     // once the container has stopped, the whole log is read again and whatever the follow missed, after
     // the last piece it delivered, is sent too.
@@ -229,7 +221,7 @@ async fn ship_logs(
                 } else {
                     last = (stamp, 1);
                 }
-                if !data.is_empty() && tx.send(v1::PushTaskLogsRequest { key: None, data }).await.is_err() {
+                if !data.is_empty() && tx.send(data).await.is_err() {
                     break;
                 }
             }
@@ -262,7 +254,7 @@ async fn ship_logs(
                 same += 1;
                 continue;
             }
-            if !data.is_empty() && tx.send(v1::PushTaskLogsRequest { key: None, data }).await.is_err() {
+            if !data.is_empty() && tx.send(data).await.is_err() {
                 break;
             }
         }
@@ -276,6 +268,175 @@ async fn ship_logs(
     match read_error {
         Some(err) => Err(err),
         None => Ok(()),
+    }
+}
+
+/// The most output one log message carries, unless one piece alone is larger.
+const LOG_BATCH_BYTES: usize = 64 * 1024;
+
+/// How long output waits for more to go with it. A container printing line by line would otherwise send a
+/// message of a few bytes per line; HTTP/2 receivers count small DATA frames they hold against a budget
+/// and close the whole connection with ENHANCE_YOUR_CALM when a busy receiver falls behind on them. Kept
+/// short, since followers see output only once it is sent.
+const LOG_LINGER: Duration = Duration::from_millis(20);
+
+/// The pieces of output from `pieces`, in order, joined into messages of up to `max_bytes`: a message goes
+/// once the next piece would not fit, once `linger` has passed since its first piece, or once the output
+/// ends.
+fn batched(
+    pieces: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    max_bytes: usize,
+    linger: Duration,
+) -> impl futures_util::Stream<Item = Vec<u8>> {
+    futures_util::stream::unfold((pieces, None), move |(mut pieces, carried)| async move {
+        let mut batch = match carried {
+            Some(piece) => piece,
+            None => pieces.recv().await?,
+        };
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < max_bytes {
+            match tokio::time::timeout_at(deadline, pieces.recv()).await {
+                Ok(Some(more)) if batch.len() + more.len() > max_bytes => return Some((batch, (pieces, Some(more)))),
+                Ok(Some(more)) => batch.extend_from_slice(&more),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Some((batch, (pieces, None)))
+    })
+}
+
+/// The upload of one attempt's log: a message naming the attempt, then its output from `pieces` in
+/// [`batched`] messages.
+fn log_requests(
+    key: &v1::AttemptKey,
+    pieces: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> impl futures_util::Stream<Item = v1::PushTaskLogsRequest> + Send + 'static {
+    let first = v1::PushTaskLogsRequest {
+        key: Some(key.clone()),
+        data: Vec::new(),
+    };
+    futures_util::stream::iter([first])
+        .chain(batched(pieces, LOG_BATCH_BYTES, LOG_LINGER).map(|data| v1::PushTaskLogsRequest { key: None, data }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gofer_proto::v1::dispatch_service_client::DispatchServiceClient;
+    use gofer_proto::v1::dispatch_service_server::{DispatchService, DispatchServiceServer};
+
+    /// A log store that takes a while over each message, as one busy with other work does.
+    struct SlowStore;
+
+    #[tonic::async_trait]
+    impl DispatchService for SlowStore {
+        type DispatchStream = futures_util::stream::Empty<Result<v1::DispatchResponse, tonic::Status>>;
+
+        async fn dispatch(
+            &self,
+            _request: tonic::Request<tonic::Streaming<v1::DispatchRequest>>,
+        ) -> Result<tonic::Response<Self::DispatchStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+
+        async fn push_task_logs(
+            &self,
+            request: tonic::Request<tonic::Streaming<v1::PushTaskLogsRequest>>,
+        ) -> Result<tonic::Response<v1::PushTaskLogsResponse>, tonic::Status> {
+            let mut inbound = request.into_inner();
+            let mut stored = Vec::new();
+            while let Some(message) = inbound.message().await? {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                stored.extend_from_slice(&message.data);
+            }
+            let stored_bytes = u64::try_from(stored.len()).unwrap_or(u64::MAX);
+            Ok(tonic::Response::new(v1::PushTaskLogsResponse { stored_bytes }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_container_printing_line_by_line_to_a_slow_store_keeps_the_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DispatchServiceServer::new(SlowStore))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut client = DispatchServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let lines = 30_000;
+        // Lines come one at a time, as a container's do, each on its own turn of the runtime.
+        let printer = tokio::spawn(async move {
+            for n in 1..=lines {
+                if tx.send(format!("{n}\n").into_bytes()).await.is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let key = v1::AttemptKey::default();
+        let stored = tokio::time::timeout(Duration::from_secs(60), client.push_task_logs(log_requests(&key, rx)))
+            .await
+            .expect("the upload ends")
+            .expect("the store kept the connection and took the log");
+        let expected: usize = (1..=lines).map(|n| format!("{n}\n").len()).sum();
+        assert_eq!(stored.into_inner().stored_bytes, expected as u64);
+        printer.await.unwrap();
+        server.abort();
+    }
+
+    async fn collect(pieces: Vec<Vec<u8>>, max_bytes: usize, linger: Duration) -> Vec<Vec<u8>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(pieces.len().max(1));
+        for piece in pieces {
+            tx.send(piece).await.unwrap();
+        }
+        drop(tx);
+        batched(rx, max_bytes, linger).collect().await
+    }
+
+    #[tokio::test]
+    async fn output_written_line_by_line_goes_in_few_messages_in_order_and_none_over_the_cap() {
+        let lines: Vec<Vec<u8>> = (1..=20_000).map(|n| format!("{n}\n").into_bytes()).collect();
+        let whole = lines.concat();
+        let messages = collect(lines, 4096, Duration::from_secs(10)).await;
+        assert_eq!(messages.concat(), whole);
+        assert!(messages.iter().all(|m| m.len() <= 4096));
+        // Every message but the last is filled to within one line of the cap.
+        let (last, full) = messages.split_last().unwrap();
+        assert!(
+            full.iter().all(|m| m.len() > 4096 - 7),
+            "{:?}",
+            messages.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        assert!(!last.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_piece_larger_than_the_cap_goes_whole_and_alone() {
+        let big = vec![b'x'; 10_000];
+        let messages = collect(
+            vec![b"a".to_vec(), big.clone(), b"b".to_vec()],
+            4096,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(messages, vec![b"a".to_vec(), big, b"b".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_moment_sends_what_is_waiting_without_the_output_ending() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut messages = Box::pin(batched(rx, 4096, Duration::from_millis(20)));
+        tx.send(b"one\n".to_vec()).await.unwrap();
+        tx.send(b"two\n".to_vec()).await.unwrap();
+        // The channel stays open: the message goes when the linger runs out.
+        let first = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+        assert_eq!(first.unwrap(), Some(b"one\ntwo\n".to_vec()));
+        tx.send(b"three\n".to_vec()).await.unwrap();
+        drop(tx);
+        assert_eq!(messages.next().await, Some(b"three\n".to_vec()));
+        assert_eq!(messages.next().await, None);
     }
 }
 
