@@ -2,7 +2,7 @@
 //! the same run, both on loopback with TLS (and mutual TLS between members) and fsync on commit:
 //!
 //! - write latency with one client (p50, p99), each write sent to the leader: Gofer creates a namespace,
-//!   etcd puts a key;
+//!   etcd puts a key; and the p50 of writes sent to a follower, which passes them to the leader;
 //! - throughput with 64 concurrent clients for a fixed time;
 //! - failover: SIGKILL the leader, then the time until a surviving member acknowledges the next write
 //!   (the client retries every 20 ms), five times, restarting the killed member in between.
@@ -242,6 +242,7 @@ fn percentile(sorted: &[Duration], percent: usize) -> Duration {
 
 struct Figures {
     latency: Summary,
+    forwarded: Summary,
     p99: Duration,
     throughput: f64,
     failovers: Vec<Duration>,
@@ -281,6 +282,21 @@ fn main() -> Result<()> {
         eprintln!("sequential writes…");
         let gofer_latency = sequential(&mut gofer_writer, args.warmup, args.writes).await?;
         let etcd_latency = sequential(&mut etcd_writer, args.warmup, args.writes).await?;
+        eprintln!("sequential writes through a follower…");
+        let follower = gofer.members.iter().find(|m| m.id != leader).context("a follower")?.id;
+        let mut writer = Writer::Gofer(gofer.client(follower).await?);
+        let gofer_forwarded = sequential(&mut writer, args.warmup, args.writes).await?;
+        let follower = etcd
+            .members
+            .iter()
+            .find(|m| m.id != etcd_leader)
+            .context("a follower")?
+            .id;
+        let mut writer = Writer::Etcd(etcd::kv_client::KvClient::new(tls_channel(
+            &pki,
+            &etcd.clients[&follower],
+        )?));
+        let etcd_forwarded = sequential(&mut writer, args.warmup, args.writes).await?;
         eprintln!("throughput with {} clients…", args.clients);
         let gofer_throughput = throughput(&gofer_writer, args.clients, args.seconds).await?;
         let etcd_throughput = throughput(&etcd_writer, args.clients, args.seconds).await?;
@@ -338,15 +354,16 @@ fn main() -> Result<()> {
             // Let both restarted members rejoin before the next round.
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
-        let figures = |latency: Vec<Duration>, throughput: f64, failovers: Vec<Duration>| Figures {
+        let figures = |latency: Vec<Duration>, forwarded: Vec<Duration>, throughput: f64, failovers| Figures {
             p99: percentile(&latency, 99),
             latency: Summary::of(&latency).expect("samples"),
+            forwarded: Summary::of(&forwarded).expect("samples"),
             throughput,
             failovers,
         };
         anyhow::Ok((
-            figures(gofer_latency, gofer_throughput, gofer_failovers),
-            figures(etcd_latency, etcd_throughput, etcd_failovers),
+            figures(gofer_latency, gofer_forwarded, gofer_throughput, gofer_failovers),
+            figures(etcd_latency, etcd_forwarded, etcd_throughput, etcd_failovers),
         ))
     })?;
     let machine = runtime.block_on(Machine::describe())?;
@@ -378,18 +395,20 @@ fn report(args: &Args, profile: BuildProfile, gofer: &Figures, etcd: &Figures, m
         "{SECTION_HEADING}\n\n\
          Replicated writes on three members each, on loopback, TLS to clients and mutual TLS between members, fsync on \
          commit: Gofer (`goferd server`; a write is CreateNamespace) against etcd 3.4 (a write is a 64-byte Put), measured \
-         the same way in the same run. Latency: {writes} sequential writes to the leader after {warmup} warm-up writes. \
+         the same way in the same run. Latency: {writes} sequential writes to the leader after {warmup} warm-up writes, \
+         then as many to a follower, which passes each to the leader. \
          Throughput: {clients} concurrent clients for {seconds} s. Failover: SIGKILL the leader, then the time until a \
          surviving member acknowledges a write (retried every 20 ms), {rounds} times. Goals: write p50 no slower than \
          etcd's; failover under 1 s and no slower than etcd's.\n\n\
          - Date: {date}\n\
          - Machine: {cpus} CPUs ({cpu})\n\
          - goferd: {profile:?} build of {revision}\n\n\
-         | | write p50 ms | write p99 ms | writes/s ({clients} clients) | failover median ms | failovers ms |\n\
-         |---|---:|---:|---:|---:|---|\n\
-         | gofer | {gp50:.1} | {gp99:.1} | {gtp:.0} | {gfo:.0} | {gfl} |\n\
-         | etcd | {ep50:.1} | {ep99:.1} | {etp:.0} | {efo:.0} | {efl} |\n\n\
-         Ratios gofer/etcd: write p50 {rp50:.2}×, p99 {rp99:.2}×, throughput {rtp:.2}×, failover median {rfo:.2}×.\n",
+         | | write p50 ms | write p99 ms | via a follower p50 ms | writes/s ({clients} clients) | failover median ms | failovers ms |\n\
+         |---|---:|---:|---:|---:|---:|---|\n\
+         | gofer | {gp50:.1} | {gp99:.1} | {gf50:.1} | {gtp:.0} | {gfo:.0} | {gfl} |\n\
+         | etcd | {ep50:.1} | {ep99:.1} | {ef50:.1} | {etp:.0} | {efo:.0} | {efl} |\n\n\
+         Ratios gofer/etcd: write p50 {rp50:.2}×, p99 {rp99:.2}×, via a follower p50 {rf50:.2}×, throughput {rtp:.2}×, \
+         failover median {rfo:.2}×.\n",
         writes = args.writes,
         warmup = args.warmup,
         clients = args.clients,
@@ -401,16 +420,19 @@ fn report(args: &Args, profile: BuildProfile, gofer: &Figures, etcd: &Figures, m
         revision = machine.revision,
         gp50 = millis(gofer.latency.median),
         gp99 = millis(gofer.p99),
+        gf50 = millis(gofer.forwarded.median),
         gtp = gofer.throughput,
         gfo = millis(median(&gofer.failovers)),
         gfl = list(&gofer.failovers),
         ep50 = millis(etcd.latency.median),
         ep99 = millis(etcd.p99),
+        ef50 = millis(etcd.forwarded.median),
         etp = etcd.throughput,
         efo = millis(median(&etcd.failovers)),
         efl = list(&etcd.failovers),
         rp50 = millis(gofer.latency.median) / millis(etcd.latency.median).max(0.001),
         rp99 = millis(gofer.p99) / millis(etcd.p99).max(0.001),
+        rf50 = millis(gofer.forwarded.median) / millis(etcd.forwarded.median).max(0.001),
         rtp = gofer.throughput / etcd.throughput.max(0.001),
         rfo = millis(median(&gofer.failovers)) / millis(median(&etcd.failovers)).max(0.001),
     )
