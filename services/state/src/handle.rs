@@ -105,7 +105,7 @@ impl StateHandle {
 
     /// Reads part of an attempt's log from state node `node`, which keeps it. A read changes nothing,
     /// so one the network failed (a connect that timed out on a busy host, a connection cut) is tried
-    /// again, on a new connection, for up to [`PEER_READ_PATIENCE`].
+    /// again (the shared channel dials anew after a failed connection) for up to [`PEER_READ_PATIENCE`].
     pub async fn read_peer_log(
         &self,
         node: NodeId,

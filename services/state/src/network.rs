@@ -4,9 +4,9 @@
 //! [`Faults`] lets the in-process test harness drop the traffic between chosen nodes, so partitions and
 //! node loss are tested on the real network code; production code never sets a fault.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use gofer_proto::v1::{self, raft_service_client::RaftServiceClient};
@@ -74,13 +74,35 @@ pub struct PeerNetwork {
     pub(crate) id: NodeId,
     tls: Option<ClientTlsConfig>,
     pub(crate) faults: Faults,
+    /// One channel per peer address for the calls outside raft's own replication (forwarded writes, read
+    /// indexes, task logs, the mirror), so each does not pay a TCP and TLS handshake.
+    shared: Arc<Mutex<HashMap<String, RaftServiceClient<Channel>>>>,
 }
 
 impl PeerNetwork {
     /// Node `id`'s network, dialing peers with `tls` (mutual TLS with the cluster CA); `None` only for
     /// a single node that never dials.
     pub fn new(id: NodeId, tls: Option<ClientTlsConfig>, faults: Faults) -> Self {
-        PeerNetwork { id, tls, faults }
+        PeerNetwork {
+            id,
+            tls,
+            faults,
+            shared: Arc::default(),
+        }
+    }
+
+    /// The client of the peer at `addr` that this process's calls outside replication share. Its
+    /// channel connects on first use and again after its connection fails: a peer that restarts or is
+    /// replaced at the same address is dialled anew, and one that falls silent is dropped by the
+    /// keep-alive within a few seconds.
+    pub(crate) fn shared_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+        let mut shared = self.shared.lock().expect("peer channels lock");
+        if let Some(client) = shared.get(addr) {
+            return Ok(client.clone());
+        }
+        let client = self.client(addr)?;
+        shared.insert(addr.to_string(), client.clone());
+        Ok(client)
     }
 
     /// A client for the peer at `addr` (such as `https://10.0.0.2:7444`).

@@ -333,7 +333,7 @@ impl StateNode {
         &self,
         addr: &str,
     ) -> Result<gofer_proto::v1::raft_service_client::RaftServiceClient<tonic::transport::Channel>, Error> {
-        self.inner.network.client(addr).map_err(Error::Unavailable)
+        self.inner.network.shared_client(addr).map_err(Error::Unavailable)
     }
 
     /// Whether this node leads the cluster right now. Roles that must act once per cluster (the

@@ -8,9 +8,8 @@
 //! read right after sees it. A mirror that stops keeping up (a partitioned or lagging node) is moved to
 //! another node. It refuses to retry a write that may have been appended, as [`crate::StateNode`] does.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use gofer_domain::{Applied, Command, State};
@@ -39,7 +38,6 @@ pub struct RemoteState {
 struct Inner {
     network: PeerNetwork,
     addresses: Vec<String>,
-    clients: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
     state: RwLock<State>,
     applied_index: watch::Sender<u64>,
     /// Which address the mirror follows, and the node id behind it (0 until known).
@@ -65,7 +63,6 @@ impl RemoteState {
             inner: Arc::new(Inner {
                 network,
                 addresses,
-                clients: Mutex::default(),
                 state: RwLock::default(),
                 applied_index,
                 following: AtomicUsize::new(0),
@@ -97,13 +94,7 @@ impl RemoteState {
 
     fn client(&self, index: usize) -> Result<RaftServiceClient<Channel>, Error> {
         let address = &self.inner.addresses[index % self.inner.addresses.len()];
-        let mut clients = self.inner.clients.lock().expect("clients lock");
-        if let Some(client) = clients.get(address) {
-            return Ok(client.clone());
-        }
-        let client = self.inner.network.client(address).map_err(Error::Unavailable)?;
-        clients.insert(address.clone(), client.clone());
-        Ok(client)
+        self.inner.network.shared_client(address).map_err(Error::Unavailable)
     }
 
     /// Runs `f` on the mirrored state.
@@ -267,11 +258,7 @@ impl RemoteState {
             .find(|m| m.id == node)
             .map(|m| m.address.clone())
             .ok_or_else(|| Error::Unavailable(format!("node {node} is not a member")))?;
-        let index = self.inner.addresses.iter().position(|a| *a == address);
-        match index {
-            Some(index) => self.client(index),
-            None => self.inner.network.client(&address).map_err(Error::Unavailable),
-        }
+        self.inner.network.shared_client(&address).map_err(Error::Unavailable)
     }
 
     /// Replaces the mirror with a node's whole state at `index`.
