@@ -3,6 +3,8 @@
 //! healing, and refusal of a peer without a cluster certificate.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gofer_domain::AttemptRef;
@@ -26,6 +28,8 @@ struct Cluster {
     ca_pem: String,
     ca: gofer_tls::Ca,
     addresses: BTreeMap<NodeId, String>,
+    /// How many connections each node's server has accepted.
+    accepted: BTreeMap<NodeId, Arc<AtomicUsize>>,
 }
 
 impl Cluster {
@@ -48,7 +52,7 @@ impl Cluster {
             .map(|(id, l)| (*id, format!("https://{}", l.local_addr().unwrap())))
             .collect();
         let (mut nodes, mut servers, mut dirs) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
-        let (mut certs, mut logs) = (BTreeMap::new(), BTreeMap::new());
+        let (mut certs, mut logs, mut accepted) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for (id, listener) in listeners {
             let cert = ca
                 .issue(&format!("node{id}"), &["localhost".into(), "127.0.0.1".into()])
@@ -62,7 +66,9 @@ impl Cluster {
                 .await
                 .unwrap();
             let store = LogStore::new(dir.path().join("logs"));
-            servers.insert(id, serve(&node, &cert, &ca_pem, &store, listener));
+            let count = Arc::new(AtomicUsize::new(0));
+            servers.insert(id, serve(&node, &cert, &ca_pem, &store, listener, count.clone()));
+            accepted.insert(id, count);
             nodes.insert(id, node);
             certs.insert(id, cert);
             logs.insert(id, store);
@@ -78,6 +84,7 @@ impl Cluster {
             ca_pem,
             ca,
             addresses: members,
+            accepted,
         }
     }
 
@@ -110,13 +117,15 @@ impl Cluster {
     }
 }
 
-/// Serves `node`'s `RaftService` (with its task logs) on `listener`, behind mutual TLS.
+/// Serves `node`'s `RaftService` (with its task logs) on `listener`, behind mutual TLS, counting the
+/// connections it accepts in `accepted`.
 fn serve(
     node: &StateNode,
     cert: &gofer_tls::CertifiedKey,
     ca_pem: &str,
     logs: &LogStore,
     listener: tokio::net::TcpListener,
+    accepted: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<()> {
     let server_tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
@@ -127,7 +136,12 @@ fn serve(
             .tls_config(server_tls)
             .unwrap()
             .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(futures_util::StreamExt::inspect(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                move |_| {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                },
+            ))
             .await;
     })
 }
@@ -527,9 +541,37 @@ async fn a_log_read_from_another_node_rides_through_a_moment_that_node_cannot_be
         &cluster.ca_pem,
         &cluster.logs[&keeper],
         listener,
+        cluster.accepted[&keeper].clone(),
     );
     cluster.servers.insert(keeper, server);
     let data = tokio::time::timeout(DEADLINE, read).await.unwrap().unwrap().unwrap();
     assert_eq!(data, b"kept on another node\n");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_writes_and_reads_share_one_connection_to_the_leader() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let node = &cluster.nodes[&follower];
+    node.propose(namespace("first")).await.unwrap();
+    let before = cluster.accepted[&leader].load(Ordering::SeqCst);
+    let calls = 40;
+    for n in 0..calls / 2 {
+        node.propose(namespace(&format!("n{n}"))).await.unwrap();
+        let seen = node
+            .read_linearizable(|s| s.namespaces.contains_key(&format!("n{n}")))
+            .await
+            .unwrap();
+        assert!(seen, "the follower reads its own write");
+    }
+    // Followers never dial the leader for raft; an election on a slow host may open a few connections,
+    // one connection per call would open forty.
+    let opened = cluster.accepted[&leader].load(Ordering::SeqCst) - before;
+    assert!(
+        opened < 5,
+        "{calls} calls from a follower opened {opened} connections to the leader"
+    );
     cluster.stop().await;
 }
