@@ -204,7 +204,9 @@ impl StateNode {
     /// never made): a retry must never commit a command twice.
     pub async fn propose(&self, command: Command) -> Result<Applied, Error> {
         let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut metrics = self.inner.raft.metrics();
         loop {
+            let leader = metrics.borrow_and_update().current_leader;
             let not_sent = match self.inner.raft.client_write(command.clone()).await {
                 Ok(response) => return Ok(response.data.0?),
                 Err(e) => match e.forward_to_leader::<BasicNode>() {
@@ -226,7 +228,12 @@ impl StateNode {
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Unavailable(format!("{not_sent}; retry")));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Tried again as soon as this node hears of another leader, and every 50 ms in any case.
+            let _ = tokio::time::timeout(
+                Duration::from_millis(50),
+                metrics.wait_for(|m| m.current_leader != leader),
+            )
+            .await;
         }
     }
 
