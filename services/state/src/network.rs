@@ -27,10 +27,12 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use crate::Error;
 use crate::types::{NodeId, TypeConfig};
 
-/// Traffic the test harness drops: `(from, to)` pairs. Empty in production.
+/// Traffic the test harness drops: `(from, to)` pairs; and nodes whose raft log syncs it holds back.
+/// Empty in production.
 #[derive(Clone, Default)]
 pub struct Faults {
     blocked: Arc<RwLock<HashSet<(NodeId, NodeId)>>>,
+    held_syncs: Arc<RwLock<HashSet<NodeId>>>,
 }
 
 impl Faults {
@@ -44,6 +46,21 @@ impl Faults {
     /// Restores all traffic.
     pub fn heal(&self) {
         self.blocked.write().expect("faults lock").clear();
+    }
+
+    /// Holds back node `id`'s raft log writes (and so their syncs) until [`Faults::release_log_syncs`]:
+    /// a disk that has stopped answering.
+    pub fn hold_log_syncs(&self, id: NodeId) {
+        self.held_syncs.write().expect("faults lock").insert(id);
+    }
+
+    /// Lets every held log write go.
+    pub fn release_log_syncs(&self) {
+        self.held_syncs.write().expect("faults lock").clear();
+    }
+
+    pub(crate) fn log_syncs_held(&self, id: NodeId) -> bool {
+        self.held_syncs.read().expect("faults lock").contains(&id)
     }
 
     fn is_cut(&self, from: NodeId, to: NodeId) -> bool {

@@ -141,6 +141,7 @@ impl StateNode {
             .await
             .map_err(|e| Error::Storage(format!("creating {}: {e}", data_dir.display())))?;
         let store = store::open(data_dir.join(STATE_FILE)).await?;
+        store.log.gate_with(network.faults.clone(), network.id);
         let raft = Raft::new(
             network.id,
             Arc::new(config),

@@ -147,11 +147,8 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
     let file = Arc::new(file);
     let (changes, _) = broadcast::channel(CHANGES_KEPT);
     Ok(OpenStore {
-        log: RaftLogStore::new(file.clone(), wal, log).map_err(|e| {
-            Error::Storage(format!(
-                "starting the thread that records the committed id for {shown}: {e}"
-            ))
-        })?,
+        log: RaftLogStore::new(file.clone(), wal, log)
+            .map_err(|e| Error::Storage(format!("starting the raft log writer for {shown}: {e}")))?,
         state_machine: StateMachineStore::new(file, applied.clone(), applied_tx, changes.clone()),
         applied,
         applied_index,

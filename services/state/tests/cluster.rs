@@ -575,3 +575,55 @@ async fn a_followers_writes_and_reads_share_one_connection_to_the_leader() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_one_follower_synced_waits_for_the_leaders_own_sync() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let followers: Vec<NodeId> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let (quick, slow) = (followers[0], followers[1]);
+    cluster.nodes[&leader].propose(namespace("before")).await.unwrap();
+    let index = cluster.nodes[&leader].metrics().last_log_index.unwrap() + 1;
+
+    // The leader's disk and one follower's stop answering: only `quick` syncs the next write.
+    cluster.faults.hold_log_syncs(leader);
+    cluster.faults.hold_log_syncs(slow);
+    let node = cluster.nodes[&leader].clone();
+    let mut write = tokio::spawn(async move { node.propose(namespace("held")).await });
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let metrics = cluster.nodes[&leader].metrics();
+        let matched = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&quick).cloned().flatten());
+        if matched.is_some_and(|m| m.index >= index) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{quick} never synced the write");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One member of three has synced it, and the leader knows: that is no majority.
+    let acknowledged = tokio::time::timeout(Duration::from_secs(1), &mut write).await;
+    assert!(
+        acknowledged.is_err(),
+        "acknowledged while synced on one member only: {acknowledged:?}"
+    );
+    assert!(
+        cluster.nodes[&leader]
+            .metrics()
+            .last_applied
+            .is_none_or(|a| a.index < index)
+    );
+
+    // The leader's disk answers again: it and `quick` make the majority.
+    cluster.faults.release_log_syncs();
+    let applied = tokio::time::timeout(DEADLINE, write).await.unwrap().unwrap().unwrap();
+    assert!(matches!(applied, Applied::Done), "{applied:?}");
+    let seen = cluster.nodes[&quick]
+        .read_linearizable(|s| s.namespaces.contains_key("held"))
+        .await
+        .unwrap();
+    assert!(seen);
+    cluster.stop().await;
+}

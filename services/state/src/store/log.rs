@@ -6,12 +6,12 @@
 //! (see [`RaftLogStore::save_committed`]). This file refuses to look inside entries: it stores and returns
 //! them as openraft gave them.
 //!
-//! `append` writes and syncs on the calling thread, which is raft's core task: openraft 0.9's core awaits
-//! the flush of every append before it does anything else, so nothing waits on it that would not wait
-//! anyway, and handing the write to another thread cost two thread wake-ups per append on every node (a
-//! fifth of the throughput with 64 clients, bench/RESULTS.md). The sync blocks one runtime worker for
-//! its length; the other workers take its queued tasks. Every entry of the log is also kept in memory
-//! (a snapshot purges the old ones), for replication to read.
+//! Appends are written by one writer thread, in order, so `append` returns as soon as the entries are queued
+//! and readable (every entry of the log is kept in memory; a snapshot purges the old ones); appends that
+//! queue up during a sync share the next one. Truncate, purge and the vote wait for the queue to drain.
+//! That is what the patched openraft (`vendor/openraft/PATCHED.md`) needs: a leader replicates the entries
+//! while they are being synced here and counts itself towards a quorum only once the callback reports them
+//! flushed; a follower waits for the callback before it answers.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -24,6 +24,8 @@ use openraft::{AnyError, Entry, LogId, LogState, OptionalSend, RaftLogReader, St
 use redb::Durability;
 use std::sync::mpsc;
 
+use tokio::sync::oneshot;
+
 use super::wal::Wal;
 use super::{COMMITTED_KEY, LAST_PURGED_KEY, RedbFile, VOTE_KEY, blocking};
 use crate::types::{NodeId, TypeConfig};
@@ -34,6 +36,8 @@ pub(crate) struct RaftLogStore {
     file: Arc<RedbFile>,
     wal: Arc<Mutex<Wal>>,
     log: Arc<Mutex<Log>>,
+    writer: mpsc::Sender<Write>,
+    gate: SyncGate,
     /// The latest committed log id raft gave this process, and the thread that records it in redb.
     committed: Arc<Mutex<Option<LogId<NodeId>>>>,
     committed_saver: mpsc::Sender<Option<LogId<NodeId>>>,
@@ -51,11 +55,45 @@ pub(crate) struct Log {
     pub(crate) purged: Option<LogId<NodeId>>,
 }
 
+/// Where the test harness can hold back log writes (see `Faults::hold_log_syncs`); never set in production.
+#[derive(Clone, Default)]
+struct SyncGate(Arc<std::sync::OnceLock<(crate::Faults, NodeId)>>);
+
+impl SyncGate {
+    /// Returns once the harness does not hold this node's writes.
+    fn wait(&self) {
+        if let Some((faults, id)) = self.0.get() {
+            while faults.log_syncs_held(*id) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// What the writer thread does, in the order it was asked.
+enum Write {
+    Append {
+        rows: Vec<(u64, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Answered once every write queued before it is done.
+    Drained(oneshot::Sender<()>),
+}
+
 impl RaftLogStore {
-    /// A store over `wal` (already opened and holding `log`), with the thread that records the committed
-    /// id, which ends when the last clone is dropped.
+    /// A store over `wal` (already opened and holding `log`), with its writer thread, which ends when
+    /// the last clone is dropped.
     pub(super) fn new(file: Arc<RedbFile>, wal: Wal, log: Log) -> io::Result<Self> {
+        let (writer, queue) = mpsc::channel();
         let wal = Arc::new(Mutex::new(wal));
+        let (held, synced) = (file.clone(), wal.clone());
+        let gate = SyncGate::default();
+        // A thread of its own rather than a task that hands each batch to the blocking pool: a write
+        // waits on two fewer thread hand-offs, and it is on the path of every acknowledged write twice.
+        std::thread::Builder::new().name("gofer-raft-log".into()).spawn({
+            let gate = gate.clone();
+            move || write_loop(&held, &synced, &queue, &gate)
+        })?;
         let (committed_saver, commits) = mpsc::channel();
         let held = file.clone();
         std::thread::Builder::new()
@@ -65,14 +103,30 @@ impl RaftLogStore {
             file,
             wal,
             log: Arc::new(Mutex::new(log)),
+            writer,
+            gate,
             committed: Arc::new(Mutex::new(None)),
             committed_saver,
             purge_waits_for_snapshot: true,
         })
     }
 
+    /// Lets the test harness's `faults` hold back this node's (`id`'s) log writes.
+    pub(crate) fn gate_with(&self, faults: crate::Faults, id: NodeId) {
+        let _ = self.gate.0.set((faults, id));
+    }
+
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {
         self.log.lock().expect("raft log lock")
+    }
+
+    /// Waits until every queued append is synced (or failed).
+    async fn drained(&self) -> Result<(), AnyError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Write::Drained(tx))
+            .map_err(|_| AnyError::error("the log writer stopped"))?;
+        rx.await.map_err(|_| AnyError::error("the log writer stopped"))
     }
 
     /// Runs `work` on the log file, on the blocking pool.
@@ -118,6 +172,43 @@ fn inclusive(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
         Bound::Unbounded => u64::MAX,
     };
     (first <= last).then_some((first, last))
+}
+
+/// Syncs queued appends in order, each batch of those waiting with one write and one sync, then tells
+/// raft they are flushed. Holds the redb file only so that it stays open while appends are in flight.
+/// Ends once every sender is gone.
+fn write_loop(_file: &Arc<RedbFile>, wal: &Mutex<Wal>, queue: &mpsc::Receiver<Write>, gate: &SyncGate) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        batch.extend(queue.try_iter());
+        let mut rows = Vec::new();
+        let mut callbacks = Vec::new();
+        let mut drained = Vec::new();
+        for write in batch {
+            match write {
+                Write::Append { rows: more, callback } => {
+                    rows.extend(more);
+                    callbacks.push(callback);
+                }
+                Write::Drained(tx) => drained.push(tx),
+            }
+        }
+        if !rows.is_empty() {
+            gate.wait();
+            let result = wal.lock().expect("raft log file lock").append(&rows);
+            // The sync returned, so the entries are on disk: only now may raft count them.
+            for callback in callbacks {
+                let outcome = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                };
+                callback.log_io_completed(outcome);
+            }
+        }
+        for tx in drained {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Writes the latest committed log id handed over to redb (without fsync), skipping those a newer one
@@ -171,6 +262,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
+        self.drained().await.map_err(StorageIOError::write_vote)?;
         let file = self.file.clone();
         blocking(move || file.put_meta(VOTE_KEY, &bytes, Durability::Immediate))
             .await
@@ -223,24 +315,18 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                 Ok((index, bytes))
             })
             .collect::<Result<Vec<_>, StorageIOError<NodeId>>>()?;
-        let result = self.wal.lock().expect("raft log file lock").append(&rows);
-        match result {
-            Ok(()) => {
-                self.log()
-                    .entries
-                    .extend(queued.into_iter().map(|e| (e.log_id.index, e)));
-                // The sync returned, so the entries are on disk: only now may raft count them.
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                Err(StorageIOError::write_logs(AnyError::new(&e)).into())
-            }
-        }
+        // Readable at once; synced (and reported so) by the writer.
+        self.log()
+            .entries
+            .extend(queued.into_iter().map(|e| (e.log_id.index, e)));
+        self.writer
+            .send(Write::Append { rows, callback })
+            .map_err(|_| StorageIOError::write_logs(AnyError::error("the log writer stopped")))?;
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.drained().await.map_err(StorageIOError::write_logs)?;
         self.with_wal(move |wal| wal.truncate(log_id.index))
             .await
             .map_err(StorageIOError::write_logs)?;
@@ -267,6 +353,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                 .into());
             }
         }
+        self.drained().await.map_err(StorageIOError::write_logs)?;
         let file = self.file.clone();
         blocking(move || file.put_meta(LAST_PURGED_KEY, &bytes, Durability::Immediate))
             .await

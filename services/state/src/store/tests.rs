@@ -81,7 +81,7 @@ async fn a_reopened_file_keeps_vote_log_committed_purged_and_snapshot() {
         assert_eq!(applied, 2);
         (snapshot.meta, store.closed)
     };
-    // The committed id recorder lets go of the file once the store is dropped.
+    // The log writer lets go of the file once the store is dropped.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), closed).await;
 
     let mut store = open(path).await.unwrap();
