@@ -107,6 +107,13 @@ impl Cluster {
         }
     }
 
+    /// The agreed leader and the two followers.
+    async fn leader_and_followers(&self) -> (NodeId, NodeId, NodeId) {
+        let leader = self.leader(&[1, 2, 3]).await;
+        let followers: Vec<NodeId> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+        (leader, followers[0], followers[1])
+    }
+
     async fn stop(self) {
         for node in self.nodes.values() {
             let _ = node.shutdown().await;
@@ -289,9 +296,7 @@ async fn a_peer_without_a_cluster_certificate_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_is_removed_and_added_back_through_any_node_and_catches_up() {
     let cluster = Cluster::start().await;
-    let leader = cluster.leader(&[1, 2, 3]).await;
-    let followers: Vec<NodeId> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
-    let (asker, removed) = (followers[0], followers[1]);
+    let (leader, asker, removed) = cluster.leader_and_followers().await;
     let address = cluster.nodes[&leader]
         .cluster_status()
         .members
@@ -579,9 +584,7 @@ async fn a_followers_writes_and_reads_share_one_connection_to_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_one_follower_synced_waits_for_the_leaders_own_sync() {
     let cluster = Cluster::start().await;
-    let leader = cluster.leader(&[1, 2, 3]).await;
-    let followers: Vec<NodeId> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
-    let (quick, slow) = (followers[0], followers[1]);
+    let (leader, quick, slow) = cluster.leader_and_followers().await;
     cluster.nodes[&leader].propose(namespace("before")).await.unwrap();
     let index = cluster.nodes[&leader].metrics().last_log_index.unwrap() + 1;
 
