@@ -33,6 +33,7 @@ use crate::types::{NodeId, TypeConfig};
 pub struct Faults {
     blocked: Arc<RwLock<HashSet<(NodeId, NodeId)>>>,
     held_syncs: Arc<RwLock<HashSet<NodeId>>>,
+    lost_syncs: Arc<RwLock<HashSet<NodeId>>>,
 }
 
 impl Faults {
@@ -54,13 +55,24 @@ impl Faults {
         self.held_syncs.write().expect("faults lock").insert(id);
     }
 
-    /// Lets every held log write go.
+    /// Node `id`'s held and future log writes never reach its disk and fail, as in a crash: raft on that
+    /// node stops. Restart the node only after [`Faults::release_log_syncs`].
+    pub fn lose_log_syncs(&self, id: NodeId) {
+        self.lost_syncs.write().expect("faults lock").insert(id);
+    }
+
+    /// Lets every held log write go, and ends every loss.
     pub fn release_log_syncs(&self) {
         self.held_syncs.write().expect("faults lock").clear();
+        self.lost_syncs.write().expect("faults lock").clear();
     }
 
     pub(crate) fn log_syncs_held(&self, id: NodeId) -> bool {
         self.held_syncs.read().expect("faults lock").contains(&id)
+    }
+
+    pub(crate) fn log_syncs_lost(&self, id: NodeId) -> bool {
+        self.lost_syncs.read().expect("faults lock").contains(&id)
     }
 
     fn is_cut(&self, from: NodeId, to: NodeId) -> bool {

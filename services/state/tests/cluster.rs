@@ -30,6 +30,7 @@ struct Cluster {
     addresses: BTreeMap<NodeId, String>,
     /// How many connections each node's server has accepted.
     accepted: BTreeMap<NodeId, Arc<AtomicUsize>>,
+    options: MemberOptions,
 }
 
 impl Cluster {
@@ -85,6 +86,7 @@ impl Cluster {
             ca,
             addresses: members,
             accepted,
+            options,
         }
     }
 
@@ -105,6 +107,33 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Stops node `id` (its raft and its server) and starts it again on the same data and address.
+    async fn restart(&mut self, id: NodeId) {
+        let _ = self.nodes[&id].shutdown().await;
+        let server = self.servers.remove(&id).unwrap();
+        server.abort();
+        let _ = server.await;
+        let cert = &self.certs[&id];
+        let client_tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+        let network = PeerNetwork::new(id, Some(client_tls), self.faults.clone());
+        let dir = self._dirs[usize::try_from(id).unwrap() - 1].path();
+        let node = StateNode::open_member(dir, network, None, self.options).await.unwrap();
+        let address = self.addresses[&id].trim_start_matches("https://").to_string();
+        let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+        let server = serve(
+            &node,
+            cert,
+            &self.ca_pem,
+            &self.logs[&id],
+            listener,
+            self.accepted[&id].clone(),
+        );
+        self.servers.insert(id, server);
+        self.nodes.insert(id, node);
     }
 
     /// The agreed leader and the two followers.
@@ -628,5 +657,45 @@ async fn a_write_one_follower_synced_waits_for_the_leaders_own_sync() {
         .await
         .unwrap();
     assert!(seen);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_lost_unsynced_entries_in_a_crash_does_not_lead_again_in_the_same_term() {
+    let mut cluster = Cluster::start().await;
+    let (leader, _, _) = cluster.leader_and_followers().await;
+    cluster.nodes[&leader].propose(namespace("before")).await.unwrap();
+
+    // The leader's disk stops answering; both followers sync the next write, which commits without it.
+    cluster.faults.hold_log_syncs(leader);
+    let written = tokio::time::timeout(DEADLINE, cluster.nodes[&leader].propose(namespace("synced-elsewhere")))
+        .await
+        .expect("a majority of followers commits the write")
+        .unwrap();
+    assert!(matches!(written, Applied::Done), "{written:?}");
+    // The leader crashes before its write reaches the disk, and comes back at once.
+    cluster.faults.lose_log_syncs(leader);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while cluster.nodes[&leader].metrics().running_state.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "raft went on without its disk");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.faults.release_log_syncs();
+    cluster.restart(leader).await;
+
+    // Whoever leads now, every member holds the write and the same state.
+    let (now_leading, _, _) = cluster.leader_and_followers().await;
+    cluster.nodes[&now_leading].propose(namespace("after")).await.unwrap();
+    for id in [1, 2, 3] {
+        let held = cluster.nodes[&id]
+            .read_linearizable(|s| ["before", "synced-elsewhere", "after"].map(|n| s.namespaces.contains_key(n)))
+            .await
+            .unwrap();
+        assert_eq!(held, [true; 3], "node {id} (the restarted leader was {leader})");
+    }
+    let state = cluster.nodes[&now_leading].read(|s| s.clone());
+    for id in [1, 2, 3] {
+        assert_eq!(cluster.nodes[&id].read(|s| s.clone()), state, "node {id}");
+    }
     cluster.stop().await;
 }

@@ -38,6 +38,7 @@ pub(crate) struct RaftLogStore {
     log: Arc<Mutex<Log>>,
     writer: mpsc::Sender<Write>,
     gate: SyncGate,
+    synced: Arc<Synced>,
     /// The latest committed log id raft gave this process, and the thread that records it in redb.
     committed: Arc<Mutex<Option<LogId<NodeId>>>>,
     committed_saver: mpsc::Sender<Option<LogId<NodeId>>>,
@@ -55,17 +56,58 @@ pub(crate) struct Log {
     pub(crate) purged: Option<LogId<NodeId>>,
 }
 
+/// The last log index the writer has synced, for the committed id's recorder: a leader now commits
+/// entries its followers synced before it synced them itself, and a committed id recorded beyond what
+/// this node's log holds would stop it from starting after a crash (raft replays up to it).
+#[derive(Default)]
+struct Synced {
+    /// The index, and whether the writer has stopped.
+    state: Mutex<(u64, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Synced {
+    fn update(&self, f: impl FnOnce(&mut (u64, bool))) {
+        f(&mut self.state.lock().expect("synced lock"));
+        self.changed.notify_all();
+    }
+
+    /// Waits until `index` is synced; false if the writer stopped first.
+    fn wait_for(&self, index: u64) -> bool {
+        let mut state = self.state.lock().expect("synced lock");
+        loop {
+            if state.0 >= index {
+                return true;
+            }
+            if state.1 {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, std::time::Duration::from_millis(100))
+                .expect("synced lock")
+                .0;
+        }
+    }
+}
+
 /// Where the test harness can hold back log writes (see `Faults::hold_log_syncs`); never set in production.
 #[derive(Clone, Default)]
 struct SyncGate(Arc<std::sync::OnceLock<(crate::Faults, NodeId)>>);
 
 impl SyncGate {
-    /// Returns once the harness does not hold this node's writes.
-    fn wait(&self) {
-        if let Some((faults, id)) = self.0.get() {
-            while faults.log_syncs_held(*id) {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+    /// Returns once the harness does not hold this node's writes: whether they may go to disk (false
+    /// when the harness has them lost).
+    fn wait(&self) -> bool {
+        let Some((faults, id)) = self.0.get() else { return true };
+        loop {
+            if faults.log_syncs_lost(*id) {
+                return false;
             }
+            if !faults.log_syncs_held(*id) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 }
@@ -84,27 +126,35 @@ impl RaftLogStore {
     /// A store over `wal` (already opened and holding `log`), with its writer thread, which ends when
     /// the last clone is dropped.
     pub(super) fn new(file: Arc<RedbFile>, wal: Wal, log: Log) -> io::Result<Self> {
+        let on_disk = log.entries.keys().next_back().copied().or(log.purged.map(|p| p.index));
+        let synced = Arc::new(Synced::default());
+        synced.update(|s| s.0 = on_disk.unwrap_or(0));
         let (writer, queue) = mpsc::channel();
         let wal = Arc::new(Mutex::new(wal));
-        let (held, synced) = (file.clone(), wal.clone());
+        let (held, wal_for_writer) = (file.clone(), wal.clone());
         let gate = SyncGate::default();
         // A thread of its own rather than a task that hands each batch to the blocking pool: a write
         // waits on two fewer thread hand-offs, and it is on the path of every acknowledged write twice.
         std::thread::Builder::new().name("gofer-raft-log".into()).spawn({
-            let gate = gate.clone();
-            move || write_loop(&held, &synced, &queue, &gate)
+            let (gate, reported) = (gate.clone(), synced.clone());
+            move || {
+                write_loop(&held, &wal_for_writer, &queue, &gate, &reported);
+                reported.update(|s| s.1 = true);
+            }
         })?;
         let (committed_saver, commits) = mpsc::channel();
         let held = file.clone();
-        std::thread::Builder::new()
-            .name("gofer-raft-commit".into())
-            .spawn(move || save_committed_loop(&held, &commits))?;
+        std::thread::Builder::new().name("gofer-raft-commit".into()).spawn({
+            let synced = synced.clone();
+            move || save_committed_loop(&held, &commits, &synced)
+        })?;
         Ok(RaftLogStore {
             file,
             wal,
             log: Arc::new(Mutex::new(log)),
             writer,
             gate,
+            synced,
             committed: Arc::new(Mutex::new(None)),
             committed_saver,
             purge_waits_for_snapshot: true,
@@ -177,7 +227,13 @@ fn inclusive(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
 /// Syncs queued appends in order, each batch of those waiting with one write and one sync, then tells
 /// raft they are flushed. Holds the redb file only so that it stays open while appends are in flight.
 /// Ends once every sender is gone.
-fn write_loop(_file: &Arc<RedbFile>, wal: &Mutex<Wal>, queue: &mpsc::Receiver<Write>, gate: &SyncGate) {
+fn write_loop(
+    _file: &Arc<RedbFile>,
+    wal: &Mutex<Wal>,
+    queue: &mpsc::Receiver<Write>,
+    gate: &SyncGate,
+    synced: &Synced,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter());
@@ -194,8 +250,14 @@ fn write_loop(_file: &Arc<RedbFile>, wal: &Mutex<Wal>, queue: &mpsc::Receiver<Wr
             }
         }
         if !rows.is_empty() {
-            gate.wait();
-            let result = wal.lock().expect("raft log file lock").append(&rows);
+            let result = if gate.wait() {
+                wal.lock().expect("raft log file lock").append(&rows)
+            } else {
+                Err(io::Error::other("lost by the test harness"))
+            };
+            if let (Ok(()), Some((last, _))) = (&result, rows.last()) {
+                synced.update(|s| s.0 = s.0.max(*last));
+            }
             // The sync returned, so the entries are on disk: only now may raft count them.
             for callback in callbacks {
                 let outcome = match &result {
@@ -213,10 +275,16 @@ fn write_loop(_file: &Arc<RedbFile>, wal: &Mutex<Wal>, queue: &mpsc::Receiver<Wr
 
 /// Writes the latest committed log id handed over to redb (without fsync), skipping those a newer one
 /// replaced while the last was written. Ends once every sender is gone, after writing what was queued.
-fn save_committed_loop(file: &RedbFile, commits: &mpsc::Receiver<Option<LogId<NodeId>>>) {
+fn save_committed_loop(file: &RedbFile, commits: &mpsc::Receiver<Option<LogId<NodeId>>>, synced: &Synced) {
     while let Ok(mut committed) = commits.recv() {
         if let Some(newest) = commits.try_iter().last() {
             committed = newest;
+        }
+        // Never beyond what this node's own log has synced.
+        if let Some(id) = committed
+            && !synced.wait_for(id.index)
+        {
+            return;
         }
         let written = serde_json::to_vec(&committed)
             .map_err(|e| e.to_string())
@@ -331,6 +399,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             .await
             .map_err(StorageIOError::write_logs)?;
         self.log().entries.split_off(&log_id.index);
+        self.synced.update(|s| s.0 = s.0.min(log_id.index.saturating_sub(1)));
         Ok(())
     }
 

@@ -154,7 +154,21 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
+        // Previously it is a leader. restore it as leader at once -- but only with no other member.
+        //
+        // Patched for Gofer: a leader replicates entries before it has flushed them, so its followers may
+        // hold entries its own log lost in a crash. Resuming leadership in the same term would hand out
+        // those log ids again for other entries, and the followers, comparing log ids only, would keep
+        // theirs. A leader with any other member therefore restarts as a follower and must win an election
+        // in a new term, whose voters refuse it unless its log is as up to date as theirs. Its vote is
+        // kept, but as not committed (in memory only), so that nothing else (such as the tick's
+        // `leader_step_down`, which re-derives the role from the vote) makes it leader again in this term.
+        let alone = self.state.membership_state.effective().nodes().all(|(id, _)| id == &self.config.id);
+        if self.state.is_leader(&self.config.id) && !alone {
+            let mut vote = self.state.vote_ref().clone();
+            vote.committed = false;
+            self.state.vote.update(C::now(), vote);
+        }
         if self.state.is_leader(&self.config.id) {
             self.vote_handler().update_internal_server_state();
 
