@@ -32,8 +32,16 @@ use crate::types::{NodeId, TypeConfig};
 #[derive(Clone, Default)]
 pub struct Faults {
     blocked: Arc<RwLock<HashSet<(NodeId, NodeId)>>>,
-    held_syncs: Arc<RwLock<HashSet<NodeId>>>,
-    lost_syncs: Arc<RwLock<HashSet<NodeId>>>,
+    log_syncs: Arc<RwLock<HashMap<NodeId, LogSyncFault>>>,
+}
+
+/// What the test harness does to one node's raft log writes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum LogSyncFault {
+    /// Held back until released.
+    Held,
+    /// Never written, and failed.
+    Lost,
 }
 
 impl Faults {
@@ -52,27 +60,29 @@ impl Faults {
     /// Holds back node `id`'s raft log writes (and so their syncs) until [`Faults::release_log_syncs`]:
     /// a disk that has stopped answering.
     pub fn hold_log_syncs(&self, id: NodeId) {
-        self.held_syncs.write().expect("faults lock").insert(id);
+        self.log_syncs
+            .write()
+            .expect("faults lock")
+            .insert(id, LogSyncFault::Held);
     }
 
     /// Node `id`'s held and future log writes never reach its disk and fail, as in a crash: raft on that
     /// node stops. Restart the node only after [`Faults::release_log_syncs`].
     pub fn lose_log_syncs(&self, id: NodeId) {
-        self.lost_syncs.write().expect("faults lock").insert(id);
+        self.log_syncs
+            .write()
+            .expect("faults lock")
+            .insert(id, LogSyncFault::Lost);
     }
 
     /// Lets every held log write go, and ends every loss.
     pub fn release_log_syncs(&self) {
-        self.held_syncs.write().expect("faults lock").clear();
-        self.lost_syncs.write().expect("faults lock").clear();
+        self.log_syncs.write().expect("faults lock").clear();
     }
 
-    pub(crate) fn log_syncs_held(&self, id: NodeId) -> bool {
-        self.held_syncs.read().expect("faults lock").contains(&id)
-    }
-
-    pub(crate) fn log_syncs_lost(&self, id: NodeId) -> bool {
-        self.lost_syncs.read().expect("faults lock").contains(&id)
+    /// What the harness does to node `id`'s log writes now, if anything.
+    pub(crate) fn log_sync_fault(&self, id: NodeId) -> Option<LogSyncFault> {
+        self.log_syncs.read().expect("faults lock").get(&id).copied()
     }
 
     fn is_cut(&self, from: NodeId, to: NodeId) -> bool {

@@ -58,11 +58,8 @@ impl Cluster {
             let cert = ca
                 .issue(&format!("node{id}"), &["localhost".into(), "127.0.0.1".into()])
                 .unwrap();
-            let client_tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca_pem))
-                .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
             let dir = tempfile::tempdir().unwrap();
-            let network = PeerNetwork::new(id, Some(client_tls), faults.clone());
+            let network = member_network(id, &cert, &ca_pem, &faults);
             let node = StateNode::open_member(dir.path(), network, Some(members.clone()), options)
                 .await
                 .unwrap();
@@ -116,10 +113,7 @@ impl Cluster {
         server.abort();
         let _ = server.await;
         let cert = &self.certs[&id];
-        let client_tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
-        let network = PeerNetwork::new(id, Some(client_tls), self.faults.clone());
+        let network = member_network(id, cert, &self.ca_pem, &self.faults);
         let dir = self._dirs[usize::try_from(id).unwrap() - 1].path();
         let node = StateNode::open_member(dir, network, None, self.options).await.unwrap();
         let address = self.addresses[&id].trim_start_matches("https://").to_string();
@@ -151,6 +145,14 @@ impl Cluster {
             server.abort();
         }
     }
+}
+
+/// Node `id`'s network: its peers dialled with its certificate, through the harness's `faults`.
+fn member_network(id: NodeId, cert: &gofer_tls::CertifiedKey, ca_pem: &str, faults: &Faults) -> PeerNetwork {
+    let client_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+    PeerNetwork::new(id, Some(client_tls), faults.clone())
 }
 
 /// Serves `node`'s `RaftService` (with its task logs) on `listener`, behind mutual TLS, counting the

@@ -74,24 +74,18 @@ impl Synced {
 
     /// Waits until `index` is synced; false if the writer stopped first.
     fn wait_for(&self, index: u64) -> bool {
-        let mut state = self.state.lock().expect("synced lock");
-        loop {
-            if state.0 >= index {
-                return true;
-            }
-            if state.1 {
-                return false;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, std::time::Duration::from_millis(100))
-                .expect("synced lock")
-                .0;
-        }
+        let state = self.state.lock().expect("synced lock");
+        let state = self
+            .changed
+            .wait_while(state, |(synced, stopped)| *synced < index && !*stopped)
+            .expect("synced lock");
+        state.0 >= index
     }
 }
 
-/// Where the test harness can hold back log writes (see `Faults::hold_log_syncs`); never set in production.
+/// Where the test harness can hold back or lose log writes (see `Faults::hold_log_syncs`). Every member
+/// node has one; in production its `Faults` are empty, and a batch costs one uncontended read lock, as
+/// each raft message's `Faults::is_cut` does.
 #[derive(Clone, Default)]
 struct SyncGate(Arc<std::sync::OnceLock<(crate::Faults, NodeId)>>);
 
@@ -101,13 +95,11 @@ impl SyncGate {
     fn wait(&self) -> bool {
         let Some((faults, id)) = self.0.get() else { return true };
         loop {
-            if faults.log_syncs_lost(*id) {
-                return false;
+            match faults.log_sync_fault(*id) {
+                None => return true,
+                Some(crate::network::LogSyncFault::Lost) => return false,
+                Some(crate::network::LogSyncFault::Held) => std::thread::sleep(std::time::Duration::from_millis(5)),
             }
-            if !faults.log_syncs_held(*id) {
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 }
