@@ -47,6 +47,11 @@ impl Error {
         }
     }
 
+    /// Run `run` of pipeline `pipeline` does not exist (any more).
+    pub(crate) fn run_not_found(pipeline: &str, run: u64) -> Self {
+        Error::NotFound(format!("run {run} of pipeline {pipeline:?}"))
+    }
+
     /// A refusal of a command whose issuer does not hold the lease it was fenced with.
     pub fn fenced(reason: impl std::fmt::Display) -> Self {
         Error::Fenced(reason.to_string())

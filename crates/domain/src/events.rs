@@ -1,12 +1,12 @@
 //! The event stream: run and task state changes and trigger decisions, numbered as apply makes them.
 //!
-//! Events live in the replicated [`State`], so every node holds the same events under the same ids, and a
+//! Events live in the replicated [`crate::State`], so every node holds the same events under the same ids, and a
 //! client can resume from the last id it saw on any node: ids count up by one with no gaps, and a client
 //! that asks to resume after an event that has been pruned is told so instead of skipping silently.
 //!
-//! Apply produces them without the transition code knowing: before a command, [`State::apply`] notes the
-//! state of each run the command can touch (and each pipeline's next run id); after it, the differences
-//! become events. Fires and skipped fires are read off the command and what it applied. Events are kept
+//! The transitions write them: every change of a run's or a task execution's state, and every decision on
+//! a fire, is written into the command's [`Journal`] by the code that makes it, and
+//! [`crate::State::apply`] numbers them once the command is applied. Events are kept
 //! for the cluster's retention (set by [`crate::Command::SetEventRetention`], 24 h unless set), and at most
 //! [`MAX_EVENTS`] of them, pruned by the times the commands carry.
 
@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Applied, Command, RunState, TaskState};
-use crate::triggers::FireOutcome;
-use crate::{Error, State};
+use crate::Error;
+use crate::model::{Run, RunState, TaskExecution, TaskState};
+use crate::triggers::{Fire, FireOutcome};
 
 /// How long events are kept unless the cluster says otherwise.
 pub const DEFAULT_EVENT_RETENTION_MS: u64 = 24 * 3_600_000;
@@ -348,203 +348,133 @@ impl EventLog {
     }
 }
 
-/// A run as it stood before a command: its state and, per task, its state and ended attempts.
-struct RunBefore {
-    namespace: String,
-    pipeline: String,
-    run: u64,
-    state: RunState,
-    tasks: Vec<(TaskState, usize)>,
+/// The events one command makes, written by the transitions as they happen: whatever changes a run or a
+/// task execution (`runs.rs`) or decides a fire (`triggers.rs`) writes here in the same step, so no change
+/// can go untold. [`crate::State::apply`] passes one to every command and numbers what it holds only if
+/// the command is applied; a refused command tells nothing.
+///
+/// Within one command, what it tells about runs it made itself (starting with their PENDING) follows
+/// everything else it tells, so a fire's decision comes before the run it started.
+#[derive(Debug, Default)]
+pub(crate) struct Journal {
+    told: Vec<EventKind>,
+    /// `(namespace, pipeline, run)` of each run this command made.
+    made: Vec<(String, String, u64)>,
+    about_made: Vec<EventKind>,
 }
 
-/// What [`State::apply`] notes before a command, to find what it changed.
-#[derive(Default)]
-pub(crate) struct Before {
-    runs: Vec<RunBefore>,
-    /// (namespace, pipeline, next run id) of each pipeline the command may start runs in.
-    pipelines: Vec<(String, String, u64)>,
-}
-
-impl State {
-    /// Notes what `command` may change: the runs it may touch and the pipelines it may start runs in.
-    /// Batches and fences note nothing: each command inside is noted as it is applied.
-    pub(crate) fn before(&self, command: &Command) -> Before {
-        let mut before = Before::default();
-        match command {
-            Command::StartRun {
-                namespace, pipeline: p, ..
-            } => before.note_pipeline(self, namespace, p),
-            Command::CancelRun {
-                namespace,
-                pipeline: p,
-                run,
-                ..
-            } => {
-                before.note_run(self, namespace, p, *run);
-                before.note_pipeline(self, namespace, p);
-            }
-            Command::AssignAttempt { target, .. } | Command::AttemptStarted { target, .. } => {
-                before.note_run(self, &target.namespace, &target.pipeline, target.run);
-            }
-            // An ended attempt may end its run and so start a buffered fire's run.
-            Command::AttemptFinished { target, .. } => {
-                before.note_run(self, &target.namespace, &target.pipeline, target.run);
-                before.note_pipeline(self, &target.namespace, &target.pipeline);
-            }
-            Command::ExecutorLost { executor, .. } => {
-                let runs: Vec<(String, String, u64)> = self
-                    .active_runs()
-                    .filter(|(_, _, _, run)| {
-                        run.tasks
-                            .iter()
-                            .any(|t| t.assignment.as_ref().is_some_and(|a| &a.executor == executor))
-                    })
-                    .map(|(n, p, _, run)| (n.to_string(), p.to_string(), run.id))
-                    .collect();
-                for (namespace, p, run) in runs {
-                    before.note_run(self, &namespace, &p, run);
-                    before.note_pipeline(self, &namespace, &p);
-                }
-            }
-            Command::Fire { fires, .. } => {
-                for fire in fires {
-                    // An overlap policy may cancel the subscription's previous run.
-                    if let Some(last) = self
-                        .pipeline(&fire.namespace, &fire.pipeline)
-                        .ok()
-                        .and_then(|r| r.subscriptions.get(&fire.subscription))
-                        .and_then(|s| s.last_run)
-                    {
-                        before.note_run(self, &fire.namespace, &fire.pipeline, last);
-                    }
-                    before.note_pipeline(self, &fire.namespace, &fire.pipeline);
-                }
-            }
-            _ => {}
-        }
-        before
+impl Journal {
+    /// Run `run` was made, PENDING.
+    pub(crate) fn run_made(&mut self, namespace: &str, pipeline: &str, run: &Run) {
+        self.made.push((namespace.to_string(), pipeline.to_string(), run.id));
+        self.about_made
+            .push(run_event(namespace, pipeline, run.id, RunState::Pending, &origin(run)));
     }
 
-    /// Records as events what `command`, applied with `applied`, changed since `before`.
-    pub(crate) fn record_events(&mut self, before: Before, command: &Command, applied: &Applied) {
-        let Some(at) = command.at() else { return };
-        let mut made = Vec::new();
-        for noted in &before.runs {
-            let Ok((run, _)) = self.run(&noted.namespace, &noted.pipeline, noted.run) else {
-                continue;
-            };
-            for (task, &(state, ended)) in run.tasks.iter().zip(&noted.tasks) {
-                if task.state != state || task.attempts.len() != ended {
-                    made.push(EventKind::Task {
-                        namespace: noted.namespace.clone(),
-                        pipeline: noted.pipeline.clone(),
-                        run: run.id,
-                        task: task.task.clone(),
-                        attempt: task.attempt,
-                        state: task.state,
-                        reason: task.reason.clone(),
-                    });
-                }
-            }
-            if run.state != noted.state {
-                made.push(run_event(
-                    &noted.namespace,
-                    &noted.pipeline,
-                    run.id,
-                    run.state,
-                    &run.reason,
-                ));
-            }
-        }
-        if let (Command::Fire { fires, .. }, Applied::Fired(results)) = (command, applied) {
-            for (fire, result) in fires.iter().zip(results) {
-                let Ok((outcome, seen)) = result else { continue };
-                let (decision, run, reason) = match outcome {
-                    _ if *seen => (
-                        FireDecision::Duplicate,
-                        fire_run(outcome),
-                        "key seen before".to_string(),
-                    ),
-                    FireOutcome::Started(run) => (FireDecision::Started, *run, String::new()),
-                    FireOutcome::Buffered => (FireDecision::Buffered, 0, String::new()),
-                    FireOutcome::Skipped(reason) => (FireDecision::Skipped, 0, reason.clone()),
-                };
-                made.push(EventKind::Fire {
-                    namespace: fire.namespace.clone(),
-                    pipeline: fire.pipeline.clone(),
-                    subscription: fire.subscription.clone(),
-                    extension: fire.extension.clone(),
-                    idempotency_key: fire.idempotency_key.clone(),
-                    scheduled_at: fire.scheduled_at,
-                    decision,
-                    run,
-                    reason,
-                });
-            }
-        }
-        if let Command::SkipFires {
-            namespace,
-            pipeline,
-            label,
+    /// Run `run` moved to the state it is in now.
+    pub(crate) fn run_changed(&mut self, namespace: &str, pipeline: &str, run: &Run) {
+        let event = run_event(namespace, pipeline, run.id, run.state, &run.reason);
+        self.tell(namespace, pipeline, run.id, event);
+    }
+
+    /// Task execution `task` of run `run` moved to the state it is in now, or an attempt of it ended and
+    /// another follows.
+    pub(crate) fn task_changed(&mut self, namespace: &str, pipeline: &str, run: u64, task: &TaskExecution) {
+        let event = EventKind::Task {
+            namespace: namespace.to_string(),
+            pipeline: pipeline.to_string(),
+            run,
+            task: task.task.clone(),
+            attempt: task.attempt,
+            state: task.state,
+            reason: task.reason.clone(),
+        };
+        self.tell(namespace, pipeline, run, event);
+    }
+
+    /// What `fire` did: `seen` when its key had been seen before and it changed nothing.
+    pub(crate) fn fired(&mut self, fire: &Fire, outcome: &FireOutcome, seen: bool) {
+        let (decision, run, reason) = match outcome {
+            _ if seen => (
+                FireDecision::Duplicate,
+                fire_run(outcome),
+                "key seen before".to_string(),
+            ),
+            FireOutcome::Started(run) => (FireDecision::Started, *run, String::new()),
+            FireOutcome::Buffered => (FireDecision::Buffered, 0, String::new()),
+            FireOutcome::Skipped(reason) => (FireDecision::Skipped, 0, reason.clone()),
+        };
+        self.told.push(EventKind::Fire {
+            namespace: fire.namespace.clone(),
+            pipeline: fire.pipeline.clone(),
+            subscription: fire.subscription.clone(),
+            extension: fire.extension.clone(),
+            idempotency_key: fire.idempotency_key.clone(),
+            scheduled_at: fire.scheduled_at,
+            decision,
+            run,
+            reason,
+        });
+    }
+
+    /// A trigger skipped `count` scheduled instants, the newest `last_scheduled_at`, without firing.
+    pub(crate) fn fires_skipped(
+        &mut self,
+        (namespace, pipeline, subscription): (&str, &str, &str),
+        count: u64,
+        last_scheduled_at: i64,
+        reason: &str,
+    ) {
+        self.told.push(EventKind::FiresSkipped {
+            namespace: namespace.to_string(),
+            pipeline: pipeline.to_string(),
+            subscription: subscription.to_string(),
             count,
             last_scheduled_at,
-            reason,
-            ..
-        } = command
-        {
-            made.push(EventKind::FiresSkipped {
-                namespace: namespace.clone(),
-                pipeline: pipeline.clone(),
-                subscription: label.clone(),
-                count: *count,
-                last_scheduled_at: *last_scheduled_at,
-                reason: reason.clone(),
-            });
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Where the journal stands, to go back to with [`Journal::rewind`].
+    pub(crate) fn mark(&self) -> (usize, usize, usize) {
+        (self.told.len(), self.made.len(), self.about_made.len())
+    }
+
+    /// Forgets what was written since `mark`: one refused part of a command (a fire of a batch of fires)
+    /// tells nothing, as a refused command does.
+    pub(crate) fn rewind(&mut self, (told, made, about_made): (usize, usize, usize)) {
+        self.told.truncate(told);
+        self.made.truncate(made);
+        self.about_made.truncate(about_made);
+    }
+
+    /// Whether nothing was written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.told.is_empty() && self.about_made.is_empty()
+    }
+
+    fn tell(&mut self, namespace: &str, pipeline: &str, run: u64, event: EventKind) {
+        let made_here = self
+            .made
+            .iter()
+            .any(|(n, p, r)| *r == run && n == namespace && p == pipeline);
+        if made_here {
+            self.about_made.push(event);
+        } else {
+            self.told.push(event);
         }
-        for (namespace, pipeline, first) in &before.pipelines {
-            let Ok(record) = self.pipeline(namespace, pipeline) else {
-                continue;
-            };
-            for run in record.runs.range(*first..) {
-                let run = run.1;
-                made.push(run_event(namespace, pipeline, run.id, RunState::Pending, &origin(run)));
-                if run.state != RunState::Pending {
-                    made.push(run_event(namespace, pipeline, run.id, run.state, &run.reason));
-                }
-            }
-        }
-        for what in made {
-            self.events.push(at, what);
-        }
+    }
+
+    fn into_events(self) -> impl Iterator<Item = EventKind> {
+        self.told.into_iter().chain(self.about_made)
     }
 }
 
-impl Before {
-    fn note_pipeline(&mut self, state: &State, namespace: &str, pipeline: &str) {
-        if let Ok(record) = state.pipeline(namespace, pipeline)
-            && !self.pipelines.iter().any(|(n, p, _)| n == namespace && p == pipeline)
-        {
-            self.pipelines
-                .push((namespace.to_string(), pipeline.to_string(), record.next_run_id));
-        }
-    }
-
-    fn note_run(&mut self, state: &State, namespace: &str, pipeline: &str, run: u64) {
-        if self
-            .runs
-            .iter()
-            .any(|r| r.run == run && r.namespace == namespace && r.pipeline == pipeline)
-        {
-            return;
-        }
-        if let Ok((found, _)) = state.run(namespace, pipeline, run) {
-            self.runs.push(RunBefore {
-                namespace: namespace.to_string(),
-                pipeline: pipeline.to_string(),
-                run,
-                state: found.state,
-                tasks: found.tasks.iter().map(|t| (t.state, t.attempts.len())).collect(),
-            });
+impl EventLog {
+    /// Numbers and keeps what a command applied at `at` told.
+    pub(crate) fn record(&mut self, at: i64, journal: Journal) {
+        for what in journal.into_events() {
+            self.push(at, what);
         }
     }
 }
@@ -567,7 +497,7 @@ fn fire_run(outcome: &FireOutcome) -> u64 {
 }
 
 /// Why a run was made, for its PENDING event.
-fn origin(run: &crate::Run) -> String {
+fn origin(run: &Run) -> String {
     if let Some(trigger) = &run.trigger {
         format!(
             "fired by subscription {:?} ({})",

@@ -5,25 +5,31 @@
 //! [`Command`]s, so applying the same log gives the same [`State`] on every node. The tidy test checks
 //! its dependency list.
 
+mod command;
 mod error;
 pub mod events;
 pub mod executors;
 mod ids;
 pub mod lease;
 pub mod limits;
+mod model;
 mod pipeline;
 mod plan;
+mod runs;
 pub mod schedule;
 mod state;
+mod subscriptions;
 #[cfg(test)]
 mod testing;
 pub mod triggers;
 
+pub use command::{Applied, AttemptOutcome, Command};
 pub use error::{Error, ErrorKind};
 pub use ids::{MAX_ID_LEN, MAX_REQUEST_ID_LEN, validate_id, validate_request_id};
+pub use model::{
+    Assignment, AttemptId, AttemptRecord, AttemptRef, AttemptState, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord,
+    Readiness, Run, RunState, TaskExecution, TaskState,
+};
 pub use pipeline::{Condition, MAX_RETRIES, MAX_TASKS, PipelineConfig, TaskConfig};
 pub use plan::plan;
-pub use state::{
-    Applied, Assignment, AttemptOutcome, AttemptRecord, AttemptRef, AttemptState, Command, DEFAULT_NAMESPACE,
-    NamespaceRecord, PipelineRecord, Readiness, Run, RunState, State, TaskExecution, TaskState,
-};
+pub use state::State;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::triggers::{Fire, Registration, SettingSpec};
-use crate::{AttemptOutcome, AttemptRef};
+use crate::{Applied, AttemptOutcome, AttemptRef, Command, State};
 
 fn state() -> State {
     crate::testing::with_pipeline(

@@ -1,6 +1,8 @@
 //! State machine transitions: ids, the DAG's conditions and skips, cancel, refusals that change nothing.
 
 use super::*;
+use crate::lease::Role;
+use crate::{AttemptOutcome, AttemptRef, AttemptState, RunState, TaskExecution, TaskState};
 
 fn config(json: &str) -> PipelineConfig {
     PipelineConfig::from_json(json).unwrap()

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::triggers::SettingSpec;
 use crate::{Applied, AttemptOutcome, AttemptRef, Command, RunState};
 
 fn spec(name: &str, required: bool) -> SettingSpec {

@@ -1,0 +1,269 @@
+//! The persisted format: [`Command`], what the replicated log carries, and [`Applied`], what applying one
+//! produced.
+//!
+//! Old logs and snapshots are replayed, so this format only grows: add variants and defaulted fields,
+//! never change or remove one. `command/tests.rs` replays a golden log written by an earlier Gofer and
+//! fails if an old entry stops decoding or replays differently.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::executors::ExecutorInfo;
+use crate::lease::{Lease, Role};
+use crate::triggers::{Fire, FireOutcome, Registration};
+use crate::{AttemptRef, Error, PipelineConfig};
+
+/// The most commands one Batch may hold.
+pub const MAX_BATCH: usize = 4096;
+
+/// How an attempt ended, as its executor reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptOutcome {
+    /// The container ran and exited with this code.
+    Exited(i64),
+    /// The attempt could not run or was lost; the reason says why.
+    Error(String),
+    /// The container was stopped because the run was cancelled.
+    Stopped,
+    /// Its executor was declared lost; the reason says which and why.
+    Lost(String),
+}
+
+/// A change to the state, as it travels through the replicated log.
+///
+/// This is a persisted format: add variants and defaulted fields, never change or remove one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// The first command of a cluster: names it and makes the `default` namespace. Later ones are refused.
+    Init {
+        cluster_id: String,
+        at: i64,
+    },
+    CreateNamespace {
+        namespace: String,
+        at: i64,
+    },
+    /// Stores `config` as the pipeline's next version (creating the pipeline at version 1).
+    RegisterPipeline {
+        namespace: String,
+        config: PipelineConfig,
+        at: i64,
+    },
+    /// Starts a run of the pipeline's newest version. With a `request_id` the pipeline has seen before, it
+    /// starts nothing and answers with that request's run, so a client may retry it safely.
+    StartRun {
+        namespace: String,
+        pipeline: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        request_id: String,
+        /// Given to every task as env, under these names (the task's own env wins).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        parameters: BTreeMap<String, String>,
+        /// Runs the version and parameters of this earlier run instead of the newest version and
+        /// `parameters`; 0 for none.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        retry_of: u64,
+        at: i64,
+    },
+    CancelRun {
+        namespace: String,
+        pipeline: String,
+        run: u64,
+        reason: String,
+        /// How long running containers get between SIGTERM and SIGKILL; 0 for [`crate::runs::DEFAULT_CANCEL_GRACE_MS`].
+        #[serde(default, skip_serializing_if = "is_zero")]
+        grace_millis: u64,
+        at: i64,
+    },
+    /// Gives the next attempt of a PENDING task execution to an executor.
+    AssignAttempt {
+        target: AttemptRef,
+        attempt: u32,
+        executor: String,
+        /// The state node whose scheduler assigns it (it receives the attempt's logs).
+        #[serde(default)]
+        node: u64,
+        /// The assigning scheduler and its lease epoch; a fenced assignment must carry the fence's.
+        #[serde(default)]
+        scheduler: String,
+        #[serde(default)]
+        epoch: u64,
+        at: i64,
+    },
+    /// The executor started the attempt's container.
+    AttemptStarted {
+        target: AttemptRef,
+        attempt: u32,
+        at: i64,
+    },
+    /// The attempt ended and its logs are stored.
+    AttemptFinished {
+        target: AttemptRef,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        /// The state node its logs were stored on, when not the one named at assignment; 0 if that one.
+        #[serde(default)]
+        log_node: u64,
+        at: i64,
+    },
+    /// Installs an extension that the extension host runs as a container.
+    InstallExtension {
+        name: String,
+        image: String,
+        settings: BTreeMap<String, String>,
+        at: i64,
+    },
+    UninstallExtension {
+        name: String,
+        at: i64,
+    },
+    /// An extension registered (a built-in one is installed by its first registration).
+    RegisterExtension {
+        name: String,
+        builtin: bool,
+        registration: Registration,
+        at: i64,
+    },
+    CreateSubscription {
+        namespace: String,
+        pipeline: String,
+        label: String,
+        extension: String,
+        settings: BTreeMap<String, String>,
+        at: i64,
+    },
+    DeleteSubscription {
+        namespace: String,
+        pipeline: String,
+        label: String,
+        at: i64,
+    },
+    /// Fires, applied in order; each has its own outcome. Batched so that many fires at one instant cost
+    /// one log entry.
+    Fire {
+        fires: Vec<Fire>,
+        at: i64,
+    },
+    /// Scheduled instants a trigger skipped without firing (missed beyond its catch-up window).
+    SkipFires {
+        namespace: String,
+        pipeline: String,
+        label: String,
+        count: u64,
+        last_scheduled_at: i64,
+        reason: String,
+        at: i64,
+    },
+    /// Takes or renews the lease on `role` for `holder` (see [`crate::lease`]).
+    AcquireLease {
+        role: Role,
+        holder: String,
+        ttl_millis: u64,
+        /// Where the holder can be reached, recorded on the lease; empty to say nothing.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        address: String,
+        at: i64,
+    },
+    /// Ends `holder`'s lease early, so a standby takes over without waiting for it to expire.
+    ReleaseLease {
+        role: Role,
+        holder: String,
+        epoch: u64,
+        at: i64,
+    },
+    /// Registers or renews the executor lease of each of `executors` until `at + ttl_millis` (see
+    /// [`crate::executors`]).
+    RenewExecutors {
+        executors: Vec<ExecutorInfo>,
+        ttl_millis: u64,
+        at: i64,
+    },
+    /// Declares an executor whose lease ran out lost: each attempt assigned to it ends LOST, and its
+    /// task's retry policy decides whether another attempt follows.
+    ExecutorLost {
+        executor: String,
+        at: i64,
+    },
+    /// Records what an executor reported about an attempt after it had been declared LOST.
+    AttemptReportedLate {
+        target: AttemptRef,
+        attempt: u32,
+        report: String,
+        at: i64,
+    },
+    /// Commands applied one after the other in one log entry, each with its own result: one refused
+    /// command does not refuse the others. The scheduler batches its assignments and executor reports so.
+    Batch {
+        commands: Vec<Command>,
+    },
+    /// Sets how long the event stream keeps events (see [`crate::events`]).
+    SetEventRetention {
+        retention_millis: u64,
+        at: i64,
+    },
+    /// A command issued by the holder of `role` in `epoch`: refused, changing nothing, once the epoch has
+    /// moved on.
+    Fenced {
+        role: Role,
+        holder: String,
+        epoch: u64,
+        command: Box<Command>,
+    },
+}
+
+/// What an applied command produced, beyond the change itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    Done,
+    /// The version a RegisterPipeline made.
+    Version(u64),
+    /// The id of the run a StartRun made.
+    Run(u64),
+    /// The id of the run an earlier StartRun with the same request id made; nothing was started.
+    ExistingRun(u64),
+    /// What each fire of a Fire command did, in order: its outcome, and whether its key was seen before.
+    Fired(Vec<Result<(FireOutcome, bool), Error>>),
+    /// The lease an AcquireLease granted or renewed.
+    Lease(Lease),
+    /// What each command of a Batch did, in order.
+    Batch(Vec<Result<Applied, Error>>),
+}
+
+impl Command {
+    /// The time the command carries; none for a batch or a fence, whose commands carry their own.
+    pub fn at(&self) -> Option<i64> {
+        match self {
+            Command::Init { at, .. }
+            | Command::CreateNamespace { at, .. }
+            | Command::RegisterPipeline { at, .. }
+            | Command::StartRun { at, .. }
+            | Command::CancelRun { at, .. }
+            | Command::AssignAttempt { at, .. }
+            | Command::AttemptStarted { at, .. }
+            | Command::AttemptFinished { at, .. }
+            | Command::InstallExtension { at, .. }
+            | Command::UninstallExtension { at, .. }
+            | Command::RegisterExtension { at, .. }
+            | Command::CreateSubscription { at, .. }
+            | Command::DeleteSubscription { at, .. }
+            | Command::Fire { at, .. }
+            | Command::SkipFires { at, .. }
+            | Command::AcquireLease { at, .. }
+            | Command::ReleaseLease { at, .. }
+            | Command::RenewExecutors { at, .. }
+            | Command::ExecutorLost { at, .. }
+            | Command::AttemptReportedLate { at, .. }
+            | Command::SetEventRetention { at, .. } => Some(*at),
+            Command::Batch { .. } | Command::Fenced { .. } => None,
+        }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[cfg(test)]
+mod tests;
