@@ -1,14 +1,16 @@
-//! Gofer's replicated state: an openraft node whose log, vote and snapshots live in one redb file, and
-//! whose state machine is [`gofer_domain::State`] kept in memory.
+//! Gofer's replicated state: an openraft node whose log lives in a write-ahead file of its own
+//! (`store/wal.rs`), whose vote, commit and purge marks and snapshots live in one redb file, and whose
+//! state machine is [`gofer_domain::State`] kept in memory.
 //!
 //! [`StateNode`] is the only door: propose a [`gofer_domain::Command`], read the applied state, watch the
 //! applied index. Everything else (the raft type config, the redb store, the network) stays inside.
 //!
 //! This crate is the only one that touches redb. It never decides anything about pipelines or runs:
 //! apply is [`gofer_domain::State::apply`], pure and deterministic, and this crate only orders, persists
-//! and replays the commands it is given. It runs a single voter for now; the gRPC network that makes it a
-//! three-node cluster arrives with the three-node issue (see `network.rs`). The task log archive lives
-//! here too (`logs`): files under the data dir, not redb, because big bytes stay out of the log.
+//! and replays the commands it is given. A node runs alone (`goferd dev`) or as a member of a cluster,
+//! reaching its peers over mutual-TLS gRPC (`network.rs`, `server.rs`); a process away from the state
+//! nodes follows one of them through [`RemoteState`]. The task log archive lives here too (`logs`):
+//! files under the data dir, not redb, because big bytes stay out of the log.
 
 mod handle;
 mod lease;

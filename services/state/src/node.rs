@@ -1,9 +1,10 @@
-//! [`StateNode`]: one running raft node with its redb store, and the calls the rest of Gofer makes on it.
+//! [`StateNode`]: one running raft node with its store, and the calls the rest of Gofer makes on it.
 //!
-//! It owns the node's life: open the store, start raft, initialize a fresh single-voter membership, wait
-//! until it leads and has applied what was committed, and shut down until the redb file is closed. It
-//! refuses to bypass raft: every change goes through `client_write`, and reads see only applied state.
-//! Reads are local and not linearizable; a caller that must see its own write waits for `propose`.
+//! It owns the node's life: open the store, start raft, initialize a fresh single-voter membership or join
+//! the members it is given, wait until it has applied what was committed, and shut down until the store
+//! is closed. It refuses to bypass raft: every change goes through `client_write` (forwarded to the leader
+//! from a follower), and reads see only applied state. `read` is local; `read_linearizable` first waits
+//! until this node has applied the leader's read index, so it sees every write acknowledged anywhere.
 
 use std::collections::BTreeMap;
 use std::path::Path;
