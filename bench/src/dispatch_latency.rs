@@ -253,10 +253,7 @@ async fn gofer_once(api: &mut Api, namespace: &str) -> Result<GoferSample> {
     let mut ended = None;
     while let Some(update) = updates.message().await.context("WatchRun stream")? {
         let Some(current) = update.run else { continue };
-        if matches!(
-            gofer_proto::run_state_name(current.state),
-            "SUCCEEDED" | "FAILED" | "CANCELLED"
-        ) {
+        if current.state().is_terminal() {
             ended = Some((start.elapsed(), SystemTime::now()));
             last = Some(current);
             break;
@@ -270,7 +267,7 @@ async fn gofer_once(api: &mut Api, namespace: &str) -> Result<GoferSample> {
             last.map_or("unseen", |r| gofer_proto::run_state_name(r.state))
         );
     };
-    if gofer_proto::run_state_name(run.state) != "SUCCEEDED" {
+    if run.state() != gofer_proto::v1::RunState::Succeeded {
         bail!(
             "run {} ended {}: {}",
             run.id,

@@ -166,7 +166,7 @@ async fn measure(args: &Args, bins: &Path, dir: &Path, nodes: u64) -> Result<Fig
     let seconds = ((seen_all_ended - first_assignment) as f64 / 1000.0).max(0.001);
     let failed = runs
         .iter()
-        .filter(|r| gofer_proto::run_state_name(r.state) != "SUCCEEDED")
+        .filter(|r| r.state() != gofer_proto::v1::RunState::Succeeded)
         .count();
     ensure!(failed == 0, "{failed} runs did not succeed");
 

@@ -336,6 +336,16 @@ pub fn event_to_proto(event: &Event) -> v1::Event {
     }
 }
 
+impl v1::RunState {
+    /// Whether a run in this state has ended: SUCCEEDED, FAILED or CANCELLED.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            v1::RunState::Succeeded | v1::RunState::Failed | v1::RunState::Cancelled
+        )
+    }
+}
+
 /// The short name of a run state, as people read it: `SUCCEEDED`.
 pub fn run_state_name(state: i32) -> &'static str {
     match v1::RunState::try_from(state) {

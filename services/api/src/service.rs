@@ -405,8 +405,7 @@ impl GoferService for ApiService {
             let mut current = first;
             loop {
                 if last.as_ref() != Some(&current) {
-                    let terminal = gofer_proto::run_state_name(current.state);
-                    let done = matches!(terminal, "SUCCEEDED" | "FAILED" | "CANCELLED");
+                    let done = current.state().is_terminal();
                     if tx
                         .send(Ok(v1::WatchRunResponse {
                             run: Some(current.clone()),
