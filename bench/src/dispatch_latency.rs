@@ -25,7 +25,7 @@ use clap::Parser;
 use futures_util::StreamExt;
 use gofer_bench::{Api, ClientConfig, Machine, Summary, connect, millis, utc_timestamp};
 use gofer_proto::v1;
-use gofer_testkit::{BuildProfile, DEFAULT_LOG_FILTER, GoferDev, bin_dir_with_profile, toolbox_image};
+use gofer_testkit::{BuildProfile, DEFAULT_LOG_FILTER, GoferDev, bin_dir_with_profile, task_image};
 
 /// The pipeline every Gofer iteration runs.
 const PIPELINE_ID: &str = "bench";
@@ -110,9 +110,9 @@ fn main() -> Result<()> {
         BuildProfile::Release
     };
 
-    eprintln!("building goferd and goferctl ({profile:?}) and the toolbox image…");
+    eprintln!("building goferd and goferctl ({profile:?}) and the task image…");
     let bins = bin_dir_with_profile(profile)?;
-    let image = toolbox_image()?;
+    let image = task_image()?;
     let mut dev = GoferDev::start_with(bins, &args.gofer_log)?;
     let pipeline = format!(
         r#"{{"id": "{PIPELINE_ID}", "tasks": [{{"id": "{TASK_ID}", "image": "{image}", "command": ["{COMMAND}"]}}]}}"#

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use gofer_bench::{Api, ClientConfig, Machine, Summary, connect, millis, utc_timestamp};
 use gofer_proto::v1;
-use gofer_testkit::{BuildProfile, DEFAULT_LOG_FILTER, GoferDev, bin_dir_with_profile, toolbox_image};
+use gofer_testkit::{BuildProfile, DEFAULT_LOG_FILTER, GoferDev, bin_dir_with_profile, task_image};
 
 const SECTION_HEADING: &str = "## fire-skew";
 const GOAL_P99_MS: f64 = 1000.0;
@@ -80,9 +80,9 @@ fn main() -> Result<()> {
     } else {
         BuildProfile::Release
     };
-    eprintln!("building goferd and goferctl ({profile:?}) and the toolbox image…");
+    eprintln!("building goferd and goferctl ({profile:?}) and the task image…");
     let bins = bin_dir_with_profile(profile)?;
-    let image = toolbox_image()?;
+    let image = task_image()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

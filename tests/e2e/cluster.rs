@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gofer_testkit::{bin_dir, toolbox_image, wait_until};
+use gofer_testkit::{bin_dir, task_image, wait_until};
 use serde_json::Value;
 
 use crate::pipeline;
@@ -31,7 +31,7 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Result<Cluster> {
-        toolbox_image()?;
+        task_image()?;
         let bin = bin_dir()?;
         let dir = tempfile::Builder::new().prefix("gofer-cluster-").tempdir()?;
         let certs = dir.path().join("certs");

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use gofer_testkit::{bin_dir, toolbox_image, wait_until, workspace_root};
+use gofer_testkit::{bin_dir, task_image, wait_until, workspace_root};
 use serde_json::Value;
 
 use crate::pipeline;
@@ -44,7 +44,7 @@ fn free_port() -> Result<u16> {
 
 impl Deployment {
     pub(crate) fn up() -> Result<Deployment> {
-        toolbox_image()?;
+        task_image()?;
         let bin = bin_dir()?;
         let root = workspace_root();
         let unique = format!("{}{}", std::process::id(), free_port()?);

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use gofer_testkit::{TOOLBOX_IMAGE, wait_until};
+use gofer_testkit::{TASK_IMAGE, wait_until};
 use serde_json::Value;
 
 use crate::chaos::{one_run_per_request, start_run};
@@ -41,7 +41,7 @@ fn dispatch_chaos(deployment: &Deployment) -> Result<()> {
             .context("docker events")?,
     );
     let pipeline = serde_json::json!({"id": PIPELINE, "tasks": [{
-        "id": "a", "image": TOOLBOX_IMAGE,
+        "id": "a", "image": TASK_IMAGE,
         "command": ["sh", "-c", "echo run $GOFER_RUN task $GOFER_TASK attempt $GOFER_ATTEMPT; sleep 2"],
     }]});
     let file = tempfile::NamedTempFile::new()?;

@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use gofer_testkit::{GoferDev, toolbox_image, wait_until};
+use gofer_testkit::{GoferDev, task_image, wait_until};
 use serde_json::Value;
 
 use crate::{ChildGuard, pipeline, start, stderr, wait_for_end};
@@ -253,7 +253,7 @@ fn trigger_decisions_are_events_and_filters_keep_one_pipeline() -> Result<()> {
 
 #[test]
 fn events_past_the_retention_are_pruned_and_resuming_after_them_is_refused() -> Result<()> {
-    toolbox_image()?;
+    task_image()?;
     let dev = GoferDev::start_with_args(gofer_testkit::bin_dir()?, "info", &["--event-retention", "1s"])?;
     dev.register(&pipeline("brief", &[("only", "echo hi", &[])]))?;
     start_and_wait(&dev, "brief")?;

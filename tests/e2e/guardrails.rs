@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gofer_testkit::{GoferDev, TOOLBOX_IMAGE, wait_until};
+use gofer_testkit::{GoferDev, TASK_IMAGE, wait_until};
 use serde_json::Value;
 
 use crate::{now_millis, start, tasks, wait_for_end};
@@ -23,7 +23,7 @@ fn run_one_task(dev: &GoferDev, pipeline: &str, task: Value) -> Result<(String, 
 fn one_task(pipeline: &str, task: Value) -> String {
     let mut task = task;
     task["id"] = "a".into();
-    task["image"] = TOOLBOX_IMAGE.into();
+    task["image"] = TASK_IMAGE.into();
     serde_json::json!({"id": pipeline, "tasks": [task]}).to_string()
 }
 
@@ -143,7 +143,8 @@ fn a_task_over_its_memory_limit_is_killed_and_says_so() -> Result<()> {
     let (_, ended, task) = run_one_task(
         &dev,
         "hungry",
-        serde_json::json!({"command": ["alloc", "256"], "memory": "16MiB"}),
+        // `tail` keeps its input's last lines, and 256 MiB of zeros is one line: far past the limit.
+        serde_json::json!({"command": ["sh", "-c", "head -c 256M /dev/zero | tail >/dev/null"], "memory": "16MiB"}),
     )?;
     assert_eq!(ended["state"], "FAILED", "{ended}");
     let reason = task["state_reason"].as_str().unwrap_or_default();
@@ -155,7 +156,7 @@ fn a_task_over_its_memory_limit_is_killed_and_says_so() -> Result<()> {
 fn parallelism_one_runs_three_runs_started_at_once_one_after_the_other_in_order() -> Result<()> {
     let dev = start()?;
     let json = serde_json::json!({"id": "serial", "parallelism": 1, "tasks": [
-        {"id": "a", "image": TOOLBOX_IMAGE, "command": ["sleep", "1"]},
+        {"id": "a", "image": TASK_IMAGE, "command": ["sleep", "1"]},
     ]});
     dev.register(&json.to_string())?;
     for _ in 0..3 {
@@ -185,11 +186,11 @@ fn parallelism_one_runs_three_runs_started_at_once_one_after_the_other_in_order(
 fn cancel_gives_running_containers_the_grace_it_names_before_killing_them() -> Result<()> {
     let dev = start()?;
     let pipeline = format!("graceful-{}", std::process::id());
-    // The toolbox told to ignore SIGTERM stands for a task that does not stop when asked: only SIGKILL
-    // ends it.
+    // A shell that ignores SIGTERM, like the sleep it runs, stands for a task that does not stop when asked:
+    // only SIGKILL ends it.
     dev.register(&one_task(
         &pipeline,
-        serde_json::json!({"command": ["sleep", "300"], "env": {"GOFER_TOOLBOX_IGNORE_SIGTERM": "1"}}),
+        serde_json::json!({"command": ["sh", "-c", "trap '' TERM; sleep 300"]}),
     ))?;
     // Docker's own record of the signals sent to the container, followed from before the run starts.
     let file = tempfile::NamedTempFile::new()?;
@@ -236,15 +237,15 @@ fn cancel_gives_running_containers_the_grace_it_names_before_killing_them() -> R
 
 #[test]
 fn the_node_wide_container_limit_keeps_independent_tasks_from_running_at_once() -> Result<()> {
-    gofer_testkit::toolbox_image()?;
+    gofer_testkit::task_image()?;
     let dev = gofer_testkit::GoferDev::start_with_args(
         gofer_testkit::bin_dir()?,
         gofer_testkit::DEFAULT_LOG_FILTER,
         &["--max-containers", "1"],
     )?;
     let json = serde_json::json!({"id": "limited", "tasks": [
-        {"id": "a", "image": TOOLBOX_IMAGE, "command": ["sleep", "1"]},
-        {"id": "b", "image": TOOLBOX_IMAGE, "command": ["sleep", "1"]},
+        {"id": "a", "image": TASK_IMAGE, "command": ["sleep", "1"]},
+        {"id": "b", "image": TASK_IMAGE, "command": ["sleep", "1"]},
     ]});
     dev.register(&json.to_string())?;
     let run = dev.ctl_ok(&["run", "start", "limited"])?;
@@ -266,7 +267,7 @@ fn the_node_wide_container_limit_keeps_independent_tasks_from_running_at_once() 
 
 #[test]
 fn a_log_past_its_cap_keeps_its_head_and_tail_with_a_marker_between() -> Result<()> {
-    gofer_testkit::toolbox_image()?;
+    gofer_testkit::task_image()?;
     let dev = gofer_testkit::GoferDev::start_with_args(
         gofer_testkit::bin_dir()?,
         gofer_testkit::DEFAULT_LOG_FILTER,

@@ -1,4 +1,4 @@
-//! End to end: a real `goferd dev` process per test on a temp dir, real Docker, the locally built toolbox
+//! End to end: a real `goferd dev` process per test on a temp dir, real Docker, the locally built task
 //! image, driven with `goferctl` exactly as a user would. Every test cleans up its process and containers
 //! through `GoferDev`'s drop, even when it fails.
 
@@ -17,12 +17,12 @@ mod triggers;
 use std::time::Duration;
 
 use anyhow::Result;
-use gofer_testkit::{GoferDev, TOOLBOX_IMAGE, toolbox_image, wait_until};
+use gofer_testkit::{GoferDev, TASK_IMAGE, task_image, wait_until};
 use serde_json::Value;
 
-/// Starts a server with the toolbox image built.
+/// Starts a server with the task image built.
 fn start() -> Result<GoferDev> {
-    toolbox_image()?;
+    task_image()?;
     GoferDev::start()
 }
 
@@ -38,7 +38,7 @@ fn pipeline(id: &str, tasks: &[TaskSpec]) -> String {
                 .iter()
                 .map(|(p, c)| (p.to_string(), Value::String(c.to_string())))
                 .collect();
-            serde_json::json!({"id": task, "image": TOOLBOX_IMAGE, "command": ["sh", "-c", script], "depends_on": deps})
+            serde_json::json!({"id": task, "image": TASK_IMAGE, "command": ["sh", "-c", script], "depends_on": deps})
         })
         .collect();
     serde_json::json!({"id": id, "name": id, "tasks": tasks}).to_string()

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gofer_testkit::{TOOLBOX_IMAGE, wait_until};
+use gofer_testkit::{TASK_IMAGE, wait_until};
 
 use crate::{pipeline, start, stderr, tasks, wait_for_end};
 
@@ -278,7 +278,7 @@ fn containers_no_live_attempt_owns_are_removed_on_start() -> Result<()> {
             "--label",
             "dev.gofer.attempt-key=default/gone/9/x/1",
         ])
-        .args([TOOLBOX_IMAGE, "sleep", "300"])
+        .args([TASK_IMAGE, "sleep", "300"])
         .output()?;
     assert!(created.status.success(), "{}", stderr(&created));
     dev.restart()?;
@@ -386,7 +386,7 @@ fn a_request_id_starts_one_run_even_when_repeated_across_a_restart() -> Result<(
 fn a_task_that_fails_twice_succeeds_on_its_third_attempt_under_retries_two() -> Result<()> {
     let dev = start()?;
     let json = serde_json::json!({"id": "flaky", "tasks": [{
-        "id": "a", "image": gofer_testkit::TOOLBOX_IMAGE, "retries": 2, "backoff": "100ms",
+        "id": "a", "image": gofer_testkit::TASK_IMAGE, "retries": 2, "backoff": "100ms",
         "command": ["sh", "-c", "echo attempt $GOFER_ATTEMPT; test $GOFER_ATTEMPT -ge 3"],
     }]});
     dev.register(&json.to_string())?;
@@ -427,7 +427,7 @@ fn a_task_that_fails_twice_succeeds_on_its_third_attempt_under_retries_two() -> 
 fn parameters_reach_every_task_and_a_retry_runs_the_same_version_and_parameters() -> Result<()> {
     let dev = start()?;
     let json = serde_json::json!({"id": "params", "tasks": [
-        {"id": "a", "image": gofer_testkit::TOOLBOX_IMAGE, "command": ["sh", "-c", "echo $TARGET $COLOR"],
+        {"id": "a", "image": gofer_testkit::TASK_IMAGE, "command": ["sh", "-c", "echo $TARGET $COLOR"],
          "env": {"COLOR": "task-wins"}},
     ]});
     dev.register(&json.to_string())?;
@@ -445,7 +445,7 @@ fn parameters_reach_every_task_and_a_retry_runs_the_same_version_and_parameters(
     assert_eq!(dev.ctl_ok(&["task", "logs", "params", "1", "a"])?, "prod task-wins\n");
     // A new version does not change what a retry of run 1 runs.
     let json = serde_json::json!({"id": "params", "tasks": [
-        {"id": "a", "image": gofer_testkit::TOOLBOX_IMAGE, "command": ["sh", "-c", "echo version two"]},
+        {"id": "a", "image": gofer_testkit::TASK_IMAGE, "command": ["sh", "-c", "echo version two"]},
     ]});
     assert_eq!(dev.register(&json.to_string())?, 2);
     let retry = dev.ctl_json(&["run", "retry", "params", "1"])?;
@@ -483,7 +483,7 @@ fn parameters_reach_every_task_and_a_retry_runs_the_same_version_and_parameters(
 fn a_pipeline_keeps_its_newest_runs_and_their_logs_and_prunes_the_rest() -> Result<()> {
     let dev = start()?;
     let json = serde_json::json!({"id": "kept", "keep_runs": 2, "tasks": [
-        {"id": "a", "image": gofer_testkit::TOOLBOX_IMAGE, "command": ["echo", "hello"]},
+        {"id": "a", "image": gofer_testkit::TASK_IMAGE, "command": ["echo", "hello"]},
     ]});
     dev.register(&json.to_string())?;
     for _ in 0..3 {

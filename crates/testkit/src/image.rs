@@ -1,15 +1,26 @@
-//! Builds Gofer's local test and demo image: the static `gofer-toolbox` multi-call binary
-//! (`crates/toolbox`) installed in an image `FROM scratch`.
+//! Builds Gofer's local test and demo image `FROM scratch` out of the host's own programs: its `sh` (dash
+//! on Debian), the coreutils that the tasks of the tests, the demo, the example and the benchmarks call,
+//! and the shared libraries `ldd` lists for each, the dynamic loader included, as
+//! `deploy/build-image.sh` builds goferd's image.
 //!
-//! It exists because the machine has no container registry to pull a base image from, so the
-//! end-to-end tests, the demo and the benchmark build their one image locally, from source. Several
-//! test processes may ask for the image at once: cargo serialises the binary builds itself, the
-//! image step runs under a machine-wide lock file per tag, a rebuild is skipped when the existing
-//! image already carries the binary's hash as a label, and a failed `docker build` still counts as
-//! success if the image that someone else produced meanwhile is the right one.
+//! It exists because the machine has no container registry to pull a base image from. It refuses to
+//! need anything a fresh Debian machine with Rust and Docker lacks (dash and coreutils are always there;
+//! busybox is not), and to compile any program for the image. Several test processes may ask for the
+//! image at once: the build runs under a machine-wide lock file per tag, a rebuild is skipped when the
+//! existing image already carries the SHA-256 of its inputs (every file copied in, and the Dockerfile)
+//! as a label, and a failed `docker build` still counts as success if the image that someone else
+//! produced meanwhile is the right one.
+//!
+//! The image's entrypoint, its PID 1, is GNU `timeout 0` (no time limit) in front of the task's command.
+//! The kernel drops a signal sent to a container's PID 1 unless PID 1 handles it, so a bare `sleep` would
+//! ignore `docker stop`'s SIGTERM until the grace ran out and SIGKILL came. `timeout` handles SIGTERM and
+//! SIGINT, passes them on to the command, and exits with the command's status (143 when SIGTERM ended
+//! it), so a task stops when asked unless it ignores SIGTERM itself.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,46 +28,53 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// The names the toolbox binary is installed under in the image's `/bin`.
-pub const TOOLBOX_COMMANDS: [&str; 11] = [
-    "gofer-toolbox",
-    "sh",
-    "echo",
-    "sleep",
-    "true",
-    "false",
-    "cat",
-    "env",
-    "test",
-    "alloc",
-    "seq",
+/// The programs the image holds in `/bin`, copied from the host: the shell, the commands the tasks call
+/// (`head` and `tail` make a memory-hungry task for the out-of-memory test), and `timeout`, the
+/// entrypoint. A task that needs another command needs its name here.
+const IMAGE_COMMANDS: [&str; 12] = [
+    "sh", "echo", "sleep", "true", "false", "cat", "env", "test", "seq", "head", "tail", "timeout",
 ];
 
-/// The only target installed on the build machine; static glibc is fine for the toolbox because it
-/// does no name-service (DNS/NSS) lookups.
-const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// Where the host's programs are looked up, in this order: the system's own directories, never the
+/// user's `PATH`, which may hold other implementations of the same commands.
+const HOST_BIN_DIRS: [&str; 2] = ["/usr/bin", "/bin"];
 
-/// The image label carrying the FNV-1a hash of the binary the image was built from.
-const HASH_LABEL: &str = "gofer.toolbox.hash";
+/// The Dockerfile, but for its last line, the label carrying the hash of the inputs (this text included).
+const DOCKERFILE: &str = "FROM scratch\n\
+    COPY rootfs/ /\n\
+    ENV PATH=/bin\n\
+    ENTRYPOINT [\"/bin/timeout\", \"0\"]\n\
+    CMD [\"/bin/sh\"]\n";
+
+/// The image label carrying the SHA-256 of the image's inputs, in hex.
+const HASH_LABEL: &str = "gofer.image.inputs-sha256";
 
 /// How long to wait for another process that is building the same tag.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Builds the toolbox binary statically and a local Docker image `tag` FROM scratch with it; returns once `docker image inspect tag` succeeds.
-pub fn build_toolbox_image(workspace_root: &Path, tag: &str) -> Result<()> {
-    let binary = build_toolbox_binary(workspace_root)?;
-    let bytes = std::fs::read(&binary).with_context(|| format!("reading the toolbox binary {}", binary.display()))?;
-    let hash = format!("{:016x}", fnv1a64(&bytes));
+/// One file of the image: its absolute path in the image and its bytes, read from the host.
+#[derive(Debug, PartialEq, Eq)]
+struct ImageFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// Builds the local Docker image `tag` FROM scratch with the host's shell, commands and their shared
+/// libraries; returns once `docker image inspect tag` shows it with the hash of those inputs.
+pub fn build_task_image(tag: &str) -> Result<()> {
+    let bin_dirs = HOST_BIN_DIRS.map(Path::new);
+    let files = host_files(&IMAGE_COMMANDS, &bin_dirs)?;
+    let hash = inputs_hash(&files, DOCKERFILE);
     let _lock = BuildLock::acquire(&std::env::temp_dir(), tag)?;
     if image_label(tag).is_ok_and(|label| label == hash) {
         return Ok(());
     }
 
     let context = tempfile::Builder::new()
-        .prefix("gofer-toolbox-image-")
+        .prefix("gofer-task-image-")
         .tempdir()
-        .context("creating a temporary Docker build context for the toolbox image")?;
-    write_build_context(context.path(), &bytes, &hash)?;
+        .context("creating a temporary Docker build context for the task image")?;
+    write_build_context(context.path(), &files, &hash)?;
     let mut build = Command::new("docker");
     build.args(["build", "-q", "-t", tag]).arg(context.path());
     let output = run(&mut build, "docker build")?;
@@ -66,76 +84,120 @@ pub fn build_toolbox_image(workspace_root: &Path, tag: &str) -> Result<()> {
             return Ok(());
         }
         bail!(
-            "building the toolbox image {tag}: `docker build -q -t {tag} {}` failed ({}): {}",
+            "building the task image {tag}: `docker build -q -t {tag} {}` failed ({}): {}",
             context.path().display(),
             output.status,
             stderr(&output)
         );
     }
-    let label = image_label(tag).with_context(|| format!("the toolbox image {tag} is missing after `docker build`"))?;
+    let label = image_label(tag).with_context(|| format!("the task image {tag} is missing after `docker build`"))?;
     if label != hash {
         bail!(
-            "the toolbox image {tag} has label {HASH_LABEL}={label:?} right after being built from \
-             a binary with hash {hash}; another process may be building it from different sources"
+            "the task image {tag} has label {HASH_LABEL}={label:?} right after being built from \
+             inputs with hash {hash}; another process may be building it from different files"
         );
     }
     Ok(())
 }
 
-/// The workspace root, found from CARGO_MANIFEST_DIR of gofer-testkit (two levels up).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("gofer-testkit lives two directories below the workspace root")
-        .to_path_buf()
+/// The files of the image, sorted by their path in it: each command of `commands`, found in the first
+/// of `bin_dirs` that has it, as `/bin/<command>`, and every shared library those need, at the path
+/// `ldd` names. Symbolic links are followed: the image gets the files' contents.
+fn host_files(commands: &[&str], bin_dirs: &[&Path]) -> Result<Vec<ImageFile>> {
+    // Path in the image -> the host file to copy there.
+    let mut sources: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    for command in commands {
+        let host = bin_dirs
+            .iter()
+            .map(|dir| dir.join(command))
+            .find(|path| path.is_file())
+            .with_context(|| {
+                format!("the task image needs `{command}`, which is in none of {bin_dirs:?} on this machine")
+            })?;
+        for library in shared_libraries(&host)? {
+            sources.insert(library.clone(), library);
+        }
+        sources.insert(Path::new("/bin").join(command), host);
+    }
+    sources
+        .into_iter()
+        .map(|(path, host)| {
+            let bytes = std::fs::read(&host).with_context(|| format!("reading {}", host.display()))?;
+            Ok(ImageFile { path, bytes })
+        })
+        .collect()
 }
 
-/// Builds the statically linked toolbox binary in its own target directory (so that its
-/// `RUSTFLAGS` do not invalidate the workspace's main build) and returns its path.
-fn build_toolbox_binary(workspace_root: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target_dir = workspace_root.join("target").join("toolbox");
-    let mut build = Command::new(&cargo);
-    build
-        .current_dir(workspace_root)
-        .args(["build", "--release", "-p", "gofer-toolbox", "--target", TARGET])
-        .arg("--manifest-path")
-        .arg(workspace_root.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        // Takes precedence over RUSTFLAGS, so it must not leak in from a surrounding cargo.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("RUSTFLAGS", "-C target-feature=+crt-static");
-    let output = run(&mut build, "cargo build")?;
+/// The shared libraries `ldd` lists for `binary`, the dynamic loader included: absolute paths on the
+/// host, where the image needs them too. None for a statically linked binary.
+pub(crate) fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let mut ldd = Command::new("ldd");
+    ldd.arg(binary);
+    let output = run(&mut ldd, "ldd")?;
+    let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
+        if stderr(&output).contains("not a dynamic executable") || text.contains("not a dynamic executable") {
+            return Ok(Vec::new());
+        }
         bail!(
-            "building the static toolbox binary: `{} build --release -p gofer-toolbox --target {TARGET}` \
-             with RUSTFLAGS=\"-C target-feature=+crt-static\" failed ({}): {}",
-            cargo.to_string_lossy(),
+            "`ldd {}` failed ({}): {}",
+            binary.display(),
             output.status,
             stderr(&output)
         );
     }
-    Ok(target_dir.join(TARGET).join("release").join("gofer-toolbox"))
+    parse_ldd(&text).with_context(|| format!("`ldd {}`", binary.display()))
 }
 
-/// Fills `dir` with `bin/` (the binary under every name in [`TOOLBOX_COMMANDS`]) and the Dockerfile.
-fn write_build_context(dir: &Path, binary: &[u8], hash: &str) -> Result<()> {
-    let bin = dir.join("bin");
-    std::fs::create_dir(&bin).with_context(|| format!("creating {}", bin.display()))?;
-    for name in TOOLBOX_COMMANDS {
-        let path = bin.join(name);
-        std::fs::write(&path, binary).with_context(|| format!("writing {}", path.display()))?;
+/// The absolute paths in `ldd`'s output. Its lines look like `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6
+/// (0x...)`, `/lib64/ld-linux-x86-64.so.2 (0x...)` or `linux-vdso.so.1 (0x...)` (the vDSO, which is no
+/// file); a library it could not find (`libx.so.1 => not found`) is an error.
+fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for line in text.lines() {
+        let resolved = line.rsplit("=>").next().unwrap_or_default().trim();
+        if resolved.starts_with("not found") {
+            bail!("a shared library is missing: {}", line.trim());
+        }
+        if let Some(path) = resolved.split_whitespace().next().filter(|path| path.starts_with('/')) {
+            paths.push(PathBuf::from(path));
+        }
+    }
+    Ok(paths)
+}
+
+/// The SHA-256, in hex, of `dockerfile` and of every file's path, length and bytes, in `files`' order.
+fn inputs_hash(files: &[ImageFile], dockerfile: &str) -> String {
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    hash.update(dockerfile.as_bytes());
+    for file in files {
+        hash.update(file.path.as_os_str().as_bytes());
+        hash.update(&[0]);
+        hash.update(&u64::try_from(file.bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
+        hash.update(&file.bytes);
+    }
+    hash.finish()
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Fills `dir` with `rootfs/` (every file of `files` at its path, executable) and the Dockerfile,
+/// labelled with `hash`.
+fn write_build_context(dir: &Path, files: &[ImageFile], hash: &str) -> Result<()> {
+    let rootfs = dir.join("rootfs");
+    for file in files {
+        let path = rootfs.join(file.path.strip_prefix("/").unwrap_or(&file.path));
+        let parent = path.parent().unwrap_or(&rootfs);
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::write(&path, &file.bytes).with_context(|| format!("writing {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("making {} executable", path.display()))?;
     }
     let dockerfile = dir.join("Dockerfile");
-    std::fs::write(&dockerfile, dockerfile_text(hash)).with_context(|| format!("writing {}", dockerfile.display()))
-}
-
-fn dockerfile_text(hash: &str) -> String {
-    format!("FROM scratch\nCOPY bin/ /bin/\nENV PATH=/bin\nLABEL {HASH_LABEL}={hash}\nCMD [\"/bin/sh\"]\n")
+    std::fs::write(&dockerfile, format!("{DOCKERFILE}LABEL {HASH_LABEL}={hash}\n"))
+        .with_context(|| format!("writing {}", dockerfile.display()))
 }
 
 /// The value of the hash label of image `tag` (empty if it has none); an error if
@@ -177,7 +239,7 @@ impl BuildLock {
                 }
             })
             .collect();
-        let path = dir.join(format!("gofer-toolbox-image-{name}.lock"));
+        let path = dir.join(format!("gofer-task-image-{name}.lock"));
         let deadline = Instant::now() + LOCK_TIMEOUT;
         loop {
             match OpenOptions::new().write(true).create_new(true).open(&path) {
@@ -195,7 +257,7 @@ impl BuildLock {
                     if Instant::now() >= deadline {
                         bail!(
                             "timed out after {LOCK_TIMEOUT:?} waiting for the lock file {} of another \
-                             process building the toolbox image {tag}",
+                             process building the task image {tag}",
                             path.display()
                         );
                     }
@@ -247,74 +309,5 @@ fn stderr(output: &Output) -> String {
     }
 }
 
-/// 64-bit FNV-1a: a tiny, dependency-free fingerprint of the binary (not a security measure).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fnv1a64_matches_the_reference_vectors() {
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
-    }
-
-    #[test]
-    fn workspace_root_is_two_levels_above_testkit() {
-        let root = workspace_root();
-        assert!(root.join("Cargo.toml").is_file(), "{}", root.display());
-        assert!(root.join("crates/testkit/Cargo.toml").is_file(), "{}", root.display());
-    }
-
-    #[test]
-    fn build_lock_is_exclusive_and_breaks_stale_locks() {
-        let dir = tempfile::tempdir().unwrap();
-        let lock = BuildLock::acquire(dir.path(), "repo/name:tag").unwrap();
-        assert_eq!(lock.path, dir.path().join("gofer-toolbox-image-repo_name_tag.lock"));
-        assert_eq!(
-            std::fs::read_to_string(&lock.path).unwrap(),
-            std::process::id().to_string()
-        );
-        assert!(!lock_is_stale(&lock.path));
-
-        // A waiter gets the lock once the holder releases it.
-        let waiter = {
-            let dir = dir.path().to_path_buf();
-            std::thread::spawn(move || BuildLock::acquire(&dir, "repo/name:tag").map(|_| Instant::now()))
-        };
-        std::thread::sleep(Duration::from_millis(300));
-        let released = Instant::now();
-        drop(lock);
-        assert!(waiter.join().unwrap().unwrap() >= released);
-
-        // A lock whose owner no longer exists is taken over.
-        let path = dir.path().join("gofer-toolbox-image-dead.lock");
-        std::fs::write(&path, u32::MAX.to_string()).unwrap();
-        assert!(lock_is_stale(&path));
-        let lock = BuildLock::acquire(dir.path(), "dead").unwrap();
-        drop(lock);
-        assert!(!path.exists());
-    }
-
-    #[test]
-    fn build_context_holds_every_command_and_the_labelled_dockerfile() {
-        let dir = tempfile::tempdir().unwrap();
-        write_build_context(dir.path(), b"\x7fELF fake", "0123456789abcdef").unwrap();
-        for name in TOOLBOX_COMMANDS {
-            let path = dir.path().join("bin").join(name);
-            assert_eq!(std::fs::read(&path).unwrap(), b"\x7fELF fake");
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o755);
-        }
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("Dockerfile")).unwrap(),
-            "FROM scratch\nCOPY bin/ /bin/\nENV PATH=/bin\n\
-             LABEL gofer.toolbox.hash=0123456789abcdef\nCMD [\"/bin/sh\"]\n"
-        );
-    }
-}
+mod tests;

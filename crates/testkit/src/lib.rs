@@ -1,21 +1,31 @@
 //! What Gofer's end-to-end tests, the demo and the benchmark share: build the binaries and the local
-//! toolbox image, start `goferd dev` as a real process on a temp dir, drive it with `goferctl`, and clean
+//! task image, start `goferd dev` as a real process on a temp dir, drive it with `goferctl`, and clean
 //! up its containers and process even when a test fails.
 
 mod image;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-pub use image::{TOOLBOX_COMMANDS, build_toolbox_image, workspace_root};
+pub use image::build_task_image;
 
-/// The local image the demo and tests run tasks in.
-pub const TOOLBOX_IMAGE: &str = "gofer/toolbox:1";
+/// The local image the demo, the tests, the example and the benchmarks run tasks in: the host's `sh`
+/// and coreutils `FROM scratch` (see [`build_task_image`]).
+pub const TASK_IMAGE: &str = "gofer/toolbox:1";
+
+/// The workspace root, found from CARGO_MANIFEST_DIR of gofer-testkit (two levels up).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("gofer-testkit lives two directories below the workspace root")
+        .to_path_buf()
+}
 
 /// A `cargo` command run in the workspace root.
 ///
@@ -92,14 +102,14 @@ pub fn bin_dir_with_profile(profile: BuildProfile) -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
-/// Builds the toolbox image once per process.
-pub fn toolbox_image() -> Result<&'static str> {
+/// Builds the task image [`TASK_IMAGE`] once per process and returns its tag.
+pub fn task_image() -> Result<&'static str> {
     static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| build_toolbox_image(&workspace_root(), TOOLBOX_IMAGE).map_err(|e| format!("{e:#}")))
+        .get_or_init(|| build_task_image(TASK_IMAGE).map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)?;
-    Ok(TOOLBOX_IMAGE)
+    Ok(TASK_IMAGE)
 }
 
 /// Waits for `check` to return `Some`, polling every 50 ms until `deadline`; the error says what was
@@ -400,27 +410,15 @@ pub fn build_binary_image(package: &str, bin: &str, tag: &str) -> Result<()> {
     }
     let binary = bin_dir()?.join(bin);
     let context = tempfile::Builder::new().prefix("gofer-image-").tempdir()?;
-    let copy_into = |source: &std::path::Path, dest: &std::path::Path| -> Result<()> {
+    let copy_into = |source: &Path, dest: &Path| -> Result<()> {
         let target = context.path().join(dest.strip_prefix("/").unwrap_or(dest));
         std::fs::create_dir_all(target.parent().context("a parent dir")?)?;
         std::fs::copy(source, &target).with_context(|| format!("copying {}", source.display()))?;
         Ok(())
     };
     copy_into(&binary, &PathBuf::from("/bin").join(bin))?;
-    let ldd = Command::new("ldd").arg(&binary).output().context("running ldd")?;
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        // Lines look like `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`.
-        let path = line
-            .split("=>")
-            .last()
-            .unwrap_or_default()
-            .split_whitespace()
-            .next()
-            .unwrap_or_default();
-        if path.starts_with('/') {
-            let real = std::fs::canonicalize(path)?;
-            copy_into(&real, std::path::Path::new(path))?;
-        }
+    for library in image::shared_libraries(&binary)? {
+        copy_into(&library, &library)?;
     }
     std::fs::write(
         context.path().join("Dockerfile"),
@@ -438,3 +436,6 @@ pub fn build_binary_image(package: &str, bin: &str, tag: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

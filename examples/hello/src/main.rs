@@ -2,7 +2,7 @@
 //! with `cargo run --quiet` and registers the JSON it prints.
 //!
 //! It uses `gofer/toolbox:1`, the small image that `cargo demo` and the tests build locally (there is no
-//! registry to pull from): its `sh -c` understands `;`, `&&`, `||`, quotes, `$VAR` and `>&2`.
+//! registry to pull from) out of the host's own `sh` and coreutils.
 
 use gofer_sdk::{Condition, Pipeline, Task};
 

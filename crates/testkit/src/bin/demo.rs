@@ -1,4 +1,4 @@
-//! `cargo demo`: the quick start in one command. Builds Gofer and the local toolbox image, starts
+//! `cargo demo`: the quick start in one command. Builds Gofer and the local task image, starts
 //! `goferd dev` on a temp dir, registers the example pipeline (`examples/hello`, written with the Rust
 //! SDK), runs it, streams each task's logs as it runs, prints the result, stops the server and exits 0
 //! when the run succeeded.
@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use gofer_testkit::{GoferDev, toolbox_image, workspace_root};
+use gofer_testkit::{GoferDev, task_image, workspace_root};
 
 fn main() -> ExitCode {
     match demo() {
@@ -23,9 +23,9 @@ fn step(text: &str) {
 }
 
 fn demo() -> Result<()> {
-    step("building goferd, goferctl and the local toolbox image (there is no registry to pull from)");
+    step("building goferd, goferctl and the local task image (there is no registry to pull from)");
     gofer_testkit::bin_dir()?;
-    let image = toolbox_image()?;
+    let image = task_image()?;
     println!("image {image} is ready");
 
     step("starting goferd dev on a temp data dir");
