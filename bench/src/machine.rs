@@ -43,7 +43,7 @@ impl Machine {
 }
 
 /// The workspace's commit, marked when the product's code has uncommitted changes (the benchmark's own
-/// crates, `bench/` and `crates/testkit/`, do not count: they are not what is measured).
+/// crates, `bench/` and `tests/testkit/`, do not count: they are not what is measured).
 fn revision() -> String {
     let root = gofer_testkit::workspace_root();
     let git = |args: &[&str]| {
@@ -55,7 +55,7 @@ fn revision() -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    let status = git(&["status", "--porcelain", "--", ".", ":!bench", ":!crates/testkit"]);
+    let status = git(&["status", "--porcelain", "--", ".", ":!bench", ":!tests/testkit"]);
     match (git(&["rev-parse", "--short", "HEAD"]), status) {
         (Some(commit), Some(status)) if status.is_empty() => commit,
         (Some(commit), Some(_)) => format!("{commit} with uncommitted changes to the product"),

@@ -88,7 +88,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_rust_file_says_what_it_owns() {
     let mut files = Vec::new();
-    for dir in ["crates", "services", "tests", "bench", "examples"] {
+    for dir in ["crates", "goferd", "services", "tests", "bench", "examples"] {
         rust_files(&root().join(dir), &mut files);
     }
     assert!(files.len() > 20, "found the sources: {}", files.len());

@@ -6,5 +6,5 @@ use super::*;
 fn workspace_root_is_two_levels_above_testkit() {
     let root = workspace_root();
     assert!(root.join("Cargo.toml").is_file(), "{}", root.display());
-    assert!(root.join("crates/testkit/Cargo.toml").is_file(), "{}", root.display());
+    assert!(root.join("tests/testkit/Cargo.toml").is_file(), "{}", root.display());
 }
