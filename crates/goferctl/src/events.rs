@@ -82,7 +82,7 @@ fn print(event: &v1::Event, format: Format) {
 }
 
 /// An event as one line of JSON: the proto's fields, its kind named in `kind` and its details under it.
-fn json_line(event: &v1::Event) -> String {
+pub(crate) fn json_line(event: &v1::Event) -> String {
     use v1::event::Kind;
     let (kind, detail) = match &event.kind {
         Some(Kind::Run(r)) => (

@@ -769,3 +769,54 @@ async fn start_run(
         ExitCode::FAILURE
     })
 }
+
+#[cfg(test)]
+#[path = "json/samples.rs"]
+mod samples;
+
+/// Today's hand-written `-o json` output of the samples, kept as golden files for the generated output
+/// that replaces it.
+#[cfg(test)]
+mod golden {
+    use crate::{output, samples};
+    use serde_json::{Value, json};
+
+    fn assert_golden(name: &str, value: &Value) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("src/json/golden/{name}.json"));
+        let text = std::fs::read_to_string(&path).expect("the golden file is there");
+        let golden: Value = serde_json::from_str(&text).expect("the golden file is JSON");
+        assert_eq!(value, &golden, "{name}");
+    }
+
+    #[test]
+    fn the_hand_written_output_is_the_golden_output() {
+        assert_golden("namespace", &output::namespace(&samples::namespace()));
+        assert_golden("pipeline", &output::pipeline(&samples::pipeline()));
+        let mut get = output::pipeline(&samples::pipeline());
+        get["config"] = output::config(&samples::config());
+        assert_golden("pipeline_get", &get);
+        assert_golden(
+            "pipeline_register",
+            &json!({"pipeline": output::pipeline(&samples::pipeline()), "version": 4}),
+        );
+        assert_golden("run", &output::run(&samples::run()));
+        assert_golden("run_manual", &output::run(&samples::manual_run()));
+        let mut started = output::run(&samples::run());
+        started["created"] = false.into();
+        assert_golden("run_started", &started);
+        assert_golden(
+            "tasks",
+            &Value::Array(samples::tasks().iter().map(output::task).collect()),
+        );
+        assert_golden("extension", &output::extension(&samples::extension()));
+        assert_golden("subscription", &output::subscription(&samples::subscription()));
+        assert_golden("cluster_status", &output::cluster_status(&samples::cluster_status()));
+        let events: Vec<Value> = samples::events()
+            .iter()
+            .map(|e| serde_json::from_str(&crate::events::json_line(e)).expect("a JSON line"))
+            .collect();
+        assert_golden("events", &Value::Array(events));
+        let chunk = samples::log_chunk();
+        assert_golden("log_chunk", &json!({ "data": String::from_utf8_lossy(&chunk.data) }));
+    }
+}
