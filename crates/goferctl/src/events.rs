@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use gofer_proto::v1;
-use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::Failure;
 use crate::client::{self, Api, Settings};
+use crate::json;
 use crate::output::{self, Format};
 
 /// How long `--follow` keeps trying to reconnect before it gives up.
@@ -67,7 +67,7 @@ pub async fn list(
 
 fn print(event: &v1::Event, format: Format) {
     match format {
-        Format::Json => say!("{}", json_line(event)),
+        Format::Json => say!("{}", json::value(event)),
         Format::Table => say!(
             "{:<8} {}  {}/{}  {}",
             event.id,
@@ -79,46 +79,6 @@ fn print(event: &v1::Event, format: Format) {
     }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-}
-
-/// An event as one line of JSON: the proto's fields, its kind named in `kind` and its details under it.
-pub(crate) fn json_line(event: &v1::Event) -> String {
-    use v1::event::Kind;
-    let (kind, detail) = match &event.kind {
-        Some(Kind::Run(r)) => (
-            "run",
-            json!({"run_id": r.run_id, "state": gofer_proto::run_state_name(r.state), "reason": r.reason}),
-        ),
-        Some(Kind::Task(t)) => (
-            "task",
-            json!({
-                "run_id": t.run_id, "task_id": t.task_id, "attempt": t.attempt,
-                "state": gofer_proto::task_state_name(t.state), "reason": t.reason,
-            }),
-        ),
-        Some(Kind::Fire(f)) => (
-            "fire",
-            json!({
-                "subscription_label": f.subscription_label, "extension": f.extension,
-                "idempotency_key": f.idempotency_key, "scheduled_unix_millis": f.scheduled_unix_millis,
-                "decision": decision_name(f.decision), "run_id": f.run_id, "reason": f.reason,
-            }),
-        ),
-        Some(Kind::FiresSkipped(s)) => (
-            "fires_skipped",
-            json!({
-                "subscription_label": s.subscription_label, "count": s.count,
-                "last_scheduled_unix_millis": s.last_scheduled_unix_millis, "reason": s.reason,
-            }),
-        ),
-        None => ("unknown", Value::Null),
-    };
-    let mut value = json!({
-        "id": event.id, "emitted_unix_millis": event.emitted_unix_millis,
-        "namespace_id": event.namespace_id, "pipeline_id": event.pipeline_id, "kind": kind,
-    });
-    value[kind] = detail;
-    value.to_string()
 }
 
 fn decision_name(decision: i32) -> &'static str {

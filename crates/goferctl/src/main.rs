@@ -17,6 +17,7 @@ macro_rules! say {
 
 mod client;
 mod events;
+mod json;
 mod output;
 
 use std::io::Write;
@@ -293,7 +294,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let ns = response.into_inner().namespace.unwrap_or_default();
             output::emit(
                 format,
-                || print_json(&output::namespace(&ns)),
+                || print_json(&json::value(&ns)),
                 || say!("namespace {} created", ns.id),
             );
         }
@@ -304,9 +305,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(client::status)?
                 .into_inner();
             match format {
-                Format::Json => print_json(&serde_json::Value::Array(
-                    list.namespaces.iter().map(output::namespace).collect(),
-                )),
+                Format::Json => print_json(&json::values(&list.namespaces)),
                 Format::Table => print_table(
                     &["ID", "CREATED (UTC)"],
                     list.namespaces
@@ -327,12 +326,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .await
                 .map_err(client::status)?
                 .into_inner();
-            let pipeline = response.pipeline.unwrap_or_default();
             match format {
-                Format::Json => print_json(&serde_json::json!({
-                    "pipeline": output::pipeline(&pipeline), "version": response.version,
-                })),
-                Format::Table => say!("pipeline {} version {}", pipeline.id, response.version),
+                Format::Json => print_json(&json::value(&response)),
+                Format::Table => say!(
+                    "pipeline {} version {}",
+                    response.pipeline.unwrap_or_default().id,
+                    response.version
+                ),
             }
         }
         Command::Pipeline(PipelineCommand::List) => {
@@ -344,9 +344,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(client::status)?
                 .into_inner();
             match format {
-                Format::Json => print_json(&serde_json::Value::Array(
-                    list.pipelines.iter().map(output::pipeline).collect(),
-                )),
+                Format::Json => print_json(&json::values(&list.pipelines)),
                 Format::Table => print_table(
                     &["ID", "NAME", "VERSION", "UPDATED (UTC)"],
                     list.pipelines
@@ -376,8 +374,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let config = response.config.unwrap_or_default();
             match format {
                 Format::Json => {
-                    let mut value = output::pipeline(&pipeline);
-                    value["config"] = output::config(&config);
+                    let mut value = json::value(&pipeline);
+                    value["config"] = json::value(&config);
                     print_json(&value)
                 }
                 Format::Table => output::describe_pipeline(&pipeline, &config),
@@ -435,7 +433,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .unwrap_or_default();
             output::emit(
                 format,
-                || print_json(&output::run(&run)),
+                || print_json(&json::value(&run)),
                 || output::runs_table(std::slice::from_ref(&run)),
             );
         }
@@ -447,7 +445,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let runs = api.list_runs(request).await.map_err(client::status)?.into_inner().runs;
             output::emit(
                 format,
-                || print_json(&serde_json::Value::Array(runs.iter().map(output::run).collect())),
+                || print_json(&json::values(&runs)),
                 || output::runs_table(&runs),
             );
         }
@@ -468,7 +466,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .run
                 .unwrap_or_default();
             match format {
-                Format::Json => print_json(&output::run(&run)),
+                Format::Json => print_json(&json::value(&run)),
                 Format::Table => say!(
                     "run {} of {} is being cancelled ({})",
                     run.id,
@@ -491,7 +489,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .task_executions;
             output::emit(
                 format,
-                || print_json(&serde_json::Value::Array(tasks.iter().map(output::task).collect())),
+                || print_json(&json::values(&tasks)),
                 || output::tasks_table(&tasks),
             );
         }
@@ -502,9 +500,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(client::status)?
                 .into_inner();
             match format {
-                Format::Json => print_json(&serde_json::Value::Array(
-                    list.extensions.iter().map(output::extension).collect(),
-                )),
+                Format::Json => print_json(&json::values(&list.extensions)),
                 Format::Table => output::extensions_table(&list.extensions),
             }
         }
@@ -516,7 +512,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let extension = response.into_inner().extension.unwrap_or_default();
             output::emit(
                 format,
-                || print_json(&output::extension(&extension)),
+                || print_json(&json::value(&extension)),
                 || output::describe_extension(&extension),
             );
         }
@@ -530,7 +526,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let extension = response.into_inner().extension.unwrap_or_default();
             output::emit(
                 format,
-                || print_json(&output::extension(&extension)),
+                || print_json(&json::value(&extension)),
                 || say!("extension {} installed from {}", extension.name, extension.image),
             );
         }
@@ -560,7 +556,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let response = api.create_subscription(request).await.map_err(client::status)?;
             let subscription = response.into_inner().subscription.unwrap_or_default();
             match format {
-                Format::Json => print_json(&output::subscription(&subscription)),
+                Format::Json => print_json(&json::value(&subscription)),
                 Format::Table => {
                     say!(
                         "subscription {} of {} to {} created",
@@ -585,9 +581,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(client::status)?
                 .into_inner();
             match format {
-                Format::Json => print_json(&serde_json::Value::Array(
-                    list.subscriptions.iter().map(output::subscription).collect(),
-                )),
+                Format::Json => print_json(&json::values(&list.subscriptions)),
                 Format::Table => output::subscriptions_table(&list.subscriptions),
             }
         }
@@ -601,7 +595,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let subscription = response.into_inner().subscription.unwrap_or_default();
             output::emit(
                 format,
-                || print_json(&output::subscription(&subscription)),
+                || print_json(&json::value(&subscription)),
                 || output::describe_subscription(&subscription),
             );
         }
@@ -627,7 +621,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .into_inner();
             output::emit(
                 format,
-                || print_json(&output::cluster_status(&status)),
+                || print_json(&json::value(&status)),
                 || output::describe_cluster(&status),
             );
         }
@@ -687,7 +681,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             while let Some(chunk) = stream.message().await.map_err(client::status)? {
                 printed |= !chunk.data.is_empty();
                 if format == Format::Json {
-                    print_json(&serde_json::json!({ "data": String::from_utf8_lossy(&chunk.data) }));
+                    print_json(&json::value(&chunk));
                 } else {
                     if let Err(err) = stdout.write_all(&chunk.data).and_then(|()| stdout.flush()) {
                         output::stdout_failed(err);
@@ -739,7 +733,7 @@ async fn start_run(
     }
     if !wait {
         let json = || {
-            let mut value = output::run(&run);
+            let mut value = json::value(&run);
             value["created"] = created.into();
             print_json(&value)
         };
@@ -753,7 +747,7 @@ async fn start_run(
     let last = client::wait_for_run(api, namespace, pipeline, run.id).await?;
     let state = gofer_proto::run_state_name(last.state);
     match format {
-        Format::Json => print_json(&output::run(&last)),
+        Format::Json => print_json(&json::value(&last)),
         Format::Table => {
             let reason = if last.state_reason.is_empty() {
                 String::new()
@@ -768,55 +762,4 @@ async fn start_run(
     } else {
         ExitCode::FAILURE
     })
-}
-
-#[cfg(test)]
-#[path = "json/samples.rs"]
-mod samples;
-
-/// Today's hand-written `-o json` output of the samples, kept as golden files for the generated output
-/// that replaces it.
-#[cfg(test)]
-mod golden {
-    use crate::{output, samples};
-    use serde_json::{Value, json};
-
-    fn assert_golden(name: &str, value: &Value) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("src/json/golden/{name}.json"));
-        let text = std::fs::read_to_string(&path).expect("the golden file is there");
-        let golden: Value = serde_json::from_str(&text).expect("the golden file is JSON");
-        assert_eq!(value, &golden, "{name}");
-    }
-
-    #[test]
-    fn the_hand_written_output_is_the_golden_output() {
-        assert_golden("namespace", &output::namespace(&samples::namespace()));
-        assert_golden("pipeline", &output::pipeline(&samples::pipeline()));
-        let mut get = output::pipeline(&samples::pipeline());
-        get["config"] = output::config(&samples::config());
-        assert_golden("pipeline_get", &get);
-        assert_golden(
-            "pipeline_register",
-            &json!({"pipeline": output::pipeline(&samples::pipeline()), "version": 4}),
-        );
-        assert_golden("run", &output::run(&samples::run()));
-        assert_golden("run_manual", &output::run(&samples::manual_run()));
-        let mut started = output::run(&samples::run());
-        started["created"] = false.into();
-        assert_golden("run_started", &started);
-        assert_golden(
-            "tasks",
-            &Value::Array(samples::tasks().iter().map(output::task).collect()),
-        );
-        assert_golden("extension", &output::extension(&samples::extension()));
-        assert_golden("subscription", &output::subscription(&samples::subscription()));
-        assert_golden("cluster_status", &output::cluster_status(&samples::cluster_status()));
-        let events: Vec<Value> = samples::events()
-            .iter()
-            .map(|e| serde_json::from_str(&crate::events::json_line(e)).expect("a JSON line"))
-            .collect();
-        assert_golden("events", &Value::Array(events));
-        let chunk = samples::log_chunk();
-        assert_golden("log_chunk", &json!({ "data": String::from_utf8_lossy(&chunk.data) }));
-    }
 }

@@ -1,7 +1,7 @@
 //! What goferctl prints: JSON with the proto messages' field names, or aligned tables for people.
 
 use gofer_proto::v1;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The output format of read verbs.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,18 +91,6 @@ fn duration(start: i64, end: i64) -> String {
     format!("{:.1}s", (end - start) as f64 / 1000.0)
 }
 
-pub fn namespace(ns: &v1::Namespace) -> Value {
-    json!({ "id": ns.id, "created_unix_millis": ns.created_unix_millis })
-}
-
-pub fn pipeline(p: &v1::Pipeline) -> Value {
-    json!({
-        "namespace_id": p.namespace_id, "id": p.id, "name": p.name, "description": p.description,
-        "latest_version": p.latest_version, "created_unix_millis": p.created_unix_millis,
-        "updated_unix_millis": p.updated_unix_millis,
-    })
-}
-
 fn condition_name(condition: i32) -> &'static str {
     match v1::DependencyCondition::try_from(condition) {
         Ok(v1::DependencyCondition::Any) => "any",
@@ -110,40 +98,6 @@ fn condition_name(condition: i32) -> &'static str {
         Ok(v1::DependencyCondition::Failure) => "failure",
         _ => "unspecified",
     }
-}
-
-pub fn config(c: &v1::PipelineConfig) -> Value {
-    let tasks: Vec<Value> = c
-        .tasks
-        .iter()
-        .map(|t| {
-            let depends_on: serde_json::Map<String, Value> = t
-                .depends_on
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(condition_name(*v))))
-                .collect();
-            json!({ "id": t.id, "image": t.image, "command": t.command, "env": t.env, "depends_on": depends_on })
-        })
-        .collect();
-    json!({ "id": c.id, "name": c.name, "description": c.description, "parallelism": c.parallelism, "tasks": tasks })
-}
-
-pub fn run(r: &v1::Run) -> Value {
-    json!({
-        "namespace_id": r.namespace_id, "pipeline_id": r.pipeline_id, "id": r.id, "version": r.version,
-        "state": gofer_proto::run_state_name(r.state), "state_reason": r.state_reason,
-        "created_unix_millis": r.created_unix_millis, "started_unix_millis": r.started_unix_millis,
-        "ended_unix_millis": r.ended_unix_millis,
-        "trigger": r.trigger.as_ref().map(trigger), "request_id": r.request_id,
-        "parameters": r.parameters, "retry_of": r.retry_of,
-    })
-}
-
-fn trigger(t: &v1::RunTrigger) -> Value {
-    json!({
-        "extension": t.extension, "subscription": t.subscription, "idempotency_key": t.idempotency_key,
-        "scheduled_unix_millis": t.scheduled_unix_millis, "delivery_id": t.delivery_id, "parameters": t.parameters,
-    })
 }
 
 /// How a run's trigger reads in a table: `cron/nightly @ 2026-11-26 03:00:00`, or `-` for a manual run.
@@ -162,19 +116,6 @@ fn trigger_text(t: Option<&v1::RunTrigger>) -> String {
 /// A time with milliseconds, for scheduled instants.
 pub fn precise_time(millis: i64) -> String {
     format!("{}.{:03}", time(millis), millis.rem_euclid(1000))
-}
-
-pub fn extension(e: &v1::Extension) -> Value {
-    let settings: Vec<Value> = e
-        .settings
-        .iter()
-        .map(|s| json!({ "name": s.name, "required": s.required, "description": s.description, "secret": s.secret }))
-        .collect();
-    json!({
-        "name": e.name, "image": e.image, "builtin": e.builtin, "installed_unix_millis": e.installed_unix_millis,
-        "registered": e.registered, "version": e.version, "documentation": e.documentation, "settings": settings,
-        "connected": e.connected, "last_error": e.last_error,
-    })
 }
 
 pub fn extensions_table(extensions: &[v1::Extension]) {
@@ -244,20 +185,6 @@ pub fn describe_extension(e: &v1::Extension) {
     );
 }
 
-pub fn subscription(s: &v1::Subscription) -> Value {
-    let skips: Vec<Value> = s
-        .recent_skips
-        .iter()
-        .map(|k| json!({ "at_unix_millis": k.at_unix_millis, "scheduled_unix_millis": k.scheduled_unix_millis, "reason": k.reason }))
-        .collect();
-    json!({
-        "namespace_id": s.namespace_id, "pipeline_id": s.pipeline_id, "label": s.label, "extension": s.extension,
-        "settings": s.settings, "created_unix_millis": s.created_unix_millis, "fired": s.fired, "skipped": s.skipped,
-        "last_scheduled_unix_millis": s.last_scheduled_unix_millis, "last_run_id": s.last_run_id,
-        "buffered": s.buffered, "recent_skips": skips, "webhook_url": s.webhook_url,
-    })
-}
-
 fn settings_text(settings: &std::collections::HashMap<String, String>) -> String {
     let mut pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
     pairs.sort();
@@ -324,26 +251,6 @@ pub fn describe_subscription(s: &v1::Subscription) {
                 .collect(),
         );
     }
-}
-
-pub fn task(t: &v1::TaskExecution) -> Value {
-    json!({
-        "namespace_id": t.namespace_id, "pipeline_id": t.pipeline_id, "run_id": t.run_id, "task_id": t.task_id,
-        "state": gofer_proto::task_state_name(t.state), "state_reason": t.state_reason, "attempt": t.attempt,
-        "exit_code": t.exit_code, "started_unix_millis": t.started_unix_millis, "ended_unix_millis": t.ended_unix_millis,
-        "executor": t.executor, "scheduler": t.scheduler, "scheduler_epoch": t.scheduler_epoch,
-        "not_before_unix_millis": t.not_before_unix_millis,
-        "attempts": t.attempts.iter().map(attempt).collect::<Vec<_>>(),
-    })
-}
-
-fn attempt(a: &v1::Attempt) -> Value {
-    json!({
-        "attempt": a.attempt, "state": a.state, "reason": a.reason, "exit_code": a.exit_code,
-        "executor": a.executor, "scheduler": a.scheduler, "scheduler_epoch": a.scheduler_epoch,
-        "assigned_unix_millis": a.assigned_unix_millis, "started_unix_millis": a.started_unix_millis,
-        "ended_unix_millis": a.ended_unix_millis, "retried": a.retried, "late_report": a.late_report,
-    })
 }
 
 pub fn runs_table(runs: &[v1::Run]) {
@@ -437,40 +344,6 @@ pub fn describe_pipeline(p: &v1::Pipeline, c: &v1::PipelineConfig) {
             })
             .collect(),
     );
-}
-
-pub fn cluster_status(s: &v1::GetClusterStatusResponse) -> Value {
-    let nodes: Vec<Value> = s
-        .nodes
-        .iter()
-        .map(|n| json!({ "id": n.id, "address": n.address, "role": n.role, "matched_index": n.matched_index }))
-        .collect();
-    let leases: Vec<Value> = s
-        .leases
-        .iter()
-        .map(|l| {
-            json!({
-                "role": l.role, "holder": l.holder, "epoch": l.epoch,
-                "expires_unix_millis": l.expires_unix_millis, "commands": l.commands, "address": l.address,
-            })
-        })
-        .collect();
-    let executors: Vec<Value> = s
-        .executors
-        .iter()
-        .map(|e| {
-            json!({
-                "id": e.id, "capacity": e.capacity, "labels": e.labels,
-                "expires_unix_millis": e.expires_unix_millis, "lost_unix_millis": e.lost_unix_millis,
-                "live_attempts": e.live_attempts,
-            })
-        })
-        .collect();
-    json!({
-        "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term, "last_log_index": s.last_log_index,
-        "applied_index": s.applied_index, "nodes": nodes, "cluster_id": s.cluster_id, "leases": leases, "executors": executors,
-        "state_digest": s.state_digest,
-    })
 }
 
 pub fn describe_cluster(s: &v1::GetClusterStatusResponse) {
@@ -571,17 +444,5 @@ mod tests {
         assert_eq!(time(1_000), "1970-01-01 00:00:01");
         assert_eq!(time(1_709_164_800_000), "2024-02-29 00:00:00");
         assert_eq!(time(1_798_761_599_000), "2026-12-31 23:59:59");
-    }
-
-    #[test]
-    fn run_json_names_the_state() {
-        let run = v1::Run {
-            id: 3,
-            state: v1::RunState::Succeeded as i32,
-            ..Default::default()
-        };
-        let value = super::run(&run);
-        assert_eq!(value["state"], "SUCCEEDED");
-        assert_eq!(value["id"], 3);
     }
 }
