@@ -73,27 +73,10 @@ pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
 
 /// A Unix time in milliseconds as UTC `YYYY-MM-DD HH:MM:SS`, or `-` for unset.
 pub fn time(millis: i64) -> String {
-    if millis <= 0 {
-        return "-".to_string();
+    match chrono::DateTime::from_timestamp_millis(millis) {
+        Some(at) if millis > 0 => at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        _ => "-".to_string(),
     }
-    let secs = millis.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// How long from start to end, such as `2.5s`, or `-` when it has not both.
@@ -119,5 +102,12 @@ mod tests {
         assert_eq!(time(1_000), "1970-01-01 00:00:01");
         assert_eq!(time(1_709_164_800_000), "2024-02-29 00:00:00");
         assert_eq!(time(1_798_761_599_000), "2026-12-31 23:59:59");
+        assert_eq!(time(-1), "-");
+        assert_eq!(time(i64::MAX), "-");
+    }
+
+    #[test]
+    fn precise_times_add_the_milliseconds() {
+        assert_eq!(precise_time(1_709_164_800_007), "2024-02-29 00:00:00.007");
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use gofer_proto::v1;
+use ring::rand::{SecureRandom as _, SystemRandom};
 use tonic::Code;
 
 use crate::client::{self, Api};
@@ -80,7 +81,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             let request = NewRun::Start(v1::StartRunRequest {
                 namespace_id: namespace.clone(),
                 pipeline_id: pipeline.clone(),
-                request_id: request_id.unwrap_or_else(new_request_id),
+                request_id: request_id.map_or_else(new_request_id, Ok)?,
                 parameters,
             });
             return start_and_print(&mut api, format, &namespace, &pipeline, wait, request).await;
@@ -95,7 +96,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 namespace_id: namespace.clone(),
                 pipeline_id: pipeline.clone(),
                 run_id: run,
-                request_id: request_id.unwrap_or_else(new_request_id),
+                request_id: request_id.map_or_else(new_request_id, Ok)?,
             });
             return start_and_print(&mut api, format, &namespace, &pipeline, wait, request).await;
         }
@@ -202,27 +203,17 @@ async fn start_and_print(
     })
 }
 
-/// A request id no other call will use: 128 random bits, in hex.
-fn new_request_id() -> String {
-    use std::io::Read;
+/// A request id no other call will use: 128 random bits from the operating system, in hex.
+fn new_request_id() -> Result<String, Failure> {
     let mut bytes = [0u8; 16];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if random.is_err() {
-        // No /dev/urandom: the time, the process and a hash seeded by the OS are unique enough.
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-        );
-        hasher.write_u32(std::process::id());
-        bytes[..8].copy_from_slice(&hasher.finish().to_le_bytes());
-        bytes[8..].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Failure("the operating system gave no random bytes for a request id".into()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
+
+#[cfg(test)]
+mod tests;
 
 /// A new run: of the newest version, or again of an earlier run.
 enum NewRun {
