@@ -1,6 +1,7 @@
 //! Finding and talking to the server: the config file, flags and env, the TLS channel with the bearer
 //! token, and turning a Status into one readable line. It knows no command.
 
+use std::error::Error;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -146,20 +147,47 @@ pub async fn connect(settings: &Settings) -> Result<Api, Failure> {
             .map_err(|e| Failure(format!("TLS setup: {e}")))?;
     }
     let channel = endpoint.connect().await.map_err(|e| {
-        let detail = source_chain(&e);
-        let hint = if detail.contains("refused") {
-            " (is goferd running?)"
-        } else {
-            ""
-        };
-        Failure(format!("cannot reach Gofer at {}: {detail}{hint}", settings.host))
+        let hint = if is_refused(&e) { " (is goferd running?)" } else { "" };
+        Failure(format!(
+            "cannot reach Gofer at {}: {}{hint}",
+            settings.host,
+            source_chain(&e)
+        ))
     })?;
     Ok(GoferServiceClient::with_interceptor(channel, Bearer(header))
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024))
 }
 
-fn source_chain(err: &dyn std::error::Error) -> String {
+/// An error and the errors under it, outermost first.
+fn causes<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(err), |&cause| cause.source())
+}
+
+/// Whether connecting failed because nothing listens at the address.
+fn is_refused(err: &(dyn Error + 'static)) -> bool {
+    causes(err).any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+}
+
+/// Whether a call ended because the HTTP/2 connection under it broke (the server went away mid-stream)
+/// rather than with a Status the server sent: tonic keeps the transport's error as the Status's source,
+/// an `h2::Error`, or a `hyper::Error` reading the body. A timeout or a cancellation is not a loss.
+fn is_connection_lost(status: &Status) -> bool {
+    causes(status).skip(1).any(|cause| {
+        cause.is::<h2::Error>()
+            || cause
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|e| !e.is_timeout() && !e.is_canceled())
+    })
+}
+
+/// The error and its causes as one line. Layers often repeat their cause's message, so a part already
+/// in the line is not added again; this only words the line, nothing decides on it.
+fn source_chain(err: &dyn Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(inner) = source {
@@ -181,7 +209,7 @@ pub fn status(status: Status) -> Failure {
         status.message()
     };
     // A stream cut by the server going away surfaces as a transport error, not as a Status from Gofer.
-    if message.contains("h2 protocol error") || message.contains("error reading a body") {
+    if is_connection_lost(&status) {
         return Failure(
             "lost the connection to goferd; what was under way goes on (check it with goferctl run get)".into(),
         );
@@ -193,3 +221,6 @@ pub fn status(status: Status) -> Failure {
     };
     Failure(format!("{message} ({:?}){hint}", status.code()))
 }
+
+#[cfg(test)]
+mod tests;
