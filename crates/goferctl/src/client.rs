@@ -1,19 +1,18 @@
 //! Finding and talking to the server: the config file, flags and env, the TLS channel with the bearer
-//! token, turning a Status into one readable line, and reading a pipeline from a file, stdin or a
-//! Cargo project.
+//! token, and turning a Status into one readable line. It knows no command.
 
-use std::path::{Path, PathBuf};
+use std::error::Error;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use gofer_domain::PipelineConfig;
-use gofer_proto::v1::{self, gofer_service_client::GoferServiceClient};
+use gofer_proto::v1::gofer_service_client::GoferServiceClient;
 use serde::Deserialize;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::Failure;
+use crate::failure::Failure;
 
 /// The client config `goferd dev` writes.
 #[derive(Deserialize, Default)]
@@ -22,6 +21,27 @@ struct ConfigFile {
     token: Option<String>,
     ca_cert: Option<PathBuf>,
     namespace: Option<String>,
+}
+
+/// The global flags that say where and how to reach the server; the config file fills in what they leave
+/// out.
+#[derive(clap::Args, Clone)]
+pub struct Flags {
+    /// The namespace to act in
+    #[arg(long, short = 'n', global = true, env = "GOFER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The server to talk to, such as https://127.0.0.1:7443 [default: from the config file]
+    #[arg(long, global = true, env = "GOFER_HOST")]
+    host: Option<String>,
+    /// The API token [default: from the config file]
+    #[arg(long, global = true, env = "GOFER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The CA certificate (PEM) that signed the server's certificate [default: from the config file]
+    #[arg(long, global = true, env = "GOFER_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// The config file [default: $GOFER_CONFIG, else gofer/config.toml in the user's config directory]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
 }
 
 /// Where and how to reach the server, from flags, env and the config file, in that order.
@@ -43,16 +63,12 @@ fn default_config_path() -> Option<PathBuf> {
     Some(base.join("gofer").join("config.toml"))
 }
 
-impl Settings {
-    pub fn resolve(
-        config: Option<PathBuf>,
-        host: Option<String>,
-        token: Option<String>,
-        ca_cert: Option<PathBuf>,
-        namespace: Option<String>,
-    ) -> Result<Self, Failure> {
-        let explicit = config.is_some();
-        let path = config.or_else(default_config_path);
+impl Flags {
+    /// Reads the config file (again: a `goferd dev` that came back may have written another address) and
+    /// fills in what the flags leave out.
+    pub fn resolve(&self) -> Result<Settings, Failure> {
+        let explicit = self.config.is_some();
+        let path = self.config.clone().or_else(default_config_path);
         let file = match &path {
             Some(path) => match std::fs::read_to_string(path) {
                 Ok(text) => toml::from_str::<ConfigFile>(&text)
@@ -64,23 +80,29 @@ impl Settings {
             },
             None => ConfigFile::default(),
         };
-        let host = host.or(file.host).ok_or_else(|| {
+        let host = self.host.clone().or(file.host).ok_or_else(|| {
             Failure(
                 "no Gofer server configured: start `goferd dev` (it writes the config) or pass --host and --token"
                     .into(),
             )
         })?;
-        let token = token
+        let token = self
+            .token
+            .clone()
             .or(file.token)
             .ok_or_else(|| Failure("no API token: pass --token or set GOFER_TOKEN".into()))?;
-        let namespace = namespace.or(file.namespace).unwrap_or_else(|| "default".to_string());
+        let namespace = self
+            .namespace
+            .clone()
+            .or(file.namespace)
+            .unwrap_or_else(|| "default".to_string());
         if namespace.trim().is_empty() {
             return Err(Failure("--namespace must not be empty".into()));
         }
         Ok(Settings {
             host,
             token,
-            ca_cert: ca_cert.or(file.ca_cert),
+            ca_cert: self.ca_cert.clone().or(file.ca_cert),
             namespace,
         })
     }
@@ -125,20 +147,47 @@ pub async fn connect(settings: &Settings) -> Result<Api, Failure> {
             .map_err(|e| Failure(format!("TLS setup: {e}")))?;
     }
     let channel = endpoint.connect().await.map_err(|e| {
-        let detail = source_chain(&e);
-        let hint = if detail.contains("refused") {
-            " (is goferd running?)"
-        } else {
-            ""
-        };
-        Failure(format!("cannot reach Gofer at {}: {detail}{hint}", settings.host))
+        let hint = if is_refused(&e) { " (is goferd running?)" } else { "" };
+        Failure(format!(
+            "cannot reach Gofer at {}: {}{hint}",
+            settings.host,
+            source_chain(&e)
+        ))
     })?;
     Ok(GoferServiceClient::with_interceptor(channel, Bearer(header))
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024))
 }
 
-fn source_chain(err: &dyn std::error::Error) -> String {
+/// An error and the errors under it, outermost first.
+fn causes<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(err), |&cause| cause.source())
+}
+
+/// Whether connecting failed because nothing listens at the address.
+fn is_refused(err: &(dyn Error + 'static)) -> bool {
+    causes(err).any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+}
+
+/// Whether a call ended because the HTTP/2 connection under it broke (the server went away mid-stream)
+/// rather than with a Status the server sent: tonic keeps the transport's error as the Status's source,
+/// an `h2::Error`, or a `hyper::Error` reading the body. A timeout or a cancellation is not a loss.
+fn is_connection_lost(status: &Status) -> bool {
+    causes(status).skip(1).any(|cause| {
+        cause.is::<h2::Error>()
+            || cause
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|e| !e.is_timeout() && !e.is_canceled())
+    })
+}
+
+/// The error and its causes as one line. Layers often repeat their cause's message, so a part already
+/// in the line is not added again; this only words the line, nothing decides on it.
+fn source_chain(err: &dyn Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(inner) = source {
@@ -160,7 +209,7 @@ pub fn status(status: Status) -> Failure {
         status.message()
     };
     // A stream cut by the server going away surfaces as a transport error, not as a Status from Gofer.
-    if message.contains("h2 protocol error") || message.contains("error reading a body") {
+    if is_connection_lost(&status) {
         return Failure(
             "lost the connection to goferd; what was under way goes on (check it with goferctl run get)".into(),
         );
@@ -173,128 +222,5 @@ pub fn status(status: Status) -> Failure {
     Failure(format!("{message} ({:?}){hint}", status.code()))
 }
 
-/// Reads a pipeline: a JSON file, `-` for stdin, or a Cargo project directory whose `cargo run --quiet`
-/// prints the JSON. The DAG rules are left to the server.
-pub fn load_pipeline(path: &str) -> Result<PipelineConfig, Failure> {
-    let json = if path == "-" {
-        std::io::read_to_string(std::io::stdin()).map_err(|e| Failure(format!("reading stdin: {e}")))?
-    } else if Path::new(path).is_dir() {
-        run_cargo_project(Path::new(path))?
-    } else {
-        std::fs::read_to_string(path).map_err(|e| Failure(format!("reading {path}: {e}")))?
-    };
-    PipelineConfig::parse_json(&json).map_err(|e| Failure(format!("invalid pipeline: {e}")))
-}
-
-fn run_cargo_project(dir: &Path) -> Result<String, Failure> {
-    if !dir.join("Cargo.toml").is_file() {
-        return Err(Failure(format!(
-            "{} is a directory without a Cargo.toml",
-            dir.display()
-        )));
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = std::process::Command::new(cargo)
-        .args(["run", "--quiet"])
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(|e| Failure(format!("running `cargo run --quiet` in {}: {e}", dir.display())))?;
-    if !output.status.success() {
-        // Cargo's own messages (the compiler's errors) went to stderr above this line.
-        return Err(Failure(format!(
-            "`cargo run --quiet` in {} failed (its errors are above)",
-            dir.display()
-        )));
-    }
-    String::from_utf8(output.stdout).map_err(|_| Failure("the pipeline program printed invalid UTF-8".into()))
-}
-
-/// Follows a run until it ends, printing each state change on stderr; returns the final run.
-/// A request id no other call will use: 128 random bits, in hex.
-pub fn new_request_id() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if random.is_err() {
-        // No /dev/urandom: the time, the process and a hash seeded by the OS are unique enough.
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-        );
-        hasher.write_u32(std::process::id());
-        bytes[..8].copy_from_slice(&hasher.finish().to_le_bytes());
-        bytes[8..].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A new run: of the newest version, or again of an earlier run.
-pub enum NewRun {
-    Start(v1::StartRunRequest),
-    Retry(v1::RetryRunRequest),
-}
-
-/// Starts a run, retrying for up to about 6 s while the cluster is unreachable or between leaders: the
-/// request id makes a repeat return the run the first call may have started. Returns the run and whether
-/// this call made it.
-pub async fn start_run(api: &mut Api, request: NewRun) -> Result<(v1::Run, bool), Failure> {
-    let mut delay = std::time::Duration::from_millis(200);
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let answer = match &request {
-            NewRun::Start(start) => api
-                .start_run(start.clone())
-                .await
-                .map(|r| r.into_inner())
-                .map(|r| (r.run, r.created)),
-            NewRun::Retry(retry) => api
-                .retry_run(retry.clone())
-                .await
-                .map(|r| r.into_inner())
-                .map(|r| (r.run, r.created)),
-        };
-        match answer {
-            Ok((run, created)) => return Ok((run.unwrap_or_default(), created)),
-            Err(e) if e.code() == Code::Unavailable && tries < 6 => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => return Err(status(e)),
-        }
-    }
-}
-
-pub async fn wait_for_run(api: &mut Api, namespace: &str, pipeline: &str, run: u64) -> Result<v1::Run, Failure> {
-    let request = v1::WatchRunRequest {
-        namespace_id: namespace.to_string(),
-        pipeline_id: pipeline.to_string(),
-        run_id: run,
-    };
-    let mut stream = api.watch_run(request).await.map_err(status)?.into_inner();
-    let mut last: Option<v1::Run> = None;
-    while let Some(update) = stream.message().await.map_err(status)? {
-        let Some(current) = update.run else { continue };
-        if last.as_ref().map(|l| l.state) != Some(current.state) {
-            eprintln!("run {run} {}", gofer_proto::run_state_name(current.state));
-        }
-        last = Some(current);
-    }
-    let last = last.ok_or_else(|| Failure("the server ended the watch without a run".into()))?;
-    if !matches!(
-        gofer_proto::run_state_name(last.state),
-        "SUCCEEDED" | "FAILED" | "CANCELLED"
-    ) {
-        return Err(Failure(format!(
-            "the watch ended while run {run} was {}",
-            gofer_proto::run_state_name(last.state)
-        )));
-    }
-    Ok(last)
-}
+#[cfg(test)]
+mod tests;

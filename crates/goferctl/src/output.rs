@@ -1,7 +1,18 @@
-//! What goferctl prints: JSON with the proto messages' field names, or aligned tables for people.
+//! How goferctl prints: the output format, JSON values, aligned tables and times, for every command.
+//! What a command prints is its own module's business; `json` makes the JSON of a message.
 
-use gofer_proto::v1;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+/// `println!` that ends goferctl quietly when stdout is closed (`goferctl run list | head -1`) instead of
+/// panicking, and with one error line when stdout fails otherwise.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::output::stdout_failed(err);
+        }
+    }};
+}
 
 /// The output format of read verbs.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,6 +38,7 @@ pub fn emit(format: Format, json: impl FnOnce(), table: impl FnOnce()) {
     }
 }
 
+/// Prints a JSON value, pretty.
 pub fn print_json(value: &Value) {
     say!(
         "{}",
@@ -61,504 +73,23 @@ pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
 
 /// A Unix time in milliseconds as UTC `YYYY-MM-DD HH:MM:SS`, or `-` for unset.
 pub fn time(millis: i64) -> String {
-    if millis <= 0 {
-        return "-".to_string();
+    match chrono::DateTime::from_timestamp_millis(millis) {
+        Some(at) if millis > 0 => at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        _ => "-".to_string(),
     }
-    let secs = millis.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
-fn duration(start: i64, end: i64) -> String {
+/// How long from start to end, such as `2.5s`, or `-` when it has not both.
+pub fn duration(start: i64, end: i64) -> String {
     if start <= 0 || end < start {
         return "-".to_string();
     }
     format!("{:.1}s", (end - start) as f64 / 1000.0)
 }
 
-pub fn namespace(ns: &v1::Namespace) -> Value {
-    json!({ "id": ns.id, "created_unix_millis": ns.created_unix_millis })
-}
-
-pub fn pipeline(p: &v1::Pipeline) -> Value {
-    json!({
-        "namespace_id": p.namespace_id, "id": p.id, "name": p.name, "description": p.description,
-        "latest_version": p.latest_version, "created_unix_millis": p.created_unix_millis,
-        "updated_unix_millis": p.updated_unix_millis,
-    })
-}
-
-fn condition_name(condition: i32) -> &'static str {
-    match v1::DependencyCondition::try_from(condition) {
-        Ok(v1::DependencyCondition::Any) => "any",
-        Ok(v1::DependencyCondition::Success) => "success",
-        Ok(v1::DependencyCondition::Failure) => "failure",
-        _ => "unspecified",
-    }
-}
-
-pub fn config(c: &v1::PipelineConfig) -> Value {
-    let tasks: Vec<Value> = c
-        .tasks
-        .iter()
-        .map(|t| {
-            let depends_on: serde_json::Map<String, Value> = t
-                .depends_on
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(condition_name(*v))))
-                .collect();
-            json!({ "id": t.id, "image": t.image, "command": t.command, "env": t.env, "depends_on": depends_on })
-        })
-        .collect();
-    json!({ "id": c.id, "name": c.name, "description": c.description, "parallelism": c.parallelism, "tasks": tasks })
-}
-
-pub fn run(r: &v1::Run) -> Value {
-    json!({
-        "namespace_id": r.namespace_id, "pipeline_id": r.pipeline_id, "id": r.id, "version": r.version,
-        "state": gofer_proto::run_state_name(r.state), "state_reason": r.state_reason,
-        "created_unix_millis": r.created_unix_millis, "started_unix_millis": r.started_unix_millis,
-        "ended_unix_millis": r.ended_unix_millis,
-        "trigger": r.trigger.as_ref().map(trigger), "request_id": r.request_id,
-        "parameters": r.parameters, "retry_of": r.retry_of,
-    })
-}
-
-fn trigger(t: &v1::RunTrigger) -> Value {
-    json!({
-        "extension": t.extension, "subscription": t.subscription, "idempotency_key": t.idempotency_key,
-        "scheduled_unix_millis": t.scheduled_unix_millis, "delivery_id": t.delivery_id, "parameters": t.parameters,
-    })
-}
-
-/// How a run's trigger reads in a table: `cron/nightly @ 2026-11-26 03:00:00`, or `-` for a manual run.
-fn trigger_text(t: Option<&v1::RunTrigger>) -> String {
-    let Some(t) = t else { return "-".to_string() };
-    let what = if t.scheduled_unix_millis > 0 {
-        format!(" @ {} UTC", precise_time(t.scheduled_unix_millis))
-    } else if !t.delivery_id.is_empty() {
-        format!(" delivery {}", t.delivery_id)
-    } else {
-        String::new()
-    };
-    format!("{}/{}{}", t.extension, t.subscription, what)
-}
-
 /// A time with milliseconds, for scheduled instants.
 pub fn precise_time(millis: i64) -> String {
     format!("{}.{:03}", time(millis), millis.rem_euclid(1000))
-}
-
-pub fn extension(e: &v1::Extension) -> Value {
-    let settings: Vec<Value> = e
-        .settings
-        .iter()
-        .map(|s| json!({ "name": s.name, "required": s.required, "description": s.description, "secret": s.secret }))
-        .collect();
-    json!({
-        "name": e.name, "image": e.image, "builtin": e.builtin, "installed_unix_millis": e.installed_unix_millis,
-        "registered": e.registered, "version": e.version, "documentation": e.documentation, "settings": settings,
-        "connected": e.connected, "last_error": e.last_error,
-    })
-}
-
-pub fn extensions_table(extensions: &[v1::Extension]) {
-    print_table(
-        &["NAME", "KIND", "IMAGE", "VERSION", "CONNECTED"],
-        extensions
-            .iter()
-            .map(|e| {
-                vec![
-                    e.name.clone(),
-                    if e.builtin {
-                        "built-in".into()
-                    } else {
-                        "container".into()
-                    },
-                    if e.image.is_empty() {
-                        "-".into()
-                    } else {
-                        e.image.clone()
-                    },
-                    if e.version.is_empty() {
-                        "-".into()
-                    } else {
-                        e.version.clone()
-                    },
-                    if e.connected { "yes".into() } else { "no".into() },
-                ]
-            })
-            .collect(),
-    );
-}
-
-pub fn describe_extension(e: &v1::Extension) {
-    say!("extension: {}", e.name);
-    say!("kind:      {}", if e.builtin { "built-in" } else { "container" });
-    if !e.image.is_empty() {
-        say!("image:     {}", e.image);
-    }
-    say!(
-        "version:   {}",
-        if e.registered {
-            e.version.as_str()
-        } else {
-            "(not registered yet)"
-        }
-    );
-    say!("connected: {}", if e.connected { "yes" } else { "no" });
-    if !e.last_error.is_empty() {
-        say!("problem:   {}", e.last_error);
-    }
-    if !e.documentation.is_empty() {
-        say!("\n{}", e.documentation);
-    }
-    say!();
-    print_table(
-        &["SETTING", "REQUIRED", "DESCRIPTION"],
-        e.settings
-            .iter()
-            .map(|s| {
-                vec![
-                    s.name.clone(),
-                    if s.required { "yes".into() } else { "no".into() },
-                    s.description.clone(),
-                ]
-            })
-            .collect(),
-    );
-}
-
-pub fn subscription(s: &v1::Subscription) -> Value {
-    let skips: Vec<Value> = s
-        .recent_skips
-        .iter()
-        .map(|k| json!({ "at_unix_millis": k.at_unix_millis, "scheduled_unix_millis": k.scheduled_unix_millis, "reason": k.reason }))
-        .collect();
-    json!({
-        "namespace_id": s.namespace_id, "pipeline_id": s.pipeline_id, "label": s.label, "extension": s.extension,
-        "settings": s.settings, "created_unix_millis": s.created_unix_millis, "fired": s.fired, "skipped": s.skipped,
-        "last_scheduled_unix_millis": s.last_scheduled_unix_millis, "last_run_id": s.last_run_id,
-        "buffered": s.buffered, "recent_skips": skips, "webhook_url": s.webhook_url,
-    })
-}
-
-fn settings_text(settings: &std::collections::HashMap<String, String>) -> String {
-    let mut pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    pairs.sort();
-    pairs.join(" ")
-}
-
-pub fn subscriptions_table(subscriptions: &[v1::Subscription]) {
-    print_table(
-        &["LABEL", "EXTENSION", "FIRED", "SKIPPED", "LAST RUN", "SETTINGS"],
-        subscriptions
-            .iter()
-            .map(|s| {
-                vec![
-                    s.label.clone(),
-                    s.extension.clone(),
-                    s.fired.to_string(),
-                    s.skipped.to_string(),
-                    if s.last_run_id == 0 {
-                        "-".into()
-                    } else {
-                        s.last_run_id.to_string()
-                    },
-                    settings_text(&s.settings),
-                ]
-            })
-            .collect(),
-    );
-}
-
-pub fn describe_subscription(s: &v1::Subscription) {
-    say!("subscription: {}", s.label);
-    say!("pipeline:     {}", s.pipeline_id);
-    say!("extension:    {}", s.extension);
-    say!("settings:     {}", settings_text(&s.settings));
-    if !s.webhook_url.is_empty() {
-        say!("webhook url:  {}", s.webhook_url);
-    }
-    say!("created:      {} UTC", time(s.created_unix_millis));
-    say!("fired:        {}", s.fired);
-    say!("skipped:      {}", s.skipped);
-    if s.last_run_id > 0 {
-        say!("last run:     {}", s.last_run_id);
-    }
-    if s.buffered {
-        say!("buffered:     one fire waits for the last run to end");
-    }
-    if !s.recent_skips.is_empty() {
-        say!();
-        print_table(
-            &["SKIPPED AT (UTC)", "SCHEDULED (UTC)", "REASON"],
-            s.recent_skips
-                .iter()
-                .map(|k| {
-                    vec![
-                        time(k.at_unix_millis),
-                        if k.scheduled_unix_millis > 0 {
-                            precise_time(k.scheduled_unix_millis)
-                        } else {
-                            "-".into()
-                        },
-                        k.reason.clone(),
-                    ]
-                })
-                .collect(),
-        );
-    }
-}
-
-pub fn task(t: &v1::TaskExecution) -> Value {
-    json!({
-        "namespace_id": t.namespace_id, "pipeline_id": t.pipeline_id, "run_id": t.run_id, "task_id": t.task_id,
-        "state": gofer_proto::task_state_name(t.state), "state_reason": t.state_reason, "attempt": t.attempt,
-        "exit_code": t.exit_code, "started_unix_millis": t.started_unix_millis, "ended_unix_millis": t.ended_unix_millis,
-        "executor": t.executor, "scheduler": t.scheduler, "scheduler_epoch": t.scheduler_epoch,
-        "not_before_unix_millis": t.not_before_unix_millis,
-        "attempts": t.attempts.iter().map(attempt).collect::<Vec<_>>(),
-    })
-}
-
-fn attempt(a: &v1::Attempt) -> Value {
-    json!({
-        "attempt": a.attempt, "state": a.state, "reason": a.reason, "exit_code": a.exit_code,
-        "executor": a.executor, "scheduler": a.scheduler, "scheduler_epoch": a.scheduler_epoch,
-        "assigned_unix_millis": a.assigned_unix_millis, "started_unix_millis": a.started_unix_millis,
-        "ended_unix_millis": a.ended_unix_millis, "retried": a.retried, "late_report": a.late_report,
-    })
-}
-
-pub fn runs_table(runs: &[v1::Run]) {
-    print_table(
-        &[
-            "RUN",
-            "VERSION",
-            "STATE",
-            "CREATED (UTC)",
-            "DURATION",
-            "TRIGGER",
-            "REASON",
-        ],
-        runs.iter()
-            .map(|r| {
-                vec![
-                    r.id.to_string(),
-                    r.version.to_string(),
-                    gofer_proto::run_state_name(r.state).to_string(),
-                    time(r.created_unix_millis),
-                    duration(r.started_unix_millis, r.ended_unix_millis),
-                    trigger_text(r.trigger.as_ref()),
-                    r.state_reason.clone(),
-                ]
-            })
-            .collect(),
-    );
-}
-
-pub fn tasks_table(tasks: &[v1::TaskExecution]) {
-    print_table(
-        &[
-            "TASK",
-            "STATE",
-            "EXIT",
-            "ATTEMPT",
-            "STARTED (UTC)",
-            "DURATION",
-            "REASON",
-        ],
-        tasks
-            .iter()
-            .map(|t| {
-                vec![
-                    t.task_id.clone(),
-                    gofer_proto::task_state_name(t.state).to_string(),
-                    t.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-                    t.attempt.to_string(),
-                    time(t.started_unix_millis),
-                    duration(t.started_unix_millis, t.ended_unix_millis),
-                    t.state_reason.clone(),
-                ]
-            })
-            .collect(),
-    );
-}
-
-pub fn describe_pipeline(p: &v1::Pipeline, c: &v1::PipelineConfig) {
-    say!("pipeline:    {}", p.id);
-    say!("name:        {}", p.name);
-    if !p.description.is_empty() {
-        say!("description: {}", p.description);
-    }
-    say!("version:     {}", p.latest_version);
-    say!(
-        "parallelism: {}",
-        if c.parallelism == 0 {
-            "unlimited".to_string()
-        } else {
-            c.parallelism.to_string()
-        }
-    );
-    say!();
-    print_table(
-        &["TASK", "IMAGE", "DEPENDS ON", "COMMAND"],
-        c.tasks
-            .iter()
-            .map(|t| {
-                let mut deps: Vec<String> = t
-                    .depends_on
-                    .iter()
-                    .map(|(k, v)| format!("{k}:{}", condition_name(*v)))
-                    .collect();
-                deps.sort();
-                vec![
-                    t.id.clone(),
-                    t.image.clone(),
-                    if deps.is_empty() { "-".into() } else { deps.join(",") },
-                    t.command.join(" "),
-                ]
-            })
-            .collect(),
-    );
-}
-
-pub fn cluster_status(s: &v1::GetClusterStatusResponse) -> Value {
-    let nodes: Vec<Value> = s
-        .nodes
-        .iter()
-        .map(|n| json!({ "id": n.id, "address": n.address, "role": n.role, "matched_index": n.matched_index }))
-        .collect();
-    let leases: Vec<Value> = s
-        .leases
-        .iter()
-        .map(|l| {
-            json!({
-                "role": l.role, "holder": l.holder, "epoch": l.epoch,
-                "expires_unix_millis": l.expires_unix_millis, "commands": l.commands, "address": l.address,
-            })
-        })
-        .collect();
-    let executors: Vec<Value> = s
-        .executors
-        .iter()
-        .map(|e| {
-            json!({
-                "id": e.id, "capacity": e.capacity, "labels": e.labels,
-                "expires_unix_millis": e.expires_unix_millis, "lost_unix_millis": e.lost_unix_millis,
-                "live_attempts": e.live_attempts,
-            })
-        })
-        .collect();
-    json!({
-        "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term, "last_log_index": s.last_log_index,
-        "applied_index": s.applied_index, "nodes": nodes, "cluster_id": s.cluster_id, "leases": leases, "executors": executors,
-        "state_digest": s.state_digest,
-    })
-}
-
-pub fn describe_cluster(s: &v1::GetClusterStatusResponse) {
-    say!("cluster:     {}", s.cluster_id);
-    say!("answered by: node {}", s.node_id);
-    say!(
-        "leader:      {}",
-        if s.leader_id == 0 {
-            "none known".to_string()
-        } else {
-            format!("node {}", s.leader_id)
-        }
-    );
-    say!("term:        {}", s.term);
-    say!("log index:   {} (applied {})", s.last_log_index, s.applied_index);
-    say!("state:       {}", s.state_digest);
-    say!();
-    print_table(
-        &["NODE", "ROLE", "ADDRESS", "MATCHED"],
-        s.nodes
-            .iter()
-            .map(|n| {
-                vec![
-                    n.id.to_string(),
-                    n.role.clone(),
-                    if n.address.is_empty() {
-                        "-".into()
-                    } else {
-                        n.address.clone()
-                    },
-                    if n.matched_index == 0 {
-                        "-".into()
-                    } else {
-                        n.matched_index.to_string()
-                    },
-                ]
-            })
-            .collect(),
-    );
-    if !s.leases.is_empty() {
-        say!();
-        print_table(
-            &["ROLE", "HOLDER", "EPOCH", "COMMANDS", "ADDRESS"],
-            s.leases
-                .iter()
-                .map(|l| {
-                    vec![
-                        l.role.clone(),
-                        l.holder.clone(),
-                        l.epoch.to_string(),
-                        l.commands.to_string(),
-                        if l.address.is_empty() {
-                            "-".to_string()
-                        } else {
-                            l.address.clone()
-                        },
-                    ]
-                })
-                .collect(),
-        );
-    }
-    if !s.executors.is_empty() {
-        say!();
-        print_table(
-            &["EXECUTOR", "STATE", "CAPACITY", "LIVE ATTEMPTS", "LABELS"],
-            s.executors
-                .iter()
-                .map(|e| {
-                    let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    vec![
-                        e.id.clone(),
-                        if e.lost_unix_millis == 0 { "ALIVE" } else { "LOST" }.to_string(),
-                        if e.capacity == 0 {
-                            "-".to_string()
-                        } else {
-                            e.capacity.to_string()
-                        },
-                        e.live_attempts.to_string(),
-                        if labels.is_empty() {
-                            "-".to_string()
-                        } else {
-                            labels.join(",")
-                        },
-                    ]
-                })
-                .collect(),
-        );
-    }
 }
 
 #[cfg(test)]
@@ -571,17 +102,12 @@ mod tests {
         assert_eq!(time(1_000), "1970-01-01 00:00:01");
         assert_eq!(time(1_709_164_800_000), "2024-02-29 00:00:00");
         assert_eq!(time(1_798_761_599_000), "2026-12-31 23:59:59");
+        assert_eq!(time(-1), "-");
+        assert_eq!(time(i64::MAX), "-");
     }
 
     #[test]
-    fn run_json_names_the_state() {
-        let run = v1::Run {
-            id: 3,
-            state: v1::RunState::Succeeded as i32,
-            ..Default::default()
-        };
-        let value = super::run(&run);
-        assert_eq!(value["state"], "SUCCEEDED");
-        assert_eq!(value["id"], 3);
+    fn precise_times_add_the_milliseconds() {
+        assert_eq!(precise_time(1_709_164_800_007), "2024-02-29 00:00:00.007");
     }
 }

@@ -2,27 +2,61 @@
 //! printing them and, when the connection drops, reconnects and resumes after the last id it printed,
 //! so a node restart costs no event and repeats none.
 
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Subcommand;
 use gofer_proto::v1;
-use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::Failure;
-use crate::client::{self, Api, Settings};
+use crate::client;
+use crate::context::Context;
+use crate::failure::Failure;
+use crate::json;
 use crate::output::{self, Format};
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// List the events kept, oldest first, one per line (-o json: one JSON object per line); with
+    /// --follow keep printing new ones, resuming after the last one printed if the connection drops
+    List {
+        /// Keep the stream open and print each new event as it is committed
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Start after this event id, the last one you saw: every later event is printed once. Fails if
+        /// the events after it were pruned (OutOfRange)
+        #[arg(long, value_name = "ID", default_value_t = 0)]
+        from: u64,
+        /// Only this pipeline's events (in the namespace of -n, default "default")
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+}
+
+pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
+    let Command::List { follow, from, pipeline } = command;
+    // Without -n (or GOFER_NAMESPACE) the stream carries every namespace's events.
+    let namespace_id = match (&ctx.flags.namespace, &pipeline) {
+        (None, None) => String::new(),
+        _ => ctx.namespace(),
+    };
+    let request = v1::ListEventsRequest {
+        after_id: from,
+        follow,
+        namespace_id,
+        pipeline_id: pipeline.unwrap_or_default(),
+    };
+    list(ctx, request).await?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// How long `--follow` keeps trying to reconnect before it gives up.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
 
-/// Prints the events `request` asks for. `resolve` reads the settings again before each reconnection,
-/// so a follower finds a `goferd dev` that came back on another port.
-pub async fn list(
-    mut api: Api,
-    resolve: impl Fn() -> Result<Settings, Failure>,
-    mut request: v1::ListEventsRequest,
-    format: Format,
-) -> Result<(), Failure> {
+/// Prints the events `request` asks for. The settings are read again before each reconnection, so a
+/// follower finds a `goferd dev` that came back on another port.
+async fn list(ctx: &Context, mut request: v1::ListEventsRequest) -> Result<(), Failure> {
+    let mut api = ctx.connect().await?;
     let mut lost_since: Option<Instant> = None;
     let mut delay = Duration::from_millis(100);
     loop {
@@ -36,7 +70,7 @@ pub async fn list(
                             lost_since = None;
                             delay = Duration::from_millis(100);
                             request.after_id = event.id;
-                            print(&event, format);
+                            print(&event, ctx.format);
                         }
                         Ok(None) => return Ok(()),
                         Err(status) => break status,
@@ -57,7 +91,7 @@ pub async fn list(
         );
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
-        if let Ok(settings) = resolve()
+        if let Ok(settings) = ctx.flags.resolve()
             && let Ok(fresh) = client::connect(&settings).await
         {
             api = fresh;
@@ -67,7 +101,7 @@ pub async fn list(
 
 fn print(event: &v1::Event, format: Format) {
     match format {
-        Format::Json => say!("{}", json_line(event)),
+        Format::Json => say!("{}", json::value(event)),
         Format::Table => say!(
             "{:<8} {}  {}/{}  {}",
             event.id,
@@ -79,46 +113,6 @@ fn print(event: &v1::Event, format: Format) {
     }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-}
-
-/// An event as one line of JSON: the proto's fields, its kind named in `kind` and its details under it.
-fn json_line(event: &v1::Event) -> String {
-    use v1::event::Kind;
-    let (kind, detail) = match &event.kind {
-        Some(Kind::Run(r)) => (
-            "run",
-            json!({"run_id": r.run_id, "state": gofer_proto::run_state_name(r.state), "reason": r.reason}),
-        ),
-        Some(Kind::Task(t)) => (
-            "task",
-            json!({
-                "run_id": t.run_id, "task_id": t.task_id, "attempt": t.attempt,
-                "state": gofer_proto::task_state_name(t.state), "reason": t.reason,
-            }),
-        ),
-        Some(Kind::Fire(f)) => (
-            "fire",
-            json!({
-                "subscription_label": f.subscription_label, "extension": f.extension,
-                "idempotency_key": f.idempotency_key, "scheduled_unix_millis": f.scheduled_unix_millis,
-                "decision": decision_name(f.decision), "run_id": f.run_id, "reason": f.reason,
-            }),
-        ),
-        Some(Kind::FiresSkipped(s)) => (
-            "fires_skipped",
-            json!({
-                "subscription_label": s.subscription_label, "count": s.count,
-                "last_scheduled_unix_millis": s.last_scheduled_unix_millis, "reason": s.reason,
-            }),
-        ),
-        None => ("unknown", Value::Null),
-    };
-    let mut value = json!({
-        "id": event.id, "emitted_unix_millis": event.emitted_unix_millis,
-        "namespace_id": event.namespace_id, "pipeline_id": event.pipeline_id, "kind": kind,
-    });
-    value[kind] = detail;
-    value.to_string()
 }
 
 fn decision_name(decision: i32) -> &'static str {

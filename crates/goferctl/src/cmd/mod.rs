@@ -1,0 +1,64 @@
+//! The commands, one module per noun, each owning its subcommands and their handler: `namespace`,
+//! `pipeline`, `run`, `task`, `extension`, `subscription`, `cluster` and `event`. This module only names
+//! the nouns and hands each command to its module; what the nouns share lives outside them (`client`,
+//! `context`, `output`, `json`) or in `setting`, and no noun module uses another.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::context::Context;
+use crate::failure::Failure;
+
+mod cluster;
+mod event;
+mod extension;
+mod namespace;
+mod pipeline;
+mod run;
+mod setting;
+mod subscription;
+mod task;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Manage namespaces
+    #[command(subcommand)]
+    Namespace(namespace::Command),
+    /// Register and inspect pipelines
+    #[command(subcommand)]
+    Pipeline(pipeline::Command),
+    /// Start, inspect and cancel runs
+    #[command(subcommand)]
+    Run(run::Command),
+    /// Inspect a run's task executions and their logs
+    #[command(subcommand)]
+    Task(task::Command),
+    /// Install and inspect extensions (triggers); interval, cron and webhook are built in
+    #[command(subcommand)]
+    Extension(extension::Command),
+    /// Link pipelines to extensions, such as a cron schedule or a webhook
+    #[command(subcommand)]
+    Subscription(subscription::Command),
+    /// Show and change the state nodes of the cluster
+    #[command(subcommand)]
+    Cluster(cluster::Command),
+    /// Read the event stream: run and task state changes and trigger decisions
+    #[command(subcommand)]
+    Event(event::Command),
+}
+
+/// Runs one command; the exit code is 0 unless the command says otherwise (`run start --wait` on a run
+/// that failed).
+pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
+    match command {
+        Command::Namespace(command) => namespace::run(command, ctx).await,
+        Command::Pipeline(command) => pipeline::run(command, ctx).await,
+        Command::Run(command) => run::run(command, ctx).await,
+        Command::Task(command) => task::run(command, ctx).await,
+        Command::Extension(command) => extension::run(command, ctx).await,
+        Command::Subscription(command) => subscription::run(command, ctx).await,
+        Command::Cluster(command) => cluster::run(command, ctx).await,
+        Command::Event(command) => event::run(command, ctx).await,
+    }
+}
