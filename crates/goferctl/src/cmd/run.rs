@@ -196,7 +196,7 @@ async fn start_and_print(
             eprintln!("run {} of {} {}{}", last.id, pipeline, state, reason);
         }
     }
-    Ok(if last.state == v1::RunState::Succeeded as i32 {
+    Ok(if last.state() == v1::RunState::Succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -269,8 +269,7 @@ async fn wait_for_run(api: &mut Api, namespace: &str, pipeline: &str, run: u64) 
         last = Some(current);
     }
     let last = last.ok_or_else(|| Failure("the server ended the watch without a run".into()))?;
-    let ended = [v1::RunState::Succeeded, v1::RunState::Failed, v1::RunState::Cancelled];
-    if !ended.iter().any(|state| *state as i32 == last.state) {
+    if !last.state().is_terminal() {
         return Err(Failure(format!(
             "the watch ended while run {run} was {}",
             gofer_proto::run_state_name(last.state)
