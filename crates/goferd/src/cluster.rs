@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use gofer_api::{Principal, TokenAuth, hash_token};
+use gofer_auth::{Principal, TokenAuth, hash_token};
 use gofer_state::{Faults, LogStore, MemberOptions, PeerNetwork, RemoteState, StateNode};
 
 use crate::node::{Roles, StateSetup};

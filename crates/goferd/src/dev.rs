@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use gofer_api::{Principal, TokenAuth, hash_token};
+use gofer_auth::{Principal, TokenAuth, hash_token};
 use gofer_state::{LogStore, StateNode};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Identity;

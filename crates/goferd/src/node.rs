@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use gofer_api::{ApiService, NoTriggers, TokenAuth};
+use gofer_api::{ApiService, NoTriggers, TriggerDirectory};
+use gofer_auth::TokenAuth;
 use gofer_domain::Command;
 use gofer_domain::lease::Role;
 use gofer_executor::DockerBackend;
@@ -108,6 +109,23 @@ pub struct RunningNode {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// The extension host as the API shows it: the two services meet only here, in the wiring.
+struct HostDirectory(ExtensionHost);
+
+impl TriggerDirectory for HostDirectory {
+    fn is_connected(&self, extension: &str) -> bool {
+        self.0.is_connected(extension)
+    }
+
+    fn webhook_base(&self) -> Option<String> {
+        self.0.webhook_base()
+    }
+
+    fn last_error(&self, extension: &str) -> Option<String> {
+        self.0.launch_error(extension)
+    }
 }
 
 /// Proposes the cluster's first command, its id, until it commits: in a cluster that has no quorum yet it
@@ -312,8 +330,8 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             None
         };
         let api = roles.api.then(|| {
-            let directory = match &host_role {
-                Some(host_role) => host_role.directory(),
+            let directory: std::sync::Arc<dyn TriggerDirectory> = match &host_role {
+                Some(host_role) => std::sync::Arc::new(HostDirectory(host_role.clone())),
                 None => std::sync::Arc::new(NoTriggers),
             };
             ApiService::new(handle.clone(), logs.clone(), directory)

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use gofer_api::{Principal, TokenAuth, hash_token};
+use gofer_auth::{Principal, TokenAuth, hash_token};
 use gofer_executor::DockerBackend;
 use tokio_util::sync::CancellationToken;
 

@@ -238,35 +238,22 @@ impl ExtensionHost {
         }
     }
 
-    /// What the API shows about this host.
-    pub fn directory(&self) -> Arc<dyn gofer_api::TriggerDirectory> {
-        Arc::new(Directory { host: self.clone() })
-    }
-}
-
-struct Directory {
-    host: ExtensionHost,
-}
-
-impl gofer_api::TriggerDirectory for Directory {
-    fn is_connected(&self, extension: &str) -> bool {
+    /// Whether an extension holds a stream to this host now (the built-ins always do).
+    pub fn is_connected(&self, extension: &str) -> bool {
         if gofer_domain::triggers::BUILTIN_EXTENSIONS.contains(&extension) {
             return true;
         }
-        self.host
-            .connected
-            .lock()
-            .expect("connected lock")
-            .contains_key(extension)
+        self.connected.lock().expect("connected lock").contains_key(extension)
     }
 
-    fn webhook_base(&self) -> Option<String> {
-        self.host.webhook_base.lock().expect("webhook base lock").clone()
+    /// The webhook listener's base URL, such as `http://127.0.0.1:7080`, once it listens.
+    pub fn webhook_base(&self) -> Option<String> {
+        self.webhook_base.lock().expect("webhook base lock").clone()
     }
 
-    fn last_error(&self, extension: &str) -> Option<String> {
-        self.host
-            .launch_errors
+    /// Why the extension's container could not run last time, if it could not.
+    pub fn launch_error(&self, extension: &str) -> Option<String> {
+        self.launch_errors
             .lock()
             .expect("launch errors lock")
             .get(extension)

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 
 use futures_util::StreamExt;
-use gofer_api::Principal;
+use gofer_auth::Principal;
 use gofer_domain::Command;
 use gofer_domain::triggers::{Fire, FireOutcome, Registration};
 use gofer_proto::v1::{self, extension_service_server::ExtensionService, session_request, session_response};
