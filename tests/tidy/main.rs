@@ -2,7 +2,7 @@
 //!
 //! - `gofer-domain` has no async runtime, gRPC, storage, Docker or randomness dependency (it stays pure;
 //!   chrono, chrono-tz and croner are allowed: cron maths with the clock passed in).
-//! - Only `gofer-state` depends on redb, only `gofer-executor` (and the benchmark's baseline) on bollard.
+//! - Only `gofer-state` depends on redb, only `gofer-docker` (and the benchmark's baseline) on bollard.
 //! - Every `.rs` file opens with a `//!` comment saying what it owns.
 
 use std::path::{Path, PathBuf};
@@ -54,7 +54,7 @@ fn the_domain_stays_pure() {
 }
 
 #[test]
-fn only_the_state_crate_touches_redb_and_only_the_executor_touches_docker() {
+fn only_the_state_crate_touches_redb_and_only_the_docker_crate_touches_docker() {
     let metadata = metadata();
     for package in metadata["packages"].as_array().expect("packages") {
         let name = package["name"].as_str().unwrap_or_default();
@@ -64,8 +64,8 @@ fn only_the_state_crate_touches_redb_and_only_the_executor_touches_docker() {
         }
         if deps.iter().any(|d| d == "bollard") {
             assert!(
-                name == "gofer-executor" || name == "gofer-bench",
-                "{name} must reach Docker through gofer-executor"
+                name == "gofer-docker" || name == "gofer-bench",
+                "{name} must reach Docker through gofer-docker"
             );
         }
     }

@@ -328,7 +328,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let docker = if (roles.executor && !benchmark_backend) || roles.extension_host {
         Some(
-            gofer_executor::DockerBackend::connect()
+            gofer_docker::Engine::connect()
                 .await
                 .context("the executor and the extension host run containers in Docker")?,
         )

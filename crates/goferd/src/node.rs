@@ -11,7 +11,7 @@ use gofer_api::{ApiService, NoTriggers, TriggerDirectory};
 use gofer_auth::TokenAuth;
 use gofer_domain::Command;
 use gofer_domain::lease::Role;
-use gofer_executor::DockerBackend;
+use gofer_docker::Engine;
 use gofer_extension_host::{ExtensionHost, LaunchConfig};
 use gofer_scheduler::{DispatchHandler, Scheduler};
 use gofer_state::{LeaseHolder, LogStore, RemoteState, StateHandle, StateNode};
@@ -73,7 +73,7 @@ pub struct NodeSetup {
     /// per start.
     pub name: String,
     /// Docker, for the executor and the extension host's containers.
-    pub docker: Option<DockerBackend>,
+    pub docker: Option<Engine>,
     pub auth: TokenAuth,
     /// The certificate and key the API port presents.
     pub identity: Identity,

@@ -5,7 +5,7 @@
 //! replicated log ([`FireQueue`]); the state machine makes the run, applies the overlap policy and remembers
 //! the key. The host keeps no state of its own that matters across restarts: what was fired and skipped is
 //! in the log, so a restarted host catches up from there. It never touches redb, and reaches Docker only
-//! through `gofer-executor`.
+//! through `gofer-docker`.
 
 mod fires;
 mod launcher;
