@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use gofer_api::{ApiService, NoTriggers, TriggerDirectory};
 use gofer_auth::TokenAuth;
+use gofer_docker::Engine;
 use gofer_domain::Command;
 use gofer_domain::lease::Role;
-use gofer_docker::Engine;
 use gofer_extension_host::{ExtensionHost, LaunchConfig};
 use gofer_scheduler::{DispatchHandler, Scheduler};
 use gofer_state::{LeaseHolder, LogStore, RemoteState, StateHandle, StateNode};
@@ -157,9 +157,7 @@ async fn set_event_retention(state: StateHandle, retention_ms: u64, shutdown: Ca
                 .read_linearizable(|s| (!s.cluster_id.is_empty(), s.events.retention_ms()))
                 .await?;
             if !initialized {
-                return Err(gofer_state::Error::Unavailable(
-                    "the cluster is not initialized yet".into(),
-                ));
+                return Err(gofer_state::Unavailable::NotInitialized.into());
             }
             if current != retention_ms {
                 let command = Command::SetEventRetention {
@@ -187,9 +185,7 @@ async fn register_builtins(state: StateHandle, host: ExtensionHost, shutdown: Ca
         &shutdown,
         || async {
             if state.read_linearizable(|s| s.cluster_id.is_empty()).await? {
-                return Err(gofer_state::Error::Unavailable(
-                    "the cluster is not initialized yet".into(),
-                ));
+                return Err(gofer_state::Unavailable::NotInitialized.into());
             }
             host.register_builtins().await
         },
