@@ -25,6 +25,32 @@ pub use fires::{FireQueue, FireResult};
 pub use launcher::LaunchConfig;
 pub use service::ExtensionHandler;
 
+/// Why the extension host could not commit a fire, or refused a webhook delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The fire queue's batching task stopped: the host is shutting down.
+    #[error("the fire queue stopped")]
+    QueueStopped,
+    /// The log did not take the batch the fire was in; every fire of the batch shares this error.
+    #[error(transparent)]
+    State(Arc<gofer_state::Error>),
+    /// The log took the batch but applying it gave something other than fire results.
+    #[error("unexpected result {0:?}")]
+    UnexpectedResult(gofer_domain::Applied),
+    #[error("missing X-Hub-Signature-256 header")]
+    SignatureMissing,
+    #[error("X-Hub-Signature-256 is not text")]
+    SignatureNotText,
+    #[error("X-Hub-Signature-256 must be sha256=<hex>")]
+    SignatureNotSha256,
+    #[error("X-Hub-Signature-256 is not hex")]
+    SignatureNotHex,
+    #[error("the signature does not match the body")]
+    SignatureMismatch,
+    #[error("the body is not valid JSON: {0}")]
+    BodyNotJson(#[source] serde_json::Error),
+}
+
 /// The version built-in extensions register with.
 const BUILTIN_VERSION: &str = env!("CARGO_PKG_VERSION");
 
