@@ -289,12 +289,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let event_retention_ms = match (args.event_retention, &file.event_retention) {
         (Some(ms), _) => Some(ms),
-        (None, Some(text)) => Some(crate::parse_retention(text).map_err(|e| anyhow::anyhow!("{e}"))?),
+        (None, Some(text)) => Some(crate::parse_retention(text)?),
         (None, None) => None,
     };
     let task_log_cap = match (args.task_log_cap, &file.task_log_cap) {
         (Some(bytes), _) => bytes,
-        (None, Some(text)) => crate::parse_log_cap(text).map_err(|e| anyhow::anyhow!("{e}"))?,
+        (None, Some(text)) => crate::parse_log_cap(text)?,
         (None, None) => gofer_state::LOG_CAP_BYTES,
     };
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
