@@ -129,7 +129,7 @@ impl std::fmt::Display for Call {
             Call::Raft(node) => write!(f, "node {node}"),
             Call::Forward => f.write_str("forwarding to the leader"),
             Call::NotLeader => f.write_str("the node asked does not lead"),
-            Call::NeverSent => f.write_str("the leader is unreachable"),
+            Call::NeverSent => f.write_str("the connection was never made"),
             Call::ReadIndex => f.write_str("asking for a read index"),
             Call::Propose => f.write_str("proposing to a state node"),
             Call::ClusterStatus => f.write_str("asking for the cluster status"),
@@ -172,9 +172,13 @@ pub enum Storage {
         #[source]
         source: std::io::Error,
     },
-    /// The raft log could not be opened: damaged, out of order, unreadable (the message names the file).
-    #[error(transparent)]
-    Log(std::io::Error),
+    /// The raft log in `path` could not be opened or written: damaged, out of order, unreadable.
+    #[error("the raft log in {}: {source}", .path.display())]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("checking the raft log moved out of redb: {0}")]
     LogMoveCheck(#[source] std::io::Error),
     #[error(

@@ -166,9 +166,13 @@ fn open_log(file: &RedbFile, path: &Path) -> Result<(wal::Wal, log::Log), Storag
         path: path.to_path_buf(),
         source,
     };
-    let io = |path: &Path| {
+    let file_io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Storage::Io { path, source }
+    };
+    let log_io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Storage::Log { path, source }
     };
     let purged: Option<openraft::LogId<NodeId>> = match file.meta(LAST_PURGED_KEY).map_err(redb)? {
         Some(bytes) => serde_json::from_slice(&bytes).map_err(Storage::DecodePurged)?,
@@ -185,24 +189,24 @@ fn open_log(file: &RedbFile, path: &Path) -> Result<(wal::Wal, log::Log), Storag
             // in place.
             let staging = dir.with_extension("import");
             if staging.exists() {
-                std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+                std::fs::remove_dir_all(&staging).map_err(file_io(&staging))?;
             }
-            let (mut fresh, _) = wal::Wal::open(&staging, None).map_err(Storage::Log)?;
+            let (mut fresh, _) = wal::Wal::open(&staging, None).map_err(log_io(&staging))?;
             if !rows.is_empty() {
-                fresh.append(&rows).map_err(Storage::Log)?;
+                fresh.append(&rows).map_err(log_io(&staging))?;
             }
             drop(fresh);
             wal::Wal::open(&staging, purged.map(|p| p.index)).map_err(Storage::LogMoveCheck)?;
-            std::fs::rename(&staging, dir).map_err(io(dir))?;
+            std::fs::rename(&staging, dir).map_err(file_io(dir))?;
             if let Some(parent) = dir.parent() {
-                wal::sync_dir(parent).map_err(io(parent))?;
+                wal::sync_dir(parent).map_err(file_io(parent))?;
             }
             file.mark_log_moved().map_err(redb)?;
         }
         // The rename was durable before a crash cut the move short: the directory holds the whole log.
         (true, false) => file.mark_log_moved().map_err(redb)?,
     }
-    let (wal, rows) = wal::Wal::open(dir, purged.map(|p| p.index)).map_err(Storage::Log)?;
+    let (wal, rows) = wal::Wal::open(dir, purged.map(|p| p.index)).map_err(log_io(dir))?;
     let mut entries = std::collections::BTreeMap::new();
     for (index, bytes) in rows {
         let entry: openraft::Entry<crate::types::TypeConfig> =
