@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use gofer_api::{Principal, TokenAuth, hash_token};
+use gofer_auth::{Principal, TokenAuth, hash_token};
 use gofer_state::{Faults, LogStore, MemberOptions, PeerNetwork, RemoteState, StateNode};
 
 use crate::node::{Roles, StateSetup};
@@ -289,12 +289,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let event_retention_ms = match (args.event_retention, &file.event_retention) {
         (Some(ms), _) => Some(ms),
-        (None, Some(text)) => Some(crate::parse_retention(text).map_err(|e| anyhow::anyhow!("{e}"))?),
+        (None, Some(text)) => Some(crate::parse_retention(text)?),
         (None, None) => None,
     };
     let task_log_cap = match (args.task_log_cap, &file.task_log_cap) {
         (Some(bytes), _) => bytes,
-        (None, Some(text)) => crate::parse_log_cap(text).map_err(|e| anyhow::anyhow!("{e}"))?,
+        (None, Some(text)) => crate::parse_log_cap(text)?,
         (None, None) => gofer_state::LOG_CAP_BYTES,
     };
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
@@ -328,7 +328,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let docker = if (roles.executor && !benchmark_backend) || roles.extension_host {
         Some(
-            gofer_executor::DockerBackend::connect()
+            gofer_docker::Engine::connect()
                 .await
                 .context("the executor and the extension host run containers in Docker")?,
         )

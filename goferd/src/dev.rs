@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use gofer_api::{Principal, TokenAuth, hash_token};
+use gofer_auth::{Principal, TokenAuth, hash_token};
 use gofer_state::{LogStore, StateNode};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Identity;
@@ -154,7 +154,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
 
-    let docker = gofer_executor::DockerBackend::connect()
+    let docker = gofer_docker::Engine::connect()
         .await
         .context("goferd dev runs tasks in Docker")?;
     // The state's lock comes first: a second goferd on the same data dir stops here, before it touches the

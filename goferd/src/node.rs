@@ -7,10 +7,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use gofer_api::{ApiService, NoTriggers, TokenAuth};
+use gofer_api::{ApiService, NoTriggers, TriggerDirectory};
+use gofer_auth::TokenAuth;
+use gofer_docker::Engine;
 use gofer_domain::Command;
 use gofer_domain::lease::Role;
-use gofer_executor::DockerBackend;
 use gofer_extension_host::{ExtensionHost, LaunchConfig};
 use gofer_scheduler::{DispatchHandler, Scheduler};
 use gofer_state::{LeaseHolder, LogStore, RemoteState, StateHandle, StateNode};
@@ -72,7 +73,7 @@ pub struct NodeSetup {
     /// per start.
     pub name: String,
     /// Docker, for the executor and the extension host's containers.
-    pub docker: Option<DockerBackend>,
+    pub docker: Option<Engine>,
     pub auth: TokenAuth,
     /// The certificate and key the API port presents.
     pub identity: Identity,
@@ -110,6 +111,23 @@ pub struct RunningNode {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// The extension host as the API shows it: the two services meet only here, in the wiring.
+struct HostDirectory(ExtensionHost);
+
+impl TriggerDirectory for HostDirectory {
+    fn is_connected(&self, extension: &str) -> bool {
+        self.0.is_connected(extension)
+    }
+
+    fn webhook_base(&self) -> Option<String> {
+        self.0.webhook_base()
+    }
+
+    fn last_error(&self, extension: &str) -> Option<String> {
+        self.0.launch_error(extension)
+    }
+}
+
 /// Proposes the cluster's first command, its id, until it commits: in a cluster that has no quorum yet it
 /// waits for one. Every state node does this; the first `Init` wins.
 async fn initialize(state: StateHandle, cluster_id: String, shutdown: CancellationToken) {
@@ -139,9 +157,7 @@ async fn set_event_retention(state: StateHandle, retention_ms: u64, shutdown: Ca
                 .read_linearizable(|s| (!s.cluster_id.is_empty(), s.events.retention_ms()))
                 .await?;
             if !initialized {
-                return Err(gofer_state::Error::Unavailable(
-                    "the cluster is not initialized yet".into(),
-                ));
+                return Err(gofer_state::Unavailable::NotInitialized.into());
             }
             if current != retention_ms {
                 let command = Command::SetEventRetention {
@@ -169,9 +185,7 @@ async fn register_builtins(state: StateHandle, host: ExtensionHost, shutdown: Ca
         &shutdown,
         || async {
             if state.read_linearizable(|s| s.cluster_id.is_empty()).await? {
-                return Err(gofer_state::Error::Unavailable(
-                    "the cluster is not initialized yet".into(),
-                ));
+                return Err(gofer_state::Unavailable::NotInitialized.into());
             }
             host.register_builtins().await
         },
@@ -312,8 +326,8 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             None
         };
         let api = roles.api.then(|| {
-            let directory = match &host_role {
-                Some(host_role) => host_role.directory(),
+            let directory: std::sync::Arc<dyn TriggerDirectory> = match &host_role {
+                Some(host_role) => std::sync::Arc::new(HostDirectory(host_role.clone())),
                 None => std::sync::Arc::new(NoTriggers),
             };
             ApiService::new(handle.clone(), logs.clone(), directory)

@@ -4,7 +4,8 @@
 //! handler checks that it names the executor).
 
 use anyhow::Context;
-use gofer_api::{ApiService, Principal, TokenAuth};
+use gofer_api::ApiService;
+use gofer_auth::{Principal, TokenAuth};
 use gofer_extension_host::ExtensionHandler;
 use gofer_proto::v1::extension_service_server::ExtensionServiceServer;
 use gofer_proto::v1::{dispatch_service_server::DispatchServiceServer, gofer_service_server::GoferServiceServer};

@@ -2,7 +2,10 @@
 //!
 //! - `gofer-domain` has no async runtime, gRPC, storage, Docker or randomness dependency (it stays pure;
 //!   chrono, chrono-tz and croner are allowed: cron maths with the clock passed in).
-//! - Only `gofer-state` depends on redb, only `gofer-executor` (and the benchmark's baseline) on bollard.
+//! - Only `gofer-state` depends on redb, only `gofer-docker` (and the benchmark's baseline) on bollard.
+//! - No service crate (`services/*`) depends on another, except on `gofer-state`, whose handle is how the
+//!   roles reach the replicated state: roles speak proto to each other, and what they share (tokens,
+//!   Docker) lives in crates of its own.
 //! - Every `.rs` file opens with a `//!` comment saying what it owns.
 
 use std::path::{Path, PathBuf};
@@ -54,7 +57,7 @@ fn the_domain_stays_pure() {
 }
 
 #[test]
-fn only_the_state_crate_touches_redb_and_only_the_executor_touches_docker() {
+fn only_the_state_crate_touches_redb_and_only_the_docker_crate_touches_docker() {
     let metadata = metadata();
     for package in metadata["packages"].as_array().expect("packages") {
         let name = package["name"].as_str().unwrap_or_default();
@@ -64,10 +67,43 @@ fn only_the_state_crate_touches_redb_and_only_the_executor_touches_docker() {
         }
         if deps.iter().any(|d| d == "bollard") {
             assert!(
-                name == "gofer-executor" || name == "gofer-bench",
-                "{name} must reach Docker through gofer-executor"
+                name == "gofer-docker" || name == "gofer-bench",
+                "{name} must reach Docker through gofer-docker"
             );
         }
+    }
+}
+
+/// The workspace's service crates: the packages whose manifest sits under `services/`.
+fn service_crates(metadata: &serde_json::Value) -> Vec<String> {
+    let services = root().join("services");
+    let services = services.canonicalize().unwrap_or(services);
+    metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter(|p| {
+            let manifest = PathBuf::from(p["manifest_path"].as_str().unwrap_or_default());
+            manifest.canonicalize().unwrap_or(manifest).starts_with(&services)
+        })
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn services_reach_each_other_only_through_the_state_crate() {
+    let metadata = metadata();
+    let services = service_crates(&metadata);
+    assert!(services.len() >= 5, "found the service crates: {services:?}");
+    for service in &services {
+        let others: Vec<String> = dependencies_of(&metadata, service)
+            .into_iter()
+            .filter(|d| services.contains(d) && d != "gofer-state")
+            .collect();
+        assert!(
+            others.is_empty(),
+            "{service} must not depend on other services (only on gofer-state): {others:?}"
+        );
     }
 }
 

@@ -21,7 +21,7 @@ pub use convert::{
     attempt_key, attempt_key_text, attempt_ref, config_from_proto, config_to_proto, event_to_proto,
     parse_attempt_key_text, run_state_name, run_to_proto, task_state_name, task_to_proto,
 };
-pub use status::{internal, into_status};
+pub use status::{internal, into_status, unavailable};
 
 /// The metadata key with which a process that is not the active scheduler refuses an executor's dispatch
 /// stream while naming where the active scheduler is (`https://host:port`).

@@ -16,13 +16,17 @@ pub fn into_status(err: Error) -> Status {
     Status::new(code, err.to_string())
 }
 
-/// Logs an internal error and returns an `Internal` (or `Unavailable`, when `retryable`) Status that names
-/// `what` failed without leaking the detail.
-pub fn internal(what: &str, err: &dyn std::fmt::Display, retryable: bool) -> Status {
+/// Logs a failure that should not happen (at `error`) and returns an `Internal` Status that names `what`
+/// failed without leaking the detail.
+pub fn internal(what: &str, err: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %err, "{what} failed");
-    if retryable {
-        Status::unavailable(format!("{what} is unavailable, try again"))
-    } else {
-        Status::internal(format!("{what} failed"))
-    }
+    Status::internal(format!("{what} failed"))
+}
+
+/// Logs a failure that passes (a leader change, a peer restarting) at `warn`, since a cluster expects
+/// them, and returns an `Unavailable` Status that names `what` and asks the client to try again, without
+/// leaking the detail.
+pub fn unavailable(what: &str, err: &dyn std::fmt::Display) -> Status {
+    tracing::warn!(error = %err, "{what} failed");
+    Status::unavailable(format!("{what} is unavailable, try again"))
 }

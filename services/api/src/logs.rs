@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use gofer_domain::{AttemptRef, Error};
-use gofer_proto::{internal, v1};
+use gofer_proto::{internal, unavailable, v1};
 use tokio_stream::Stream;
 use tonic::Status;
 
@@ -84,7 +84,7 @@ async fn pump(
         Some(logs) if view.log_node == 0 || view.log_node == api.state.local_node() => {
             let path = logs
                 .path(target, attempt)
-                .map_err(|e| internal("reading task logs", &e, false))?;
+                .map_err(|e| internal("reading task logs", &e))?;
             let appends = logs.subscribe(&path);
             Some((logs, path, appends))
         }
@@ -104,12 +104,12 @@ async fn pump(
                 Some((logs, path, _)) => logs
                     .read_at(path, offset, CHUNK)
                     .await
-                    .map_err(|e| internal("reading task logs", &e, false))?,
+                    .map_err(|e| internal("reading task logs", &e))?,
                 None => api
                     .state
                     .read_peer_log(view.log_node, target, attempt, offset, CHUNK as u32)
                     .await
-                    .map_err(|e| internal("reading task logs from their node", &e, true))?,
+                    .map_err(|e| unavailable("reading task logs from their node", &e))?,
             };
             if data.is_empty() {
                 break;

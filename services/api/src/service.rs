@@ -7,7 +7,7 @@ use gofer_domain::{Applied, Command, Error, Run, State};
 use gofer_proto::v1::{self, gofer_service_server::GoferService};
 use gofer_proto::{
     config_from_proto, config_to_proto, extension_to_proto, internal, into_status, run_to_proto, subscription_to_proto,
-    task_to_proto,
+    task_to_proto, unavailable,
 };
 use gofer_state::{LogStore, StateHandle};
 use tokio_stream::Stream;
@@ -153,11 +153,7 @@ impl ApiService {
             })
             .await?;
         let (Applied::Run(id) | Applied::ExistingRun(id)) = applied else {
-            return Err(internal(
-                "starting a run",
-                &format!("unexpected result {applied:?}"),
-                false,
-            ));
+            return Err(internal("starting a run", &format!("unexpected result {applied:?}")));
         };
         Ok((
             self.run_proto(&namespace, &pipeline, id)?,
@@ -177,8 +173,8 @@ impl ApiService {
 pub(crate) fn state_status(err: gofer_state::Error) -> Status {
     match err {
         gofer_state::Error::Rejected(e) => into_status(e),
-        gofer_state::Error::Unavailable(e) => internal("the replicated state", &e, true),
-        other => internal("the replicated state", &other, false),
+        gofer_state::Error::Unavailable(e) => unavailable("the replicated state", &e),
+        other => internal("the replicated state", &other),
     }
 }
 
@@ -272,7 +268,6 @@ impl GoferService for ApiService {
             return Err(internal(
                 "registering a pipeline",
                 &format!("unexpected result {applied:?}"),
-                false,
             ));
         };
         let pipeline = self.read(|s| s.pipeline(&namespace, &id).map(|p| pipeline_proto(&namespace, &id, p)))?;
@@ -596,7 +591,7 @@ impl GoferService for ApiService {
             digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
         })
         .await
-        .map_err(|e| internal("computing the state digest", &e, false))?;
+        .map_err(|e| internal("computing the state digest", &e))?;
         let leases = self.state.read(|s| {
             s.leases
                 .roles

@@ -7,6 +7,8 @@ use futures_util::StreamExt;
 use gofer_proto::now_millis;
 use gofer_proto::v1::{self, dispatch_request::Kind};
 
+use crate::Error;
+use crate::containers;
 use crate::session::{Executor, Stopping};
 
 fn finished(key: &v1::AttemptKey, outcome: v1::AttemptOutcome, exit_code: Option<i64>, reason: String) -> Kind {
@@ -38,8 +40,8 @@ pub(crate) async fn run(
         tracing::info!(attempt = %key_text, %reason, "attempt failed to run");
         executor.report(finished(&key, v1::AttemptOutcome::Error, None, reason));
     };
-    let (container, since) = match docker.find(&cluster, key_text).await {
-        Err(err) => return report_error(err),
+    let (container, since) = match containers::find(docker, &cluster, key_text).await {
+        Err(err) => return report_error(err.to_string()),
         Ok(Some(existing)) => {
             tracing::info!(attempt = %key_text, container = %existing.id, "adopting the attempt's container");
             (existing.id, existing.created_unix_millis)
@@ -59,12 +61,13 @@ pub(crate) async fn run(
                         start.image
                     ));
                 }
-                Err(err) => return report_error(err),
+                Err(err) => return report_error(err.to_string()),
             }
             let since = now_millis();
-            match docker.create_and_start(&cluster, &executor.id, key_text, &start).await {
+            let spec = containers::spec(&cluster, &executor.id, key_text, &key, &start);
+            match docker.create_and_start(spec).await {
                 Ok(id) => (id, since),
-                Err(err) => return report_error(err),
+                Err(err) => return report_error(err.to_string()),
             }
         }
     };
@@ -171,7 +174,7 @@ pub(crate) async fn run(
         ),
         (_, true) => finished(&key, v1::AttemptOutcome::Stopped, None, "stopped".into()),
         (Ok(code), false) => finished(&key, v1::AttemptOutcome::Exited, Some(code), String::new()),
-        (Err(err), false) => finished(&key, v1::AttemptOutcome::Error, None, err),
+        (Err(err), false) => finished(&key, v1::AttemptOutcome::Error, None, err.to_string()),
     };
     // The container goes only once the scheduler confirms the report is committed: if this process stops
     // first, the next one adopts the exited container and reports it again, instead of calling it lost.
@@ -189,10 +192,10 @@ const FOLLOW_DRAIN: Duration = Duration::from_secs(2);
 
 async fn ship_logs(
     executor: &Executor,
-    docker: &crate::DockerBackend,
+    docker: &gofer_docker::Engine,
     key: &v1::AttemptKey,
     container: &str,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let requests = log_requests(key, rx);
     let mut client = executor.client();
@@ -203,7 +206,7 @@ async fn ship_logs(
     let mut output = Box::pin(docker.logs(container, true));
     let mut exited = std::pin::pin!(docker.wait(container));
     let mut stopped = false;
-    let mut last = (crate::docker::Stamp::default(), 0usize);
+    let mut last = (gofer_docker::Stamp::default(), 0usize);
     let mut read_error = None;
     loop {
         let next = tokio::select! {
@@ -262,11 +265,11 @@ async fn ship_logs(
     drop(tx);
     let uploaded = tokio::time::timeout(Duration::from_secs(60), upload)
         .await
-        .map_err(|_| "storing the logs timed out".to_string())?
-        .map_err(|e| format!("the log upload task failed: {e}"))?;
-    uploaded.map_err(|status| format!("storing the logs: {}", status.message()))?;
+        .map_err(|_| Error::LogUploadTimedOut)?
+        .map_err(Error::LogUploadTask)?;
+    uploaded.map_err(|status| Error::LogUpload(Box::new(status)))?;
     match read_error {
-        Some(err) => Err(err),
+        Some(err) => Err(err.into()),
         None => Ok(()),
     }
 }
@@ -445,7 +448,7 @@ mod tests {
 pub(crate) async fn stop_unstarted(executor: &Executor, key_text: &str, key: v1::AttemptKey) {
     let cluster = executor.cluster.lock().expect("cluster lock").clone();
     if let Some(docker) = executor.docker()
-        && let Ok(Some(existing)) = docker.find(&cluster, key_text).await
+        && let Ok(Some(existing)) = containers::find(docker, &cluster, key_text).await
         && let Err(err) = docker.remove(&existing.id).await
     {
         tracing::warn!(%err, "could not remove a cancelled attempt's container");

@@ -7,11 +7,11 @@
 //! the cluster, executor, namespace, pipeline, run, task and attempt; on every (re)connection the executor
 //! removes its containers that belong to no live attempt, and stops (and reports) the attempts it is still
 //! running that the cluster no longer counts live: those it declared LOST while this executor was cut off.
-//! It heartbeats every second on its stream, which keeps its executor lease. This is the only crate that
-//! talks to Docker.
+//! It heartbeats every second on its stream, which keeps its executor lease. It reaches Docker only
+//! through `gofer-docker`.
 
 mod attempt;
-mod docker;
+mod containers;
 mod session;
 
 use std::sync::Arc;
@@ -20,24 +20,32 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-pub use docker::DockerBackend;
-
 /// What runs the attempts.
 pub enum Backend {
     /// Docker containers: the product.
-    Docker(DockerBackend),
+    Docker(gofer_docker::Engine),
     /// For benchmarks of the control plane only: every attempt "runs" no container, reports started and
     /// then exited 0 at once, and ships no log. Never use it for real work.
     BenchmarkNoop,
 }
 
-/// Why the executor stopped.
+/// Why the executor stopped, or an attempt could not run or keep its output.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach Docker: {0}")]
-    Docker(String),
-    #[error("invalid executor config: {0}")]
-    Config(String),
+    #[error("invalid executor config: name at least one scheduler")]
+    NoSchedulers,
+    #[error("invalid executor config: the token has characters a header cannot carry")]
+    TokenNotAHeader,
+    /// A Docker Engine call failed.
+    #[error(transparent)]
+    Docker(#[from] gofer_docker::Error),
+    #[error("storing the logs timed out")]
+    LogUploadTimedOut,
+    #[error("the log upload task failed: {0}")]
+    LogUploadTask(#[source] tokio::task::JoinError),
+    /// The scheduler (or the state node behind it) refused or lost the upload.
+    #[error("storing the logs: {}", .0.message())]
+    LogUpload(#[source] Box<tonic::Status>),
 }
 
 /// What an executor needs to know about itself.
@@ -70,12 +78,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     if schedulers.is_empty() {
-        return Err(Error::Config("name at least one scheduler".into()));
+        return Err(Error::NoSchedulers);
     }
     let header = (!config.token.is_empty())
         .then(|| format!("Bearer {}", config.token).parse())
         .transpose()
-        .map_err(|_| Error::Config("the token has characters a header cannot carry".into()))?;
+        .map_err(|_| Error::TokenNotAHeader)?;
     let count = schedulers.len();
     let executor = Arc::new(session::Executor::new(config, backend, schedulers, header));
     let mut backoff = Duration::from_millis(100);

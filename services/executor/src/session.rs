@@ -14,8 +14,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use crate::DockerBackend;
-
 /// Adds the bearer token to every call; `None` for an executor that presents a client certificate instead.
 #[derive(Clone)]
 pub(crate) struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
@@ -100,7 +98,7 @@ impl Executor {
     }
 
     /// Docker, unless this executor runs the benchmark backend.
-    pub(crate) fn docker(&self) -> Option<&DockerBackend> {
+    pub(crate) fn docker(&self) -> Option<&gofer_docker::Engine> {
         match &self.backend {
             crate::Backend::Docker(docker) => Some(docker),
             crate::Backend::BenchmarkNoop => None,
@@ -328,7 +326,7 @@ impl Executor {
     /// Removes containers of this cluster and executor that belong to no live or active attempt.
     async fn remove_orphans(&self, cluster: &str, live: &std::collections::HashSet<String>) {
         let Some(docker) = self.docker() else { return };
-        let ours = match docker.ours(cluster, &self.id).await {
+        let ours = match crate::containers::ours(docker, cluster, &self.id).await {
             Ok(ours) => ours,
             Err(err) => {
                 tracing::warn!(%err, "could not list containers to clean up");

@@ -6,13 +6,15 @@ use gofer_domain::{Applied, Command};
 use gofer_state::StateHandle;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::Error;
+
 /// The most fires one log entry carries.
 const MAX_BATCH: usize = 1024;
 
 /// What became of one fire: its outcome and whether its key was seen before, or why it was refused.
 pub type FireResult = Result<(FireOutcome, bool), gofer_domain::Error>;
 
-type Pending = (Fire, oneshot::Sender<Result<FireResult, String>>);
+type Pending = (Fire, oneshot::Sender<Result<FireResult, Error>>);
 
 /// Sends fires to the log in batches. Clone it freely.
 #[derive(Clone)]
@@ -30,21 +32,18 @@ impl FireQueue {
 
     /// Commits one fire and returns what it did. `Err` means the log could not be written (the caller
     /// retries with the same key, which is safe).
-    pub async fn fire(&self, fire: Fire) -> Result<FireResult, String> {
+    pub async fn fire(&self, fire: Fire) -> Result<FireResult, Error> {
         self.enqueue(fire).await
     }
 
     /// Queues a fire now, so that fires queued one after another are committed in that order; the
     /// returned future gives what it did.
-    pub fn enqueue(&self, fire: Fire) -> impl std::future::Future<Output = Result<FireResult, String>> + use<> {
+    pub fn enqueue(&self, fire: Fire) -> impl std::future::Future<Output = Result<FireResult, Error>> + use<> {
         let (tx, rx) = oneshot::channel();
-        let queued = self
-            .tx
-            .send((fire, tx))
-            .map_err(|_| "the fire queue stopped".to_string());
+        let queued = self.tx.send((fire, tx)).map_err(|_| Error::QueueStopped);
         async move {
             queued?;
-            rx.await.map_err(|_| "the fire queue stopped".to_string())?
+            rx.await.map_err(|_| Error::QueueStopped)?
         }
     }
 }
@@ -71,13 +70,13 @@ async fn batch_loop(state: StateHandle, mut rx: mpsc::UnboundedReceiver<Pending>
             }
             Ok(other) => {
                 for (_, reply) in batch {
-                    let _ = reply.send(Err(format!("unexpected result {other:?}")));
+                    let _ = reply.send(Err(Error::UnexpectedResult(other.clone())));
                 }
             }
             Err(err) => {
-                let text = err.to_string();
+                let err = std::sync::Arc::new(err);
                 for (_, reply) in batch {
-                    let _ = reply.send(Err(text.clone()));
+                    let _ = reply.send(Err(Error::State(err.clone())));
                 }
             }
         }

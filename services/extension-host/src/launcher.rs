@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use gofer_api::{Principal, TokenAuth, hash_token};
-use gofer_executor::DockerBackend;
+use gofer_auth::{Principal, TokenAuth, hash_token};
+use gofer_docker::Engine;
 use tokio_util::sync::CancellationToken;
 
 use crate::ExtensionHost;
@@ -21,7 +21,7 @@ pub struct LaunchConfig {
     pub ca_pem: String,
     /// The node's token table, where each launch grants its extension a token.
     pub auth: TokenAuth,
-    pub docker: DockerBackend,
+    pub docker: Engine,
 }
 
 const LABEL_CLUSTER: &str = "dev.gofer.cluster";
@@ -43,8 +43,8 @@ pub async fn run(host: ExtensionHost, config: LaunchConfig, shutdown: Cancellati
         .await
     {
         Ok(stale) => {
-            for (id, _) in stale {
-                let _ = config.docker.remove(&id).await;
+            for container in stale {
+                let _ = config.docker.remove(&container.id).await;
             }
         }
         Err(err) => tracing::warn!(%err, "could not list old extension containers"),
@@ -142,7 +142,7 @@ async fn supervise(
         match config.docker.run_service(&container, &image, env, labels).await {
             Err(err) => {
                 tracing::error!(extension = %name, %err, "cannot start the extension");
-                host.set_launch_error(&name, Some(err));
+                host.set_launch_error(&name, Some(err.to_string()));
             }
             Ok(id) => {
                 host.set_launch_error(&name, None);

@@ -5,7 +5,7 @@
 //! replicated log ([`FireQueue`]); the state machine makes the run, applies the overlap policy and remembers
 //! the key. The host keeps no state of its own that matters across restarts: what was fired and skipped is
 //! in the log, so a restarted host catches up from there. It never touches redb, and reaches Docker only
-//! through `gofer-executor`.
+//! through `gofer-docker`.
 
 mod fires;
 mod launcher;
@@ -24,6 +24,32 @@ use tokio_util::sync::CancellationToken;
 pub use fires::{FireQueue, FireResult};
 pub use launcher::LaunchConfig;
 pub use service::ExtensionHandler;
+
+/// Why the extension host could not commit a fire, or refused a webhook delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The fire queue's batching task stopped: the host is shutting down.
+    #[error("the fire queue stopped")]
+    QueueStopped,
+    /// The log did not take the batch the fire was in; every fire of the batch shares this error.
+    #[error(transparent)]
+    State(Arc<gofer_state::Error>),
+    /// The log took the batch but applying it gave something other than fire results.
+    #[error("unexpected result {0:?}")]
+    UnexpectedResult(gofer_domain::Applied),
+    #[error("missing X-Hub-Signature-256 header")]
+    SignatureMissing,
+    #[error("X-Hub-Signature-256 is not text")]
+    SignatureNotText,
+    #[error("X-Hub-Signature-256 must be sha256=<hex>")]
+    SignatureNotSha256,
+    #[error("X-Hub-Signature-256 is not hex")]
+    SignatureNotHex,
+    #[error("the signature does not match the body")]
+    SignatureMismatch,
+    #[error("the body is not valid JSON: {0}")]
+    BodyNotJson(#[source] serde_json::Error),
+}
 
 /// The version built-in extensions register with.
 const BUILTIN_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -238,35 +264,22 @@ impl ExtensionHost {
         }
     }
 
-    /// What the API shows about this host.
-    pub fn directory(&self) -> Arc<dyn gofer_api::TriggerDirectory> {
-        Arc::new(Directory { host: self.clone() })
-    }
-}
-
-struct Directory {
-    host: ExtensionHost,
-}
-
-impl gofer_api::TriggerDirectory for Directory {
-    fn is_connected(&self, extension: &str) -> bool {
+    /// Whether an extension holds a stream to this host now (the built-ins always do).
+    pub fn is_connected(&self, extension: &str) -> bool {
         if gofer_domain::triggers::BUILTIN_EXTENSIONS.contains(&extension) {
             return true;
         }
-        self.host
-            .connected
-            .lock()
-            .expect("connected lock")
-            .contains_key(extension)
+        self.connected.lock().expect("connected lock").contains_key(extension)
     }
 
-    fn webhook_base(&self) -> Option<String> {
-        self.host.webhook_base.lock().expect("webhook base lock").clone()
+    /// The webhook listener's base URL, such as `http://127.0.0.1:7080`, once it listens.
+    pub fn webhook_base(&self) -> Option<String> {
+        self.webhook_base.lock().expect("webhook base lock").clone()
     }
 
-    fn last_error(&self, extension: &str) -> Option<String> {
-        self.host
-            .launch_errors
+    /// Why the extension's container could not run last time, if it could not.
+    pub fn launch_error(&self, extension: &str) -> Option<String> {
+        self.launch_errors
             .lock()
             .expect("launch errors lock")
             .get(extension)

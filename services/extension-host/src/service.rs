@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 
 use futures_util::StreamExt;
-use gofer_api::Principal;
+use gofer_auth::Principal;
 use gofer_domain::Command;
 use gofer_domain::triggers::{Fire, FireOutcome, Registration};
 use gofer_proto::v1::{self, extension_service_server::ExtensionService, session_request, session_response};
-use gofer_proto::{internal, into_status, now_millis, setting_from_proto};
+use gofer_proto::{into_status, now_millis, setting_from_proto, unavailable};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -95,7 +95,7 @@ impl ExtensionService for ExtensionHandler {
         match self.host.state.propose(command).await {
             Ok(_) => {}
             Err(gofer_state::Error::Rejected(err)) => return Err(into_status(err)),
-            Err(err) => return Err(internal("registering an extension", &err, true)),
+            Err(err) => return Err(unavailable("registering an extension", &err)),
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let cluster_id = self.host.state.read(|s| s.cluster_id.clone());

@@ -20,6 +20,7 @@ use gofer_domain::triggers::{Fire, FireOutcome};
 use gofer_state::StateHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::Error;
 use crate::fires::FireQueue;
 
 /// The largest body a webhook accepts.
@@ -97,8 +98,8 @@ async fn handle(
             format!("no webhook subscription {label:?} on pipeline {pipeline:?} in namespace {namespace:?}"),
         );
     };
-    if let Err(message) = verify_signature(&secret, &headers, &body) {
-        return refuse(StatusCode::UNAUTHORIZED, message);
+    if let Err(err) = verify_signature(&secret, &headers, &body) {
+        return refuse(StatusCode::UNAUTHORIZED, err.to_string());
     }
     let delivery = ["x-github-delivery", "idempotency-key"].iter().find_map(|name| {
         headers
@@ -130,7 +131,7 @@ async fn handle(
     let parameters = match (fields, is_json) {
         (Some(fields), _) => match pick_fields(&fields, &body) {
             Ok(parameters) => parameters,
-            Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+            Err(err) => return refuse(StatusCode::BAD_REQUEST, err.to_string()),
         },
         (None, true) => match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(_) => BTreeMap::new(),
@@ -177,19 +178,16 @@ async fn handle(
 }
 
 /// Checks `X-Hub-Signature-256: sha256=<hex>` against the HMAC-SHA256 of the raw body, in constant time.
-fn verify_signature(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
+fn verify_signature(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), Error> {
     let header = headers
         .get("x-hub-signature-256")
-        .ok_or("missing X-Hub-Signature-256 header")?
+        .ok_or(Error::SignatureMissing)?
         .to_str()
-        .map_err(|_| "X-Hub-Signature-256 is not text")?;
-    let hex = header
-        .trim()
-        .strip_prefix("sha256=")
-        .ok_or("X-Hub-Signature-256 must be sha256=<hex>")?;
-    let signature = decode_hex(hex).ok_or("X-Hub-Signature-256 is not hex")?;
+        .map_err(|_| Error::SignatureNotText)?;
+    let hex = header.trim().strip_prefix("sha256=").ok_or(Error::SignatureNotSha256)?;
+    let signature = decode_hex(hex).ok_or(Error::SignatureNotHex)?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    ring::hmac::verify(&key, body, &signature).map_err(|_| "the signature does not match the body".to_string())
+    ring::hmac::verify(&key, body, &signature).map_err(|_| Error::SignatureMismatch)
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -204,9 +202,8 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 /// Picks `fields` (comma-separated dotted paths) out of a JSON body; strings pass as they are, other
 /// values as JSON text, and absent paths are left out.
-fn pick_fields(fields: &str, body: &[u8]) -> Result<BTreeMap<String, String>, String> {
-    let payload: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
+fn pick_fields(fields: &str, body: &[u8]) -> Result<BTreeMap<String, String>, Error> {
+    let payload: serde_json::Value = serde_json::from_slice(body).map_err(Error::BodyNotJson)?;
     let mut out = BTreeMap::new();
     for path in fields.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let mut value = &payload;
@@ -253,6 +250,7 @@ mod tests {
         assert!(
             verify_signature("k", &HeaderMap::new(), body)
                 .unwrap_err()
+                .to_string()
                 .contains("missing")
         );
         let mut bad = HeaderMap::new();

@@ -7,7 +7,7 @@ use gofer_domain::executors::ExecutorInfo;
 use gofer_domain::lease::Role;
 use gofer_domain::{AttemptOutcome, Command, Error};
 use gofer_proto::v1::{self, dispatch_request, dispatch_service_server::DispatchService};
-use gofer_proto::{attempt_ref, internal, into_status};
+use gofer_proto::{attempt_ref, into_status, unavailable};
 use gofer_state::{LogStore, StateHandle};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -254,7 +254,7 @@ impl DispatchService for DispatchHandler {
         match self.scheduler.lease.propose(renewal).await {
             Ok(_) => {}
             Err(gofer_state::Error::Rejected(err)) if !err.is_fenced() => return Err(into_status(err)),
-            Err(err) => return Err(internal("registering the executor", &err, true)),
+            Err(err) => return Err(unavailable("registering the executor", &err)),
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         // Linearizable: a scheduler following remote state nodes must not welcome with a stale live list,
@@ -267,9 +267,7 @@ impl DispatchService for DispatchHandler {
                 .collect();
             (s.cluster_id.clone(), live)
         });
-        let (cluster_id, live) = read
-            .await
-            .map_err(|e| internal("reading the live attempts", &e, true))?;
+        let (cluster_id, live) = read.await.map_err(|e| unavailable("reading the live attempts", &e))?;
         // The welcome goes first, before the scheduler can queue any Start on this stream.
         let welcome = v1::Welcome {
             cluster_id,
@@ -386,7 +384,7 @@ impl DispatchService for DispatchHandler {
         let keeper = state
             .log_keeper_now()
             .await
-            .map_err(|e| internal("finding a state node to keep the log", &e, true))?;
+            .map_err(|e| unavailable("finding a state node to keep the log", &e))?;
         let chunks = inbound.map(|m| m.map(|m| m.data));
         let key_text = gofer_proto::attempt_key_text(&key);
         let stored_bytes = match &self.logs {
@@ -407,7 +405,7 @@ impl DispatchService for DispatchHandler {
                 let stored = state
                     .send_log(keeper, key, data)
                     .await
-                    .map_err(|e| internal("storing task logs", &e, true))?;
+                    .map_err(|e| unavailable("storing task logs", &e))?;
                 if let Some(status) = broken.lock().expect("upload lock").take() {
                     return Err(status);
                 }

@@ -6,7 +6,7 @@ use gofer_domain::{Applied, AttemptRef, Command, State};
 use gofer_proto::v1;
 use tokio::sync::watch;
 
-use crate::{ClusterStatus, Error, MembershipChange, NodeId, RemoteState, StateNode};
+use crate::{Call, ClusterStatus, Error, MembershipChange, NodeId, RemoteState, StateNode, Unavailable};
 
 /// The replicated state as a role reaches it. Clones share the node or the mirror.
 #[derive(Clone)]
@@ -126,21 +126,16 @@ impl StateHandle {
         let deadline = tokio::time::Instant::now() + PEER_READ_PATIENCE;
         let mut pause = std::time::Duration::from_millis(50);
         loop {
-            let failure = match self.member_client(node).await {
+            let failure: Error = match self.member_client(node).await {
                 Ok(mut client) => match client.read_task_log(request.clone()).await {
                     Ok(reply) => return Ok(reply.into_inner().data),
-                    Err(s) if !transient(&s) => {
-                        return Err(Error::Unavailable(format!(
-                            "reading the log from node {node}: {}",
-                            s.message()
-                        )));
-                    }
-                    Err(s) => format!("reading the log from node {node}: {}", s.message()),
+                    Err(s) if !transient(&s) => return Err(Unavailable::call(Call::ReadLog(node), s).into()),
+                    Err(s) => Unavailable::call(Call::ReadLog(node), s).into(),
                 },
-                Err(e) => e.to_string(),
+                Err(e) => e,
             };
             if tokio::time::Instant::now() + pause > deadline {
-                return Err(Error::Unavailable(failure));
+                return Err(failure);
             }
             tracing::debug!(%failure, "trying the log read again");
             tokio::time::sleep(pause).await;
@@ -175,7 +170,7 @@ impl StateHandle {
         let reply = client
             .store_task_log(futures_util::stream::iter([first]).chain(rest))
             .await
-            .map_err(|s| Error::Unavailable(format!("storing the log on node {node}: {}", s.message())))?;
+            .map_err(|s| Unavailable::call(Call::StoreLog(node), s))?;
         Ok(reply.into_inner().stored_bytes)
     }
 }

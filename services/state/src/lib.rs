@@ -12,6 +12,7 @@
 //! nodes follows one of them through [`RemoteState`]. The task log archive lives here too (`logs`):
 //! files under the data dir, not redb, because big bytes stay out of the log.
 
+mod error;
 mod handle;
 mod lease;
 mod logs;
@@ -23,6 +24,7 @@ mod server;
 mod store;
 mod types;
 
+pub use error::{Call, Error, Storage, Unavailable};
 pub use handle::StateHandle;
 pub use lease::{LEASE_TTL, LeaseHolder};
 pub use logs::{LOG_CAP_BYTES, LogStore, LogWriter};
@@ -32,17 +34,3 @@ pub use node::{MemberOptions, StateNode};
 pub use remote::RemoteState;
 pub use server::RaftHandler;
 pub use types::NodeId;
-
-/// Why a state operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The state machine refused the command; the state is unchanged.
-    #[error(transparent)]
-    Rejected(#[from] gofer_domain::Error),
-    /// Raft or its storage failed, this node is not the leader, or it is shut down.
-    #[error("state is unavailable: {0}")]
-    Unavailable(String),
-    /// Opening or reading the redb file failed.
-    #[error("state storage: {0}")]
-    Storage(String),
-}

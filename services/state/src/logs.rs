@@ -74,7 +74,7 @@ impl LogStore {
         S: futures_util::Stream<Item = Result<Vec<u8>, tonic::Status>> + Unpin,
     {
         use futures_util::StreamExt;
-        let failed = |e: std::io::Error| gofer_proto::internal("storing task logs", &e, true);
+        let failed = |e: std::io::Error| gofer_proto::unavailable("storing task logs", &e);
         let mut writer = self.writer(target, attempt).await.map_err(failed)?;
         writer.append(first).await.map_err(failed)?;
         while let Some(chunk) = chunks.next().await.transpose()? {

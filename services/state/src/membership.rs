@@ -1,15 +1,20 @@
 //! Changing and showing who the state nodes are: add a voter (as a learner first, so it catches up
 //! before it counts), remove one, and the cluster status that `goferctl cluster status` prints. A change
-//! received by a follower is forwarded to the leader, like a write.
+//! received by a follower is forwarded to the leader, like a write; a change the leader refuses comes back
+//! with openraft's typed refusal in the Status's metadata, so the follower retries on the type.
 
 use std::collections::BTreeSet;
 
-use openraft::error::ForwardToLeader;
+use openraft::error::{ChangeMembershipError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 
 use crate::types::NodeId;
-use crate::{Error, StateNode};
+use crate::{Call, Error, StateNode, Unavailable};
+
+/// The binary metadata key under which a leader's `ChangeMembership` refusal carries openraft's
+/// [`ChangeMembershipError`], as JSON.
+const REFUSAL_METADATA: &str = "gofer-change-membership-error-bin";
 
 /// A membership change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,8 +70,8 @@ impl StateNode {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match self.change_once(&change).await {
-                Err(Error::Unavailable(reason))
-                    if reason.contains("undergoing a configuration change")
+                Err(Error::Unavailable(Unavailable::ChangeMembership(refused)))
+                    if matches!(*refused, ChangeMembershipError::InProgress(_))
                         && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -87,7 +92,10 @@ impl StateNode {
                 client
                     .change_membership(request)
                     .await
-                    .map_err(|s| Error::Unavailable(format!("forwarding to the leader: {}", s.message())))?;
+                    .map_err(|status| match refusal(&status) {
+                        Some(refused) => Unavailable::ChangeMembership(Box::new(refused)),
+                        None => Unavailable::call(Call::Forward, status),
+                    })?;
                 Ok(())
             }
             Err(ForwardOr::Failed(e)) => Err(e),
@@ -119,18 +127,18 @@ impl StateNode {
                 }
             }
         };
+        let failed = |why: Unavailable| Err(ForwardOr::Failed(why.into()));
         match result {
             Ok(_) => Ok(()),
-            Err(e) => match e.forward_to_leader::<BasicNode>() {
-                Some(ForwardToLeader {
-                    leader_node: Some(leader),
-                    ..
-                }) => Err(ForwardOr::Forward(leader.clone())),
-                Some(_) => Err(ForwardOr::Failed(Error::Unavailable(
-                    "no leader is known yet; retry".into(),
-                ))),
-                None => Err(ForwardOr::Failed(Error::Unavailable(e.to_string()))),
-            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader {
+                leader_node: Some(leader),
+                ..
+            }))) => Err(ForwardOr::Forward(leader)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => failed(Unavailable::NoLeader),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(refused))) => {
+                failed(Unavailable::ChangeMembership(Box::new(refused)))
+            }
+            Err(e) => failed(Unavailable::Write(Box::new(e))),
         }
     }
 
@@ -183,3 +191,24 @@ pub(crate) enum ForwardOr {
     Forward(BasicNode),
     Failed(Error),
 }
+
+/// The Status with which a leader refuses a membership change: Unavailable as any failed change, carrying
+/// openraft's refusal for the follower that forwarded it.
+pub(crate) fn refusal_status(refused: &ChangeMembershipError<NodeId>) -> tonic::Status {
+    let mut status =
+        tonic::Status::unavailable(Error::from(Unavailable::ChangeMembership(Box::new(refused.clone()))).to_string());
+    let json = serde_json::to_vec(refused).expect("openraft's errors always serialize");
+    status
+        .metadata_mut()
+        .insert_bin(REFUSAL_METADATA, tonic::metadata::MetadataValue::from_bytes(&json));
+    status
+}
+
+/// The refusal a leader sent with its Status, if it sent one.
+fn refusal(status: &tonic::Status) -> Option<ChangeMembershipError<NodeId>> {
+    let json = status.metadata().get_bin(REFUSAL_METADATA)?.to_bytes().ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+#[cfg(test)]
+mod tests;

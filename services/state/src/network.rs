@@ -24,8 +24,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::Error;
 use crate::types::{NodeId, TypeConfig};
+use crate::{Call, Unavailable};
 
 /// Traffic the test harness drops: `(from, to)` pairs; and nodes whose raft log syncs it holds back.
 /// Empty in production.
@@ -91,20 +91,31 @@ impl Faults {
 }
 
 /// Whether a failed call certainly never reached its server: the connection was never made (a refused or
-/// timed-out connect, a name that does not resolve). Only then may a write be sent again elsewhere.
+/// timed-out connect, a name that does not resolve, a TLS handshake that failed). Only then may a write be
+/// sent again elsewhere.
+///
+/// tonic's channel wraps every failure of its connector (TCP connect, DNS, TLS handshake: all before the
+/// first HTTP/2 frame) in [`tonic::ConnectError`], and the Status it makes of a failed call keeps that
+/// error in its source chain. A connection that breaks once made fails with hyper's or h2's errors
+/// instead, and the request may have reached the server. A refused connect is told apart by its
+/// `io::ErrorKind` too, should it ever arrive unwrapped.
 pub(crate) fn never_sent(status: &tonic::Status) -> bool {
     if status.code() != tonic::Code::Unavailable {
         return false;
     }
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {
-        if format!("{err:?}").contains("ConnectError") {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
             return true;
         }
         source = err.source();
     }
-    let message = status.message();
-    message.contains("connect error") || message.contains("dns error")
+    false
 }
 
 /// How a node reaches its peers.
@@ -134,7 +145,7 @@ impl PeerNetwork {
     /// channel connects on first use and again after its connection fails: a peer that restarts or is
     /// replaced at the same address is dialled anew, and one that falls silent is dropped by the
     /// keep-alive within a few seconds.
-    pub(crate) fn shared_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+    pub(crate) fn shared_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, Unavailable> {
         let mut shared = self.shared.lock().expect("peer channels lock");
         if let Some(client) = shared.get(addr) {
             return Ok(client.clone());
@@ -145,9 +156,12 @@ impl PeerNetwork {
     }
 
     /// A client for the peer at `addr` (such as `https://10.0.0.2:7444`).
-    pub(crate) fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+    pub(crate) fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, Unavailable> {
         let mut endpoint = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| format!("peer address {addr:?}: {e}"))?
+            .map_err(|source| Unavailable::PeerAddress {
+                address: addr.to_string(),
+                source,
+            })?
             .connect_timeout(Duration::from_millis(250))
             .tcp_nodelay(true)
             // A peer that is paused or cut off is noticed by its silence, not only by a closed socket.
@@ -158,7 +172,7 @@ impl PeerNetwork {
             let host = endpoint.uri().host().unwrap_or("localhost").to_string();
             endpoint = endpoint
                 .tls_config(tls.clone().domain_name(host))
-                .map_err(|e| format!("peer TLS: {e}"))?;
+                .map_err(Unavailable::PeerTls)?;
         }
         Ok(RaftServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(1 << 30)
@@ -182,7 +196,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 pub struct PeerConnection {
     network: PeerNetwork,
     target: NodeId,
-    client: Result<RaftServiceClient<Channel>, String>,
+    client: Result<RaftServiceClient<Channel>, Unavailable>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -194,16 +208,15 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, NetworkError> {
 }
 
 impl PeerConnection {
-    fn unreachable(&self, why: String) -> Unreachable {
-        Unreachable::new(&Error::Unavailable(format!("node {}: {why}", self.target)))
-    }
-
     /// The client, unless the harness cut this link or the address is bad.
     fn client(&self) -> Result<RaftServiceClient<Channel>, Unreachable> {
         if self.network.faults.is_cut(self.network.id, self.target) {
-            return Err(self.unreachable("cut by the test harness".into()));
+            return Err(Unreachable::new(&Unavailable::Cut(self.target)));
         }
-        self.client.clone().map_err(|e| self.unreachable(e))
+        match &self.client {
+            Ok(client) => Ok(client.clone()),
+            Err(e) => Err(Unreachable::new(e)),
+        }
     }
 
     fn request<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
@@ -215,9 +228,9 @@ impl PeerConnection {
 
 fn transport<E: std::error::Error>(target: NodeId, status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Unreachable(
-            Unreachable::new(&Error::Unavailable(format!("node {target}: {}", status.message()))),
-        ),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&Unavailable::call(Call::Raft(target), status)))
+        }
         _ => RPCError::Network(NetworkError::new(&status)),
     }
 }
@@ -247,9 +260,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     {
         // Snapshots travel whole through `full_snapshot`; openraft calls this chunked form only from its
         // default `full_snapshot`, which is replaced below.
-        Err(RPCError::Unreachable(
-            self.unreachable("snapshots are sent whole, not in chunks".into()),
-        ))
+        Err(RPCError::Unreachable(Unreachable::new(&Unavailable::ChunkedSnapshot(
+            self.target,
+        ))))
     }
 
     async fn vote(
@@ -292,3 +305,6 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         result.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,14 +12,14 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use gofer_domain::{Applied, Command, State};
-use openraft::error::ForwardToLeader;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState};
 use tokio::sync::{oneshot, watch};
 
-use crate::Error;
 use crate::network::{Faults, PeerNetwork};
 use crate::store::{self, AppliedState};
 use crate::types::{NodeId, TypeConfig, raft_config};
+use crate::{Call, Error, Storage, Unavailable};
 
 /// The id of the only node of a single-node cluster.
 const SINGLE_NODE_ID: NodeId = 1;
@@ -31,7 +31,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// Why a forwarded write did not come back with a result.
 enum Forwarded {
     /// Certainly not appended: safe to try again.
-    NotSent(String),
+    NotSent(Unavailable),
     /// Perhaps appended: trying again could commit the command twice.
     Failed(Error),
 }
@@ -109,9 +109,7 @@ impl StateNode {
         let mut config = raft_config();
         config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_every_entries);
         config.max_in_snapshot_log_to_keep = options.logs_kept_after_snapshot;
-        let config = config
-            .validate()
-            .map_err(|e| Error::Unavailable(format!("invalid raft config: {e}")))?;
+        let config = config.validate().map_err(|e| Unavailable::Config(Box::new(e)))?;
         let node = StateNode::start(data_dir, config, network).await?;
         if let Some(members) = bootstrap {
             let initialized = node
@@ -119,7 +117,7 @@ impl StateNode {
                 .raft
                 .is_initialized()
                 .await
-                .map_err(|e| Error::Unavailable(e.to_string()))?;
+                .map_err(|e| Unavailable::Stopped(Box::new(e)))?;
             if !initialized {
                 let members: BTreeMap<NodeId, BasicNode> =
                     members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
@@ -127,7 +125,7 @@ impl StateNode {
                     Ok(()) => {}
                     // Another member initialized first, and its log reached us: that is the same cluster.
                     Err(e) if e.api_error().is_some() => tracing::info!(%e, "cluster already initialized"),
-                    Err(e) => return Err(Error::Unavailable(format!("initializing raft: {e}"))),
+                    Err(e) => return Err(Unavailable::Initialize(Box::new(e)).into()),
                 }
             }
         }
@@ -135,12 +133,13 @@ impl StateNode {
     }
 
     async fn start(data_dir: &Path, config: Config, network: PeerNetwork) -> Result<StateNode, Error> {
-        let config = config
-            .validate()
-            .map_err(|e| Error::Unavailable(format!("invalid raft config: {e}")))?;
+        let config = config.validate().map_err(|e| Unavailable::Config(Box::new(e)))?;
         tokio::fs::create_dir_all(data_dir)
             .await
-            .map_err(|e| Error::Storage(format!("creating {}: {e}", data_dir.display())))?;
+            .map_err(|source| Storage::CreateDir {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
         let store = store::open(data_dir.join(STATE_FILE)).await?;
         store.log.gate_with(network.faults.clone(), network.id);
         let raft = Raft::new(
@@ -151,7 +150,7 @@ impl StateNode {
             store.state_machine,
         )
         .await
-        .map_err(|e| Error::Unavailable(format!("starting raft: {e}")))?;
+        .map_err(|e| Unavailable::Start(Box::new(e)))?;
         Ok(StateNode {
             inner: Arc::new(Inner {
                 id: network.id,
@@ -172,13 +171,13 @@ impl StateNode {
         let initialized = raft
             .is_initialized()
             .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+            .map_err(|e| Unavailable::Stopped(Box::new(e)))?;
         if !initialized {
             // The address stays empty until the three-node issue gives nodes a gRPC address.
             let members = BTreeMap::from([(SINGLE_NODE_ID, BasicNode::default())]);
             raft.initialize(members)
                 .await
-                .map_err(|e| Error::Unavailable(format!("initializing raft: {e}")))?;
+                .map_err(|e| Unavailable::Initialize(Box::new(e)))?;
         }
         raft.wait(Some(DEADLINE))
             .metrics(
@@ -191,7 +190,7 @@ impl StateNode {
                 "leader with an applied entry of its term",
             )
             .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+            .map_err(Unavailable::from)?;
         Ok(())
     }
 
@@ -211,24 +210,22 @@ impl StateNode {
             let leader = metrics.borrow_and_update().current_leader;
             let not_sent = match self.inner.raft.client_write(command.clone()).await {
                 Ok(response) => return Ok(response.data.0?),
-                Err(e) => match e.forward_to_leader::<BasicNode>() {
-                    Some(ForwardToLeader {
-                        leader_node: Some(leader),
-                        ..
-                    }) => match self.forward(&leader.addr, &command).await {
-                        Ok((result, index)) => {
-                            self.wait_applied(index).await?;
-                            return Ok(result?);
-                        }
-                        Err(Forwarded::NotSent(why)) => why,
-                        Err(Forwarded::Failed(e)) => return Err(e),
-                    },
-                    Some(_) => "no leader is known yet".to_string(),
-                    None => return Err(Error::Unavailable(e.to_string())),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader {
+                    leader_node: Some(leader),
+                    ..
+                }))) => match self.forward(&leader.addr, &command).await {
+                    Ok((result, index)) => {
+                        self.wait_applied(index).await?;
+                        return Ok(result?);
+                    }
+                    Err(Forwarded::NotSent(why)) => why,
+                    Err(Forwarded::Failed(e)) => return Err(e),
                 },
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Unavailable::NoLeader,
+                Err(e) => return Err(Unavailable::Write(Box::new(e)).into()),
             };
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Unavailable(format!("{not_sent}; retry")));
+                return Err(not_sent.into());
             }
             // Tried again as soon as this node hears of another leader, and every 50 ms in any case.
             let _ = tokio::time::timeout(
@@ -247,8 +244,8 @@ impl StateNode {
     ) -> Result<Option<(Result<Applied, gofer_domain::Error>, u64)>, Error> {
         match self.inner.raft.client_write(command).await {
             Ok(response) => Ok(Some((response.data.0, response.log_id.index))),
-            Err(e) if e.forward_to_leader::<BasicNode>().is_some() => Ok(None),
-            Err(e) => Err(Error::Unavailable(e.to_string())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
+            Err(e) => Err(Unavailable::Write(Box::new(e)).into()),
         }
     }
 
@@ -265,24 +262,16 @@ impl StateNode {
             Ok(reply) => reply.into_inner(),
             // The leader appended nothing: it no longer leads.
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                return Err(Forwarded::NotSent(format!("the leader moved: {}", s.message())));
+                return Err(Forwarded::NotSent(Unavailable::call(Call::NotLeader, s)));
             }
             // The connection was never made, so the request never left.
             Err(s) if crate::network::never_sent(&s) => {
-                return Err(Forwarded::NotSent(format!(
-                    "the leader is unreachable: {}",
-                    s.message()
-                )));
+                return Err(Forwarded::NotSent(Unavailable::call(Call::NeverSent, s)));
             }
-            Err(s) => {
-                return Err(Forwarded::Failed(Error::Unavailable(format!(
-                    "forwarding to the leader: {}",
-                    s.message()
-                ))));
-            }
+            Err(s) => return Err(Forwarded::Failed(Unavailable::call(Call::Forward, s).into())),
         };
-        let result = serde_json::from_slice(&reply.result)
-            .map_err(|e| Forwarded::Failed(Error::Unavailable(format!("the leader's reply: {e}"))))?;
+        let result =
+            serde_json::from_slice(&reply.result).map_err(|e| Forwarded::Failed(Unavailable::Reply(e).into()))?;
         Ok((result, reply.index))
     }
 
@@ -294,7 +283,7 @@ impl StateNode {
             .applied_index_at_least(Some(index), "applied the forwarded write")
             .await
             .map(|_| ())
-            .map_err(|e| Error::Unavailable(e.to_string()))
+            .map_err(|e| Unavailable::from(e).into())
     }
 
     /// Runs `f` on the applied state once this node has applied everything the cluster committed before
@@ -315,25 +304,21 @@ impl StateNode {
     async fn read_barrier(&self) -> Result<(), Error> {
         match self.inner.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(e) => match e.forward_to_leader::<BasicNode>() {
-                Some(ForwardToLeader {
-                    leader_node: Some(leader),
-                    ..
-                }) => {
-                    let mut client = self.peer_client(&leader.addr)?;
-                    let index = client
-                        .read_index(gofer_proto::v1::ReadIndexRequest {})
-                        .await
-                        .map_err(|s| {
-                            Error::Unavailable(format!("asking the leader for a read index: {}", s.message()))
-                        })?
-                        .into_inner()
-                        .index;
-                    self.wait_applied(index).await
-                }
-                Some(_) => Err(Error::Unavailable("no leader is known yet; retry".into())),
-                None => Err(Error::Unavailable(e.to_string())),
-            },
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(ForwardToLeader {
+                leader_node: Some(leader),
+                ..
+            }))) => {
+                let mut client = self.peer_client(&leader.addr)?;
+                let index = client
+                    .read_index(gofer_proto::v1::ReadIndexRequest {})
+                    .await
+                    .map_err(|s| Unavailable::call(Call::ReadIndex, s))?
+                    .into_inner()
+                    .index;
+                self.wait_applied(index).await
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(Unavailable::NoLeader.into()),
+            Err(e) => Err(Unavailable::Linearize(Box::new(e)).into()),
         }
     }
 
@@ -342,7 +327,7 @@ impl StateNode {
         &self,
         addr: &str,
     ) -> Result<gofer_proto::v1::raft_service_client::RaftServiceClient<tonic::transport::Channel>, Error> {
-        self.inner.network.shared_client(addr).map_err(Error::Unavailable)
+        Ok(self.inner.network.shared_client(addr)?)
     }
 
     /// Whether this node leads the cluster right now. Roles that must act once per cluster (the
@@ -362,7 +347,7 @@ impl StateNode {
             .membership()
             .get_node(&node)
             .map(|n| n.addr.clone())
-            .ok_or_else(|| Error::Unavailable(format!("node {node} is not a member")))?;
+            .ok_or(Unavailable::NotAMember(node))?;
         self.peer_client(&address)
     }
 
@@ -406,10 +391,8 @@ impl StateNode {
             .wait(Some(deadline))
             .metrics(|m| m.current_leader.is_some(), "a known leader")
             .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        metrics
-            .current_leader
-            .ok_or_else(|| Error::Unavailable("no leader".into()))
+            .map_err(Unavailable::from)?;
+        Ok(metrics.current_leader.ok_or(Unavailable::NoLeader)?)
     }
 
     /// Runs `f` on the applied state, under a read lock that `f` must not hold on to.
@@ -448,21 +431,14 @@ impl StateNode {
     /// Shuts raft down and waits (10 s at most) until the redb file is closed, so the same directory can
     /// be opened again. Calling it again is harmless.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        self.inner
-            .raft
-            .shutdown()
-            .await
-            .map_err(|e| Error::Unavailable(format!("raft ended badly: {e}")))?;
+        self.inner.raft.shutdown().await.map_err(Unavailable::Shutdown)?;
         let closed = self.inner.closed.lock().unwrap_or_else(PoisonError::into_inner).take();
         // Nothing is ever sent on `closed`: its sender drops with the last handle on the redb file, and
         // the receiver's error is that signal. Only a timeout is a failure.
         if let Some(closed) = closed
             && tokio::time::timeout(DEADLINE, closed).await.is_err()
         {
-            return Err(Error::Unavailable(format!(
-                "the redb file is still open {} s after raft stopped",
-                DEADLINE.as_secs()
-            )));
+            return Err(Unavailable::StillOpen(DEADLINE).into());
         }
         tracing::info!("state node shut down");
         Ok(())

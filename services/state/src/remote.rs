@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::network::PeerNetwork;
-use crate::{ClusterStatus, Error, MembershipChange, NodeId};
+use crate::{Call, ClusterStatus, Error, MembershipChange, NodeId, Unavailable};
 
 /// How long a call keeps trying while the leader changes.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -76,14 +76,11 @@ impl RemoteState {
         tokio::spawn(follow_loop(remote.clone(), ready_tx));
         tokio::time::timeout(wait, ready.wait_for(|r| *r))
             .await
-            .map_err(|_| {
-                Error::Unavailable(format!(
-                    "no state node answered within {} s: {}",
-                    wait.as_secs(),
-                    remote.inner.addresses.join(", ")
-                ))
+            .map_err(|_| Unavailable::NoAnswer {
+                waited: wait,
+                addresses: remote.inner.addresses.clone(),
             })?
-            .map_err(|_| Error::Unavailable("the mirror stopped".into()))?;
+            .map_err(|_| Unavailable::MirrorStopped)?;
         Ok(remote)
     }
 
@@ -92,9 +89,9 @@ impl RemoteState {
         self.inner.stop.cancel();
     }
 
-    fn client(&self, index: usize) -> Result<RaftServiceClient<Channel>, Error> {
+    fn client(&self, index: usize) -> Result<RaftServiceClient<Channel>, Unavailable> {
         let address = &self.inner.addresses[index % self.inner.addresses.len()];
-        self.inner.network.shared_client(address).map_err(Error::Unavailable)
+        self.inner.network.shared_client(address)
     }
 
     /// Runs `f` on the mirrored state.
@@ -128,9 +125,7 @@ impl RemoteState {
             Ok(Ok(_)) => Ok(()),
             _ => {
                 self.inner.switch.notify_one();
-                Err(Error::Unavailable(format!(
-                    "the state node this process follows has not applied index {index}; moving to another; retry"
-                )))
+                Err(Unavailable::MirrorBehind(index).into())
             }
         }
     }
@@ -149,8 +144,8 @@ impl RemoteState {
                 Ok(reply) => {
                     self.inner.leader_hint.store(tried, Ordering::SeqCst);
                     let reply = reply.into_inner();
-                    let result: Result<Applied, gofer_domain::Error> = serde_json::from_slice(&reply.result)
-                        .map_err(|e| Error::Unavailable(format!("the leader's reply: {e}")))?;
+                    let result: Result<Applied, gofer_domain::Error> =
+                        serde_json::from_slice(&reply.result).map_err(Unavailable::Reply)?;
                     // Committed: from here on the answer is the result, never an error that invites a
                     // retry. The mirror is given until the deadline to show it, moving node if it must.
                     while self.wait_applied(reply.index).await.is_err() {
@@ -162,23 +157,18 @@ impl RemoteState {
                     return Ok(result?);
                 }
                 // Not the leader: it appended nothing.
-                Err(s) if s.code() == tonic::Code::FailedPrecondition => s.message().to_string(),
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => Unavailable::call(Call::NotLeader, s),
                 // Never connected: the request never left.
-                Err(s) if crate::network::never_sent(&s) => s.message().to_string(),
+                Err(s) if crate::network::never_sent(&s) => Unavailable::call(Call::NeverSent, s),
                 Err(s) => {
                     // Perhaps appended: not retried. The next call starts from another node.
                     self.inner.leader_hint.store(tried + 1, Ordering::SeqCst);
-                    return Err(Error::Unavailable(format!(
-                        "proposing to a state node: {}",
-                        s.message()
-                    )));
+                    return Err(Unavailable::call(Call::Propose, s).into());
                 }
             };
             tried += 1;
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Unavailable(format!(
-                    "no state node took the write: {not_sent}; retry"
-                )));
+                return Err(not_sent.into());
             }
             if tried.is_multiple_of(self.inner.addresses.len()) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -198,7 +188,7 @@ impl RemoteState {
                     self.inner.leader_hint.store(tried, Ordering::SeqCst);
                     self.wait_applied(reply.into_inner().index).await
                 }
-                Err(s) => Err(Error::Unavailable(format!("asking for a read index: {}", s.message()))),
+                Err(s) => Err(Unavailable::call(Call::ReadIndex, s).into()),
             };
             match outcome {
                 Ok(()) => return Ok(self.read(f)),
@@ -214,20 +204,19 @@ impl RemoteState {
 
     /// The view of the cluster of the first state node that answers.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, Error> {
-        let mut last = String::new();
+        let mut last = None;
         for i in 0..self.inner.addresses.len() {
             let start = self.inner.following.load(Ordering::SeqCst);
             let mut client = self.client(start + i)?;
             let answer = within(client.cluster_status(v1::ClusterStatusRequest {})).await;
             match answer {
                 Ok(reply) => {
-                    return serde_json::from_slice(&reply.into_inner().status)
-                        .map_err(|e| Error::Unavailable(format!("a node's cluster status: {e}")));
+                    return Ok(serde_json::from_slice(&reply.into_inner().status).map_err(Unavailable::Reply)?);
                 }
-                Err(s) => last = s.message().to_string(),
+                Err(s) => last = Some(Unavailable::call(Call::ClusterStatus, s)),
             }
         }
-        Err(Error::Unavailable(format!("no state node answered: {last}")))
+        Err(last.expect("`connect` refuses an empty list of state nodes").into())
     }
 
     /// Asks the state nodes to change the membership; a follower forwards it to the leader.
@@ -235,18 +224,18 @@ impl RemoteState {
         let request = v1::ChangeMembershipRequest {
             change: serde_json::to_vec(&change).expect("changes always serialize"),
         };
-        let mut last = String::new();
+        let mut last = None;
         for i in 0..self.inner.addresses.len() {
             let start = self.inner.leader_hint.load(Ordering::SeqCst);
             match self.client(start + i)?.change_membership(request.clone()).await {
                 Ok(_) => return Ok(()),
                 Err(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::NotFound => {
-                    return Err(Error::Unavailable(s.message().to_string()));
+                    return Err(Unavailable::call(Call::ChangeMembership, s).into());
                 }
-                Err(s) => last = s.message().to_string(),
+                Err(s) => last = Some(Unavailable::call(Call::ChangeMembership, s)),
             }
         }
-        Err(Error::Unavailable(format!("no state node made the change: {last}")))
+        Err(last.expect("`connect` refuses an empty list of state nodes").into())
     }
 
     /// A client for member `node`, found through the cluster status.
@@ -257,8 +246,8 @@ impl RemoteState {
             .iter()
             .find(|m| m.id == node)
             .map(|m| m.address.clone())
-            .ok_or_else(|| Error::Unavailable(format!("node {node} is not a member")))?;
-        self.inner.network.shared_client(&address).map_err(Error::Unavailable)
+            .ok_or(Unavailable::NotAMember(node))?;
+        Ok(self.inner.network.shared_client(&address)?)
     }
 
     /// Replaces the mirror with a node's whole state at `index`.
@@ -301,13 +290,15 @@ async fn follow_loop(remote: RemoteState, ready: watch::Sender<bool>) {
     let inner = remote.inner.clone();
     loop {
         let index = inner.following.load(Ordering::SeqCst);
-        let followed = tokio::select! {
+        let address = &inner.addresses[index % inner.addresses.len()];
+        tokio::select! {
             () = inner.stop.cancelled() => return,
-            () = inner.switch.notified() => Err("it fell behind".to_string()),
-            result = follow_one(&remote, index, &ready) => result,
-        };
-        if let Err(why) = followed {
-            tracing::info!(address = %inner.addresses[index % inner.addresses.len()], %why, "following another state node");
+            () = inner.switch.notified() => {
+                tracing::info!(%address, "the followed state node fell behind; following another");
+            }
+            result = follow_one(&remote, index, &ready) => if let Err(why) = result {
+                tracing::info!(%address, %why, "following another state node");
+            },
         }
         inner.following.store(index + 1, Ordering::SeqCst);
         inner.following_node.store(0, Ordering::SeqCst);
@@ -319,8 +310,8 @@ async fn follow_loop(remote: RemoteState, ready: watch::Sender<bool>) {
 }
 
 /// Follows the node at address `index` until its stream ends.
-async fn follow_one(remote: &RemoteState, index: usize, ready: &watch::Sender<bool>) -> Result<(), String> {
-    let mut client = remote.client(index).map_err(|e| e.to_string())?;
+async fn follow_one(remote: &RemoteState, index: usize, ready: &watch::Sender<bool>) -> Result<(), Unavailable> {
+    let mut client = remote.client(index)?;
     if let Ok(status) = within(client.cluster_status(v1::ClusterStatusRequest {})).await
         && let Ok(status) = serde_json::from_slice::<ClusterStatus>(&status.into_inner().status)
     {
@@ -328,24 +319,24 @@ async fn follow_one(remote: &RemoteState, index: usize, ready: &watch::Sender<bo
     }
     let mut stream = within(client.follow(v1::FollowRequest {}))
         .await
-        .map_err(|s| s.message().to_string())?
+        .map_err(|s| Unavailable::call(Call::Follow, s))?
         .into_inner();
     loop {
         // A node sends at least a heartbeat every half second: silence means it is paused or cut off.
         let message = match tokio::time::timeout(CATCH_UP, stream.message()).await {
             Ok(Ok(Some(message))) => message,
-            Ok(Ok(None)) => return Err("the node closed the stream".into()),
-            Ok(Err(s)) => return Err(s.message().to_string()),
-            Err(_) => return Err(format!("the node said nothing for {} s", CATCH_UP.as_secs())),
+            Ok(Ok(None)) => return Err(Unavailable::FollowEnded),
+            Ok(Err(s)) => return Err(Unavailable::call(Call::Follow, s)),
+            Err(_) => return Err(Unavailable::FollowSilent(CATCH_UP)),
         };
         match message.change {
             Some(v1::follow_response::Change::State(json)) => {
-                let state: State = serde_json::from_slice(&json).map_err(|e| format!("a node's state: {e}"))?;
+                let state: State = serde_json::from_slice(&json).map_err(Unavailable::Reply)?;
                 remote.reset(message.index, state);
                 ready.send_replace(true);
             }
             Some(v1::follow_response::Change::Command(json)) => {
-                let command: Command = serde_json::from_slice(&json).map_err(|e| format!("a node's command: {e}"))?;
+                let command: Command = serde_json::from_slice(&json).map_err(Unavailable::Reply)?;
                 remote.apply(message.index, Some(command));
             }
             // An entry without a command, or a heartbeat repeating the last index.

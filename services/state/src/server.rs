@@ -11,9 +11,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::StateNode;
-use crate::membership::ForwardOr;
+use crate::membership::{ForwardOr, refusal_status};
 use crate::store::Change;
+use crate::{Error, StateNode, Unavailable};
 
 /// Serves one node's raft to its peers.
 #[derive(Clone)]
@@ -147,6 +147,9 @@ impl RaftService for RaftHandler {
                 "not the leader any more; the leader is at {}",
                 leader.addr
             ))),
+            Err(ForwardOr::Failed(Error::Unavailable(Unavailable::ChangeMembership(refused)))) => {
+                Err(refusal_status(&refused))
+            }
             Err(ForwardOr::Failed(e)) => Err(Status::unavailable(e.to_string())),
         }
     }

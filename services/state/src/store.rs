@@ -31,8 +31,8 @@ use tokio::sync::{broadcast, oneshot, watch};
 pub(crate) use log::RaftLogStore;
 pub(crate) use state_machine::{AppliedState, StateMachineStore};
 
-use crate::Error;
 use crate::types::NodeId;
+use crate::{Error, Storage};
 
 /// Where the raft log was kept before it had a file of its own: entry index → the entry as JSON. Read
 /// once, to move it over, and emptied.
@@ -98,10 +98,13 @@ const LOG_DIR: &str = "raft-log";
 /// Opens or creates the redb file at `path` and the raft log beside it, and loads the latest snapshot
 /// and the log into memory.
 pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
-    let shown = path.display().to_string();
     let (closed_tx, closed) = oneshot::channel();
-    let (file, snapshot, wal, log) = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let db = Database::create(&path).map_err(|e| e.to_string())?;
+    let (file, snapshot, wal, log) = tokio::task::spawn_blocking(move || -> Result<_, Storage> {
+        let redb = |source: redb::Error| Storage::Redb {
+            path: path.clone(),
+            source,
+        };
+        let db = Database::create(&path).map_err(|e| redb(e.into()))?;
         // Read transactions fail on a table that was never created, so create them all up front.
         let created = || -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
@@ -111,32 +114,27 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
             txn.commit()?;
             Ok(())
         };
-        created().map_err(|e| e.to_string())?;
+        created().map_err(redb)?;
         let file = RedbFile {
             db,
             snapshot_stored: watch::Sender::new(None),
             _closed: closed_tx,
         };
-        let snapshot = file.snapshot().map_err(|e| e.to_string())?;
-        let (wal, log) = open_log(&file, &path.with_file_name(LOG_DIR))?;
+        let snapshot = file.snapshot().map_err(redb)?;
+        let (wal, log) = open_log(&file, &path)?;
         Ok((file, snapshot, wal, log))
     })
     .await
-    .map_err(|e| Error::Storage(format!("opening {shown}: {e}")))?
-    .map_err(|e| Error::Storage(format!("opening {shown}: {e}")))?;
+    .map_err(Storage::Task)??;
 
     let applied = match snapshot {
         None => AppliedState::default(),
         Some(StoredSnapshot { meta, data }) => {
-            let meta: SnapshotMeta<NodeId, openraft::BasicNode> = serde_json::from_slice(&meta)
-                .map_err(|e| Error::Storage(format!("decoding the snapshot meta in {shown}: {e}")))?;
-            let applied: AppliedState = serde_json::from_slice(&data)
-                .map_err(|e| Error::Storage(format!("decoding the snapshot in {shown}: {e}")))?;
+            let meta: SnapshotMeta<NodeId, openraft::BasicNode> =
+                serde_json::from_slice(&meta).map_err(Storage::DecodeSnapshotMeta)?;
+            let applied: AppliedState = serde_json::from_slice(&data).map_err(Storage::DecodeSnapshot)?;
             if applied.last_applied != meta.last_log_id || applied.membership != meta.last_membership {
-                return Err(Error::Storage(format!(
-                    "the snapshot in {shown} disagrees with its meta {}",
-                    meta.snapshot_id
-                )));
+                return Err(Storage::SnapshotMismatch(meta.snapshot_id).into());
             }
             file.snapshot_stored.send_replace(meta.last_log_id);
             applied
@@ -147,8 +145,7 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
     let file = Arc::new(file);
     let (changes, _) = broadcast::channel(CHANGES_KEPT);
     Ok(OpenStore {
-        log: RaftLogStore::new(file.clone(), wal, log)
-            .map_err(|e| Error::Storage(format!("starting the raft log writer for {shown}: {e}")))?,
+        log: RaftLogStore::new(file.clone(), wal, log).map_err(Storage::LogWriter)?,
         state_machine: StateMachineStore::new(file, applied.clone(), applied_tx, changes.clone()),
         applied,
         applied_index,
@@ -157,62 +154,63 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
     })
 }
 
-/// Opens the raft log in `dir` (moving a log kept in redb over first) and decodes its entries.
+/// Opens the raft log beside the redb file at `path` (moving a log kept in redb over first) and decodes
+/// its entries.
 ///
 /// The redb file records that the log moved (`LOG_IN_FILE_KEY`, in the same transaction that empties
 /// its old table), so a log directory that went missing, or a redb table that filled again (an older
 /// Gofer run on this data directory), is refused rather than taken for an empty log.
-fn open_log(file: &RedbFile, dir: &Path) -> Result<(wal::Wal, log::Log), String> {
-    let purged: Option<openraft::LogId<NodeId>> = match file.meta(LAST_PURGED_KEY).map_err(|e| e.to_string())? {
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("decoding the last purged log id: {e}"))?,
+fn open_log(file: &RedbFile, path: &Path) -> Result<(wal::Wal, log::Log), Storage> {
+    let dir = &path.with_file_name(LOG_DIR);
+    let redb = |source: redb::Error| Storage::Redb {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file_io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Storage::Io { path, source }
+    };
+    let log_io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Storage::Log { path, source }
+    };
+    let purged: Option<openraft::LogId<NodeId>> = match file.meta(LAST_PURGED_KEY).map_err(redb)? {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(Storage::DecodePurged)?,
         None => None,
     };
-    let moved = file.meta(LOG_IN_FILE_KEY).map_err(|e| e.to_string())?.is_some();
-    let rows = file.log_rows().map_err(|e| e.to_string())?;
+    let moved = file.meta(LOG_IN_FILE_KEY).map_err(redb)?.is_some();
+    let rows = file.log_rows().map_err(redb)?;
     match (dir.exists(), moved) {
-        (true, true) if !rows.is_empty() => {
-            return Err(format!(
-                "both {} and the redb file hold a raft log: was an older Gofer run on this data directory? \
-                 Refusing to choose one",
-                dir.display()
-            ));
-        }
+        (true, true) if !rows.is_empty() => return Err(Storage::TwoLogs(dir.clone())),
         (true, true) => {}
-        (false, true) => {
-            return Err(format!(
-                "the raft log directory {} is missing, and this node's log was there: restore it, or \
-                 remove the whole data directory to start the node afresh",
-                dir.display()
-            ));
-        }
+        (false, true) => return Err(Storage::LogDirMissing(dir.clone())),
         (false, false) => {
             // Written whole under another name, checked, then renamed: a crash midway leaves the old log
             // in place.
             let staging = dir.with_extension("import");
             if staging.exists() {
-                std::fs::remove_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+                std::fs::remove_dir_all(&staging).map_err(file_io(&staging))?;
             }
-            let (mut fresh, _) = wal::Wal::open(&staging, None).map_err(|e| e.to_string())?;
+            let (mut fresh, _) = wal::Wal::open(&staging, None).map_err(log_io(&staging))?;
             if !rows.is_empty() {
-                fresh.append(&rows).map_err(|e| e.to_string())?;
+                fresh.append(&rows).map_err(log_io(&staging))?;
             }
             drop(fresh);
-            wal::Wal::open(&staging, purged.map(|p| p.index))
-                .map_err(|e| format!("checking the raft log moved out of redb: {e}"))?;
-            std::fs::rename(&staging, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            wal::Wal::open(&staging, purged.map(|p| p.index)).map_err(Storage::LogMoveCheck)?;
+            std::fs::rename(&staging, dir).map_err(file_io(dir))?;
             if let Some(parent) = dir.parent() {
-                wal::sync_dir(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+                wal::sync_dir(parent).map_err(file_io(parent))?;
             }
-            file.mark_log_moved().map_err(|e| e.to_string())?;
+            file.mark_log_moved().map_err(redb)?;
         }
         // The rename was durable before a crash cut the move short: the directory holds the whole log.
-        (true, false) => file.mark_log_moved().map_err(|e| e.to_string())?,
+        (true, false) => file.mark_log_moved().map_err(redb)?,
     }
-    let (wal, rows) = wal::Wal::open(dir, purged.map(|p| p.index)).map_err(|e| e.to_string())?;
+    let (wal, rows) = wal::Wal::open(dir, purged.map(|p| p.index)).map_err(log_io(dir))?;
     let mut entries = std::collections::BTreeMap::new();
     for (index, bytes) in rows {
         let entry: openraft::Entry<crate::types::TypeConfig> =
-            serde_json::from_slice(&bytes).map_err(|e| format!("decoding raft log entry {index}: {e}"))?;
+            serde_json::from_slice(&bytes).map_err(|source| Storage::DecodeEntry { index, source })?;
         entries.insert(index, entry);
     }
     Ok((wal, log::Log { entries, purged }))

@@ -1,6 +1,10 @@
 //! Bearer-token authentication: every RPC carries `authorization: Bearer <token>`, looked up by its
 //! SHA-256 (tokens are never kept in the clear) to find who is calling, and each service admits only the
 //! callers it serves. The caller's [`Principal`] rides on the request for handlers that scope by it.
+//!
+//! A crate of its own so that the api and the extension host (which grants each extension container a
+//! token) share one token table without one service depending on another. It stores no token on disk and
+//! knows nothing of what a principal may do beyond the `allowed` check each caller passes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

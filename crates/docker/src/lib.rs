@@ -1,0 +1,319 @@
+//! The Docker Engine calls Gofer makes, through bollard: find and list containers by label, create and
+//! start one, follow its output, wait for it, stop and remove it, and run an extension's long-lived
+//! container on the host network.
+//!
+//! It exists so that only this crate talks to Docker: the executor (attempts) and the extension host
+//! (extension containers) both go through it. It knows Docker, not Gofer: what a container is called,
+//! which labels and environment it carries and what they mean are its callers' business. There is no
+//! registry to pull from, so it never pulls an image.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    WaitContainerOptions,
+};
+use futures_util::{Stream, StreamExt};
+
+/// Why a call to the Docker Engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No Engine client could be made (no socket where `DOCKER_HOST` or the default says).
+    #[error("cannot reach Docker: {0}")]
+    Connect(#[source] bollard::errors::Error),
+    /// The Engine did not answer a ping.
+    #[error("cannot reach Docker: {0} (is the Docker daemon running?)")]
+    Ping(#[source] bollard::errors::Error),
+    /// The image is not on this host.
+    #[error("image {0:?} not found locally (there is no registry to pull from)")]
+    ImageMissing(String),
+    #[error("inspecting image {image:?}: {source}")]
+    InspectImage {
+        image: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("listing containers: {0}")]
+    List(#[source] bollard::errors::Error),
+    #[error("creating the container: {0}")]
+    Create(#[source] bollard::errors::Error),
+    #[error("starting the container: {0}")]
+    Start(#[source] bollard::errors::Error),
+    #[error("reading the container's output: {0}")]
+    Output(#[source] bollard::errors::Error),
+    /// A piece of output came without the time the Engine stamps on each.
+    #[error("reading the container's output: a piece without its time")]
+    Unstamped,
+    #[error("waiting for the container: {0}")]
+    Wait(#[source] bollard::errors::Error),
+    /// The wait stream ended without saying how the container ended.
+    #[error("waiting for the container: the Engine closed the stream")]
+    WaitEnded,
+    #[error("stopping the container: {0}")]
+    Stop(#[source] bollard::errors::Error),
+    #[error("removing the container: {0}")]
+    Remove(#[source] bollard::errors::Error),
+}
+
+/// A connection to the Docker Engine. Clone it freely; clones share the connection.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+/// A container that exists, running or not.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+    /// When the Engine created it (to the second), in Unix milliseconds.
+    pub created_unix_millis: i64,
+}
+
+/// A container to create and start: what it runs, with which limits and labels.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    /// Its name, unique on the host.
+    pub name: String,
+    pub image: String,
+    /// The command and its arguments; empty for the image's own.
+    pub command: Vec<String>,
+    /// `NAME=value` pairs.
+    pub env: Vec<String>,
+    pub labels: HashMap<String, String>,
+    /// The working directory; empty for the image's own.
+    pub workdir: String,
+    /// The CPU limit in billionths of a CPU; 0 for none.
+    pub nano_cpus: i64,
+    /// The memory limit in bytes, with no swap beyond it; 0 for none.
+    pub memory_bytes: i64,
+}
+
+impl Engine {
+    /// Connects to the local Docker Engine (`DOCKER_HOST` or the default socket) and checks it answers.
+    pub async fn connect() -> Result<Self, Error> {
+        let docker = Docker::connect_with_local_defaults().map_err(Error::Connect)?;
+        docker.ping().await.map_err(Error::Ping)?;
+        Ok(Engine { docker })
+    }
+
+    /// Whether `image` exists locally. There is no registry to pull from.
+    pub async fn has_image(&self, image: &str) -> Result<bool, Error> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+            Err(source) => Err(Error::InspectImage {
+                image: image.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Containers, running or not, that carry every one of `labels`.
+    pub async fn containers_labelled(&self, labels: &[(&str, &str)]) -> Result<Vec<Container>, Error> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let found = self.docker.list_containers(Some(options)).await.map_err(Error::List)?;
+        Ok(found
+            .into_iter()
+            .filter_map(|c| {
+                Some(Container {
+                    id: c.id?,
+                    labels: c.labels.unwrap_or_default(),
+                    created_unix_millis: c.created.unwrap_or(0).saturating_mul(1000),
+                })
+            })
+            .collect())
+    }
+
+    /// Creates and starts a long-running service container (an extension) on the host's network, so that
+    /// it reaches a node listening on loopback; returns its id. A leftover container of the same name is
+    /// replaced.
+    pub async fn run_service(
+        &self,
+        name: &str,
+        image: &str,
+        env: Vec<String>,
+        labels: HashMap<String, String>,
+    ) -> Result<String, Error> {
+        if !self.has_image(image).await? {
+            return Err(Error::ImageMissing(image.to_string()));
+        }
+        self.remove(name).await?;
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some("host".to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.create_started(name.to_string(), body).await
+    }
+
+    /// Creates and starts the container `spec` describes; returns its id.
+    pub async fn create_and_start(&self, spec: ContainerSpec) -> Result<String, Error> {
+        let limited = |value: i64| (value > 0).then_some(value);
+        let host_config = HostConfig {
+            nano_cpus: limited(spec.nano_cpus),
+            memory: limited(spec.memory_bytes),
+            // Without swap beyond the limit, so that the limit is the memory the container gets.
+            memory_swap: limited(spec.memory_bytes),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image),
+            cmd: (!spec.command.is_empty()).then_some(spec.command),
+            env: Some(spec.env),
+            labels: Some(spec.labels),
+            working_dir: (!spec.workdir.is_empty()).then_some(spec.workdir),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        self.create_started(spec.name, body).await
+    }
+
+    /// Creates a container called `name` and starts it; a container that will not start is removed.
+    async fn create_started(&self, name: String, body: ContainerCreateBody) -> Result<String, Error> {
+        let options = CreateContainerOptions {
+            name: Some(name),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(Error::Create)?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.remove(&created.id).await;
+            return Err(Error::Start(e));
+        }
+        Ok(created.id)
+    }
+
+    /// The container's output from its start, each piece with the time the Engine stamped it; with
+    /// `follow`, going on until the container stops.
+    pub fn logs(&self, id: &str, follow: bool) -> impl Stream<Item = Result<(Stamp, Vec<u8>), Error>> + use<> {
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            ..Default::default()
+        };
+        self.docker.logs(id, Some(options)).map(|item| {
+            let bytes = item.map(|output| output.into_bytes()).map_err(Error::Output)?;
+            Stamp::split(&bytes).ok_or(Error::Unstamped)
+        })
+    }
+
+    /// Waits until the container stops and returns its exit code.
+    pub async fn wait(&self, id: &str) -> Result<i64, Error> {
+        let options = WaitContainerOptions {
+            condition: "not-running".to_string(),
+        };
+        let mut stream = self.docker.wait_container(id, Some(options));
+        match stream.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // bollard reports a non-zero exit as this error, carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(Error::Wait(e)),
+            None => Err(Error::WaitEnded),
+        }
+    }
+
+    /// Whether the kernel killed the container for going over its memory limit.
+    pub async fn oom_killed(&self, id: &str) -> bool {
+        self.docker
+            .inspect_container(id, None)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false)
+    }
+
+    /// Asks the container to stop: SIGTERM, then SIGKILL after `grace` (in whole seconds, rounded up).
+    pub async fn stop(&self, id: &str, grace: std::time::Duration) -> Result<(), Error> {
+        let seconds = grace.as_millis().div_ceil(1000);
+        let options = StopContainerOptions {
+            t: Some(i32::try_from(seconds).unwrap_or(i32::MAX)),
+            ..Default::default()
+        };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped; 404: already gone. Both mean it is not running.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304 | 404, ..
+            }) => Ok(()),
+            Err(e) => Err(Error::Stop(e)),
+        }
+    }
+
+    /// Removes the container, running or not.
+    pub async fn remove(&self, id: &str) -> Result<(), Error> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(Error::Remove(e)),
+        }
+    }
+}
+
+/// The time the Engine stamped on a piece of output, ordered as the Engine wrote the pieces: the
+/// RFC 3339 date and time to the second, then nanoseconds (the Engine trims trailing zeros off the
+/// fraction, so the text alone does not sort).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Stamp {
+    seconds: String,
+    nanos: u32,
+}
+
+impl Stamp {
+    /// Splits `2026-11-26T20:10:00.12345Z data…` into its stamp and its data.
+    fn split(bytes: &[u8]) -> Option<(Stamp, Vec<u8>)> {
+        let space = bytes.iter().position(|&b| b == b' ')?;
+        let text = std::str::from_utf8(&bytes[..space]).ok()?.strip_suffix('Z')?;
+        let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
+        if seconds.len() != 19 || fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let nanos = format!("{fraction:0<9}").parse().ok()?;
+        let stamp = Stamp {
+            seconds: seconds.to_string(),
+            nanos,
+        };
+        Some((stamp, bytes[space + 1..].to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::Stamp;
+
+    #[test]
+    fn stamps_split_off_their_data_and_sort_by_time_whatever_the_trimmed_fraction() {
+        let (a, data) = Stamp::split(b"2026-11-26T20:10:00.5Z hello\n").unwrap();
+        assert_eq!(data, b"hello\n");
+        let (b, _) = Stamp::split(b"2026-11-26T20:10:00.123456789Z x").unwrap();
+        let (c, empty) = Stamp::split(b"2026-11-26T20:10:01Z ").unwrap();
+        assert!(b < a && a < c, "{a:?} {b:?} {c:?}");
+        assert!(empty.is_empty());
+        assert_eq!(Stamp::split(b"no stamp here"), None);
+        assert_eq!(Stamp::split(b"2026-11-26T20:10:00.5 missing-zone"), None);
+    }
+}

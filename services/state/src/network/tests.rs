@@ -1,0 +1,87 @@
+//! [`never_sent`] against real failures, through the client the node dials its peers with: a connection
+//! refused (the request never left), and connections that break or fall silent after the server received
+//! the request (it may have been appended, so it must not be sent again elsewhere).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+/// Calls `RaftService.Propose` on `addr` through a node's peer client and returns the failure.
+async fn propose_to(addr: std::net::SocketAddr) -> tonic::Status {
+    let network = PeerNetwork::new(1, None, Faults::default());
+    let mut client = network
+        .client(&format!("http://{addr}"))
+        .expect("a loopback address is a peer address");
+    let request = v1::ProposeRequest {
+        command: b"{}".to_vec(),
+    };
+    tokio::time::timeout(Duration::from_secs(10), client.propose(request))
+        .await
+        .expect("the call ends")
+        .expect_err("the call fails")
+}
+
+#[tokio::test]
+async fn a_refused_connection_never_sent_the_request() {
+    // A port that was free a moment ago, with nothing listening on it now.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap();
+    let status = propose_to(addr).await;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(never_sent(&status), "{status:?}");
+}
+
+/// The HTTP/2 SETTINGS frame with no settings: what a server sends first.
+const EMPTY_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+const DATA_FRAME: u8 = 0;
+
+/// A server that speaks just enough HTTP/2 to take one request: it accepts a connection on `listener`,
+/// reads frames until the request's body arrives, and returns the connection and the body's length
+/// without answering.
+async fn take_request(listener: tokio::net::TcpListener) -> std::io::Result<(tokio::net::TcpStream, usize)> {
+    let (mut socket, _) = listener.accept().await?;
+    let mut preface = [0u8; 24];
+    socket.read_exact(&mut preface).await?;
+    socket.write_all(&EMPTY_SETTINGS).await?;
+    loop {
+        let mut header = [0u8; 9];
+        socket.read_exact(&mut header).await?;
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; length];
+        socket.read_exact(&mut payload).await?;
+        if header[3] == DATA_FRAME && stream != 0 {
+            return Ok((socket, payload.len()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_breaks_after_the_request_arrived_may_have_sent_it() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The server hangs up as soon as it has the request.
+    let server = tokio::spawn(async move { take_request(listener).await.map(|(_, body)| body) });
+    let status = propose_to(addr).await;
+    let body = server.await.unwrap().expect("the server read the request");
+    assert!(body > 0, "the request's body reached the server");
+    assert!(!never_sent(&status), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_server_that_falls_silent_after_the_request_arrived_may_have_sent_it() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The server keeps the connection open and says nothing more, not even to pings, as a paused leader
+    // would: the client's keep-alive gives up on it within a few seconds.
+    let server = tokio::spawn(take_request(listener));
+    let status = propose_to(addr).await;
+    let (connection, body) = server.await.unwrap().expect("the server read the request");
+    assert!(body > 0, "the request's body reached the server");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(!never_sent(&status), "{status:?}");
+    drop(connection);
+}
