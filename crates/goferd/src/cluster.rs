@@ -230,7 +230,7 @@ fn parse_members(pairs: impl IntoIterator<Item = (String, String)>) -> anyhow::R
 }
 
 /// Runs one cluster process until SIGINT or SIGTERM.
-pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => toml::from_str::<ServerConfig>(&read(path, "config file")?)
             .with_context(|| format!("config file {}", path.display()))?,
@@ -456,6 +456,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         benchmark_backend,
         new_cluster_id: crate::dev::random_hex(8)?,
         event_retention_ms,
+        clock,
     })
     .await?;
     println!("goferd server {name} is up");

@@ -137,7 +137,7 @@ fn parse_hash(text: &str) -> anyhow::Result<[u8; 32]> {
 }
 
 /// Runs `goferd dev` until SIGINT or SIGTERM.
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()> {
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => user_dir("XDG_DATA_HOME", ".local/share")?.join("gofer").join("dev"),
@@ -209,6 +209,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         benchmark_backend: false,
         new_cluster_id: random_hex(8)?,
         event_retention_ms: args.event_retention,
+        clock,
     })
     .await?;
     let host = node.api_host.clone().context("goferd dev serves the API")?;

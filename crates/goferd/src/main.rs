@@ -64,11 +64,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // The one clock of the process: every role stamps its commands with it.
+    let clock = gofer_clock::Clock::system();
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Dev(args) => dev::run(args).await,
-            Command::Server(args) => cluster::run(args).await,
-            Command::Executor(args) => cluster::run(args.executor_only()).await,
+            Command::Dev(args) => dev::run(args, clock).await,
+            Command::Server(args) => cluster::run(args, clock).await,
+            Command::Executor(args) => cluster::run(args.executor_only(), clock).await,
             Command::Certs(_) => unreachable!("handled before the runtime starts"),
         }
     });

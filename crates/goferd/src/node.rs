@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gofer_api::{ApiService, NoTriggers, TokenAuth};
+use gofer_clock::Clock;
 use gofer_domain::Command;
 use gofer_domain::lease::Role;
 use gofer_executor::DockerBackend;
@@ -98,6 +99,8 @@ pub struct NodeSetup {
     /// How long the cluster keeps events, when this process was told (`--event-retention`); it sets it
     /// once the cluster is initialized.
     pub event_retention_ms: Option<u64>,
+    /// The wall clock every role stamps its commands with.
+    pub clock: Clock,
 }
 
 /// A process whose roles are running.
@@ -112,12 +115,12 @@ pub struct RunningNode {
 
 /// Proposes the cluster's first command, its id, until it commits: in a cluster that has no quorum yet it
 /// waits for one. Every state node does this; the first `Init` wins.
-async fn initialize(state: StateHandle, cluster_id: String, shutdown: CancellationToken) {
+async fn initialize(state: StateHandle, cluster_id: String, clock: Clock, shutdown: CancellationToken) {
     retry("waiting for a leader to initialize the cluster", &shutdown, || async {
         if state.read(|s| s.cluster_id.is_empty()) {
             let command = Command::Init {
                 cluster_id: cluster_id.clone(),
-                at: gofer_proto::now_millis(),
+                at: clock.now_millis(),
             };
             match state.propose(command).await {
                 Ok(_) | Err(gofer_state::Error::Rejected(_)) => {}
@@ -130,7 +133,7 @@ async fn initialize(state: StateHandle, cluster_id: String, shutdown: Cancellati
 }
 
 /// Sets the cluster's event retention once it is initialized, unless it already is that.
-async fn set_event_retention(state: StateHandle, retention_ms: u64, shutdown: CancellationToken) {
+async fn set_event_retention(state: StateHandle, retention_ms: u64, clock: Clock, shutdown: CancellationToken) {
     retry(
         "waiting for the cluster to set the event retention",
         &shutdown,
@@ -146,7 +149,7 @@ async fn set_event_retention(state: StateHandle, retention_ms: u64, shutdown: Ca
             if current != retention_ms {
                 let command = Command::SetEventRetention {
                     retention_millis: retention_ms,
-                    at: gofer_proto::now_millis(),
+                    at: clock.now_millis(),
                 };
                 match state.propose(command).await {
                     Ok(_) => {}
@@ -216,6 +219,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         benchmark_backend,
         new_cluster_id,
         event_retention_ms,
+        clock,
     } = setup;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -247,7 +251,12 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             }
             let handle = StateHandle::from(node.clone());
             // In a single node this commits at once; in a new cluster it waits for a quorum in the background.
-            let init = tracker.spawn(initialize(handle.clone(), new_cluster_id, shutdown.clone()));
+            let init = tracker.spawn(initialize(
+                handle.clone(),
+                new_cluster_id,
+                clock.clone(),
+                shutdown.clone(),
+            ));
             if single_node {
                 init.await.context("initializing the node")?;
             }
@@ -257,7 +266,12 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         StateSetup::None => (None, None, None),
     };
     if let (Some(handle), Some(retention)) = (&handle, event_retention_ms) {
-        let set = tracker.spawn(set_event_retention(handle.clone(), retention, shutdown.clone()));
+        let set = tracker.spawn(set_event_retention(
+            handle.clone(),
+            retention,
+            clock.clone(),
+            shutdown.clone(),
+        ));
         // A single node commits at once: `goferd dev` is ready only once the retention is in force.
         if single_node {
             set.await.context("setting the event retention")?;
@@ -282,8 +296,14 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         }
         let host = format!("https://{addr}");
         let host_role = if roles.extension_host {
-            let lease = LeaseHolder::spawn(handle.clone(), Role::ExtensionHost, holder.clone(), shutdown.clone());
-            let host_role = ExtensionHost::new(handle.clone(), lease);
+            let lease = LeaseHolder::spawn(
+                handle.clone(),
+                Role::ExtensionHost,
+                holder.clone(),
+                clock.clone(),
+                shutdown.clone(),
+            );
+            let host_role = ExtensionHost::new(handle.clone(), lease, clock.clone());
             let builtins = tracker.spawn(register_builtins(handle.clone(), host_role.clone(), shutdown.clone()));
             // A single node commits at once: `goferd dev` is ready only once the built-in triggers are.
             if single_node {
@@ -316,7 +336,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
                 Some(host_role) => host_role.directory(),
                 None => std::sync::Arc::new(NoTriggers),
             };
-            ApiService::new(handle.clone(), logs.clone(), directory)
+            ApiService::new(handle.clone(), logs.clone(), directory, clock.clone())
         });
         let dispatch = if roles.scheduler {
             // The lease records where executors reach this scheduler, so that other processes point there.
@@ -326,9 +346,10 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
                 Role::Scheduler,
                 holder.clone(),
                 address,
+                clock.clone(),
                 shutdown.clone(),
             );
-            let scheduler = Scheduler::new(handle.clone(), lease);
+            let scheduler = Scheduler::new(handle.clone(), lease, clock.clone());
             tracker.spawn(scheduler.clone().run(shutdown.clone()));
             Some(DispatchHandler::new(scheduler, logs.clone()))
         } else {
@@ -400,7 +421,8 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         };
         let executor_shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(err) = gofer_executor::run(executor_config, backend, channels, connect, executor_shutdown).await
+            if let Err(err) =
+                gofer_executor::run(executor_config, backend, channels, connect, clock, executor_shutdown).await
             {
                 tracing::error!(%err, "the executor stopped");
             }
@@ -465,10 +487,10 @@ impl RunningNode {
 /// Removes the task logs of runs the state pruned: on a change to the state, at most every 10 s.
 async fn prune_logs(state: StateHandle, logs: LogStore, shutdown: CancellationToken) {
     let mut changes = state.subscribe();
-    let mut last = std::time::Instant::now() - Duration::from_secs(60);
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
-        if last.elapsed() >= Duration::from_secs(10) {
-            last = std::time::Instant::now();
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            last = Some(tokio::time::Instant::now());
             let kept = state.read(LogStore::kept_runs);
             match logs.prune(kept).await {
                 Ok(0) => {}

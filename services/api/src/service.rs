@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use gofer_clock::Clock;
 use gofer_domain::{Applied, Command, Error, Run, State};
 use gofer_proto::v1::{self, gofer_service_server::GoferService};
 use gofer_proto::{
@@ -12,8 +13,6 @@ use gofer_proto::{
 use gofer_state::{LogStore, StateHandle};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-
-use gofer_proto::now_millis;
 
 type ApiResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -52,13 +51,20 @@ pub struct ApiService {
     pub(crate) state: StateHandle,
     pub(crate) logs: Option<LogStore>,
     triggers: Arc<dyn TriggerDirectory>,
+    /// What stamps the commands it proposes.
+    clock: Clock,
 }
 
 impl ApiService {
     /// An API over `state`, serving task logs from `logs` (or, without them, from the state nodes that
-    /// keep them), showing trigger presence from `triggers`.
-    pub fn new(state: StateHandle, logs: Option<LogStore>, triggers: Arc<dyn TriggerDirectory>) -> Self {
-        ApiService { state, logs, triggers }
+    /// keep them), showing trigger presence from `triggers`, stamping commands with `clock`.
+    pub fn new(state: StateHandle, logs: Option<LogStore>, triggers: Arc<dyn TriggerDirectory>, clock: Clock) -> Self {
+        ApiService {
+            state,
+            logs,
+            triggers,
+            clock,
+        }
     }
 
     fn subscription_proto(&self, namespace: &str, pipeline: &str, label: &str) -> Result<v1::Subscription, Status> {
@@ -80,7 +86,7 @@ impl ApiService {
     fn extension_proto(&self, name: &str) -> Result<v1::Extension, Status> {
         let connected = self.triggers.is_connected(name);
         let last_error = self.triggers.last_error(name).unwrap_or_default();
-        let now = now_millis();
+        let now = self.clock.now_millis();
         self.read(|s| {
             let record = s
                 .extensions
@@ -149,7 +155,7 @@ impl ApiService {
                 request_id,
                 parameters,
                 retry_of,
-                at: now_millis(),
+                at: self.clock.now_millis(),
             })
             .await?;
         let (Applied::Run(id) | Applied::ExistingRun(id)) = applied else {
@@ -219,7 +225,7 @@ impl GoferService for ApiService {
         let id = request.into_inner().id;
         self.propose(Command::CreateNamespace {
             namespace: id.clone(),
-            at: now_millis(),
+            at: self.clock.now_millis(),
         })
         .await?;
         let namespace = self.read(|s| {
@@ -265,7 +271,7 @@ impl GoferService for ApiService {
             .propose(Command::RegisterPipeline {
                 namespace: namespace.clone(),
                 config,
-                at: now_millis(),
+                at: self.clock.now_millis(),
             })
             .await?;
         let Applied::Version(version) = applied else {
@@ -381,7 +387,7 @@ impl GoferService for ApiService {
             reason: "cancelled by user".to_string(),
             grace_millis: u64::try_from(request.grace_millis)
                 .map_err(|_| into_status(gofer_domain::Error::invalid("grace_millis", "must not be negative")))?,
-            at: now_millis(),
+            at: self.clock.now_millis(),
         })
         .await?;
         let run = self.run_proto(&namespace, &request.pipeline_id, request.run_id)?;
@@ -466,7 +472,7 @@ impl GoferService for ApiService {
             name: request.name.clone(),
             image: request.image,
             settings: request.settings.into_iter().collect(),
-            at: now_millis(),
+            at: self.clock.now_millis(),
         };
         self.propose(command).await?;
         let extension = self.extension_proto(&request.name)?;
@@ -480,8 +486,11 @@ impl GoferService for ApiService {
         request: Request<v1::UninstallExtensionRequest>,
     ) -> ApiResult<v1::UninstallExtensionResponse> {
         let name = request.into_inner().name;
-        self.propose(Command::UninstallExtension { name, at: now_millis() })
-            .await?;
+        self.propose(Command::UninstallExtension {
+            name,
+            at: self.clock.now_millis(),
+        })
+        .await?;
         Ok(Response::new(v1::UninstallExtensionResponse {}))
     }
 
@@ -518,7 +527,7 @@ impl GoferService for ApiService {
             label: request.label.clone(),
             extension: request.extension,
             settings: request.settings.into_iter().collect(),
-            at: now_millis(),
+            at: self.clock.now_millis(),
         };
         self.propose(command).await?;
         let subscription = self.subscription_proto(&namespace, &request.pipeline_id, &request.label)?;
@@ -570,7 +579,7 @@ impl GoferService for ApiService {
             namespace: namespace_or_default(request.namespace_id),
             pipeline: request.pipeline_id,
             label: request.label,
-            at: now_millis(),
+            at: self.clock.now_millis(),
         };
         self.propose(command).await?;
         Ok(Response::new(v1::DeleteSubscriptionResponse {}))

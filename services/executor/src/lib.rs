@@ -61,12 +61,13 @@ pub type Connect = Arc<dyn Fn(&str) -> Option<Channel> + Send + Sync>;
 /// `schedulers` (a standby, or a process without a scheduler, refuses the stream and points it at the
 /// active scheduler, which it tries next through `connect`; without a pointer it moves on to the next in
 /// its list), and reconnects with backoff whenever the stream breaks. Containers keep running across
-/// reconnections.
+/// reconnections. Its reports are stamped by `clock`.
 pub async fn run(
     config: ExecutorConfig,
     backend: Backend,
     schedulers: Vec<Channel>,
     connect: Option<Connect>,
+    clock: gofer_clock::Clock,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     if schedulers.is_empty() {
@@ -77,11 +78,11 @@ pub async fn run(
         .transpose()
         .map_err(|_| Error::Config("the token has characters a header cannot carry".into()))?;
     let count = schedulers.len();
-    let executor = Arc::new(session::Executor::new(config, backend, schedulers, header));
+    let executor = Arc::new(session::Executor::new(config, backend, schedulers, header, clock));
     let mut backoff = Duration::from_millis(100);
     let mut failures_in_a_row = 0;
     loop {
-        let connected_at = std::time::Instant::now();
+        let connected_at = tokio::time::Instant::now();
         let pause = match executor.clone().session(&shutdown).await {
             Ok(()) => {
                 executor.abandon_all();

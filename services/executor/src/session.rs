@@ -73,6 +73,8 @@ pub(crate) struct Executor {
     /// Where reports go while a stream is up.
     outbound: Mutex<Option<mpsc::UnboundedSender<v1::DispatchRequest>>>,
     pub(crate) cluster: Mutex<String>,
+    /// What stamps its reports.
+    pub(crate) clock: gofer_clock::Clock,
 }
 
 impl Executor {
@@ -81,6 +83,7 @@ impl Executor {
         backend: crate::Backend,
         channels: Vec<Channel>,
         header: Option<MetadataValue<tonic::metadata::Ascii>>,
+        clock: gofer_clock::Clock,
     ) -> Self {
         Executor {
             id: config.executor_id,
@@ -96,6 +99,7 @@ impl Executor {
             acks: Mutex::default(),
             outbound: Mutex::default(),
             cluster: Mutex::default(),
+            clock,
         }
     }
 
@@ -355,7 +359,7 @@ impl Executor {
                         outcome: v1::AttemptOutcome::Stopped as i32,
                         exit_code: None,
                         reason,
-                        ended_unix_millis: gofer_proto::now_millis(),
+                        ended_unix_millis: self.clock.now_millis(),
                     }));
                 }
             }

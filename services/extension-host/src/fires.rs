@@ -1,6 +1,7 @@
 //! Group commit for fires: every fire waiting at the moment goes into one `Command::Fire` log entry, so a
 //! thousand subscriptions firing at one instant cost one fsync, not a thousand.
 
+use gofer_clock::Clock;
 use gofer_domain::triggers::{Fire, FireOutcome};
 use gofer_domain::{Applied, Command};
 use gofer_state::StateHandle;
@@ -21,10 +22,11 @@ pub struct FireQueue {
 }
 
 impl FireQueue {
-    /// Starts the batching task; it ends when every queue clone is dropped.
-    pub fn start(state: StateHandle) -> Self {
+    /// Starts the batching task, which stamps each batch with `clock`; it ends when every queue clone is
+    /// dropped.
+    pub fn start(state: StateHandle, clock: Clock) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_loop(state, rx));
+        tokio::spawn(batch_loop(state, clock, rx));
         FireQueue { tx }
     }
 
@@ -49,7 +51,7 @@ impl FireQueue {
     }
 }
 
-async fn batch_loop(state: StateHandle, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn batch_loop(state: StateHandle, clock: Clock, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -61,7 +63,7 @@ async fn batch_loop(state: StateHandle, mut rx: mpsc::UnboundedReceiver<Pending>
         let fires: Vec<Fire> = batch.iter().map(|(f, _)| f.clone()).collect();
         let command = Command::Fire {
             fires,
-            at: gofer_proto::now_millis(),
+            at: clock.now_millis(),
         };
         match state.propose(command).await {
             Ok(Applied::Fired(results)) => {

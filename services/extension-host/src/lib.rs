@@ -16,6 +16,7 @@ mod webhook;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use gofer_clock::Clock;
 use gofer_domain::Command;
 use gofer_domain::triggers::{Registration, SettingSpec};
 use gofer_state::StateHandle;
@@ -131,6 +132,8 @@ pub struct ExtensionHost {
     /// The extension-host lease: only its holder runs the timers and the extension containers.
     lease: gofer_state::LeaseHolder,
     fires: FireQueue,
+    /// What stamps registrations, fires and schedules.
+    clock: Clock,
     connected: Arc<Mutex<HashMap<String, u64>>>,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
     webhook_base: Arc<Mutex<Option<String>>>,
@@ -139,14 +142,15 @@ pub struct ExtensionHost {
 }
 
 impl ExtensionHost {
-    /// A host over `state` that runs timers and extension containers while it holds `lease`. Call from
-    /// inside a tokio runtime: it starts the fire batcher.
-    pub fn new(state: StateHandle, lease: gofer_state::LeaseHolder) -> Self {
-        let fires = FireQueue::start(state.clone());
+    /// A host over `state` that runs timers and extension containers while it holds `lease`, on `clock`.
+    /// Call from inside a tokio runtime: it starts the fire batcher.
+    pub fn new(state: StateHandle, lease: gofer_state::LeaseHolder, clock: Clock) -> Self {
+        let fires = FireQueue::start(state.clone(), clock.clone());
         ExtensionHost {
             state,
             lease,
             fires,
+            clock,
             connected: Arc::default(),
             next_connection: Arc::default(),
             webhook_base: Arc::default(),
@@ -156,7 +160,7 @@ impl ExtensionHost {
 
     /// Registers the built-in extensions (installing them on first use).
     pub async fn register_builtins(&self) -> Result<(), gofer_state::Error> {
-        let at = gofer_proto::now_millis();
+        let at = self.clock.now_millis();
         for (name, registration) in builtin_registrations(at) {
             let current = self.state.read(|s| {
                 s.extensions
@@ -186,7 +190,14 @@ impl ExtensionHost {
 
     /// Runs the interval and cron triggers until `shutdown`.
     pub async fn run_schedules(self, shutdown: CancellationToken) {
-        schedules::run(self.state.clone(), self.lease.clone(), self.fires.clone(), shutdown).await
+        schedules::run(
+            self.state.clone(),
+            self.lease.clone(),
+            self.fires.clone(),
+            self.clock.clone(),
+            shutdown,
+        )
+        .await
     }
 
     /// Serves the webhook trigger on `listener` until `shutdown`.

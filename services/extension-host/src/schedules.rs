@@ -8,10 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use gofer_clock::Clock;
 use gofer_domain::Command;
 use gofer_domain::schedule::{ScheduleSettings, catch_up, jitter_ms};
 use gofer_domain::triggers::{Fire, FireOutcome};
-use gofer_proto::now_millis;
 use gofer_state::StateHandle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,8 +41,15 @@ fn subscription_id((ns, pipeline, label): &SubKey) -> String {
 }
 
 /// Runs the interval and cron triggers until `shutdown`.
-pub async fn run(state: StateHandle, lease: gofer_state::LeaseHolder, fires: FireQueue, shutdown: CancellationToken) {
+pub async fn run(
+    state: StateHandle,
+    lease: gofer_state::LeaseHolder,
+    fires: FireQueue,
+    clock: Clock,
+    shutdown: CancellationToken,
+) {
     let mut changes = state.subscribe();
+    let mut clock_moved = clock.changes();
     let mut tracked: BTreeMap<SubKey, Tracked> = BTreeMap::new();
     // Fires whose commit failed come back here to be tried again with the same key.
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Fire>();
@@ -51,11 +58,11 @@ pub async fn run(state: StateHandle, lease: gofer_state::LeaseHolder, fires: Fir
         // Fires carry idempotency keys, so a short overlap while the lease moves makes no second run.
         let holding = lease.epoch().is_some();
         if holding {
-            sync(&state, &fires, &mut tracked, &retry_tx);
+            sync(&state, &fires, &mut tracked, &retry_tx, clock.now_millis());
         } else {
             tracked.clear();
         }
-        let now = now_millis();
+        let now = clock.now_millis();
         let mut due = Vec::new();
         for (key, t) in tracked.iter_mut() {
             while let (Some(instant), Some(fire_at)) = (t.next, t.fire_at(key)) {
@@ -73,7 +80,7 @@ pub async fn run(state: StateHandle, lease: gofer_state::LeaseHolder, fires: Fir
         let sleep = match wake {
             // A standby looks again every half second: it may hold the lease next.
             _ if tracked.is_empty() && !holding => Duration::from_millis(500),
-            Some(at) => Duration::from_millis((at - now_millis()).clamp(0, 60_000) as u64),
+            Some(at) => Duration::from_millis((at - clock.now_millis()).clamp(0, 60_000) as u64),
             None => Duration::from_secs(60),
         };
         tokio::select! {
@@ -88,6 +95,8 @@ pub async fn run(state: StateHandle, lease: gofer_state::LeaseHolder, fires: Fir
                 send(&fires, fire, &retry_tx);
             }
             () = tokio::time::sleep(sleep) => {}
+            // Fires are due at wall-clock instants: when the clock jumps, look again at once.
+            () = clock_moved.changed() => {}
         }
     }
 }
@@ -137,8 +146,8 @@ fn sync(
     fires: &FireQueue,
     tracked: &mut BTreeMap<SubKey, Tracked>,
     retry: &mpsc::UnboundedSender<Fire>,
+    now: i64,
 ) {
-    let now = now_millis();
     let current: Vec<SubscriptionView> = state.read(|s| {
         s.subscriptions()
             .filter(|(_, _, _, sub)| sub.extension == "interval" || sub.extension == "cron")

@@ -11,7 +11,7 @@ use gofer_api::Principal;
 use gofer_domain::Command;
 use gofer_domain::triggers::{Fire, FireOutcome, Registration};
 use gofer_proto::v1::{self, extension_service_server::ExtensionService, session_request, session_response};
-use gofer_proto::{internal, into_status, now_millis, setting_from_proto};
+use gofer_proto::{internal, into_status, setting_from_proto};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -84,13 +84,13 @@ impl ExtensionService for ExtensionHandler {
             version: register.version,
             documentation: register.documentation,
             settings: register.settings.into_iter().map(setting_from_proto).collect(),
-            registered_at: now_millis(),
+            registered_at: self.host.clock.now_millis(),
         };
         let command = Command::RegisterExtension {
             name: name.clone(),
             builtin: false,
             registration,
-            at: now_millis(),
+            at: self.host.clock.now_millis(),
         };
         match self.host.state.propose(command).await {
             Ok(_) => {}

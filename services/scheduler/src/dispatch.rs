@@ -249,7 +249,7 @@ impl DispatchService for DispatchHandler {
         let renewal = Command::RenewExecutors {
             executors: vec![info.clone()],
             ttl_millis: crate::reconcile::EXECUTOR_LEASE.as_millis() as u64,
-            at: gofer_proto::now_millis(),
+            at: self.scheduler.clock.now_millis(),
         };
         match self.scheduler.lease.propose(renewal).await {
             Ok(_) => {}
@@ -298,7 +298,8 @@ impl DispatchService for DispatchHandler {
                 () = refused.cancelled() => None,
                 _ = &mut lease_moved => None,
             } {
-                heard.store(gofer_proto::now_millis(), std::sync::atomic::Ordering::Relaxed);
+                let now = this.scheduler.clock.now_millis();
+                heard.store(now, std::sync::atomic::Ordering::Relaxed);
                 let mut ack = None;
                 let mut detail = String::new();
                 let command = match message {
@@ -310,7 +311,7 @@ impl DispatchService for DispatchHandler {
                         Command::AttemptStarted {
                             target,
                             attempt,
-                            at: started.started_unix_millis.min(gofer_proto::now_millis()),
+                            at: started.started_unix_millis.min(now),
                         }
                     }
                     Ok(v1::DispatchRequest {
@@ -331,7 +332,7 @@ impl DispatchService for DispatchHandler {
                             outcome: outcome(&finished),
                             log_node: log_node.unwrap_or(0),
                             // An executor's clock ahead of this one must not push a retry's backoff out.
-                            at: finished.ended_unix_millis.min(gofer_proto::now_millis()),
+                            at: finished.ended_unix_millis.min(now),
                         }
                     }
                     Ok(_) => continue,
