@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use gofer_api::{Principal, TokenAuth, hash_token};
-use gofer_state::{Faults, LogStore, MemberOptions, PeerNetwork, RemoteState, StateNode};
+use gofer_state::{Faults, LogStore, MemberOptions, PeerNetwork, Placement, RaftPort, StateNode};
 
-use crate::node::{Roles, StateSetup};
+use crate::node::Roles;
 use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -400,23 +400,26 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
             .identity(Identity::from_pem(&cert_pem, &key_pem))
             .client_ca_root(Certificate::from_pem(&ca_pem));
         println!("  raft:     https://{raft_listen}");
-        StateSetup::Local {
+        Some(Placement::Local {
             node,
             logs: LogStore::with_cap(data_dir.join("logs"), task_log_cap),
-            raft: Some((raft_listener, raft_tls)),
-        }
+            raft: Some(RaftPort {
+                listener: raft_listener,
+                tls: raft_tls,
+            }),
+        })
     } else if !roles.serves() {
         // An executor alone talks to the schedulers only; it needs no view of the state.
-        StateSetup::None
+        None
     } else {
         if state_nodes.is_empty() {
             bail!("state_nodes is required without the state role: the raft addresses of the state nodes");
         }
-        let network = PeerNetwork::new(0, Some(peer_tls), Faults::default());
-        let remote = RemoteState::connect(network, state_nodes, std::time::Duration::from_secs(60))
-            .await
-            .context("following the state nodes")?;
-        StateSetup::Remote(remote)
+        Some(Placement::Remote {
+            network: PeerNetwork::new(0, Some(peer_tls), Faults::default()),
+            addresses: state_nodes,
+            patience: std::time::Duration::from_secs(60),
+        })
     };
     // Schedulers accept the in-process executor with a token minted per start; an executor elsewhere
     // presents its certificate (mutual TLS), which must name it, and no token.

@@ -188,11 +188,11 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
         .with_context(|| format!("binding {} (pass --listen to choose another address)", args.listen))?;
     let addr = api_listener.local_addr()?;
     let node = crate::node::start(crate::node::NodeSetup {
-        state: crate::node::StateSetup::Local {
+        state: Some(gofer_state::Placement::Local {
             node: state.clone(),
             logs: LogStore::with_cap(data_dir.join("logs"), args.task_log_cap),
             raft: None,
-        },
+        }),
         roles: crate::node::Roles::ALL,
         name: "local".to_string(),
         docker: Some(docker),

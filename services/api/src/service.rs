@@ -12,6 +12,8 @@ use gofer_proto::{
 };
 use gofer_state::{LogStore, StateHandle};
 use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 type ApiResult<T> = Result<Response<T>, Status>;
@@ -53,17 +55,28 @@ pub struct ApiService {
     triggers: Arc<dyn TriggerDirectory>,
     /// What stamps the commands it proposes.
     clock: Clock,
+    /// Runs the streams it serves.
+    pub(crate) tracker: TaskTracker,
+    /// Ends the streams it serves.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl ApiService {
-    /// An API over `state`, serving task logs from `logs` (or, without them, from the state nodes that
-    /// keep them), showing trigger presence from `triggers`, stamping commands with `clock`.
-    pub fn new(state: StateHandle, logs: Option<LogStore>, triggers: Arc<dyn TriggerDirectory>, clock: Clock) -> Self {
+    /// An API over the state in `deps`, its streams on `tracker` until `shutdown`.
+    pub(crate) fn new(deps: crate::Deps, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
+        let crate::Deps {
+            state,
+            logs,
+            triggers,
+            clock,
+        } = deps;
         ApiService {
             state,
             logs,
             triggers,
             clock,
+            tracker,
+            shutdown,
         }
     }
 
@@ -186,6 +199,12 @@ pub(crate) fn state_status(err: gofer_state::Error) -> Status {
         gofer_state::Error::Unavailable(e) => internal("the replicated state", &e, true),
         other => internal("the replicated state", &other, false),
     }
+}
+
+/// Ends a stream as this node shuts down, telling a client that follows it to go on elsewhere; a client
+/// that reads nothing more gets no say.
+pub(crate) fn shutting_down<T>(tx: &tokio::sync::mpsc::Sender<Result<T, Status>>) {
+    let _ = tx.try_send(Err(Status::unavailable("the node is shutting down")));
 }
 
 /// An empty namespace in a request means `default`, as in goferctl.
@@ -406,7 +425,7 @@ impl GoferService for ApiService {
         let first = self.run_proto(&namespace, &pipeline, id)?;
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let mut last = None;
             let mut current = first;
             loop {
@@ -430,6 +449,7 @@ impl GoferService for ApiService {
                         let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
                         return;
                     },
+                    () = this.shutdown.cancelled() => return shutting_down(&tx),
                     () = tx.closed() => return,
                 }
                 match this.run_proto(&namespace, &pipeline, id) {

@@ -224,7 +224,9 @@ async fn ship_logs(
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let requests = log_requests(key, rx);
     let mut client = executor.client();
-    let upload = tokio::spawn(async move { client.push_task_logs(requests).await });
+    let upload = executor
+        .tracker
+        .spawn(async move { client.push_task_logs(requests).await });
     // The Engine's follow can end early (or go quiet) when its log file rotates under a large output; so
     // once the container has stopped, the whole log is read again and whatever the follow missed, after
     // the last piece it delivered, is sent too.

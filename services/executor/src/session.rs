@@ -75,15 +75,18 @@ pub(crate) struct Executor {
     pub(crate) cluster: Mutex<String>,
     /// What stamps its reports.
     pub(crate) clock: gofer_clock::Clock,
+    /// Runs its heartbeat, its attempts and their log uploads.
+    pub(crate) tracker: tokio_util::task::TaskTracker,
 }
 
 impl Executor {
     pub(crate) fn new(
-        config: crate::ExecutorConfig,
+        config: crate::Config,
         backend: crate::Backend,
         channels: Vec<Channel>,
         header: Option<MetadataValue<tonic::metadata::Ascii>>,
         clock: gofer_clock::Clock,
+        tracker: tokio_util::task::TaskTracker,
     ) -> Self {
         Executor {
             id: config.executor_id,
@@ -100,6 +103,7 @@ impl Executor {
             outbound: Mutex::default(),
             cluster: Mutex::default(),
             clock,
+            tracker,
         }
     }
 
@@ -182,7 +186,7 @@ impl Executor {
         // Docker calls while handling a message never silence it.
         let beating = CancellationToken::new();
         let _stop_beating = beating.clone().drop_guard();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let mut heartbeat = tokio::time::interval(std::time::Duration::from_secs(1));
             heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -268,7 +272,7 @@ impl Executor {
                 };
                 let this = self.clone();
                 let task_key = key.clone();
-                let task = tokio::spawn(async move {
+                let task = self.tracker.spawn(async move {
                     crate::attempt::run(&this, &task_key, start, stop).await;
                     this.active.lock().expect("active lock").remove(&task_key);
                 });
@@ -301,7 +305,8 @@ impl Executor {
                 // Never started here: there is no container to stop, but there may be one left from
                 // before a restart.
                 let this = self.clone();
-                tokio::spawn(async move { crate::attempt::stop_unstarted(&this, &key_text, key).await });
+                self.tracker
+                    .spawn(async move { crate::attempt::stop_unstarted(&this, &key_text, key).await });
             }
         }
     }

@@ -6,6 +6,8 @@ use gofer_domain::triggers::{Fire, FireOutcome};
 use gofer_domain::{Applied, Command};
 use gofer_state::StateHandle;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The most fires one log entry carries.
 const MAX_BATCH: usize = 1024;
@@ -22,11 +24,11 @@ pub struct FireQueue {
 }
 
 impl FireQueue {
-    /// Starts the batching task, which stamps each batch with `clock`; it ends when every queue clone is
-    /// dropped.
-    pub fn start(state: StateHandle, clock: Clock) -> Self {
+    /// Starts the batching task on `tracker`, which stamps each batch with `clock`; it ends on `shutdown`
+    /// or when every queue clone is dropped.
+    pub fn start(state: StateHandle, clock: Clock, tracker: &TaskTracker, shutdown: CancellationToken) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_loop(state, clock, rx));
+        tracker.spawn(batch_loop(state, clock, rx, shutdown));
         FireQueue { tx }
     }
 
@@ -51,8 +53,17 @@ impl FireQueue {
     }
 }
 
-async fn batch_loop(state: StateHandle, clock: Clock, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = rx.recv().await {
+async fn batch_loop(
+    state: StateHandle,
+    clock: Clock,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    shutdown: CancellationToken,
+) {
+    // On shutdown the fires waiting are answered "the fire queue stopped" (their senders are dropped).
+    while let Some(first) = tokio::select! {
+        () = shutdown.cancelled() => None,
+        first = rx.recv() => first,
+    } {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

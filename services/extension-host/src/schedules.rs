@@ -8,14 +8,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use gofer_clock::Clock;
 use gofer_domain::Command;
 use gofer_domain::schedule::{ScheduleSettings, catch_up, jitter_ms};
 use gofer_domain::triggers::{Fire, FireOutcome};
 use gofer_state::StateHandle;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::ExtensionHost;
 use crate::fires::FireQueue;
 
 /// A subscription's identity: namespace, pipeline, label.
@@ -40,14 +40,17 @@ fn subscription_id((ns, pipeline, label): &SubKey) -> String {
     format!("{ns}/{pipeline}/{label}")
 }
 
-/// Runs the interval and cron triggers until `shutdown`.
-pub async fn run(
-    state: StateHandle,
-    lease: gofer_state::LeaseHolder,
-    fires: FireQueue,
-    clock: Clock,
-    shutdown: CancellationToken,
-) {
+/// Runs the interval and cron triggers of `host` until its shutdown.
+pub(crate) async fn run(host: &ExtensionHost) {
+    let ExtensionHost {
+        state,
+        lease,
+        fires,
+        clock,
+        tracker,
+        shutdown,
+        ..
+    } = host;
     let mut changes = state.subscribe();
     let mut clock_moved = clock.changes();
     let mut tracked: BTreeMap<SubKey, Tracked> = BTreeMap::new();
@@ -58,7 +61,7 @@ pub async fn run(
         // Fires carry idempotency keys, so a short overlap while the lease moves makes no second run.
         let holding = lease.epoch().is_some();
         if holding {
-            sync(&state, &fires, &mut tracked, &retry_tx, clock.now_millis());
+            sync(state, fires, tracker, &mut tracked, &retry_tx, clock.now_millis());
         } else {
             tracked.clear();
         }
@@ -74,7 +77,7 @@ pub async fn run(
             }
         }
         for fire in due {
-            send(&fires, fire, &retry_tx);
+            send(fires, tracker, fire, &retry_tx);
         }
         let wake = tracked.iter().filter_map(|(k, t)| t.fire_at(k)).min();
         let sleep = match wake {
@@ -92,7 +95,7 @@ pub async fn run(
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
-                send(&fires, fire, &retry_tx);
+                send(fires, tracker, fire, &retry_tx);
             }
             () = tokio::time::sleep(sleep) => {}
             // Fires are due at wall-clock instants: when the clock jumps, look again at once.
@@ -114,12 +117,12 @@ fn fire_for((ns, pipeline, label): &SubKey, extension: &str, instant: i64) -> Fi
     }
 }
 
-/// Queues a fire and logs what it did; a fire the log could not take is retried.
-fn send(fires: &FireQueue, fire: Fire, retry: &mpsc::UnboundedSender<Fire>) {
+/// Queues a fire and logs what it did, from a task on `tracker`; a fire the log could not take is retried.
+fn send(fires: &FireQueue, tracker: &TaskTracker, fire: Fire, retry: &mpsc::UnboundedSender<Fire>) {
     // Queued here, in the caller's order, so that caught-up instants are committed oldest first.
     let committed = fires.enqueue(fire.clone());
     let retry = retry.clone();
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         let key = fire.idempotency_key.clone();
         match committed.await {
             Ok(Ok((FireOutcome::Started(run), duplicate))) => {
@@ -144,6 +147,7 @@ type SubscriptionView = (SubKey, String, i64, i64, BTreeMap<String, String>);
 fn sync(
     state: &StateHandle,
     fires: &FireQueue,
+    tracker: &TaskTracker,
     tracked: &mut BTreeMap<SubKey, Tracked>,
     retry: &mpsc::UnboundedSender<Fire>,
     now: i64,
@@ -196,14 +200,14 @@ fn sync(
                 at: now,
             };
             let state = state.clone();
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 if let Err(err) = state.propose(command).await {
                     tracing::warn!(%err, "could not record skipped fires");
                 }
             });
         }
         for instant in &caught.fire {
-            send(fires, fire_for(key, extension, *instant), retry);
+            send(fires, tracker, fire_for(key, extension, *instant), retry);
         }
         let from = caught.fire.last().copied().unwrap_or(*last_scheduled_at).max(now);
         let next = parsed.schedule.next_after(from);

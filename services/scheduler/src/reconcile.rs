@@ -17,6 +17,7 @@ use gofer_proto::v1::{self, dispatch_response::Kind};
 use gofer_state::{LeaseHolder, StateHandle};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 /// How long an executor lease lasts: an executor not heard from for this long is declared lost, and a
@@ -50,13 +51,15 @@ impl Drop for Connection {
 
 /// The scheduler of one node. Clone it freely; all clones share the executors' connections.
 #[derive(Clone)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     pub(crate) state: StateHandle,
     /// The scheduler lease: this scheduler acts only while it holds it, and fences what it commits.
     pub(crate) lease: LeaseHolder,
     pub(crate) executors: Arc<Mutex<HashMap<String, Connection>>>,
     pub(crate) wake: Arc<Notify>,
     pub(crate) clock: Clock,
+    /// Runs the executors' streams and the report committer.
+    pub(crate) tracker: TaskTracker,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
     /// The lease epoch this scheduler acts in and since when (Unix milliseconds), so that it waits one
     /// executor lease after taking over before it declares an executor lost: the executors need that long
@@ -67,15 +70,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler over `state` that acts while it holds `lease`, on `clock`, with no executor connected
-    /// yet.
-    pub fn new(state: StateHandle, lease: LeaseHolder, clock: Clock) -> Self {
+    /// A scheduler over `state` that acts while it holds `lease`, on `clock`, spawning on `tracker`, with
+    /// no executor connected yet.
+    pub(crate) fn new(state: StateHandle, lease: LeaseHolder, clock: Clock, tracker: TaskTracker) -> Self {
         Scheduler {
             state,
             lease,
             executors: Arc::default(),
             wake: Arc::new(Notify::new()),
             clock,
+            tracker,
             next_connection: Arc::default(),
             acting_since: Arc::default(),
             last_renewal: Arc::default(),
@@ -83,7 +87,7 @@ impl Scheduler {
     }
 
     /// Runs the loop until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut changes = self.state.subscribe();
         let mut lease = self.lease.watch();
         let mut clock_moved = self.clock.changes();

@@ -6,13 +6,13 @@ use gofer_domain::Command;
 use gofer_domain::lease::Role;
 use gofer_proto::v1::dispatch_service_client::DispatchServiceClient;
 use gofer_proto::v1::{self, dispatch_request, dispatch_response};
-use gofer_scheduler::{DispatchHandler, Scheduler};
 use gofer_state::{LeaseHolder, LogStore, StateHandle, StateNode};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 mod common;
-use common::{initialized_state, manual_clock, serve_dispatch, wait_for};
+use common::{initialized_state, manual_clock, serve_dispatch, stop, wait_for};
 
 async fn hello(
     client: &mut DispatchServiceClient<tonic::transport::Channel>,
@@ -32,23 +32,26 @@ async fn hello(
     }
 }
 
-/// Serves a scheduler that contends for the lease as `holder`; returns its client and lease.
+/// Runs and serves a scheduler that contends for the lease as `holder`; returns its client and lease.
 async fn serve(
     state: &StateHandle,
     holder: &str,
     logs: LogStore,
     clock: &Clock,
+    tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> (DispatchServiceClient<tonic::transport::Channel>, LeaseHolder) {
-    let lease = LeaseHolder::spawn(
-        state.clone(),
-        Role::Scheduler,
-        holder.into(),
-        clock.clone(),
-        shutdown.clone(),
-    );
-    let scheduler = Scheduler::new(state.clone(), lease.clone(), clock.clone());
-    let handler = DispatchHandler::new(scheduler, Some(logs));
+    let config = gofer_scheduler::Config {
+        holder: holder.into(),
+        address: String::new(),
+    };
+    let deps = gofer_scheduler::Deps {
+        state: state.clone(),
+        logs: Some(logs),
+        clock: clock.clone(),
+    };
+    let handler = gofer_scheduler::run(config, deps, tracker, shutdown).await;
+    let lease = handler.lease().clone();
     (serve_dispatch(handler, shutdown).await, lease)
 }
 
@@ -56,9 +59,10 @@ async fn serve(
 async fn an_executor_is_welcomed_only_once_the_cluster_has_its_id() {
     let dir = tempfile::tempdir().unwrap();
     let state = StateHandle::from(StateNode::open_single(&dir.path().join("state")).await.unwrap());
-    let shutdown = CancellationToken::new();
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
     let (clock, _) = manual_clock();
-    let (mut client, lease) = serve(&state, "a", LogStore::new(dir.path().join("logs")), &clock, &shutdown).await;
+    let logs = LogStore::new(dir.path().join("logs"));
+    let (mut client, lease) = serve(&state, "a", logs, &clock, &tracker, &shutdown).await;
     wait_for("the lease", || lease.epoch(), Option::is_some).await;
 
     // Before Init, a welcome would carry an empty cluster id, and "this cluster's containers" would
@@ -81,7 +85,7 @@ async fn an_executor_is_welcomed_only_once_the_cluster_has_its_id() {
         }
         other => panic!("expected a welcome, got {other:?}"),
     }
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }
 
 #[tokio::test]
@@ -90,11 +94,11 @@ async fn one_scheduler_acts_a_standby_refuses_executors_and_takes_over_in_the_ne
     let state = initialized_state(dir.path()).await;
     let logs = LogStore::new(dir.path().join("logs"));
     let (clock, hand) = manual_clock();
-    let first_stop = CancellationToken::new();
-    let (mut first, first_lease) = serve(&state, "a", logs.clone(), &clock, &first_stop).await;
+    let (first_tracker, first_stop) = (TaskTracker::new(), CancellationToken::new());
+    let (mut first, first_lease) = serve(&state, "a", logs.clone(), &clock, &first_tracker, &first_stop).await;
     wait_for("the first scheduler's lease", || first_lease.epoch(), Option::is_some).await;
-    let second_stop = CancellationToken::new();
-    let (mut second, second_lease) = serve(&state, "b", logs, &clock, &second_stop).await;
+    let (second_tracker, second_stop) = (TaskTracker::new(), CancellationToken::new());
+    let (mut second, second_lease) = serve(&state, "b", logs, &clock, &second_tracker, &second_stop).await;
     // Two lease periods pass, a third of a lease at a time: after each step the holder renews at the new
     // time, and the standby, which sees the lease unexpired at every step, never gets it.
     let ttl = gofer_state::LEASE_TTL;
@@ -129,7 +133,7 @@ async fn one_scheduler_acts_a_standby_refuses_executors_and_takes_over_in_the_ne
     );
 
     // The holder stops (and releases): the standby takes over in epoch 2, and the old epoch is fenced.
-    first_stop.cancel();
+    stop(&first_tracker, &first_stop).await;
     wait_for(
         "the standby to take over",
         || second_lease.epoch(),
@@ -165,14 +169,14 @@ async fn one_scheduler_acts_a_standby_refuses_executors_and_takes_over_in_the_ne
     ));
     let namespaces: Vec<String> = state.read(|s| s.namespaces.keys().cloned().collect());
     assert_eq!(namespaces, ["default", "z"]);
-    second_stop.cancel();
+    stop(&second_tracker, &second_stop).await;
 }
 
 #[tokio::test]
 async fn a_standby_and_a_process_without_a_scheduler_point_executors_at_the_active_one() {
     let dir = tempfile::tempdir().unwrap();
     let state = initialized_state(dir.path()).await;
-    let shutdown = CancellationToken::new();
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
     let (clock, _) = manual_clock();
     let active = LeaseHolder::spawn_advertising(
         state.clone(),
@@ -180,11 +184,12 @@ async fn a_standby_and_a_process_without_a_scheduler_point_executors_at_the_acti
         "a".into(),
         "https://scheduler-a.example:7443".into(),
         clock.clone(),
+        &tracker,
         shutdown.clone(),
     );
     wait_for("the lease", || active.epoch(), Option::is_some).await;
     let logs = LogStore::new(dir.path().join("logs"));
-    let (mut standby, _) = serve(&state, "b", logs, &clock, &shutdown).await;
+    let (mut standby, _) = serve(&state, "b", logs, &clock, &tracker, &shutdown).await;
 
     let redirect = gofer_scheduler::DispatchRedirect::new(state.clone());
     let mut no_scheduler = serve_dispatch(redirect, &shutdown).await;
@@ -202,5 +207,5 @@ async fn a_standby_and_a_process_without_a_scheduler_point_executors_at_the_acti
             "{refused:?}"
         );
     }
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }

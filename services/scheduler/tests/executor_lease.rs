@@ -6,16 +6,15 @@
 use std::time::Duration;
 
 use gofer_clock::{Clock, ManualClock};
-use gofer_domain::lease::Role;
 use gofer_domain::{AttemptState, Command, PipelineConfig, RunState, TaskState};
 use gofer_proto::v1::{self, dispatch_request, dispatch_response};
-use gofer_scheduler::{DispatchHandler, Scheduler};
-use gofer_state::{LeaseHolder, LogStore, StateHandle};
+use gofer_state::{LogStore, StateHandle};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 mod common;
-use common::{Client, initialized_state, manual_clock, renewed_at, serve_dispatch, wait_for};
+use common::{Client, initialized_state, manual_clock, renewed_at, serve_dispatch, stop, wait_for};
 
 /// One executor played by the test: what it sends, and what it has received.
 struct FakeExecutor {
@@ -150,7 +149,7 @@ impl Cluster {
 
 /// A state node with one pipeline, and a scheduler (loop and dispatch service) holding the lease, on a
 /// manual clock.
-async fn cluster(dir: &std::path::Path, shutdown: &CancellationToken) -> Cluster {
+async fn cluster(dir: &std::path::Path, tracker: &TaskTracker, shutdown: &CancellationToken) -> Cluster {
     let (clock, hand) = manual_clock();
     let state = initialized_state(dir).await;
     let config = PipelineConfig::from_json(r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#).unwrap();
@@ -162,16 +161,17 @@ async fn cluster(dir: &std::path::Path, shutdown: &CancellationToken) -> Cluster
         })
         .await
         .unwrap();
-    let lease = LeaseHolder::spawn(
-        state.clone(),
-        Role::Scheduler,
-        "s".into(),
-        clock.clone(),
-        shutdown.clone(),
-    );
-    let scheduler = Scheduler::new(state.clone(), lease.clone(), clock.clone());
-    tokio::spawn(scheduler.clone().run(shutdown.clone()));
-    let handler = DispatchHandler::new(scheduler, Some(LogStore::new(dir.join("logs"))));
+    let config = gofer_scheduler::Config {
+        holder: "s".into(),
+        address: String::new(),
+    };
+    let deps = gofer_scheduler::Deps {
+        state: state.clone(),
+        logs: Some(LogStore::new(dir.join("logs"))),
+        clock: clock.clone(),
+    };
+    let handler = gofer_scheduler::run(config, deps, tracker, shutdown).await;
+    let lease = handler.lease().clone();
     let client = serve_dispatch(handler, shutdown).await;
     wait_for("the scheduler to take its lease", || lease.epoch(), Option::is_some).await;
     Cluster {
@@ -189,8 +189,8 @@ fn task_a(state: &StateHandle, run: u64) -> gofer_domain::TaskExecution {
 #[tokio::test]
 async fn a_silent_executor_loses_its_attempt_which_runs_again_elsewhere_and_is_stopped_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let mut cluster = cluster(dir.path(), &shutdown).await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let mut cluster = cluster(dir.path(), &tracker, &shutdown).await;
     let state = cluster.state.clone();
 
     let (mut e1, _) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
@@ -255,14 +255,14 @@ async fn a_silent_executor_loses_its_attempt_which_runs_again_elsewhere_and_is_s
         state.read(|s| s.executors.may_assign("e1")),
         "e1 renewed its lease on return"
     );
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }
 
 #[tokio::test]
 async fn a_heartbeating_executor_keeps_its_attempt_past_many_lease_periods() {
     let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let mut cluster = cluster(dir.path(), &shutdown).await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let mut cluster = cluster(dir.path(), &tracker, &shutdown).await;
     let state = cluster.state.clone();
     let (mut e1, _) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
     start_run(&state, &cluster.clock).await;
@@ -280,7 +280,7 @@ async fn a_heartbeating_executor_keeps_its_attempt_past_many_lease_periods() {
         "the lease is being renewed"
     );
     e1.finish(start.key.as_ref().unwrap(), v1::AttemptOutcome::Exited, Some(0));
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }
 
 async fn start_run(state: &StateHandle, clock: &Clock) -> u64 {
@@ -304,8 +304,8 @@ async fn start_run(state: &StateHandle, clock: &Clock) -> u64 {
 #[tokio::test]
 async fn a_start_lost_with_its_stream_is_sent_again_on_the_next_for_the_same_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let mut cluster = cluster(dir.path(), &shutdown).await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let mut cluster = cluster(dir.path(), &tracker, &shutdown).await;
     let state = cluster.state.clone();
     let (e1, _) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
     let run = start_run(&state, &cluster.clock).await;
@@ -331,14 +331,14 @@ async fn a_start_lost_with_its_stream_is_sent_again_on_the_next_for_the_same_att
         (task.state, task.attempt, task.attempts.len()),
         (TaskState::Succeeded, 1, 1)
     );
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }
 
 #[tokio::test]
 async fn a_final_report_whose_ack_was_lost_is_acknowledged_again_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let mut cluster = cluster(dir.path(), &shutdown).await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let mut cluster = cluster(dir.path(), &tracker, &shutdown).await;
     let state = cluster.state.clone();
     let (mut e1, _) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
     let run = start_run(&state, &cluster.clock).await;
@@ -366,7 +366,7 @@ async fn a_final_report_whose_ack_was_lost_is_acknowledged_again_and_changes_not
         state.read(|s| s.run("default", "p", run).unwrap().0.state),
         RunState::Succeeded
     );
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }
 
 impl Drop for FakeExecutor {

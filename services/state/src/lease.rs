@@ -15,6 +15,7 @@ use gofer_domain::{Applied, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::{Error, StateHandle};
 
@@ -34,16 +35,17 @@ pub struct LeaseHolder {
 }
 
 impl LeaseHolder {
-    /// Starts contending for `role` as `holder` (unique among the processes that may play it) until
-    /// `shutdown`; then a held lease is released so a standby takes over at once.
+    /// Starts contending for `role` as `holder` (unique among the processes that may play it), from a
+    /// task on `tracker`, until `shutdown`; then a held lease is released so a standby takes over at once.
     pub fn spawn(
         state: StateHandle,
         role: Role,
         holder: String,
         clock: Clock,
+        tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> LeaseHolder {
-        Self::spawn_advertising(state, role, holder, String::new(), clock, shutdown)
+        Self::spawn_advertising(state, role, holder, String::new(), clock, tracker, shutdown)
     }
 
     /// As [`LeaseHolder::spawn`], recording `address` (where this process can be reached for the role) on
@@ -54,6 +56,7 @@ impl LeaseHolder {
         holder: String,
         address: String,
         clock: Clock,
+        tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> LeaseHolder {
         let (tx, epoch) = watch::channel(None);
@@ -62,7 +65,7 @@ impl LeaseHolder {
             holder: holder.clone(),
             address,
         };
-        tokio::spawn(keep(state.clone(), claim, clock, tx, shutdown));
+        tracker.spawn(keep(state.clone(), claim, clock, tx, shutdown));
         LeaseHolder {
             state,
             role,

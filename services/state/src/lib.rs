@@ -9,6 +9,9 @@
 //! and replays the commands it is given. It runs a single voter for now; the gRPC network that makes it a
 //! three-node cluster arrives with the three-node issue (see `network.rs`). The task log archive lives
 //! here too (`logs`): files under the data dir, not redb, because big bytes stay out of the log.
+//!
+//! A process starts its state role with [`run`] (`role.rs`): a node here or a mirror of nodes elsewhere.
+//! Every task the crate spawns goes through the `TaskTracker` it is given.
 
 mod handle;
 mod lease;
@@ -17,6 +20,7 @@ mod membership;
 mod network;
 mod node;
 mod remote;
+mod role;
 mod server;
 mod store;
 mod types;
@@ -28,6 +32,7 @@ pub use membership::{ClusterStatus, MemberStatus, MembershipChange};
 pub use network::{Faults, PeerNetwork};
 pub use node::{MemberOptions, StateNode};
 pub use remote::RemoteState;
+pub use role::{Config, Deps, Placement, RaftPort, RunningState, Startup, retry, run};
 pub use server::RaftHandler;
 pub use types::NodeId;
 

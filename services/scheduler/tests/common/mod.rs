@@ -9,6 +9,7 @@ use gofer_proto::v1::dispatch_service_client::DispatchServiceClient;
 use gofer_proto::v1::dispatch_service_server::{DispatchService, DispatchServiceServer};
 use gofer_state::{StateHandle, StateNode};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub type Client = DispatchServiceClient<tonic::transport::Channel>;
 
@@ -60,6 +61,14 @@ pub async fn wait_for<T: std::fmt::Debug>(what: &str, mut look: impl FnMut() -> 
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Cancels `shutdown` and waits, for at most 10 s, until every task on `tracker` ended.
+pub async fn stop(tracker: &TaskTracker, shutdown: &CancellationToken) {
+    shutdown.cancel();
+    tracker.close();
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await;
+    assert!(drained.is_ok(), "{} tasks still run 10 s after shutdown", tracker.len());
 }
 
 /// When the log last renewed `executor`'s lease (0 if it never did).
