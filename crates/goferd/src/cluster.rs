@@ -86,11 +86,11 @@ pub struct ServerArgs {
     executor_backend: Option<String>,
     /// How long the cluster's event stream keeps events, such as 2h or 7d; set by this process once the
     /// cluster is initialized [default: the cluster's setting, 24h unless set before]
-    #[arg(long, value_parser = crate::parse_retention)]
+    #[arg(long, value_parser = crate::flags::parse_retention)]
     event_retention: Option<u64>,
     /// How much of each task attempt's output a state node's log archive keeps, such as 1MiB: beyond it,
     /// the first and last halves with a marker between them [default: 10MiB]
-    #[arg(long, value_parser = crate::parse_log_cap)]
+    #[arg(long, value_parser = crate::flags::parse_log_cap)]
     task_log_cap: Option<u64>,
 }
 
@@ -289,12 +289,12 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
     }
     let event_retention_ms = match (args.event_retention, &file.event_retention) {
         (Some(ms), _) => Some(ms),
-        (None, Some(text)) => Some(crate::parse_retention(text).map_err(|e| anyhow::anyhow!("{e}"))?),
+        (None, Some(text)) => Some(crate::flags::parse_retention(text).map_err(|e| anyhow::anyhow!("{e}"))?),
         (None, None) => None,
     };
     let task_log_cap = match (args.task_log_cap, &file.task_log_cap) {
         (Some(bytes), _) => bytes,
-        (None, Some(text)) => crate::parse_log_cap(text).map_err(|e| anyhow::anyhow!("{e}"))?,
+        (None, Some(text)) => crate::flags::parse_log_cap(text).map_err(|e| anyhow::anyhow!("{e}"))?,
         (None, None) => gofer_state::LOG_CAP_BYTES,
     };
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
@@ -424,7 +424,7 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
     // Schedulers accept the in-process executor with a token minted per start; an executor elsewhere
     // presents its certificate (mutual TLS), which must name it, and no token.
     let executor_token = if schedulers.is_empty() {
-        crate::dev::random_hex(32)?
+        crate::random::hex(32)?
     } else {
         String::new()
     };
@@ -457,7 +457,7 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         executor_capacity,
         executor_labels,
         benchmark_backend,
-        new_cluster_id: crate::dev::random_hex(8)?,
+        new_cluster_id: crate::random::hex(8)?,
         event_retention_ms,
         clock,
     })

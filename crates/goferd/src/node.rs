@@ -148,7 +148,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         shutdown: CancellationToken::new(),
         // Each start is a new lease holder: a restarted process waits for its old lease to lapse (or
         // finds it released) rather than acting in an epoch its previous life may still be acting in.
-        holder: format!("{name}/{}", crate::dev::random_hex(2)?),
+        holder: format!("{name}/{}", crate::random::hex(2)?),
     };
 
     let state = match state {
