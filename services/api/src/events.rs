@@ -10,7 +10,7 @@ use gofer_proto::{event_to_proto, into_status, v1};
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::ApiService;
+use crate::api::{ApiService, shutting_down};
 
 /// How many events one read of the state takes, so a long backlog never holds the state lock for long.
 const PAGE: usize = 256;
@@ -84,7 +84,7 @@ pub(crate) fn stream_events(api: ApiService, request: v1::ListEventsRequest) -> 
                         let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
                         return;
                     },
-                    () = shutdown.cancelled() => return crate::service::shutting_down(&tx),
+                    () = shutdown.cancelled() => return shutting_down(&tx),
                     () = tx.closed() => return,
                 }
             }

@@ -8,6 +8,7 @@
 //! A process starts it with [`run`]; the streams it serves (run watches, task logs, events) run on the
 //! `TaskTracker` it is given and end on its shutdown.
 
+mod api;
 mod auth;
 mod events;
 mod logs;
@@ -20,8 +21,8 @@ use gofer_state::{LogStore, StateHandle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use api::{ApiService, NoTriggers, TriggerDirectory};
 pub use auth::{Principal, TokenAuth, hash_token};
-pub use service::{ApiService, NoTriggers, TriggerDirectory};
 
 /// What the api role is told: nothing yet. It keeps `run`'s shape the same as every service's.
 #[derive(Debug, Clone, Default)]

@@ -10,8 +10,7 @@ use gofer_proto::{internal, v1};
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::ApiService;
-use crate::service::namespace_or_default;
+use crate::api::{ApiService, namespace_or_default};
 
 const CHUNK: usize = 64 * 1024;
 

@@ -1,85 +1,24 @@
-//! The `GoferService` handlers.
+//! The `GoferService` handlers: thin, each converts the request, reads or proposes through
+//! [`ApiService`] and converts back; the long-lived answers are streams from `logs.rs` and `events.rs`.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
-use gofer_clock::Clock;
 use gofer_domain::{Applied, Command, Error, Run, State};
 use gofer_proto::v1::{self, gofer_service_server::GoferService};
 use gofer_proto::{
     config_from_proto, config_to_proto, extension_to_proto, internal, into_status, run_to_proto, subscription_to_proto,
     task_to_proto,
 };
-use gofer_state::{LogStore, StateHandle};
 use tokio_stream::Stream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
+
+use crate::api::{ApiService, namespace_or_default, shutting_down, state_status};
 
 type ApiResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// What the API shows about triggers that is not in the replicated log: which extensions hold a stream
-/// to the extension host right now, and where the webhook listener is.
-pub trait TriggerDirectory: Send + Sync + 'static {
-    /// Whether the extension is connected to the host.
-    fn is_connected(&self, extension: &str) -> bool;
-    /// The webhook listener's base URL, such as `http://127.0.0.1:7080`, if one runs.
-    fn webhook_base(&self) -> Option<String>;
-    /// Why the extension's container could not run last time, if it could not.
-    fn last_error(&self, extension: &str) -> Option<String>;
-}
-
-/// A directory for a node without an extension host.
-pub struct NoTriggers;
-
-impl TriggerDirectory for NoTriggers {
-    fn is_connected(&self, _extension: &str) -> bool {
-        false
-    }
-
-    fn webhook_base(&self) -> Option<String> {
-        None
-    }
-
-    fn last_error(&self, _extension: &str) -> Option<String> {
-        None
-    }
-}
-
-/// The public API of one node.
-#[derive(Clone)]
-pub struct ApiService {
-    pub(crate) state: StateHandle,
-    pub(crate) logs: Option<LogStore>,
-    triggers: Arc<dyn TriggerDirectory>,
-    /// What stamps the commands it proposes.
-    clock: Clock,
-    /// Runs the streams it serves.
-    pub(crate) tracker: TaskTracker,
-    /// Ends the streams it serves.
-    pub(crate) shutdown: CancellationToken,
-}
-
+/// What the handlers build from the state, beyond what every call shares.
 impl ApiService {
-    /// An API over the state in `deps`, its streams on `tracker` until `shutdown`.
-    pub(crate) fn new(deps: crate::Deps, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
-        let crate::Deps {
-            state,
-            logs,
-            triggers,
-            clock,
-        } = deps;
-        ApiService {
-            state,
-            logs,
-            triggers,
-            clock,
-            tracker,
-            shutdown,
-        }
-    }
-
     fn subscription_proto(&self, namespace: &str, pipeline: &str, label: &str) -> Result<v1::Subscription, Status> {
         let base = self.triggers.webhook_base();
         self.read(|s| {
@@ -120,38 +59,6 @@ impl ApiService {
         })
     }
 
-    async fn propose(&self, command: Command) -> Result<Applied, Status> {
-        // This node may not have applied the cluster's first command yet while the cluster has.
-        if self.state.read(|s| s.cluster_id.is_empty()) {
-            self.linearize().await?;
-        }
-        self.initialized()?;
-        self.state.propose(command).await.map_err(state_status)
-    }
-
-    pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> Result<R, Error>) -> Result<R, Status> {
-        self.initialized()?;
-        self.state.read(f).map_err(into_status)
-    }
-
-    /// Waits until this node has applied everything the cluster committed before the call, so that a
-    /// client that got OK for a write sees it on its next read from any node.
-    async fn linearize(&self) -> Result<(), Status> {
-        self.state.read_linearizable(|_| ()).await.map_err(state_status)
-    }
-
-    /// A new cluster serves once its first command (`Init`) is applied here; before, every answer would
-    /// be a misleading NotFound.
-    #[allow(clippy::result_large_err)]
-    fn initialized(&self) -> Result<(), Status> {
-        if self.state.read(|s| s.cluster_id.is_empty()) {
-            return Err(Status::unavailable(
-                "the cluster is starting: it has no leader or is not initialized yet; retry",
-            ));
-        }
-        Ok(())
-    }
-
     /// Starts a run (or retries `retry_of`); returns it and whether this call made it.
     async fn start(
         &self,
@@ -189,30 +96,6 @@ impl ApiService {
             s.run(namespace, pipeline, run)
                 .map(|(r, _)| run_to_proto(namespace, pipeline, r))
         })
-    }
-}
-
-/// Maps a state error: refusals keep their code, the rest become Unavailable or Internal.
-pub(crate) fn state_status(err: gofer_state::Error) -> Status {
-    match err {
-        gofer_state::Error::Rejected(e) => into_status(e),
-        gofer_state::Error::Unavailable(e) => internal("the replicated state", &e, true),
-        other => internal("the replicated state", &other, false),
-    }
-}
-
-/// Ends a stream as this node shuts down, telling a client that follows it to go on elsewhere; a client
-/// that reads nothing more gets no say.
-pub(crate) fn shutting_down<T>(tx: &tokio::sync::mpsc::Sender<Result<T, Status>>) {
-    let _ = tx.try_send(Err(Status::unavailable("the node is shutting down")));
-}
-
-/// An empty namespace in a request means `default`, as in goferctl.
-pub(crate) fn namespace_or_default(namespace: String) -> String {
-    if namespace.is_empty() {
-        gofer_domain::DEFAULT_NAMESPACE.to_string()
-    } else {
-        namespace
     }
 }
 

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use gofer_clock::Clock;
 use gofer_proto::v1::{self, dispatch_request::Kind};
 
-use crate::session::{Executor, Stopping};
+use crate::executor::{Executor, Stopping};
 
 /// A final report, stamped now by `clock`.
 fn finished(

@@ -15,6 +15,7 @@
 
 mod attempt;
 mod docker;
+mod executor;
 mod session;
 
 use std::sync::Arc;
@@ -94,7 +95,7 @@ pub async fn run(config: Config, deps: Deps, tracker: &TaskTracker, shutdown: &C
         .transpose()
         .map_err(|_| Error::Config("the token has characters a header cannot carry".into()))?;
     let count = schedulers.len();
-    let executor = Arc::new(session::Executor::new(
+    let executor = Arc::new(executor::Executor::new(
         config,
         backend,
         schedulers,
@@ -108,7 +109,7 @@ pub async fn run(config: Config, deps: Deps, tracker: &TaskTracker, shutdown: &C
 
 /// Holds a session with the active scheduler until `shutdown`, reconnecting with backoff.
 async fn keep_connected(
-    executor: Arc<session::Executor>,
+    executor: Arc<executor::Executor>,
     count: usize,
     connect: Option<Connect>,
     shutdown: CancellationToken,
