@@ -131,7 +131,10 @@ async fn keep(
     loop {
         let now = clock.now_millis();
         let current = state.read(|s| s.leases.roles.get(&role).cloned());
-        if let Some(held) = *tx.borrow()
+        // Copied out first: a guard borrowed in the `if let` would live through the block, and
+        // `send_replace` would wait for it forever.
+        let held = *tx.borrow();
+        if let Some(held) = held
             && current.as_ref().is_some_and(|l| l.holder != holder || l.epoch != held)
         {
             tracing::warn!(role = role.as_str(), %holder, epoch = held, "another process took the lease; standing by");
@@ -203,3 +206,6 @@ async fn keep(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
