@@ -42,15 +42,8 @@ fn subscription_id((ns, pipeline, label): &SubKey) -> String {
 
 /// Runs the interval and cron triggers of `host` until its shutdown.
 pub(crate) async fn run(host: &ExtensionHost) {
-    let ExtensionHost {
-        state,
-        lease,
-        fires,
-        clock,
-        tracker,
-        shutdown,
-        ..
-    } = host;
+    let (state, lease, fires, clock) = (&host.state, &host.lease, &host.fires, &host.clock);
+    let (tracker, shutdown) = (&host.tracker, &host.shutdown);
     let mut changes = state.subscribe();
     let mut clock_moved = clock.changes();
     let mut tracked: BTreeMap<SubKey, Tracked> = BTreeMap::new();
