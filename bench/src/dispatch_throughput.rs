@@ -238,7 +238,9 @@ async fn queue_runs(cluster: &GoferCluster, count: usize, clients: usize, nodes:
 async fn wait_for_all(api: &mut Api, count: usize, limit: Duration) -> Result<(Vec<v1::Run>, i64)> {
     let start = Instant::now();
     loop {
-        let asked_at = gofer_proto::now_millis();
+        let asked_at = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let runs = api
             .list_runs(v1::ListRunsRequest {
                 namespace_id: String::new(),

@@ -55,7 +55,7 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
             write_new(&dir.join("ca.pem"), &ca.certified().cert_pem, false)?;
             write_new(
                 &dir.join("admin.token"),
-                &format!("{}\n", crate::dev::random_hex(32)?),
+                &format!("{}\n", crate::random::hex(32)?),
                 true,
             )?;
             println!(

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use gofer_auth::{Principal, TokenAuth, hash_token};
-use gofer_state::{Faults, LogStore, MemberOptions, PeerNetwork, RemoteState, StateNode};
+use gofer_state::{Faults, LogStore, MemberOptions, PeerNetwork, Placement, RaftPort, StateNode};
 
-use crate::node::{Roles, StateSetup};
+use crate::node::Roles;
 use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -86,11 +86,11 @@ pub struct ServerArgs {
     executor_backend: Option<String>,
     /// How long the cluster's event stream keeps events, such as 2h or 7d; set by this process once the
     /// cluster is initialized [default: the cluster's setting, 24h unless set before]
-    #[arg(long, value_parser = crate::parse_retention)]
+    #[arg(long, value_parser = crate::flags::parse_retention)]
     event_retention: Option<u64>,
     /// How much of each task attempt's output a state node's log archive keeps, such as 1MiB: beyond it,
     /// the first and last halves with a marker between them [default: 10MiB]
-    #[arg(long, value_parser = crate::parse_log_cap)]
+    #[arg(long, value_parser = crate::flags::parse_log_cap)]
     task_log_cap: Option<u64>,
 }
 
@@ -230,7 +230,7 @@ fn parse_members(pairs: impl IntoIterator<Item = (String, String)>) -> anyhow::R
 }
 
 /// Runs one cluster process until SIGINT or SIGTERM.
-pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => toml::from_str::<ServerConfig>(&read(path, "config file")?)
             .with_context(|| format!("config file {}", path.display()))?,
@@ -289,12 +289,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let event_retention_ms = match (args.event_retention, &file.event_retention) {
         (Some(ms), _) => Some(ms),
-        (None, Some(text)) => Some(crate::parse_retention(text)?),
+        (None, Some(text)) => Some(crate::flags::parse_retention(text)?),
         (None, None) => None,
     };
     let task_log_cap = match (args.task_log_cap, &file.task_log_cap) {
         (Some(bytes), _) => bytes,
-        (None, Some(text)) => crate::parse_log_cap(text)?,
+        (None, Some(text)) => crate::flags::parse_log_cap(text)?,
         (None, None) => gofer_state::LOG_CAP_BYTES,
     };
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
@@ -400,28 +400,31 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .identity(Identity::from_pem(&cert_pem, &key_pem))
             .client_ca_root(Certificate::from_pem(&ca_pem));
         println!("  raft:     https://{raft_listen}");
-        StateSetup::Local {
+        Some(Placement::Local {
             node,
             logs: LogStore::with_cap(data_dir.join("logs"), task_log_cap),
-            raft: Some((raft_listener, raft_tls)),
-        }
+            raft: Some(RaftPort {
+                listener: raft_listener,
+                tls: raft_tls,
+            }),
+        })
     } else if !roles.serves() {
         // An executor alone talks to the schedulers only; it needs no view of the state.
-        StateSetup::None
+        None
     } else {
         if state_nodes.is_empty() {
             bail!("state_nodes is required without the state role: the raft addresses of the state nodes");
         }
-        let network = PeerNetwork::new(0, Some(peer_tls), Faults::default());
-        let remote = RemoteState::connect(network, state_nodes, std::time::Duration::from_secs(60))
-            .await
-            .context("following the state nodes")?;
-        StateSetup::Remote(remote)
+        Some(Placement::Remote {
+            network: PeerNetwork::new(0, Some(peer_tls), Faults::default()),
+            addresses: state_nodes,
+            patience: std::time::Duration::from_secs(60),
+        })
     };
     // Schedulers accept the in-process executor with a token minted per start; an executor elsewhere
     // presents its certificate (mutual TLS), which must name it, and no token.
     let executor_token = if schedulers.is_empty() {
-        crate::dev::random_hex(32)?
+        crate::random::hex(32)?
     } else {
         String::new()
     };
@@ -454,8 +457,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         executor_capacity,
         executor_labels,
         benchmark_backend,
-        new_cluster_id: crate::dev::random_hex(8)?,
+        new_cluster_id: crate::random::hex(8)?,
         event_retention_ms,
+        clock,
     })
     .await?;
     println!("goferd server {name} is up");

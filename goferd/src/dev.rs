@@ -33,11 +33,11 @@ pub struct DevArgs {
     max_containers: u32,
     /// How long the event stream keeps events, such as 2h or 7d; at most the newest 100,000 are kept
     /// whatever the time [default: the cluster's setting, 24h unless set before]
-    #[arg(long, env = "GOFER_EVENT_RETENTION", value_parser = crate::parse_retention)]
+    #[arg(long, env = "GOFER_EVENT_RETENTION", value_parser = crate::flags::parse_retention)]
     event_retention: Option<u64>,
     /// How much of each task attempt's output the log archive keeps, such as 1MiB: beyond it, the first
     /// and last halves with a marker between them saying how much was left out
-    #[arg(long, env = "GOFER_TASK_LOG_CAP", default_value = "10MiB", value_parser = crate::parse_log_cap)]
+    #[arg(long, env = "GOFER_TASK_LOG_CAP", default_value = "10MiB", value_parser = crate::flags::parse_log_cap)]
     task_log_cap: u64,
 }
 
@@ -58,15 +58,6 @@ fn user_dir(xdg: &str, fallback: &str) -> anyhow::Result<PathBuf> {
         .filter(|h| !h.is_empty())
         .context("HOME is not set; pass --data-dir")?;
     Ok(PathBuf::from(home).join(fallback))
-}
-
-pub(crate) fn random_hex(bytes: usize) -> anyhow::Result<String> {
-    use ring::rand::SecureRandom;
-    let mut buf = vec![0u8; bytes];
-    ring::rand::SystemRandom::new()
-        .fill(&mut buf)
-        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -115,7 +106,7 @@ fn admin_token(data_dir: &Path, client_config: &Path) -> anyhow::Result<String> 
     {
         return Ok(token);
     }
-    let token = random_hex(32)?;
+    let token = crate::random::hex(32)?;
     write_private(&hash_file, &hex(&hash_token(&token)))?;
     Ok(token)
 }
@@ -137,7 +128,7 @@ fn parse_hash(text: &str) -> anyhow::Result<[u8; 32]> {
 }
 
 /// Runs `goferd dev` until SIGINT or SIGTERM.
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()> {
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => user_dir("XDG_DATA_HOME", ".local/share")?.join("gofer").join("dev"),
@@ -169,7 +160,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let token = admin_token(&data_dir, &client_config)?;
     let admin_hash = parse_hash(&std::fs::read_to_string(data_dir.join("admin-token.sha256"))?)?;
     // The in-process executor gets its own token, minted per start and never written down.
-    let executor_token = random_hex(32)?;
+    let executor_token = crate::random::hex(32)?;
     let auth = TokenAuth::new(vec![
         (admin_hash, Principal::Admin),
         (hash_token(&executor_token), Principal::Executor),
@@ -188,11 +179,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {} (pass --listen to choose another address)", args.listen))?;
     let addr = api_listener.local_addr()?;
     let node = crate::node::start(crate::node::NodeSetup {
-        state: crate::node::StateSetup::Local {
+        state: Some(gofer_state::Placement::Local {
             node: state.clone(),
             logs: LogStore::with_cap(data_dir.join("logs"), args.task_log_cap),
             raft: None,
-        },
+        }),
         roles: crate::node::Roles::ALL,
         name: "local".to_string(),
         docker: Some(docker),
@@ -207,8 +198,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         executor_capacity: args.max_containers,
         executor_labels: Default::default(),
         benchmark_backend: false,
-        new_cluster_id: random_hex(8)?,
+        new_cluster_id: crate::random::hex(8)?,
         event_retention_ms: args.event_retention,
+        clock,
     })
     .await?;
     let host = node.api_host.clone().context("goferd dev serves the API")?;

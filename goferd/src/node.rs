@@ -1,24 +1,23 @@
-//! Wiring one node's roles together, shared by `goferd dev` and `goferd server`: the API, dispatch and
-//! extension services on the TLS API port, the Raft service on its own mutual-TLS port (server mode), the
-//! scheduler, the extension host (timers, webhooks, extension containers) and an executor that reaches the
-//! scheduler through the API port like a remote one would. It owns shutdown: a `CancellationToken` and a
-//! `TaskTracker` for every task it spawns.
+//! Wiring one node's roles together, shared by `goferd dev` and `goferd server`: [`start`] runs each role
+//! the process plays through that service's own `run(config, deps, tracker, shutdown)` (the state, the
+//! extension host, the api, the scheduler, the executor) and serves the API port with what they return.
+//! It owns shutdown: one `CancellationToken` and one `TaskTracker` that every role spawns its tasks on.
+//! It knows what each role needs from the process, not how the role works.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gofer_api::{ApiService, NoTriggers, TriggerDirectory};
 use gofer_auth::TokenAuth;
+use gofer_clock::Clock;
 use gofer_docker::Engine;
-use gofer_domain::Command;
-use gofer_domain::lease::Role;
 use gofer_extension_host::{ExtensionHost, LaunchConfig};
-use gofer_scheduler::{DispatchHandler, Scheduler};
-use gofer_state::{LeaseHolder, LogStore, RemoteState, StateHandle, StateNode};
+use gofer_scheduler::{DispatchHandler, DispatchRedirect};
+use gofer_state::{Placement, RunningState, Startup, StateHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// Which roles besides the state this process plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,24 +49,11 @@ impl Roles {
     }
 }
 
-/// Where the replicated state is.
-pub enum StateSetup {
-    /// A state node in this process, with its task log archive and its Raft port and mutual-TLS config
-    /// (`None` for `goferd dev`'s single node).
-    Local {
-        node: StateNode,
-        logs: LogStore,
-        raft: Option<(TcpListener, ServerTlsConfig)>,
-    },
-    /// State nodes elsewhere, followed over mutual TLS.
-    Remote(RemoteState),
-    /// No state: a process that only executes, and talks to the schedulers alone.
-    None,
-}
-
 /// What a process needs to start its roles.
 pub struct NodeSetup {
-    pub state: StateSetup,
+    /// Where the replicated state is: a node in this process or nodes elsewhere; `None` for a process
+    /// that only executes, and talks to the schedulers alone.
+    pub state: Option<Placement>,
     pub roles: Roles,
     /// Names this process among its peers: its executor id, and its leases' holder with a suffix drawn
     /// per start.
@@ -99,13 +85,15 @@ pub struct NodeSetup {
     /// How long the cluster keeps events, when this process was told (`--event-retention`); it sets it
     /// once the cluster is initialized.
     pub event_retention_ms: Option<u64>,
+    /// The wall clock every role stamps its commands with.
+    pub clock: Clock,
 }
 
 /// A process whose roles are running.
 pub struct RunningNode {
     pub api_host: Option<String>,
     pub webhook_addr: Option<std::net::SocketAddr>,
-    local: Option<StateNode>,
+    state: Option<StateHandle>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -128,86 +116,20 @@ impl TriggerDirectory for HostDirectory {
     }
 }
 
-/// Proposes the cluster's first command, its id, until it commits: in a cluster that has no quorum yet it
-/// waits for one. Every state node does this; the first `Init` wins.
-async fn initialize(state: StateHandle, cluster_id: String, shutdown: CancellationToken) {
-    retry("waiting for a leader to initialize the cluster", &shutdown, || async {
-        if state.read(|s| s.cluster_id.is_empty()) {
-            let command = Command::Init {
-                cluster_id: cluster_id.clone(),
-                at: gofer_proto::now_millis(),
-            };
-            match state.propose(command).await {
-                Ok(_) | Err(gofer_state::Error::Rejected(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    })
-    .await;
+/// What every role of the process shares: its clock, its tasks, its shutdown, and who it is.
+struct Process {
+    clock: Clock,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    /// The lease holder this start contends as.
+    holder: String,
 }
 
-/// Sets the cluster's event retention once it is initialized, unless it already is that.
-async fn set_event_retention(state: StateHandle, retention_ms: u64, shutdown: CancellationToken) {
-    retry(
-        "waiting for the cluster to set the event retention",
-        &shutdown,
-        || async {
-            let (initialized, current) = state
-                .read_linearizable(|s| (!s.cluster_id.is_empty(), s.events.retention_ms()))
-                .await?;
-            if !initialized {
-                return Err(gofer_state::Unavailable::NotInitialized.into());
-            }
-            if current != retention_ms {
-                let command = Command::SetEventRetention {
-                    retention_millis: retention_ms,
-                    at: gofer_proto::now_millis(),
-                };
-                match state.propose(command).await {
-                    Ok(_) => {}
-                    Err(gofer_state::Error::Rejected(e)) => {
-                        tracing::error!(error = %e, "the event retention was refused");
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        },
-    )
-    .await;
-}
-
-/// Registers the built-in extensions once the cluster is initialized.
-async fn register_builtins(state: StateHandle, host: ExtensionHost, shutdown: CancellationToken) {
-    retry(
-        "waiting for the cluster to register the built-in extensions",
-        &shutdown,
-        || async {
-            if state.read_linearizable(|s| s.cluster_id.is_empty()).await? {
-                return Err(gofer_state::Unavailable::NotInitialized.into());
-            }
-            host.register_builtins().await
-        },
-    )
-    .await;
-}
-
-async fn retry<F, Fut>(what: &str, shutdown: &CancellationToken, mut attempt: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), gofer_state::Error>>,
-{
-    loop {
-        match attempt().await {
-            Ok(()) => return,
-            Err(err) => tracing::info!(%err, "{what}"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
+/// The roles the API port serves, as their services returned them.
+struct PortRoles {
+    extension_host: Option<ExtensionHost>,
+    api: Option<ApiService>,
+    dispatch: Option<DispatchHandler>,
 }
 
 /// Starts every role of the process.
@@ -230,142 +152,73 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         benchmark_backend,
         new_cluster_id,
         event_retention_ms,
+        clock,
     } = setup;
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let mut single_node = false;
-    let (handle, local, logs): (Option<StateHandle>, _, _) = match state {
-        StateSetup::Local { node, logs, raft } => {
-            single_node = raft.is_none();
-            tracker.spawn(prune_logs(
-                StateHandle::from(node.clone()),
-                logs.clone(),
-                shutdown.clone(),
-            ));
-            if let Some((listener, tls)) = raft {
-                let service = node.raft_service(Some(logs.clone()), shutdown.clone());
-                let raft_shutdown = shutdown.clone();
-                tracker.spawn(async move {
-                    let served = Server::builder()
-                        .tls_config(tls)
-                        .context("configuring the raft port's TLS")?
-                        .add_service(service)
-                        .serve_with_incoming_shutdown(
-                            // Without nodelay, a reply split into small writes can wait 40 ms for a delayed ACK.
-                            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                            raft_shutdown.cancelled(),
-                        )
-                        .await;
-                    served.context("serving raft")
-                });
-            }
-            let handle = StateHandle::from(node.clone());
-            // In a single node this commits at once; in a new cluster it waits for a quorum in the background.
-            let init = tracker.spawn(initialize(handle.clone(), new_cluster_id, shutdown.clone()));
-            if single_node {
-                init.await.context("initializing the node")?;
-            }
-            (Some(handle), Some(node), Some(logs))
-        }
-        StateSetup::Remote(remote) => (Some(StateHandle::from(remote)), None, None),
-        StateSetup::None => (None, None, None),
+    // A single node commits at once: `goferd dev` is ready only once its first commands are in force.
+    // In a new cluster they wait for a quorum in the background.
+    let startup = match &state {
+        Some(Placement::Local { raft: None, .. }) => Startup::AwaitFirstCommands,
+        _ => Startup::Background,
     };
-    if let (Some(handle), Some(retention)) = (&handle, event_retention_ms) {
-        let set = tracker.spawn(set_event_retention(handle.clone(), retention, shutdown.clone()));
-        // A single node commits at once: `goferd dev` is ready only once the retention is in force.
-        if single_node {
-            set.await.context("setting the event retention")?;
-        }
-    }
-    // Each start is a new lease holder: a restarted process waits for its old lease to lapse (or finds it
-    // released) rather than acting in an epoch its previous life may still be acting in.
-    let holder = format!("{name}/{}", crate::dev::random_hex(2)?);
+    let process = Process {
+        clock,
+        tracker: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        // Each start is a new lease holder: a restarted process waits for its old lease to lapse (or
+        // finds it released) rather than acting in an epoch its previous life may still be acting in.
+        holder: format!("{name}/{}", crate::random::hex(2)?),
+    };
 
-    let mut api_host = None;
-    let mut webhook_addr = None;
-    let mut server = None;
+    let state = match state {
+        Some(placement) => Some(
+            process
+                .state(placement, new_cluster_id, event_retention_ms, startup)
+                .await?,
+        ),
+        None => None,
+    };
+    let (mut api_host, mut webhook_addr, mut server) = (None, None, None);
     if roles.serves() {
         let api_listener =
             api_listener.context("an API port is needed for the api, scheduler and extension-host roles")?;
-        let handle = handle.context("the api, scheduler and extension-host roles need the state")?;
-        // Clients on this machine (the executor, extensions) dial loopback when the port listens on every
-        // address.
-        let mut addr = api_listener.local_addr()?;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        let host = format!("https://{addr}");
-        let host_role = if roles.extension_host {
-            let lease = LeaseHolder::spawn(handle.clone(), Role::ExtensionHost, holder.clone(), shutdown.clone());
-            let host_role = ExtensionHost::new(handle.clone(), lease);
-            let builtins = tracker.spawn(register_builtins(handle.clone(), host_role.clone(), shutdown.clone()));
-            // A single node commits at once: `goferd dev` is ready only once the built-in triggers are.
-            if single_node {
-                builtins.await.context("registering the built-in extensions")?;
-            }
-            tracker.spawn(host_role.clone().run_schedules(shutdown.clone()));
-            let docker = docker.clone().context("the extension host runs extensions in Docker")?;
+        let state = state
+            .as_ref()
+            .context("the api, scheduler and extension-host roles need the state")?;
+        let host = own_address(&api_listener)?;
+        let extension_host = if roles.extension_host {
+            let webhooks = webhook_listener.context("the extension host needs a webhook port")?;
+            webhook_addr = Some(webhooks.local_addr()?);
             let launch = LaunchConfig {
                 api_host: host.clone(),
                 ca_pem: ca_pem.clone(),
                 auth: auth.clone(),
-                docker,
+                docker: docker.clone().context("the extension host runs extensions in Docker")?,
             };
-            tracker.spawn(host_role.clone().run_launcher(launch, shutdown.clone()));
-            let webhook_listener = webhook_listener.context("the extension host needs a webhook port")?;
-            webhook_addr = Some(webhook_listener.local_addr()?);
-            let webhook_shutdown = shutdown.clone();
-            let webhooks = host_role.clone();
-            tracker.spawn(async move {
-                if let Err(err) = webhooks.serve_webhooks(webhook_listener, webhook_shutdown).await {
-                    tracing::error!(%err, "the webhook listener stopped");
-                }
-            });
-            Some(host_role)
+            Some(process.extension_host(&state.handle, webhooks, launch, startup).await?)
         } else {
             None
         };
-        let api = roles.api.then(|| {
-            let directory: std::sync::Arc<dyn TriggerDirectory> = match &host_role {
-                Some(host_role) => std::sync::Arc::new(HostDirectory(host_role.clone())),
-                None => std::sync::Arc::new(NoTriggers),
-            };
-            ApiService::new(handle.clone(), logs.clone(), directory)
-        });
-        let dispatch = if roles.scheduler {
+        let api = match roles.api {
+            true => Some(process.api(state, extension_host.as_ref()).await),
+            false => None,
+        };
+        let dispatch = match roles.scheduler {
             // The lease records where executors reach this scheduler, so that other processes point there.
-            let address = advertise_api.clone().unwrap_or_else(|| host.clone());
-            let lease = LeaseHolder::spawn_advertising(
-                handle.clone(),
-                Role::Scheduler,
-                holder.clone(),
-                address,
-                shutdown.clone(),
-            );
-            let scheduler = Scheduler::new(handle.clone(), lease);
-            tracker.spawn(scheduler.clone().run(shutdown.clone()));
-            Some(DispatchHandler::new(scheduler, logs.clone()))
-        } else {
-            None
+            true => Some(
+                process
+                    .scheduler(state, advertise_api.unwrap_or_else(|| host.clone()))
+                    .await,
+            ),
+            false => None,
         };
-        let redirect = (!roles.scheduler).then(|| gofer_scheduler::DispatchRedirect::new(handle.clone()));
-        let services = crate::server::Services {
+        let served = PortRoles {
+            extension_host,
             api,
             dispatch,
-            redirect,
-            extension: host_role.map(|h| h.handler()),
         };
-        server = Some(tracker.spawn(crate::server::serve(
-            api_listener,
-            identity.clone(),
-            auth.clone(),
-            Some(Certificate::from_pem(&ca_pem)),
-            services,
-            shutdown.clone(),
-        )));
+        server = Some(process.serve(api_listener, identity.clone(), auth, &ca_pem, &state.handle, served));
         api_host = Some(host);
     }
-
     if roles.executor {
         let backend = if benchmark_backend {
             tracing::warn!("the executor runs the benchmark-noop backend: attempts run nothing and exit 0");
@@ -373,53 +226,21 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         } else {
             gofer_executor::Backend::Docker(docker.context("the executor runs tasks in Docker")?)
         };
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
-        let (channels, connect) = if schedulers.is_empty() {
-            let Some(host) = &api_host else {
-                bail!("an executor without a scheduler beside it needs the schedulers' addresses");
-            };
-            // This process's own port: its certificate names localhost.
-            let own = Endpoint::from_shared(host.clone())?
-                .tls_config(tls.domain_name("localhost"))?
-                .connect_lazy();
-            (vec![own], None)
-        } else {
-            // Schedulers elsewhere: the executor presents this process's certificate, which must name it.
-            let tls = tls.identity(identity.clone());
-            let endpoint = move |address: &str| -> anyhow::Result<tonic::transport::Channel> {
-                Ok(Endpoint::from_shared(address.to_string())
-                    .with_context(|| format!("scheduler address {address:?}"))?
-                    .connect_timeout(Duration::from_secs(2))
-                    // A paused or cut-off scheduler is noticed by its silence within about 3 s, and the
-                    // executor moves on to the one that holds the lease.
-                    .http2_keep_alive_interval(Duration::from_secs(1))
-                    .keep_alive_timeout(Duration::from_secs(2))
-                    .keep_alive_while_idle(true)
-                    .tls_config(tls.clone())?
-                    .connect_lazy())
-            };
-            let channels = schedulers
-                .iter()
-                .map(|address| endpoint(address))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            // Where a process without the lease points it (the address the active scheduler advertises).
-            let connect: gofer_executor::Connect = std::sync::Arc::new(move |address: &str| endpoint(address).ok());
-            (channels, Some(connect))
-        };
-        let executor_config = gofer_executor::ExecutorConfig {
-            executor_id: name.clone(),
+        let config = gofer_executor::Config {
+            executor_id: name,
             token: executor_token,
             capacity: executor_capacity,
             labels: executor_labels,
         };
-        let executor_shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            if let Err(err) = gofer_executor::run(executor_config, backend, channels, connect, executor_shutdown).await
-            {
-                tracing::error!(%err, "the executor stopped");
-            }
-        });
+        let place = SchedulerPlace {
+            own_port: api_host.as_deref(),
+            schedulers: &schedulers,
+            ca_pem: &ca_pem,
+            identity: &identity,
+        };
+        process.executor(config, backend, place).await?;
     }
+    let Process { tracker, shutdown, .. } = process;
     let server = match server {
         Some(server) => server,
         // Nothing is served on an API port: the process runs until it is told to stop.
@@ -435,18 +256,197 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
     Ok(RunningNode {
         api_host,
         webhook_addr,
-        local,
+        state: state.map(|s| s.handle),
         shutdown,
         tracker,
         server,
     })
 }
 
+/// The address clients on this machine (the executor, extensions) reach `listener` at: loopback when it
+/// listens on every address.
+fn own_address(listener: &TcpListener) -> anyhow::Result<String> {
+    let mut addr = listener.local_addr()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(format!("https://{addr}"))
+}
+
+/// Where the executor finds its schedulers: this process's own API port, or the addresses it was given.
+struct SchedulerPlace<'a> {
+    own_port: Option<&'a str>,
+    schedulers: &'a [String],
+    ca_pem: &'a str,
+    identity: &'a Identity,
+}
+
+impl SchedulerPlace<'_> {
+    /// The channels to the schedulers, and how to reach one the executor is pointed at.
+    fn channels(&self) -> anyhow::Result<(Vec<tonic::transport::Channel>, Option<gofer_executor::Connect>)> {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca_pem));
+        if self.schedulers.is_empty() {
+            let Some(host) = self.own_port else {
+                bail!("an executor without a scheduler beside it needs the schedulers' addresses");
+            };
+            // This process's own port: its certificate names localhost.
+            let own = Endpoint::from_shared(host.to_string())?
+                .tls_config(tls.domain_name("localhost"))?
+                .connect_lazy();
+            return Ok((vec![own], None));
+        }
+        // Schedulers elsewhere: the executor presents this process's certificate, which must name it.
+        let tls = tls.identity(self.identity.clone());
+        let endpoint = move |address: &str| -> anyhow::Result<tonic::transport::Channel> {
+            Ok(Endpoint::from_shared(address.to_string())
+                .with_context(|| format!("scheduler address {address:?}"))?
+                .connect_timeout(Duration::from_secs(2))
+                // A paused or cut-off scheduler is noticed by its silence within about 3 s, and the
+                // executor moves on to the one that holds the lease.
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(2))
+                .keep_alive_while_idle(true)
+                .tls_config(tls.clone())?
+                .connect_lazy())
+        };
+        let channels = self
+            .schedulers
+            .iter()
+            .map(|address| endpoint(address))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Where a process without the lease points it (the address the active scheduler advertises).
+        let connect: gofer_executor::Connect = std::sync::Arc::new(move |address: &str| endpoint(address).ok());
+        Ok((channels, Some(connect)))
+    }
+}
+
+impl Process {
+    /// The state role: a node here, or a mirror of nodes elsewhere.
+    async fn state(
+        &self,
+        placement: Placement,
+        new_cluster_id: String,
+        event_retention_ms: Option<u64>,
+        startup: Startup,
+    ) -> anyhow::Result<RunningState> {
+        let config = gofer_state::Config {
+            new_cluster_id,
+            event_retention_ms,
+            startup,
+        };
+        let deps = gofer_state::Deps {
+            placement,
+            clock: self.clock.clone(),
+        };
+        gofer_state::run(config, deps, &self.tracker, &self.shutdown)
+            .await
+            .context("starting the state role")
+    }
+
+    /// The extension host: triggers, webhooks and extension containers.
+    async fn extension_host(
+        &self,
+        state: &StateHandle,
+        webhooks: TcpListener,
+        launch: LaunchConfig,
+        startup: Startup,
+    ) -> anyhow::Result<ExtensionHost> {
+        let config = gofer_extension_host::Config {
+            holder: self.holder.clone(),
+            launch,
+            startup,
+        };
+        let deps = gofer_extension_host::Deps {
+            state: state.clone(),
+            webhooks,
+            clock: self.clock.clone(),
+        };
+        gofer_extension_host::run(config, deps, &self.tracker, &self.shutdown)
+            .await
+            .context("starting the extension host")
+    }
+
+    /// The public API, showing what the extension host beside it knows about triggers.
+    async fn api(&self, state: &RunningState, extension_host: Option<&ExtensionHost>) -> ApiService {
+        let deps = gofer_api::Deps {
+            state: state.handle.clone(),
+            logs: state.logs.clone(),
+            triggers: match extension_host {
+                Some(host) => std::sync::Arc::new(HostDirectory(host.clone())),
+                None => std::sync::Arc::new(NoTriggers),
+            },
+            clock: self.clock.clone(),
+        };
+        gofer_api::run(gofer_api::Config::default(), deps, &self.tracker, &self.shutdown).await
+    }
+
+    /// The scheduler, advertising `address` to the executors.
+    async fn scheduler(&self, state: &RunningState, address: String) -> DispatchHandler {
+        let config = gofer_scheduler::Config {
+            holder: self.holder.clone(),
+            address,
+        };
+        let deps = gofer_scheduler::Deps {
+            state: state.handle.clone(),
+            logs: state.logs.clone(),
+            clock: self.clock.clone(),
+        };
+        gofer_scheduler::run(config, deps, &self.tracker, &self.shutdown).await
+    }
+
+    /// The executor, reaching the schedulers `place` names.
+    async fn executor(
+        &self,
+        config: gofer_executor::Config,
+        backend: gofer_executor::Backend,
+        place: SchedulerPlace<'_>,
+    ) -> anyhow::Result<()> {
+        let (schedulers, connect) = place.channels()?;
+        let deps = gofer_executor::Deps {
+            backend,
+            schedulers,
+            connect,
+            clock: self.clock.clone(),
+        };
+        gofer_executor::run(config, deps, &self.tracker, &self.shutdown)
+            .await
+            .context("starting the executor")
+    }
+
+    /// Serves the roles' services on the API port until shutdown; a process without a scheduler points
+    /// executors at the active one.
+    fn serve(
+        &self,
+        listener: TcpListener,
+        identity: Identity,
+        auth: TokenAuth,
+        ca_pem: &str,
+        state: &StateHandle,
+        roles: PortRoles,
+    ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        let redirect = roles.dispatch.is_none().then(|| DispatchRedirect::new(state.clone()));
+        let services = crate::server::Services {
+            api: roles.api,
+            dispatch: roles.dispatch,
+            redirect,
+            extension: roles.extension_host.map(|host| host.handler()),
+        };
+        self.tracker.spawn(crate::server::serve(
+            listener,
+            identity,
+            auth,
+            Some(Certificate::from_pem(ca_pem)),
+            services,
+            self.shutdown.clone(),
+        ))
+    }
+}
+
 impl RunningNode {
     /// Runs until SIGINT or SIGTERM (or the API server fails), then stops every role and the state.
     pub async fn run_until_signalled(self) -> anyhow::Result<()> {
         let RunningNode {
-            local,
+            state,
             shutdown,
             tracker,
             server,
@@ -469,31 +469,9 @@ impl RunningNode {
         {
             tracing::warn!("some tasks did not stop within 10 s");
         }
-        if let Some(state) = local {
-            state.shutdown().await.context("shutting the state down")?;
+        if let Some(StateHandle::Local(node)) = state {
+            node.shutdown().await.context("shutting the state down")?;
         }
         failed.unwrap_or(Ok(()))
-    }
-}
-
-/// Removes the task logs of runs the state pruned: on a change to the state, at most every 10 s.
-async fn prune_logs(state: StateHandle, logs: LogStore, shutdown: CancellationToken) {
-    let mut changes = state.subscribe();
-    let mut last = std::time::Instant::now() - Duration::from_secs(60);
-    loop {
-        if last.elapsed() >= Duration::from_secs(10) {
-            last = std::time::Instant::now();
-            let kept = state.read(LogStore::kept_runs);
-            match logs.prune(kept).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "removed the logs of pruned runs"),
-                Err(err) => tracing::warn!(%err, "could not remove the logs of pruned runs"),
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = changes.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(Duration::from_secs(10)) => {}
-        }
     }
 }

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gofer_testkit::{bin_dir, task_image, wait_until};
+use gofer_testkit::{Seen, bin_dir, task_image, wait_until};
 use serde_json::Value;
 
 use crate::pipeline;
@@ -140,7 +140,13 @@ impl Cluster {
             let status = self.json(asked, &["cluster", "status"])?;
             let leader = status["leader_id"].as_u64().unwrap_or(0);
             let initialized = !status["cluster_id"].as_str().unwrap_or_default().is_empty();
-            Ok((initialized && among.contains(&leader)).then_some((leader, status)))
+            Ok(if initialized && among.contains(&leader) {
+                Seen::Done((leader, status))
+            } else {
+                Seen::NotYet(format!(
+                    "node {asked} names leader {leader} (initialized: {initialized})"
+                ))
+            })
         })
     }
 

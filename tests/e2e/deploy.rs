@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use gofer_testkit::{bin_dir, task_image, wait_until, workspace_root};
+use gofer_testkit::{Seen, bin_dir, task_image, wait_until, workspace_root};
 use serde_json::Value;
 
 use crate::pipeline;
@@ -195,7 +195,11 @@ impl Deployment {
             let status = self.json(asked, &["cluster", "status"])?;
             let leader = status["leader_id"].as_u64().unwrap_or(0);
             let cluster = status["cluster_id"].as_str().unwrap_or_default().to_string();
-            Ok((!cluster.is_empty() && among.contains(&leader)).then_some((leader, cluster)))
+            Ok(if !cluster.is_empty() && among.contains(&leader) {
+                Seen::Done((leader, cluster))
+            } else {
+                Seen::NotYet(format!("node {asked} names leader {leader} of cluster {cluster:?}"))
+            })
         })
     }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gofer_testkit::{GoferDev, TASK_IMAGE, wait_until};
+use gofer_testkit::{GoferDev, Seen, TASK_IMAGE, wait_until};
 use serde_json::Value;
 
 use crate::{now_millis, start, tasks, wait_for_end};
@@ -204,7 +204,10 @@ fn cancel_gives_running_containers_the_grace_it_names_before_killing_them() -> R
     );
     let run = dev.ctl_ok(&["run", "start", &pipeline])?.trim().to_string();
     wait_until("the task to run", Duration::from_secs(60), || {
-        Ok((tasks(&dev, &pipeline, &run)?["a"]["state"] == "RUNNING").then_some(()))
+        Ok(Seen::check(
+            tasks(&dev, &pipeline, &run)?["a"]["state"].clone(),
+            |state| state == "RUNNING",
+        ))
     })?;
     let bad = dev.ctl(&["run", "cancel", &pipeline, &run, "--grace", "soon"])?;
     assert!(crate::stderr(&bad).contains("--grace"), "{}", crate::stderr(&bad));

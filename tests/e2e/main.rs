@@ -17,7 +17,7 @@ mod triggers;
 use std::time::Duration;
 
 use anyhow::Result;
-use gofer_testkit::{GoferDev, TASK_IMAGE, task_image, wait_until};
+use gofer_testkit::{GoferDev, Seen, TASK_IMAGE, task_image, wait_until};
 use serde_json::Value;
 
 /// Starts a server with the task image built.
@@ -48,8 +48,9 @@ fn pipeline(id: &str, tasks: &[TaskSpec]) -> String {
 fn wait_for_end(dev: &GoferDev, pipeline: &str, run: &str) -> Result<Value> {
     wait_until("the run to end", Duration::from_secs(90), || {
         let value = dev.ctl_json(&["run", "get", pipeline, run])?;
-        let done = matches!(value["state"].as_str(), Some("SUCCEEDED" | "FAILED" | "CANCELLED"));
-        Ok(done.then_some(value))
+        Ok(Seen::check(value, |value| {
+            matches!(value["state"].as_str(), Some("SUCCEEDED" | "FAILED" | "CANCELLED"))
+        }))
     })
 }
 

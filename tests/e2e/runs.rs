@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gofer_testkit::{TASK_IMAGE, wait_until};
+use gofer_testkit::{Seen, TASK_IMAGE, wait_until};
 
 use crate::{pipeline, start, stderr, tasks, wait_for_end};
 
@@ -109,7 +109,10 @@ fn cancel_stops_the_running_container() -> Result<()> {
     ))?;
     let run = dev.ctl_ok(&["run", "start", "slow"])?.trim().to_string();
     wait_until("the task to run", Duration::from_secs(60), || {
-        Ok((tasks(&dev, "slow", &run)?["sleepy"]["state"] == "RUNNING").then_some(()))
+        Ok(Seen::check(
+            tasks(&dev, "slow", &run)?["sleepy"]["state"].clone(),
+            |state| state == "RUNNING",
+        ))
     })?;
     assert_eq!(dev.containers()?.len(), 1);
     dev.ctl_ok(&["run", "cancel", "slow", &run])?;
@@ -134,7 +137,10 @@ fn cancel_stops_the_running_container() -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()?;
     wait_until("run 1 of slow2 to run", Duration::from_secs(60), || {
-        Ok((tasks(&dev, "slow2", "1")?["sleepy"]["state"] == "RUNNING").then_some(()))
+        Ok(Seen::check(
+            tasks(&dev, "slow2", "1")?["sleepy"]["state"].clone(),
+            |state| state == "RUNNING",
+        ))
     })?;
     dev.ctl_ok(&["run", "cancel", "slow2", "1"])?;
     let status = wait_until("run start --wait to exit", Duration::from_secs(60), || {
@@ -226,7 +232,9 @@ fn a_run_in_flight_survives_a_restart_without_a_second_container() -> Result<()>
     ))?;
     let run = dev.ctl_ok(&["run", "start", "long"])?.trim().to_string();
     wait_until("the task to run", Duration::from_secs(60), || {
-        Ok((tasks(&dev, "long", &run)?["a"]["state"] == "RUNNING").then_some(()))
+        Ok(Seen::check(tasks(&dev, "long", &run)?["a"]["state"].clone(), |state| {
+            state == "RUNNING"
+        }))
     })?;
     let before = dev.containers()?;
     assert_eq!(before.len(), 1);
@@ -301,7 +309,10 @@ fn a_task_that_ends_while_goferd_stops_is_recorded_as_it_ended() -> Result<()> {
     ))?;
     let run = dev.ctl_ok(&["run", "start", "stopping"])?.trim().to_string();
     wait_until("x to run", Duration::from_secs(60), || {
-        Ok((tasks(&dev, "stopping", &run)?["x"]["state"] == "RUNNING").then_some(()))
+        Ok(Seen::check(
+            tasks(&dev, "stopping", &run)?["x"]["state"].clone(),
+            |state| state == "RUNNING",
+        ))
     })?;
     // x exits while goferd is down, so its report is not committed: its container must stay for the next
     // start to adopt, and not be removed (or called lost) before the report is committed.

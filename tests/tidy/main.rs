@@ -7,6 +7,11 @@
 //!   roles reach the replicated state: roles speak proto to each other, and what they share (tokens,
 //!   Docker) lives in crates of its own.
 //! - Every `.rs` file opens with a `//!` comment saying what it owns.
+//! - Services and `goferd` spawn tasks only through a `TaskTracker` (no `tokio::spawn`), so shutdown
+//!   waits for every one of them; tests may spawn freely.
+//! - Services and `goferd` read the time only from an injected `gofer_clock::Clock` (no `SystemTime`, and
+//!   `tokio::time::Instant` rather than `std::time::Instant` for waits), so tests can move it.
+//! - No two modules of a service or of `goferd` import each other: what both need lives in a third.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -137,4 +142,142 @@ fn every_rust_file_says_what_it_owns() {
         .map(|f| f.display().to_string())
         .collect();
     assert!(missing.is_empty(), "files without a //! header: {missing:#?}");
+}
+
+/// The `.rs` files of every service's `src` and of `goferd`'s, but the test files (`tests.rs`).
+fn server_sources() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root().join("services")).expect("services/").flatten() {
+        rust_files(&entry.path().join("src"), &mut files);
+    }
+    rust_files(&root().join("goferd/src"), &mut files);
+    files.retain(|f| f.file_name().is_some_and(|n| n != "tests.rs"));
+    assert!(files.len() > 20, "found the sources: {}", files.len());
+    files
+}
+
+/// The lines of `text` that are code outside `#[cfg(test)]` items, with their numbers: an item's
+/// `mod tests;` or its braces' whole body is left out, and so are comments.
+fn code_lines(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((index, line)) = lines.next() {
+        if line.trim() == "#[cfg(test)]" {
+            let mut depth = 0i64;
+            let mut opened = false;
+            for (_, item) in lines.by_ref() {
+                let (open, close) = (item.matches('{').count(), item.matches('}').count());
+                depth += open as i64 - close as i64;
+                opened |= open > 0;
+                if (opened && depth <= 0) || (!opened && item.trim_end().ends_with(';')) {
+                    break;
+                }
+            }
+            continue;
+        }
+        if !line.trim_start().starts_with("//") {
+            out.push((index + 1, line));
+        }
+    }
+    out
+}
+
+/// Every code line of the services and `goferd` that `bad` finds, as `path:line: text`.
+fn offending_lines(bad: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut found = Vec::new();
+    for file in server_sources() {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let relative = file.strip_prefix(root()).unwrap_or(&file).display().to_string();
+        for (number, line) in code_lines(&text) {
+            if bad(line) {
+                found.push(format!("{relative}:{number}: {}", line.trim()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn services_spawn_only_through_a_task_tracker() {
+    let spawns = offending_lines(|line| line.contains("tokio::spawn") || line.contains("tokio::task::spawn("));
+    assert!(
+        spawns.is_empty(),
+        "spawn through the TaskTracker the service was given, so shutdown waits for the task: {spawns:#?}"
+    );
+}
+
+#[test]
+fn services_read_the_time_from_their_clock() {
+    let clocks = offending_lines(|line| {
+        let std_instant = line.contains("std::time::Instant")
+            || (line.trim_start().starts_with("use std::time::{") && line.contains("Instant"));
+        line.contains("SystemTime") || std_instant
+    });
+    assert!(
+        clocks.is_empty(),
+        "read the wall clock from the injected gofer_clock::Clock, and time waits with tokio::time::Instant: \
+         {clocks:#?}"
+    );
+}
+
+#[test]
+fn no_two_modules_of_a_server_crate_import_each_other() {
+    let mut crates: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
+    for file in server_sources() {
+        let src = file.ancestors().find(|dir| dir.ends_with("src")).expect("under src/");
+        crates.entry(src.to_path_buf()).or_default().push(file);
+    }
+    let mut mutual = Vec::new();
+    for (src, files) in crates {
+        // Each top-level module of the crate, and the top-level modules its code names as `crate::x`.
+        let mut imports: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+        for file in files {
+            let relative = file.strip_prefix(&src).expect("under src/");
+            let module = relative
+                .iter()
+                .next()
+                .expect("a file")
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string();
+            if module == "lib" || module == "main" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let named = imports.entry(module).or_default();
+            for (_, line) in code_lines(&text) {
+                for (at, _) in line.match_indices("crate::") {
+                    let rest = &line[at + "crate::".len()..];
+                    let paths: Vec<&str> = match rest.strip_prefix('{') {
+                        Some(group) => group.split('}').next().unwrap_or_default().split(',').collect(),
+                        None => vec![rest],
+                    };
+                    for path in paths {
+                        let first: String = path
+                            .trim()
+                            .chars()
+                            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                            .collect();
+                        if !first.is_empty() {
+                            named.insert(first);
+                        }
+                    }
+                }
+            }
+        }
+        for (a, names) in &imports {
+            for b in names.iter().filter(|b| *b > a) {
+                if imports.get(b).is_some_and(|theirs| theirs.contains(a)) {
+                    mutual.push(format!(
+                        "{}: {a} <-> {b}",
+                        src.strip_prefix(root()).unwrap_or(&src).display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        mutual.is_empty(),
+        "move what both need into a module neither imports back: {mutual:#?}"
+    );
 }

@@ -26,11 +26,3 @@ pub use status::{internal, into_status, unavailable};
 /// The metadata key with which a process that is not the active scheduler refuses an executor's dispatch
 /// stream while naming where the active scheduler is (`https://host:port`).
 pub const SCHEDULER_ADDRESS_METADATA: &str = "gofer-scheduler-address";
-
-/// Milliseconds since the Unix epoch: the time the edge stamps into commands and reports.
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}

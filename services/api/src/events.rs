@@ -10,7 +10,7 @@ use gofer_proto::{event_to_proto, into_status, v1};
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::ApiService;
+use crate::api::{ApiService, shutting_down};
 
 /// How many events one read of the state takes, so a long backlog never holds the state lock for long.
 const PAGE: usize = 256;
@@ -55,7 +55,8 @@ pub(crate) fn stream_events(api: ApiService, request: v1::ListEventsRequest) -> 
     let mut changes = api.state.subscribe();
     let (first, newest_at_call) = page(&api, request.after_id)?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
+    let (tracker, shutdown) = (api.tracker.clone(), api.shutdown.clone());
+    tracker.spawn(async move {
         let mut cursor = request.after_id;
         let mut batch = first;
         loop {
@@ -83,6 +84,7 @@ pub(crate) fn stream_events(api: ApiService, request: v1::ListEventsRequest) -> 
                         let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
                         return;
                     },
+                    () = shutdown.cancelled() => return shutting_down(&tx),
                     () = tx.closed() => return,
                 }
             }

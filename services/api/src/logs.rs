@@ -10,8 +10,7 @@ use gofer_proto::{internal, unavailable, v1};
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::ApiService;
-use crate::service::namespace_or_default;
+use crate::api::{ApiService, namespace_or_default};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -52,7 +51,8 @@ pub(crate) fn stream_task_logs(api: ApiService, request: v1::GetTaskLogsRequest)
     // Fail fast, before the stream opens, on an unknown namespace, pipeline, run or task.
     task_view(&api, &target)?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(async move {
+    let tracker = api.tracker.clone();
+    tracker.spawn(async move {
         if let Err(status) = pump(&api, &target, follow, &tx).await {
             let _ = tx.send(Err(status)).await;
         }
@@ -70,7 +70,7 @@ async fn pump(
     let mut view = task_view(api, target)?;
     // Before the first attempt there is nothing to read; a follower waits for the task to start or end.
     while follow && view.attempt == 0 && !view.ended {
-        wait(&mut state_changes, None, tx).await?;
+        wait(api, &mut state_changes, None, tx).await?;
         view = task_view(api, target)?;
     }
     if view.attempt == 0 {
@@ -125,17 +125,19 @@ async fn pump(
         match remote {
             Some(_) => {
                 tokio::select! {
-                    result = wait(&mut state_changes, None, tx) => result?,
+                    result = wait(api, &mut state_changes, None, tx) => result?,
                     () = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
             }
-            None => wait(&mut state_changes, appends.as_mut(), tx).await?,
+            None => wait(api, &mut state_changes, appends.as_mut(), tx).await?,
         }
     }
 }
 
-/// Waits for a state change or an append, whichever comes first; gives up quietly when the client left.
+/// Waits for a state change or an append, whichever comes first; gives up quietly when the client left,
+/// and with Unavailable when the node shuts down.
 async fn wait(
+    api: &ApiService,
     state_changes: &mut tokio::sync::watch::Receiver<u64>,
     appends: Option<&mut tokio::sync::watch::Receiver<u64>>,
     tx: &tokio::sync::mpsc::Sender<Result<v1::GetTaskLogsResponse, Status>>,
@@ -151,6 +153,7 @@ async fn wait(
     tokio::select! {
         changed = state_changes.changed() => changed.map_err(|_| Status::unavailable("the node is shutting down")),
         () = appended => Ok(()),
+        () = api.shutdown.cancelled() => Err(Status::unavailable("the node is shutting down")),
         () = tx.closed() => Err(Status::cancelled("client went away")),
         // A safety net: a missed wake-up costs at most this long, never a hung follower.
         () = tokio::time::sleep(Duration::from_secs(5)) => Ok(()),

@@ -1,66 +1,24 @@
-//! The `GoferService` handlers.
+//! The `GoferService` handlers: thin, each converts the request, reads or proposes through
+//! [`ApiService`] and converts back; the long-lived answers are streams from `logs.rs` and `events.rs`.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use gofer_domain::{Applied, Command, Error, Run, State};
 use gofer_proto::v1::{self, gofer_service_server::GoferService};
 use gofer_proto::{
     config_from_proto, config_to_proto, extension_to_proto, internal, into_status, run_to_proto, subscription_to_proto,
-    task_to_proto, unavailable,
+    task_to_proto,
 };
-use gofer_state::{LogStore, StateHandle};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use gofer_proto::now_millis;
+use crate::api::{ApiService, namespace_or_default, shutting_down, state_status};
 
 type ApiResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// What the API shows about triggers that is not in the replicated log: which extensions hold a stream
-/// to the extension host right now, and where the webhook listener is.
-pub trait TriggerDirectory: Send + Sync + 'static {
-    /// Whether the extension is connected to the host.
-    fn is_connected(&self, extension: &str) -> bool;
-    /// The webhook listener's base URL, such as `http://127.0.0.1:7080`, if one runs.
-    fn webhook_base(&self) -> Option<String>;
-    /// Why the extension's container could not run last time, if it could not.
-    fn last_error(&self, extension: &str) -> Option<String>;
-}
-
-/// A directory for a node without an extension host.
-pub struct NoTriggers;
-
-impl TriggerDirectory for NoTriggers {
-    fn is_connected(&self, _extension: &str) -> bool {
-        false
-    }
-
-    fn webhook_base(&self) -> Option<String> {
-        None
-    }
-
-    fn last_error(&self, _extension: &str) -> Option<String> {
-        None
-    }
-}
-
-/// The public API of one node.
-#[derive(Clone)]
-pub struct ApiService {
-    pub(crate) state: StateHandle,
-    pub(crate) logs: Option<LogStore>,
-    triggers: Arc<dyn TriggerDirectory>,
-}
-
+/// What the handlers build from the state, beyond what every call shares.
 impl ApiService {
-    /// An API over `state`, serving task logs from `logs` (or, without them, from the state nodes that
-    /// keep them), showing trigger presence from `triggers`.
-    pub fn new(state: StateHandle, logs: Option<LogStore>, triggers: Arc<dyn TriggerDirectory>) -> Self {
-        ApiService { state, logs, triggers }
-    }
-
     fn subscription_proto(&self, namespace: &str, pipeline: &str, label: &str) -> Result<v1::Subscription, Status> {
         let base = self.triggers.webhook_base();
         self.read(|s| {
@@ -80,7 +38,7 @@ impl ApiService {
     fn extension_proto(&self, name: &str) -> Result<v1::Extension, Status> {
         let connected = self.triggers.is_connected(name);
         let last_error = self.triggers.last_error(name).unwrap_or_default();
-        let now = now_millis();
+        let now = self.clock.now_millis();
         self.read(|s| {
             let record = s
                 .extensions
@@ -101,38 +59,6 @@ impl ApiService {
         })
     }
 
-    async fn propose(&self, command: Command) -> Result<Applied, Status> {
-        // This node may not have applied the cluster's first command yet while the cluster has.
-        if self.state.read(|s| s.cluster_id.is_empty()) {
-            self.linearize().await?;
-        }
-        self.initialized()?;
-        self.state.propose(command).await.map_err(state_status)
-    }
-
-    pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> Result<R, Error>) -> Result<R, Status> {
-        self.initialized()?;
-        self.state.read(f).map_err(into_status)
-    }
-
-    /// Waits until this node has applied everything the cluster committed before the call, so that a
-    /// client that got OK for a write sees it on its next read from any node.
-    async fn linearize(&self) -> Result<(), Status> {
-        self.state.read_linearizable(|_| ()).await.map_err(state_status)
-    }
-
-    /// A new cluster serves once its first command (`Init`) is applied here; before, every answer would
-    /// be a misleading NotFound.
-    #[allow(clippy::result_large_err)]
-    fn initialized(&self) -> Result<(), Status> {
-        if self.state.read(|s| s.cluster_id.is_empty()) {
-            return Err(Status::unavailable(
-                "the cluster is starting: it has no leader or is not initialized yet; retry",
-            ));
-        }
-        Ok(())
-    }
-
     /// Starts a run (or retries `retry_of`); returns it and whether this call made it.
     async fn start(
         &self,
@@ -149,7 +75,7 @@ impl ApiService {
                 request_id,
                 parameters,
                 retry_of,
-                at: now_millis(),
+                at: self.clock.now_millis(),
             })
             .await?;
         let (Applied::Run(id) | Applied::ExistingRun(id)) = applied else {
@@ -166,24 +92,6 @@ impl ApiService {
             s.run(namespace, pipeline, run)
                 .map(|(r, _)| run_to_proto(namespace, pipeline, r))
         })
-    }
-}
-
-/// Maps a state error: refusals keep their code, the rest become Unavailable or Internal.
-pub(crate) fn state_status(err: gofer_state::Error) -> Status {
-    match err {
-        gofer_state::Error::Rejected(e) => into_status(e),
-        gofer_state::Error::Unavailable(e) => unavailable("the replicated state", &e),
-        other => internal("the replicated state", &other),
-    }
-}
-
-/// An empty namespace in a request means `default`, as in goferctl.
-pub(crate) fn namespace_or_default(namespace: String) -> String {
-    if namespace.is_empty() {
-        gofer_domain::DEFAULT_NAMESPACE.to_string()
-    } else {
-        namespace
     }
 }
 
@@ -215,7 +123,7 @@ impl GoferService for ApiService {
         let id = request.into_inner().id;
         self.propose(Command::CreateNamespace {
             namespace: id.clone(),
-            at: now_millis(),
+            at: self.clock.now_millis(),
         })
         .await?;
         let namespace = self.read(|s| {
@@ -261,7 +169,7 @@ impl GoferService for ApiService {
             .propose(Command::RegisterPipeline {
                 namespace: namespace.clone(),
                 config,
-                at: now_millis(),
+                at: self.clock.now_millis(),
             })
             .await?;
         let Applied::Version(version) = applied else {
@@ -376,7 +284,7 @@ impl GoferService for ApiService {
             reason: "cancelled by user".to_string(),
             grace_millis: u64::try_from(request.grace_millis)
                 .map_err(|_| into_status(gofer_domain::Error::invalid("grace_millis", "must not be negative")))?,
-            at: now_millis(),
+            at: self.clock.now_millis(),
         })
         .await?;
         let run = self.run_proto(&namespace, &request.pipeline_id, request.run_id)?;
@@ -395,7 +303,7 @@ impl GoferService for ApiService {
         let first = self.run_proto(&namespace, &pipeline, id)?;
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let mut last = None;
             let mut current = first;
             loop {
@@ -418,6 +326,7 @@ impl GoferService for ApiService {
                         let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
                         return;
                     },
+                    () = this.shutdown.cancelled() => return shutting_down(&tx),
                     () = tx.closed() => return,
                 }
                 match this.run_proto(&namespace, &pipeline, id) {
@@ -460,7 +369,7 @@ impl GoferService for ApiService {
             name: request.name.clone(),
             image: request.image,
             settings: request.settings.into_iter().collect(),
-            at: now_millis(),
+            at: self.clock.now_millis(),
         };
         self.propose(command).await?;
         let extension = self.extension_proto(&request.name)?;
@@ -474,8 +383,11 @@ impl GoferService for ApiService {
         request: Request<v1::UninstallExtensionRequest>,
     ) -> ApiResult<v1::UninstallExtensionResponse> {
         let name = request.into_inner().name;
-        self.propose(Command::UninstallExtension { name, at: now_millis() })
-            .await?;
+        self.propose(Command::UninstallExtension {
+            name,
+            at: self.clock.now_millis(),
+        })
+        .await?;
         Ok(Response::new(v1::UninstallExtensionResponse {}))
     }
 
@@ -512,7 +424,7 @@ impl GoferService for ApiService {
             label: request.label.clone(),
             extension: request.extension,
             settings: request.settings.into_iter().collect(),
-            at: now_millis(),
+            at: self.clock.now_millis(),
         };
         self.propose(command).await?;
         let subscription = self.subscription_proto(&namespace, &request.pipeline_id, &request.label)?;
@@ -564,7 +476,7 @@ impl GoferService for ApiService {
             namespace: namespace_or_default(request.namespace_id),
             pipeline: request.pipeline_id,
             label: request.label,
-            at: now_millis(),
+            at: self.clock.now_millis(),
         };
         self.propose(command).await?;
         Ok(Response::new(v1::DeleteSubscriptionResponse {}))

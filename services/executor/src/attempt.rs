@@ -4,20 +4,27 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use gofer_proto::now_millis;
+use gofer_clock::Clock;
 use gofer_proto::v1::{self, dispatch_request::Kind};
 
 use crate::Error;
 use crate::containers;
-use crate::session::{Executor, Stopping};
+use crate::executor::{Executor, Stopping};
 
-fn finished(key: &v1::AttemptKey, outcome: v1::AttemptOutcome, exit_code: Option<i64>, reason: String) -> Kind {
+/// A final report, stamped now by `clock`.
+fn finished(
+    clock: &Clock,
+    key: &v1::AttemptKey,
+    outcome: v1::AttemptOutcome,
+    exit_code: Option<i64>,
+    reason: String,
+) -> Kind {
     Kind::Finished(v1::AttemptFinished {
         key: Some(key.clone()),
         outcome: outcome as i32,
         exit_code,
         reason,
-        ended_unix_millis: now_millis(),
+        ended_unix_millis: clock.now_millis(),
     })
 }
 
@@ -38,7 +45,7 @@ pub(crate) async fn run(
     let cluster = executor.cluster.lock().expect("cluster lock").clone();
     let report_error = |reason: String| {
         tracing::info!(attempt = %key_text, %reason, "attempt failed to run");
-        executor.report(finished(&key, v1::AttemptOutcome::Error, None, reason));
+        executor.report(finished(&executor.clock, &key, v1::AttemptOutcome::Error, None, reason));
     };
     let (container, since) = match containers::find(docker, &cluster, key_text).await {
         Err(err) => return report_error(err.to_string()),
@@ -51,7 +58,13 @@ pub(crate) async fn run(
         }
         Ok(None) => {
             if stop.is_cancelled() {
-                return executor.report(finished(&key, v1::AttemptOutcome::Stopped, None, String::new()));
+                return executor.report(finished(
+                    &executor.clock,
+                    &key,
+                    v1::AttemptOutcome::Stopped,
+                    None,
+                    String::new(),
+                ));
             }
             match docker.has_image(&start.image).await {
                 Ok(true) => {}
@@ -63,7 +76,7 @@ pub(crate) async fn run(
                 }
                 Err(err) => return report_error(err.to_string()),
             }
-            let since = now_millis();
+            let since = executor.clock.now_millis();
             let spec = containers::spec(&cluster, &executor.id, key_text, &key, &start);
             match docker.create_and_start(spec).await {
                 Ok(id) => (id, since),
@@ -71,7 +84,7 @@ pub(crate) async fn run(
             }
         }
     };
-    let started_at = now_millis();
+    let started_at = executor.clock.now_millis();
     if let Some(active) = executor.active.lock().expect("active lock").get_mut(key_text) {
         active.started_at = started_at;
     }
@@ -99,7 +112,7 @@ pub(crate) async fn run(
     // The timeout counts from the container's creation, so an executor that adopts the attempt after a
     // restart gives it only what is left.
     let timeout = u64::try_from(start.timeout_millis).ok().filter(|ms| *ms > 0).map(|ms| {
-        let spent = u64::try_from(now_millis().saturating_sub(since)).unwrap_or(0);
+        let spent = u64::try_from(executor.clock.now_millis().saturating_sub(since)).unwrap_or(0);
         std::time::Duration::from_millis(ms.saturating_sub(spent))
     });
     let timed_out = async {
@@ -149,12 +162,14 @@ pub(crate) async fn run(
     let oom_killed = ended == Ended::Itself && start.memory_bytes > 0 && docker.oom_killed(&container).await;
     let kind = match (code, stopped) {
         (_, false) if ended == Ended::TimedOut => finished(
+            &executor.clock,
             &key,
             v1::AttemptOutcome::Error,
             None,
             format!("timed out after {}", human_duration(start.timeout_millis)),
         ),
         (Ok(code), false) if oom_killed => finished(
+            &executor.clock,
             &key,
             v1::AttemptOutcome::Error,
             Some(code),
@@ -164,6 +179,7 @@ pub(crate) async fn run(
             ),
         ),
         (_, true) if fenced => finished(
+            &executor.clock,
             &key,
             v1::AttemptOutcome::Stopped,
             None,
@@ -172,9 +188,21 @@ pub(crate) async fn run(
                 executor.id
             ),
         ),
-        (_, true) => finished(&key, v1::AttemptOutcome::Stopped, None, "stopped".into()),
-        (Ok(code), false) => finished(&key, v1::AttemptOutcome::Exited, Some(code), String::new()),
-        (Err(err), false) => finished(&key, v1::AttemptOutcome::Error, None, err.to_string()),
+        (_, true) => finished(
+            &executor.clock,
+            &key,
+            v1::AttemptOutcome::Stopped,
+            None,
+            "stopped".into(),
+        ),
+        (Ok(code), false) => finished(
+            &executor.clock,
+            &key,
+            v1::AttemptOutcome::Exited,
+            Some(code),
+            String::new(),
+        ),
+        (Err(err), false) => finished(&executor.clock, &key, v1::AttemptOutcome::Error, None, err.to_string()),
     };
     // The container goes only once the scheduler confirms the report is committed: if this process stops
     // first, the next one adopts the exited container and reports it again, instead of calling it lost.
@@ -199,7 +227,9 @@ async fn ship_logs(
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let requests = log_requests(key, rx);
     let mut client = executor.client();
-    let upload = tokio::spawn(async move { client.push_task_logs(requests).await });
+    let upload = executor
+        .tracker
+        .spawn(async move { client.push_task_logs(requests).await });
     // The Engine's follow can end early (or go quiet) when its log file rotates under a large output; so
     // once the container has stopped, the whole log is read again and whatever the follow missed, after
     // the last piece it delivered, is sent too.
@@ -453,7 +483,13 @@ pub(crate) async fn stop_unstarted(executor: &Executor, key_text: &str, key: v1:
     {
         tracing::warn!(%err, "could not remove a cancelled attempt's container");
     }
-    executor.report(finished(&key, v1::AttemptOutcome::Stopped, None, "stopped".into()));
+    executor.report(finished(
+        &executor.clock,
+        &key,
+        v1::AttemptOutcome::Stopped,
+        None,
+        "stopped".into(),
+    ));
 }
 
 /// The benchmark backend's attempt: reported started and exited 0 at once, with no container and no log;
@@ -461,12 +497,12 @@ pub(crate) async fn stop_unstarted(executor: &Executor, key_text: &str, key: v1:
 async fn run_benchmark_noop(executor: &Executor, key_text: &str, key: &v1::AttemptKey) {
     executor.report(Kind::Started(v1::AttemptStarted {
         key: Some(key.clone()),
-        started_unix_millis: now_millis(),
+        started_unix_millis: executor.clock.now_millis(),
     }));
     report_final(
         executor,
         key_text,
-        finished(key, v1::AttemptOutcome::Exited, Some(0), String::new()),
+        finished(&executor.clock, key, v1::AttemptOutcome::Exited, Some(0), String::new()),
     )
     .await;
 }

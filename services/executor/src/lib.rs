@@ -9,15 +9,21 @@
 //! running that the cluster no longer counts live: those it declared LOST while this executor was cut off.
 //! It heartbeats every second on its stream, which keeps its executor lease. It reaches Docker only
 //! through `gofer-docker`.
+//!
+//! A process starts it with [`run`], which spawns every task of the role (the session loop, its
+//! heartbeat, one task per attempt and per log upload) on the `TaskTracker` it is given.
 
 mod attempt;
 mod containers;
+mod executor;
 mod session;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use gofer_clock::Clock;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 
 /// What runs the attempts.
@@ -50,7 +56,7 @@ pub enum Error {
 
 /// What an executor needs to know about itself.
 #[derive(Debug, Clone)]
-pub struct ExecutorConfig {
+pub struct Config {
     /// Unique among the cluster's executors; labels its containers.
     pub executor_id: String,
     /// The bearer token it presents to the scheduler; empty when it presents its certificate instead.
@@ -65,18 +71,30 @@ pub struct ExecutorConfig {
 /// address cannot be used.
 pub type Connect = Arc<dyn Fn(&str) -> Option<Channel> + Send + Sync>;
 
-/// Runs the executor until `shutdown` is cancelled: connects to the scheduler that holds the lease among
-/// `schedulers` (a standby, or a process without a scheduler, refuses the stream and points it at the
-/// active scheduler, which it tries next through `connect`; without a pointer it moves on to the next in
-/// its list), and reconnects with backoff whenever the stream breaks. Containers keep running across
-/// reconnections.
-pub async fn run(
-    config: ExecutorConfig,
-    backend: Backend,
-    schedulers: Vec<Channel>,
-    connect: Option<Connect>,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
+/// What an executor needs.
+pub struct Deps {
+    pub backend: Backend,
+    /// The schedulers it may reach.
+    pub schedulers: Vec<Channel>,
+    /// Opens a channel to where a process that is not the active scheduler points it; `None` to stay
+    /// with `schedulers`.
+    pub connect: Option<Connect>,
+    /// What stamps its reports.
+    pub clock: Clock,
+}
+
+/// Starts the executor on `tracker` until `shutdown` is cancelled: it connects to the scheduler that holds
+/// the lease among `deps.schedulers` (a standby, or a process without a scheduler, refuses the stream and
+/// points it at the active scheduler, which it tries next through `deps.connect`; without a pointer it
+/// moves on to the next in its list), and reconnects with backoff whenever the stream breaks. Containers
+/// keep running across reconnections. Fails at once on a config it cannot run with.
+pub async fn run(config: Config, deps: Deps, tracker: &TaskTracker, shutdown: &CancellationToken) -> Result<(), Error> {
+    let Deps {
+        backend,
+        schedulers,
+        connect,
+        clock,
+    } = deps;
     if schedulers.is_empty() {
         return Err(Error::NoSchedulers);
     }
@@ -85,15 +103,33 @@ pub async fn run(
         .transpose()
         .map_err(|_| Error::TokenNotAHeader)?;
     let count = schedulers.len();
-    let executor = Arc::new(session::Executor::new(config, backend, schedulers, header));
+    let executor = Arc::new(executor::Executor::new(
+        config,
+        backend,
+        schedulers,
+        header,
+        clock,
+        tracker.clone(),
+    ));
+    tracker.spawn(keep_connected(executor, count, connect, shutdown.clone()));
+    Ok(())
+}
+
+/// Holds a session with the active scheduler until `shutdown`, reconnecting with backoff.
+async fn keep_connected(
+    executor: Arc<executor::Executor>,
+    count: usize,
+    connect: Option<Connect>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut failures_in_a_row = 0;
     loop {
-        let connected_at = std::time::Instant::now();
+        let connected_at = tokio::time::Instant::now();
         let pause = match executor.clone().session(&shutdown).await {
             Ok(()) => {
                 executor.abandon_all();
-                return Ok(());
+                return;
             }
             Err(status) => {
                 if connected_at.elapsed() > Duration::from_secs(10) {
@@ -115,7 +151,7 @@ pub async fn run(
                             tokio::select! {
                                 () = shutdown.cancelled() => {
                                     executor.abandon_all();
-                                    return Ok(());
+                                    return;
                                 }
                                 () = tokio::time::sleep(Duration::from_millis(20)) => {}
                             }
@@ -153,7 +189,7 @@ pub async fn run(
         tokio::select! {
             () = shutdown.cancelled() => {
                 executor.abandon_all();
-                return Ok(());
+                return;
             }
             () = tokio::time::sleep(pause) => {}
         }

@@ -1,10 +1,13 @@
 //! Group commit for fires: every fire waiting at the moment goes into one `Command::Fire` log entry, so a
 //! thousand subscriptions firing at one instant cost one fsync, not a thousand.
 
+use gofer_clock::Clock;
 use gofer_domain::triggers::{Fire, FireOutcome};
 use gofer_domain::{Applied, Command};
 use gofer_state::StateHandle;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::Error;
 
@@ -23,10 +26,11 @@ pub struct FireQueue {
 }
 
 impl FireQueue {
-    /// Starts the batching task; it ends when every queue clone is dropped.
-    pub fn start(state: StateHandle) -> Self {
+    /// Starts the batching task on `tracker`, which stamps each batch with `clock`; it ends on `shutdown`
+    /// or when every queue clone is dropped.
+    pub fn start(state: StateHandle, clock: Clock, tracker: &TaskTracker, shutdown: CancellationToken) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_loop(state, rx));
+        tracker.spawn(batch_loop(state, clock, rx, shutdown));
         FireQueue { tx }
     }
 
@@ -48,8 +52,17 @@ impl FireQueue {
     }
 }
 
-async fn batch_loop(state: StateHandle, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = rx.recv().await {
+async fn batch_loop(
+    state: StateHandle,
+    clock: Clock,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    shutdown: CancellationToken,
+) {
+    // On shutdown the fires waiting are answered "the fire queue stopped" (their senders are dropped).
+    while let Some(first) = tokio::select! {
+        () = shutdown.cancelled() => None,
+        first = rx.recv() => first,
+    } {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -60,7 +73,7 @@ async fn batch_loop(state: StateHandle, mut rx: mpsc::UnboundedReceiver<Pending>
         let fires: Vec<Fire> = batch.iter().map(|(f, _)| f.clone()).collect();
         let command = Command::Fire {
             fires,
-            at: gofer_proto::now_millis(),
+            at: clock.now_millis(),
         };
         match state.propose(command).await {
             Ok(Applied::Fired(results)) => {

@@ -4,7 +4,7 @@
 //! shuts down. Install-time settings reach the container as `GOFER_SETTING_<NAME>`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gofer_auth::{Principal, TokenAuth, hash_token};
 use gofer_docker::Engine;
@@ -138,7 +138,7 @@ async fn supervise(
             (LABEL_EXTENSION.to_string(), "true".to_string()),
             ("dev.gofer.extension-name".to_string(), name.clone()),
         ]);
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         match config.docker.run_service(&container, &image, env, labels).await {
             Err(err) => {
                 tracing::error!(extension = %name, %err, "cannot start the extension");

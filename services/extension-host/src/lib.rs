@@ -6,6 +6,10 @@
 //! the key. The host keeps no state of its own that matters across restarts: what was fired and skipped is
 //! in the log, so a restarted host catches up from there. It never touches redb, and reaches Docker only
 //! through `gofer-docker`.
+//!
+//! A process starts it with [`run`], which spawns every task of the role (its lease, the fire batcher,
+//! the timers, the webhook listener, the extension containers' launcher, one task per extension stream)
+//! on the `TaskTracker` it is given.
 
 mod fires;
 mod launcher;
@@ -16,10 +20,14 @@ mod webhook;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use gofer_clock::Clock;
 use gofer_domain::Command;
+use gofer_domain::lease::Role;
 use gofer_domain::triggers::{Registration, SettingSpec};
-use gofer_state::StateHandle;
+use gofer_state::{LeaseHolder, Startup, StateHandle};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use fires::{FireQueue, FireResult};
 pub use launcher::LaunchConfig;
@@ -49,6 +57,65 @@ pub enum Error {
     SignatureMismatch,
     #[error("the body is not valid JSON: {0}")]
     BodyNotJson(#[source] serde_json::Error),
+}
+
+/// What the extension-host role is told.
+pub struct Config {
+    /// Who holds the extension-host lease for this process: unique per start.
+    pub holder: String,
+    /// How extension containers are started and reach this process.
+    pub launch: LaunchConfig,
+    /// Whether `run` returns only once the built-in extensions are registered.
+    pub startup: Startup,
+}
+
+/// What the extension-host role needs.
+pub struct Deps {
+    pub state: StateHandle,
+    /// The webhook port, bound by the caller.
+    pub webhooks: TcpListener,
+    /// What stamps registrations and fires, and times the schedules.
+    pub clock: Clock,
+}
+
+/// Starts the extension-host role on `tracker` until `shutdown`: contends for the extension-host lease,
+/// registers the built-in extensions once the cluster is initialized, and runs the fire batcher, the
+/// timers (while it holds the lease), the webhook listener and the extension containers (while it holds
+/// the lease). Returns the host, whose [`ExtensionHost::handler`] is mounted on the API port.
+pub async fn run(
+    config: Config,
+    deps: Deps,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<ExtensionHost, gofer_state::Error> {
+    let Config {
+        holder,
+        launch,
+        startup,
+    } = config;
+    let Deps { state, webhooks, clock } = deps;
+    let lease = LeaseHolder::spawn(
+        state.clone(),
+        Role::ExtensionHost,
+        holder,
+        clock.clone(),
+        tracker,
+        shutdown.clone(),
+    );
+    let host = ExtensionHost::new(state, lease, clock, tracker.clone(), shutdown.clone());
+    if let Ok(addr) = webhooks.local_addr() {
+        *host.webhook_base.lock().expect("webhook base lock") = Some(format!("http://{addr}"));
+    }
+    let builtins = tracker.spawn(host.clone().register_builtins_once_initialized());
+    if startup == Startup::AwaitFirstCommands {
+        builtins
+            .await
+            .map_err(|e| gofer_state::Error::Unavailable(gofer_state::Unavailable::FirstCommands(e)))?;
+    }
+    tracker.spawn(host.clone().run_schedules());
+    tracker.spawn(host.clone().run_launcher(launch));
+    tracker.spawn(host.clone().serve_webhooks(webhooks));
+    Ok(host)
 }
 
 /// The version built-in extensions register with.
@@ -157,6 +224,11 @@ pub struct ExtensionHost {
     /// The extension-host lease: only its holder runs the timers and the extension containers.
     lease: gofer_state::LeaseHolder,
     fires: FireQueue,
+    /// What stamps registrations, fires and schedules.
+    clock: Clock,
+    /// Runs the host's tasks, which end on `shutdown`.
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
     connected: Arc<Mutex<HashMap<String, u64>>>,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
     webhook_base: Arc<Mutex<Option<String>>>,
@@ -165,14 +237,23 @@ pub struct ExtensionHost {
 }
 
 impl ExtensionHost {
-    /// A host over `state` that runs timers and extension containers while it holds `lease`. Call from
-    /// inside a tokio runtime: it starts the fire batcher.
-    pub fn new(state: StateHandle, lease: gofer_state::LeaseHolder) -> Self {
-        let fires = FireQueue::start(state.clone());
+    /// A host over `state` that runs timers and extension containers while it holds `lease`, on `clock`,
+    /// its tasks on `tracker` until `shutdown`. It starts the fire batcher.
+    fn new(
+        state: StateHandle,
+        lease: LeaseHolder,
+        clock: Clock,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let fires = FireQueue::start(state.clone(), clock.clone(), &tracker, shutdown.clone());
         ExtensionHost {
             state,
             lease,
             fires,
+            clock,
+            tracker,
+            shutdown,
             connected: Arc::default(),
             next_connection: Arc::default(),
             webhook_base: Arc::default(),
@@ -180,9 +261,26 @@ impl ExtensionHost {
         }
     }
 
+    /// Registers the built-in extensions once the cluster is initialized, trying until it can or the host
+    /// shuts down.
+    async fn register_builtins_once_initialized(self) {
+        let shutdown = self.shutdown.clone();
+        gofer_state::retry(
+            "waiting for the cluster to register the built-in extensions",
+            &shutdown,
+            || async {
+                if self.state.read_linearizable(|s| s.cluster_id.is_empty()).await? {
+                    return Err(gofer_state::Unavailable::NotInitialized.into());
+                }
+                self.register_builtins().await
+            },
+        )
+        .await;
+    }
+
     /// Registers the built-in extensions (installing them on first use).
-    pub async fn register_builtins(&self) -> Result<(), gofer_state::Error> {
-        let at = gofer_proto::now_millis();
+    async fn register_builtins(&self) -> Result<(), gofer_state::Error> {
+        let at = self.clock.now_millis();
         for (name, registration) in builtin_registrations(at) {
             let current = self.state.read(|s| {
                 s.extensions
@@ -210,21 +308,17 @@ impl ExtensionHost {
         &self.fires
     }
 
-    /// Runs the interval and cron triggers until `shutdown`.
-    pub async fn run_schedules(self, shutdown: CancellationToken) {
-        schedules::run(self.state.clone(), self.lease.clone(), self.fires.clone(), shutdown).await
+    /// Runs the interval and cron triggers until shutdown.
+    async fn run_schedules(self) {
+        schedules::run(&self).await
     }
 
-    /// Serves the webhook trigger on `listener` until `shutdown`.
-    pub async fn serve_webhooks(
-        self,
-        listener: tokio::net::TcpListener,
-        shutdown: CancellationToken,
-    ) -> std::io::Result<()> {
-        if let Ok(addr) = listener.local_addr() {
-            *self.webhook_base.lock().expect("webhook base lock") = Some(format!("http://{addr}"));
+    /// Serves the webhook trigger on `listener` until shutdown.
+    async fn serve_webhooks(self, listener: TcpListener) {
+        let served = webhook::serve(self.state.clone(), self.fires.clone(), listener, self.shutdown.clone()).await;
+        if let Err(err) = served {
+            tracing::error!(%err, "the webhook listener stopped");
         }
-        webhook::serve(self.state.clone(), self.fires.clone(), listener, shutdown).await
     }
 
     /// Records (or, with `None`, clears) why an extension's container could not run.
@@ -236,8 +330,9 @@ impl ExtensionHost {
         };
     }
 
-    /// Runs installed extensions as containers until `shutdown`.
-    pub async fn run_launcher(self, config: LaunchConfig, shutdown: CancellationToken) {
+    /// Runs installed extensions as containers until shutdown.
+    async fn run_launcher(self, config: LaunchConfig) {
+        let shutdown = self.shutdown.clone();
         launcher::run(self, config, shutdown).await
     }
 

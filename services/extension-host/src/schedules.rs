@@ -11,11 +11,11 @@ use std::time::Duration;
 use gofer_domain::Command;
 use gofer_domain::schedule::{ScheduleSettings, catch_up, jitter_ms};
 use gofer_domain::triggers::{Fire, FireOutcome};
-use gofer_proto::now_millis;
 use gofer_state::StateHandle;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::ExtensionHost;
 use crate::fires::FireQueue;
 
 /// A subscription's identity: namespace, pipeline, label.
@@ -40,9 +40,12 @@ fn subscription_id((ns, pipeline, label): &SubKey) -> String {
     format!("{ns}/{pipeline}/{label}")
 }
 
-/// Runs the interval and cron triggers until `shutdown`.
-pub async fn run(state: StateHandle, lease: gofer_state::LeaseHolder, fires: FireQueue, shutdown: CancellationToken) {
+/// Runs the interval and cron triggers of `host` until its shutdown.
+pub(crate) async fn run(host: &ExtensionHost) {
+    let (state, lease, fires, clock) = (&host.state, &host.lease, &host.fires, &host.clock);
+    let (tracker, shutdown) = (&host.tracker, &host.shutdown);
     let mut changes = state.subscribe();
+    let mut clock_moved = clock.changes();
     let mut tracked: BTreeMap<SubKey, Tracked> = BTreeMap::new();
     // Fires whose commit failed come back here to be tried again with the same key.
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Fire>();
@@ -51,11 +54,11 @@ pub async fn run(state: StateHandle, lease: gofer_state::LeaseHolder, fires: Fir
         // Fires carry idempotency keys, so a short overlap while the lease moves makes no second run.
         let holding = lease.epoch().is_some();
         if holding {
-            sync(&state, &fires, &mut tracked, &retry_tx);
+            sync(state, fires, tracker, &mut tracked, &retry_tx, clock.now_millis());
         } else {
             tracked.clear();
         }
-        let now = now_millis();
+        let now = clock.now_millis();
         let mut due = Vec::new();
         for (key, t) in tracked.iter_mut() {
             while let (Some(instant), Some(fire_at)) = (t.next, t.fire_at(key)) {
@@ -67,13 +70,13 @@ pub async fn run(state: StateHandle, lease: gofer_state::LeaseHolder, fires: Fir
             }
         }
         for fire in due {
-            send(&fires, fire, &retry_tx);
+            send(fires, tracker, fire, &retry_tx);
         }
         let wake = tracked.iter().filter_map(|(k, t)| t.fire_at(k)).min();
         let sleep = match wake {
             // A standby looks again every half second: it may hold the lease next.
             _ if tracked.is_empty() && !holding => Duration::from_millis(500),
-            Some(at) => Duration::from_millis((at - now_millis()).clamp(0, 60_000) as u64),
+            Some(at) => Duration::from_millis((at - clock.now_millis()).clamp(0, 60_000) as u64),
             None => Duration::from_secs(60),
         };
         tokio::select! {
@@ -85,9 +88,11 @@ pub async fn run(state: StateHandle, lease: gofer_state::LeaseHolder, fires: Fir
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
-                send(&fires, fire, &retry_tx);
+                send(fires, tracker, fire, &retry_tx);
             }
             () = tokio::time::sleep(sleep) => {}
+            // Fires are due at wall-clock instants: when the clock jumps, look again at once.
+            () = clock_moved.changed() => {}
         }
     }
 }
@@ -105,12 +110,12 @@ fn fire_for((ns, pipeline, label): &SubKey, extension: &str, instant: i64) -> Fi
     }
 }
 
-/// Queues a fire and logs what it did; a fire the log could not take is retried.
-fn send(fires: &FireQueue, fire: Fire, retry: &mpsc::UnboundedSender<Fire>) {
+/// Queues a fire and logs what it did, from a task on `tracker`; a fire the log could not take is retried.
+fn send(fires: &FireQueue, tracker: &TaskTracker, fire: Fire, retry: &mpsc::UnboundedSender<Fire>) {
     // Queued here, in the caller's order, so that caught-up instants are committed oldest first.
     let committed = fires.enqueue(fire.clone());
     let retry = retry.clone();
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         let key = fire.idempotency_key.clone();
         match committed.await {
             Ok(Ok((FireOutcome::Started(run), duplicate))) => {
@@ -135,10 +140,11 @@ type SubscriptionView = (SubKey, String, i64, i64, BTreeMap<String, String>);
 fn sync(
     state: &StateHandle,
     fires: &FireQueue,
+    tracker: &TaskTracker,
     tracked: &mut BTreeMap<SubKey, Tracked>,
     retry: &mpsc::UnboundedSender<Fire>,
+    now: i64,
 ) {
-    let now = now_millis();
     let current: Vec<SubscriptionView> = state.read(|s| {
         s.subscriptions()
             .filter(|(_, _, _, sub)| sub.extension == "interval" || sub.extension == "cron")
@@ -187,14 +193,14 @@ fn sync(
                 at: now,
             };
             let state = state.clone();
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 if let Err(err) = state.propose(command).await {
                     tracing::warn!(%err, "could not record skipped fires");
                 }
             });
         }
         for instant in &caught.fire {
-            send(fires, fire_for(key, extension, *instant), retry);
+            send(fires, tracker, fire_for(key, extension, *instant), retry);
         }
         let from = caught.fire.last().copied().unwrap_or(*last_scheduled_at).max(now);
         let next = parsed.schedule.next_after(from);

@@ -11,7 +11,7 @@ use gofer_auth::Principal;
 use gofer_domain::Command;
 use gofer_domain::triggers::{Fire, FireOutcome, Registration};
 use gofer_proto::v1::{self, extension_service_server::ExtensionService, session_request, session_response};
-use gofer_proto::{into_status, now_millis, setting_from_proto, unavailable};
+use gofer_proto::{into_status, setting_from_proto, unavailable};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -84,13 +84,13 @@ impl ExtensionService for ExtensionHandler {
             version: register.version,
             documentation: register.documentation,
             settings: register.settings.into_iter().map(setting_from_proto).collect(),
-            registered_at: now_millis(),
+            registered_at: self.host.clock.now_millis(),
         };
         let command = Command::RegisterExtension {
             name: name.clone(),
             builtin: false,
             registration,
-            at: now_millis(),
+            at: self.host.clock.now_millis(),
         };
         match self.host.state.propose(command).await {
             Ok(_) => {}
@@ -106,7 +106,7 @@ impl ExtensionService for ExtensionHandler {
         let connection = self.host.connect(&name);
         tracing::info!(extension = %name, "extension registered");
         let host = self.host.clone();
-        tokio::spawn(async move {
+        self.host.tracker.spawn(async move {
             serve_session(&host, &name, inbound, &tx).await;
             host.disconnect(&name, connection);
             tracing::info!(extension = %name, "extension disconnected");
@@ -164,6 +164,10 @@ async fn serve_session(host: &ExtensionHost, name: &str, mut inbound: Streaming<
                 continue;
             }
             () = tx.closed() => return,
+            () = host.shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("the extension host is shutting down")));
+                return;
+            }
             () = tokio::time::sleep_until(last_heard + SILENCE_LIMIT) => {
                 tracing::warn!(extension = %name, "extension went silent; closing its stream");
                 let _ = tx.send(Err(Status::deadline_exceeded("no heartbeat for 35 s")));
@@ -176,11 +180,10 @@ async fn serve_session(host: &ExtensionHost, name: &str, mut inbound: Streaming<
             Some(Ok(v1::SessionRequest {
                 kind: Some(session_request::Kind::Fire(fire)),
             })) => {
-                let host = host.clone();
-                let tx = tx.clone();
+                let (this, tx) = (host.clone(), tx.clone());
                 let name = name.to_string();
-                tokio::spawn(async move {
-                    let result = fire_one(&host, &name, fire).await;
+                host.tracker.spawn(async move {
+                    let result = fire_one(&this, &name, fire).await;
                     send(&tx, session_response::Kind::FireResult(result));
                 });
             }

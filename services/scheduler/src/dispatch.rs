@@ -8,14 +8,13 @@ use gofer_domain::lease::Role;
 use gofer_domain::{AttemptOutcome, Command, Error};
 use gofer_proto::v1::{self, dispatch_request, dispatch_service_server::DispatchService};
 use gofer_proto::{attempt_ref, into_status, unavailable};
-use gofer_state::{LogStore, StateHandle};
+use gofer_state::{LeaseHolder, LogStore, StateHandle};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::Scheduler;
-use crate::reconcile::live_attempts;
+use crate::reconcile::{Scheduler, live_attempts};
 
 /// Serves executors for a [`Scheduler`].
 #[derive(Clone)]
@@ -32,16 +31,23 @@ pub struct DispatchHandler {
 
 impl DispatchHandler {
     /// Serves executors for `scheduler`, storing their logs in `logs` or sending them to a state node.
-    /// Starts the task that commits the executors' reports; call it inside a Tokio runtime.
-    pub fn new(scheduler: Scheduler, logs: Option<LogStore>) -> Self {
+    /// Starts the task that commits the executors' reports, on the scheduler's tracker until `shutdown`.
+    pub(crate) fn new(scheduler: Scheduler, logs: Option<LogStore>, shutdown: CancellationToken) -> Self {
         let (reports, queue) = mpsc::unbounded_channel();
-        tokio::spawn(commit_reports(scheduler.clone(), queue));
+        scheduler
+            .tracker
+            .spawn(commit_reports(scheduler.clone(), queue, shutdown));
         DispatchHandler {
             scheduler,
             logs,
             stored_on: std::sync::Arc::default(),
             reports,
         }
+    }
+
+    /// The scheduler lease this handler's scheduler acts under.
+    pub fn lease(&self) -> &LeaseHolder {
+        &self.scheduler.lease
     }
 }
 
@@ -119,8 +125,12 @@ const MAX_REPORTS_PER_ENTRY: usize = 1024;
 /// `Batch` (one log entry), and acknowledges the final ones once committed. A report of an attempt that
 /// is no longer live is refused by apply and dropped (acknowledged: the executor has nothing to do about
 /// it); if the attempt was declared LOST, what the executor reported is recorded on it.
-async fn commit_reports(scheduler: Scheduler, mut queue: mpsc::UnboundedReceiver<Report>) {
-    while let Some(first) = queue.recv().await {
+async fn commit_reports(scheduler: Scheduler, mut queue: mpsc::UnboundedReceiver<Report>, shutdown: CancellationToken) {
+    // On shutdown the reports waiting are dropped unacknowledged: their executors send them again.
+    while let Some(first) = tokio::select! {
+        () = shutdown.cancelled() => None,
+        first = queue.recv() => first,
+    } {
         let mut reports = vec![first];
         while reports.len() < MAX_REPORTS_PER_ENTRY
             && let Ok(more) = queue.try_recv()
@@ -249,7 +259,7 @@ impl DispatchService for DispatchHandler {
         let renewal = Command::RenewExecutors {
             executors: vec![info.clone()],
             ttl_millis: crate::reconcile::EXECUTOR_LEASE.as_millis() as u64,
-            at: gofer_proto::now_millis(),
+            at: self.scheduler.clock.now_millis(),
         };
         match self.scheduler.lease.propose(renewal).await {
             Ok(_) => {}
@@ -282,7 +292,7 @@ impl DispatchService for DispatchHandler {
         let (connection, closed, heard) = self.scheduler.connect(info, hello.heartbeats, tx);
         tracing::info!(%executor, "executor connected");
         let this = self.clone();
-        tokio::spawn(async move {
+        self.scheduler.tracker.spawn(async move {
             // Ends when the executor leaves, the scheduler drops the connection (a newer stream, the lease
             // lost, a silent executor) or a report could not be committed: dropping `acks` then ends the
             // response stream, and the executor looks again. The stream also ends as soon as this
@@ -296,7 +306,8 @@ impl DispatchService for DispatchHandler {
                 () = refused.cancelled() => None,
                 _ = &mut lease_moved => None,
             } {
-                heard.store(gofer_proto::now_millis(), std::sync::atomic::Ordering::Relaxed);
+                let now = this.scheduler.clock.now_millis();
+                heard.store(now, std::sync::atomic::Ordering::Relaxed);
                 let mut ack = None;
                 let mut detail = String::new();
                 let command = match message {
@@ -308,7 +319,7 @@ impl DispatchService for DispatchHandler {
                         Command::AttemptStarted {
                             target,
                             attempt,
-                            at: started.started_unix_millis.min(gofer_proto::now_millis()),
+                            at: started.started_unix_millis.min(now),
                         }
                     }
                     Ok(v1::DispatchRequest {
@@ -329,7 +340,7 @@ impl DispatchService for DispatchHandler {
                             outcome: outcome(&finished),
                             log_node: log_node.unwrap_or(0),
                             // An executor's clock ahead of this one must not push a retry's backoff out.
-                            at: finished.ended_unix_millis.min(gofer_proto::now_millis()),
+                            at: finished.ended_unix_millis.min(now),
                         }
                     }
                     Ok(_) => continue,

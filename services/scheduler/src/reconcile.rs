@@ -1,19 +1,23 @@
 //! The scheduler loop: on every state change or executor (re)connection, keep the connected executors'
 //! leases renewed, declare lost the executors whose lease ran out, assign what the plan says is ready and
 //! send each connected executor the Starts and Stops it has not yet had on its stream.
+//!
+//! Every time it stamps or compares comes from its injected [`Clock`]: executor leases are wall-clock
+//! times in the log, so the grace after taking over and the renewal cadence are counted on that clock too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use gofer_clock::Clock;
 use gofer_domain::executors::ExecutorInfo;
 use gofer_domain::{AttemptRef, Command, State, plan};
-use gofer_proto::now_millis;
 use gofer_proto::v1::{self, dispatch_response::Kind};
 use gofer_state::{LeaseHolder, StateHandle};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 /// How long an executor lease lasts: an executor not heard from for this long is declared lost, and a
@@ -31,7 +35,7 @@ pub(crate) struct Connection {
     pub(crate) info: ExecutorInfo,
     /// Whether the executor sends heartbeats; one that does not is renewed while its stream is open.
     heartbeats: bool,
-    /// When anything last arrived on the stream, in Unix milliseconds.
+    /// When anything last arrived on the stream, in the scheduler's clock's Unix milliseconds.
     pub(crate) heard: Arc<AtomicI64>,
     started: HashSet<(AttemptRef, u32)>,
     stopped: HashSet<(AttemptRef, u32)>,
@@ -47,27 +51,35 @@ impl Drop for Connection {
 
 /// The scheduler of one node. Clone it freely; all clones share the executors' connections.
 #[derive(Clone)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     pub(crate) state: StateHandle,
     /// The scheduler lease: this scheduler acts only while it holds it, and fences what it commits.
     pub(crate) lease: LeaseHolder,
     pub(crate) executors: Arc<Mutex<HashMap<String, Connection>>>,
     pub(crate) wake: Arc<Notify>,
+    pub(crate) clock: Clock,
+    /// Runs the executors' streams and the report committer.
+    pub(crate) tracker: TaskTracker,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
-    /// The lease epoch this scheduler acts in and since when, so that it waits one executor lease after
-    /// taking over before it declares an executor lost: the executors need that long to find it.
-    acting_since: Arc<Mutex<Option<(u64, Instant)>>>,
-    last_renewal: Arc<Mutex<Option<Instant>>>,
+    /// The lease epoch this scheduler acts in and since when (Unix milliseconds), so that it waits one
+    /// executor lease after taking over before it declares an executor lost: the executors need that long
+    /// to find it.
+    acting_since: Arc<Mutex<Option<(u64, i64)>>>,
+    /// When it last renewed the executors' leases (Unix milliseconds).
+    last_renewal: Arc<Mutex<Option<i64>>>,
 }
 
 impl Scheduler {
-    /// A scheduler over `state` that acts while it holds `lease`, with no executor connected yet.
-    pub fn new(state: StateHandle, lease: LeaseHolder) -> Self {
+    /// A scheduler over `state` that acts while it holds `lease`, on `clock`, spawning on `tracker`, with
+    /// no executor connected yet.
+    pub(crate) fn new(state: StateHandle, lease: LeaseHolder, clock: Clock, tracker: TaskTracker) -> Self {
         Scheduler {
             state,
             lease,
             executors: Arc::default(),
             wake: Arc::new(Notify::new()),
+            clock,
+            tracker,
             next_connection: Arc::default(),
             acting_since: Arc::default(),
             last_renewal: Arc::default(),
@@ -75,9 +87,10 @@ impl Scheduler {
     }
 
     /// Runs the loop until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut changes = self.state.subscribe();
         let mut lease = self.lease.watch();
+        let mut clock_moved = self.clock.changes();
         loop {
             self.reconcile().await;
             tokio::select! {
@@ -98,6 +111,8 @@ impl Scheduler {
                     }
                 }
                 () = self.wake.notified() => {}
+                // Leases run out by the clock: when it jumps, look again at once.
+                () = clock_moved.changed() => {}
                 // A safety net, not a synchroniser: an assignment that failed to commit is retried even
                 // when nothing else changes.
                 () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
@@ -115,7 +130,7 @@ impl Scheduler {
     ) -> (u64, CancellationToken, Arc<AtomicI64>) {
         let id = self.next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let closed = CancellationToken::new();
-        let heard = Arc::new(AtomicI64::new(now_millis()));
+        let heard = Arc::new(AtomicI64::new(self.clock.now_millis()));
         let executor = info.id.clone();
         let connection = Connection {
             id,
@@ -143,13 +158,12 @@ impl Scheduler {
         }
     }
 
-    /// When this scheduler started acting in `epoch`.
-    fn acting_since(&self, epoch: u64) -> Instant {
+    /// When this scheduler started acting in `epoch`, in Unix milliseconds.
+    fn acting_since(&self, epoch: u64, now: i64) -> i64 {
         let mut since = self.acting_since.lock().expect("acting_since lock");
         match *since {
             Some((e, at)) if e == epoch => at,
             _ => {
-                let now = Instant::now();
                 *since = Some((epoch, now));
                 now
             }
@@ -157,8 +171,7 @@ impl Scheduler {
     }
 
     /// The connected executors heard from recently enough to count as alive, by id.
-    fn alive(&self) -> HashMap<String, ExecutorInfo> {
-        let now = now_millis();
+    fn alive(&self, now: i64) -> HashMap<String, ExecutorInfo> {
         let mut executors = self.executors.lock().expect("executors lock");
         // A heartbeating executor silent for a whole lease is gone: its stream is dropped, so that it
         // reconnects (and is welcomed afresh) if it is still there.
@@ -172,34 +185,35 @@ impl Scheduler {
     }
 
     /// Renews the leases of the executors alive, at most once per [`RENEW_EVERY`], in one command.
-    async fn renew_executors(&self, alive: &HashMap<String, ExecutorInfo>) {
+    async fn renew_executors(&self, alive: &HashMap<String, ExecutorInfo>, now: i64) {
+        // A clock that went back since the last renewal renews at once rather than wait for it to return.
+        let renewed_lately = |at: &i64| (*at..at + RENEW_EVERY.as_millis() as i64).contains(&now);
         if alive.is_empty()
             || self
                 .last_renewal
                 .lock()
                 .expect("last_renewal lock")
-                .is_some_and(|at| at.elapsed() < RENEW_EVERY)
+                .is_some_and(|at| renewed_lately(&at))
         {
             return;
         }
         let command = Command::RenewExecutors {
             executors: alive.values().cloned().collect(),
             ttl_millis: EXECUTOR_LEASE.as_millis() as u64,
-            at: now_millis(),
+            at: now,
         };
         match self.lease.propose(command).await {
-            Ok(_) => *self.last_renewal.lock().expect("last_renewal lock") = Some(Instant::now()),
+            Ok(_) => *self.last_renewal.lock().expect("last_renewal lock") = Some(now),
             Err(err) => tracing::warn!(%err, "could not renew the executors' leases"),
         }
     }
 
     /// Declares lost every executor whose lease ran out and that is not connected and alive here, once
     /// this scheduler has acted for a whole executor lease.
-    async fn expire_executors(&self, since: Instant, alive: &HashMap<String, ExecutorInfo>) {
-        if since.elapsed() < EXECUTOR_LEASE {
+    async fn expire_executors(&self, since: i64, alive: &HashMap<String, ExecutorInfo>, now: i64) {
+        if now - since < EXECUTOR_LEASE.as_millis() as i64 {
             return;
         }
-        let now = now_millis();
         let expired: Vec<String> = self.state.read(|s| {
             s.executors
                 .expired(now)
@@ -227,11 +241,12 @@ impl Scheduler {
     async fn reconcile(&self) {
         // One scheduler acts per cluster: the lease holder, and the fence refuses it once it is not.
         let Some(epoch) = self.lease.epoch() else { return };
-        let since = self.acting_since(epoch);
-        let alive = self.alive();
-        self.renew_executors(&alive).await;
-        self.expire_executors(since, &alive).await;
-        let now = now_millis();
+        let now = self.clock.now_millis();
+        let since = self.acting_since(epoch, now);
+        let alive = self.alive(now);
+        self.renew_executors(&alive, now).await;
+        self.expire_executors(since, &alive, now).await;
+        let now = self.clock.now_millis();
         let planned = self.state.read(|s| plan(s, now));
         if !planned.is_empty() {
             let mut load = self.load(&alive);

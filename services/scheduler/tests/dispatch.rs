@@ -1,16 +1,18 @@
-//! The dispatch stream's hello and welcome, served over a real loopback connection.
+//! The dispatch stream's hello and welcome, served over a real loopback connection, and the scheduler
+//! lease between two schedulers on a manual clock.
 
+use gofer_clock::Clock;
 use gofer_domain::Command;
 use gofer_domain::lease::Role;
 use gofer_proto::v1::dispatch_service_client::DispatchServiceClient;
 use gofer_proto::v1::{self, dispatch_request, dispatch_response};
-use gofer_scheduler::{DispatchHandler, Scheduler};
 use gofer_state::{LeaseHolder, LogStore, StateHandle, StateNode};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 mod common;
-use common::{initialized_state, serve_dispatch, wait_for};
+use common::{initialized_state, manual_clock, serve_dispatch, stop, wait_for};
 
 async fn hello(
     client: &mut DispatchServiceClient<tonic::transport::Channel>,
@@ -30,15 +32,26 @@ async fn hello(
     }
 }
 
-/// Serves a scheduler that contends for the lease as `holder`; returns its client and lease.
+/// Runs and serves a scheduler that contends for the lease as `holder`; returns its client and lease.
 async fn serve(
     state: &StateHandle,
     holder: &str,
     logs: LogStore,
+    clock: &Clock,
+    tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> (DispatchServiceClient<tonic::transport::Channel>, LeaseHolder) {
-    let lease = LeaseHolder::spawn(state.clone(), Role::Scheduler, holder.into(), shutdown.clone());
-    let handler = DispatchHandler::new(Scheduler::new(state.clone(), lease.clone()), Some(logs));
+    let config = gofer_scheduler::Config {
+        holder: holder.into(),
+        address: String::new(),
+    };
+    let deps = gofer_scheduler::Deps {
+        state: state.clone(),
+        logs: Some(logs),
+        clock: clock.clone(),
+    };
+    let handler = gofer_scheduler::run(config, deps, tracker, shutdown).await;
+    let lease = handler.lease().clone();
     (serve_dispatch(handler, shutdown).await, lease)
 }
 
@@ -46,9 +59,11 @@ async fn serve(
 async fn an_executor_is_welcomed_only_once_the_cluster_has_its_id() {
     let dir = tempfile::tempdir().unwrap();
     let state = StateHandle::from(StateNode::open_single(&dir.path().join("state")).await.unwrap());
-    let shutdown = CancellationToken::new();
-    let (mut client, lease) = serve(&state, "a", LogStore::new(dir.path().join("logs")), &shutdown).await;
-    wait_for("the lease", || lease.epoch().is_some()).await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let (clock, _) = manual_clock();
+    let logs = LogStore::new(dir.path().join("logs"));
+    let (mut client, lease) = serve(&state, "a", logs, &clock, &tracker, &shutdown).await;
+    wait_for("the lease", || lease.epoch(), Option::is_some).await;
 
     // Before Init, a welcome would carry an empty cluster id, and "this cluster's containers" would
     // match every cluster's on the Docker host: the hello is refused as retryable instead.
@@ -70,7 +85,7 @@ async fn an_executor_is_welcomed_only_once_the_cluster_has_its_id() {
         }
         other => panic!("expected a welcome, got {other:?}"),
     }
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }
 
 #[tokio::test]
@@ -78,13 +93,24 @@ async fn one_scheduler_acts_a_standby_refuses_executors_and_takes_over_in_the_ne
     let dir = tempfile::tempdir().unwrap();
     let state = initialized_state(dir.path()).await;
     let logs = LogStore::new(dir.path().join("logs"));
-    let first_stop = CancellationToken::new();
-    let (mut first, first_lease) = serve(&state, "a", logs.clone(), &first_stop).await;
-    wait_for("the first scheduler's lease", || first_lease.epoch().is_some()).await;
-    let second_stop = CancellationToken::new();
-    let (mut second, second_lease) = serve(&state, "b", logs, &second_stop).await;
-    // Two lease periods pass: the holder keeps renewing, the standby never gets it.
-    tokio::time::sleep(gofer_state::LEASE_TTL * 2).await;
+    let (clock, hand) = manual_clock();
+    let (first_tracker, first_stop) = (TaskTracker::new(), CancellationToken::new());
+    let (mut first, first_lease) = serve(&state, "a", logs.clone(), &clock, &first_tracker, &first_stop).await;
+    wait_for("the first scheduler's lease", || first_lease.epoch(), Option::is_some).await;
+    let (second_tracker, second_stop) = (TaskTracker::new(), CancellationToken::new());
+    let (mut second, second_lease) = serve(&state, "b", logs, &clock, &second_tracker, &second_stop).await;
+    // Two lease periods pass, a third of a lease at a time: after each step the holder renews at the new
+    // time, and the standby, which sees the lease unexpired at every step, never gets it.
+    let ttl = gofer_state::LEASE_TTL;
+    for _ in 0..6 {
+        let now = hand.advance(ttl / 3);
+        let renewed_until = now + ttl.as_millis() as i64;
+        let lease = || state.read(|s| s.leases.roles.get(&Role::Scheduler).cloned());
+        wait_for("the holder to renew at the new time", lease, |lease| {
+            lease.as_ref().is_some_and(|l| l.expires_at >= renewed_until)
+        })
+        .await;
+    }
     assert_eq!(first_lease.epoch(), Some(1));
     assert_eq!(second_lease.epoch(), None);
     let refused = hello(&mut second).await.unwrap_err();
@@ -107,8 +133,13 @@ async fn one_scheduler_acts_a_standby_refuses_executors_and_takes_over_in_the_ne
     );
 
     // The holder stops (and releases): the standby takes over in epoch 2, and the old epoch is fenced.
-    first_stop.cancel();
-    wait_for("the standby to take over", || second_lease.epoch() == Some(2)).await;
+    stop(&first_tracker, &first_stop).await;
+    wait_for(
+        "the standby to take over",
+        || second_lease.epoch(),
+        |epoch| *epoch == Some(2),
+    )
+    .await;
     let stale = state
         .propose(Command::Fenced {
             role: Role::Scheduler,
@@ -138,23 +169,27 @@ async fn one_scheduler_acts_a_standby_refuses_executors_and_takes_over_in_the_ne
     ));
     let namespaces: Vec<String> = state.read(|s| s.namespaces.keys().cloned().collect());
     assert_eq!(namespaces, ["default", "z"]);
-    second_stop.cancel();
+    stop(&second_tracker, &second_stop).await;
 }
 
 #[tokio::test]
 async fn a_standby_and_a_process_without_a_scheduler_point_executors_at_the_active_one() {
     let dir = tempfile::tempdir().unwrap();
     let state = initialized_state(dir.path()).await;
-    let shutdown = CancellationToken::new();
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let (clock, _) = manual_clock();
     let active = LeaseHolder::spawn_advertising(
         state.clone(),
         Role::Scheduler,
         "a".into(),
         "https://scheduler-a.example:7443".into(),
+        clock.clone(),
+        &tracker,
         shutdown.clone(),
     );
-    wait_for("the lease", || active.epoch().is_some()).await;
-    let (mut standby, _) = serve(&state, "b", LogStore::new(dir.path().join("logs")), &shutdown).await;
+    wait_for("the lease", || active.epoch(), Option::is_some).await;
+    let logs = LogStore::new(dir.path().join("logs"));
+    let (mut standby, _) = serve(&state, "b", logs, &clock, &tracker, &shutdown).await;
 
     let redirect = gofer_scheduler::DispatchRedirect::new(state.clone());
     let mut no_scheduler = serve_dispatch(redirect, &shutdown).await;
@@ -172,5 +207,5 @@ async fn a_standby_and_a_process_without_a_scheduler_point_executors_at_the_acti
             "{refused:?}"
         );
     }
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }

@@ -1,31 +1,33 @@
 //! Executor leases end to end in one process: a real state node, the scheduler loop and its dispatch
 //! service on loopback, and executors played by the test over raw dispatch streams, so that the test
-//! decides when one falls silent, comes back or reports.
+//! decides when one falls silent, comes back or reports. Time is a manual clock the test moves a second at
+//! a time, waiting after each step for the scheduler to have acted at the new time.
 
 use std::time::Duration;
 
-use gofer_domain::lease::Role;
+use gofer_clock::{Clock, ManualClock};
 use gofer_domain::{AttemptState, Command, PipelineConfig, RunState, TaskState};
 use gofer_proto::v1::{self, dispatch_request, dispatch_response};
-use gofer_scheduler::{DispatchHandler, Scheduler};
-use gofer_state::{LeaseHolder, LogStore, StateHandle};
+use gofer_state::{LogStore, StateHandle};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 mod common;
-use common::{Client, initialized_state, serve_dispatch, wait_for};
+use common::{Client, initialized_state, manual_clock, renewed_at, serve_dispatch, stop, wait_for};
 
 /// One executor played by the test: what it sends, and what it has received.
 struct FakeExecutor {
     outbound: mpsc::UnboundedSender<v1::DispatchRequest>,
     inbound: tonic::Streaming<v1::DispatchResponse>,
     beating: CancellationToken,
+    clock: Clock,
 }
 
 impl FakeExecutor {
-    /// Says hello as `id` and heartbeats every 200 ms until [`FakeExecutor::fall_silent`]; returns it with
-    /// its welcome.
-    async fn connect(client: &mut Client, id: &str) -> (FakeExecutor, v1::Welcome) {
+    /// Says hello as `id` and heartbeats every 200 ms, and whenever `clock` moves, until
+    /// [`FakeExecutor::fall_silent`]; returns it with its welcome.
+    async fn connect(client: &mut Client, id: &str, clock: &Clock) -> (FakeExecutor, v1::Welcome) {
         let (outbound, rx) = mpsc::unbounded_channel();
         let hello = v1::ExecutorHello {
             executor_id: id.into(),
@@ -49,19 +51,26 @@ impl FakeExecutor {
         };
         let beating = CancellationToken::new();
         let (beats, stop) = (outbound.clone(), beating.clone());
+        // A live executor beats within a second of its time, so a clock the test moves a second at a
+        // time makes it beat too.
+        let mut clock_moved = clock.changes();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 let beat = dispatch_request::Kind::Heartbeat(v1::Heartbeat {});
                 if beats.send(v1::DispatchRequest { kind: Some(beat) }).is_err() {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    () = clock_moved.changed() => {}
+                }
             }
         });
         let executor = FakeExecutor {
             outbound,
             inbound,
             beating,
+            clock: clock.clone(),
         };
         (executor, welcome)
     }
@@ -113,13 +122,35 @@ impl FakeExecutor {
             outcome: outcome as i32,
             exit_code,
             reason: "stopped".into(),
-            ended_unix_millis: gofer_proto::now_millis(),
+            ended_unix_millis: self.clock.now_millis(),
         }));
     }
 }
 
-/// A state node with one pipeline, and a scheduler (loop and dispatch service) holding the lease.
-async fn cluster(dir: &std::path::Path, shutdown: &CancellationToken) -> (StateHandle, Client) {
+/// The state and the scheduler's dispatch service a test plays executors against, and the hand on the
+/// scheduler's clock.
+struct Cluster {
+    state: StateHandle,
+    client: Client,
+    clock: Clock,
+    hand: ManualClock,
+}
+
+impl Cluster {
+    /// Moves the clock one second forward and waits until the scheduler renewed `executor`'s lease at the
+    /// new time (it was alive then); returns the new time.
+    async fn tick(&self, executor: &str) -> i64 {
+        let now = self.hand.advance(Duration::from_secs(1));
+        let what = format!("{executor}'s lease to be renewed at {now}");
+        wait_for(&what, || renewed_at(&self.state, executor), |at| *at >= now).await;
+        now
+    }
+}
+
+/// A state node with one pipeline, and a scheduler (loop and dispatch service) holding the lease, on a
+/// manual clock.
+async fn cluster(dir: &std::path::Path, tracker: &TaskTracker, shutdown: &CancellationToken) -> Cluster {
+    let (clock, hand) = manual_clock();
     let state = initialized_state(dir).await;
     let config = PipelineConfig::from_json(r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#).unwrap();
     state
@@ -130,13 +161,25 @@ async fn cluster(dir: &std::path::Path, shutdown: &CancellationToken) -> (StateH
         })
         .await
         .unwrap();
-    let lease = LeaseHolder::spawn(state.clone(), Role::Scheduler, "s".into(), shutdown.clone());
-    let scheduler = Scheduler::new(state.clone(), lease.clone());
-    tokio::spawn(scheduler.clone().run(shutdown.clone()));
-    let handler = DispatchHandler::new(scheduler, Some(LogStore::new(dir.join("logs"))));
+    let config = gofer_scheduler::Config {
+        holder: "s".into(),
+        address: String::new(),
+    };
+    let deps = gofer_scheduler::Deps {
+        state: state.clone(),
+        logs: Some(LogStore::new(dir.join("logs"))),
+        clock: clock.clone(),
+    };
+    let handler = gofer_scheduler::run(config, deps, tracker, shutdown).await;
+    let lease = handler.lease().clone();
     let client = serve_dispatch(handler, shutdown).await;
-    wait_for("the scheduler to take its lease", || lease.epoch().is_some()).await;
-    (state, client)
+    wait_for("the scheduler to take its lease", || lease.epoch(), Option::is_some).await;
+    Cluster {
+        state,
+        client,
+        clock,
+        hand,
+    }
 }
 
 fn task_a(state: &StateHandle, run: u64) -> gofer_domain::TaskExecution {
@@ -146,25 +189,36 @@ fn task_a(state: &StateHandle, run: u64) -> gofer_domain::TaskExecution {
 #[tokio::test]
 async fn a_silent_executor_loses_its_attempt_which_runs_again_elsewhere_and_is_stopped_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let (state, mut client) = cluster(dir.path(), &shutdown).await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let mut cluster = cluster(dir.path(), &tracker, &shutdown).await;
+    let state = cluster.state.clone();
 
-    let (mut e1, _) = FakeExecutor::connect(&mut client, "e1").await;
-    let run = start_run(&state).await;
+    let (mut e1, _) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
+    let run = start_run(&state, &cluster.clock).await;
     let first = e1.next_start().await;
     let first_key = first.key.clone().unwrap();
     assert_eq!(first_key.attempt, 1);
     e1.report(dispatch_request::Kind::Started(v1::AttemptStarted {
         key: Some(first_key.clone()),
-        started_unix_millis: gofer_proto::now_millis(),
+        started_unix_millis: cluster.clock.now_millis(),
     }));
 
-    // e1 falls silent with its stream still open; e2 is there and heartbeating.
-    let (mut e2, _) = FakeExecutor::connect(&mut client, "e2").await;
+    // e1 falls silent with its stream still open; e2 is there and heartbeating. The clock moves a second
+    // at a time until attempt 1 is declared lost and attempt 2 is assigned to e2.
+    let (mut e2, _) = FakeExecutor::connect(&mut cluster.client, "e2", &cluster.clock).await;
     e1.fall_silent();
-    let silent_at = std::time::Instant::now();
+    let silent_at = cluster.clock.now_millis();
+    let mut now = silent_at;
+    while task_a(&state, run).executor != "e2" {
+        assert!(
+            now - silent_at < 60_000,
+            "attempt 1 was never declared lost: {:?}",
+            task_a(&state, run)
+        );
+        now = cluster.tick("e2").await;
+    }
     let second = e2.next_start().await;
-    let lost_after = silent_at.elapsed();
+    let lost_after = Duration::from_millis((now - silent_at) as u64);
     let second_key = second.key.clone().unwrap();
     assert_eq!((second_key.attempt, second_key.run_id), (2, run));
     assert!(
@@ -184,52 +238,52 @@ async fn a_silent_executor_loses_its_attempt_which_runs_again_elsewhere_and_is_s
     // e1 comes back: attempt 1 is not live, so it stops it and reports that, which is recorded on the
     // LOST attempt; its stale report changes nothing else.
     drop(e1);
-    let (e1_again, welcome) = FakeExecutor::connect(&mut client, "e1").await;
+    let (e1_again, welcome) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
     assert!(welcome.live_attempts.is_empty(), "{:?}", welcome.live_attempts);
     e1_again.finish(&first_key, v1::AttemptOutcome::Stopped, None);
-    wait_for("the late report", || {
-        !task_a(&state, run).attempts[0].late_report.is_empty()
-    })
-    .await;
+    let late_report = || task_a(&state, run).attempts[0].late_report.clone();
+    wait_for("the late report", late_report, |report| !report.is_empty()).await;
     assert!(task_a(&state, run).attempts[0].late_report.contains("stopped"));
     assert_eq!(task_a(&state, run).state, TaskState::Pending, "attempt 2 is still out");
 
     e2.finish(&second_key, v1::AttemptOutcome::Exited, Some(0));
-    wait_for("the run to succeed", || {
-        state.read(|s| s.run("default", "p", run).unwrap().0.state) == RunState::Succeeded
-    })
-    .await;
+    let run_state = || state.read(|s| s.run("default", "p", run).unwrap().0.state);
+    wait_for("the run to succeed", run_state, |s| *s == RunState::Succeeded).await;
     let task = task_a(&state, run);
     assert_eq!((task.attempt, task.attempts.len()), (2, 2));
     assert!(
         state.read(|s| s.executors.may_assign("e1")),
         "e1 renewed its lease on return"
     );
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }
 
 #[tokio::test]
 async fn a_heartbeating_executor_keeps_its_attempt_past_many_lease_periods() {
     let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let (state, mut client) = cluster(dir.path(), &shutdown).await;
-    let (mut e1, _) = FakeExecutor::connect(&mut client, "e1").await;
-    start_run(&state).await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let mut cluster = cluster(dir.path(), &tracker, &shutdown).await;
+    let state = cluster.state.clone();
+    let (mut e1, _) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
+    start_run(&state, &cluster.clock).await;
     let start = e1.next_start().await;
-    tokio::time::sleep(gofer_scheduler::EXECUTOR_LEASE * 2).await;
+    // Two executor leases pass on the clock, a second at a time, and e1's is renewed at every step.
+    for _ in 0..gofer_scheduler::EXECUTOR_LEASE.as_secs() * 2 {
+        cluster.tick("e1").await;
+    }
     let task = task_a(&state, 1);
     assert!(task.attempts.is_empty(), "{:?}", task.attempts);
     assert_eq!((task.attempt, task.executor.as_str()), (1, "e1"));
-    let renewed = state.read(|s| s.executors.executors["e1"].renewed_at);
+    let renewed = renewed_at(&state, "e1");
     assert!(
-        gofer_proto::now_millis() - renewed < 3_000,
+        cluster.clock.now_millis() - renewed < 3_000,
         "the lease is being renewed"
     );
     e1.finish(start.key.as_ref().unwrap(), v1::AttemptOutcome::Exited, Some(0));
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }
 
-async fn start_run(state: &StateHandle) -> u64 {
+async fn start_run(state: &StateHandle, clock: &Clock) -> u64 {
     let applied = state
         .propose(Command::StartRun {
             namespace: "default".into(),
@@ -237,7 +291,7 @@ async fn start_run(state: &StateHandle) -> u64 {
             request_id: String::new(),
             parameters: Default::default(),
             retry_of: 0,
-            at: gofer_proto::now_millis(),
+            at: clock.now_millis(),
         })
         .await
         .unwrap();
@@ -250,14 +304,15 @@ async fn start_run(state: &StateHandle) -> u64 {
 #[tokio::test]
 async fn a_start_lost_with_its_stream_is_sent_again_on_the_next_for_the_same_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let (state, mut client) = cluster(dir.path(), &shutdown).await;
-    let (e1, _) = FakeExecutor::connect(&mut client, "e1").await;
-    let run = start_run(&state).await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let mut cluster = cluster(dir.path(), &tracker, &shutdown).await;
+    let state = cluster.state.clone();
+    let (e1, _) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
+    let run = start_run(&state, &cluster.clock).await;
     // The assignment is committed; the stream that carried (or would carry) its Start breaks.
-    wait_for("the assignment", || task_a(&state, run).assignment.is_some()).await;
+    wait_for("the assignment", || task_a(&state, run).assignment, |a| a.is_some()).await;
     drop(e1);
-    let (mut again, welcome) = FakeExecutor::connect(&mut client, "e1").await;
+    let (mut again, welcome) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
     assert_eq!(
         welcome.live_attempts.len(),
         1,
@@ -276,26 +331,25 @@ async fn a_start_lost_with_its_stream_is_sent_again_on_the_next_for_the_same_att
         (task.state, task.attempt, task.attempts.len()),
         (TaskState::Succeeded, 1, 1)
     );
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }
 
 #[tokio::test]
 async fn a_final_report_whose_ack_was_lost_is_acknowledged_again_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let (state, mut client) = cluster(dir.path(), &shutdown).await;
-    let (mut e1, _) = FakeExecutor::connect(&mut client, "e1").await;
-    let run = start_run(&state).await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let mut cluster = cluster(dir.path(), &tracker, &shutdown).await;
+    let state = cluster.state.clone();
+    let (mut e1, _) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
+    let run = start_run(&state, &cluster.clock).await;
     let start = e1.next_start().await;
     let key = start.key.clone().unwrap();
     e1.finish(&key, v1::AttemptOutcome::Exited, Some(0));
-    wait_for("the report to be committed", || {
-        task_a(&state, run).state == TaskState::Succeeded
-    })
-    .await;
+    let task_state = || task_a(&state, run).state;
+    wait_for("the report to be committed", task_state, |s| *s == TaskState::Succeeded).await;
     // The ack is lost with the stream; the executor, still holding the report, sends it again.
     drop(e1);
-    let (mut again, welcome) = FakeExecutor::connect(&mut client, "e1").await;
+    let (mut again, welcome) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
     assert!(welcome.live_attempts.is_empty(), "the attempt ended: nothing to adopt");
     again.finish(&key, v1::AttemptOutcome::Exited, Some(0));
     assert_eq!(
@@ -312,7 +366,7 @@ async fn a_final_report_whose_ack_was_lost_is_acknowledged_again_and_changes_not
         state.read(|s| s.run("default", "p", run).unwrap().0.state),
         RunState::Succeeded
     );
-    shutdown.cancel();
+    stop(&tracker, &shutdown).await;
 }
 
 impl Drop for FakeExecutor {

@@ -66,6 +66,12 @@ pub enum Unavailable {
     },
     #[error("peer TLS: {0}")]
     PeerTls(#[source] tonic::transport::Error),
+    #[error("configuring the raft port's TLS: {0}")]
+    RaftPortTls(#[source] tonic::transport::Error),
+    /// A task proposing a role's first commands (the cluster id, the event retention, the built-in
+    /// extensions) ended without finishing.
+    #[error("the first commands: {0}")]
+    FirstCommands(#[source] tokio::task::JoinError),
     /// The in-process test harness cut the link to this node.
     #[error("node {0}: cut by the test harness")]
     Cut(NodeId),

@@ -5,14 +5,17 @@
 //! only once it has expired, so a quiet cluster writes about three entries a second per role. The holder
 //! counts its lease from *before* the renewal it sent, by the monotonic clock, so it stops acting before
 //! any standby can take over; if its clock or a pause fools it anyway, the fence refuses what it sends.
+//! The times it proposes (and compares a standby's lease expiry with) come from its injected [`Clock`].
 
 use std::time::Duration;
 
+use gofer_clock::Clock;
 use gofer_domain::lease::Role;
 use gofer_domain::{Applied, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::{Error, StateHandle};
 
@@ -32,10 +35,17 @@ pub struct LeaseHolder {
 }
 
 impl LeaseHolder {
-    /// Starts contending for `role` as `holder` (unique among the processes that may play it) until
-    /// `shutdown`; then a held lease is released so a standby takes over at once.
-    pub fn spawn(state: StateHandle, role: Role, holder: String, shutdown: CancellationToken) -> LeaseHolder {
-        Self::spawn_advertising(state, role, holder, String::new(), shutdown)
+    /// Starts contending for `role` as `holder` (unique among the processes that may play it), from a
+    /// task on `tracker`, until `shutdown`; then a held lease is released so a standby takes over at once.
+    pub fn spawn(
+        state: StateHandle,
+        role: Role,
+        holder: String,
+        clock: Clock,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> LeaseHolder {
+        Self::spawn_advertising(state, role, holder, String::new(), clock, tracker, shutdown)
     }
 
     /// As [`LeaseHolder::spawn`], recording `address` (where this process can be reached for the role) on
@@ -45,10 +55,17 @@ impl LeaseHolder {
         role: Role,
         holder: String,
         address: String,
+        clock: Clock,
+        tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> LeaseHolder {
         let (tx, epoch) = watch::channel(None);
-        tokio::spawn(keep(state.clone(), role, holder.clone(), address, tx, shutdown));
+        let claim = Claim {
+            role,
+            holder: holder.clone(),
+            address,
+        };
+        tracker.spawn(keep(state.clone(), claim, clock, tx, shutdown));
         LeaseHolder {
             state,
             role,
@@ -92,11 +109,17 @@ impl LeaseHolder {
     }
 }
 
-async fn keep(
-    state: StateHandle,
+/// What a holder contends for: the role, its own name, and the address it records on the lease.
+struct Claim {
     role: Role,
     holder: String,
     address: String,
+}
+
+async fn keep(
+    state: StateHandle,
+    Claim { role, holder, address }: Claim,
+    clock: Clock,
     tx: watch::Sender<Option<u64>>,
     shutdown: CancellationToken,
 ) {
@@ -104,10 +127,14 @@ async fn keep(
     let renew_every = LEASE_TTL / 3;
     let mut valid_until = Instant::now();
     let mut last_told: Option<Instant> = None;
+    let mut clock_moved = clock.changes();
     loop {
-        let now = gofer_proto::now_millis();
+        let now = clock.now_millis();
         let current = state.read(|s| s.leases.roles.get(&role).cloned());
-        if let Some(held) = *tx.borrow()
+        // Copied out first: a guard borrowed in the `if let` would live through the block, and
+        // `send_replace` would wait for it forever.
+        let held = *tx.borrow();
+        if let Some(held) = held
             && current.as_ref().is_some_and(|l| l.holder != holder || l.epoch != held)
         {
             tracing::warn!(role = role.as_str(), %holder, epoch = held, "another process took the lease; standing by");
@@ -163,6 +190,8 @@ async fn keep(
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(next) => {}
+            // The lease's expiry is a wall-clock time: when the clock jumps, look again at once.
+            () = clock_moved.changed() => {}
         }
     }
     if let Some(epoch) = tx.send_replace(None) {
@@ -170,10 +199,13 @@ async fn keep(
             role,
             holder: holder.clone(),
             epoch,
-            at: gofer_proto::now_millis(),
+            at: clock.now_millis(),
         };
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), state.propose(release)).await {
             tracing::info!(role = role.as_str(), %holder, epoch, "released the lease");
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,6 +11,9 @@
 //! reaching its peers over mutual-TLS gRPC (`network.rs`, `server.rs`); a process away from the state
 //! nodes follows one of them through [`RemoteState`]. The task log archive lives here too (`logs`):
 //! files under the data dir, not redb, because big bytes stay out of the log.
+//!
+//! A process starts its state role with [`run`] (`role.rs`): a node here or a mirror of nodes elsewhere.
+//! Every task the crate spawns goes through the `TaskTracker` it is given.
 
 mod error;
 mod handle;
@@ -20,6 +23,7 @@ mod membership;
 mod network;
 mod node;
 mod remote;
+mod role;
 mod server;
 mod store;
 mod types;
@@ -32,5 +36,6 @@ pub use membership::{ClusterStatus, MemberStatus, MembershipChange};
 pub use network::{Faults, PeerNetwork};
 pub use node::{MemberOptions, StateNode};
 pub use remote::RemoteState;
+pub use role::{Config, Deps, Placement, RaftPort, RunningState, Startup, retry, run};
 pub use server::RaftHandler;
 pub use types::NodeId;

@@ -362,16 +362,18 @@ impl StateNode {
     }
 
     /// The `RaftService` this node serves to its peers, reading task logs from `logs`; mount it behind
-    /// mutual TLS. Its long-lived streams (`Follow`) end when `shutdown` is cancelled, so the server can
-    /// drain.
+    /// mutual TLS. Its long-lived streams (`Follow`) run on `tracker` and end when `shutdown` is
+    /// cancelled, so the server can drain.
     pub fn raft_service(
         &self,
         logs: Option<crate::LogStore>,
+        tracker: tokio_util::task::TaskTracker,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> gofer_proto::v1::raft_service_server::RaftServiceServer<crate::server::RaftHandler> {
         gofer_proto::v1::raft_service_server::RaftServiceServer::new(crate::server::RaftHandler {
             node: self.clone(),
             logs,
+            tracker,
             shutdown,
         })
         .max_decoding_message_size(1 << 30)

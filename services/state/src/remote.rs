@@ -16,6 +16,7 @@ use gofer_domain::{Applied, Command, State};
 use gofer_proto::v1::{self, raft_service_client::RaftServiceClient};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 
 use crate::network::PeerNetwork;
@@ -47,14 +48,22 @@ struct Inner {
     leader_hint: AtomicUsize,
     /// Tells the follow loop to move to another node.
     switch: Notify,
+    /// Ends the follow loop.
     stop: CancellationToken,
 }
 
 impl RemoteState {
     /// Follows the state nodes at `addresses` (their raft addresses, `https://host:port`), dialing them with
-    /// `network`'s mutual TLS. Returns once the mirror holds a node's state, or `Error::Unavailable` after
-    /// `wait` if no node answered.
-    pub async fn connect(network: PeerNetwork, addresses: Vec<String>, wait: Duration) -> Result<RemoteState, Error> {
+    /// `network`'s mutual TLS, from a task on `tracker` that ends on `shutdown`.
+    /// Returns once the mirror holds a node's state, or `Error::Unavailable` after `wait` if no node
+    /// answered.
+    pub async fn connect(
+        network: PeerNetwork,
+        addresses: Vec<String>,
+        wait: Duration,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<RemoteState, Error> {
         if addresses.is_empty() {
             return Err(gofer_domain::Error::invalid("state_nodes", "name at least one state node").into());
         }
@@ -69,11 +78,11 @@ impl RemoteState {
                 following_node: AtomicU64::new(0),
                 leader_hint: AtomicUsize::new(0),
                 switch: Notify::new(),
-                stop: CancellationToken::new(),
+                stop: shutdown.child_token(),
             }),
         };
         let (ready_tx, mut ready) = watch::channel(false);
-        tokio::spawn(follow_loop(remote.clone(), ready_tx));
+        tracker.spawn(follow_loop(remote.clone(), ready_tx));
         tokio::time::timeout(wait, ready.wait_for(|r| *r))
             .await
             .map_err(|_| Unavailable::NoAnswer {
@@ -82,11 +91,6 @@ impl RemoteState {
             })?
             .map_err(|_| Unavailable::MirrorStopped)?;
         Ok(remote)
-    }
-
-    /// Stops following.
-    pub fn close(&self) {
-        self.inner.stop.cancel();
     }
 
     fn client(&self, index: usize) -> Result<RaftServiceClient<Channel>, Unavailable> {

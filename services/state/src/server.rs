@@ -21,6 +21,8 @@ pub struct RaftHandler {
     pub(crate) node: StateNode,
     /// The node's task log archive, read by peers that serve a log they do not keep.
     pub(crate) logs: Option<crate::LogStore>,
+    /// Runs the follow streams.
+    pub(crate) tracker: tokio_util::task::TaskTracker,
     /// Ends the follow streams.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
@@ -41,7 +43,7 @@ impl RaftService for RaftHandler {
         let node = self.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = follow(node, tx) => {}

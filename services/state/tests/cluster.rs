@@ -12,6 +12,8 @@ use gofer_domain::{Applied, Command, PipelineConfig};
 use gofer_state::{
     Faults, LogStore, MemberOptions, MembershipChange, NodeId, PeerNetwork, RemoteState, StateHandle, StateNode,
 };
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -168,7 +170,11 @@ fn serve(
     let server_tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
         .client_ca_root(Certificate::from_pem(ca_pem));
-    let service = node.raft_service(Some(logs.clone()), tokio_util::sync::CancellationToken::new());
+    let service = node.raft_service(
+        Some(logs.clone()),
+        tokio_util::task::TaskTracker::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
     tokio::spawn(async move {
         let _ = Server::builder()
             .tls_config(server_tls)
@@ -490,7 +496,9 @@ async fn a_remote_process_mirrors_the_state_and_moves_on_when_its_node_goes() {
             .filter(|(id, _)| **id != follower)
             .map(|(_, a)| a.clone()),
     );
-    let remote = RemoteState::connect(PeerNetwork::new(0, Some(tls), Faults::default()), addresses, DEADLINE)
+    let network = PeerNetwork::new(0, Some(tls), Faults::default());
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let remote = RemoteState::connect(network, addresses, DEADLINE, &tracker, &shutdown)
         .await
         .unwrap();
 
@@ -528,7 +536,11 @@ async fn a_remote_process_mirrors_the_state_and_moves_on_when_its_node_goes() {
     let status = remote.cluster_status().await.unwrap();
     assert_ne!(status.node_id, follower);
     assert_eq!(remote.following_node(), status.node_id);
-    remote.close();
+    shutdown.cancel();
+    tracker.close();
+    tokio::time::timeout(DEADLINE, tracker.wait())
+        .await
+        .expect("the mirror stops following on shutdown");
     cluster.stop().await;
 }
 

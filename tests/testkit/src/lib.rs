@@ -112,19 +112,67 @@ pub fn task_image() -> Result<&'static str> {
     Ok(TASK_IMAGE)
 }
 
-/// Waits for `check` to return `Some`, polling every 50 ms until `deadline`; the error says what was
-/// last seen.
-pub fn wait_until<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let start = Instant::now();
-    let mut last = String::from("nothing yet");
-    loop {
-        match check() {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(err) => last = format!("{err:#}"),
+/// What one look at a condition [`wait_until`] waits for found: the value waited for, or a description
+/// of what was there instead, which the timeout error repeats. `Option` says no more than "not yet";
+/// [`Seen`] says what was seen.
+pub trait Observation<T> {
+    /// The value waited for, or what was seen instead.
+    fn into_seen(self) -> std::result::Result<T, String>;
+}
+
+impl<T> Observation<T> for Option<T> {
+    fn into_seen(self) -> std::result::Result<T, String> {
+        self.ok_or_else(|| "not yet (the check says no more)".to_string())
+    }
+}
+
+/// A look at a condition that says what it saw when the condition does not hold yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen<T> {
+    /// The condition holds: here is the value waited for.
+    Done(T),
+    /// The condition does not hold yet: this is what was seen.
+    NotYet(String),
+}
+
+impl<T: std::fmt::Debug> Seen<T> {
+    /// `value` if `done` takes it, else its `Debug` form as what was seen.
+    pub fn check(value: T, done: impl FnOnce(&T) -> bool) -> Seen<T> {
+        if done(&value) {
+            Seen::Done(value)
+        } else {
+            Seen::NotYet(format!("{value:?}"))
         }
+    }
+}
+
+impl<T> Observation<T> for Seen<T> {
+    fn into_seen(self) -> std::result::Result<T, String> {
+        match self {
+            Seen::Done(value) => Ok(value),
+            Seen::NotYet(seen) => Err(seen),
+        }
+    }
+}
+
+/// Waits for `check` to find what it looks for (`Some`, or [`Seen::Done`]), looking every 50 ms until
+/// `deadline`; the timeout error says what the last look saw: its error, or what it found instead.
+pub fn wait_until<T, O: Observation<T>>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Result<O>,
+) -> Result<T> {
+    let start = Instant::now();
+    let mut looks = 0u32;
+    loop {
+        looks += 1;
+        let last = match check().map(Observation::into_seen) {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(seen)) => format!("saw {seen}"),
+            Err(err) => format!("failed: {err:#}"),
+        };
         if start.elapsed() > deadline {
-            bail!("timed out after {deadline:?} waiting for {what}; last error: {last}");
+            bail!("timed out after {deadline:?} waiting for {what}; the last of {looks} looks {last}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -1,0 +1,251 @@
+//! The state role of a process, started by [`run`]: a state node in the process (serving raft to its
+//! peers, proposing the cluster's id, pruning the logs of pruned runs) or a mirror of state nodes
+//! elsewhere, and in either case the event retention this process was told.
+//!
+//! Like every service's `run`, it takes its config, its dependencies, the `TaskTracker` every task it
+//! spawns goes through, and the `CancellationToken` that ends them; it binds no socket and reads no flag
+//! (`goferd` does both). It refuses nothing about what the cluster holds: that is apply's.
+
+use std::time::Duration;
+
+use gofer_clock::Clock;
+use gofer_domain::Command;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::{Server, ServerTlsConfig};
+
+use crate::{Error, LogStore, PeerNetwork, RemoteState, StateHandle, StateNode, Unavailable};
+
+/// Whether a role's `run` waits for its first commands (the cluster's id, its event retention, the
+/// built-in extensions) to commit before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Startup {
+    /// Waits: a single node commits at once, and its process is ready only once they are in force.
+    AwaitFirstCommands,
+    /// Commits them in the background: a new cluster may wait for a quorum.
+    Background,
+}
+
+/// What the state role is told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The cluster id a state node proposes if the log has none yet.
+    pub new_cluster_id: String,
+    /// How long the cluster keeps events, when this process was told; set once the cluster is
+    /// initialized.
+    pub event_retention_ms: Option<u64>,
+    pub startup: Startup,
+}
+
+/// Where the replicated state is, for a process that plays a role over it.
+pub enum Placement {
+    /// A state node in this process, with its task log archive and, in a cluster, its raft port.
+    Local {
+        node: StateNode,
+        logs: LogStore,
+        raft: Option<RaftPort>,
+    },
+    /// State nodes elsewhere, followed over `network`'s mutual TLS at their raft `addresses`; the role
+    /// gives up if none answers within `patience`.
+    Remote {
+        network: PeerNetwork,
+        addresses: Vec<String>,
+        patience: Duration,
+    },
+}
+
+/// A state node's raft port, bound by the caller, and the mutual-TLS config it serves with.
+pub struct RaftPort {
+    pub listener: TcpListener,
+    pub tls: ServerTlsConfig,
+}
+
+/// What the state role needs.
+pub struct Deps {
+    pub placement: Placement,
+    /// What stamps the commands it proposes.
+    pub clock: Clock,
+}
+
+/// The state as the process's other roles reach it.
+pub struct RunningState {
+    pub handle: StateHandle,
+    /// The task log archive of the state node in this process, if there is one.
+    pub logs: Option<LogStore>,
+}
+
+/// Starts the state role on `tracker` until `shutdown`: serves raft on a cluster node's port, proposes
+/// the cluster's id, keeps the event retention this process was told and prunes the logs of pruned runs;
+/// or, away from the state nodes, follows them. With [`Startup::AwaitFirstCommands`] it returns once the
+/// cluster's id and retention are committed. The caller shuts a local node down once `tracker` drained.
+pub async fn run(
+    config: Config,
+    deps: Deps,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<RunningState, Error> {
+    let Deps { placement, clock } = deps;
+    let mut first_commands = Vec::new();
+    let running = match placement {
+        Placement::Local { node, logs, raft } => {
+            let handle = StateHandle::from(node.clone());
+            tracker.spawn(prune_logs(handle.clone(), logs.clone(), shutdown.clone()));
+            if let Some(port) = raft {
+                serve_raft(&node, &logs, port, tracker, shutdown)?;
+            }
+            first_commands.push(tracker.spawn(initialize(
+                handle.clone(),
+                config.new_cluster_id,
+                clock.clone(),
+                shutdown.clone(),
+            )));
+            RunningState {
+                handle,
+                logs: Some(logs),
+            }
+        }
+        Placement::Remote {
+            network,
+            addresses,
+            patience,
+        } => {
+            let remote = RemoteState::connect(network, addresses, patience, tracker, shutdown).await?;
+            RunningState {
+                handle: StateHandle::from(remote),
+                logs: None,
+            }
+        }
+    };
+    if let Some(retention_ms) = config.event_retention_ms {
+        first_commands.push(tracker.spawn(set_event_retention(
+            running.handle.clone(),
+            retention_ms,
+            clock,
+            shutdown.clone(),
+        )));
+    }
+    if config.startup == Startup::AwaitFirstCommands {
+        for command in first_commands {
+            command
+                .await
+                .map_err(|e| Error::Unavailable(Unavailable::FirstCommands(e)))?;
+        }
+    }
+    Ok(running)
+}
+
+/// Serves `node`'s raft (and its task log archive) to its peers on `port` until `shutdown`.
+fn serve_raft(
+    node: &StateNode,
+    logs: &LogStore,
+    port: RaftPort,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    let service = node.raft_service(Some(logs.clone()), tracker.clone(), shutdown.clone());
+    let mut server = Server::builder()
+        .tls_config(port.tls)
+        .map_err(|e| Error::Unavailable(Unavailable::RaftPortTls(e)))?;
+    let router = server.add_service(service);
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        // Without nodelay, a reply split into small writes can wait 40 ms for a delayed ACK.
+        let incoming = tonic::transport::server::TcpIncoming::from(port.listener).with_nodelay(Some(true));
+        if let Err(err) = router.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
+            tracing::error!(%err, "the raft port stopped serving");
+        }
+    });
+    Ok(())
+}
+
+/// Tries `attempt` every half second until it succeeds or `shutdown`, saying `what` it waits for after
+/// each failure.
+pub async fn retry<F, Fut>(what: &str, shutdown: &CancellationToken, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    loop {
+        match attempt().await {
+            Ok(()) => return,
+            Err(err) => tracing::info!(%err, "{what}"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Proposes the cluster's first command, its id, until it commits: in a cluster that has no quorum yet it
+/// waits for one. Every state node does this; the first `Init` wins.
+async fn initialize(state: StateHandle, cluster_id: String, clock: Clock, shutdown: CancellationToken) {
+    retry("waiting for a leader to initialize the cluster", &shutdown, || async {
+        if state.read(|s| s.cluster_id.is_empty()) {
+            let command = Command::Init {
+                cluster_id: cluster_id.clone(),
+                at: clock.now_millis(),
+            };
+            match state.propose(command).await {
+                Ok(_) | Err(Error::Rejected(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Sets the cluster's event retention once it is initialized, unless it already is that.
+async fn set_event_retention(state: StateHandle, retention_ms: u64, clock: Clock, shutdown: CancellationToken) {
+    retry(
+        "waiting for the cluster to set the event retention",
+        &shutdown,
+        || async {
+            let (initialized, current) = state
+                .read_linearizable(|s| (!s.cluster_id.is_empty(), s.events.retention_ms()))
+                .await?;
+            if !initialized {
+                return Err(Unavailable::NotInitialized.into());
+            }
+            if current != retention_ms {
+                let command = Command::SetEventRetention {
+                    retention_millis: retention_ms,
+                    at: clock.now_millis(),
+                };
+                match state.propose(command).await {
+                    Ok(_) => {}
+                    Err(Error::Rejected(e)) => {
+                        tracing::error!(error = %e, "the event retention was refused");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+}
+
+/// Removes the task logs of runs the state pruned: on a change to the state, at most every 10 s.
+async fn prune_logs(state: StateHandle, logs: LogStore, shutdown: CancellationToken) {
+    let mut changes = state.subscribe();
+    let mut last: Option<tokio::time::Instant> = None;
+    loop {
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            last = Some(tokio::time::Instant::now());
+            let kept = state.read(LogStore::kept_runs);
+            match logs.prune(kept).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed the logs of pruned runs"),
+                Err(err) => tracing::warn!(%err, "could not remove the logs of pruned runs"),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}
