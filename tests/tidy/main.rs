@@ -5,6 +5,8 @@
 //! - Only `gofer-state` depends on redb, only `gofer-executor` (and the benchmark's baseline) on bollard.
 //! - Every `.rs` file opens with a `//!` comment saying what it owns.
 
+mod imports;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
