@@ -1,7 +1,8 @@
 //! No two files import each other: module dependencies form a tree (or a DAG), so each file can be read
 //! and changed knowing only what it uses.
 //!
-//! Each file's references to other modules of its crate (`use crate::a::B`, `crate::a::b(…)`,
+//! A crate's modules are found by following its `mod name;` declarations from each target's root. Each
+//! file's references to other modules of its crate (`use crate::a::B`, `crate::a::b(…)`,
 //! `super::x`, `self::y`, brace groups included) are mapped to the file that holds the module; a pair
 //! of files that reference each other fails the test. A crate's root (`lib.rs`, `main.rs`) is left out:
 //! it declares and re-exports modules, and every file may use what it re-exports.
@@ -9,28 +10,45 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// One crate target's module files: module path (`["a", "b"]` for `a/b.rs`) → file.
+/// One crate target's module files, found by following `mod name;` declarations from its root file:
+/// module path (`["a", "b"]` for `a/b.rs` or `a/b/mod.rs`) → file.
 fn module_files(root_file: &Path) -> BTreeMap<Vec<String>, PathBuf> {
-    let dir = root_file.parent().expect("a target's root file sits in a directory");
-    let mut files = Vec::new();
-    super::rust_files(dir, &mut files);
     let mut modules = BTreeMap::new();
-    for file in files {
-        if file == root_file {
-            continue;
+    let dir = root_file.parent().expect("a target's root file sits in a directory");
+    let mut pending = vec![(Vec::new(), root_file.to_path_buf(), dir.to_path_buf())];
+    while let Some((path, file, children_dir)) = pending.pop() {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for name in declared_modules(&text) {
+            let flat = children_dir.join(format!("{name}.rs"));
+            let nested = children_dir.join(&name).join("mod.rs");
+            let (child, grandchildren) = if flat.is_file() {
+                (flat, children_dir.join(&name))
+            } else if nested.is_file() {
+                (nested, children_dir.join(&name))
+            } else {
+                continue;
+            };
+            pending.push(([path.clone(), vec![name]].concat(), child, grandchildren));
         }
-        let relative = file.strip_prefix(dir).expect("under the crate's directory");
-        let mut path: Vec<String> = relative
-            .with_extension("")
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        if path.last().is_some_and(|last| last == "mod") {
-            path.pop();
+        if !path.is_empty() {
+            modules.insert(path, file);
         }
-        modules.insert(path, file);
     }
     modules
+}
+
+/// The names of the modules `text` declares in files of their own (`mod name;`, `pub(crate) mod name;`).
+fn declared_modules(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let declaration = line.strip_suffix(';')?;
+            let rest = declaration.split("mod ").nth(1)?;
+            let before = &declaration[..declaration.len() - rest.len() - "mod ".len()];
+            let visibility_only = before.trim().is_empty() || before.trim().starts_with("pub");
+            (visibility_only && rest.chars().all(|c| c.is_alphanumeric() || c == '_')).then(|| rest.to_string())
+        })
+        .collect()
 }
 
 /// Expands one use tree (`a::{b, c::D}`) into its paths.
@@ -48,13 +66,21 @@ fn expand(tree: &str) -> Vec<Vec<String>> {
             '{' => depth += 1,
             '}' => depth -= 1,
             ',' if depth == 0 => {
-                out.extend(expand(&inner[start..i]).into_iter().map(|p| [prefix.clone(), p].concat()));
+                out.extend(
+                    expand(&inner[start..i])
+                        .into_iter()
+                        .map(|p| [prefix.clone(), p].concat()),
+                );
                 start = i + 1;
             }
             _ => {}
         }
     }
-    out.extend(expand(&inner[start..]).into_iter().map(|p| [prefix.clone(), p].concat()));
+    out.extend(
+        expand(&inner[start..])
+            .into_iter()
+            .map(|p| [prefix.clone(), p].concat()),
+    );
     out
 }
 
@@ -107,11 +133,7 @@ fn references(text: &str, here: &[String]) -> Vec<Vec<String>> {
 }
 
 /// The files of `modules` that `file` (module `here`) refers to.
-fn imported_files(
-    file: &Path,
-    here: &[String],
-    modules: &BTreeMap<Vec<String>, PathBuf>,
-) -> BTreeSet<PathBuf> {
+fn imported_files(file: &Path, here: &[String], modules: &BTreeMap<Vec<String>, PathBuf>) -> BTreeSet<PathBuf> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     references(&text, here)
         .into_iter()
@@ -170,4 +192,6 @@ fn use_trees_and_relative_paths_resolve_to_their_modules() {
     );
     let found: Vec<String> = found.iter().map(|p| p.join("::")).collect();
     assert_eq!(found, ["x::Y", "z::w::V", "z::U", "a::c::f", "a::b::d::E"]);
+    let declared = declared_modules("mod a;\npub(crate) mod b;\n#[cfg(test)]\nmod tests;\nmod inline {\n");
+    assert_eq!(declared, ["a", "b", "tests"]);
 }
