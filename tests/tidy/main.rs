@@ -13,6 +13,8 @@
 //!   `tokio::time::Instant` rather than `std::time::Instant` for waits), so tests can move it.
 //! - No two modules of a service or of `goferd` import each other: what both need lives in a third.
 
+mod imports;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
