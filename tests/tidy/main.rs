@@ -11,7 +11,7 @@
 //!   waits for every one of them; tests may spawn freely.
 //! - Services and `goferd` read the time only from an injected `gofer_clock::Clock` (no `SystemTime`, and
 //!   `tokio::time::Instant` rather than `std::time::Instant` for waits), so tests can move it.
-//! - No two modules of a service or of `goferd` import each other: what both need lives in a third.
+//! - No two files of the workspace import each other (`imports.rs`): what both need lives in a third.
 
 mod imports;
 
@@ -219,67 +219,5 @@ fn services_read_the_time_from_their_clock() {
         clocks.is_empty(),
         "read the wall clock from the injected gofer_clock::Clock, and time waits with tokio::time::Instant: \
          {clocks:#?}"
-    );
-}
-
-#[test]
-fn no_two_modules_of_a_server_crate_import_each_other() {
-    let mut crates: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
-    for file in server_sources() {
-        let src = file.ancestors().find(|dir| dir.ends_with("src")).expect("under src/");
-        crates.entry(src.to_path_buf()).or_default().push(file);
-    }
-    let mut mutual = Vec::new();
-    for (src, files) in crates {
-        // Each top-level module of the crate, and the top-level modules its code names as `crate::x`.
-        let mut imports: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
-        for file in files {
-            let relative = file.strip_prefix(&src).expect("under src/");
-            let module = relative
-                .iter()
-                .next()
-                .expect("a file")
-                .to_string_lossy()
-                .trim_end_matches(".rs")
-                .to_string();
-            if module == "lib" || module == "main" {
-                continue;
-            }
-            let text = std::fs::read_to_string(&file).unwrap_or_default();
-            let named = imports.entry(module).or_default();
-            for (_, line) in code_lines(&text) {
-                for (at, _) in line.match_indices("crate::") {
-                    let rest = &line[at + "crate::".len()..];
-                    let paths: Vec<&str> = match rest.strip_prefix('{') {
-                        Some(group) => group.split('}').next().unwrap_or_default().split(',').collect(),
-                        None => vec![rest],
-                    };
-                    for path in paths {
-                        let first: String = path
-                            .trim()
-                            .chars()
-                            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                            .collect();
-                        if !first.is_empty() {
-                            named.insert(first);
-                        }
-                    }
-                }
-            }
-        }
-        for (a, names) in &imports {
-            for b in names.iter().filter(|b| *b > a) {
-                if imports.get(b).is_some_and(|theirs| theirs.contains(a)) {
-                    mutual.push(format!(
-                        "{}: {a} <-> {b}",
-                        src.strip_prefix(root()).unwrap_or(&src).display()
-                    ));
-                }
-            }
-        }
-    }
-    assert!(
-        mutual.is_empty(),
-        "move what both need into a module neither imports back: {mutual:#?}"
     );
 }
