@@ -86,7 +86,7 @@ fn expand(tree: &str) -> Vec<Vec<String>> {
 
 fn segments(path: &str) -> Vec<String> {
     path.split("::")
-        .map(|s| s.trim().split_whitespace().next().unwrap_or_default().to_string())
+        .map(|s| s.split_whitespace().next().unwrap_or_default().to_string())
         .filter(|s| !s.is_empty())
         .collect()
 }

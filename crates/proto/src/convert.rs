@@ -4,7 +4,7 @@
 use gofer_domain::events::{Event, EventKind, FireDecision};
 use gofer_domain::triggers::{ExtensionRecord, SettingSpec, Subscription};
 use gofer_domain::{
-    AttemptRef, Condition, Error, PipelineConfig, Run, RunState, State, TaskConfig, TaskExecution, TaskState,
+    AttemptId, AttemptRef, Condition, Error, PipelineConfig, Run, RunState, State, TaskConfig, TaskExecution, TaskState,
 };
 
 use crate::v1;
@@ -362,49 +362,32 @@ pub fn task_state_name(state: i32) -> &'static str {
     }
 }
 
-/// The wire key of an attempt.
-pub fn attempt_key(target: &AttemptRef, attempt: u32) -> v1::AttemptKey {
-    v1::AttemptKey {
-        namespace_id: target.namespace.clone(),
-        pipeline_id: target.pipeline.clone(),
-        run_id: target.run,
-        task_id: target.task.clone(),
-        attempt,
+impl From<&AttemptId> for v1::AttemptKey {
+    fn from(id: &AttemptId) -> v1::AttemptKey {
+        v1::AttemptKey {
+            namespace_id: id.task.namespace.clone(),
+            pipeline_id: id.task.pipeline.clone(),
+            run_id: id.task.run,
+            task_id: id.task.task.clone(),
+            attempt: id.attempt,
+        }
     }
 }
 
-/// An attempt key as one string, `namespace/pipeline/run/task/attempt`: a container label value and a map key.
-pub fn attempt_key_text(key: &v1::AttemptKey) -> String {
-    format!(
-        "{}/{}/{}/{}/{}",
-        key.namespace_id, key.pipeline_id, key.run_id, key.task_id, key.attempt
-    )
-}
-
-/// Reads [`attempt_key_text`]'s form back; `None` if `text` is not one.
-pub fn parse_attempt_key_text(text: &str) -> Option<v1::AttemptKey> {
-    let mut parts = text.split('/');
-    let key = v1::AttemptKey {
-        namespace_id: parts.next()?.to_string(),
-        pipeline_id: parts.next()?.to_string(),
-        run_id: parts.next()?.parse().ok()?,
-        task_id: parts.next()?.to_string(),
-        attempt: parts.next()?.parse().ok()?,
-    };
-    parts.next().is_none().then_some(key)
-}
-
-/// The domain reference and attempt number of a wire key.
-pub fn attempt_ref(key: &v1::AttemptKey) -> (AttemptRef, u32) {
-    (
-        AttemptRef {
-            namespace: key.namespace_id.clone(),
-            pipeline: key.pipeline_id.clone(),
-            run: key.run_id,
-            task: key.task_id.clone(),
-        },
-        key.attempt,
-    )
+/// The attempt a wire key names. Its ids are taken as they are: one naming nothing is not found where it
+/// is looked up.
+impl From<&v1::AttemptKey> for AttemptId {
+    fn from(key: &v1::AttemptKey) -> AttemptId {
+        AttemptId::new(
+            AttemptRef {
+                namespace: key.namespace_id.clone(),
+                pipeline: key.pipeline_id.clone(),
+                run: key.run_id,
+                task: key.task_id.clone(),
+            },
+            key.attempt,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -412,7 +395,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_attempt_key_reads_back_from_its_text() {
+    fn an_attempt_id_travels_as_a_wire_key_and_back() {
         let key = v1::AttemptKey {
             namespace_id: "ns".into(),
             pipeline_id: "p-1".into(),
@@ -420,9 +403,8 @@ mod tests {
             task_id: "build_x".into(),
             attempt: 3,
         };
-        assert_eq!(parse_attempt_key_text(&attempt_key_text(&key)), Some(key));
-        for bad in ["", "a/b/c/d", "a/b/x/d/1", "a/b/1/d/1/extra", "a/b/1/d/-1"] {
-            assert_eq!(parse_attempt_key_text(bad), None, "{bad:?}");
-        }
+        let id = AttemptId::from(&key);
+        assert_eq!(id.to_string(), "ns/p-1/42/build_x/3");
+        assert_eq!(v1::AttemptKey::from(&id), key);
     }
 }

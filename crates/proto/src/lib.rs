@@ -18,8 +18,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 pub use convert::{REDACTED, extension_to_proto, setting_from_proto, setting_to_proto, subscription_to_proto};
 pub use convert::{
-    attempt_key, attempt_key_text, attempt_ref, config_from_proto, config_to_proto, event_to_proto,
-    parse_attempt_key_text, run_state_name, run_to_proto, task_state_name, task_to_proto,
+    config_from_proto, config_to_proto, event_to_proto, run_state_name, run_to_proto, task_state_name, task_to_proto,
 };
 pub use status::{internal, into_status, unavailable};
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use gofer_clock::Clock;
+use gofer_domain::AttemptId;
 use gofer_proto::v1::{self, dispatch_request::Kind};
 
 use crate::Error;
@@ -34,23 +35,23 @@ const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Runs one attempt to its end and reports it.
 pub(crate) async fn run(
     executor: &Executor,
-    key_text: &str,
+    attempt: &AttemptId,
     start: v1::StartAttempt,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let Some(key) = start.key.clone() else { return };
+    let key = v1::AttemptKey::from(attempt);
     let Some(docker) = executor.docker() else {
-        return run_benchmark_noop(executor, key_text, &key).await;
+        return run_benchmark_noop(executor, attempt).await;
     };
     let cluster = executor.cluster.lock().expect("cluster lock").clone();
     let report_error = |reason: String| {
-        tracing::info!(attempt = %key_text, %reason, "attempt failed to run");
+        tracing::info!(%attempt, %reason, "attempt failed to run");
         executor.report(finished(&executor.clock, &key, v1::AttemptOutcome::Error, None, reason));
     };
-    let (container, since) = match containers::find(docker, &cluster, key_text).await {
+    let (container, since) = match containers::find(docker, &cluster, attempt).await {
         Err(err) => return report_error(err.to_string()),
         Ok(Some(existing)) => {
-            tracing::info!(attempt = %key_text, container = %existing.id, "adopting the attempt's container");
+            tracing::info!(%attempt, container = %existing.id, "adopting the attempt's container");
             (existing.id, existing.created_unix_millis)
         }
         Ok(None) if start.already_started => {
@@ -77,7 +78,7 @@ pub(crate) async fn run(
                 Err(err) => return report_error(err.to_string()),
             }
             let since = executor.clock.now_millis();
-            let spec = containers::spec(&cluster, &executor.id, key_text, &key, &start);
+            let spec = containers::spec(&cluster, &executor.id, attempt, &start);
             match docker.create_and_start(spec).await {
                 Ok(id) => (id, since),
                 Err(err) => return report_error(err.to_string()),
@@ -85,14 +86,14 @@ pub(crate) async fn run(
         }
     };
     let started_at = executor.clock.now_millis();
-    if let Some(active) = executor.active.lock().expect("active lock").get_mut(key_text) {
+    if let Some(active) = executor.active.lock().expect("active lock").get_mut(attempt) {
         active.started_at = started_at;
     }
     executor.report(Kind::Started(v1::AttemptStarted {
         key: Some(key.clone()),
         started_unix_millis: started_at,
     }));
-    tracing::info!(attempt = %key_text, container = %container, "attempt running");
+    tracing::info!(%attempt, container = %container, "attempt running");
 
     let logs = async {
         // An upload that fails is sent again from the first byte (the archive replaces what it had), a
@@ -102,7 +103,7 @@ pub(crate) async fn run(
             match ship_logs(executor, docker, &key, &container).await {
                 Err(err) if tries < 3 => {
                     tries += 1;
-                    tracing::info!(attempt = %key_text, %err, "storing the logs failed; sending them again");
+                    tracing::info!(%attempt, %err, "storing the logs failed; sending them again");
                     tokio::time::sleep(Duration::from_millis(500 * tries)).await;
                 }
                 done => break done,
@@ -125,7 +126,7 @@ pub(crate) async fn run(
         tokio::select! {
             code = docker.wait(&container) => (code, Ended::Itself),
             () = stop.cancelled() => {
-                let grace = match stopping(executor, key_text) {
+                let grace = match stopping(executor, attempt) {
                     Some(Stopping::Cancelled(grace)) => grace,
                     _ => DEFAULT_GRACE,
                 };
@@ -135,7 +136,7 @@ pub(crate) async fn run(
                 (docker.wait(&container).await, Ended::Stopped)
             }
             () = timed_out => {
-                tracing::info!(attempt = %key_text, "the attempt ran past its timeout; stopping it");
+                tracing::info!(%attempt, "the attempt ran past its timeout; stopping it");
                 if let Err(err) = docker.stop(&container, DEFAULT_GRACE).await {
                     tracing::warn!(%err, "could not stop a timed-out attempt's container");
                 }
@@ -150,11 +151,11 @@ pub(crate) async fn run(
         // logs are missing. The container stays for an operator to inspect.
         return report_error(format!("the attempt ran but its logs could not be stored: {err}"));
     }
-    let fenced = stopped && matches!(stopping(executor, key_text), Some(Stopping::FencedOff));
+    let fenced = stopped && matches!(stopping(executor, attempt), Some(Stopping::FencedOff));
     if let (Err(err), false) = (&code, stopped) {
         // Waiting failed, so the container may still run: it is stopped before the attempt is reported
         // failed, so that a retry never runs beside it.
-        tracing::warn!(attempt = %key_text, %err, "could not wait for the container; stopping it");
+        tracing::warn!(%attempt, %err, "could not wait for the container; stopping it");
         if let Err(err) = docker.stop(&container, DEFAULT_GRACE).await {
             tracing::warn!(%err, "could not stop a container that could not be waited for");
         }
@@ -206,8 +207,8 @@ pub(crate) async fn run(
     };
     // The container goes only once the scheduler confirms the report is committed: if this process stops
     // first, the next one adopts the exited container and reports it again, instead of calling it lost.
-    tracing::info!(attempt = %key_text, "attempt finished");
-    if report_final(executor, key_text, kind).await
+    tracing::info!(%attempt, "attempt finished");
+    if report_final(executor, attempt, kind).await
         && let Err(err) = docker.remove(&container).await
     {
         tracing::warn!(%err, container = %container, "could not remove a finished container");
@@ -475,17 +476,17 @@ mod tests {
 
 /// Handles a Stop for an attempt this executor never started: removes any container left for it from
 /// before a restart and reports it stopped.
-pub(crate) async fn stop_unstarted(executor: &Executor, key_text: &str, key: v1::AttemptKey) {
+pub(crate) async fn stop_unstarted(executor: &Executor, attempt: &AttemptId) {
     let cluster = executor.cluster.lock().expect("cluster lock").clone();
     if let Some(docker) = executor.docker()
-        && let Ok(Some(existing)) = containers::find(docker, &cluster, key_text).await
+        && let Ok(Some(existing)) = containers::find(docker, &cluster, attempt).await
         && let Err(err) = docker.remove(&existing.id).await
     {
         tracing::warn!(%err, "could not remove a cancelled attempt's container");
     }
     executor.report(finished(
         &executor.clock,
-        &key,
+        &v1::AttemptKey::from(attempt),
         v1::AttemptOutcome::Stopped,
         None,
         "stopped".into(),
@@ -494,39 +495,42 @@ pub(crate) async fn stop_unstarted(executor: &Executor, key_text: &str, key: v1:
 
 /// The benchmark backend's attempt: reported started and exited 0 at once, with no container and no log;
 /// it waits for the final report's acknowledgement as a real attempt does.
-async fn run_benchmark_noop(executor: &Executor, key_text: &str, key: &v1::AttemptKey) {
+async fn run_benchmark_noop(executor: &Executor, attempt: &AttemptId) {
+    let key = v1::AttemptKey::from(attempt);
     executor.report(Kind::Started(v1::AttemptStarted {
         key: Some(key.clone()),
         started_unix_millis: executor.clock.now_millis(),
     }));
     report_final(
         executor,
-        key_text,
-        finished(&executor.clock, key, v1::AttemptOutcome::Exited, Some(0), String::new()),
+        attempt,
+        finished(
+            &executor.clock,
+            &key,
+            v1::AttemptOutcome::Exited,
+            Some(0),
+            String::new(),
+        ),
     )
     .await;
 }
 
 /// Sends an attempt's final report and waits until the scheduler confirms it committed; `false` if this
 /// executor stopped waiting (it shut down).
-async fn report_final(executor: &Executor, key_text: &str, kind: Kind) -> bool {
+async fn report_final(executor: &Executor, attempt: &AttemptId, kind: Kind) -> bool {
     let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-    executor
-        .acks
-        .lock()
-        .expect("acks lock")
-        .insert(key_text.to_string(), ack_tx);
+    executor.acks.lock().expect("acks lock").insert(attempt.clone(), ack_tx);
     executor.report(kind);
     ack_rx.await.is_ok()
 }
 
 /// Why the attempt's container is being stopped, as the Stop or welcome that stopped it said.
-fn stopping(executor: &Executor, key_text: &str) -> Option<Stopping> {
+fn stopping(executor: &Executor, attempt: &AttemptId) -> Option<Stopping> {
     executor
         .active
         .lock()
         .expect("active lock")
-        .get(key_text)
+        .get(attempt)
         .and_then(|a| a.stopping)
 }
 

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use gofer_docker::{Container, ContainerSpec, Engine};
+use gofer_domain::AttemptId;
 use gofer_proto::v1;
 
 /// Label keys on every container Gofer makes.
@@ -13,62 +14,62 @@ pub(crate) const LABEL_EXECUTOR: &str = "dev.gofer.executor";
 pub(crate) const LABEL_ATTEMPT: &str = "dev.gofer.attempt-key";
 
 /// The container of an attempt, if there is one.
-pub(crate) async fn find(docker: &Engine, cluster: &str, key: &str) -> Result<Option<Container>, gofer_docker::Error> {
+pub(crate) async fn find(
+    docker: &Engine,
+    cluster: &str,
+    attempt: &AttemptId,
+) -> Result<Option<Container>, gofer_docker::Error> {
     let found = docker
-        .containers_labelled(&[(LABEL_CLUSTER, cluster), (LABEL_ATTEMPT, key)])
+        .containers_labelled(&[(LABEL_CLUSTER, cluster), (LABEL_ATTEMPT, &attempt.to_string())])
         .await?;
     Ok(found.into_iter().next())
 }
 
-/// Every container of this cluster and executor, as (id, attempt key).
+/// Every container of this cluster and executor, as (container id, the attempt its label names, if it
+/// names one).
 pub(crate) async fn ours(
     docker: &Engine,
     cluster: &str,
     executor: &str,
-) -> Result<Vec<(String, String)>, gofer_docker::Error> {
+) -> Result<Vec<(String, Option<AttemptId>)>, gofer_docker::Error> {
     let found = docker
         .containers_labelled(&[(LABEL_CLUSTER, cluster), (LABEL_EXECUTOR, executor)])
         .await?;
     Ok(found
         .into_iter()
         .filter_map(|c| {
-            let key = c.labels.get(LABEL_ATTEMPT)?.clone();
-            Some((c.id, key))
+            let attempt = c.labels.get(LABEL_ATTEMPT)?.parse().ok();
+            Some((c.id, attempt))
         })
         .collect())
 }
 
-/// The container of attempt `attempt` (whose key text is `key`) that `start` asks for.
-pub(crate) fn spec(
-    cluster: &str,
-    executor: &str,
-    key: &str,
-    attempt: &v1::AttemptKey,
-    start: &v1::StartAttempt,
-) -> ContainerSpec {
+/// The container of `attempt` that `start` asks for.
+pub(crate) fn spec(cluster: &str, executor: &str, attempt: &AttemptId, start: &v1::StartAttempt) -> ContainerSpec {
+    let task = &attempt.task;
     let labels = HashMap::from([
         (LABEL_CLUSTER.to_string(), cluster.to_string()),
         (LABEL_EXECUTOR.to_string(), executor.to_string()),
-        (LABEL_ATTEMPT.to_string(), key.to_string()),
-        ("dev.gofer.namespace".to_string(), attempt.namespace_id.clone()),
-        ("dev.gofer.pipeline".to_string(), attempt.pipeline_id.clone()),
-        ("dev.gofer.run".to_string(), attempt.run_id.to_string()),
-        ("dev.gofer.task".to_string(), attempt.task_id.clone()),
+        (LABEL_ATTEMPT.to_string(), attempt.to_string()),
+        ("dev.gofer.namespace".to_string(), task.namespace.clone()),
+        ("dev.gofer.pipeline".to_string(), task.pipeline.clone()),
+        ("dev.gofer.run".to_string(), task.run.to_string()),
+        ("dev.gofer.task".to_string(), task.task.clone()),
         ("dev.gofer.attempt".to_string(), attempt.attempt.to_string()),
     ]);
     let mut env: Vec<String> = start.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.sort();
     env.extend([
-        format!("GOFER_NAMESPACE={}", attempt.namespace_id),
-        format!("GOFER_PIPELINE_ID={}", attempt.pipeline_id),
+        format!("GOFER_NAMESPACE={}", task.namespace),
+        format!("GOFER_PIPELINE_ID={}", task.pipeline),
         format!("GOFER_PIPELINE_VERSION={}", start.pipeline_version),
-        format!("GOFER_RUN_ID={}", attempt.run_id),
-        format!("GOFER_TASK_ID={}", attempt.task_id),
+        format!("GOFER_RUN_ID={}", task.run),
+        format!("GOFER_TASK_ID={}", task.task),
         format!("GOFER_ATTEMPT={}", attempt.attempt),
         // The shorter names of earlier releases, kept for the tasks that use them.
-        format!("GOFER_PIPELINE={}", attempt.pipeline_id),
-        format!("GOFER_RUN={}", attempt.run_id),
-        format!("GOFER_TASK={}", attempt.task_id),
+        format!("GOFER_PIPELINE={}", task.pipeline),
+        format!("GOFER_RUN={}", task.run),
+        format!("GOFER_TASK={}", task.task),
     ]);
     ContainerSpec {
         name: container_name(cluster, attempt),
@@ -82,11 +83,12 @@ pub(crate) fn spec(
     }
 }
 
-/// A readable, unique container name: `gofer-<pipeline>-<run>-<task>-<attempt>-<cluster prefix>`.
-fn container_name(cluster: &str, key: &v1::AttemptKey) -> String {
+/// A readable, unique container name: `gofer-<namespace>-<pipeline>-<run>-<task>-<attempt>-<cluster prefix>`.
+fn container_name(cluster: &str, attempt: &AttemptId) -> String {
     let cluster: String = cluster.chars().take(12).collect();
+    let task = &attempt.task;
     format!(
         "gofer-{}-{}-{}-{}-{}-{}",
-        key.namespace_id, key.pipeline_id, key.run_id, key.task_id, key.attempt, cluster
+        task.namespace, task.pipeline, task.run, task.task, attempt.attempt, cluster
     )
 }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use gofer_domain::AttemptId;
 use gofer_proto::v1::{self, dispatch_request, dispatch_service_client::DispatchServiceClient};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -28,8 +29,6 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 pub(crate) type Client = DispatchServiceClient<InterceptedService<Channel, Bearer>>;
-
-pub(crate) use gofer_proto::attempt_key_text as key_string;
 
 /// An attempt this executor is running.
 pub(crate) struct Active {
@@ -62,12 +61,12 @@ pub(crate) struct Executor {
     redirect: Mutex<Option<(String, Channel)>>,
     pub(crate) current: std::sync::atomic::AtomicUsize,
     header: Option<MetadataValue<tonic::metadata::Ascii>>,
-    /// Attempts with a task running them, by key.
-    pub(crate) active: Mutex<HashMap<String, Active>>,
-    /// Final reports, by key, kept until the scheduler stops listing the attempt as live.
-    pub(crate) finished: Mutex<HashMap<String, v1::AttemptFinished>>,
-    /// Attempts waiting for the scheduler to confirm their final report, by key.
-    pub(crate) acks: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    /// Attempts with a task running them.
+    pub(crate) active: Mutex<HashMap<AttemptId, Active>>,
+    /// Final reports, kept until the scheduler stops listing the attempt as live.
+    pub(crate) finished: Mutex<HashMap<AttemptId, v1::AttemptFinished>>,
+    /// Attempts waiting for the scheduler to confirm their final report.
+    pub(crate) acks: Mutex<HashMap<AttemptId, tokio::sync::oneshot::Sender<()>>>,
     /// Where reports go while a stream is up.
     pub(crate) outbound: Mutex<Option<mpsc::UnboundedSender<v1::DispatchRequest>>>,
     pub(crate) cluster: Mutex<String>,
@@ -150,7 +149,7 @@ impl Executor {
             self.finished
                 .lock()
                 .expect("finished lock")
-                .insert(key_string(key), finished.clone());
+                .insert(AttemptId::from(key), finished.clone());
         }
         if let Some(tx) = self.outbound.lock().expect("outbound lock").as_ref() {
             let _ = tx.send(v1::DispatchRequest { kind: Some(kind) });

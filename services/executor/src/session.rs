@@ -3,6 +3,7 @@
 //! re-sent when it asks to start them again, so a report lost with a broken stream is not lost. Each
 //! Start becomes an attempt (`attempt.rs`) on the executor's tracker.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -11,7 +12,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::executor::{Active, Executor, Stopping, key_string};
+use gofer_domain::AttemptId;
+
+use crate::executor::{Active, Executor, Stopping};
 
 impl Executor {
     /// One dispatch session: returns Ok on shutdown, Err when the stream broke.
@@ -80,7 +83,7 @@ impl Executor {
             dispatch_response::Kind::Welcome(welcome) => {
                 tracing::info!(live = welcome.live_attempts.len(), "welcomed by the scheduler");
                 *self.cluster.lock().expect("cluster lock") = welcome.cluster_id.clone();
-                let live: std::collections::HashSet<String> = welcome.live_attempts.iter().map(key_string).collect();
+                let live: HashSet<AttemptId> = welcome.live_attempts.iter().map(AttemptId::from).collect();
                 self.finished
                     .lock()
                     .expect("finished lock")
@@ -89,8 +92,8 @@ impl Executor {
                 self.remove_orphans(&welcome.cluster_id, &live).await;
             }
             dispatch_response::Kind::Start(start) => {
-                let Some(key) = start.key.clone() else { return };
-                let key = key_string(&key);
+                let Some(key) = start.key.as_ref() else { return };
+                let key = AttemptId::from(key);
                 // Bound first: a lock guard in the `if let` would live through the block, and `report`
                 // locks `finished` again.
                 let finished = self.finished.lock().expect("finished lock").get(&key).cloned();
@@ -137,7 +140,7 @@ impl Executor {
             }
             dispatch_response::Kind::FinishedAck(ack) => {
                 let Some(key) = ack.key else { return };
-                let key = key_string(&key);
+                let key = AttemptId::from(&key);
                 self.finished.lock().expect("finished lock").remove(&key);
                 if let Some(waiter) = self.acks.lock().expect("acks lock").remove(&key) {
                     let _ = waiter.send(());
@@ -145,14 +148,14 @@ impl Executor {
             }
             dispatch_response::Kind::Stop(stop) => {
                 let Some(key) = stop.key else { return };
-                let key_text = key_string(&key);
+                let key = AttemptId::from(&key);
                 let grace = std::time::Duration::from_millis(u64::try_from(stop.grace_millis).unwrap_or(0));
-                if let Some(active) = self.active.lock().expect("active lock").get_mut(&key_text) {
+                if let Some(active) = self.active.lock().expect("active lock").get_mut(&key) {
                     active.stopping = Some(Stopping::Cancelled(grace));
                     active.stop.cancel();
                     return;
                 }
-                let finished = self.finished.lock().expect("finished lock").get(&key_text).cloned();
+                let finished = self.finished.lock().expect("finished lock").get(&key).cloned();
                 if let Some(finished) = finished {
                     self.report(dispatch_request::Kind::Finished(finished));
                     return;
@@ -161,7 +164,7 @@ impl Executor {
                 // before a restart.
                 let this = self.clone();
                 self.tracker
-                    .spawn(async move { crate::attempt::stop_unstarted(&this, &key_text, key).await });
+                    .spawn(async move { crate::attempt::stop_unstarted(&this, &key).await });
             }
         }
     }
@@ -169,7 +172,7 @@ impl Executor {
     /// Stops the attempts this executor still runs that the cluster no longer counts live: they were
     /// declared LOST (and maybe retried elsewhere) while it was cut off, so they must not run on. Each is
     /// reported stopped, and the scheduler records that on the LOST attempt.
-    fn stop_fenced_off(&self, live: &std::collections::HashSet<String>) {
+    fn stop_fenced_off(&self, live: &HashSet<AttemptId>) {
         let mut active = self.active.lock().expect("active lock");
         for (key, attempt) in active.iter_mut().filter(|(key, _)| !live.contains(*key)) {
             tracing::warn!(attempt = %key, "stopping an attempt the cluster no longer counts live (fenced off)");
@@ -179,7 +182,7 @@ impl Executor {
     }
 
     /// Removes containers of this cluster and executor that belong to no live or active attempt.
-    async fn remove_orphans(&self, cluster: &str, live: &std::collections::HashSet<String>) {
+    async fn remove_orphans(&self, cluster: &str, live: &HashSet<AttemptId>) {
         let Some(docker) = self.docker() else { return };
         let ours = match crate::containers::ours(docker, cluster, &self.id).await {
             Ok(ours) => ours,
@@ -188,23 +191,28 @@ impl Executor {
                 return;
             }
         };
-        for (id, key) in ours {
-            let active = self.active.lock().expect("active lock").contains_key(&key);
-            if !live.contains(&key) && !active {
-                tracing::info!(container = %id, attempt = %key, "removing a container no live attempt owns");
+        for (id, attempt) in ours {
+            let owned = attempt.as_ref().is_some_and(|attempt| {
+                live.contains(attempt) || self.active.lock().expect("active lock").contains_key(attempt)
+            });
+            if !owned {
+                let named = attempt
+                    .as_ref()
+                    .map_or_else(|| "none".to_string(), AttemptId::to_string);
+                tracing::info!(container = %id, attempt = %named, "removing a container no live attempt owns");
                 if let Err(err) = docker.remove(&id).await {
                     tracing::warn!(%err, container = %id, "could not remove an orphaned container");
                     continue;
                 }
                 // Said to the scheduler, which keeps it on the attempt if it was declared LOST while this
                 // executor was away (and drops it otherwise).
-                if let Some(key) = gofer_proto::parse_attempt_key_text(&key) {
+                if let Some(attempt) = &attempt {
                     let reason = format!(
                         "executor {} removed its container on starting: the attempt was no longer live",
                         self.id
                     );
                     self.report(dispatch_request::Kind::Finished(v1::AttemptFinished {
-                        key: Some(key),
+                        key: Some(v1::AttemptKey::from(attempt)),
                         outcome: v1::AttemptOutcome::Stopped as i32,
                         exit_code: None,
                         reason,

@@ -5,9 +5,9 @@ use std::pin::Pin;
 use futures_util::StreamExt;
 use gofer_domain::executors::ExecutorInfo;
 use gofer_domain::lease::Role;
-use gofer_domain::{AttemptOutcome, Command, Error};
+use gofer_domain::{AttemptId, AttemptOutcome, Command, Error};
 use gofer_proto::v1::{self, dispatch_request, dispatch_service_server::DispatchService};
-use gofer_proto::{attempt_ref, into_status, unavailable};
+use gofer_proto::{into_status, unavailable};
 use gofer_state::{LeaseHolder, LogStore, StateHandle};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -24,7 +24,7 @@ pub struct DispatchHandler {
     /// and logs are sent to the one that keeps them.
     logs: Option<LogStore>,
     /// The state node each attempt's log was stored on, by attempt key, until its final report carries it.
-    stored_on: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    stored_on: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<AttemptId, u64>>>,
     /// Reports on their way to [`commit_reports`].
     reports: mpsc::UnboundedSender<Report>,
 }
@@ -273,7 +273,7 @@ impl DispatchService for DispatchHandler {
             let live: Vec<v1::AttemptKey> = live_attempts(s)
                 .into_iter()
                 .filter(|a| a.executor == executor)
-                .map(|a| gofer_proto::attempt_key(&a.target, a.attempt))
+                .map(|a| v1::AttemptKey::from(&a.id))
                 .collect();
             (s.cluster_id.clone(), live)
         });
@@ -315,7 +315,7 @@ impl DispatchService for DispatchHandler {
                         kind: Some(dispatch_request::Kind::Started(started)),
                     }) => {
                         let Some(key) = started.key else { continue };
-                        let (target, attempt) = attempt_ref(&key);
+                        let AttemptId { task: target, attempt } = AttemptId::from(&key);
                         Command::AttemptStarted {
                             target,
                             attempt,
@@ -328,12 +328,9 @@ impl DispatchService for DispatchHandler {
                         let Some(key) = finished.key.as_ref() else { continue };
                         ack = Some(key.clone());
                         detail = finished.reason.clone();
-                        let (target, attempt) = attempt_ref(key);
-                        let log_node = this
-                            .stored_on
-                            .lock()
-                            .expect("stored_on lock")
-                            .remove(&gofer_proto::attempt_key_text(key));
+                        let id = AttemptId::from(key);
+                        let log_node = this.stored_on.lock().expect("stored_on lock").remove(&id);
+                        let AttemptId { task: target, attempt } = id;
                         Command::AttemptFinished {
                             target,
                             attempt,
@@ -385,10 +382,11 @@ impl DispatchService for DispatchHandler {
         let key = first
             .key
             .ok_or_else(|| into_status(Error::invalid("key", "is required")))?;
-        let (target, attempt) = attempt_ref(&key);
+        let id = AttemptId::from(&key);
+        let (target, attempt) = (&id.task, id.attempt);
         let state = &self.scheduler.state;
         state
-            .read(|s| s.check_attempt_exists(&target, attempt))
+            .read(|s| s.check_attempt_exists(target, attempt))
             .map_err(into_status)?;
         // The log goes to this process's state node, or else to the node its mirror follows, which it has
         // heard from within the last two seconds; the final report records which.
@@ -397,9 +395,8 @@ impl DispatchService for DispatchHandler {
             .await
             .map_err(|e| unavailable("finding a state node to keep the log", &e))?;
         let chunks = inbound.map(|m| m.map(|m| m.data));
-        let key_text = gofer_proto::attempt_key_text(&key);
         let stored_bytes = match &self.logs {
-            Some(logs) => logs.store_stream(&target, attempt, &first.data, chunks).await?,
+            Some(logs) => logs.store_stream(target, attempt, &first.data, chunks).await?,
             None => {
                 // The keeper is a state node elsewhere: the bytes go there. A broken upload ends the
                 // forwarded stream early and fails this call; the executor sends the whole log again.
@@ -423,7 +420,7 @@ impl DispatchService for DispatchHandler {
                 stored
             }
         };
-        self.stored_on.lock().expect("stored_on lock").insert(key_text, keeper);
+        self.stored_on.lock().expect("stored_on lock").insert(id, keeper);
         Ok(Response::new(v1::PushTaskLogsResponse { stored_bytes }))
     }
 }

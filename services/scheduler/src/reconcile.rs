@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use gofer_clock::Clock;
 use gofer_domain::executors::ExecutorInfo;
-use gofer_domain::{AttemptRef, Command, State, plan};
+use gofer_domain::{AttemptId, AttemptRef, Command, State, plan};
 use gofer_proto::v1::{self, dispatch_response::Kind};
 use gofer_state::{LeaseHolder, StateHandle};
 use tokio::sync::{Notify, mpsc};
@@ -37,8 +37,8 @@ pub(crate) struct Connection {
     heartbeats: bool,
     /// When anything last arrived on the stream, in the scheduler's clock's Unix milliseconds.
     pub(crate) heard: Arc<AtomicI64>,
-    started: HashSet<(AttemptRef, u32)>,
-    stopped: HashSet<(AttemptRef, u32)>,
+    started: HashSet<AttemptId>,
+    stopped: HashSet<AttemptId>,
     /// Cancelled when the connection is dropped, to end the stream's handler.
     closed: CancellationToken,
 }
@@ -308,13 +308,12 @@ impl Scheduler {
         let mut executors = self.executors.lock().expect("executors lock");
         // Only the attempts a connected executor has not had on its stream are built into messages.
         let live = self.state.read(|s| {
-            live_attempts_where(s, |executor, target, attempt, cancel| {
+            live_attempts_where(s, |executor, id, cancel| {
                 executors.get(executor).is_some_and(|c| {
-                    let key = (target.clone(), attempt);
                     if cancel {
-                        !c.stopped.contains(&key)
+                        !c.stopped.contains(id)
                     } else {
-                        !c.started.contains(&key)
+                        !c.started.contains(id)
                     }
                 })
             })
@@ -323,17 +322,16 @@ impl Scheduler {
             let Some(connection) = executors.get_mut(&attempt.executor) else {
                 continue;
             };
-            let key = (attempt.target.clone(), attempt.attempt);
             let message = if attempt.cancel_requested {
-                if !connection.stopped.insert(key) {
+                if !connection.stopped.insert(attempt.id.clone()) {
                     continue;
                 }
                 Kind::Stop(v1::StopAttempt {
-                    key: Some(gofer_proto::attempt_key(&attempt.target, attempt.attempt)),
+                    key: Some(v1::AttemptKey::from(&attempt.id)),
                     grace_millis: i64::try_from(attempt.cancel_grace_ms).unwrap_or(i64::MAX),
                 })
             } else {
-                if !connection.started.insert(key) {
+                if !connection.started.insert(attempt.id) {
                     continue;
                 }
                 Kind::Start(attempt.start)
@@ -365,8 +363,7 @@ fn pick_executor(load: &mut HashMap<String, usize>, alive: &HashMap<String, Exec
 /// One assigned attempt that has not finished.
 pub(crate) struct LiveAttempt {
     pub(crate) executor: String,
-    pub(crate) target: AttemptRef,
-    pub(crate) attempt: u32,
+    pub(crate) id: AttemptId,
     pub(crate) cancel_requested: bool,
     pub(crate) cancel_grace_ms: u64,
     pub(crate) start: v1::StartAttempt,
@@ -403,30 +400,33 @@ fn task_env(
 
 /// Every assigned, unfinished attempt, with the Start message that runs it.
 pub(crate) fn live_attempts(state: &State) -> Vec<LiveAttempt> {
-    live_attempts_where(state, |_, _, _, _| true)
+    live_attempts_where(state, |_, _, _| true)
 }
 
-/// The assigned, unfinished attempts that `want` (executor, target, attempt, cancel requested) picks.
-fn live_attempts_where(state: &State, mut want: impl FnMut(&str, &AttemptRef, u32, bool) -> bool) -> Vec<LiveAttempt> {
+/// The assigned, unfinished attempts that `want` (executor, attempt, cancel requested) picks.
+fn live_attempts_where(state: &State, mut want: impl FnMut(&str, &AttemptId, bool) -> bool) -> Vec<LiveAttempt> {
     let mut out = Vec::new();
     for (namespace, pipeline, record, run) in state.active_runs() {
         let config = record.version(run.version).expect("a run's version exists");
         for (index, task) in run.tasks.iter().enumerate() {
             let Some(assignment) = &task.assignment else { continue };
-            let target = AttemptRef {
-                namespace: namespace.to_string(),
-                pipeline: pipeline.to_string(),
-                run: run.id,
-                task: task.task.clone(),
-            };
-            if !want(&assignment.executor, &target, task.attempt, run.cancel_requested) {
+            let id = AttemptId::new(
+                AttemptRef {
+                    namespace: namespace.to_string(),
+                    pipeline: pipeline.to_string(),
+                    run: run.id,
+                    task: task.task.clone(),
+                },
+                task.attempt,
+            );
+            if !want(&assignment.executor, &id, run.cancel_requested) {
                 continue;
             }
             let spec = &config.tasks[index];
             out.push(LiveAttempt {
                 executor: assignment.executor.clone(),
                 start: v1::StartAttempt {
-                    key: Some(gofer_proto::attempt_key(&target, task.attempt)),
+                    key: Some(v1::AttemptKey::from(&id)),
                     image: spec.image.clone(),
                     command: spec.command.clone(),
                     env: task_env(&spec.env, &run.parameters, run.trigger.as_ref()),
@@ -437,8 +437,7 @@ fn live_attempts_where(state: &State, mut want: impl FnMut(&str, &AttemptRef, u3
                     workdir: spec.workdir.clone(),
                     pipeline_version: run.version,
                 },
-                target,
-                attempt: task.attempt,
+                id,
                 cancel_requested: run.cancel_requested,
                 cancel_grace_ms: run.cancel_grace_ms,
             });

@@ -76,7 +76,7 @@ impl RaftService for RaftHandler {
             .transpose()?
             .ok_or_else(|| Status::invalid_argument("key: the first message must name the attempt"))?;
         let key = first.key.ok_or_else(|| Status::invalid_argument("key: is required"))?;
-        let (target, attempt) = gofer_proto::attempt_ref(&key);
+        let gofer_domain::AttemptId { task: target, attempt } = gofer_domain::AttemptId::from(&key);
         // The sender's assignment is committed, but this node may not have applied it yet.
         self.node
             .read_linearizable(|s| s.check_attempt_exists(&target, attempt))
