@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::triggers::{Fire, Registration, SettingSpec};
+use crate::triggers::Fire;
 use crate::{Applied, AttemptOutcome, AttemptRef, Command, State};
 
 fn state() -> State {
@@ -247,25 +247,7 @@ fn at_most_max_events_are_kept() {
 #[test]
 fn fires_tell_their_decision_and_the_run_they_started() {
     let mut state = state();
-    let spec = |name: &str| SettingSpec {
-        name: name.into(),
-        required: name == "every",
-        description: String::new(),
-        secret: false,
-    };
-    state
-        .apply(&Command::RegisterExtension {
-            name: "interval".into(),
-            builtin: true,
-            registration: Registration {
-                version: "1".into(),
-                documentation: String::new(),
-                settings: vec![spec("every"), spec("overlap")],
-                registered_at: 1,
-            },
-            at: 1,
-        })
-        .unwrap();
+    crate::testing::register_interval(&mut state, &["every", "overlap"], 1);
     state
         .apply(&Command::CreateSubscription {
             namespace: "default".into(),

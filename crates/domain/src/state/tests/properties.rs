@@ -14,7 +14,7 @@ use super::*;
 use crate::events::EventKind;
 use crate::executors::ExecutorInfo;
 use crate::plan;
-use crate::triggers::{Fire, Registration, SettingSpec};
+use crate::triggers::Fire;
 
 /// A DAG whose root is retried, with a dependent listed before its parent, and a parallelism cap.
 const PIPELINE: &str = r#"{"id": "p", "parallelism": 2, "tasks": [
@@ -71,23 +71,8 @@ fn step() -> impl Strategy<Value = Step> {
 fn setup() -> State {
     let mut state = init();
     register(&mut state, PIPELINE);
-    let spec = |name: &str| SettingSpec {
-        name: name.into(),
-        required: name == "every",
-        description: String::new(),
-        secret: false,
-    };
-    let mut commands = vec![Command::RegisterExtension {
-        name: "interval".into(),
-        builtin: true,
-        registration: Registration {
-            version: "1".into(),
-            documentation: String::new(),
-            settings: vec![spec("every"), spec("overlap")],
-            registered_at: 2,
-        },
-        at: 2,
-    }];
+    crate::testing::register_interval(&mut state, &["every", "overlap"], 2);
+    let mut commands = Vec::new();
     for (label, overlap) in SUBSCRIPTIONS {
         commands.push(Command::CreateSubscription {
             namespace: "default".into(),
