@@ -6,11 +6,16 @@ use std::collections::HashMap;
 #[derive(Clone)]
 pub struct Setting(String, String);
 
+/// A `--setting` that is not `key=value`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not key=value")]
+pub struct NotKeyValue(String);
+
 /// Parses `key=value`; the key must not be blank, the value may be empty or hold `=`.
-pub fn parse_setting(text: &str) -> Result<Setting, String> {
+pub fn parse_setting(text: &str) -> Result<Setting, NotKeyValue> {
     match text.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => Ok(Setting(key.trim().to_string(), value.to_string())),
-        _ => Err(format!("{text:?} is not key=value")),
+        _ => Err(NotKeyValue(text.to_string())),
     }
 }
 
