@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::TokenRole;
 use crate::executors::ExecutorInfo;
 use crate::lease::{Lease, Role};
 use crate::triggers::{Fire, FireOutcome, Registration};
@@ -203,6 +204,28 @@ pub enum Command {
         retention_millis: u64,
         at: i64,
     },
+    /// Makes an API token (see [`crate::access`]): only the hex SHA-256 of its secret travels.
+    CreateToken {
+        name: String,
+        role: TokenRole,
+        /// Namespaces or patterns it acts in; an admin's is `*` whatever it says.
+        namespaces: Vec<String>,
+        hash: String,
+        /// When it stops working, or 0 for never.
+        #[serde(default, skip_serializing_if = "is_zero_i64")]
+        expires_at: i64,
+        at: i64,
+    },
+    /// Stops a token working everywhere; it stays listed as disabled.
+    DisableToken {
+        name: String,
+        at: i64,
+    },
+    /// Forgets a token.
+    DeleteToken {
+        name: String,
+        at: i64,
+    },
     /// A command issued by the holder of `role` in `epoch`: refused, changing nothing, once the epoch has
     /// moved on.
     Fenced {
@@ -255,13 +278,20 @@ impl Command {
             | Command::RenewExecutors { at, .. }
             | Command::ExecutorLost { at, .. }
             | Command::AttemptReportedLate { at, .. }
-            | Command::SetEventRetention { at, .. } => Some(*at),
+            | Command::SetEventRetention { at, .. }
+            | Command::CreateToken { at, .. }
+            | Command::DisableToken { at, .. }
+            | Command::DeleteToken { at, .. } => Some(*at),
             Command::Batch { .. } | Command::Fenced { .. } => None,
         }
     }
 }
 
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_i64(n: &i64) -> bool {
     *n == 0
 }
 

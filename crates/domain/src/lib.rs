@@ -5,6 +5,7 @@
 //! [`Command`]s, so applying the same log gives the same [`State`] on every node. The tidy test checks
 //! its dependency list.
 
+pub mod access;
 mod command;
 mod error;
 pub mod events;

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{TokenRecord, Tokens};
 use crate::command::{Applied, Command, MAX_BATCH};
 use crate::events::{EventLog, Journal};
 use crate::executors::Executors;
@@ -38,6 +39,9 @@ pub struct State {
     /// The event stream: run and task state changes and trigger decisions (see [`crate::events`]).
     #[serde(default)]
     pub events: EventLog,
+    /// The API tokens (see [`crate::access`]); left out of a snapshot while there are none.
+    #[serde(default, skip_serializing_if = "Tokens::is_empty")]
+    pub tokens: Tokens,
 }
 
 impl State {
@@ -213,6 +217,26 @@ impl State {
                 self.leases.release(*role, holder, *epoch, *at);
                 Ok(Applied::Done)
             }
+            Command::CreateToken {
+                name,
+                role,
+                namespaces,
+                hash,
+                expires_at,
+                at,
+            } => {
+                let record = TokenRecord {
+                    role: *role,
+                    namespaces: namespaces.clone(),
+                    hash: hash.clone(),
+                    created_at: *at,
+                    expires_at: *expires_at,
+                    disabled_at: 0,
+                };
+                self.tokens.create(name, record).map(|()| Applied::Done)
+            }
+            Command::DisableToken { name, at } => self.tokens.disable(name, *at).map(|()| Applied::Done),
+            Command::DeleteToken { name, .. } => self.tokens.delete(name).map(|()| Applied::Done),
             Command::SetEventRetention { retention_millis, at } => self
                 .events
                 .set_retention(*retention_millis, *at)
