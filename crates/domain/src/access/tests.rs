@@ -58,12 +58,10 @@ fn every_method_by_every_role_in_and_out_of_its_namespaces() {
         assert_eq!(Method::from_rpc(method.as_str()), Some(method));
         assert_eq!(method.in_namespace(), place == 'n', "{method}");
         for role in [TokenRole::Admin, TokenRole::Operator, TokenRole::Viewer] {
-            let may = match (role, right) {
-                (TokenRole::Admin, _) => true,
-                (TokenRole::Operator, 'O' | 'R') => true,
-                (TokenRole::Viewer, 'R') => true,
-                _ => false,
-            };
+            let may = matches!(
+                (role, right),
+                (TokenRole::Admin, _) | (TokenRole::Operator, 'O' | 'R') | (TokenRole::Viewer, 'R')
+            );
             let scoped = caller(role, &["team-a", "team-b-*"]);
             if place == 'n' {
                 for inside in ["team-a", "team-b-x", "team-b-"] {
