@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gofer_api::{ApiService, NoTriggers, TriggerDirectory};
-use gofer_auth::TokenAuth;
+use gofer_auth::{TokenAuth, TokenDirectory};
 use gofer_clock::Clock;
 use gofer_docker::Engine;
+use gofer_domain::access::Caller;
 use gofer_extension_host::{ExtensionHost, LaunchConfig};
 use gofer_scheduler::{DispatchHandler, DispatchRedirect};
 use gofer_state::{Placement, RunningState, Startup, StateHandle};
@@ -113,6 +114,25 @@ impl TriggerDirectory for HostDirectory {
 
     fn last_error(&self, extension: &str) -> Option<String> {
         self.0.launch_error(extension)
+    }
+}
+
+/// The API tokens as the replicated state keeps them, for the auth layer: a token works while it is
+/// neither disabled nor past its expiry by this process's clock.
+struct StateTokens {
+    state: StateHandle,
+    clock: Clock,
+}
+
+impl TokenDirectory for StateTokens {
+    fn caller(&self, hash_hex: &str) -> Option<Caller> {
+        let now = self.clock.now_millis();
+        self.state.read(|s| {
+            s.tokens
+                .by_hash(hash_hex)
+                .filter(|(_, token)| token.works_at(now))
+                .map(|(name, token)| Caller::of_token(name, token))
+        })
     }
 }
 
@@ -431,10 +451,15 @@ impl Process {
             redirect,
             extension: roles.extension_host.map(|host| host.handler()),
         };
+        // The API tokens the cluster keeps are admitted as they stand in this process's view of the state.
+        let directory = StateTokens {
+            state: state.clone(),
+            clock: self.clock.clone(),
+        };
         self.tracker.spawn(crate::server::serve(
             listener,
             identity,
-            auth,
+            auth.with_directory(std::sync::Arc::new(directory)),
             Some(Certificate::from_pem(ca_pem)),
             services,
             self.shutdown.clone(),

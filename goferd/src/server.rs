@@ -1,17 +1,17 @@
 //! Serving a node's gRPC services on one TLS listener: the public API, the executors' dispatch service,
-//! health and reflection. Every service but health needs a bearer token, except that an executor may
-//! present a client certificate from the cluster CA instead (verified in the handshake; the dispatch
-//! handler checks that it names the executor).
+//! the extensions' service, health and reflection, all behind one `gofer_auth::AuthLayer`. Every
+//! service but health needs a bearer token, except that an executor may present a client certificate
+//! from the cluster CA instead (verified in the handshake; the dispatch handler checks that it names the
+//! executor).
 
 use anyhow::Context;
 use gofer_api::ApiService;
-use gofer_auth::{Principal, TokenAuth};
+use gofer_auth::{AuthLayer, TokenAuth};
 use gofer_extension_host::ExtensionHandler;
 use gofer_proto::v1::extension_service_server::ExtensionServiceServer;
 use gofer_proto::v1::{dispatch_service_server::DispatchServiceServer, gofer_service_server::GoferServiceServer};
 use gofer_scheduler::{DispatchHandler, DispatchRedirect};
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Largest message a node accepts: a 200-task pipeline with big envs fits with room to spare.
@@ -49,40 +49,18 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building the reflection service")?;
-    let check = |auth: TokenAuth, allowed: fn(&Principal) -> bool| move |request| auth.check(request, allowed);
-    let admin = |p: &Principal| *p == Principal::Admin;
-    let executors = |p: &Principal| matches!(p, Principal::Admin | Principal::Executor);
-    let extensions = |p: &Principal| matches!(p, Principal::Admin | Principal::Extension(_));
     let api = services.api.map(|api| {
-        InterceptedService::new(
-            GoferServiceServer::new(api)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            check(auth.clone(), admin),
-        )
+        GoferServiceServer::new(api)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     });
-    let extension = services.extension.map(|extension| {
-        InterceptedService::new(ExtensionServiceServer::new(extension), check(auth.clone(), extensions))
-    });
-    let certified_or_token = |auth: TokenAuth| {
-        move |request: tonic::Request<()>| {
-            if request.peer_certs().is_some_and(|certs| !certs.is_empty()) {
-                return Ok(request);
-            }
-            auth.check(request, executors)
-        }
-    };
+    let extension = services.extension.map(ExtensionServiceServer::new);
     let dispatch = services.dispatch.map(|dispatch| {
-        InterceptedService::new(
-            DispatchServiceServer::new(dispatch)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            certified_or_token(auth.clone()),
-        )
+        DispatchServiceServer::new(dispatch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     });
-    let redirect = services.redirect.map(|redirect| {
-        InterceptedService::new(DispatchServiceServer::new(redirect), certified_or_token(auth.clone()))
-    });
+    let redirect = services.redirect.map(DispatchServiceServer::new);
     let mut tls = ServerTlsConfig::new().identity(identity);
     if let Some(ca) = client_ca {
         // Clients may present a certificate (executors do); those without one still get in with a token.
@@ -91,9 +69,10 @@ pub async fn serve(
     Server::builder()
         .tls_config(tls)
         .context("configuring TLS")?
+        .layer(AuthLayer::new(auth))
         .add_service(health)
-        .add_service(InterceptedService::new(reflection_v1, check(auth.clone(), admin)))
-        .add_service(InterceptedService::new(reflection_v1alpha, check(auth.clone(), admin)))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_optional_service(api)
         .add_optional_service(dispatch)
         .add_optional_service(redirect)

@@ -12,6 +12,7 @@ mod events;
 mod extensions;
 mod guardrails;
 mod runs;
+mod tokens;
 mod triggers;
 
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! Conversions between `gofer.v1` messages and `gofer-domain` types. Incoming configs are checked here
 //! with the domain's rules, so a bad field becomes an `InvalidArgument` that names it.
 
+use gofer_domain::access::{TokenRecord, TokenRole};
 use gofer_domain::events::{Event, EventKind, FireDecision};
 use gofer_domain::triggers::{ExtensionRecord, SettingSpec, Subscription};
 use gofer_domain::{
@@ -359,6 +360,36 @@ pub fn task_state_name(state: i32) -> &'static str {
     match v1::TaskState::try_from(state) {
         Ok(s) => s.as_str_name().strip_prefix("TASK_STATE_").unwrap_or("UNSPECIFIED"),
         Err(_) => "UNKNOWN",
+    }
+}
+
+/// A token as the API shows it: never its secret, nor its hash.
+pub fn token_to_proto(name: &str, record: &TokenRecord) -> v1::Token {
+    v1::Token {
+        name: name.to_string(),
+        role: token_role_to_proto(record.role) as i32,
+        namespaces: record.namespaces.clone(),
+        created_unix_millis: record.created_at,
+        expires_unix_millis: record.expires_at,
+        disabled_unix_millis: record.disabled_at,
+    }
+}
+
+pub fn token_role_to_proto(role: TokenRole) -> v1::TokenRole {
+    match role {
+        TokenRole::Admin => v1::TokenRole::Admin,
+        TokenRole::Operator => v1::TokenRole::Operator,
+        TokenRole::Viewer => v1::TokenRole::Viewer,
+    }
+}
+
+/// The role a request names in `field`.
+pub fn token_role_from_proto(field: &str, role: i32) -> Result<TokenRole, Error> {
+    match v1::TokenRole::try_from(role) {
+        Ok(v1::TokenRole::Admin) => Ok(TokenRole::Admin),
+        Ok(v1::TokenRole::Operator) => Ok(TokenRole::Operator),
+        Ok(v1::TokenRole::Viewer) => Ok(TokenRole::Viewer),
+        _ => Err(Error::invalid(field, "is required: admin, operator or viewer")),
     }
 }
 

@@ -6,12 +6,14 @@
 use std::sync::Arc;
 
 use gofer_clock::Clock;
+use gofer_domain::access::{Caller, Method};
 use gofer_domain::{Applied, Command, Error, State};
+use gofer_proto::v1;
 use gofer_proto::{internal, into_status, unavailable};
 use gofer_state::{LogStore, StateHandle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::Status;
+use tonic::{Request, Status};
 
 /// What the API shows about triggers that is not in the replicated log: which extensions hold a stream
 /// to the extension host right now, and where the webhook listener is.
@@ -131,4 +133,50 @@ pub(crate) fn namespace_or_default(namespace: String) -> String {
     } else {
         namespace
     }
+}
+
+/// A request that acts in one namespace, which it names (empty for `default`).
+pub(crate) trait InNamespace {
+    fn namespace_id(&self) -> &str;
+}
+
+macro_rules! in_namespace {
+    ($($request:ty),* $(,)?) => {
+        $(impl InNamespace for $request {
+            fn namespace_id(&self) -> &str {
+                &self.namespace_id
+            }
+        })*
+    };
+}
+
+in_namespace!(
+    v1::RegisterPipelineRequest,
+    v1::ListPipelinesRequest,
+    v1::GetPipelineRequest,
+    v1::StartRunRequest,
+    v1::RetryRunRequest,
+    v1::GetRunRequest,
+    v1::ListRunsRequest,
+    v1::CancelRunRequest,
+    v1::WatchRunRequest,
+    v1::ListTaskExecutionsRequest,
+    v1::CreateSubscriptionRequest,
+    v1::ListSubscriptionsRequest,
+    v1::GetSubscriptionRequest,
+    v1::DeleteSubscriptionRequest,
+    v1::GetTaskLogsRequest,
+);
+
+/// The namespace `request` acts in, once its caller may call `method` there (`gofer_auth` checked the
+/// role already; this checks the namespace with the same policy).
+pub(crate) fn scope<T: InNamespace>(request: &Request<T>, method: Method) -> Result<String, Status> {
+    let namespace = namespace_or_default(request.get_ref().namespace_id().to_string());
+    gofer_auth::authorize_request(request, method, Some(&namespace))?;
+    Ok(namespace)
+}
+
+/// Who is calling, for the calls that act on the cluster and answer only with what the caller sees.
+pub(crate) fn caller<T>(request: &Request<T>, method: Method) -> Result<Caller, Status> {
+    gofer_auth::authorize_request(request, method, None)
 }

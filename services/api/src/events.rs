@@ -1,10 +1,11 @@
 //! Streaming the cluster's events: the ones kept after the client's last id, then, with `follow`, each
 //! new one as this node applies it. Events live in the replicated state with ids that count up by one, so
 //! the stream resumes on any node; a client whose next event was pruned meanwhile gets OUT_OF_RANGE
-//! instead of a gap.
+//! instead of a gap. A caller sees only the events of the namespaces its token may read.
 
 use std::pin::Pin;
 
+use gofer_domain::access::{Caller, Method, authorize};
 use gofer_domain::events::Event;
 use gofer_proto::{event_to_proto, into_status, v1};
 use tokio_stream::Stream;
@@ -17,10 +18,11 @@ const PAGE: usize = 256;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::ListEventsResponse, Status>> + Send>>;
 
-/// Which events a client asked for.
+/// Which events a client asked for, of those its token may see.
 struct Filter {
     namespace: String,
     pipeline: String,
+    caller: Caller,
 }
 
 impl Filter {
@@ -28,6 +30,7 @@ impl Filter {
         let (namespace, pipeline) = event.what.pipeline();
         (self.namespace.is_empty() || self.namespace == namespace)
             && (self.pipeline.is_empty() || self.pipeline == pipeline)
+            && self.caller.sees(namespace)
     }
 }
 
@@ -40,16 +43,25 @@ fn page(api: &ApiService, after: u64) -> Result<(Vec<Event>, u64), Status> {
 
 /// The stream for one `ListEvents` call. The first page is read before the call returns, so an
 /// `after_id` that is pruned or ahead fails the call itself.
-pub(crate) fn stream_events(api: ApiService, request: v1::ListEventsRequest) -> Result<EventStream, Status> {
+pub(crate) fn stream_events(
+    api: ApiService,
+    request: v1::ListEventsRequest,
+    caller: Caller,
+) -> Result<EventStream, Status> {
     if !request.pipeline_id.is_empty() && request.namespace_id.is_empty() {
         return Err(into_status(gofer_domain::Error::invalid(
             "namespace_id",
             "a pipeline_id filter needs the namespace it is in",
         )));
     }
+    if !request.namespace_id.is_empty() {
+        authorize(&caller, Method::ListEvents, Some(&request.namespace_id))
+            .map_err(|denied| Status::permission_denied(denied.to_string()))?;
+    }
     let filter = Filter {
         namespace: request.namespace_id,
         pipeline: request.pipeline_id,
+        caller,
     };
     // Subscribe before the first read, so that no event applied between the two is missed.
     let mut changes = api.state.subscribe();

@@ -12,6 +12,7 @@ mod api;
 mod events;
 mod logs;
 mod service;
+mod tokens;
 
 use std::sync::Arc;
 

@@ -12,7 +12,9 @@ use gofer_proto::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::api::{ApiService, namespace_or_default, shutting_down, state_status};
+use gofer_domain::access::Method;
+
+use crate::api::{ApiService, caller, scope, shutting_down, state_status};
 
 type ApiResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -139,12 +141,14 @@ impl GoferService for ApiService {
 
     async fn list_namespaces(
         &self,
-        _request: Request<v1::ListNamespacesRequest>,
+        request: Request<v1::ListNamespacesRequest>,
     ) -> ApiResult<v1::ListNamespacesResponse> {
+        let caller = caller(&request, Method::ListNamespaces)?;
         self.linearize().await?;
         let namespaces = self.read(|s| {
             Ok(s.namespaces
                 .iter()
+                .filter(|(id, _)| caller.sees(id))
                 .map(|(id, ns)| v1::Namespace {
                     id: id.clone(),
                     created_unix_millis: ns.created_at,
@@ -158,8 +162,8 @@ impl GoferService for ApiService {
         &self,
         request: Request<v1::RegisterPipelineRequest>,
     ) -> ApiResult<v1::RegisterPipelineResponse> {
+        let namespace = scope(&request, Method::RegisterPipeline)?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         let config = request
             .config
             .ok_or_else(|| into_status(Error::invalid("config", "is required")))?;
@@ -186,8 +190,8 @@ impl GoferService for ApiService {
     }
 
     async fn list_pipelines(&self, request: Request<v1::ListPipelinesRequest>) -> ApiResult<v1::ListPipelinesResponse> {
+        let namespace = scope(&request, Method::ListPipelines)?;
         self.linearize().await?;
-        let namespace = namespace_or_default(request.into_inner().namespace_id);
         let pipelines = self.read(|s| {
             Ok(s.namespace(&namespace)?
                 .pipelines
@@ -199,9 +203,9 @@ impl GoferService for ApiService {
     }
 
     async fn get_pipeline(&self, request: Request<v1::GetPipelineRequest>) -> ApiResult<v1::GetPipelineResponse> {
+        let namespace = scope(&request, Method::GetPipeline)?;
         self.linearize().await?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         let (pipeline, config) = self.read(|s| {
             let p = s.pipeline(&namespace, &request.id)?;
             Ok((pipeline_proto(&namespace, &request.id, p), config_to_proto(p.latest())))
@@ -213,8 +217,8 @@ impl GoferService for ApiService {
     }
 
     async fn start_run(&self, request: Request<v1::StartRunRequest>) -> ApiResult<v1::StartRunResponse> {
+        let namespace = scope(&request, Method::StartRun)?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         let (run, created) = self
             .start(
                 namespace,
@@ -231,8 +235,8 @@ impl GoferService for ApiService {
     }
 
     async fn retry_run(&self, request: Request<v1::RetryRunRequest>) -> ApiResult<v1::RetryRunResponse> {
+        let namespace = scope(&request, Method::RetryRun)?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         if request.run_id == 0 {
             return Err(into_status(gofer_domain::Error::invalid("run_id", "is required")));
         }
@@ -252,17 +256,17 @@ impl GoferService for ApiService {
     }
 
     async fn get_run(&self, request: Request<v1::GetRunRequest>) -> ApiResult<v1::GetRunResponse> {
+        let namespace = scope(&request, Method::GetRun)?;
         self.linearize().await?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         let run = self.run_proto(&namespace, &request.pipeline_id, request.run_id)?;
         Ok(Response::new(v1::GetRunResponse { run: Some(run) }))
     }
 
     async fn list_runs(&self, request: Request<v1::ListRunsRequest>) -> ApiResult<v1::ListRunsResponse> {
+        let namespace = scope(&request, Method::ListRuns)?;
         self.linearize().await?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         let pipeline = request.pipeline_id;
         let runs = self.read(|s| {
             Ok(runs_newest_first(
@@ -275,8 +279,8 @@ impl GoferService for ApiService {
     }
 
     async fn cancel_run(&self, request: Request<v1::CancelRunRequest>) -> ApiResult<v1::CancelRunResponse> {
+        let namespace = scope(&request, Method::CancelRun)?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         self.propose(Command::CancelRun {
             namespace: namespace.clone(),
             pipeline: request.pipeline_id.clone(),
@@ -294,9 +298,9 @@ impl GoferService for ApiService {
     type WatchRunStream = BoxStream<v1::WatchRunResponse>;
 
     async fn watch_run(&self, request: Request<v1::WatchRunRequest>) -> ApiResult<Self::WatchRunStream> {
+        let namespace = scope(&request, Method::WatchRun)?;
         self.linearize().await?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         let (pipeline, id) = (request.pipeline_id, request.run_id);
         // Subscribe before the first read so that no change between the two is missed.
         let mut changes = self.state.subscribe();
@@ -345,9 +349,9 @@ impl GoferService for ApiService {
         &self,
         request: Request<v1::ListTaskExecutionsRequest>,
     ) -> ApiResult<v1::ListTaskExecutionsResponse> {
+        let namespace = scope(&request, Method::ListTaskExecutions)?;
         self.linearize().await?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         let pipeline = request.pipeline_id;
         let task_executions = self.read(|s| {
             let (run, _) = s.run(&namespace, &pipeline, request.run_id)?;
@@ -416,8 +420,8 @@ impl GoferService for ApiService {
         &self,
         request: Request<v1::CreateSubscriptionRequest>,
     ) -> ApiResult<v1::CreateSubscriptionResponse> {
+        let namespace = scope(&request, Method::CreateSubscription)?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         let command = Command::CreateSubscription {
             namespace: namespace.clone(),
             pipeline: request.pipeline_id.clone(),
@@ -437,9 +441,9 @@ impl GoferService for ApiService {
         &self,
         request: Request<v1::ListSubscriptionsRequest>,
     ) -> ApiResult<v1::ListSubscriptionsResponse> {
+        let namespace = scope(&request, Method::ListSubscriptions)?;
         self.linearize().await?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         let labels: Vec<String> = self.read(|s| {
             Ok(s.pipeline(&namespace, &request.pipeline_id)?
                 .subscriptions
@@ -458,9 +462,9 @@ impl GoferService for ApiService {
         &self,
         request: Request<v1::GetSubscriptionRequest>,
     ) -> ApiResult<v1::GetSubscriptionResponse> {
+        let namespace = scope(&request, Method::GetSubscription)?;
         self.linearize().await?;
         let request = request.into_inner();
-        let namespace = namespace_or_default(request.namespace_id);
         let subscription = self.subscription_proto(&namespace, &request.pipeline_id, &request.label)?;
         Ok(Response::new(v1::GetSubscriptionResponse {
             subscription: Some(subscription),
@@ -471,9 +475,10 @@ impl GoferService for ApiService {
         &self,
         request: Request<v1::DeleteSubscriptionRequest>,
     ) -> ApiResult<v1::DeleteSubscriptionResponse> {
+        let namespace = scope(&request, Method::DeleteSubscription)?;
         let request = request.into_inner();
         let command = Command::DeleteSubscription {
-            namespace: namespace_or_default(request.namespace_id),
+            namespace,
             pipeline: request.pipeline_id,
             label: request.label,
             at: self.clock.now_millis(),
@@ -588,6 +593,7 @@ impl GoferService for ApiService {
     type GetTaskLogsStream = BoxStream<v1::GetTaskLogsResponse>;
 
     async fn get_task_logs(&self, request: Request<v1::GetTaskLogsRequest>) -> ApiResult<Self::GetTaskLogsStream> {
+        scope(&request, Method::GetTaskLogs)?;
         self.linearize().await?;
         let request = request.into_inner();
         let stream = crate::logs::stream_task_logs(self.clone(), request)?;
@@ -597,8 +603,44 @@ impl GoferService for ApiService {
     type ListEventsStream = BoxStream<v1::ListEventsResponse>;
 
     async fn list_events(&self, request: Request<v1::ListEventsRequest>) -> ApiResult<Self::ListEventsStream> {
+        let caller = caller(&request, Method::ListEvents)?;
         self.linearize().await?;
-        let stream = crate::events::stream_events(self.clone(), request.into_inner())?;
+        let stream = crate::events::stream_events(self.clone(), request.into_inner(), caller)?;
         Ok(Response::new(stream))
+    }
+
+    async fn create_token(&self, request: Request<v1::CreateTokenRequest>) -> ApiResult<v1::CreateTokenResponse> {
+        caller(&request, Method::CreateToken)?;
+        Ok(Response::new(self.issue_token(request.into_inner()).await?))
+    }
+
+    async fn list_tokens(&self, request: Request<v1::ListTokensRequest>) -> ApiResult<v1::ListTokensResponse> {
+        caller(&request, Method::ListTokens)?;
+        self.linearize().await?;
+        Ok(Response::new(self.tokens_proto()?))
+    }
+
+    async fn get_token(&self, request: Request<v1::GetTokenRequest>) -> ApiResult<v1::GetTokenResponse> {
+        caller(&request, Method::GetToken)?;
+        self.linearize().await?;
+        let token = self.token_proto(&request.into_inner().name)?;
+        Ok(Response::new(v1::GetTokenResponse { token: Some(token) }))
+    }
+
+    async fn disable_token(&self, request: Request<v1::DisableTokenRequest>) -> ApiResult<v1::DisableTokenResponse> {
+        caller(&request, Method::DisableToken)?;
+        let token = self.disable_named_token(request.into_inner().name).await?;
+        Ok(Response::new(v1::DisableTokenResponse { token: Some(token) }))
+    }
+
+    async fn delete_token(&self, request: Request<v1::DeleteTokenRequest>) -> ApiResult<v1::DeleteTokenResponse> {
+        caller(&request, Method::DeleteToken)?;
+        self.delete_named_token(request.into_inner().name).await?;
+        Ok(Response::new(v1::DeleteTokenResponse {}))
+    }
+
+    async fn who_am_i(&self, request: Request<v1::WhoAmIRequest>) -> ApiResult<v1::WhoAmIResponse> {
+        let caller = caller(&request, Method::WhoAmI)?;
+        Ok(Response::new(self.caller_proto(caller)))
     }
 }

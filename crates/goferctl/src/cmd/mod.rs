@@ -1,5 +1,5 @@
 //! The commands, one module per noun, each owning its subcommands and their handler: `namespace`,
-//! `pipeline`, `run`, `task`, `extension`, `subscription`, `cluster` and `event`. This module only names
+//! `pipeline`, `run`, `task`, `extension`, `subscription`, `cluster`, `event` and `token` (with `whoami`). This module only names
 //! the nouns and hands each command to its module; what the nouns share lives outside them (`client`,
 //! `context`, `output`, `json`) or in `setting`, and no noun module uses another.
 
@@ -19,6 +19,7 @@ mod run;
 mod setting;
 mod subscription;
 mod task;
+mod token;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -46,6 +47,11 @@ pub enum Command {
     /// Read the event stream: run and task state changes and trigger decisions
     #[command(subcommand)]
     Event(event::Command),
+    /// Make and manage API tokens with a role (admin, operator, viewer) and namespaces
+    #[command(subcommand)]
+    Token(token::Command),
+    /// Show which token this goferctl presents, its role and namespaces
+    Whoami,
 }
 
 /// Runs one command; the exit code is 0 unless the command says otherwise (`run start --wait` on a run
@@ -60,5 +66,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
         Command::Subscription(command) => subscription::run(command, ctx).await,
         Command::Cluster(command) => cluster::run(command, ctx).await,
         Command::Event(command) => event::run(command, ctx).await,
+        Command::Token(command) => token::run(command, ctx).await,
+        Command::Whoami => token::whoami(ctx).await,
     }
 }

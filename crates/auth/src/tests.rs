@@ -1,0 +1,150 @@
+//! The token table and the layer's decisions: who gets through to which service, and why not.
+
+use std::sync::Arc;
+
+use gofer_domain::access::TokenRole;
+
+use super::*;
+
+fn headers(token: Option<&str>) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(http::header::AUTHORIZATION, token.parse().unwrap());
+    }
+    headers
+}
+
+/// The cluster's tokens, as a directory: `viewer-a` (viewer on team-a) only.
+struct Cluster;
+
+impl TokenDirectory for Cluster {
+    fn caller(&self, hash: &str) -> Option<Caller> {
+        (hash == hash_hex(&hash_token("viewer-a"))).then(|| Caller {
+            name: "viewer-a".into(),
+            role: TokenRole::Viewer,
+            namespaces: vec!["team-a".into()],
+        })
+    }
+}
+
+fn auth() -> TokenAuth {
+    TokenAuth::new(vec![
+        (hash_token("s3cret"), Principal::Admin),
+        (hash_token("exec"), Principal::Executor),
+        (hash_token("ext"), Principal::Extension("ticker".into())),
+    ])
+    .with_directory(Arc::new(Cluster))
+}
+
+#[test]
+fn a_token_is_found_among_the_nodes_own_then_the_clusters() {
+    let auth = auth();
+    assert_eq!(
+        auth.principal(&headers(Some("Bearer s3cret"))).ok(),
+        Some(Principal::Admin)
+    );
+    assert!(matches!(
+        auth.principal(&headers(Some("Bearer viewer-a"))),
+        Ok(Principal::Caller(c)) if c.name == "viewer-a"
+    ));
+    for bad in [None, Some("Bearer nope"), Some("s3cret"), Some("Basic s3cret")] {
+        let status = auth.principal(&headers(bad)).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{bad:?}");
+    }
+}
+
+#[test]
+fn each_principal_reaches_only_its_services() {
+    let auth = auth();
+    let code = |path: &str, token: Option<&str>, certified: bool| {
+        auth.admit(path, &headers(token), certified).err().map(|s| s.code())
+    };
+    let denied = Some(tonic::Code::PermissionDenied);
+    // Health needs nothing.
+    assert_eq!(code("/grpc.health.v1.Health/Check", None, false), None);
+    // The API takes API callers only.
+    assert_eq!(
+        code("/gofer.v1.GoferService/ListRuns", Some("Bearer s3cret"), false),
+        None
+    );
+    assert_eq!(
+        code("/gofer.v1.GoferService/ListRuns", Some("Bearer viewer-a"), false),
+        None
+    );
+    assert_eq!(
+        code("/gofer.v1.GoferService/ListRuns", Some("Bearer exec"), false),
+        denied
+    );
+    assert_eq!(
+        code("/gofer.v1.GoferService/ListRuns", Some("Bearer ext"), false),
+        denied
+    );
+    assert_eq!(
+        code("/gofer.v1.GoferService/ListRuns", None, true),
+        Some(tonic::Code::Unauthenticated),
+        "a certificate is no API token"
+    );
+    // The dispatch stream: the executor's token or a cluster certificate.
+    assert_eq!(
+        code("/gofer.v1.DispatchService/Dispatch", Some("Bearer exec"), false),
+        None
+    );
+    assert_eq!(code("/gofer.v1.DispatchService/Dispatch", None, true), None);
+    assert_eq!(
+        code("/gofer.v1.DispatchService/Dispatch", Some("Bearer viewer-a"), false),
+        denied
+    );
+    assert_eq!(
+        code("/gofer.v1.DispatchService/Dispatch", Some("Bearer ext"), false),
+        denied
+    );
+    // The extension stream: extensions.
+    assert_eq!(
+        code("/gofer.v1.ExtensionService/Connect", Some("Bearer ext"), false),
+        None
+    );
+    assert_eq!(
+        code("/gofer.v1.ExtensionService/Connect", Some("Bearer viewer-a"), false),
+        denied
+    );
+    assert_eq!(
+        code("/gofer.v1.ExtensionService/Connect", None, true),
+        Some(tonic::Code::Unauthenticated)
+    );
+}
+
+#[test]
+fn the_layer_refuses_a_method_the_role_never_holds_and_names_it() {
+    let status = auth()
+        .admit(
+            "/gofer.v1.GoferService/StartRun",
+            &headers(Some("Bearer viewer-a")),
+            false,
+        )
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(status.message(), "token viewer-a (viewer on team-a) cannot StartRun");
+    let admitted = auth()
+        .admit(
+            "/gofer.v1.GoferService/GetRun",
+            &headers(Some("Bearer viewer-a")),
+            false,
+        )
+        .unwrap();
+    assert!(matches!(admitted, Some(Principal::Caller(_))));
+}
+
+#[test]
+fn a_granted_token_can_be_revoked() {
+    let auth = TokenAuth::default();
+    auth.grant(hash_token("ext"), Principal::Extension("ticker".into()));
+    assert_eq!(
+        auth.principal(&headers(Some("Bearer ext"))).ok(),
+        Some(Principal::Extension("ticker".into()))
+    );
+    auth.revoke(&hash_token("ext"));
+    assert_eq!(
+        auth.principal(&headers(Some("Bearer ext"))).unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+}
