@@ -39,7 +39,15 @@ fn run(command: &mut Command) -> Result<String> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` distinct free ports: every listener is held until all are bound, so no port is picked twice.
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 impl Deployment {
@@ -87,14 +95,15 @@ impl Deployment {
     /// Picks free host ports for the API of every node, the api container and the webhooks, and writes a
     /// goferctl config for each.
     fn pick_ports(&mut self, certs: &Path, token: &str) -> Result<()> {
+        let ports = free_ports(API + 1)?;
         self.env = vec![
             ("GOFER_IMAGE".to_string(), self.image.clone()),
             ("GOFER_CERTS".to_string(), certs.display().to_string()),
-            ("GOFER_WEBHOOK_PORT".to_string(), free_port()?.to_string()),
+            ("GOFER_WEBHOOK_PORT".to_string(), ports[API].to_string()),
         ];
         self.configs.clear();
         for n in 1..=API {
-            let api = free_port()?;
+            let api = ports[n - 1];
             let variable = if n == API {
                 "GOFER_API_PORT".to_string()
             } else {
