@@ -94,14 +94,20 @@ impl State {
                 };
                 self.assign_attempt(target, *attempt, *node, assignment, journal)
             }
-            Command::AttemptStarted { target, attempt, at } => self.attempt_started(target, *attempt, *at, journal),
+            Command::AttemptStarted {
+                target,
+                attempt,
+                executor,
+                at,
+            } => self.attempt_started((target, *attempt), executor, *at, journal),
             Command::AttemptFinished {
                 target,
                 attempt,
+                executor,
                 outcome,
                 log_node,
                 at,
-            } => self.attempt_finished(target, *attempt, outcome, *log_node, *at, journal),
+            } => self.attempt_finished((target, *attempt), executor, outcome, *log_node, *at, journal),
             Command::RenewExecutors {
                 executors,
                 ttl_millis,
@@ -114,9 +120,10 @@ impl State {
             Command::AttemptReportedLate {
                 target,
                 attempt,
+                executor,
                 report,
                 ..
-            } => self.attempt_reported_late(target, *attempt, report, journal),
+            } => self.attempt_reported_late((target, *attempt), executor, report, journal),
             Command::InstallExtension {
                 name,
                 image,

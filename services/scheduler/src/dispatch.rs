@@ -180,6 +180,7 @@ fn late_report(command: &Command, detail: &str) -> Option<Command> {
     let Command::AttemptFinished {
         target,
         attempt,
+        executor,
         outcome,
         at,
         ..
@@ -198,6 +199,7 @@ fn late_report(command: &Command, detail: &str) -> Option<Command> {
     Some(Command::AttemptReportedLate {
         target: target.clone(),
         attempt: *attempt,
+        executor: executor.clone(),
         report,
         at: *at,
     })
@@ -235,6 +237,8 @@ impl DispatchService for DispatchHandler {
                 hello.executor_id
             )));
         }
+        // Who this stream speaks for: every report on it is committed as this executor's, never as one a
+        // report names, and apply counts a report only from the executor its attempt is assigned to.
         let executor = hello.executor_id;
         let info = ExecutorInfo {
             id: executor.clone(),
@@ -319,6 +323,7 @@ impl DispatchService for DispatchHandler {
                         Command::AttemptStarted {
                             target,
                             attempt,
+                            executor: executor.clone(),
                             at: started.started_unix_millis.min(now),
                         }
                     }
@@ -334,6 +339,7 @@ impl DispatchService for DispatchHandler {
                         Command::AttemptFinished {
                             target,
                             attempt,
+                            executor: executor.clone(),
                             outcome: outcome(&finished),
                             log_node: log_node.unwrap_or(0),
                             // An executor's clock ahead of this one must not push a retry's backoff out.
