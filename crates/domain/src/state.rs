@@ -16,7 +16,7 @@ use crate::command::{Applied, Command, MAX_BATCH};
 use crate::events::{EventLog, Journal};
 use crate::executors::Executors;
 use crate::lease::Leases;
-use crate::model::{Assignment, AttemptRef, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord, Run};
+use crate::model::{Assignment, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord, Run};
 use crate::triggers::ExtensionRecord;
 use crate::{Error, PipelineConfig, validate_id};
 
@@ -289,15 +289,6 @@ impl State {
             ));
         }
         Ok(Applied::Batch(commands.iter().map(|c| self.apply(c)).collect()))
-    }
-
-    /// Checks that attempt `attempt` of `target` has been assigned, so that its log may be stored.
-    pub fn check_attempt_exists(&self, target: &AttemptRef, attempt: u32) -> Result<(), Error> {
-        let (run, _) = self.run(&target.namespace, &target.pipeline, target.run)?;
-        match run.task(&target.task) {
-            Some(task) if attempt >= 1 && attempt <= task.attempt => Ok(()),
-            _ => Err(Error::NotFound(format!("attempt {attempt} of task {:?}", target.task))),
-        }
     }
 
     /// The namespace called `id`.
