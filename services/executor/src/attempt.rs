@@ -146,12 +146,19 @@ pub(crate) async fn run(
     };
     let (shipped, (code, ended)) = tokio::join!(logs, waited);
     let stopped = ended == Ended::Stopped;
-    if let Err(err) = shipped {
-        // The attempt's output could not be archived: fail it loudly rather than report a success whose
-        // logs are missing. The container stays for an operator to inspect.
-        return report_error(format!("the attempt ran but its logs could not be stored: {err}"));
-    }
     let fenced = stopped && matches!(stopping(executor, attempt), Some(Stopping::FencedOff));
+    match shipped {
+        Ok(()) => {}
+        // The attempt ended in the cluster (LOST) while this executor was away, and a finished attempt's
+        // log is never stored again: it is reported stopped, as the LOST attempt records, and its
+        // container goes once that is acknowledged.
+        Err(err) if fenced => tracing::info!(%attempt, %err, "a fenced-off attempt's log was not stored"),
+        Err(err) => {
+            // The attempt's output could not be archived: fail it loudly rather than report a success
+            // whose logs are missing. The container stays for an operator to inspect.
+            return report_error(format!("the attempt ran but its logs could not be stored: {err}"));
+        }
+    }
     if let (Err(err), false) = (&code, stopped) {
         // Waiting failed, so the container may still run: it is stopped before the attempt is reported
         // failed, so that a retry never runs beside it.
