@@ -198,6 +198,18 @@ fn namespace(name: &str) -> Command {
     }
 }
 
+/// Starts a run of pipeline `p` in namespace `default`.
+fn start_run_of_p() -> Command {
+    Command::StartRun {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        request_id: String::new(),
+        parameters: BTreeMap::new(),
+        retry_of: 0,
+        at: 2,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_replicate_forward_and_read_linearizably() {
     let cluster = Cluster::start().await;
@@ -433,16 +445,7 @@ async fn a_node_that_fell_behind_the_compacted_log_catches_up_by_snapshot() {
         node.propose(namespace(&format!("ns-{i}"))).await.unwrap();
         if i % 4 == 0 {
             // Runs make events, which travel in the snapshot with their ids.
-            node.propose(Command::StartRun {
-                namespace: "default".into(),
-                pipeline: "p".into(),
-                request_id: String::new(),
-                parameters: BTreeMap::new(),
-                retry_of: 0,
-                at: 2,
-            })
-            .await
-            .unwrap();
+            node.propose(start_run_of_p()).await.unwrap();
         }
     }
     // The leader compacted past what the cut-off node has.
@@ -623,14 +626,7 @@ async fn a_node_stores_a_log_only_for_a_live_attempt_from_its_assignee() {
             config,
             at: 1,
         },
-        Command::StartRun {
-            namespace: "default".into(),
-            pipeline: "p".into(),
-            request_id: String::new(),
-            parameters: BTreeMap::new(),
-            retry_of: 0,
-            at: 2,
-        },
+        start_run_of_p(),
         Command::AssignAttempt {
             target: target.clone(),
             attempt: 1,
