@@ -97,12 +97,19 @@ pub enum Command {
     AttemptStarted {
         target: AttemptRef,
         attempt: u32,
+        /// The executor that reported it, as its dispatch stream identified it; refused unless the attempt
+        /// is assigned to it. Empty in entries written before reports named their executor.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        executor: String,
         at: i64,
     },
     /// The attempt ended and its logs are stored.
     AttemptFinished {
         target: AttemptRef,
         attempt: u32,
+        /// The executor that reported it, as for `AttemptStarted`.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        executor: String,
         outcome: AttemptOutcome,
         /// The state node its logs were stored on, when not the one named at assignment; 0 if that one.
         #[serde(default)]
@@ -191,6 +198,10 @@ pub enum Command {
     AttemptReportedLate {
         target: AttemptRef,
         attempt: u32,
+        /// The executor that reported it, as for `AttemptStarted`; refused unless the LOST attempt had
+        /// been assigned to it.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        executor: String,
         report: String,
         at: i64,
     },

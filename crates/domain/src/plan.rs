@@ -106,6 +106,7 @@ mod tests {
             .apply(&Command::AttemptFinished {
                 target,
                 attempt,
+                executor: String::new(),
                 outcome: AttemptOutcome::Exited(0),
                 log_node: 0,
                 at: 4,
@@ -132,6 +133,7 @@ mod tests {
             .apply(&Command::AttemptFinished {
                 target,
                 attempt,
+                executor: String::new(),
                 outcome: AttemptOutcome::Exited(0),
                 log_node: 0,
                 at: 4,

@@ -210,8 +210,8 @@ impl State {
     /// `AttemptStarted`: the executor started the live attempt's container.
     pub(crate) fn attempt_started(
         &mut self,
-        target: &AttemptRef,
-        attempt: u32,
+        (target, attempt): (&AttemptRef, u32),
+        reporter: &str,
         at: i64,
         journal: &mut Journal,
     ) -> Result<Applied, Error> {
@@ -220,6 +220,7 @@ impl State {
         let Some(assignment) = task.assignment.as_mut().filter(|_| task.attempt == attempt) else {
             return Err(stale_attempt(target, attempt));
         };
+        check_reporter((target, attempt), reporter, &assignment.executor)?;
         if !assignment.started {
             assignment.started = true;
             assignment.started_at = at;
@@ -236,8 +237,8 @@ impl State {
     /// fire its end lets start starts.
     pub(crate) fn attempt_finished(
         &mut self,
-        target: &AttemptRef,
-        attempt: u32,
+        (target, attempt): (&AttemptRef, u32),
+        reporter: &str,
         outcome: &AttemptOutcome,
         log_node: u64,
         at: i64,
@@ -247,9 +248,11 @@ impl State {
         let mut run = changing.run_mut(target.run)?;
         let index = run.task_index(target)?;
         let task = &mut run.run.tasks[index];
-        if task.assignment.is_none() || task.attempt != attempt || task.state.is_terminal() {
-            return Err(stale_attempt(target, attempt));
-        }
+        let assignee = match &task.assignment {
+            Some(assignment) if task.attempt == attempt && !task.state.is_terminal() => &assignment.executor,
+            _ => return Err(stale_attempt(target, attempt)),
+        };
+        check_reporter((target, attempt), reporter, assignee)?;
         if matches!(outcome, AttemptOutcome::Lost(_)) {
             return Err(Error::invalid("outcome", "only the scheduler declares an attempt lost"));
         }
@@ -265,8 +268,8 @@ impl State {
     /// `AttemptReportedLate`: keeps what an executor reported about an attempt declared LOST before.
     pub(crate) fn attempt_reported_late(
         &mut self,
-        target: &AttemptRef,
-        attempt: u32,
+        (target, attempt): (&AttemptRef, u32),
+        reporter: &str,
         report: &str,
         journal: &mut Journal,
     ) -> Result<Applied, Error> {
@@ -281,8 +284,33 @@ impl State {
                     target.task, target.run
                 ))
             })?;
+        check_reporter((target, attempt), reporter, &record.executor)?;
         record.late_report = report.chars().take(1024).collect();
         Ok(Applied::Done)
+    }
+
+    /// Checks that `executor` may store the log of attempt `attempt` of `target`: the attempt is live
+    /// (assigned and not finished) and assigned to it. A finished attempt's log is never written again,
+    /// while a live one's may be sent again from its first byte.
+    pub fn check_log_upload(&self, target: &AttemptRef, attempt: u32, executor: &str) -> Result<(), Error> {
+        let (run, _) = self.run(&target.namespace, &target.pipeline, target.run)?;
+        let task = run
+            .task(&target.task)
+            .filter(|task| attempt >= 1 && attempt <= task.attempt)
+            .ok_or_else(|| Error::NotFound(format!("attempt {attempt} of task {:?}", target.task)))?;
+        let assignee = match &task.assignment {
+            Some(assignment) if task.attempt == attempt => &assignment.executor,
+            _ => {
+                return Err(Error::FailedPrecondition(format!(
+                    "attempt {attempt} of task {:?} in run {} is not live: its log is no longer stored",
+                    target.task, target.run
+                )));
+            }
+        };
+        if executor != assignee {
+            return Err(not_the_assignee((target, attempt), executor, assignee));
+        }
+        Ok(())
     }
 
     /// `ExecutorLost`: the executor's lease ran out, so every attempt assigned to it ends LOST.
@@ -663,6 +691,24 @@ fn validate_parameters(parameters: &BTreeMap<String, String>) -> Result<(), Erro
         return Err(Error::invalid("parameters", "at most 64 KiB in all"));
     }
     Ok(())
+}
+
+/// Refuses a report about an attempt from an executor other than the one it was assigned to. An empty
+/// `reporter` is a report committed before reports named their executor: it is accepted, so that old
+/// logs replay as they did.
+fn check_reporter((target, attempt): (&AttemptRef, u32), reporter: &str, assignee: &str) -> Result<(), Error> {
+    if reporter.is_empty() || reporter == assignee {
+        return Ok(());
+    }
+    Err(not_the_assignee((target, attempt), reporter, assignee))
+}
+
+/// The refusal of what `executor` says or sends about an attempt assigned to `assignee`.
+fn not_the_assignee((target, attempt): (&AttemptRef, u32), executor: &str, assignee: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "executor {executor:?} is not the assignee of attempt {attempt} of task {:?} in run {}: it was assigned to executor {assignee:?}",
+        target.task, target.run
+    ))
 }
 
 fn stale_attempt(target: &AttemptRef, attempt: u32) -> Error {

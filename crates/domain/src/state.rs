@@ -17,7 +17,7 @@ use crate::command::{Applied, Command, MAX_BATCH};
 use crate::events::{EventLog, Journal};
 use crate::executors::Executors;
 use crate::lease::Leases;
-use crate::model::{Assignment, AttemptRef, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord, Run};
+use crate::model::{Assignment, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord, Run};
 use crate::triggers::ExtensionRecord;
 use crate::{Error, PipelineConfig, validate_id};
 
@@ -98,14 +98,20 @@ impl State {
                 };
                 self.assign_attempt(target, *attempt, *node, assignment, journal)
             }
-            Command::AttemptStarted { target, attempt, at } => self.attempt_started(target, *attempt, *at, journal),
+            Command::AttemptStarted {
+                target,
+                attempt,
+                executor,
+                at,
+            } => self.attempt_started((target, *attempt), executor, *at, journal),
             Command::AttemptFinished {
                 target,
                 attempt,
+                executor,
                 outcome,
                 log_node,
                 at,
-            } => self.attempt_finished(target, *attempt, outcome, *log_node, *at, journal),
+            } => self.attempt_finished((target, *attempt), executor, outcome, *log_node, *at, journal),
             Command::RenewExecutors {
                 executors,
                 ttl_millis,
@@ -118,9 +124,10 @@ impl State {
             Command::AttemptReportedLate {
                 target,
                 attempt,
+                executor,
                 report,
                 ..
-            } => self.attempt_reported_late(target, *attempt, report, journal),
+            } => self.attempt_reported_late((target, *attempt), executor, report, journal),
             Command::InstallExtension {
                 name,
                 image,
@@ -306,15 +313,6 @@ impl State {
             ));
         }
         Ok(Applied::Batch(commands.iter().map(|c| self.apply(c)).collect()))
-    }
-
-    /// Checks that attempt `attempt` of `target` has been assigned, so that its log may be stored.
-    pub fn check_attempt_exists(&self, target: &AttemptRef, attempt: u32) -> Result<(), Error> {
-        let (run, _) = self.run(&target.namespace, &target.pipeline, target.run)?;
-        match run.task(&target.task) {
-            Some(task) if attempt >= 1 && attempt <= task.attempt => Ok(()),
-            _ => Err(Error::NotFound(format!("attempt {attempt} of task {:?}", target.task))),
-        }
     }
 
     /// The namespace called `id`.

@@ -146,12 +146,19 @@ pub(crate) async fn run(
     };
     let (shipped, (code, ended)) = tokio::join!(logs, waited);
     let stopped = ended == Ended::Stopped;
-    if let Err(err) = shipped {
-        // The attempt's output could not be archived: fail it loudly rather than report a success whose
-        // logs are missing. The container stays for an operator to inspect.
-        return report_error(format!("the attempt ran but its logs could not be stored: {err}"));
-    }
     let fenced = stopped && matches!(stopping(executor, attempt), Some(Stopping::FencedOff));
+    match shipped {
+        Ok(()) => {}
+        // The attempt ended in the cluster (LOST) while this executor was away, and a finished attempt's
+        // log is never stored again: it is reported stopped, as the LOST attempt records, and its
+        // container goes once that is acknowledged.
+        Err(err) if fenced => tracing::info!(%attempt, %err, "a fenced-off attempt's log was not stored"),
+        Err(err) => {
+            // The attempt's output could not be archived: fail it loudly rather than report a success
+            // whose logs are missing. The container stays for an operator to inspect.
+            return report_error(format!("the attempt ran but its logs could not be stored: {err}"));
+        }
+    }
     if let (Err(err), false) = (&code, stopped) {
         // Waiting failed, so the container may still run: it is stopped before the attempt is reported
         // failed, so that a retry never runs beside it.
@@ -226,7 +233,7 @@ async fn ship_logs(
     container: &str,
 ) -> Result<(), Error> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-    let requests = log_requests(key, rx);
+    let requests = log_requests(&executor.id, key, rx);
     let mut client = executor.client();
     let upload = executor
         .tracker
@@ -339,18 +346,24 @@ fn batched(
     })
 }
 
-/// The upload of one attempt's log: a message naming the attempt, then its output from `pieces` in
-/// [`batched`] messages.
+/// The upload of one attempt's log by executor `executor_id`: a message naming the attempt and the
+/// executor, then its output from `pieces` in [`batched`] messages.
 fn log_requests(
+    executor_id: &str,
     key: &v1::AttemptKey,
     pieces: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> impl futures_util::Stream<Item = v1::PushTaskLogsRequest> + Send + 'static {
     let first = v1::PushTaskLogsRequest {
         key: Some(key.clone()),
         data: Vec::new(),
+        executor_id: executor_id.to_string(),
     };
-    futures_util::stream::iter([first])
-        .chain(batched(pieces, LOG_BATCH_BYTES, LOG_LINGER).map(|data| v1::PushTaskLogsRequest { key: None, data }))
+    futures_util::stream::iter([first]).chain(batched(pieces, LOG_BATCH_BYTES, LOG_LINGER).map(|data| {
+        v1::PushTaskLogsRequest {
+            data,
+            ..Default::default()
+        }
+    }))
 }
 
 #[cfg(test)]
@@ -410,10 +423,13 @@ mod tests {
             }
         });
         let key = v1::AttemptKey::default();
-        let stored = tokio::time::timeout(Duration::from_secs(60), client.push_task_logs(log_requests(&key, rx)))
-            .await
-            .expect("the upload ends")
-            .expect("the store kept the connection and took the log");
+        let stored = tokio::time::timeout(
+            Duration::from_secs(60),
+            client.push_task_logs(log_requests("e", &key, rx)),
+        )
+        .await
+        .expect("the upload ends")
+        .expect("the store kept the connection and took the log");
         let expected: usize = (1..=lines).map(|n| format!("{n}\n").len()).sum();
         assert_eq!(stored.into_inner().stored_bytes, expected as u64);
         printer.await.unwrap();

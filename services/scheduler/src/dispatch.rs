@@ -1,4 +1,8 @@
 //! The `DispatchService` handlers: the executors' control stream and their log uploads.
+//!
+//! An executor is the one its stream's hello, or its log upload, names: checked against its client
+//! certificate when it presented one. Its reports are committed as that executor's, and apply counts them
+//! only from the executor the attempt is assigned to; a log is stored only for a live attempt of its own.
 
 use std::pin::Pin;
 
@@ -23,8 +27,9 @@ pub struct DispatchHandler {
     /// The task log archive of the state node in this process; `None` when the state nodes are elsewhere
     /// and logs are sent to the one that keeps them.
     logs: Option<LogStore>,
-    /// The state node each attempt's log was stored on, by attempt key, until its final report carries it.
-    stored_on: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<AttemptId, u64>>>,
+    /// The state node each attempt's log was stored on, by executor and attempt, until that executor's
+    /// final report carries it (another executor's report about the attempt does not take it).
+    stored_on: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, AttemptId), u64>>>,
     /// Reports on their way to [`commit_reports`].
     reports: mpsc::UnboundedSender<Report>,
 }
@@ -180,6 +185,7 @@ fn late_report(command: &Command, detail: &str) -> Option<Command> {
     let Command::AttemptFinished {
         target,
         attempt,
+        executor,
         outcome,
         at,
         ..
@@ -198,6 +204,7 @@ fn late_report(command: &Command, detail: &str) -> Option<Command> {
     Some(Command::AttemptReportedLate {
         target: target.clone(),
         attempt: *attempt,
+        executor: executor.clone(),
         report,
         at: *at,
     })
@@ -211,8 +218,7 @@ impl DispatchService for DispatchHandler {
         &self,
         request: Request<Streaming<v1::DispatchRequest>>,
     ) -> Result<Response<Self::DispatchStream>, Status> {
-        // The client certificate, when the executor presented one (verified against the cluster CA).
-        let certificate = request.peer_certs().and_then(|certs| certs.first().map(|c| c.to_vec()));
+        let certificate = client_certificate(&request);
         let mut inbound = request.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(v1::DispatchRequest {
@@ -226,15 +232,9 @@ impl DispatchService for DispatchHandler {
                 )));
             }
         };
-        gofer_domain::validate_id("hello.executor_id", &hello.executor_id).map_err(into_status)?;
-        if let Some(der) = &certificate
-            && !gofer_tls::certificate_names(der, &hello.executor_id)
-        {
-            return Err(Status::permission_denied(format!(
-                "hello.executor_id: the client certificate is not issued for executor {:?}",
-                hello.executor_id
-            )));
-        }
+        check_executor_name(certificate.as_deref(), "hello.executor_id", &hello.executor_id)?;
+        // Who this stream speaks for: every report on it is committed as this executor's, never as one a
+        // report names, and apply counts a report only from the executor its attempt is assigned to.
         let executor = hello.executor_id;
         let info = ExecutorInfo {
             id: executor.clone(),
@@ -319,6 +319,7 @@ impl DispatchService for DispatchHandler {
                         Command::AttemptStarted {
                             target,
                             attempt,
+                            executor: executor.clone(),
                             at: started.started_unix_millis.min(now),
                         }
                     }
@@ -329,11 +330,13 @@ impl DispatchService for DispatchHandler {
                         ack = Some(key.clone());
                         detail = finished.reason.clone();
                         let id = AttemptId::from(key);
-                        let log_node = this.stored_on.lock().expect("stored_on lock").remove(&id);
+                        let stored = (executor.clone(), id.clone());
+                        let log_node = this.stored_on.lock().expect("stored_on lock").remove(&stored);
                         let AttemptId { task: target, attempt } = id;
                         Command::AttemptFinished {
                             target,
                             attempt,
+                            executor: executor.clone(),
                             outcome: outcome(&finished),
                             log_node: log_node.unwrap_or(0),
                             // An executor's clock ahead of this one must not push a retry's backoff out.
@@ -372,6 +375,7 @@ impl DispatchService for DispatchHandler {
         &self,
         request: Request<Streaming<v1::PushTaskLogsRequest>>,
     ) -> Result<Response<v1::PushTaskLogsResponse>, Status> {
+        let certificate = client_certificate(&request);
         let mut inbound = request.into_inner();
         let Some(first) = inbound.next().await.transpose()? else {
             return Err(into_status(Error::invalid(
@@ -382,11 +386,19 @@ impl DispatchService for DispatchHandler {
         let key = first
             .key
             .ok_or_else(|| into_status(Error::invalid("key", "is required")))?;
+        // The uploader is the executor the request names, as a stream's hello names it; a certificate
+        // must be issued for it. Only the assignee of a live attempt stores its log: a log sent again
+        // from its first byte (the upload failed) replaces what was stored, a finished attempt's never.
+        check_executor_name(certificate.as_deref(), "executor_id", &first.executor_id)?;
+        let executor = first.executor_id;
         let id = AttemptId::from(&key);
         let (target, attempt) = (&id.task, id.attempt);
         let state = &self.scheduler.state;
+        // Linearizable: a lagging view could show an attempt that has finished as live.
         state
-            .read(|s| s.check_attempt_exists(target, attempt))
+            .read_linearizable(|s| s.check_log_upload(target, attempt, &executor))
+            .await
+            .map_err(|e| unavailable("reading the attempt", &e))?
             .map_err(into_status)?;
         // The log goes to this process's state node, or else to the node its mirror follows, which it has
         // heard from within the last two seconds; the final report records which.
@@ -411,7 +423,7 @@ impl DispatchService for DispatchHandler {
                 });
                 let data = futures_util::stream::iter([first.data]).chain(rest);
                 let stored = state
-                    .send_log(keeper, key, data)
+                    .send_log(keeper, key, &executor, data)
                     .await
                     .map_err(|e| unavailable("storing task logs", &e))?;
                 if let Some(status) = broken.lock().expect("upload lock").take() {
@@ -420,9 +432,34 @@ impl DispatchService for DispatchHandler {
                 stored
             }
         };
-        self.stored_on.lock().expect("stored_on lock").insert(id, keeper);
+        self.stored_on
+            .lock()
+            .expect("stored_on lock")
+            .insert((executor, id), keeper);
         Ok(Response::new(v1::PushTaskLogsResponse { stored_bytes }))
     }
+}
+
+/// The client certificate a caller presented, if any (the TLS handshake verified it against the cluster
+/// CA). A caller without one got in with a token.
+fn client_certificate<T>(request: &Request<T>) -> Option<Vec<u8>> {
+    request.peer_certs().and_then(|certs| certs.first().map(|c| c.to_vec()))
+}
+
+/// Checks the executor a caller says it is (`field`: a stream's hello, a log upload): a valid id, and one
+/// its client certificate is issued for when it presented one. A caller with a token instead (the
+/// in-process executor's, or an admin's) names itself unchecked, since the token names no executor.
+#[allow(clippy::result_large_err)]
+fn check_executor_name(certificate: Option<&[u8]>, field: &str, executor: &str) -> Result<(), Status> {
+    gofer_domain::validate_id(field, executor).map_err(into_status)?;
+    if let Some(der) = certificate
+        && !gofer_tls::certificate_names(der, executor)
+    {
+        return Err(Status::permission_denied(format!(
+            "{field}: the client certificate is not issued for executor {executor:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn outcome(finished: &v1::AttemptFinished) -> AttemptOutcome {

@@ -1,7 +1,8 @@
 //! Executor leases end to end in one process: a real state node, the scheduler loop and its dispatch
 //! service on loopback, and executors played by the test over raw dispatch streams, so that the test
-//! decides when one falls silent, comes back or reports. Time is a manual clock the test moves a second at
-//! a time, waiting after each step for the scheduler to have acted at the new time.
+//! decides when one falls silent, comes back or reports, and whose attempt it reports on or uploads a log
+//! for. Time is a manual clock the test moves a second at a time, waiting after each step for the
+//! scheduler to have acted at the new time.
 
 use std::time::Duration;
 
@@ -147,12 +148,23 @@ impl Cluster {
     }
 }
 
-/// A state node with one pipeline, and a scheduler (loop and dispatch service) holding the lease, on a
-/// manual clock.
+/// A state node with a one-task pipeline, and a scheduler (loop and dispatch service) holding the lease,
+/// on a manual clock.
 async fn cluster(dir: &std::path::Path, tracker: &TaskTracker, shutdown: &CancellationToken) -> Cluster {
+    let pipeline = r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#;
+    cluster_of(pipeline, dir, tracker, shutdown).await
+}
+
+/// As [`cluster`], with `pipeline` (whose id must be `p`) and its task logs under `dir/logs`.
+async fn cluster_of(
+    pipeline: &str,
+    dir: &std::path::Path,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Cluster {
     let (clock, hand) = manual_clock();
     let state = initialized_state(dir).await;
-    let config = PipelineConfig::from_json(r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#).unwrap();
+    let config = PipelineConfig::from_json(pipeline).unwrap();
     state
         .propose(Command::RegisterPipeline {
             namespace: "default".into(),
@@ -183,7 +195,11 @@ async fn cluster(dir: &std::path::Path, tracker: &TaskTracker, shutdown: &Cancel
 }
 
 fn task_a(state: &StateHandle, run: u64) -> gofer_domain::TaskExecution {
-    state.read(|s| s.run("default", "p", run).unwrap().0.task("a").unwrap().clone())
+    task_of(state, run, "a")
+}
+
+fn task_of(state: &StateHandle, run: u64, task: &str) -> gofer_domain::TaskExecution {
+    state.read(|s| s.run("default", "p", run).unwrap().0.task(task).unwrap().clone())
 }
 
 #[tokio::test]
@@ -366,6 +382,108 @@ async fn a_final_report_whose_ack_was_lost_is_acknowledged_again_and_changes_not
         state.read(|s| s.run("default", "p", run).unwrap().0.state),
         RunState::Succeeded
     );
+    stop(&tracker, &shutdown).await;
+}
+
+/// Uploads `data` as the whole log of attempt `key`, as executor `executor`; returns the bytes stored.
+async fn push_log(
+    client: &mut Client,
+    executor: &str,
+    key: &v1::AttemptKey,
+    data: &[u8],
+) -> Result<u64, tonic::Status> {
+    let upload = v1::PushTaskLogsRequest {
+        key: Some(key.clone()),
+        data: data.to_vec(),
+        executor_id: executor.into(),
+    };
+    let stored = client.push_task_logs(tokio_stream::iter([upload])).await?;
+    Ok(stored.into_inner().stored_bytes)
+}
+
+/// Asserts that `upload` was refused, in a message naming attempt `key`.
+fn assert_log_refused(upload: Result<u64, tonic::Status>, key: &v1::AttemptKey) {
+    let status = upload.expect_err("the upload is refused");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
+        ),
+        "{status:?}"
+    );
+    let attempt = format!(
+        "attempt {} of task {:?} in run {}",
+        key.attempt, key.task_id, key.run_id
+    );
+    assert!(status.message().contains(&attempt), "{status:?}");
+}
+
+#[tokio::test]
+async fn only_the_assignee_reports_an_attempt_or_stores_its_log_and_only_while_it_is_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let pipeline = r#"{"id": "p", "tasks": [{"id": "test", "image": "i"},
+        {"id": "deploy", "image": "i", "depends_on": {"test": "success"}}]}"#;
+    let mut cluster = cluster_of(pipeline, dir.path(), &tracker, &shutdown).await;
+    let state = cluster.state.clone();
+    let logs = LogStore::new(dir.path().join("logs"));
+
+    // `test` goes to e1, the only executor yet; e2 connects after.
+    let (mut e1, _) = FakeExecutor::connect(&mut cluster.client, "e1", &cluster.clock).await;
+    let run = start_run(&state, &cluster.clock).await;
+    let key = e1.next_start().await.key.unwrap();
+    assert_eq!((key.task_id.as_str(), key.attempt), ("test", 1));
+    let (mut e2, _) = FakeExecutor::connect(&mut cluster.client, "e2", &cluster.clock).await;
+    e1.report(dispatch_request::Kind::Started(v1::AttemptStarted {
+        key: Some(key.clone()),
+        started_unix_millis: cluster.clock.now_millis(),
+    }));
+    let test = || task_of(&state, run, "test");
+    wait_for("test to run", test, |t| t.state == TaskState::Running).await;
+
+    // e2 reports e1's attempt exited 0: refused (acknowledged, as a stale report is, so e2 drops it),
+    // and `test` still runs on e1 while `deploy` waits.
+    e2.finish(&key, v1::AttemptOutcome::Exited, Some(0));
+    assert_eq!(e2.next_ack().await, key);
+    let (test, deploy) = (test(), task_of(&state, run, "deploy"));
+    assert_eq!((test.state, test.executor.as_str()), (TaskState::Running, "e1"));
+    assert!(test.attempts.is_empty(), "{:?}", test.attempts);
+    assert_eq!((deploy.state, deploy.attempt), (TaskState::Pending, 0));
+    assert!(deploy.assignment.is_none());
+    assert_eq!(
+        state.read(|s| s.run("default", "p", run).unwrap().0.state),
+        RunState::Running
+    );
+
+    // e2 cannot store e1's log; e1 can, and can send it again from its first byte while the attempt runs.
+    let log = logs.path(&gofer_domain::AttemptId::from(&key).task, 1).unwrap();
+    assert_log_refused(push_log(&mut cluster.client, "e2", &key, b"forged\n").await, &key);
+    assert!(
+        logs.read_at(&log, 0, 1024).await.unwrap().is_empty(),
+        "nothing was stored"
+    );
+    assert_eq!(push_log(&mut cluster.client, "e1", &key, b"partial").await.unwrap(), 7);
+    assert_eq!(
+        push_log(&mut cluster.client, "e1", &key, b"whole log\n").await.unwrap(),
+        10
+    );
+    assert_eq!(logs.read_at(&log, 0, 1024).await.unwrap(), b"whole log\n");
+
+    // e1's own report counts: `test` succeeds and `deploy` is assigned.
+    e1.finish(&key, v1::AttemptOutcome::Exited, Some(0));
+    assert_eq!(e1.next_ack().await, key);
+    assert_eq!(task_of(&state, run, "test").state, TaskState::Succeeded);
+    let deploy = || task_of(&state, run, "deploy");
+    wait_for("deploy to be assigned", deploy, |d| d.assignment.is_some()).await;
+
+    // The finished attempt's log is never written again, by another executor or by its own.
+    for executor in ["e2", "e1"] {
+        assert_log_refused(
+            push_log(&mut cluster.client, executor, &key, b"rewritten\n").await,
+            &key,
+        );
+    }
+    assert_eq!(logs.read_at(&log, 0, 1024).await.unwrap(), b"whole log\n");
     stop(&tracker, &shutdown).await;
 }
 

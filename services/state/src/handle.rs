@@ -153,11 +153,13 @@ impl StateHandle {
         }
     }
 
-    /// Sends an attempt's whole log to state node `node` to keep, and returns the bytes it stored.
+    /// Sends an attempt's whole log, uploaded by `executor`, to state node `node` to keep, and returns the
+    /// bytes it stored.
     pub async fn send_log(
         &self,
         node: NodeId,
         key: v1::AttemptKey,
+        executor: &str,
         chunks: impl futures_util::Stream<Item = Vec<u8>> + Send + 'static,
     ) -> Result<u64, Error> {
         use futures_util::StreamExt;
@@ -165,8 +167,12 @@ impl StateHandle {
         let first = v1::StoreTaskLogRequest {
             key: Some(key),
             data: Vec::new(),
+            executor_id: executor.to_string(),
         };
-        let rest = chunks.map(|data| v1::StoreTaskLogRequest { key: None, data });
+        let rest = chunks.map(|data| v1::StoreTaskLogRequest {
+            data,
+            ..Default::default()
+        });
         let reply = client
             .store_task_log(futures_util::stream::iter([first]).chain(rest))
             .await

@@ -6,6 +6,10 @@
 //! output from the start does not duplicate it. `finish` fsyncs before the executor is told the bytes are
 //! stored; only then does it report the attempt finished, so a follower that sees the task end and reads to
 //! the end of the file has every byte.
+//!
+//! The store does not check who writes: its callers (the scheduler's `PushTaskLogs`, a state node's
+//! `StoreTaskLog`) admit an upload only from the executor a live attempt is assigned to
+//! (`State::check_log_upload`), so a finished attempt's log is never replaced.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -62,7 +66,8 @@ impl LogStore {
     }
 
     /// Stores one attempt's whole log from `chunks` (replacing what was stored) and returns the bytes
-    /// stored, once they are fsynced.
+    /// stored, once they are fsynced. The caller has checked that the attempt is live and that its
+    /// assignee is the uploader.
     pub async fn store_stream<S>(
         &self,
         target: &AttemptRef,

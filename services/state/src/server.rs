@@ -77,9 +77,13 @@ impl RaftService for RaftHandler {
             .ok_or_else(|| Status::invalid_argument("key: the first message must name the attempt"))?;
         let key = first.key.ok_or_else(|| Status::invalid_argument("key: is required"))?;
         let gofer_domain::AttemptId { task: target, attempt } = gofer_domain::AttemptId::from(&key);
-        // The sender's assignment is committed, but this node may not have applied it yet.
+        let executor = first.executor_id;
+        gofer_domain::validate_id("executor_id", &executor).map_err(gofer_proto::into_status)?;
+        // Only for a live attempt of the executor that uploaded it (the scheduler checked the executor is
+        // who it says), so a finished attempt's log is never replaced. The sender's assignment is
+        // committed, but this node may not have applied it yet.
         self.node
-            .read_linearizable(|s| s.check_attempt_exists(&target, attempt))
+            .read_linearizable(|s| s.check_log_upload(&target, attempt, &executor))
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?
             .map_err(gofer_proto::into_status)?;

@@ -1,6 +1,7 @@
 //! Three state nodes in one process, talking raft over real gRPC with mutual TLS on loopback, with a
 //! network that the test can cut: election, forwarding, linearizable reads on followers, leader loss,
-//! healing, and refusal of a peer without a cluster certificate.
+//! healing, refusal of a peer without a cluster certificate, and task logs sent to the node that keeps
+//! them, stored only for a live attempt from its assignee.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -194,6 +195,18 @@ fn namespace(name: &str) -> Command {
     Command::CreateNamespace {
         namespace: name.into(),
         at: 1,
+    }
+}
+
+/// Starts a run of pipeline `p` in namespace `default`.
+fn start_run_of_p() -> Command {
+    Command::StartRun {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        request_id: String::new(),
+        parameters: BTreeMap::new(),
+        retry_of: 0,
+        at: 2,
     }
 }
 
@@ -432,16 +445,7 @@ async fn a_node_that_fell_behind_the_compacted_log_catches_up_by_snapshot() {
         node.propose(namespace(&format!("ns-{i}"))).await.unwrap();
         if i % 4 == 0 {
             // Runs make events, which travel in the snapshot with their ids.
-            node.propose(Command::StartRun {
-                namespace: "default".into(),
-                pipeline: "p".into(),
-                request_id: String::new(),
-                parameters: BTreeMap::new(),
-                retry_of: 0,
-                at: 2,
-            })
-            .await
-            .unwrap();
+            node.propose(start_run_of_p()).await.unwrap();
         }
     }
     // The leader compacted past what the cut-off node has.
@@ -594,6 +598,80 @@ async fn a_log_read_from_another_node_rides_through_a_moment_that_node_cannot_be
     cluster.servers.insert(keeper, server);
     let data = tokio::time::timeout(DEADLINE, read).await.unwrap().unwrap().unwrap();
     assert_eq!(data, b"kept on another node\n");
+    cluster.stop().await;
+}
+
+/// A log sent to the node that keeps it (as a scheduler without a state node beside it sends one) is
+/// stored only for a live attempt and only as uploaded by its assignee: another executor's upload, or any
+/// upload once the attempt finished, is refused and leaves the stored log as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stores_a_log_only_for_a_live_attempt_from_its_assignee() {
+    let cluster = Cluster::start().await;
+    let (keeper, sender, _) = cluster.leader_and_followers().await;
+    let node = StateHandle::from(cluster.nodes[&sender].clone());
+    let config = PipelineConfig::from_json(r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#).unwrap();
+    let target = AttemptRef {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        run: 1,
+        task: "a".into(),
+    };
+    for command in [
+        Command::Init {
+            cluster_id: "c".into(),
+            at: 1,
+        },
+        Command::RegisterPipeline {
+            namespace: "default".into(),
+            config,
+            at: 1,
+        },
+        start_run_of_p(),
+        Command::AssignAttempt {
+            target: target.clone(),
+            attempt: 1,
+            executor: "e1".into(),
+            node: keeper,
+            scheduler: String::new(),
+            epoch: 0,
+            at: 3,
+        },
+    ] {
+        node.propose(command).await.unwrap();
+    }
+    let key = gofer_proto::v1::AttemptKey::from(&gofer_domain::AttemptId {
+        task: target.clone(),
+        attempt: 1,
+    });
+    let send = |executor: &'static str, data: &'static [u8]| {
+        let (node, key) = (node.clone(), key.clone());
+        async move {
+            node.send_log(keeper, key, executor, futures_util::stream::iter([data.to_vec()]))
+                .await
+        }
+    };
+    let path = cluster.logs[&keeper].path(&target, 1).unwrap();
+    let stored = || cluster.logs[&keeper].read_at(&path, 0, 1024);
+
+    let forged = send("e2", b"forged\n").await;
+    assert!(forged.is_err(), "{forged:?}");
+    assert!(stored().await.unwrap().is_empty(), "nothing was stored");
+    assert_eq!(send("e1", b"the log\n").await.unwrap(), 8);
+    node.propose(Command::AttemptFinished {
+        target: target.clone(),
+        attempt: 1,
+        executor: "e1".into(),
+        outcome: gofer_domain::AttemptOutcome::Exited(0),
+        log_node: 0,
+        at: 4,
+    })
+    .await
+    .unwrap();
+    for executor in ["e2", "e1"] {
+        let rewritten = send(executor, b"rewritten\n").await;
+        assert!(rewritten.is_err(), "{rewritten:?}");
+    }
+    assert_eq!(stored().await.unwrap(), b"the log\n");
     cluster.stop().await;
 }
 

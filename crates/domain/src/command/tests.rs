@@ -62,6 +62,7 @@ fn commands_written_before_their_defaulted_fields_existed_still_decode() {
         Command::AttemptFinished {
             target,
             attempt: 1,
+            executor: String::new(),
             outcome: AttemptOutcome::Exited(0),
             log_node: 0,
             at: 8,

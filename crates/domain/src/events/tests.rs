@@ -52,11 +52,13 @@ fn attempt(state: &mut State, run: u64, task: &str, number: u32, outcome: Attemp
         Command::AttemptStarted {
             target: target(run, task),
             attempt: number,
+            executor: String::new(),
             at,
         },
         Command::AttemptFinished {
             target: target(run, task),
             attempt: number,
+            executor: String::new(),
             outcome,
             log_node: 0,
             at,
@@ -161,6 +163,7 @@ fn a_refused_command_records_nothing() {
     let refused = state.apply(&Command::AttemptStarted {
         target: target(run, "a"),
         attempt: 1,
+        executor: String::new(),
         at: 11,
     });
     assert!(refused.is_err());

@@ -71,6 +71,7 @@ fn run_task(state: &mut State, run: u64, task: &str, outcome: AttemptOutcome) {
         .apply(&Command::AttemptStarted {
             target: target(task, run),
             attempt,
+            executor: "e".into(),
             at: 5,
         })
         .unwrap();
@@ -78,6 +79,7 @@ fn run_task(state: &mut State, run: u64, task: &str, outcome: AttemptOutcome) {
         .apply(&Command::AttemptFinished {
             target: target(task, run),
             attempt,
+            executor: "e".into(),
             outcome,
             log_node: 0,
             at: 6,
@@ -269,6 +271,7 @@ fn an_attempt_is_assigned_once_and_stale_reports_are_refused() {
             .apply(&Command::AttemptStarted {
                 target: target("a", run),
                 attempt: 2,
+                executor: String::new(),
                 at: 5
             })
             .is_err()
@@ -278,6 +281,7 @@ fn an_attempt_is_assigned_once_and_stale_reports_are_refused() {
         .apply(&Command::AttemptFinished {
             target: target("a", run),
             attempt: 1,
+            executor: String::new(),
             outcome: AttemptOutcome::Exited(0),
             log_node: 0,
             at: 6,
@@ -289,6 +293,7 @@ fn an_attempt_is_assigned_once_and_stale_reports_are_refused() {
             .apply(&Command::AttemptFinished {
                 target: target("a", run),
                 attempt: 1,
+                executor: String::new(),
                 outcome: AttemptOutcome::Exited(1),
                 log_node: 0,
                 at: 7
@@ -318,6 +323,7 @@ fn cancel_ends_pending_tasks_at_once_and_running_ones_when_stopped() {
         .apply(&Command::AttemptStarted {
             target: target("a", run),
             attempt: 1,
+            executor: String::new(),
             at: 5,
         })
         .unwrap();
@@ -338,6 +344,7 @@ fn cancel_ends_pending_tasks_at_once_and_running_ones_when_stopped() {
         .apply(&Command::AttemptFinished {
             target: target("a", run),
             attempt: 1,
+            executor: String::new(),
             outcome: AttemptOutcome::Stopped,
             log_node: 0,
             at: 7,
@@ -499,6 +506,7 @@ fn a_finished_attempt_records_where_its_logs_went_and_who_assigned_it() {
         .apply(&Command::AttemptFinished {
             target: target("a", run),
             attempt: 1,
+            executor: String::new(),
             outcome: AttemptOutcome::Exited(0),
             log_node: 3,
             at: 6,
@@ -532,6 +540,7 @@ fn finish(
     state.apply(&Command::AttemptFinished {
         target: target(task, run),
         attempt,
+        executor: String::new(),
         outcome,
         log_node: 0,
         at,
@@ -673,6 +682,7 @@ fn an_executor_whose_lease_ran_out_loses_its_attempts_and_a_lost_attempt_is_retr
         .apply(&Command::AttemptStarted {
             target: target("a", run),
             attempt: 1,
+            executor: String::new(),
             at: 20,
         })
         .unwrap();
@@ -702,6 +712,7 @@ fn an_executor_whose_lease_ran_out_loses_its_attempts_and_a_lost_attempt_is_retr
     let late = Command::AttemptReportedLate {
         target: target("a", run),
         attempt: 1,
+        executor: String::new(),
         report: "container killed on return".into(),
         at: 5_002,
     };
@@ -726,6 +737,93 @@ fn an_executor_whose_lease_ran_out_loses_its_attempts_and_a_lost_attempt_is_retr
     assign_to(&mut state, run, "b", 2, "e1", 10_000).unwrap();
     finish(&mut state, run, "b", 2, AttemptOutcome::Exited(0), 10_001).unwrap();
     assert_eq!(run_state(&state, run), RunState::Failed);
+}
+
+/// A report from `executor` about attempt 1 of `task`: started, or finished with `outcome`.
+fn report_of(run: u64, task: &str, executor: &str, outcome: Option<AttemptOutcome>, at: i64) -> Command {
+    let (target, attempt, executor) = (target(task, run), 1, executor.to_string());
+    match outcome {
+        None => Command::AttemptStarted {
+            target,
+            attempt,
+            executor,
+            at,
+        },
+        Some(outcome) => Command::AttemptFinished {
+            target,
+            attempt,
+            executor,
+            outcome,
+            log_node: 0,
+            at,
+        },
+    }
+}
+
+/// Applies `command`, which must be refused as not from the attempt's assignee, naming `executor` and the
+/// attempt, and change nothing.
+fn assert_refused_from(state: &mut State, command: &Command, executor: &str) {
+    let before = state.clone();
+    match state.apply(command) {
+        Err(Error::FailedPrecondition(message)) => {
+            assert!(message.contains(&format!("executor {executor:?}")), "{message}");
+            assert!(message.contains("attempt 1 of task"), "{message}");
+        }
+        other => panic!("{command:?} was not refused: {other:?}"),
+    }
+    assert_eq!(*state, before, "{command:?} changed nothing");
+}
+
+#[test]
+fn a_report_or_a_log_counts_only_from_the_executor_the_attempt_is_assigned_to() {
+    let mut state = init();
+    register(
+        &mut state,
+        r#"{"id": "p", "tasks": [{"id": "test", "image": "i"},
+            {"id": "deploy", "image": "i", "depends_on": {"test": "success"}}]}"#,
+    );
+    let run = start(&mut state);
+    renew(&mut state, &["e1", "e2"], 0);
+    assign_to(&mut state, run, "test", 1, "e1", 10).unwrap();
+
+    // e2 can neither start nor finish e1's attempt, nor store its log.
+    assert_refused_from(&mut state, &report_of(run, "test", "e2", None, 11), "e2");
+    assert_refused_from(
+        &mut state,
+        &report_of(run, "test", "e2", Some(AttemptOutcome::Exited(0)), 11),
+        "e2",
+    );
+    let upload = state.check_log_upload(&target("test", run), 1, "e2");
+    assert!(matches!(upload, Err(Error::FailedPrecondition(_))), "{upload:?}");
+    state.check_log_upload(&target("test", run), 1, "e1").unwrap();
+
+    // e1's reports count; a report without an executor (written before reports named one) still does.
+    state.apply(&report_of(run, "test", "e1", None, 12)).unwrap();
+    assert_eq!(task_state(&state, run, "test"), TaskState::Running);
+    state
+        .apply(&report_of(run, "test", "", Some(AttemptOutcome::Exited(0)), 13))
+        .unwrap();
+    assert_eq!(task_state(&state, run, "test"), TaskState::Succeeded);
+    // A finished attempt's log is not stored again, even by its assignee.
+    let upload = state.check_log_upload(&target("test", run), 1, "e1");
+    assert!(matches!(upload, Err(Error::FailedPrecondition(_))), "{upload:?}");
+
+    // A LOST attempt's late report counts only from the executor it had been assigned to.
+    assign_to(&mut state, run, "deploy", 1, "e1", 20).unwrap();
+    lose(&mut state, "e1", 5_000).unwrap();
+    let late = |executor: &str| Command::AttemptReportedLate {
+        target: target("deploy", run),
+        attempt: 1,
+        executor: executor.into(),
+        report: "stopped on return".into(),
+        at: 5_001,
+    };
+    assert_refused_from(&mut state, &late("e2"), "e2");
+    state.apply(&late("e1")).unwrap();
+    assert_eq!(
+        task_of(&state, run, "deploy").attempts[0].late_report,
+        "stopped on return"
+    );
 }
 
 #[test]

@@ -108,6 +108,7 @@ fn finish(state: &mut State, run: u64) {
         .apply(&Command::AttemptFinished {
             target,
             attempt: 1,
+            executor: String::new(),
             outcome: AttemptOutcome::Exited(0),
             log_node: 0,
             at: 31,

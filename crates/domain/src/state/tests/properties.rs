@@ -3,8 +3,9 @@
 //! made it, the planner's assignments are all accepted and planning again plans nothing new, equal logs
 //! give equal states, and a snapshot round-trip changes nothing.
 //!
-//! The steps cover retries with backoff, cancels, executor leases and their loss, fenced assignments, and
-//! fires on subscriptions with every overlap policy.
+//! The steps cover retries with backoff, cancels, executor leases and their loss, fenced assignments,
+//! reports from executors other than an attempt's assignee (always refused), and fires on subscriptions
+//! with every overlap policy.
 
 use std::collections::BTreeMap;
 
@@ -37,7 +38,8 @@ const SUBSCRIPTIONS: [(&str, &str); 4] = [
 enum Step {
     Start,
     AssignPlanned { to: usize },
-    Finish { pick: usize, code: i64 },
+    Finish { pick: usize, code: i64, named: bool },
+    Impersonate { pick: usize, code: i64 },
     Stop { pick: usize },
     Cancel { pick: usize },
     Bogus { pick: usize },
@@ -53,7 +55,8 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         2 => Just(Step::Start),
         3 => any::<usize>().prop_map(|to| Step::AssignPlanned { to }),
-        4 => (any::<usize>(), 0i64..3).prop_map(|(pick, code)| Step::Finish { pick, code }),
+        4 => (any::<usize>(), 0i64..3, any::<bool>()).prop_map(|(pick, code, named)| Step::Finish { pick, code, named }),
+        1 => (any::<usize>(), 0i64..3).prop_map(|(pick, code)| Step::Impersonate { pick, code }),
         1 => any::<usize>().prop_map(|pick| Step::Stop { pick }),
         1 => any::<usize>().prop_map(|pick| Step::Cancel { pick }),
         1 => any::<usize>().prop_map(|pick| Step::Bogus { pick }),
@@ -93,23 +96,46 @@ fn setup() -> State {
 }
 
 /// The live attempts, with their executor.
-fn live(state: &State) -> Vec<(AttemptRef, u32)> {
+fn live(state: &State) -> Vec<(AttemptRef, u32, String)> {
     state
         .active_runs()
         .flat_map(|(ns, p, _, run)| {
-            run.tasks.iter().filter(|t| t.assignment.is_some()).map(move |t| {
-                (
-                    AttemptRef {
-                        namespace: ns.into(),
-                        pipeline: p.into(),
-                        run: run.id,
-                        task: t.task.clone(),
-                    },
-                    t.attempt,
-                )
+            run.tasks.iter().filter_map(move |t| {
+                let assignment = t.assignment.as_ref()?;
+                let target = AttemptRef {
+                    namespace: ns.into(),
+                    pipeline: p.into(),
+                    run: run.id,
+                    task: t.task.clone(),
+                };
+                Some((target, t.attempt, assignment.executor.clone()))
             })
         })
         .collect()
+}
+
+/// The LOST attempts without a late report, with the executor they had been assigned to.
+fn lost(state: &State) -> Vec<(AttemptRef, u32, String)> {
+    let Ok(pipeline) = state.pipeline("default", "p") else {
+        return Vec::new();
+    };
+    pipeline
+        .runs
+        .values()
+        .flat_map(|run| {
+            run.tasks.iter().flat_map(move |t| {
+                t.attempts
+                    .iter()
+                    .filter(|a| a.state == AttemptState::Lost && a.late_report.is_empty())
+                    .map(move |a| (target(&t.task, run.id), a.attempt, a.executor.clone()))
+            })
+        })
+        .collect()
+}
+
+/// The executor of the two that is not `executor`.
+fn other_than(executor: &str) -> String {
+    EXECUTORS.into_iter().find(|e| *e != executor).unwrap_or("e").into()
 }
 
 fn assign(target: AttemptRef, attempt: u32, executor: &str, scheduler: &str, epoch: u64, at: i64) -> Command {
@@ -144,28 +170,37 @@ fn commands(state: &State, step: &Step, at: i64) -> Vec<Command> {
             .into_iter()
             .map(|(target, attempt)| assign(target, attempt, EXECUTORS[to % 2], "", 0, at))
             .collect(),
-        Step::Finish { pick, code } if !live.is_empty() => {
-            let (target, attempt) = live[pick % live.len()].clone();
-            vec![
-                Command::AttemptStarted {
-                    target: target.clone(),
-                    attempt,
-                    at,
-                },
-                Command::AttemptFinished {
+        Step::Finish { pick, code, named } if !live.is_empty() => {
+            // Named by its assignee, or unnamed as reports were before they named their executor.
+            let (target, attempt, assignee) = live[pick % live.len()].clone();
+            let executor = if *named { assignee } else { String::new() };
+            reports(target, attempt, &executor, *code, at)
+        }
+        Step::Impersonate { pick, code } => {
+            let mut forged = Vec::new();
+            if !live.is_empty() {
+                let (target, attempt, assignee) = live[pick % live.len()].clone();
+                forged = reports(target, attempt, &other_than(&assignee), *code, at);
+            }
+            let lost = lost(state);
+            if !lost.is_empty() {
+                let (target, attempt, assignee) = lost[pick % lost.len()].clone();
+                forged.push(Command::AttemptReportedLate {
                     target,
                     attempt,
-                    outcome: AttemptOutcome::Exited(*code),
-                    log_node: 0,
+                    executor: other_than(&assignee),
+                    report: "forged".into(),
                     at,
-                },
-            ]
+                });
+            }
+            forged
         }
         Step::Stop { pick } if !live.is_empty() => {
-            let (target, attempt) = live[pick % live.len()].clone();
+            let (target, attempt, _) = live[pick % live.len()].clone();
             vec![Command::AttemptFinished {
                 target,
                 attempt,
+                executor: String::new(),
                 outcome: AttemptOutcome::Stopped,
                 log_node: 0,
                 at,
@@ -182,6 +217,7 @@ fn commands(state: &State, step: &Step, at: i64) -> Vec<Command> {
         Step::Bogus { pick } => vec![Command::AttemptFinished {
             target: target("a", *pick as u64 % 5 + 1),
             attempt: 7,
+            executor: String::new(),
             outcome: AttemptOutcome::Exited(0),
             log_node: 0,
             at,
@@ -244,6 +280,26 @@ fn commands(state: &State, step: &Step, at: i64) -> Vec<Command> {
         }],
         _ => vec![],
     }
+}
+
+/// An executor's reports that an attempt started, then exited with `code`.
+fn reports(target: AttemptRef, attempt: u32, executor: &str, code: i64, at: i64) -> Vec<Command> {
+    vec![
+        Command::AttemptStarted {
+            target: target.clone(),
+            attempt,
+            executor: executor.into(),
+            at,
+        },
+        Command::AttemptFinished {
+            target,
+            attempt,
+            executor: executor.into(),
+            outcome: AttemptOutcome::Exited(code),
+            log_node: 0,
+            at,
+        },
+    ]
 }
 
 /// Checks that the events `command` recorded (from `before` to `after`) tell every change it made to a
@@ -332,6 +388,9 @@ proptest! {
                 let before = state.clone();
                 let result = state.apply(&command);
                 match &result {
+                    Ok(_) if matches!(step, Step::Impersonate { .. }) => {
+                        prop_assert!(false, "a report from another executor than the assignee counted: {:?}", command);
+                    }
                     Ok(Applied::Run(id)) => {
                         prop_assert!(*id > last_run, "run ids only grow");
                         last_run = *id;
