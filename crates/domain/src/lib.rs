@@ -10,6 +10,7 @@ mod error;
 pub mod events;
 pub mod executors;
 mod ids;
+pub mod inputs;
 pub mod lease;
 pub mod limits;
 mod model;
