@@ -42,10 +42,21 @@ impl FireQueue {
 
     /// Queues a fire now, so that fires queued one after another are committed in that order; the
     /// returned future gives what it did.
+    ///
+    /// Every fire enters the log here, from the timers, webhooks and extensions alike, so this is where it
+    /// is checked (`gofer_domain::inputs::check_fire`): a fire that fails is refused as apply refuses one,
+    /// without being proposed.
     pub fn enqueue(&self, fire: Fire) -> impl std::future::Future<Output = Result<FireResult, Error>> + use<> {
         let (tx, rx) = oneshot::channel();
-        let queued = self.tx.send((fire, tx)).map_err(|_| Error::QueueStopped);
+        let refused = gofer_domain::inputs::check_fire(&fire).err();
+        let queued = match refused {
+            Some(_) => Ok(()),
+            None => self.tx.send((fire, tx)).map_err(|_| Error::QueueStopped),
+        };
         async move {
+            if let Some(err) = refused {
+                return Ok(Err(err));
+            }
             queued?;
             rx.await.map_err(|_| Error::QueueStopped)?
         }
@@ -95,3 +106,6 @@ async fn batch_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
