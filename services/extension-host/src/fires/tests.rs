@@ -43,3 +43,35 @@ async fn a_fire_that_fails_its_checks_is_refused_without_reaching_the_log() {
     let drained = tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await;
     assert!(drained.is_ok(), "the fire queue did not stop");
 }
+
+#[test]
+fn a_batch_of_large_fires_is_cut_by_bytes() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let value = "v".repeat(60 * 1024);
+    let large = |n: usize| Fire {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        subscription: "s".into(),
+        extension: "e".into(),
+        idempotency_key: format!("e:{n}"),
+        scheduled_at: 0,
+        delivery: String::new(),
+        parameters: BTreeMap::from([("v".into(), value.clone())]),
+    };
+    let fire_bytes = serde_json::to_vec(&large(0)).unwrap().len();
+    let waiting = 2 * MAX_BATCH_BYTES / fire_bytes;
+    assert!(waiting < MAX_BATCH, "the count alone would not cut this batch");
+    for n in 1..=waiting {
+        tx.send((large(n), oneshot::channel().0)).unwrap();
+    }
+    let batch = take_batch((large(0), oneshot::channel().0), &mut rx);
+    let bytes: usize = batch.iter().map(|(f, _)| serde_json::to_vec(f).unwrap().len()).sum();
+    assert!(
+        bytes >= MAX_BATCH_BYTES && bytes < MAX_BATCH_BYTES + fire_bytes,
+        "{bytes} bytes in {} fires",
+        batch.len()
+    );
+    // The rest wait for the next entry, in order.
+    let next = take_batch(rx.try_recv().unwrap(), &mut rx);
+    assert_eq!(next[0].0.idempotency_key, format!("e:{}", batch.len()));
+}
