@@ -91,10 +91,16 @@ impl Port {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
-        let mut stream = TcpStream::connect(self.addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut stream = self.open(request.as_bytes()).await;
         stream.write_all(body).await.unwrap();
         parse(&read_until_closed(&mut stream).await)
+    }
+
+    /// A connection that sent `bytes`, the start of a request, and waits.
+    async fn open(&self, bytes: &[u8]) -> TcpStream {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        stream
     }
 
     /// Stops the port and waits, for at most 10 s, until its tasks ended.
@@ -181,41 +187,27 @@ async fn an_unknown_subscription_is_refused_exactly_as_a_bad_signature_is() {
 }
 
 #[tokio::test]
-async fn headers_that_do_not_arrive_in_time_close_the_connection() {
+async fn a_sender_too_slow_with_its_headers_or_its_body_is_cut_off() {
     let (state, _dir) = state_with_pipeline().await;
     let limits = Limits {
         header_read_timeout: Duration::from_millis(200),
-        ..Limits::DEFAULT
-    };
-    let port = Port::start(&state, limits).await;
-    let mut stream = TcpStream::connect(port.addr).await.unwrap();
-    stream
-        .write_all(b"POST /webhooks/default/p/gh HTTP/1.1\r\nHost: test\r\n")
-        .await
-        .unwrap();
-    // The connection is closed (hyper may say 408 first) without the rest of the headers.
-    let received = read_until_closed(&mut stream).await;
-    assert!(
-        received.is_empty() || received.starts_with("HTTP/1.1 408"),
-        "{received:?}"
-    );
-    port.stop().await;
-}
-
-#[tokio::test]
-async fn a_body_that_does_not_arrive_in_time_is_refused() {
-    let (state, _dir) = state_with_pipeline().await;
-    let limits = Limits {
         body_read_timeout: Duration::from_millis(200),
         ..Limits::DEFAULT
     };
     let port = Port::start(&state, limits).await;
-    let mut stream = TcpStream::connect(port.addr).await.unwrap();
-    stream
-        .write_all(b"POST /webhooks/default/p/gh HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n{\"ref\"")
-        .await
-        .unwrap();
-    let (status, reply) = parse(&read_until_closed(&mut stream).await);
+    let mut headers_cut = port
+        .open(b"POST /webhooks/default/p/gh HTTP/1.1\r\nHost: test\r\n")
+        .await;
+    // The connection is closed (hyper may say 408 first) without the rest of the headers.
+    let received = read_until_closed(&mut headers_cut).await;
+    assert!(
+        received.is_empty() || received.starts_with("HTTP/1.1 408"),
+        "{received:?}"
+    );
+    let mut body_cut = port
+        .open(b"POST /webhooks/default/p/gh HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n{\"ref\"")
+        .await;
+    let (status, reply) = parse(&read_until_closed(&mut body_cut).await);
     assert_eq!(status, 408, "{reply}");
     assert!(reply.contains("\"error\""), "{reply}");
     port.stop().await;
@@ -231,12 +223,9 @@ async fn deliveries_beyond_the_cap_wait_their_turn_and_then_are_refused() {
     };
     let port = Port::start(&state, limits).await;
     // The first delivery takes the one turn and holds it while its body trickles in.
-    let mut slow = TcpStream::connect(port.addr).await.unwrap();
-    slow.write_all(
-        b"POST /webhooks/default/p/gh HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 4\r\n\r\n{}",
-    )
-    .await
-    .unwrap();
+    let mut slow = port
+        .open(b"POST /webhooks/default/p/gh HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 4\r\n\r\n{}")
+        .await;
     // Once it holds the turn, the next delivery waits for it, then is refused as unavailable.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
