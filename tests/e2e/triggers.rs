@@ -282,6 +282,9 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The webhook secret the tests sign with.
+const SECRET: &str = "s3cret-for-gofer-e2e";
+
 #[test]
 fn a_signed_webhook_makes_one_run_a_replay_none_and_bad_requests_are_refused() -> Result<()> {
     let dev = start()?;
@@ -296,7 +299,7 @@ fn a_signed_webhook_makes_one_run_a_replay_none_and_bad_requests_are_refused() -
         "webhook",
         "gh",
         "-s",
-        "secret=s3cret",
+        "secret=s3cret-for-gofer-e2e",
         "-s",
         "fields=ref,repository.name",
     ])?;
@@ -314,7 +317,7 @@ fn a_signed_webhook_makes_one_run_a_replay_none_and_bad_requests_are_refused() -
     let body = br#"{"ref": "refs/heads/main", "repository": {"name": "gofer"}}"#;
     let good = |delivery: &str| {
         vec![
-            ("X-Hub-Signature-256", signature("s3cret", body)),
+            ("X-Hub-Signature-256", signature(SECRET, body)),
             ("X-GitHub-Delivery", delivery.to_string()),
         ]
     };
@@ -348,26 +351,28 @@ fn a_signed_webhook_makes_one_run_a_replay_none_and_bad_requests_are_refused() -
         ("X-Hub-Signature-256", signature("wrong", body)),
         ("X-GitHub-Delivery", "d-2".to_string()),
     ];
-    let (status, reply) = post(&url, &bad_signature, body)?;
-    assert_eq!(status, 401, "{reply}");
-    assert!(reply.contains("signature"), "{reply}");
+    let (status, refused) = post(&url, &bad_signature, body)?;
+    assert_eq!(status, 401, "{refused}");
+    assert!(refused.contains("signature"), "{refused}");
     let (status, reply) = post(&url, &[("X-GitHub-Delivery", "d-3".to_string())], body)?;
     assert_eq!(status, 401, "{reply}");
+    // A subscription that does not exist answers as a bad signature does, even to a delivery signed with
+    // a real secret, so that names cannot be probed.
     let unknown = url.replace("/gh", "/nope");
     let (status, reply) = post(&unknown, &good("d-4"), body)?;
-    assert_eq!(status, 404, "{reply}");
+    assert_eq!((status, &reply), (401, &refused));
     // Without a delivery id the body is the event: the first delivery makes a run, the same body again none.
     let other = br#"{"ref": "refs/heads/dev", "repository": {"name": "gofer"}}"#;
-    let (status, reply) = post(&url, &[("X-Hub-Signature-256", signature("s3cret", other))], other)?;
+    let (status, reply) = post(&url, &[("X-Hub-Signature-256", signature(SECRET, other))], other)?;
     assert_eq!(status, 202, "{reply}");
-    let (status, reply) = post(&url, &[("X-Hub-Signature-256", signature("s3cret", other))], other)?;
+    let (status, reply) = post(&url, &[("X-Hub-Signature-256", signature(SECRET, other))], other)?;
     assert_eq!(status, 200, "{reply}");
     assert!(reply.contains("\"duplicate\":true"), "{reply}");
     let not_json = b"not json";
     let (status, reply) = post(
         &url,
         &[
-            ("X-Hub-Signature-256", signature("s3cret", not_json)),
+            ("X-Hub-Signature-256", signature(SECRET, not_json)),
             ("Idempotency-Key", "d-5".into()),
         ],
         not_json,
@@ -377,7 +382,7 @@ fn a_signed_webhook_makes_one_run_a_replay_none_and_bad_requests_are_refused() -
     let (status, reply) = post(
         &url,
         &[
-            ("X-Hub-Signature-256", signature("s3cret", &big)),
+            ("X-Hub-Signature-256", signature(SECRET, &big)),
             ("Idempotency-Key", "d-6".into()),
         ],
         &big,
@@ -430,6 +435,22 @@ fn subscription_settings_are_checked_against_the_extension() -> Result<()> {
         let err = stderr(&output);
         assert!(err.contains(field) && err.contains("InvalidArgument"), "{all:?}: {err}");
     }
+    // A new webhook's secret is long enough that signatures cannot be guessed.
+    let short = dev.ctl(&[
+        "subscription",
+        "create",
+        "checked",
+        "webhook",
+        "w",
+        "-s",
+        "secret=s3cret",
+    ])?;
+    assert_eq!(short.status.code(), Some(1));
+    let err = stderr(&short);
+    assert!(
+        err.contains("settings.secret") && err.contains("InvalidArgument"),
+        "{err}"
+    );
     let missing = dev.ctl(&["subscription", "create", "checked", "nope", "x"])?;
     assert!(stderr(&missing).contains("NotFound"), "{}", stderr(&missing));
     let usage = dev.ctl(&["subscription", "create", "checked", "cron", "x", "-s", "novalue"])?;

@@ -11,6 +11,7 @@ mod error;
 pub mod events;
 pub mod executors;
 mod ids;
+pub mod inputs;
 pub mod lease;
 pub mod limits;
 mod model;
@@ -24,7 +25,7 @@ mod subscriptions;
 mod testing;
 pub mod triggers;
 
-pub use command::{Applied, AttemptOutcome, Command};
+pub use command::{Applied, AttemptOutcome, Command, MAX_BATCH};
 pub use error::{Error, ErrorKind};
 pub use ids::{MAX_ID_LEN, MAX_REQUEST_ID_LEN, validate_id, validate_request_id};
 pub use model::{

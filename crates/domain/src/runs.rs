@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::command::{Applied, AttemptOutcome};
 use crate::events::Journal;
+use crate::inputs::{MAX_REASON_CHARS, ParameterNames, check_parameters};
 use crate::model::{
     Assignment, AttemptRecord, AttemptRef, AttemptState, PipelineRecord, Readiness, Run, RunState, TaskExecution,
     TaskState,
@@ -22,13 +23,6 @@ use crate::{Error, PipelineConfig, validate_request_id};
 pub const DEFAULT_CANCEL_GRACE_MS: u64 = 10_000;
 /// The longest grace a cancel may give.
 const MAX_CANCEL_GRACE_MS: u64 = 3_600_000;
-
-/// The most parameters a run takes, and their most bytes in all.
-pub const MAX_PARAMETERS: usize = 64;
-const MAX_PARAMETER_BYTES: usize = 64 * 1024;
-
-/// The longest reason an attempt keeps, in characters.
-const MAX_REASON_CHARS: usize = 4096;
 
 /// A run about to be made, with everything it starts with.
 pub(crate) struct NewRun {
@@ -106,7 +100,7 @@ impl State {
         if !request_id.is_empty() {
             validate_request_id("request_id", request_id)?;
         }
-        validate_parameters(parameters)?;
+        check_parameters(parameters, ParameterNames::Env)?;
         let mut changing = self.pipeline_mut(namespace, pipeline, journal)?;
         if let Some(run) = changing.record.requests.get(request_id) {
             return Ok(Applied::ExistingRun(*run));
@@ -658,39 +652,6 @@ fn prune_runs(record: &mut PipelineRecord) {
         .collect();
     record.runs.retain(|id, _| !pruned.contains(id));
     record.requests.retain(|_, run| !pruned.contains(run));
-}
-
-/// Checks a run's parameters: env names (`[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters) and values
-/// without NUL, at most [`MAX_PARAMETERS`] of them and 64 KiB in all. Errors name `parameters.NAME`.
-fn validate_parameters(parameters: &BTreeMap<String, String>) -> Result<(), Error> {
-    if parameters.len() > MAX_PARAMETERS {
-        return Err(Error::invalid(
-            "parameters",
-            format!("at most {MAX_PARAMETERS} parameters"),
-        ));
-    }
-    let mut bytes = 0;
-    for (name, value) in parameters {
-        let field = format!("parameters.{name}");
-        let mut chars = name.chars();
-        let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && name.len() <= 128;
-        if !valid {
-            return Err(Error::invalid(
-                field,
-                "names are env names: letters, digits and '_', not starting with a digit",
-            ));
-        }
-        if value.contains('\0') {
-            return Err(Error::invalid(field, "values must not contain NUL"));
-        }
-        bytes += name.len() + value.len();
-    }
-    if bytes > MAX_PARAMETER_BYTES {
-        return Err(Error::invalid("parameters", "at most 64 KiB in all"));
-    }
-    Ok(())
 }
 
 /// Refuses a report about an attempt from an executor other than the one it was assigned to. An empty

@@ -17,6 +17,9 @@ pub const RECENT_SKIPS: usize = 20;
 /// The most settings a subscription or an installation may carry.
 const MAX_SETTINGS: usize = 64;
 
+/// The shortest webhook secret a new subscription may have, in bytes.
+pub const MIN_WEBHOOK_SECRET_BYTES: usize = 16;
+
 /// The built-in extensions, which run inside the extension host rather than as containers.
 pub const BUILTIN_EXTENSIONS: [&str; 3] = ["interval", "cron", "webhook"];
 
@@ -167,6 +170,20 @@ pub(crate) fn check_webhook(settings: &BTreeMap<String, String>) -> Result<(), E
                 "must be comma-separated JSON paths such as ref,repository.full_name",
             ));
         }
+    }
+    Ok(())
+}
+
+/// The rules a subscription must meet when it is made now, beyond those apply checks: a webhook's secret
+/// is at least [`MIN_WEBHOOK_SECRET_BYTES`] long. Checked where a subscription is asked for, before it is
+/// proposed, and not in apply: logs written before the rule hold shorter secrets and must replay alike.
+pub fn check_new_subscription(extension: &str, settings: &BTreeMap<String, String>) -> Result<(), Error> {
+    let secret = settings.get("secret").map_or("", |s| s.trim());
+    if extension == "webhook" && !secret.is_empty() && secret.len() < MIN_WEBHOOK_SECRET_BYTES {
+        return Err(Error::invalid(
+            "settings.secret",
+            format!("must be at least {MIN_WEBHOOK_SECRET_BYTES} bytes, so that signatures cannot be guessed"),
+        ));
     }
     Ok(())
 }

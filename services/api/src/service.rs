@@ -422,12 +422,14 @@ impl GoferService for ApiService {
     ) -> ApiResult<v1::CreateSubscriptionResponse> {
         let namespace = scope(&request, Method::CreateSubscription)?;
         let request = request.into_inner();
+        let settings = request.settings.into_iter().collect();
+        gofer_domain::triggers::check_new_subscription(&request.extension, &settings).map_err(into_status)?;
         let command = Command::CreateSubscription {
             namespace: namespace.clone(),
             pipeline: request.pipeline_id.clone(),
             label: request.label.clone(),
             extension: request.extension,
-            settings: request.settings.into_iter().collect(),
+            settings,
             at: self.clock.now_millis(),
         };
         self.propose(command).await?;

@@ -13,6 +13,10 @@ use crate::Error;
 
 /// The most fires one log entry carries.
 const MAX_BATCH: usize = 1024;
+/// The most bytes of fires (as JSON) one log entry carries, give or take its last fire, so that it fits a
+/// raft message (128 MiB in `gofer-state`) whatever extensions send: a checked fire is at most 64 KiB of
+/// parameters, a few hundred KiB of JSON at worst.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// What became of one fire: its outcome and whether its key was seen before, or why it was refused.
 pub type FireResult = Result<(FireOutcome, bool), gofer_domain::Error>;
@@ -42,14 +46,42 @@ impl FireQueue {
 
     /// Queues a fire now, so that fires queued one after another are committed in that order; the
     /// returned future gives what it did.
+    ///
+    /// Every fire enters the log here, from the timers, webhooks and extensions alike, so this is where it
+    /// is checked (`gofer_domain::inputs::check_fire`): a fire that fails is refused as apply refuses one,
+    /// without being proposed.
     pub fn enqueue(&self, fire: Fire) -> impl std::future::Future<Output = Result<FireResult, Error>> + use<> {
         let (tx, rx) = oneshot::channel();
-        let queued = self.tx.send((fire, tx)).map_err(|_| Error::QueueStopped);
+        let refused = gofer_domain::inputs::check_fire(&fire).err();
+        let queued = match refused {
+            Some(_) => Ok(()),
+            None => self.tx.send((fire, tx)).map_err(|_| Error::QueueStopped),
+        };
         async move {
+            if let Some(err) = refused {
+                return Ok(Err(err));
+            }
             queued?;
             rx.await.map_err(|_| Error::QueueStopped)?
         }
     }
+}
+
+/// `first` and the fires waiting after it, up to [`MAX_BATCH`] fires or [`MAX_BATCH_BYTES`].
+fn take_batch(first: Pending, rx: &mut mpsc::UnboundedReceiver<Pending>) -> Vec<Pending> {
+    let size = |fire: &Fire| serde_json::to_vec(fire).map_or(0, |json| json.len());
+    let mut bytes = size(&first.0);
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(next) => {
+                bytes += size(&next.0);
+                batch.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 async fn batch_loop(
@@ -63,13 +95,7 @@ async fn batch_loop(
         () = shutdown.cancelled() => None,
         first = rx.recv() => first,
     } {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+        let batch = take_batch(first, &mut rx);
         let fires: Vec<Fire> = batch.iter().map(|(f, _)| f.clone()).collect();
         let command = Command::Fire {
             fires,
@@ -95,3 +121,6 @@ async fn batch_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

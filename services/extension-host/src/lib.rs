@@ -15,6 +15,8 @@ mod fires;
 mod launcher;
 mod schedules;
 mod service;
+#[cfg(test)]
+mod testing;
 mod webhook;
 
 use std::collections::HashMap;
@@ -53,7 +55,8 @@ pub enum Error {
     SignatureNotSha256,
     #[error("X-Hub-Signature-256 is not hex")]
     SignatureNotHex,
-    #[error("the signature does not match the body")]
+    /// Also what a delivery to a subscription that does not exist gets, so that names cannot be probed.
+    #[error("the signature does not match the body, or no webhook subscription has this URL")]
     SignatureMismatch,
     #[error("the body is not valid JSON: {0}")]
     BodyNotJson(#[source] serde_json::Error),
@@ -315,10 +318,15 @@ impl ExtensionHost {
 
     /// Serves the webhook trigger on `listener` until shutdown.
     async fn serve_webhooks(self, listener: TcpListener) {
-        let served = webhook::serve(self.state.clone(), self.fires.clone(), listener, self.shutdown.clone()).await;
-        if let Err(err) = served {
-            tracing::error!(%err, "the webhook listener stopped");
-        }
+        webhook::serve(
+            self.state.clone(),
+            self.fires.clone(),
+            listener,
+            webhook::Limits::DEFAULT,
+            &self.tracker,
+            self.shutdown.clone(),
+        )
+        .await;
     }
 
     /// Records (or, with `None`, clears) why an extension's container could not run.

@@ -86,6 +86,7 @@ impl ExtensionService for ExtensionHandler {
             settings: register.settings.into_iter().map(setting_from_proto).collect(),
             registered_at: self.host.clock.now_millis(),
         };
+        gofer_domain::inputs::check_registration(&registration).map_err(into_status)?;
         let command = Command::RegisterExtension {
             name: name.clone(),
             builtin: false,

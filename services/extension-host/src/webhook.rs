@@ -4,21 +4,36 @@
 //! or `Idempotency-Key` (else the SHA-256 of the body), a 1 MiB body cap, and chosen payload fields passed
 //! to the run as parameters. A body is parsed as JSON when fields are chosen or its content type says JSON.
 //!
-//! Every refusal is a JSON body `{"error": "..."}` with a clear message: 401 bad signature, 404 unknown
-//! subscription, 413 too large, 400 malformed.
+//! Every refusal is a JSON body `{"error": "..."}` with a clear message: 401 bad or missing signature,
+//! 413 too large, 400 malformed, 408 a body that did not arrive in time, 503 too many deliveries at once.
+//! A subscription that does not exist is refused exactly as a bad signature is (401, the same body, after
+//! the same HMAC), so the port does not tell which namespaces, pipelines and labels exist; 404 is only
+//! for paths that are no webhook URL at all.
+//!
+//! The port is open to the internet, so it bounds what a sender can hold: headers must arrive within
+//! [`Limits::header_read_timeout`] (idle keep-alive connections close then too), at most
+//! [`Limits::deliveries_at_once`] deliveries are read and handled at once (a delivery waits
+//! [`Limits::slot_wait`] for a turn, then gets 503), and a body must arrive within
+//! [`Limits::body_read_timeout`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use gofer_domain::ErrorKind;
 use gofer_domain::triggers::{Fire, FireOutcome};
 use gofer_state::StateHandle;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::Error;
 use crate::fires::FireQueue;
@@ -26,18 +41,53 @@ use crate::fires::FireQueue;
 /// The largest body a webhook accepts.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// What the webhook port lets one sender hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// How long a connection may take to send a request's headers, or stay idle between requests.
+    pub(crate) header_read_timeout: Duration,
+    /// How many deliveries are read and handled at once; with [`MAX_BODY_BYTES`] it bounds the memory
+    /// bodies take.
+    pub(crate) deliveries_at_once: usize,
+    /// How long a delivery waits for its turn before it is refused with 503.
+    pub(crate) slot_wait: Duration,
+    /// How long a delivery's body may take to arrive once its turn came.
+    pub(crate) body_read_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits the webhook port runs with.
+    pub(crate) const DEFAULT: Limits = Limits {
+        header_read_timeout: Duration::from_secs(10),
+        deliveries_at_once: 64,
+        slot_wait: Duration::from_secs(10),
+        body_read_timeout: Duration::from_secs(30),
+    };
+}
+
+/// The key an unknown subscription's signature is checked with, so that it costs what a known one does;
+/// the check's result is never used.
+const UNKNOWN_SUBSCRIPTION_KEY: &[u8] = b"gofer: no such webhook subscription";
+
 #[derive(Clone)]
 struct Context {
     state: StateHandle,
     fires: FireQueue,
+    limits: Limits,
+    /// One permit per delivery being read or handled.
+    slots: Arc<Semaphore>,
 }
 
+/// Serves webhooks on `listener` until `shutdown`, each connection a task on `tracker`; a connection
+/// finishes the request it is handling before it closes.
 pub(crate) async fn serve(
     state: StateHandle,
     fires: FireQueue,
     listener: tokio::net::TcpListener,
+    limits: Limits,
+    tracker: &TaskTracker,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) {
     let app = Router::new()
         .route(
             "/webhooks/{namespace}/{pipeline}/{subscription}",
@@ -50,10 +100,43 @@ pub(crate) async fn serve(
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(Context { state, fires });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        .with_state(Context {
+            state,
+            fires,
+            limits,
+            slots: Arc::new(Semaphore::new(limits.deliveries_at_once)),
+        });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of file descriptors, usually: wait a moment rather than spin.
+                tracing::warn!(%err, "could not accept a webhook connection");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+        });
+    }
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {
@@ -64,21 +147,49 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     reply(status, serde_json::json!({ "error": message.into() }))
 }
 
+/// Waits for a turn to read and handle a delivery, then reads its body; or answers why not.
+async fn read_body(ctx: &Context, request: Request) -> Result<(tokio::sync::OwnedSemaphorePermit, Bytes), Response> {
+    let slot = tokio::time::timeout(ctx.limits.slot_wait, ctx.slots.clone().acquire_owned()).await;
+    let Ok(Ok(slot)) = slot else {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many deliveries are being handled; retry it",
+        ));
+    };
+    match tokio::time::timeout(ctx.limits.body_read_timeout, Bytes::from_request(request, &())).await {
+        Ok(Ok(body)) => Ok((slot, body)),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )),
+        Ok(Err(rejection)) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {rejection}"),
+        )),
+        Err(_) => Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} s",
+                ctx.limits.body_read_timeout.as_secs()
+            ),
+        )),
+    }
+}
+
 async fn handle(
     State(ctx): State<Context>,
     Path((namespace, pipeline, label)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-            );
-        }
-        Err(rejection) => return refuse(StatusCode::BAD_REQUEST, format!("cannot read the body: {rejection}")),
+    let headers = request.headers().clone();
+    // Held until the delivery is answered: what waits for the log counts too.
+    let (_slot, body) = match read_body(&ctx, request).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
+    };
+    let signature = match signature_of(&headers) {
+        Ok(signature) => signature,
+        Err(err) => return refuse(StatusCode::UNAUTHORIZED, err.to_string()),
     };
     let found = ctx.state.read(|s| {
         s.pipeline(&namespace, &pipeline)
@@ -92,15 +203,15 @@ async fn handle(
                 )
             })
     });
-    let Some((secret, fields)) = found else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            format!("no webhook subscription {label:?} on pipeline {pipeline:?} in namespace {namespace:?}"),
-        );
+    // An unknown subscription is checked against a key of its own and refused as a bad signature is, so
+    // that neither the answer nor the work done tells whether the subscription exists.
+    let key = found
+        .as_ref()
+        .map_or(UNKNOWN_SUBSCRIPTION_KEY, |(secret, _)| secret.as_bytes());
+    let verified = verify_signature(key, &body, &signature);
+    let (Some((_, fields)), Ok(())) = (found, verified) else {
+        return refuse(StatusCode::UNAUTHORIZED, Error::SignatureMismatch.to_string());
     };
-    if let Err(err) = verify_signature(&secret, &headers, &body) {
-        return refuse(StatusCode::UNAUTHORIZED, err.to_string());
-    }
     let delivery = ["x-github-delivery", "idempotency-key"].iter().find_map(|name| {
         headers
             .get(*name)
@@ -121,9 +232,6 @@ async fn handle(
             &body_hash
         }
     };
-    if delivery.len() > 128 {
-        return refuse(StatusCode::BAD_REQUEST, "the delivery id is longer than 128 bytes");
-    }
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -166,6 +274,9 @@ async fn handle(
                 serde_json::json!({ "outcome": name, "run_id": run, "reason": reason, "duplicate": duplicate }),
             )
         }
+        // The fire's own checks (its parameters, chosen from the payload) are the sender's to fix; anything
+        // else means the subscription went away since it was read.
+        Ok(Err(err)) if err.kind() == ErrorKind::InvalidArgument => refuse(StatusCode::BAD_REQUEST, err.to_string()),
         Ok(Err(err)) => refuse(StatusCode::NOT_FOUND, err.to_string()),
         Err(err) => {
             tracing::warn!(%err, "could not commit a webhook fire");
@@ -177,17 +288,21 @@ async fn handle(
     }
 }
 
-/// Checks `X-Hub-Signature-256: sha256=<hex>` against the HMAC-SHA256 of the raw body, in constant time.
-fn verify_signature(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), Error> {
+/// The signature `X-Hub-Signature-256: sha256=<hex>` carries.
+fn signature_of(headers: &HeaderMap) -> Result<Vec<u8>, Error> {
     let header = headers
         .get("x-hub-signature-256")
         .ok_or(Error::SignatureMissing)?
         .to_str()
         .map_err(|_| Error::SignatureNotText)?;
     let hex = header.trim().strip_prefix("sha256=").ok_or(Error::SignatureNotSha256)?;
-    let signature = decode_hex(hex).ok_or(Error::SignatureNotHex)?;
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    ring::hmac::verify(&key, body, &signature).map_err(|_| Error::SignatureMismatch)
+    decode_hex(hex).ok_or(Error::SignatureNotHex)
+}
+
+/// Checks `signature` against the HMAC-SHA256 of the raw body under `secret`, in constant time.
+fn verify_signature(secret: &[u8], body: &[u8], signature: &[u8]) -> Result<(), Error> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    ring::hmac::verify(&key, body, signature).map_err(|_| Error::SignatureMismatch)
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -229,45 +344,4 @@ fn pick_fields(fields: &str, body: &[u8]) -> Result<BTreeMap<String, String>, Er
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn signed(secret: &str, body: &[u8]) -> HeaderMap {
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-        let tag = ring::hmac::sign(&key, body);
-        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        let mut headers = HeaderMap::new();
-        headers.insert("x-hub-signature-256", format!("sha256={hex}").parse().unwrap());
-        headers
-    }
-
-    #[test]
-    fn a_good_signature_passes_and_any_change_fails() {
-        let body = br#"{"ref": "main"}"#;
-        assert!(verify_signature("k", &signed("k", body), body).is_ok());
-        assert!(verify_signature("other", &signed("k", body), body).is_err());
-        assert!(verify_signature("k", &signed("k", body), br#"{"ref": "evil"}"#).is_err());
-        assert!(
-            verify_signature("k", &HeaderMap::new(), body)
-                .unwrap_err()
-                .to_string()
-                .contains("missing")
-        );
-        let mut bad = HeaderMap::new();
-        bad.insert("x-hub-signature-256", "sha1=abcd".parse().unwrap());
-        assert!(verify_signature("k", &bad, body).is_err());
-        bad.insert("x-hub-signature-256", "sha256=zz".parse().unwrap());
-        assert!(verify_signature("k", &bad, body).is_err());
-    }
-
-    #[test]
-    fn fields_are_picked_by_dotted_path() {
-        let body = br#"{"ref": "refs/heads/main", "repository": {"full_name": "o/r", "id": 7}, "n": null}"#;
-        let picked = pick_fields("ref, repository.full_name,repository.id,missing.path", body).unwrap();
-        assert_eq!(picked["ref"], "refs/heads/main");
-        assert_eq!(picked["repository.full_name"], "o/r");
-        assert_eq!(picked["repository.id"], "7");
-        assert!(!picked.contains_key("missing.path"));
-        assert!(pick_fields("ref", b"not json").is_err());
-    }
-}
+mod tests;

@@ -30,15 +30,16 @@ pub struct DispatchHandler {
     /// The state node each attempt's log was stored on, by executor and attempt, until that executor's
     /// final report carries it (another executor's report about the attempt does not take it).
     stored_on: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, AttemptId), u64>>>,
-    /// Reports on their way to [`commit_reports`].
-    reports: mpsc::UnboundedSender<Report>,
+    /// Reports on their way to [`commit_reports`]; bounded, so that executors that report faster than the
+    /// log commits are slowed down (their streams are not read) instead of growing the queue.
+    reports: mpsc::Sender<Report>,
 }
 
 impl DispatchHandler {
     /// Serves executors for `scheduler`, storing their logs in `logs` or sending them to a state node.
     /// Starts the task that commits the executors' reports, on the scheduler's tracker until `shutdown`.
     pub(crate) fn new(scheduler: Scheduler, logs: Option<LogStore>, shutdown: CancellationToken) -> Self {
-        let (reports, queue) = mpsc::unbounded_channel();
+        let (reports, queue) = report_queue();
         scheduler
             .tracker
             .spawn(commit_reports(scheduler.clone(), queue, shutdown));
@@ -126,11 +127,20 @@ struct Report {
 /// The most reports committed in one log entry.
 const MAX_REPORTS_PER_ENTRY: usize = 1024;
 
+/// The most reports waiting to be committed: two log entries' worth. A stream whose report finds the
+/// queue full waits, reading nothing more, until the committer takes some.
+const MAX_QUEUED_REPORTS: usize = 2 * MAX_REPORTS_PER_ENTRY;
+
+/// The queue from the executors' streams to [`commit_reports`].
+fn report_queue() -> (mpsc::Sender<Report>, mpsc::Receiver<Report>) {
+    mpsc::channel(MAX_QUEUED_REPORTS)
+}
+
 /// Commits the executors' reports in arrival order, every report waiting at the time in one fenced
 /// `Batch` (one log entry), and acknowledges the final ones once committed. A report of an attempt that
 /// is no longer live is refused by apply and dropped (acknowledged: the executor has nothing to do about
 /// it); if the attempt was declared LOST, what the executor reported is recorded on it.
-async fn commit_reports(scheduler: Scheduler, mut queue: mpsc::UnboundedReceiver<Report>, shutdown: CancellationToken) {
+async fn commit_reports(scheduler: Scheduler, mut queue: mpsc::Receiver<Report>, shutdown: CancellationToken) {
     // On shutdown the reports waiting are dropped unacknowledged: their executors send them again.
     while let Some(first) = tokio::select! {
         () = shutdown.cancelled() => None,
@@ -324,8 +334,10 @@ impl DispatchService for DispatchHandler {
                         }
                     }
                     Ok(v1::DispatchRequest {
-                        kind: Some(dispatch_request::Kind::Finished(finished)),
+                        kind: Some(dispatch_request::Kind::Finished(mut finished)),
                     }) => {
+                        // Kept to the bound apply keeps, before it is queued or written to the log.
+                        gofer_domain::inputs::truncate_reason(&mut finished.reason);
                         let Some(key) = finished.key.as_ref() else { continue };
                         ack = Some(key.clone());
                         detail = finished.reason.clone();
@@ -356,7 +368,7 @@ impl DispatchService for DispatchHandler {
                     acks: acks.clone(),
                     refused: refused.clone(),
                 };
-                if this.reports.send(report).is_err() {
+                if this.reports.send(report).await.is_err() {
                     break;
                 }
             }
@@ -473,3 +485,6 @@ fn outcome(finished: &v1::AttemptFinished) -> AttemptOutcome {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -37,5 +37,5 @@ pub use network::{Faults, PeerNetwork};
 pub use node::{MemberOptions, StateNode};
 pub use remote::RemoteState;
 pub use role::{Config, Deps, Placement, RaftPort, RunningState, Startup, retry, run};
-pub use server::RaftHandler;
+pub use server::{RaftHandler, RaftServer};
 pub use types::NodeId;

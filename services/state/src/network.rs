@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use gofer_proto::v1::{self, raft_service_client::RaftServiceClient};
 use openraft::error::{
-    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
-    Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{MAX_RAFT_MESSAGE_BYTES, MAX_SNAPSHOT_MESSAGE_BYTES, NodeId, TypeConfig};
 use crate::{Call, Unavailable};
 
 /// Traffic the test harness drops: `(from, to)` pairs; and nodes whose raft log syncs it holds back.
@@ -175,8 +175,8 @@ impl PeerNetwork {
                 .map_err(Unavailable::PeerTls)?;
         }
         Ok(RaftServiceClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(1 << 30)
-            .max_encoding_message_size(1 << 30))
+            .max_decoding_message_size(MAX_SNAPSHOT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_SNAPSHOT_MESSAGE_BYTES))
     }
 }
 
@@ -197,6 +197,21 @@ pub struct PeerConnection {
     network: PeerNetwork,
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, Unavailable>,
+}
+
+/// Room left in a raft message for the protobuf framing around a JSON payload.
+const FRAMING_BYTES: usize = 64;
+
+/// How many of `entries` to send at once when their payload of `payload_bytes` is too large for a peer
+/// that reads messages of at most `limit` bytes; `None` when it fits, or is one entry and cannot be cut.
+/// Entries are taken as equally large, so the estimate may take another round to fit.
+fn entries_that_fit(entries: usize, payload_bytes: usize, limit: usize) -> Option<u64> {
+    let room = limit.saturating_sub(FRAMING_BYTES);
+    if payload_bytes <= room || entries <= 1 {
+        return None;
+    }
+    let fits = (entries as u128 * room as u128 / payload_bytes as u128) as u64;
+    Some(fits.clamp(1, entries as u64 - 1))
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -242,7 +257,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let mut client = self.client().map_err(RPCError::Unreachable)?;
-        let request = Self::request(v1::AppendEntriesRequest { payload: encode(&rpc) }, &option);
+        let payload = encode(&rpc);
+        if let Some(fits) = entries_that_fit(rpc.entries.len(), payload.len(), MAX_RAFT_MESSAGE_BYTES) {
+            // Too large for the peer to read: openraft sends fewer entries at a time for a while.
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fits)));
+        }
+        let request = Self::request(v1::AppendEntriesRequest { payload }, &option);
         let reply = client
             .append_entries(request)
             .await

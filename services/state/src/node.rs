@@ -369,15 +369,14 @@ impl StateNode {
         logs: Option<crate::LogStore>,
         tracker: tokio_util::task::TaskTracker,
         shutdown: tokio_util::sync::CancellationToken,
-    ) -> gofer_proto::v1::raft_service_server::RaftServiceServer<crate::server::RaftHandler> {
-        gofer_proto::v1::raft_service_server::RaftServiceServer::new(crate::server::RaftHandler {
+    ) -> crate::server::RaftServer {
+        let handler = crate::server::RaftHandler {
             node: self.clone(),
             logs,
             tracker,
             shutdown,
-        })
-        .max_decoding_message_size(1 << 30)
-        .max_encoding_message_size(1 << 30)
+        };
+        crate::server::RaftServer::new(handler, crate::server::MessageLimits::DEFAULT)
     }
 
     /// Raft's view of the cluster: leader, term, indexes, membership.

@@ -4,8 +4,10 @@
 
 use std::io::Cursor;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use gofer_proto::v1::{self, raft_service_server::RaftService};
+use gofer_proto::v1;
+use gofer_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
 use openraft::Snapshot;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::{Stream, StreamExt};
@@ -25,6 +27,78 @@ pub struct RaftHandler {
     pub(crate) tracker: tokio_util::task::TaskTracker,
     /// Ends the follow streams.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// How large a request the raft port reads, by call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageLimits {
+    /// For `InstallSnapshot`, which carries the whole state.
+    pub(crate) snapshot: usize,
+    /// For every other call.
+    pub(crate) other: usize,
+}
+
+impl MessageLimits {
+    /// The limits a state node serves with.
+    pub(crate) const DEFAULT: MessageLimits = MessageLimits {
+        snapshot: crate::types::MAX_SNAPSHOT_MESSAGE_BYTES,
+        other: crate::types::MAX_RAFT_MESSAGE_BYTES,
+    };
+}
+
+/// The `RaftService` with a bound on each request it reads: a request over its call's bound is refused
+/// (OutOfRange) from its length prefix, before its bytes are buffered. tonic bounds a whole service, so the
+/// service is built twice and each call is routed to the one with its bound.
+#[derive(Clone)]
+pub struct RaftServer {
+    snapshots: RaftServiceServer<RaftHandler>,
+    other: RaftServiceServer<RaftHandler>,
+}
+
+impl RaftServer {
+    pub(crate) fn new(handler: RaftHandler, limits: MessageLimits) -> Self {
+        let bounded = |limit: usize| {
+            RaftServiceServer::new(handler.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(crate::types::MAX_SNAPSHOT_MESSAGE_BYTES)
+        };
+        RaftServer {
+            snapshots: bounded(limits.snapshot),
+            other: bounded(limits.other),
+        }
+    }
+}
+
+impl tonic::server::NamedService for RaftServer {
+    const NAME: &'static str = <RaftServiceServer<RaftHandler> as tonic::server::NamedService>::NAME;
+}
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for RaftServer
+where
+    RaftServiceServer<RaftHandler>: tonic::codegen::Service<tonic::codegen::http::Request<B>>,
+{
+    type Response =
+        <RaftServiceServer<RaftHandler> as tonic::codegen::Service<tonic::codegen::http::Request<B>>>::Response;
+    type Error = <RaftServiceServer<RaftHandler> as tonic::codegen::Service<tonic::codegen::http::Request<B>>>::Error;
+    type Future = <RaftServiceServer<RaftHandler> as tonic::codegen::Service<tonic::codegen::http::Request<B>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        std::task::ready!(self.snapshots.poll_ready(cx))?;
+        self.other.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let method = request
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|path| path.strip_prefix(<Self as tonic::server::NamedService>::NAME));
+        if method == Some("/InstallSnapshot") {
+            self.snapshots.call(request)
+        } else {
+            self.other.call(request)
+        }
+    }
 }
 
 fn bad_payload(e: serde_json::Error) -> Status {
@@ -252,3 +326,6 @@ async fn follow(node: StateNode, tx: tokio::sync::mpsc::Sender<Result<v1::Follow
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

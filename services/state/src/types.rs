@@ -27,6 +27,22 @@ openraft::declare_raft_types!(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Response(pub(crate) Result<Applied, gofer_domain::Error>);
 
+/// The largest request a state node reads on its raft port, but for `InstallSnapshot`: 128 MiB.
+///
+/// It fits the largest legitimate one: a single command, forwarded in a `Propose` or alone in an
+/// `AppendEntries`. The largest commands are a `RegisterPipeline` from a 16 MiB API request (at worst
+/// about 96 MiB of JSON, were every byte escaped), a scheduler `Batch` of at most 4096 commands (1024
+/// reports whose reasons are cut to 4096 characters: under 25 MiB at worst), and a `Fire` batch, which the
+/// extension host cuts at 16 MiB. An `AppendEntries` that would be larger is sent as several smaller ones
+/// (`network.rs`), and a task log travels in chunks of at most 16 MiB, the API port's message bound.
+pub(crate) const MAX_RAFT_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
+
+/// The largest `InstallSnapshot` a state node reads, and the largest message it writes: 1 GiB. A snapshot
+/// travels whole, as one message (and so does the state a mirror's `Follow` starts with), so this bounds
+/// the state a follower that fell behind the compacted log can be given; sending snapshots in chunks would
+/// let it shrink to the bound above.
+pub(crate) const MAX_SNAPSHOT_MESSAGE_BYTES: usize = 1024 * 1024 * 1024;
+
 /// The raft timing and log compaction Gofer runs with.
 ///
 /// Heartbeats every 50 ms and election timeouts of 250 to 500 ms. A follower that heard from its leader

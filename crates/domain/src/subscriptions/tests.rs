@@ -464,5 +464,17 @@ fn a_webhook_needs_a_secret_and_well_formed_fields() {
             "{fields:?}"
         );
     }
+    // A new subscription's secret must be long enough, but apply still takes a short one, as logs written
+    // before the rule hold them.
+    let new = |settings: &[(&str, &str)]| crate::triggers::check_new_subscription("webhook", &map(settings));
+    match new(&[("secret", "k")]) {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "settings.secret"),
+        other => panic!("{other:?}"),
+    }
+    assert!(new(&[("secret", "0123456789abcdef")]).is_ok());
+    assert!(
+        crate::triggers::check_new_subscription("interval", &map(&[("every", "1m")])).is_ok(),
+        "only webhooks have a secret"
+    );
     create(&mut state, &[("secret", "k"), ("fields", "ref, repository.full_name")]).unwrap();
 }

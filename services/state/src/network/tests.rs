@@ -85,3 +85,17 @@ async fn a_server_that_falls_silent_after_the_request_arrived_may_have_sent_it()
     assert!(!never_sent(&status), "{status:?}");
     drop(connection);
 }
+
+#[test]
+fn append_entries_too_large_for_the_peer_are_sent_fewer_at_a_time() {
+    let limit = 1000 + FRAMING_BYTES;
+    assert_eq!(entries_that_fit(300, 1000, limit), None, "it fits");
+    assert_eq!(entries_that_fit(1, 5000, limit), None, "one entry cannot be cut");
+    assert_eq!(entries_that_fit(300, 3000, limit), Some(100));
+    assert_eq!(entries_that_fit(2, 1_000_000, limit), Some(1));
+    assert_eq!(
+        entries_that_fit(300, 1001, limit),
+        Some(299),
+        "at least one fewer than before"
+    );
+}
