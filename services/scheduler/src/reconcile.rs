@@ -436,6 +436,7 @@ fn live_attempts_where(state: &State, mut want: impl FnMut(&str, &AttemptId, boo
                     memory_bytes: spec.memory_bytes().map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
                     workdir: spec.workdir.clone(),
                     pipeline_version: run.version,
+                    user: spec.user.clone(),
                 },
                 id,
                 cancel_requested: run.cancel_requested,
