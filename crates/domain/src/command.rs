@@ -203,6 +203,12 @@ pub enum Command {
         retention_millis: u64,
         at: i64,
     },
+    /// Sets the cluster's defaults and ceilings for a task's `cpu`, `memory` and `timeout` (see
+    /// [`crate::limits::TaskLimits`]), all at once: a limit it leaves unset is unset.
+    SetTaskLimits {
+        limits: crate::limits::TaskLimits,
+        at: i64,
+    },
     /// A command issued by the holder of `role` in `epoch`: refused, changing nothing, once the epoch has
     /// moved on.
     Fenced {
@@ -255,7 +261,8 @@ impl Command {
             | Command::RenewExecutors { at, .. }
             | Command::ExecutorLost { at, .. }
             | Command::AttemptReportedLate { at, .. }
-            | Command::SetEventRetention { at, .. } => Some(*at),
+            | Command::SetEventRetention { at, .. }
+            | Command::SetTaskLimits { at, .. } => Some(*at),
             Command::Batch { .. } | Command::Fenced { .. } => None,
         }
     }
