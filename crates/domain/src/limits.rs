@@ -113,29 +113,15 @@ impl TaskLimits {
                 return Err(Error::invalid(field, "must be above 0s and at most 7d"));
             }
         }
-        let above = |field: &str, default: String, max: String| {
-            Err(Error::invalid(
-                field,
-                format!(
-                    "{default} is above the ceiling task_max_{} = {max}",
-                    &field["task_default_".len()..]
-                ),
-            ))
-        };
-        if let (Some(default), Some(max)) = (self.default_cpu, self.max_cpu)
-            && default.0 > max.0
-        {
-            return above("task_default_cpu", format_cpus(default), format_cpus(max));
-        }
-        if let (Some(default), Some(max)) = (self.default_memory_bytes, self.max_memory_bytes)
-            && default > max
-        {
-            return above("task_default_memory", format_size(default), format_size(max));
-        }
-        if let (Some(default), Some(max)) = (self.default_timeout_ms, self.max_timeout_ms)
-            && default > max
-        {
-            return above("task_default_timeout", format_duration(default), format_duration(max));
+        for (name, default, max) in self.named() {
+            if let (Some((default, default_text)), Some((max, max_text))) = (default, max)
+                && default > max
+            {
+                return Err(Error::invalid(
+                    format!("task_default_{name}"),
+                    format!("{default_text} is above the ceiling task_max_{name} = {max_text}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -143,45 +129,47 @@ impl TaskLimits {
     /// Refuses a pipeline whose task asks for more than a ceiling, naming the field and the ceiling. The
     /// config has passed [`crate::PipelineConfig::validate`].
     pub fn check_pipeline(&self, config: &crate::PipelineConfig) -> Result<(), Error> {
-        let above = |field: String, asked: String, ceiling: &str, max: String| {
-            Err(Error::invalid(
-                field,
-                format!("{asked} is above the cluster's ceiling {ceiling} = {max}"),
-            ))
-        };
         for (i, task) in config.tasks.iter().enumerate() {
-            if let (Some(cpu), Some(max)) = (task.cpu, self.max_cpu)
-                && cpu.0 > max.0
-            {
-                return above(
-                    format!("tasks[{i}].cpu"),
-                    format_cpus(cpu),
-                    "task_max_cpu",
-                    format_cpus(max),
-                );
-            }
-            if let (Some(bytes), Some(max)) = (task.memory_bytes(), self.max_memory_bytes)
-                && bytes > max
-            {
-                return above(
-                    format!("tasks[{i}].memory"),
-                    task.memory.trim().to_string(),
-                    "task_max_memory",
-                    format_size(max),
-                );
-            }
-            if let (Some(ms), Some(max)) = (task.timeout_ms(), self.max_timeout_ms)
-                && ms > max
-            {
-                return above(
-                    format!("tasks[{i}].timeout"),
-                    task.timeout.trim().to_string(),
-                    "task_max_timeout",
-                    format_duration(max),
-                );
+            let asked = [
+                task.cpu.map(|cpus| (i128::from(cpus.0), format_cpus(cpus))),
+                task.memory_bytes()
+                    .map(|bytes| (i128::from(bytes), task.memory.trim().to_string())),
+                task.timeout_ms()
+                    .map(|ms| (i128::from(ms), task.timeout.trim().to_string())),
+            ];
+            for (asked, (name, _, max)) in asked.into_iter().zip(self.named()) {
+                if let (Some((asked, asked_text)), Some((max, max_text))) = (asked, max)
+                    && asked > max
+                {
+                    return Err(Error::invalid(
+                        format!("tasks[{i}].{name}"),
+                        format!("{asked_text} is above the cluster's ceiling task_max_{name} = {max_text}"),
+                    ));
+                }
             }
         }
         Ok(())
+    }
+
+    /// Each limit's name (`cpu`, `memory`, `timeout`, in that order) with its default and its ceiling,
+    /// each as a number to compare and as text to show.
+    fn named(&self) -> [(&'static str, Shown, Shown); 3] {
+        let cpus = |cpus: Cpus| (i128::from(cpus.0), format_cpus(cpus));
+        let size = |bytes: u64| (i128::from(bytes), format_size(bytes));
+        let duration = |ms: i64| (i128::from(ms), format_duration(ms));
+        [
+            ("cpu", self.default_cpu.map(cpus), self.max_cpu.map(cpus)),
+            (
+                "memory",
+                self.default_memory_bytes.map(size),
+                self.max_memory_bytes.map(size),
+            ),
+            (
+                "timeout",
+                self.default_timeout_ms.map(duration),
+                self.max_timeout_ms.map(duration),
+            ),
+        ]
     }
 
     /// The CPU limit an attempt of `task` runs with.
@@ -204,6 +192,9 @@ impl TaskLimits {
         bounded(task.timeout_ms(), self.default_timeout_ms, self.max_timeout_ms, |ms| ms)
     }
 }
+
+/// A limit, if set, as a number to compare and as text to show.
+type Shown = Option<(i128, String)>;
 
 /// The task's own value, else the default, else the ceiling; never above the ceiling.
 fn bounded<T: Copy, K: Ord>(own: Option<T>, default: Option<T>, max: Option<T>, key: impl Fn(T) -> K) -> Option<T> {

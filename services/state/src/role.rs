@@ -121,36 +121,36 @@ pub async fn run(
             }
         }
     };
+    // The cluster settings this process was told, each with what to propose given the state.
+    let mut settings: Vec<(&'static str, SettingCommand)> = Vec::new();
     if let Some(retention_ms) = config.event_retention_ms {
         let clock = clock.clone();
-        let command = move |s: &State| {
-            (s.events.retention_ms() != retention_ms).then(|| Command::SetEventRetention {
-                retention_millis: retention_ms,
-                at: clock.now_millis(),
-            })
-        };
-        first_commands.push(tracker.spawn(keep_setting(
-            running.handle.clone(),
+        settings.push((
             "event retention",
-            command,
-            shutdown.clone(),
-        )));
+            Box::new(move |s| {
+                (s.events.retention_ms() != retention_ms).then(|| Command::SetEventRetention {
+                    retention_millis: retention_ms,
+                    at: clock.now_millis(),
+                })
+            }),
+        ));
     }
     if !config.task_limits.is_empty() {
         let changes = config.task_limits;
-        let command = move |s: &State| {
-            let limits = changes.applied_to(s.task_limits);
-            (limits != s.task_limits).then(|| Command::SetTaskLimits {
-                limits,
-                at: clock.now_millis(),
-            })
-        };
-        first_commands.push(tracker.spawn(keep_setting(
-            running.handle.clone(),
+        settings.push((
             "task limits",
-            command,
-            shutdown.clone(),
-        )));
+            Box::new(move |s| {
+                let limits = changes.applied_to(s.task_limits);
+                (limits != s.task_limits).then(|| Command::SetTaskLimits {
+                    limits,
+                    at: clock.now_millis(),
+                })
+            }),
+        ));
+    }
+    for (what, command) in settings {
+        let setting = keep_setting(running.handle.clone(), what, command, shutdown.clone());
+        first_commands.push(tracker.spawn(setting));
     }
     if config.startup == Startup::AwaitFirstCommands {
         for command in first_commands {
@@ -224,15 +224,13 @@ async fn initialize(state: StateHandle, cluster_id: String, clock: Clock, shutdo
     .await;
 }
 
+/// What to propose for one of the cluster's settings, given the state: nothing if it is already so.
+type SettingCommand = Box<dyn Fn(&State) -> Option<Command> + Send + Sync>;
+
 /// Sets one of the cluster's settings (`what`) once it is initialized: `command` reads the state and says
 /// what to propose, if anything differs from what this process was told. A refused setting is logged and
 /// not tried again.
-async fn keep_setting(
-    state: StateHandle,
-    what: &'static str,
-    command: impl Fn(&State) -> Option<Command>,
-    shutdown: CancellationToken,
-) {
+async fn keep_setting(state: StateHandle, what: &'static str, command: SettingCommand, shutdown: CancellationToken) {
     let waiting = format!("waiting for the cluster to set the {what}");
     retry(&waiting, &shutdown, || async {
         let (initialized, proposal) = state
