@@ -21,8 +21,9 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 #[derive(clap::Args)]
 pub struct ServerArgs {
     /// A TOML config file with the keys below (node_id, data_dir, api_listen, raft_listen,
-    /// webhook_listen, ca, cert, key, admin_token_file, name, and the lists bootstrap (a table of
-    /// id = "https://host:port"), roles, state_nodes and schedulers); see README
+    /// webhook_listen, ca, cert, key, admin_token_file, name, event_retention, task_log_cap, the
+    /// task_default_/task_max_ cpu, memory and timeout (strings, as the flags take them), and the lists
+    /// bootstrap (a table of id = "https://host:port"), roles, state_nodes and schedulers); see README
     #[arg(long)]
     config: Option<PathBuf>,
     /// This node's id in the cluster (1, 2, 3 …)
@@ -92,6 +93,8 @@ pub struct ServerArgs {
     /// the first and last halves with a marker between them [default: 10MiB]
     #[arg(long, value_parser = crate::flags::parse_log_cap)]
     task_log_cap: Option<u64>,
+    #[command(flatten)]
+    task_limits: crate::flags::TaskLimitArgs,
 }
 
 impl ServerArgs {
@@ -129,6 +132,12 @@ struct ServerConfig {
     advertise_api: Option<String>,
     event_retention: Option<String>,
     task_log_cap: Option<String>,
+    task_default_cpu: Option<String>,
+    task_max_cpu: Option<String>,
+    task_default_memory: Option<String>,
+    task_max_memory: Option<String>,
+    task_default_timeout: Option<String>,
+    task_max_timeout: Option<String>,
 }
 
 /// The API address to advertise when none is given: the bound address, or this process's name with the
@@ -297,6 +306,14 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         (None, Some(text)) => crate::flags::parse_log_cap(text)?,
         (None, None) => gofer_state::LOG_CAP_BYTES,
     };
+    let task_limits = args.task_limits.changes(crate::flags::TaskLimitTexts {
+        default_cpu: file.task_default_cpu.as_deref(),
+        max_cpu: file.task_max_cpu.as_deref(),
+        default_memory: file.task_default_memory.as_deref(),
+        max_memory: file.task_max_memory.as_deref(),
+        default_timeout: file.task_default_timeout.as_deref(),
+        max_timeout: file.task_max_timeout.as_deref(),
+    })?;
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
     let executor_labels = executor_labels(&args.executor_labels, file.executor_labels)?;
     let benchmark_backend = match args.executor_backend.or(file.executor_backend).as_deref() {
@@ -459,6 +476,7 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         benchmark_backend,
         new_cluster_id: crate::random::hex(8)?,
         event_retention_ms,
+        task_limits,
         clock,
     })
     .await?;

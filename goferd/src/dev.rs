@@ -39,6 +39,8 @@ pub struct DevArgs {
     /// and last halves with a marker between them saying how much was left out
     #[arg(long, env = "GOFER_TASK_LOG_CAP", default_value = "10MiB", value_parser = crate::flags::parse_log_cap)]
     task_log_cap: u64,
+    #[command(flatten)]
+    task_limits: crate::flags::TaskLimitArgs,
 }
 
 /// The file goferctl reads to find and trust the server.
@@ -142,6 +144,7 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
             .join("gofer")
             .join("config.toml"),
     };
+    let task_limits = args.task_limits.changes(Default::default())?;
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
 
@@ -200,6 +203,7 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
         benchmark_backend: false,
         new_cluster_id: crate::random::hex(8)?,
         event_retention_ms: args.event_retention,
+        task_limits,
         clock,
     })
     .await?;

@@ -86,6 +86,9 @@ pub struct NodeSetup {
     /// How long the cluster keeps events, when this process was told (`--event-retention`); it sets it
     /// once the cluster is initialized.
     pub event_retention_ms: Option<u64>,
+    /// The changes to the cluster's task defaults and ceilings this process was told (`--task-max-memory`
+    /// …); it makes them once the cluster is initialized.
+    pub task_limits: gofer_domain::limits::TaskLimitChanges,
     /// The wall clock every role stamps its commands with.
     pub clock: Clock,
 }
@@ -172,6 +175,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         benchmark_backend,
         new_cluster_id,
         event_retention_ms,
+        task_limits,
         clock,
     } = setup;
     // A single node commits at once: `goferd dev` is ready only once its first commands are in force.
@@ -192,7 +196,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
     let state = match state {
         Some(placement) => Some(
             process
-                .state(placement, new_cluster_id, event_retention_ms, startup)
+                .state(placement, new_cluster_id, event_retention_ms, task_limits, startup)
                 .await?,
         ),
         None => None,
@@ -347,11 +351,13 @@ impl Process {
         placement: Placement,
         new_cluster_id: String,
         event_retention_ms: Option<u64>,
+        task_limits: gofer_domain::limits::TaskLimitChanges,
         startup: Startup,
     ) -> anyhow::Result<RunningState> {
         let config = gofer_state::Config {
             new_cluster_id,
             event_retention_ms,
+            task_limits,
             startup,
         };
         let deps = gofer_state::Deps {

@@ -1,5 +1,6 @@
-//! An extension written with the SDK (`examples/extension-ticker`), built into a local image, installed,
-//! subscribed to and fired end to end; crashed and restarted by the host; uninstalled.
+//! An extension written with the SDK (`examples/extension-ticker`), built into a local image, installed
+//! (its container hardened), subscribed to and fired end to end; crashed and restarted by the host;
+//! uninstalled.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -39,6 +40,11 @@ fn an_sdk_extension_is_installed_fires_runs_and_is_restarted_after_a_crash() -> 
         Ok((e["registered"] == true && e["connected"] == true).then_some(e))
     })?;
     assert_eq!(extension["builtin"], false);
+    // Its container is hardened as a task's, but on the host network, where it reaches the node.
+    let container = wait_until("the ticker's container", Duration::from_secs(30), || {
+        crate::hardening::inspect(&format!("gofer-ext-ticker-{}", dev.cluster))
+    })?;
+    crate::hardening::assert_hardened(&container, "host");
     assert!(
         extension["settings"]
             .as_array()

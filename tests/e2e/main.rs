@@ -11,6 +11,7 @@ mod dispatch_chaos;
 mod events;
 mod extensions;
 mod guardrails;
+mod hardening;
 mod runs;
 mod tokens;
 mod triggers;

@@ -6,11 +6,18 @@
 //! (extension containers) both go through it. It knows Docker, not Gofer: what a container is called,
 //! which labels and environment it carries and what they mean are its callers' business. There is no
 //! registry to pull from, so it never pulls an image.
+//!
+//! It refuses to make a container that is not hardened: every container it creates says in its
+//! HostConfig that it is not privileged, has no host mounts or devices (so no Docker socket either),
+//! runs with `no-new-privileges`, keeps only [`KEPT_CAPABILITIES`], at most [`PIDS_LIMIT`] processes, and
+//! a json-file log of at most [`LOG_MAX_SIZE`] × [`LOG_MAX_FILE`]. A task container is on Docker's default
+//! bridge network; only an extension's container is on the host's, which it needs to reach a node that
+//! listens on loopback. [`ContainerSpec`] has no field to ask for anything else.
 
 use std::collections::HashMap;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
     WaitContainerOptions,
@@ -89,6 +96,76 @@ pub struct ContainerSpec {
     pub nano_cpus: i64,
     /// The memory limit in bytes, with no swap beyond it; 0 for none.
     pub memory_bytes: i64,
+    /// The user the command runs as (`name`, `uid`, `name:group` or `uid:gid`); empty for the image's own.
+    pub user: String,
+}
+
+/// The capabilities a container keeps: Docker's default set (as of Engine 20.10) without `NET_RAW` (raw
+/// sockets: spoofed packets, ARP tricks on the bridge), `MKNOD` (device nodes), `AUDIT_WRITE` (the host's
+/// audit log), `SETFCAP` and `SETPCAP` (granting file or process capabilities) and `SYS_CHROOT`, which a
+/// task never needs. What is kept lets a task that runs as root in its image own, read and write its own
+/// files, signal its own processes, change to another user and bind a port below 1024 in its network.
+/// Every other capability is dropped, so a daemon whose default set grows gives tasks nothing more.
+pub const KEPT_CAPABILITIES: [&str; 8] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "NET_BIND_SERVICE",
+];
+
+/// The most processes and threads a container may have at once (Docker's `PidsLimit`, the pids cgroup
+/// controller), so that a fork bomb stops at its own container; 2048, as Podman's default.
+pub const PIDS_LIMIT: i64 = 2048;
+
+/// The size at which Docker starts a new json-file log for a container, and how many it keeps: a container
+/// takes at most 300 MB of the Docker host's disk for its log however much it prints. The executor
+/// follows the log as it grows and reads it again once the container stops, so this only bounds what an
+/// executor that reads it late (a restarted one, or one whose upload failed) can still find. At the
+/// json-file's worst (a line of a few bytes takes about 70), 100 MB still holds more than the 5 MiB head
+/// and tail of the log archive's default cap.
+pub const LOG_MAX_SIZE: &str = "100m";
+/// See [`LOG_MAX_SIZE`].
+pub const LOG_MAX_FILE: &str = "3";
+
+/// What every container Gofer makes gets, whatever it runs: not privileged, no host mounts or devices,
+/// `no-new-privileges`, [`KEPT_CAPABILITIES`] only, [`PIDS_LIMIT`] and a capped json-file log.
+fn hardened(network_mode: &str) -> HostConfig {
+    HostConfig {
+        privileged: Some(false),
+        network_mode: Some(network_mode.to_string()),
+        binds: Some(Vec::new()),
+        mounts: Some(Vec::new()),
+        devices: Some(Vec::new()),
+        security_opt: Some(vec!["no-new-privileges".to_string()]),
+        cap_drop: Some(vec!["ALL".to_string()]),
+        cap_add: Some(KEPT_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+        pids_limit: Some(PIDS_LIMIT),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".to_string()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                ("max-file".to_string(), LOG_MAX_FILE.to_string()),
+            ])),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The HostConfig of a task container: [`hardened`], on Docker's default bridge network, with the
+/// spec's limits.
+fn task_host_config(spec: &ContainerSpec) -> HostConfig {
+    let limited = |value: i64| (value > 0).then_some(value);
+    HostConfig {
+        nano_cpus: limited(spec.nano_cpus),
+        memory: limited(spec.memory_bytes),
+        // Without swap beyond the limit, so that the limit is the memory the container gets.
+        memory_swap: limited(spec.memory_bytes),
+        ..hardened("bridge")
+    }
 }
 
 impl Engine {
@@ -136,8 +213,8 @@ impl Engine {
     }
 
     /// Creates and starts a long-running service container (an extension) on the host's network, so that
-    /// it reaches a node listening on loopback; returns its id. A leftover container of the same name is
-    /// replaced.
+    /// it reaches a node listening on loopback, hardened as every container is; returns its id. A
+    /// leftover container of the same name is replaced.
     pub async fn run_service(
         &self,
         name: &str,
@@ -153,31 +230,23 @@ impl Engine {
             image: Some(image.to_string()),
             env: Some(env),
             labels: Some(labels),
-            host_config: Some(HostConfig {
-                network_mode: Some("host".to_string()),
-                ..Default::default()
-            }),
+            host_config: Some(hardened("host")),
             ..Default::default()
         };
         self.create_started(name.to_string(), body).await
     }
 
-    /// Creates and starts the container `spec` describes; returns its id.
+    /// Creates and starts the container `spec` describes, hardened, on Docker's default bridge network;
+    /// returns its id.
     pub async fn create_and_start(&self, spec: ContainerSpec) -> Result<String, Error> {
-        let limited = |value: i64| (value > 0).then_some(value);
-        let host_config = HostConfig {
-            nano_cpus: limited(spec.nano_cpus),
-            memory: limited(spec.memory_bytes),
-            // Without swap beyond the limit, so that the limit is the memory the container gets.
-            memory_swap: limited(spec.memory_bytes),
-            ..Default::default()
-        };
+        let host_config = task_host_config(&spec);
         let body = ContainerCreateBody {
             image: Some(spec.image),
             cmd: (!spec.command.is_empty()).then_some(spec.command),
             env: Some(spec.env),
             labels: Some(spec.labels),
             working_dir: (!spec.workdir.is_empty()).then_some(spec.workdir),
+            user: (!spec.user.is_empty()).then_some(spec.user),
             host_config: Some(host_config),
             ..Default::default()
         };
@@ -298,6 +367,72 @@ impl Stamp {
             nanos,
         };
         Some((stamp, bytes[space + 1..].to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod hardening_tests {
+    use super::*;
+
+    #[test]
+    fn a_task_container_is_hardened_explicitly_and_keeps_its_limits() {
+        let spec = ContainerSpec {
+            nano_cpus: 500_000_000,
+            memory_bytes: 64 << 20,
+            ..Default::default()
+        };
+        let config = task_host_config(&spec);
+        assert_eq!(config.privileged, Some(false));
+        assert_eq!(config.network_mode.as_deref(), Some("bridge"));
+        assert_eq!(config.binds, Some(Vec::new()));
+        assert_eq!(config.mounts, Some(Vec::new()));
+        assert_eq!(config.devices, Some(Vec::new()));
+        assert_eq!(config.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(config.cap_drop, Some(vec!["ALL".to_string()]));
+        let kept = config.cap_add.clone().unwrap_or_default();
+        for dropped in [
+            "NET_RAW",
+            "MKNOD",
+            "AUDIT_WRITE",
+            "SETFCAP",
+            "SETPCAP",
+            "SYS_CHROOT",
+            "SYS_ADMIN",
+        ] {
+            assert!(!kept.iter().any(|c| c == dropped), "{dropped} kept: {kept:?}");
+        }
+        assert_eq!(kept.len(), KEPT_CAPABILITIES.len());
+        assert_eq!(config.pids_limit, Some(PIDS_LIMIT));
+        let log = config.log_config.clone().unwrap_or_default();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let options = log.config.unwrap_or_default();
+        assert_eq!(options.get("max-size").map(String::as_str), Some(LOG_MAX_SIZE));
+        assert_eq!(options.get("max-file").map(String::as_str), Some(LOG_MAX_FILE));
+        assert_eq!(
+            (config.nano_cpus, config.memory, config.memory_swap),
+            (Some(500_000_000), Some(64 << 20), Some(64 << 20))
+        );
+        let unlimited = task_host_config(&ContainerSpec::default());
+        assert_eq!(
+            (unlimited.nano_cpus, unlimited.memory, unlimited.memory_swap),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn an_extension_container_is_on_the_host_network_and_otherwise_hardened_alike() {
+        let service = hardened("host");
+        assert_eq!(service.network_mode.as_deref(), Some("host"));
+        assert_eq!(
+            HostConfig {
+                network_mode: None,
+                ..service
+            },
+            HostConfig {
+                network_mode: None,
+                ..hardened("bridge")
+            }
+        );
     }
 }
 

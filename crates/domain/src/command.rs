@@ -237,6 +237,12 @@ pub enum Command {
         name: String,
         at: i64,
     },
+    /// Sets the cluster's defaults and ceilings for a task's `cpu`, `memory` and `timeout` (see
+    /// [`crate::limits::TaskLimits`]), all at once: a limit it leaves unset is unset.
+    SetTaskLimits {
+        limits: crate::limits::TaskLimits,
+        at: i64,
+    },
     /// A command issued by the holder of `role` in `epoch`: refused, changing nothing, once the epoch has
     /// moved on.
     Fenced {
@@ -292,7 +298,8 @@ impl Command {
             | Command::SetEventRetention { at, .. }
             | Command::CreateToken { at, .. }
             | Command::DisableToken { at, .. }
-            | Command::DeleteToken { at, .. } => Some(*at),
+            | Command::DeleteToken { at, .. }
+            | Command::SetTaskLimits { at, .. } => Some(*at),
             Command::Batch { .. } | Command::Fenced { .. } => None,
         }
     }

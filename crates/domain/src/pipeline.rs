@@ -72,7 +72,37 @@ pub struct TaskConfig {
     /// The container's working directory, an absolute path; the image's if empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub workdir: String,
+    /// The user the command runs as, as Docker spells it: `name`, `uid`, `name:group` or `uid:gid`; the
+    /// image's if empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
 }
+
+/// The fields a task may never set, each with why: they would give a task power over the Docker host,
+/// which Gofer never does. Without this list they would be refused as unknown fields; with it the
+/// refusal says why.
+const REFUSED_TASK_FIELDS: [(&str, &str); 11] = [
+    ("privileged", "tasks never run privileged"),
+    ("volumes", "tasks never get host mounts"),
+    ("mounts", "tasks never get host mounts"),
+    ("binds", "tasks never get host mounts"),
+    ("devices", "tasks never get host devices"),
+    (
+        "network",
+        "tasks never choose their network: they run on Docker's default bridge, never on the host network",
+    ),
+    (
+        "network_mode",
+        "tasks never choose their network: they run on Docker's default bridge, never on the host network",
+    ),
+    ("cap_add", "tasks never get capabilities beyond Gofer's fixed set"),
+    (
+        "security_opt",
+        "tasks always run with no-new-privileges and cannot change their security options",
+    ),
+    ("pid", "tasks never share the host's processes"),
+    ("ipc", "tasks never share the host's IPC namespace"),
+];
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
@@ -131,6 +161,7 @@ impl PipelineConfig {
     /// Parses the JSON form without checking the DAG rules; clients use it and leave the rules to the
     /// server, which checks them again whatever the client did.
     pub fn parse_json(json: &str) -> Result<Self, Error> {
+        check_refused_fields(json)?;
         let mut de = serde_json::Deserializer::from_str(json);
         let config: PipelineConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
             let path = err.path().to_string();
@@ -291,6 +322,9 @@ impl TaskConfig {
         if !self.workdir.is_empty() {
             crate::limits::check_workdir(&format!("tasks[{i}].workdir"), &self.workdir)?;
         }
+        if !self.user.is_empty() {
+            check_user(&format!("tasks[{i}].user"), &self.user)?;
+        }
         if self.retries > MAX_RETRIES {
             return Err(Error::invalid(
                 format!("tasks[{i}].retries"),
@@ -357,6 +391,52 @@ impl TaskConfig {
         }
         Ok(())
     }
+}
+
+/// Refuses a task that sets one of [`REFUSED_TASK_FIELDS`], naming it and saying why. JSON that does not
+/// parse, or has no list of tasks, passes: the typed parse that follows says what is wrong with it.
+fn check_refused_fields(json: &str) -> Result<(), Error> {
+    let Ok(serde_json::Value::Object(pipeline)) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Ok(());
+    };
+    let Some(serde_json::Value::Array(tasks)) = pipeline.get("tasks") else {
+        return Ok(());
+    };
+    for (i, task) in tasks.iter().enumerate() {
+        let Some(task) = task.as_object() else { continue };
+        if let Some((field, why)) = REFUSED_TASK_FIELDS.iter().find(|(field, _)| task.contains_key(*field)) {
+            return Err(Error::invalid(format!("tasks[{i}].{field}"), *why));
+        }
+    }
+    Ok(())
+}
+
+/// The longest user or group name a task's `user` may hold (Linux's own limit).
+const MAX_USER_NAME_LEN: usize = 32;
+
+/// Checks a task's `user`: a user and optionally a group after a colon, each a name (letters, digits,
+/// `_`, `.`, `-`, not starting with `-`, at most 32 characters) or a numeric id below 4294967295.
+pub(crate) fn check_user(field: &str, user: &str) -> Result<(), Error> {
+    let part_ok = |part: &str| {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            return part.parse::<u32>().is_ok_and(|id| id < u32::MAX);
+        }
+        !part.is_empty()
+            && part.len() <= MAX_USER_NAME_LEN
+            && !part.starts_with('-')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    };
+    let (name, group) = match user.split_once(':') {
+        Some((name, group)) => (name, Some(group)),
+        None => (user, None),
+    };
+    if !part_ok(name) || !group.is_none_or(part_ok) {
+        return Err(Error::invalid(
+            field,
+            format!("{user:?} is not a user such as 1000, 1000:1000, nobody or nobody:nogroup"),
+        ));
+    }
+    Ok(())
 }
 
 /// A loose check of Docker's reference grammar, `[host[:port]/]path[:tag][@digest]`, so that a typo fails at

@@ -17,6 +17,7 @@ use crate::command::{Applied, Command, MAX_BATCH};
 use crate::events::{EventLog, Journal};
 use crate::executors::Executors;
 use crate::lease::Leases;
+use crate::limits::TaskLimits;
 use crate::model::{Assignment, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord, Run};
 use crate::triggers::ExtensionRecord;
 use crate::{Error, PipelineConfig, validate_id};
@@ -42,6 +43,10 @@ pub struct State {
     /// The API tokens (see [`crate::access`]); left out of a snapshot while there are none.
     #[serde(default, skip_serializing_if = "Tokens::is_empty")]
     pub tokens: Tokens,
+    /// The cluster's defaults and ceilings for a task's cpu, memory and timeout; left out of a snapshot
+    /// while none is set.
+    #[serde(default, skip_serializing_if = "TaskLimits::is_unset")]
+    pub task_limits: TaskLimits,
 }
 
 impl State {
@@ -248,6 +253,11 @@ impl State {
                 .events
                 .set_retention(*retention_millis, *at)
                 .map(|()| Applied::Done),
+            Command::SetTaskLimits { limits, .. } => {
+                limits.check()?;
+                self.task_limits = *limits;
+                Ok(Applied::Done)
+            }
             Command::Fenced {
                 role,
                 holder,
@@ -282,9 +292,11 @@ impl State {
         Ok(Applied::Done)
     }
 
-    /// Stores `config` as the pipeline's next version, making the pipeline at version 1.
+    /// Stores `config` as the pipeline's next version, making the pipeline at version 1, unless a task asks
+    /// for more than one of the cluster's ceilings.
     fn register_pipeline(&mut self, namespace: &str, config: &PipelineConfig, at: i64) -> Result<Applied, Error> {
         config.validate()?;
+        self.task_limits.check_pipeline(config)?;
         let record = self
             .namespace_mut(namespace)?
             .pipelines

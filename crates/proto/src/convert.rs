@@ -41,6 +41,7 @@ pub fn config_from_proto(config: v1::PipelineConfig) -> Result<PipelineConfig, E
             cpu: task.cpu.map(gofer_domain::limits::Cpus::from_cpus),
             memory: task.memory,
             workdir: task.workdir,
+            user: task.user,
         });
     }
     let config = PipelineConfig {
@@ -89,6 +90,7 @@ pub fn config_to_proto(config: &PipelineConfig) -> v1::PipelineConfig {
                 cpu: t.cpu.map(|c| c.0 as f64 / 1000.0),
                 memory: t.memory.clone(),
                 workdir: t.workdir.clone(),
+                user: t.user.clone(),
             })
             .collect(),
     }
@@ -437,5 +439,21 @@ mod tests {
         let id = AttemptId::from(&key);
         assert_eq!(id.to_string(), "ns/p-1/42/build_x/3");
         assert_eq!(v1::AttemptKey::from(&id), key);
+    }
+
+    #[test]
+    fn a_task_user_travels_to_the_wire_and_back_and_is_checked_on_the_way_in() {
+        let config =
+            PipelineConfig::from_json(r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "user": "1000:1000"}]}"#)
+                .unwrap();
+        let wire = config_to_proto(&config);
+        assert_eq!(wire.tasks[0].user, "1000:1000");
+        assert_eq!(config_from_proto(wire.clone()).unwrap(), config);
+        let mut bad = wire;
+        bad.tasks[0].user = "root:x:y".into();
+        match config_from_proto(bad) {
+            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "tasks[0].user"),
+            other => panic!("{other:?}"),
+        }
     }
 }

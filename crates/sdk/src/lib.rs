@@ -52,6 +52,8 @@ pub struct Task {
     memory: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     workdir: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    user: String,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -73,6 +75,7 @@ impl Task {
             cpu: None,
             memory: String::new(),
             workdir: String::new(),
+            user: String::new(),
         }
     }
 
@@ -97,6 +100,13 @@ impl Task {
     /// Runs the command in `dir`, an absolute path.
     pub fn workdir(mut self, dir: impl Into<String>) -> Self {
         self.workdir = dir.into();
+        self
+    }
+
+    /// Runs the command as `user`, as Docker spells it: `"1000"`, `"1000:1000"`, `"nobody"` or
+    /// `"nobody:nogroup"` (a name must exist in the image's `/etc/passwd`).
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = user.into();
         self
     }
 
@@ -214,5 +224,15 @@ mod tests {
         assert_eq!(value["tasks"][0]["env"]["K"], "V");
         assert_eq!(value["tasks"][1]["depends_on"]["a"], "failure");
         assert!(value["tasks"][1].get("command").is_none());
+        assert!(value["tasks"][1].get("user").is_none());
+    }
+
+    #[test]
+    fn a_task_user_is_printed_as_the_server_reads_it() {
+        let json = Pipeline::new("p", "P")
+            .task(Task::new("a", "img").user("1000:1000"))
+            .to_json();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["tasks"][0]["user"], "1000:1000");
     }
 }

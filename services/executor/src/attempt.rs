@@ -174,7 +174,10 @@ pub(crate) async fn run(
             &key,
             v1::AttemptOutcome::Error,
             None,
-            format!("timed out after {}", human_duration(start.timeout_millis)),
+            format!(
+                "timed out after {}",
+                gofer_domain::limits::format_duration(start.timeout_millis)
+            ),
         ),
         (Ok(code), false) if oom_killed => finished(
             &executor.clock,
@@ -559,18 +562,4 @@ enum Ended {
     Stopped,
     /// It was stopped because it ran past its timeout.
     TimedOut,
-}
-
-/// `90000` milliseconds as `1m30s`.
-fn human_duration(millis: i64) -> String {
-    let (hours, rest) = (millis / 3_600_000, millis % 3_600_000);
-    let (minutes, rest) = (rest / 60_000, rest % 60_000);
-    let (seconds, ms) = (rest / 1_000, rest % 1_000);
-    let mut text = String::new();
-    for (value, unit) in [(hours, "h"), (minutes, "m"), (seconds, "s"), (ms, "ms")] {
-        if value > 0 {
-            text.push_str(&format!("{value}{unit}"));
-        }
-    }
-    if text.is_empty() { "0s".to_string() } else { text }
 }

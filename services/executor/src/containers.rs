@@ -80,6 +80,7 @@ pub(crate) fn spec(cluster: &str, executor: &str, attempt: &AttemptId, start: &v
         workdir: start.workdir.clone(),
         nano_cpus: start.nano_cpus,
         memory_bytes: start.memory_bytes,
+        user: start.user.clone(),
     }
 }
 
@@ -91,4 +92,34 @@ fn container_name(cluster: &str, attempt: &AttemptId) -> String {
         "gofer-{}-{}-{}-{}-{}-{}",
         task.namespace, task.pipeline, task.run, task.task, attempt.attempt, cluster
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_container_runs_as_the_user_with_the_limits_the_start_names() {
+        let attempt: AttemptId = "default/p/7/a/2".parse().expect("an attempt id");
+        let start = v1::StartAttempt {
+            image: "gofer/toolbox:1".into(),
+            user: "1000:1000".into(),
+            nano_cpus: 500_000_000,
+            memory_bytes: 64 << 20,
+            workdir: "/work".into(),
+            ..Default::default()
+        };
+        let spec = spec("c0ffee", "e1", &attempt, &start);
+        assert_eq!(spec.user, "1000:1000");
+        assert_eq!((spec.nano_cpus, spec.memory_bytes), (500_000_000, 64 << 20));
+        assert_eq!(spec.workdir, "/work");
+        assert_eq!(spec.name, "gofer-default-p-7-a-2-c0ffee");
+        assert_eq!(
+            spec.labels.get(LABEL_ATTEMPT).map(String::as_str),
+            Some("default/p/7/a/2")
+        );
+        // Without a user in the Start, the image's own.
+        let plain = v1::StartAttempt::default();
+        assert_eq!(super::spec("c0ffee", "e1", &attempt, &plain).user, "");
+    }
 }

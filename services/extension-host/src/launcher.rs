@@ -2,6 +2,10 @@
 //! the host's address, the CA certificate and a fresh token scoped to that extension in its environment,
 //! restarts it with backoff when it exits, and stops it when the extension is uninstalled or the node
 //! shuts down. Install-time settings reach the container as `GOFER_SETTING_<NAME>`.
+//!
+//! An extension's container is hardened as a task's is (`gofer-docker`: never privileged, no host mounts,
+//! `no-new-privileges`, the reduced capability set, a pids limit and a capped log), but it is on the host
+//! network, which it needs to reach a node that listens on loopback.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

@@ -406,6 +406,7 @@ pub(crate) fn live_attempts(state: &State) -> Vec<LiveAttempt> {
 /// The assigned, unfinished attempts that `want` (executor, attempt, cancel requested) picks.
 fn live_attempts_where(state: &State, mut want: impl FnMut(&str, &AttemptId, bool) -> bool) -> Vec<LiveAttempt> {
     let mut out = Vec::new();
+    let limits = &state.task_limits;
     for (namespace, pipeline, record, run) in state.active_runs() {
         let config = record.version(run.version).expect("a run's version exists");
         for (index, task) in run.tasks.iter().enumerate() {
@@ -431,11 +432,16 @@ fn live_attempts_where(state: &State, mut want: impl FnMut(&str, &AttemptId, boo
                     command: spec.command.clone(),
                     env: task_env(&spec.env, &run.parameters, run.trigger.as_ref()),
                     already_started: assignment.started,
-                    timeout_millis: spec.timeout_ms().unwrap_or(0),
-                    nano_cpus: spec.cpu.map_or(0, |c| c.nano_cpus()),
-                    memory_bytes: spec.memory_bytes().map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+                    // The cluster's defaults and ceilings apply here, where every Start is made, so a
+                    // re-sent Start carries what the first did while the limits are unchanged.
+                    timeout_millis: limits.timeout_ms_for(spec).unwrap_or(0),
+                    nano_cpus: limits.cpu_for(spec).map_or(0, |c| c.nano_cpus()),
+                    memory_bytes: limits
+                        .memory_bytes_for(spec)
+                        .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
                     workdir: spec.workdir.clone(),
                     pipeline_version: run.version,
+                    user: spec.user.clone(),
                 },
                 id,
                 cancel_requested: run.cancel_requested,
@@ -481,5 +487,82 @@ mod tests {
         assert_eq!(env["GOFER_PARAM_REPOSITORY_FULL_NAME"], "o/r");
         assert_eq!(env["GOFER_PARAM_REF"], "mine", "the task's own env wins");
         assert_eq!(task_env(&own, &BTreeMap::new(), None).len(), 2);
+    }
+
+    #[test]
+    fn a_start_carries_the_user_and_the_clusters_defaults_and_ceilings() {
+        use gofer_domain::limits::{Cpus, TaskLimits};
+        use gofer_domain::{AttemptRef, Command, PipelineConfig, State};
+        let mut state = State::default();
+        let json = r#"{"id": "p", "tasks": [
+            {"id": "a", "image": "i", "user": "1000:1000"},
+            {"id": "b", "image": "i", "memory": "64MiB", "timeout": "5m"}]}"#;
+        let commands = [
+            Command::Init {
+                cluster_id: "c".into(),
+                at: 1,
+            },
+            Command::RegisterPipeline {
+                namespace: "default".into(),
+                config: PipelineConfig::from_json(json).unwrap(),
+                at: 2,
+            },
+            Command::StartRun {
+                namespace: "default".into(),
+                pipeline: "p".into(),
+                request_id: String::new(),
+                parameters: BTreeMap::new(),
+                retry_of: 0,
+                at: 3,
+            },
+            // Set after registration: the defaults reach attempts of versions registered before.
+            Command::SetTaskLimits {
+                limits: TaskLimits {
+                    default_cpu: Some(Cpus(500)),
+                    default_memory_bytes: Some(256 << 20),
+                    max_timeout_ms: Some(60_000),
+                    ..Default::default()
+                },
+                at: 4,
+            },
+        ];
+        for command in &commands {
+            state.apply(command).unwrap();
+        }
+        for task in ["a", "b"] {
+            let target = AttemptRef {
+                namespace: "default".into(),
+                pipeline: "p".into(),
+                run: 1,
+                task: task.into(),
+            };
+            state
+                .apply(&Command::AssignAttempt {
+                    target,
+                    attempt: 1,
+                    executor: "e1".into(),
+                    node: 1,
+                    scheduler: String::new(),
+                    epoch: 0,
+                    at: 5,
+                })
+                .unwrap();
+        }
+        let starts: BTreeMap<String, _> = super::live_attempts(&state)
+            .into_iter()
+            .map(|live| (live.id.task.task.clone(), live.start))
+            .collect();
+        let (a, b) = (&starts["a"], &starts["b"]);
+        assert_eq!(a.user, "1000:1000");
+        assert_eq!(
+            (a.nano_cpus, a.memory_bytes, a.timeout_millis),
+            (500_000_000, 256 << 20, 60_000)
+        );
+        assert_eq!(b.user, "");
+        // Its own memory; its own timeout cut to the ceiling.
+        assert_eq!(
+            (b.nano_cpus, b.memory_bytes, b.timeout_millis),
+            (500_000_000, 64 << 20, 60_000)
+        );
     }
 }

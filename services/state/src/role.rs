@@ -1,6 +1,6 @@
 //! The state role of a process, started by [`run`]: a state node in the process (serving raft to its
 //! peers, proposing the cluster's id, pruning the logs of pruned runs) or a mirror of state nodes
-//! elsewhere, and in either case the event retention this process was told.
+//! elsewhere, and in either case the event retention and task limits this process was told.
 //!
 //! Like every service's `run`, it takes its config, its dependencies, the `TaskTracker` every task it
 //! spawns goes through, and the `CancellationToken` that ends them; it binds no socket and reads no flag
@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use gofer_clock::Clock;
-use gofer_domain::Command;
+use gofer_domain::limits::TaskLimitChanges;
+use gofer_domain::{Command, State};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,8 +18,8 @@ use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::{Error, LogStore, PeerNetwork, RemoteState, StateHandle, StateNode, Unavailable};
 
-/// Whether a role's `run` waits for its first commands (the cluster's id, its event retention, the
-/// built-in extensions) to commit before it returns.
+/// Whether a role's `run` waits for its first commands (the cluster's id, its event retention and task
+/// limits, the built-in extensions) to commit before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Startup {
     /// Waits: a single node commits at once, and its process is ready only once they are in force.
@@ -35,6 +36,9 @@ pub struct Config {
     /// How long the cluster keeps events, when this process was told; set once the cluster is
     /// initialized.
     pub event_retention_ms: Option<u64>,
+    /// The changes to the cluster's task defaults and ceilings this process was told; made once the
+    /// cluster is initialized. The limits it was told nothing of keep the cluster's values.
+    pub task_limits: TaskLimitChanges,
     pub startup: Startup,
 }
 
@@ -117,13 +121,36 @@ pub async fn run(
             }
         }
     };
+    // The cluster settings this process was told, each with what to propose given the state.
+    let mut settings: Vec<(&'static str, SettingCommand)> = Vec::new();
     if let Some(retention_ms) = config.event_retention_ms {
-        first_commands.push(tracker.spawn(set_event_retention(
-            running.handle.clone(),
-            retention_ms,
-            clock,
-            shutdown.clone(),
-        )));
+        let clock = clock.clone();
+        settings.push((
+            "event retention",
+            Box::new(move |s| {
+                (s.events.retention_ms() != retention_ms).then(|| Command::SetEventRetention {
+                    retention_millis: retention_ms,
+                    at: clock.now_millis(),
+                })
+            }),
+        ));
+    }
+    if !config.task_limits.is_empty() {
+        let changes = config.task_limits;
+        settings.push((
+            "task limits",
+            Box::new(move |s| {
+                let limits = changes.applied_to(s.task_limits);
+                (limits != s.task_limits).then(|| Command::SetTaskLimits {
+                    limits,
+                    at: clock.now_millis(),
+                })
+            }),
+        ));
+    }
+    for (what, command) in settings {
+        let setting = keep_setting(running.handle.clone(), what, command, shutdown.clone());
+        first_commands.push(tracker.spawn(setting));
     }
     if config.startup == Startup::AwaitFirstCommands {
         for command in first_commands {
@@ -197,34 +224,30 @@ async fn initialize(state: StateHandle, cluster_id: String, clock: Clock, shutdo
     .await;
 }
 
-/// Sets the cluster's event retention once it is initialized, unless it already is that.
-async fn set_event_retention(state: StateHandle, retention_ms: u64, clock: Clock, shutdown: CancellationToken) {
-    retry(
-        "waiting for the cluster to set the event retention",
-        &shutdown,
-        || async {
-            let (initialized, current) = state
-                .read_linearizable(|s| (!s.cluster_id.is_empty(), s.events.retention_ms()))
-                .await?;
-            if !initialized {
-                return Err(Unavailable::NotInitialized.into());
+/// What to propose for one of the cluster's settings, given the state: nothing if it is already so.
+type SettingCommand = Box<dyn Fn(&State) -> Option<Command> + Send + Sync>;
+
+/// Sets one of the cluster's settings (`what`) once it is initialized: `command` reads the state and says
+/// what to propose, if anything differs from what this process was told. A refused setting is logged and
+/// not tried again.
+async fn keep_setting(state: StateHandle, what: &'static str, command: SettingCommand, shutdown: CancellationToken) {
+    let waiting = format!("waiting for the cluster to set the {what}");
+    retry(&waiting, &shutdown, || async {
+        let (initialized, proposal) = state
+            .read_linearizable(|s| (!s.cluster_id.is_empty(), command(s)))
+            .await?;
+        if !initialized {
+            return Err(Unavailable::NotInitialized.into());
+        }
+        if let Some(proposal) = proposal {
+            match state.propose(proposal).await {
+                Ok(_) => {}
+                Err(Error::Rejected(e)) => tracing::error!(error = %e, "setting the {what} was refused"),
+                Err(e) => return Err(e),
             }
-            if current != retention_ms {
-                let command = Command::SetEventRetention {
-                    retention_millis: retention_ms,
-                    at: clock.now_millis(),
-                };
-                match state.propose(command).await {
-                    Ok(_) => {}
-                    Err(Error::Rejected(e)) => {
-                        tracing::error!(error = %e, "the event retention was refused");
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        },
-    )
+        }
+        Ok(())
+    })
     .await;
 }
 

@@ -165,3 +165,81 @@ fn image_references_are_checked() {
         assert_eq!(field_of(&json), "tasks[0].image", "{bad}");
     }
 }
+
+#[test]
+fn a_task_user_is_a_name_or_id_with_an_optional_group() {
+    for good in [
+        "1000",
+        "1000:1000",
+        "nobody",
+        "nobody:nogroup",
+        "app_user.1",
+        "0:0",
+        "4294967294",
+    ] {
+        let json = format!(r#"{{"id": "x", "tasks": [{{"id": "a", "image": "i", "user": "{good}"}}]}}"#);
+        let config = parse(&json).unwrap_or_else(|e| panic!("{good}: {e}"));
+        assert_eq!(config.tasks[0].user, good);
+        assert_eq!(parse(&config.to_json_pretty()).unwrap(), config);
+    }
+    for bad in [
+        "",
+        ":",
+        "1000:",
+        ":1000",
+        "a:b:c",
+        "-rf",
+        "has space",
+        "4294967295",
+        "99999999999",
+        "x/y",
+        "ünïcode",
+        "a-name-that-is-far-too-long-for-linux",
+    ] {
+        let json = serde_json::json!({"id": "x", "tasks": [{"id": "a", "image": "i", "user": bad}]}).to_string();
+        if bad.is_empty() {
+            // Empty means the image's own user, as if the field were absent.
+            assert_eq!(parse(&json).unwrap().tasks[0].user, "");
+            continue;
+        }
+        assert_eq!(field_of(&json), "tasks[0].user", "{bad:?}");
+    }
+    // Without a user the JSON form has no `user` key, so configs written before it existed read alike.
+    let plain = parse(r#"{"id": "x", "tasks": [{"id": "a", "image": "i"}]}"#).unwrap();
+    assert!(!plain.to_json_pretty().contains("user"));
+}
+
+#[test]
+fn fields_that_would_give_a_task_power_over_the_host_are_refused_saying_why() {
+    for (field, value, why) in [
+        ("privileged", "true", "tasks never run privileged"),
+        ("privileged", "false", "tasks never run privileged"),
+        ("volumes", r#"["/:/host"]"#, "host mounts"),
+        ("mounts", r#"[{"source": "/var/run/docker.sock"}]"#, "host mounts"),
+        (
+            "binds",
+            r#"["/var/run/docker.sock:/var/run/docker.sock"]"#,
+            "host mounts",
+        ),
+        ("devices", r#"["/dev/sda"]"#, "host devices"),
+        ("network", r#""host""#, "host network"),
+        ("network_mode", r#""host""#, "host network"),
+        ("cap_add", r#"["SYS_ADMIN"]"#, "capabilities"),
+        ("security_opt", r#"["seccomp=unconfined"]"#, "no-new-privileges"),
+        ("pid", r#""host""#, "host's processes"),
+        ("ipc", r#""host""#, "IPC"),
+    ] {
+        let json = format!(
+            r#"{{"id": "x", "tasks": [{{"id": "a", "image": "i"}}, {{"id": "b", "image": "i", "{field}": {value}}}]}}"#
+        );
+        match parse(&json) {
+            Err(Error::InvalidArgument { field: named, reason }) => {
+                assert_eq!(named, format!("tasks[1].{field}"));
+                assert!(reason.contains(why), "{field}: {reason}");
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+        // Clients read pipelines with `parse_json`, which refuses them alike.
+        assert!(PipelineConfig::parse_json(&json).is_err(), "{field}");
+    }
+}

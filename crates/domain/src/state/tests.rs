@@ -949,3 +949,119 @@ fn a_pipeline_keeps_its_newest_runs_and_prunes_the_oldest_ended_ones() {
         PipelineConfig::from_json(r#"{"id": "p", "keep_runs": 100001, "tasks": [{"id": "a", "image": "i"}]}"#).is_err()
     );
 }
+
+fn set_limits(state: &mut State, limits: crate::limits::TaskLimits) -> Result<Applied, Error> {
+    state.apply(&Command::SetTaskLimits { limits, at: 5 })
+}
+
+#[test]
+fn a_pipeline_over_a_ceiling_is_refused_naming_the_field_and_the_ceiling_and_nothing_is_stored() {
+    use crate::limits::{Cpus, TaskLimits};
+    let mut state = init();
+    set_limits(
+        &mut state,
+        TaskLimits {
+            max_cpu: Some(Cpus(2000)),
+            max_memory_bytes: Some(1 << 30),
+            max_timeout_ms: Some(3_600_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for (task, field, ceiling) in [
+        (r#""cpu": 2.5"#, "tasks[0].cpu", "task_max_cpu = 2"),
+        (r#""memory": "2GiB""#, "tasks[0].memory", "task_max_memory = 1GiB"),
+        (r#""timeout": "2h""#, "tasks[0].timeout", "task_max_timeout = 1h"),
+    ] {
+        let json = format!(r#"{{"id": "p", "tasks": [{{"id": "a", "image": "i", {task}}}]}}"#);
+        let before = state.clone();
+        match state.apply(&Command::RegisterPipeline {
+            namespace: "default".into(),
+            config: config(&json),
+            at: 6,
+        }) {
+            Err(Error::InvalidArgument { field: named, reason }) => {
+                assert_eq!(named, field);
+                assert!(reason.contains(ceiling), "{reason}");
+            }
+            other => panic!("{task}: {other:?}"),
+        }
+        assert_eq!(state, before);
+    }
+    // At the ceiling is allowed.
+    register(
+        &mut state,
+        r#"{"id": "p", "tasks": [{"id": "a", "image": "i", "cpu": 2, "memory": "1GiB", "timeout": "1h"}]}"#,
+    );
+}
+
+#[test]
+fn task_limits_are_checked_and_a_refused_setting_changes_nothing() {
+    use crate::limits::{Cpus, TaskLimits};
+    let mut state = init();
+    for (limits, field) in [
+        (
+            TaskLimits {
+                default_memory_bytes: Some(2 << 30),
+                max_memory_bytes: Some(1 << 30),
+                ..Default::default()
+            },
+            "task_default_memory",
+        ),
+        (
+            TaskLimits {
+                default_cpu: Some(Cpus(4000)),
+                max_cpu: Some(Cpus(2000)),
+                ..Default::default()
+            },
+            "task_default_cpu",
+        ),
+        (
+            TaskLimits {
+                default_timeout_ms: Some(7_200_000),
+                max_timeout_ms: Some(3_600_000),
+                ..Default::default()
+            },
+            "task_default_timeout",
+        ),
+        (
+            TaskLimits {
+                max_cpu: Some(Cpus(0)),
+                ..Default::default()
+            },
+            "task_max_cpu",
+        ),
+        (
+            TaskLimits {
+                max_memory_bytes: Some(1 << 20),
+                ..Default::default()
+            },
+            "task_max_memory",
+        ),
+        (
+            TaskLimits {
+                max_timeout_ms: Some(8 * 86_400_000),
+                ..Default::default()
+            },
+            "task_max_timeout",
+        ),
+    ] {
+        let before = state.clone();
+        match set_limits(&mut state, limits) {
+            Err(Error::InvalidArgument { field: named, .. }) => assert_eq!(named, field),
+            other => panic!("{field}: {other:?}"),
+        }
+        assert_eq!(state, before);
+    }
+    // Set, the limits travel in a snapshot; unset again, the snapshot has no trace of them.
+    let limits = TaskLimits {
+        default_memory_bytes: Some(256 << 20),
+        max_memory_bytes: Some(1 << 30),
+        ..Default::default()
+    };
+    set_limits(&mut state, limits).unwrap();
+    let snapshot: State = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+    assert_eq!(snapshot.task_limits, limits);
+    set_limits(&mut state, TaskLimits::default()).unwrap();
+    assert!(!serde_json::to_string(&state).unwrap().contains("task_limits"));
+}

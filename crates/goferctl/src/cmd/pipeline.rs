@@ -114,7 +114,10 @@ fn load_pipeline(path: &str) -> Result<PipelineConfig, Failure> {
     } else {
         std::fs::read_to_string(path).map_err(|e| Failure(format!("reading {path}: {e}")))?
     };
-    PipelineConfig::parse_json(&json).map_err(|e| Failure(format!("invalid pipeline: {e}")))
+    PipelineConfig::parse_json(&json).map_err(|e| {
+        let status = gofer_proto::into_status(e);
+        Failure(format!("invalid pipeline: {} ({:?})", status.message(), status.code()))
+    })
 }
 
 fn run_cargo_project(dir: &Path) -> Result<String, Failure> {

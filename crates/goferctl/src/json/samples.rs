@@ -42,6 +42,7 @@ pub fn config() -> v1::PipelineConfig {
         cpu,
         memory: "256MiB".into(),
         workdir: "/work".into(),
+        user: "1000:1000".into(),
     };
     v1::PipelineConfig {
         id: "nightly".into(),
