@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Makes deploy/certs (or $1): the cluster CA, an admin token, and a certificate per process (the three state
-# nodes, the api, both schedulers, the extension host and both executors) good for its compose name, localhost
-# and 127.0.0.1. Run once; it never overwrites.
+# nodes, the api, both schedulers, the extension host and both executors) good for its compose name, the name
+# the others dial it at; those published on the host (the state nodes and the api) are also good for
+# 127.0.0.1, where goferctl dials them. Run once; it never overwrites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 goferd=${GOFERD:-target/release/goferd}
 dir=${1:-deploy/certs}
 "$goferd" certs init --dir "$dir"
-for name in node1 node2 node3 api scheduler-a scheduler-b extension-host executor executor-b; do
-  "$goferd" certs issue "$name" --dir "$dir" --san "$name" --san localhost --san 127.0.0.1
+for name in node1 node2 node3 api; do
+  "$goferd" certs issue "$name" --dir "$dir" --ip 127.0.0.1
+done
+for name in scheduler-a scheduler-b extension-host; do
+  "$goferd" certs issue "$name" --dir "$dir"
+done
+for name in executor executor-b; do
+  "$goferd" certs issue "$name" --dir "$dir" --role executor
 done
 # The containers run as root but the files are read through a bind mount: keep them readable, all but the
 # CA's key, which no process needs.

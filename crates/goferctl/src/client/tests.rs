@@ -126,8 +126,21 @@ async fn a_status_the_server_sent_is_reported_with_its_code() {
     server.await.expect("the server ends");
 }
 
-/// A TLS server on 127.0.0.1 whose certificate, from a fresh CA, names `names`, and the CA's certificate
-/// in a temp dir for goferctl to trust. The server answers no call: connecting is the TLS handshake.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
+/// A node certificate's lifetime from now.
+fn current() -> gofer_tls::Validity {
+    gofer_tls::Validity::starting(now(), gofer_tls::Role::Node.lifetime())
+}
+
+/// A TLS server on 127.0.0.1 whose certificate, from a fresh CA, names `names` and is good over
+/// `validity`, and the CA's certificate in a temp dir for goferctl to trust. The server answers no call:
+/// connecting is the TLS handshake.
 struct TlsServer {
     host: String,
     ca_cert: std::path::PathBuf,
@@ -136,11 +149,12 @@ struct TlsServer {
 }
 
 impl TlsServer {
-    async fn start(names: &[&str]) -> TlsServer {
+    async fn start(names: &[&str], validity: gofer_tls::Validity) -> TlsServer {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = gofer_tls::Ca::generate("test CA").expect("a CA");
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = ca.issue("goferd", &names).expect("a server certificate");
+        let ca_validity = gofer_tls::Validity::starting(now(), gofer_tls::CA_LIFETIME);
+        let ca = gofer_tls::Ca::generate("test CA", ca_validity).expect("a CA");
+        let subject = gofer_tls::Subject::new("goferd", names, gofer_tls::Role::Node);
+        let cert = ca.issue(&subject, validity).expect("a server certificate");
         let dir = tempfile::tempdir().expect("a temp dir");
         let ca_cert = dir.path().join("ca.pem");
         std::fs::write(&ca_cert, &ca.certified().cert_pem).expect("writing the CA certificate");
@@ -182,7 +196,7 @@ impl Drop for TlsServer {
 
 #[tokio::test]
 async fn a_host_at_an_ip_address_is_verified_against_that_address_not_localhost() {
-    let localhost_only = TlsServer::start(&["localhost"]).await;
+    let localhost_only = TlsServer::start(&["localhost"], current()).await;
     let Err(Failure(line)) = localhost_only.connect().await else {
         panic!("a certificate that names only localhost was taken for 127.0.0.1");
     };
@@ -191,11 +205,25 @@ async fn a_host_at_an_ip_address_is_verified_against_that_address_not_localhost(
         "{line}"
     );
     assert!(line.contains("certificate"), "{line}");
-    let named = TlsServer::start(&["127.0.0.1"]).await;
+    let named = TlsServer::start(&["127.0.0.1"], current()).await;
     assert!(
         named.connect().await.is_ok(),
         "a certificate naming 127.0.0.1 is good for it"
     );
+}
+
+#[tokio::test]
+async fn an_expired_server_certificate_is_refused() {
+    let day = 24 * 60 * 60;
+    let ended = gofer_tls::Validity {
+        not_before: now() - 2 * day,
+        not_after: now() - day,
+    };
+    let expired = TlsServer::start(&["127.0.0.1"], ended).await;
+    let Err(Failure(line)) = expired.connect().await else {
+        panic!("an expired certificate was accepted");
+    };
+    assert!(line.contains("certificate"), "{line}");
 }
 
 #[tokio::test]

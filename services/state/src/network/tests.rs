@@ -91,9 +91,15 @@ async fn a_server_that_falls_silent_after_the_request_arrived_may_have_sent_it()
 /// server's task.
 async fn tls_peer(bind: &str, names: &[&str]) -> (String, String, tokio::task::JoinHandle<()>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = gofer_tls::Ca::generate("test CA").unwrap();
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let cert = ca.issue("peer", &names).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let validity = gofer_tls::Validity::starting(now, gofer_tls::Role::Node.lifetime());
+    let ca = gofer_tls::Ca::generate("test CA", validity).unwrap();
+    let cert = ca
+        .issue(&gofer_tls::Subject::new("peer", names, gofer_tls::Role::Node), validity)
+        .unwrap();
     let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let address = format!("https://{}", listener.local_addr().unwrap());
     let tls = tonic::transport::ServerTlsConfig::new()
