@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # Makes deploy/certs (or $1): the cluster CA, an admin token, and a certificate per process (the three state
-# nodes, the api, both schedulers, the extension host and both executors) good for its compose name, localhost
-# and 127.0.0.1. Run once; it never overwrites.
+# nodes, the api, both schedulers, the extension host and both executors) good for its compose name, the name
+# the others dial it at; those published on the host (the state nodes and the api) are also good for
+# 127.0.0.1, where goferctl dials them. Run once; it never overwrites.
+#
+# Each process's certificate and key sit in a directory of its own, NAME/ (mode 0700, the key 0600), which
+# compose.yaml gives to that container alone; the CA certificate is the one file they all share, and only
+# the processes that check tokens are given admin.token. The CA's key stays here: no container needs it.
+# The containers run as root, which reads these files whoever owns them; a container run as another user
+# needs its directory (and, where given, admin.token) chowned to that user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 goferd=${GOFERD:-target/release/goferd}
 dir=${1:-deploy/certs}
 "$goferd" certs init --dir "$dir"
-for name in node1 node2 node3 api scheduler-a scheduler-b extension-host executor executor-b; do
-  "$goferd" certs issue "$name" --dir "$dir" --san "$name" --san localhost --san 127.0.0.1
-done
-# The containers run as root but the files are read through a bind mount: keep them readable, all but the
-# CA's key, which no process needs.
-chmod 0644 "$dir"/*.key "$dir"/admin.token
-chmod 0600 "$dir/ca.key"
-for n in 1 2 3; do
-  printf 'host = "https://127.0.0.1:74%s3"\ntoken = "%s"\nca_cert = "%s"\nnamespace = "default"\n' \
-    "$n" "$(cat "$dir/admin.token")" "$(cd "$dir" && pwd)/ca.pem" > "$dir/goferctl-node$n.toml"
-done
-printf 'host = "https://127.0.0.1:7403"\ntoken = "%s"\nca_cert = "%s"\nnamespace = "default"\n' \
-  "$(cat "$dir/admin.token")" "$(cd "$dir" && pwd)/ca.pem" > "$dir/goferctl-api.toml"
+issue() {
+  local name=$1
+  shift
+  "$goferd" certs issue "$name" --dir "$dir" --out "$dir/$name" "$@"
+}
+for name in node1 node2 node3 api; do issue "$name" --ip 127.0.0.1; done
+for name in scheduler-a scheduler-b extension-host; do issue "$name"; done
+for name in executor executor-b; do issue "$name" --role executor; done
+# The goferctl configs hold the admin token: for this user alone, like admin.token itself.
+config() {
+  (umask 077 && printf 'host = "https://127.0.0.1:%s"\ntoken = "%s"\nca_cert = "%s"\nnamespace = "default"\n' \
+    "$1" "$(cat "$dir/admin.token")" "$(cd "$dir" && pwd)/ca.pem" > "$2")
+}
+for n in 1 2 3; do config "74${n}3" "$dir/goferctl-node$n.toml"; done
+config 7403 "$dir/goferctl-api.toml"
 echo "certificates and goferctl configs in $dir"

@@ -1,31 +1,104 @@
-//! `goferd certs init | issue NAME`: a cluster CA and the node and client certificates it signs, so that
-//! operators need no openssl. Private keys are written with mode 0600; nothing is ever overwritten.
+//! `goferd certs init | issue NAME | renew NAME`: a cluster CA and the node and executor certificates it
+//! signs, so that operators need no openssl.
+//!
+//! A certificate is good for exactly NAME and the names given with `--dns` and `--ip`, nothing added:
+//! peers verify each other by their real name or address, so an extra name (such as `localhost`) would let
+//! that certificate stand in for another process. Each has a lifetime set by its role (`gofer_tls::Role`)
+//! and recorded in it, so that `renew` issues it again for the same names and role. Private keys are
+//! written with mode 0600; `init` and `issue` never overwrite a file, and `renew` replaces the certificate
+//! and key by renaming new files over them.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use gofer_tls::{CLUSTER_CA_NAME, Ca};
+use gofer_tls::{CA_LIFETIME, CLUSTER_CA_NAME, Ca, Role, Subject, Validity};
+
+/// Where the CA lives and where a certificate goes.
+#[derive(clap::Args)]
+pub struct Place {
+    /// Where the CA lives (ca.pem, ca.key), and the certificates unless --out says otherwise
+    #[arg(long, default_value = "gofer-certs")]
+    dir: PathBuf,
+    /// Where NAME.pem and NAME.key are, such as a directory of their own that only NAME's process is given
+    /// [default: DIR]
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl Place {
+    fn out(&self) -> &Path {
+        self.out.as_deref().unwrap_or(&self.dir)
+    }
+}
+
+/// What a certificate is for, which sets its lifetime.
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum RoleArg {
+    /// A state node, api, scheduler or extension host: good for a year
+    Node,
+    /// An executor apart from the schedulers: good for 90 days
+    Executor,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Role {
+        match role {
+            RoleArg::Node => Role::Node,
+            RoleArg::Executor => Role::Executor,
+        }
+    }
+}
 
 /// Flags of `goferd certs`.
 #[derive(clap::Subcommand)]
 pub enum CertsCommand {
-    /// Make a new cluster CA in DIR (ca.pem, ca.key) and an admin token (admin.token)
+    /// Make a new cluster CA in DIR (ca.pem, ca.key; good for 10 years) and an admin token (admin.token)
     Init {
         /// Where the CA and the certificates live
         #[arg(long, default_value = "gofer-certs")]
         dir: PathBuf,
     },
-    /// Issue a certificate NAME.pem / NAME.key signed by the CA in DIR, for a node or a client
+    /// Issue a certificate NAME.pem / NAME.key signed by the CA in DIR, good for NAME and the names given
+    /// with --dns and --ip, and no other
     Issue {
-        /// The certificate's name (a node id such as node1, or a client name); letters, digits, '-', '_', '.'
+        /// The certificate's name (a node id such as node1, or a process's --name); letters, digits, '-',
+        /// '_', '.'
         name: String,
-        /// Where the CA and the certificates live
-        #[arg(long, default_value = "gofer-certs")]
-        dir: PathBuf,
-        /// A DNS name or IP address the certificate is good for (repeatable) [default: NAME, localhost, 127.0.0.1]
-        #[arg(long = "san")]
-        sans: Vec<String>,
+        #[command(flatten)]
+        place: Place,
+        /// What the certificate is for: its lifetime follows
+        #[arg(long, value_enum, default_value = "node")]
+        role: RoleArg,
+        /// Another DNS name the certificate is good for, such as the host name peers dial (repeatable)
+        #[arg(long = "dns", value_name = "NAME", value_parser = parse_dns_name)]
+        dns: Vec<String>,
+        /// An IP address the certificate is good for, such as the address clients dial (repeatable)
+        #[arg(long = "ip", value_name = "ADDRESS")]
+        ips: Vec<IpAddr>,
     },
+    /// Issue NAME.pem / NAME.key again, from the CA in DIR, for the names and role the current certificate
+    /// records, with a new key and a fresh lifetime; the process picks it up when it restarts
+    Renew {
+        /// The certificate's name, as issued
+        name: String,
+        #[command(flatten)]
+        place: Place,
+        /// The role, for a certificate that records none (issued by an older goferd) [default: the one the
+        /// certificate records]
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
+    },
+}
+
+/// A `--dns` value: a DNS name, not an IP address (that is `--ip`).
+fn parse_dns_name(text: &str) -> Result<String, String> {
+    if text.parse::<IpAddr>().is_ok() {
+        return Err("an IP address goes with --ip".into());
+    }
+    rustls::pki_types::DnsName::try_from(text)
+        .map(|_| text.to_string())
+        .map_err(|_| "not a DNS name".into())
 }
 
 fn write_new(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
@@ -42,15 +115,83 @@ fn write_new(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a `goferd certs` command.
-pub fn run(command: CertsCommand) -> anyhow::Result<()> {
+/// Replaces `path` with `contents` at once: a process that reads it sees the old file or the new one.
+fn write_replacing(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(err).with_context(|| format!("removing {}", tmp.display()));
+        }
+        _ => {}
+    }
+    write_new(&tmp, contents, private)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        bail!("NAME {name:?} must be 1-64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}
+
+fn load_ca(dir: &Path) -> anyhow::Result<Ca> {
+    let read = |file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .with_context(|| format!("reading {}/{file} (run `goferd certs init` first)", dir.display()))
+    };
+    Ok(Ca::load(CLUSTER_CA_NAME, &read("ca.pem")?, &read("ca.key")?)?)
+}
+
+/// A Unix time as a UTC date and time, for people.
+fn date(unix_seconds: i64) -> String {
+    chrono::DateTime::from_timestamp(unix_seconds, 0).map_or_else(
+        || unix_seconds.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
+    )
+}
+
+/// Issues `subject`'s certificate from `ca` into `out`, writing with `write` (new files, or replacing).
+fn issue(
+    ca: &Ca,
+    subject: &Subject,
+    out: &Path,
+    now_unix_seconds: i64,
+    write: fn(&Path, &str, bool) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let validity = Validity::starting(now_unix_seconds, subject.role.lifetime());
+    let issued = ca.issue(subject, validity)?;
+    let name = &subject.common_name;
+    // The key first: a process that starts in between finds a key its certificate does not match and
+    // stops, rather than running with a certificate about to be replaced.
+    write(&out.join(format!("{name}.key")), &issued.key_pem, true)?;
+    write(&out.join(format!("{name}.pem")), &issued.cert_pem, false)?;
+    println!(
+        "{name}.pem and {name}.key written to {} for {} ({}, good until {})",
+        out.display(),
+        subject.names.join(", "),
+        subject.role.as_str(),
+        date(validity.not_after)
+    );
+    Ok(())
+}
+
+/// Runs a `goferd certs` command; certificates start at `now_unix_seconds`.
+pub fn run(command: CertsCommand, now_unix_seconds: i64) -> anyhow::Result<()> {
     match command {
         CertsCommand::Init { dir } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             if dir.join("ca.pem").exists() || dir.join("ca.key").exists() {
                 bail!("{} already holds a CA; refusing to replace it", dir.display());
             }
-            let ca = Ca::generate(CLUSTER_CA_NAME)?;
+            let ca = Ca::generate(CLUSTER_CA_NAME, Validity::starting(now_unix_seconds, CA_LIFETIME))?;
             write_new(&dir.join("ca.key"), &ca.certified().key_pem, true)?;
             write_new(&dir.join("ca.pem"), &ca.certified().cert_pem, false)?;
             write_new(
@@ -63,38 +204,75 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
                 dir.display()
             );
             println!(
-                "cluster CA written to {}/ca.pem (key: ca.key, keep it safe)",
-                dir.display()
+                "cluster CA written to {}/ca.pem (key: ca.key, keep it safe; good until {})",
+                dir.display(),
+                date(now_unix_seconds.saturating_add(CA_LIFETIME.as_secs() as i64))
             );
         }
-        CertsCommand::Issue { name, dir, sans } => {
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
-                bail!("NAME {name:?} must be 1-64 letters, digits, '-', '_' or '.'");
+        CertsCommand::Issue {
+            name,
+            place,
+            role,
+            dns,
+            ips,
+        } => {
+            check_name(&name)?;
+            let ca = load_ca(&place.dir)?;
+            let mut names = vec![name.clone()];
+            for extra in dns.into_iter().chain(ips.iter().map(IpAddr::to_string)) {
+                if !names.contains(&extra) {
+                    names.push(extra);
+                }
             }
-            let read = |file: &str| {
-                std::fs::read_to_string(dir.join(file))
-                    .with_context(|| format!("reading {}/{file} (run `goferd certs init` first)", dir.display()))
+            let subject = Subject {
+                common_name: name,
+                names,
+                role: role.into(),
             };
-            let ca = Ca::load(CLUSTER_CA_NAME, &read("ca.pem")?, &read("ca.key")?)?;
-            let names = if sans.is_empty() {
-                vec![name.clone(), "localhost".into(), "127.0.0.1".into()]
-            } else {
-                sans
+            // A directory of its own is made private: it holds the key and is meant for one process.
+            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+                .create(place.out())
+                .with_context(|| format!("creating {}", place.out().display()))?;
+            issue(&ca, &subject, place.out(), now_unix_seconds, write_new)?;
+        }
+        CertsCommand::Renew { name, place, role } => {
+            check_name(&name)?;
+            let ca = load_ca(&place.dir)?;
+            let path = place.out().join(format!("{name}.pem"));
+            let current = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {} (issue it with `goferd certs issue` first)", path.display()))?;
+            let issued =
+                gofer_tls::parse_certificate(&current).with_context(|| format!("reading {}", path.display()))?;
+            if !ca.signed(&current)? {
+                bail!(
+                    "{} was not issued by the CA in {}; refusing to replace it",
+                    path.display(),
+                    place.dir.display()
+                );
+            }
+            if issued.common_name != name {
+                bail!(
+                    "{} was issued to {:?}, not {name:?}; refusing to replace it",
+                    path.display(),
+                    issued.common_name
+                );
+            }
+            let role = role.map(Role::from).or(issued.role).with_context(|| {
+                format!(
+                    "{} records no role (an older goferd issued it): pass --role node or --role executor",
+                    path.display()
+                )
+            })?;
+            let subject = Subject {
+                common_name: name,
+                names: issued.names,
+                role,
             };
-            let issued = ca.issue(&name, &names)?;
-            write_new(&dir.join(format!("{name}.key")), &issued.key_pem, true)?;
-            write_new(&dir.join(format!("{name}.pem")), &issued.cert_pem, false)?;
-            println!(
-                "{name}.pem and {name}.key written to {} for {}",
-                dir.display(),
-                names.join(", ")
-            );
+            issue(&ca, &subject, place.out(), now_unix_seconds, write_replacing)?;
         }
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

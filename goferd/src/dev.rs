@@ -79,19 +79,47 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The dev PKI in `dir`, made on first use.
-fn ensure_pki(dir: &Path) -> anyhow::Result<(String, Identity)> {
+/// The names the dev server certificate is for: loopback by name and by address, and the address the API
+/// listens on when it is a particular one, since clients verify the address they dial.
+fn dev_names(listening: std::net::IpAddr) -> Vec<String> {
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
+    if !listening.is_unspecified() && !listening.is_loopback() {
+        names.push(listening.to_string());
+    }
+    names
+}
+
+/// Whether the dev server certificate `cert_pem` still serves: it names every one of `names`, lasts at
+/// least another month, and has a lifetime (an older goferd made one for 4096).
+fn dev_certificate_serves(cert_pem: &str, names: &[String], now_unix_seconds: i64) -> bool {
+    let Ok(issued) = gofer_tls::parse_certificate(cert_pem) else {
+        return false;
+    };
+    let longest = gofer_tls::Role::Node.lifetime() + gofer_tls::DEV_RENEWAL_MARGIN;
+    names.iter().all(|name| issued.names.contains(name))
+        && issued.validity.lasts(now_unix_seconds, gofer_tls::DEV_RENEWAL_MARGIN)
+        && issued.validity.not_after <= now_unix_seconds.saturating_add(longest.as_secs() as i64)
+}
+
+/// The dev PKI in `dir`, made on first use and made again when its server certificate no longer serves
+/// `names` for another month; goferctl reads the CA from the same file again on its next call.
+fn ensure_pki(dir: &Path, names: &[String], now_unix_seconds: i64) -> anyhow::Result<(String, Identity)> {
     let tls = dir.join("tls");
     let (ca, cert, key) = (tls.join("ca.pem"), tls.join("server.pem"), tls.join("server.key"));
-    if !ca.exists() || !cert.exists() || !key.exists() {
+    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let serves = ca.exists()
+        && key.exists()
+        && std::fs::read_to_string(&cert).is_ok_and(|pem| dev_certificate_serves(&pem, names, now_unix_seconds));
+    if !serves {
         std::fs::create_dir_all(&tls).with_context(|| format!("creating {}", tls.display()))?;
-        let pki = gofer_tls::DevPki::generate(&["localhost", "127.0.0.1", "::1"])?;
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let pki = gofer_tls::DevPki::generate(&names, now_unix_seconds)?;
         write_private(&tls.join("ca.key"), &pki.ca.key_pem)?;
         write_private(&key, &pki.server.key_pem)?;
         write_private(&cert, &pki.server.cert_pem)?;
         write_private(&ca, &pki.ca.cert_pem)?;
+        tracing::info!(names = %names.join(", "), "made the development CA and server certificate");
     }
-    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
     Ok((read(&ca)?, Identity::from_pem(read(&cert)?, read(&key)?)))
 }
 
@@ -159,7 +187,6 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
             data_dir.display()
         )
     })?;
-    let (ca_pem, identity) = ensure_pki(&data_dir)?;
     let token = admin_token(&data_dir, &client_config)?;
     let admin_hash = parse_hash(&std::fs::read_to_string(data_dir.join("admin-token.sha256"))?)?;
     // The in-process executor gets its own token, minted per start and never written down.
@@ -181,6 +208,7 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
         .await
         .with_context(|| format!("binding {} (pass --listen to choose another address)", args.listen))?;
     let addr = api_listener.local_addr()?;
+    let (ca_pem, identity) = ensure_pki(&data_dir, &dev_names(addr.ip()), clock.now_millis() / 1000)?;
     let node = crate::node::start(crate::node::NodeSetup {
         state: Some(gofer_state::Placement::Local {
             node: state.clone(),
@@ -233,3 +261,6 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
 
     node.run_until_signalled().await
 }
+
+#[cfg(test)]
+mod tests;

@@ -41,8 +41,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The one clock of the process: every role stamps its commands with it, and certificates start at it.
+    let clock = gofer_clock::Clock::system();
     if let Command::Certs(command) = cli.command {
-        return match certs::run(command) {
+        return match certs::run(command, clock.now_millis() / 1000) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("goferd: {err:#}");
@@ -66,8 +68,6 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    // The one clock of the process: every role stamps its commands with it.
-    let clock = gofer_clock::Clock::system();
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dev(args) => dev::run(args, clock).await,

@@ -201,7 +201,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         ),
         None => None,
     };
-    let (mut api_host, mut webhook_addr, mut server) = (None, None, None);
+    let (mut api_host, mut webhook_addr, mut server, mut own_port) = (None, None, None, None);
     if roles.serves() {
         let api_listener =
             api_listener.context("an API port is needed for the api, scheduler and extension-host roles")?;
@@ -209,6 +209,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             .as_ref()
             .context("the api, scheduler and extension-host roles need the state")?;
         let host = own_address(&api_listener)?;
+        let advertised = advertise_api.unwrap_or_else(|| host.clone());
         let extension_host = if roles.extension_host {
             let webhooks = webhook_listener.context("the extension host needs a webhook port")?;
             webhook_addr = Some(webhooks.local_addr()?);
@@ -228,11 +229,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         };
         let dispatch = match roles.scheduler {
             // The lease records where executors reach this scheduler, so that other processes point there.
-            true => Some(
-                process
-                    .scheduler(state, advertise_api.unwrap_or_else(|| host.clone()))
-                    .await,
-            ),
+            true => Some(process.scheduler(state, advertised.clone()).await),
             false => None,
         };
         let served = PortRoles {
@@ -241,6 +238,10 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             dispatch,
         };
         server = Some(process.serve(api_listener, identity.clone(), auth, &ca_pem, &state.handle, served));
+        own_port = Some(OwnPort {
+            address: host.clone(),
+            advertised,
+        });
         api_host = Some(host);
     }
     if roles.executor {
@@ -257,7 +258,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             labels: executor_labels,
         };
         let place = SchedulerPlace {
-            own_port: api_host.as_deref(),
+            own_port: own_port.as_ref(),
             schedulers: &schedulers,
             ca_pem: &ca_pem,
             identity: &identity,
@@ -297,9 +298,25 @@ fn own_address(listener: &TcpListener) -> anyhow::Result<String> {
     Ok(format!("https://{addr}"))
 }
 
+/// This process's own API port, as the executor beside it reaches it.
+struct OwnPort {
+    /// Where it is dialled: on loopback (`own_address`).
+    address: String,
+    /// Where others reach it, as the scheduler lease records it: the process's certificate must name its
+    /// host, and that name is what the executor beside it verifies.
+    advertised: String,
+}
+
+/// The host of `address` (`https://host:port`) as a certificate names it, an IPv6 address without brackets.
+fn certificate_host(address: &str) -> anyhow::Result<String> {
+    let uri: tonic::transport::Uri = address.parse().with_context(|| format!("address {address:?}"))?;
+    let host = uri.host().with_context(|| format!("address {address:?} has no host"))?;
+    Ok(host.trim_start_matches('[').trim_end_matches(']').to_string())
+}
+
 /// Where the executor finds its schedulers: this process's own API port, or the addresses it was given.
 struct SchedulerPlace<'a> {
-    own_port: Option<&'a str>,
+    own_port: Option<&'a OwnPort>,
     schedulers: &'a [String],
     ca_pem: &'a str,
     identity: &'a Identity,
@@ -310,12 +327,14 @@ impl SchedulerPlace<'_> {
     fn channels(&self) -> anyhow::Result<(Vec<tonic::transport::Channel>, Option<gofer_executor::Connect>)> {
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca_pem));
         if self.schedulers.is_empty() {
-            let Some(host) = self.own_port else {
+            let Some(own) = self.own_port else {
                 bail!("an executor without a scheduler beside it needs the schedulers' addresses");
             };
-            // This process's own port: its certificate names localhost.
-            let own = Endpoint::from_shared(host.to_string())?
-                .tls_config(tls.domain_name("localhost"))?
+            // This process's own port, dialled on loopback, must present the certificate for the name
+            // executors elsewhere are told to reach it at, not any certificate of the cluster.
+            let name = certificate_host(&own.advertised)?;
+            let own = Endpoint::from_shared(own.address.clone())?
+                .tls_config(tls.domain_name(name))?
                 .connect_lazy();
             return Ok((vec![own], None));
         }
@@ -504,5 +523,18 @@ impl RunningNode {
             node.shutdown().await.context("shutting the state down")?;
         }
         failed.unwrap_or(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_verified_on_the_own_port_is_the_advertised_host() {
+        assert_eq!(certificate_host("https://node1:7443").unwrap(), "node1");
+        assert_eq!(certificate_host("https://127.0.0.1:7443").unwrap(), "127.0.0.1");
+        assert_eq!(certificate_host("https://[::1]:7443").unwrap(), "::1");
+        assert!(certificate_host("not an address").is_err());
     }
 }

@@ -1,5 +1,5 @@
-//! `goferd certs init | issue NAME`: a cluster CA and certificates without openssl, private keys kept
-//! private, nothing overwritten.
+//! `goferd certs init | issue NAME | renew NAME`: a cluster CA and certificates without openssl, private
+//! keys kept private, nothing overwritten but by a renewal; a process verified by the name it is dialled at.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -24,7 +24,13 @@ fn certs_init_and_issue_write_a_ca_and_certificates_and_never_overwrite() -> Res
     let goferd = |args: &[&str]| certs_in(&certs, args);
     assert!(goferd(&["init"])?.status.success());
     assert!(goferd(&["issue", "node1"])?.status.success());
-    assert!(goferd(&["issue", "ops", "--san", "ops.example"])?.status.success());
+    assert!(
+        goferd(&["issue", "ops", "--dns", "ops.example", "--ip", "10.0.0.7"])?
+            .status
+            .success()
+    );
+    let ip_as_dns = goferd(&["issue", "ops2", "--dns", "10.0.0.7"])?;
+    assert_eq!(ip_as_dns.status.code(), Some(2), "an IP address is not a DNS name");
     for (file, mode) in [
         ("ca.pem", 0o644),
         ("ca.key", 0o600),
@@ -44,6 +50,14 @@ fn certs_init_and_issue_write_a_ca_and_certificates_and_never_overwrite() -> Res
     let bad = goferd(&["issue", "../escape"])?;
     assert_eq!(bad.status.code(), Some(1));
     assert!(!dir.path().join("escape.pem").exists());
+    // A renewal replaces the certificate and key, and keeps the key private.
+    let before = std::fs::read(certs.join("node1.pem"))?;
+    let renewed = goferd(&["renew", "node1"])?;
+    assert!(renewed.status.success(), "{}", String::from_utf8_lossy(&renewed.stderr));
+    assert_ne!(std::fs::read(certs.join("node1.pem"))?, before);
+    let key = std::fs::metadata(certs.join("node1.key"))?;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    assert_eq!(goferd(&["renew", "nobody"])?.status.code(), Some(1));
     Ok(())
 }
 
@@ -157,9 +171,10 @@ fn an_executor_elsewhere_is_admitted_by_its_certificate_and_only_under_its_own_n
     let certs = dir.path().join("certs");
     for args in [
         &["init"][..],
-        &["issue", "node1"],
-        &["issue", "exec1"],
-        &["issue", "exec2"],
+        // goferctl and the executors dial the node at 127.0.0.1: its certificate must name that address.
+        &["issue", "node1", "--ip", "127.0.0.1"],
+        &["issue", "exec1", "--role", "executor"],
+        &["issue", "exec2", "--role", "executor"],
     ] {
         assert!(certs_in(&certs, args)?.status.success(), "goferd certs {args:?}");
     }
@@ -221,7 +236,7 @@ fn an_executor_elsewhere_is_admitted_by_its_certificate_and_only_under_its_own_n
                 .arg("executor")
                 .args([
                     format!("--name={name}"),
-                    format!("--schedulers=https://localhost:{api}"),
+                    format!("--schedulers=https://127.0.0.1:{api}"),
                 ])
                 .args([
                     "--executor-backend=benchmark-noop".to_string(),

@@ -47,7 +47,8 @@ impl Cluster {
         let mut ports = Vec::new();
         for id in 1..=3u64 {
             ok(Command::new(&goferd)
-                .args(["certs", "issue", &format!("node{id}"), "--dir"])
+                // Peers and goferctl dial each node at 127.0.0.1.
+                .args(["certs", "issue", &format!("node{id}"), "--ip", "127.0.0.1", "--dir"])
                 .arg(&certs)
                 .output()?)?;
             ports.push((id, free_port()?, free_port()?, free_port()?));

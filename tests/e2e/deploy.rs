@@ -3,7 +3,9 @@
 //! `deploy/build-image.sh` does, with certificates from `deploy/certs.sh`. A pipeline registered through the
 //! api runs when started on a state node; after the leader's container stops, another node leads and runs
 //! go on; after the active scheduler is killed, or paused, the standby takes the lease in the next epoch and
-//! runs go on; a node whose data volume was wiped catches up when it comes back.
+//! runs go on; a node whose data volume was wiped catches up when it comes back. Each container holds only
+//! its own key, and only those that check tokens hold the admin token; renewed certificates are taken up by
+//! restarting their containers one at a time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -242,8 +244,64 @@ fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_
     }
 }
 
+/// The compose services, and whether each checks tokens (and so is given the admin token).
+const SERVICES: [(&str, bool); 9] = [
+    ("node1", true),
+    ("node2", true),
+    ("node3", true),
+    ("api", true),
+    ("scheduler-a", true),
+    ("scheduler-b", true),
+    ("extension-host", true),
+    ("executor", false),
+    ("executor-b", false),
+];
+
+/// Every container is given, of the certificates directory, the CA certificate, its own directory and,
+/// if it checks tokens, the admin token: no other process's key. The keys and the token are private.
+fn each_container_holds_only_its_own_secrets(deployment: &Deployment) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let certs = deployment.path().join("certs").canonicalize()?;
+    let mode = |path: &Path| -> Result<u32> { Ok(std::fs::metadata(path)?.permissions().mode() & 0o777) };
+    ensure!(mode(&certs.join("admin.token"))? == 0o600, "admin.token is private");
+    for (service, checks_tokens) in SERVICES {
+        let container = deployment.compose(&["ps", "-q", service])?.trim().to_string();
+        let mounts: Value = serde_json::from_str(&run(Command::new("docker").args([
+            "inspect",
+            "-f",
+            "{{json .Mounts}}",
+            &container,
+        ]))?)?;
+        let mut given: Vec<PathBuf> = mounts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["Source"].as_str())
+            .filter_map(|source| Path::new(source).canonicalize().ok())
+            .filter_map(|source| source.strip_prefix(&certs).ok().map(Path::to_path_buf))
+            .collect();
+        given.sort();
+        let mut expected = vec![PathBuf::from("ca.pem"), PathBuf::from(service)];
+        if checks_tokens {
+            expected.push(PathBuf::from("admin.token"));
+        }
+        expected.sort();
+        ensure!(
+            given == expected,
+            "{service} is given {given:?} of the certificates directory"
+        );
+        ensure!(mode(&certs.join(service))? == 0o700, "{service}/ is private");
+        ensure!(
+            mode(&certs.join(service).join(format!("{service}.key")))? == 0o600,
+            "{service}'s key is private"
+        );
+    }
+    Ok(())
+}
+
 fn compose_cluster(deployment: &Deployment) -> Result<()> {
     let (leader, _) = deployment.leader(1, &[1, 2, 3])?;
+    each_container_holds_only_its_own_secrets(deployment)?;
     let json_path = deployment.path().join("hello.json");
     std::fs::write(
         &json_path,
@@ -367,6 +425,26 @@ fn compose_cluster(deployment: &Deployment) -> Result<()> {
     assert!(
         runs.as_array().unwrap().iter().all(|r| r["state"] == "SUCCEEDED"),
         "{runs}"
+    );
+
+    // Rotation: renew the api's and the executors' certificates in their directories, restart those
+    // containers one at a time, and runs go on through the api on the new certificates.
+    let certs = deployment.path().join("certs");
+    for service in ["api", "executor", "executor-b"] {
+        run(Command::new(bin_dir()?.join("goferd"))
+            .args(["certs", "renew", service, "--dir"])
+            .arg(&certs)
+            .arg("--out")
+            .arg(certs.join(service)))?;
+        deployment.compose(&["restart", service])?;
+    }
+    each_container_holds_only_its_own_secrets(deployment)?;
+    wait_until("the restarted api to answer", Duration::from_secs(60), || {
+        Ok(deployment.json(API, &["cluster", "status"]).ok())
+    })?;
+    assert_eq!(
+        deployment.ctl(API, &["run", "start", "composed", "--wait"])?.trim(),
+        "5"
     );
     Ok(())
 }

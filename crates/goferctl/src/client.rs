@@ -30,7 +30,8 @@ pub struct Flags {
     /// The namespace to act in
     #[arg(long, short = 'n', global = true, env = "GOFER_NAMESPACE")]
     pub namespace: Option<String>,
-    /// The server to talk to, such as https://127.0.0.1:7443 [default: from the config file]
+    /// The server to talk to, such as https://127.0.0.1:7443; its certificate must name this host name or
+    /// address (plain http:// only to loopback) [default: from the config file]
     #[arg(long, global = true, env = "GOFER_HOST")]
     host: Option<String>,
     /// The API token [default: from the config file]
@@ -129,22 +130,28 @@ pub async fn connect(settings: &Settings) -> Result<Api, Failure> {
     let mut endpoint = Endpoint::from_shared(settings.host.clone())
         .map_err(|e| Failure(format!("--host {:?} is not a valid address: {e}", settings.host)))?
         .connect_timeout(Duration::from_secs(5));
-    if settings.host.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new().with_enabled_roots();
-        if let Some(ca) = &settings.ca_cert {
-            let pem = std::fs::read(ca).map_err(|e| Failure(format!("CA certificate {}: {e}", ca.display())))?;
-            tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+    match Transport::of(endpoint.uri()) {
+        // The server's certificate is verified against the host as written: a DNS name against its DNS
+        // names, an IP address against its IP addresses, so that no other certificate from the same CA
+        // can stand in for it.
+        Some(Transport::Tls) => {
+            let mut tls = ClientTlsConfig::new().with_enabled_roots();
+            if let Some(ca) = &settings.ca_cert {
+                let pem = std::fs::read(ca).map_err(|e| Failure(format!("CA certificate {}: {e}", ca.display())))?;
+                tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Failure(format!("TLS setup: {e}")))?;
         }
-        let host = endpoint.uri().host().unwrap_or("localhost");
-        // The dev certificate names localhost and 127.0.0.1; tonic verifies IP addresses by name.
-        let domain = if host.parse::<std::net::IpAddr>().is_ok() {
-            "localhost".to_string()
-        } else {
-            host.to_string()
-        };
-        endpoint = endpoint
-            .tls_config(tls.domain_name(domain))
-            .map_err(|e| Failure(format!("TLS setup: {e}")))?;
+        Some(Transport::PlainLoopback) => {}
+        None => {
+            return Err(Failure(format!(
+                "--host {:?}: use https:// (plain http:// would send the token in the clear, so it is only for \
+                 a loopback address)",
+                settings.host
+            )));
+        }
     }
     let channel = endpoint.connect().await.map_err(|e| {
         let hint = if is_refused(&e) { " (is goferd running?)" } else { "" };
@@ -157,6 +164,32 @@ pub async fn connect(settings: &Settings) -> Result<Api, Failure> {
     Ok(GoferServiceClient::with_interceptor(channel, Bearer(header))
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024))
+}
+
+/// How goferctl may talk to a host.
+#[derive(Debug, PartialEq, Eq)]
+enum Transport {
+    Tls,
+    /// Plain HTTP/2, allowed only to a loopback address: the token never leaves the machine.
+    PlainLoopback,
+}
+
+impl Transport {
+    /// The transport for `uri`, or `None` when goferctl refuses it (plain HTTP to another machine, or
+    /// another scheme).
+    fn of(uri: &tonic::transport::Uri) -> Option<Transport> {
+        match uri.scheme_str() {
+            Some("https") => Some(Transport::Tls),
+            Some("http") if uri.host().is_some_and(is_loopback) => Some(Transport::PlainLoopback),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `host` (as a URI writes it, IPv6 in brackets) is this machine's loopback.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An error and the errors under it, outermost first.

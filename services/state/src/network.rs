@@ -169,10 +169,10 @@ impl PeerNetwork {
             .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
-            let host = endpoint.uri().host().unwrap_or("localhost").to_string();
-            endpoint = endpoint
-                .tls_config(tls.clone().domain_name(host))
-                .map_err(Unavailable::PeerTls)?;
+            // No domain name is set: tonic verifies the peer's certificate against the address's own host
+            // (a DNS name, or an IP address, IPv6 without its brackets), so only that peer's certificate
+            // passes, not any other the cluster CA signed.
+            endpoint = endpoint.tls_config(tls.clone()).map_err(Unavailable::PeerTls)?;
         }
         Ok(RaftServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_SNAPSHOT_MESSAGE_BYTES)

@@ -43,7 +43,7 @@ impl Cluster {
 
     async fn start_with(options: MemberOptions) -> Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = gofer_tls::Ca::generate(gofer_tls::CLUSTER_CA_NAME).unwrap();
+        let ca = test_ca();
         let ca_pem = ca.certified().cert_pem.clone();
         let faults = Faults::default();
         let mut listeners = BTreeMap::new();
@@ -58,9 +58,13 @@ impl Cluster {
         let (mut nodes, mut servers, mut dirs) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
         let (mut certs, mut logs, mut accepted) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for (id, listener) in listeners {
-            let cert = ca
-                .issue(&format!("node{id}"), &["localhost".into(), "127.0.0.1".into()])
-                .unwrap();
+            // Each node is good for its real address only: its peers verify it by that address.
+            let cert = issue(
+                &ca,
+                &format!("node{id}"),
+                &["127.0.0.1"],
+                lifetime(gofer_tls::Role::Node),
+            );
             let dir = tempfile::tempdir().unwrap();
             let network = member_network(id, &cert, &ca_pem, &faults);
             let node = StateNode::open_member(dir.path(), network, Some(members.clone()), options)
@@ -191,6 +195,34 @@ fn serve(
     })
 }
 
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A certificate's validity for `role`, from now.
+fn lifetime(role: gofer_tls::Role) -> gofer_tls::Validity {
+    gofer_tls::Validity::starting(now(), role.lifetime())
+}
+
+fn test_ca() -> gofer_tls::Ca {
+    let validity = gofer_tls::Validity::starting(now(), gofer_tls::CA_LIFETIME);
+    gofer_tls::Ca::generate(gofer_tls::CLUSTER_CA_NAME, validity).unwrap()
+}
+
+/// A node certificate from `ca` called `common_name`, good for `names` over `validity`.
+fn issue(
+    ca: &gofer_tls::Ca,
+    common_name: &str,
+    names: &[&str],
+    validity: gofer_tls::Validity,
+) -> gofer_tls::CertifiedKey {
+    let subject = gofer_tls::Subject::new(common_name, names, gofer_tls::Role::Node);
+    ca.issue(&subject, validity).unwrap()
+}
+
 fn namespace(name: &str) -> Command {
     Command::CreateNamespace {
         namespace: name.into(),
@@ -311,25 +343,46 @@ async fn a_peer_without_a_cluster_certificate_is_refused() {
         .unwrap()
         .addr
         .clone();
-    let stranger = gofer_tls::Ca::generate(gofer_tls::CLUSTER_CA_NAME)
-        .unwrap()
-        .issue("evil", &["localhost".into()])
-        .unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&cluster.ca_pem))
-        .identity(Identity::from_pem(&stranger.cert_pem, &stranger.key_pem))
-        .domain_name("localhost");
-    let channel = tonic::transport::Endpoint::from_shared(addr.clone())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_lazy();
-    let mut client = gofer_proto::v1::raft_service_client::RaftServiceClient::new(channel);
-    let refused = client.read_index(gofer_proto::v1::ReadIndexRequest {}).await;
-    assert!(refused.is_err(), "a certificate from another CA is refused");
-    let no_cert = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&cluster.ca_pem))
-        .domain_name("localhost");
+    let read_index_as = |cert: &gofer_tls::CertifiedKey| {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&cluster.ca_pem))
+            .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy();
+        let mut client = gofer_proto::v1::raft_service_client::RaftServiceClient::new(channel);
+        async move { client.read_index(gofer_proto::v1::ReadIndexRequest {}).await }
+    };
+    let peer = issue(&cluster.ca, "peer", &["peer"], lifetime(gofer_tls::Role::Node));
+    // The leader answers a read index once it knows its quorum: a current certificate gets that far.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while let Err(status) = read_index_as(&peer).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a current cluster certificate is admitted: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Refused in the handshake: the call fails in the transport, not with a Status the server sent.
+    let refused = |result: Result<_, tonic::Status>| matches!(result, Err(status) if std::error::Error::source(&status).is_some());
+    let stranger = issue(&test_ca(), "evil", &["evil"], lifetime(gofer_tls::Role::Node));
+    assert!(
+        refused(read_index_as(&stranger).await),
+        "a certificate from another CA is refused"
+    );
+    let day = 24 * 60 * 60;
+    let ended = gofer_tls::Validity {
+        not_before: now() - 2 * day,
+        not_after: now() - day,
+    };
+    let expired = issue(&cluster.ca, "peer", &["peer"], ended);
+    assert!(
+        refused(read_index_as(&expired).await),
+        "an expired certificate from the cluster CA is refused"
+    );
+    let no_cert = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&cluster.ca_pem));
     let channel = tonic::transport::Endpoint::from_shared(addr)
         .unwrap()
         .tls_config(no_cert)
@@ -337,7 +390,7 @@ async fn a_peer_without_a_cluster_certificate_is_refused() {
         .connect_lazy();
     let mut client = gofer_proto::v1::raft_service_client::RaftServiceClient::new(channel);
     assert!(
-        client.read_index(gofer_proto::v1::ReadIndexRequest {}).await.is_err(),
+        refused(client.read_index(gofer_proto::v1::ReadIndexRequest {}).await),
         "no certificate is refused"
     );
     cluster.stop().await;
@@ -487,7 +540,7 @@ async fn a_remote_process_mirrors_the_state_and_moves_on_when_its_node_goes() {
     let mut cluster = Cluster::start().await;
     let leader = cluster.leader(&[1, 2, 3]).await;
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    let cert = cluster.ca.issue("api", &["localhost".into()]).unwrap();
+    let cert = issue(&cluster.ca, "api", &["api"], lifetime(gofer_tls::Role::Node));
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&cluster.ca_pem))
         .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));

@@ -125,3 +125,121 @@ async fn a_status_the_server_sent_is_reported_with_its_code() {
     drop(api);
     server.await.expect("the server ends");
 }
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
+/// A node certificate's lifetime from now.
+fn current() -> gofer_tls::Validity {
+    gofer_tls::Validity::starting(now(), gofer_tls::Role::Node.lifetime())
+}
+
+/// A TLS server on 127.0.0.1 whose certificate, from a fresh CA, names `names` and is good over
+/// `validity`, and the CA's certificate in a temp dir for goferctl to trust. The server answers no call:
+/// connecting is the TLS handshake.
+struct TlsServer {
+    host: String,
+    ca_cert: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl TlsServer {
+    async fn start(names: &[&str], validity: gofer_tls::Validity) -> TlsServer {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca_validity = gofer_tls::Validity::starting(now(), gofer_tls::CA_LIFETIME);
+        let ca = gofer_tls::Ca::generate("test CA", ca_validity).expect("a CA");
+        let subject = gofer_tls::Subject::new("goferd", names, gofer_tls::Role::Node);
+        let cert = ca.issue(&subject, validity).expect("a server certificate");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let ca_cert = dir.path().join("ca.pem");
+        std::fs::write(&ca_cert, &ca.certified().cert_pem).expect("writing the CA certificate");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
+        let host = format!("https://{}", listener.local_addr().expect("a bound address"));
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+        let router = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .expect("a TLS config")
+            .add_routes(tonic::service::Routes::default());
+        let server = tokio::spawn(async move {
+            let _ = router
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await;
+        });
+        TlsServer {
+            host,
+            ca_cert,
+            _dir: dir,
+            server,
+        }
+    }
+
+    async fn connect(&self) -> Result<Api, Failure> {
+        let settings = Settings {
+            ca_cert: Some(self.ca_cert.clone()),
+            ..settings(self.host.clone())
+        };
+        connect(&settings).await
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_host_at_an_ip_address_is_verified_against_that_address_not_localhost() {
+    let localhost_only = TlsServer::start(&["localhost"], current()).await;
+    let Err(Failure(line)) = localhost_only.connect().await else {
+        panic!("a certificate that names only localhost was taken for 127.0.0.1");
+    };
+    assert!(
+        line.starts_with(&format!("cannot reach Gofer at {}: ", localhost_only.host)),
+        "{line}"
+    );
+    assert!(line.contains("certificate"), "{line}");
+    let named = TlsServer::start(&["127.0.0.1"], current()).await;
+    assert!(
+        named.connect().await.is_ok(),
+        "a certificate naming 127.0.0.1 is good for it"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_server_certificate_is_refused() {
+    let day = 24 * 60 * 60;
+    let ended = gofer_tls::Validity {
+        not_before: now() - 2 * day,
+        not_after: now() - day,
+    };
+    let expired = TlsServer::start(&["127.0.0.1"], ended).await;
+    let Err(Failure(line)) = expired.connect().await else {
+        panic!("an expired certificate was accepted");
+    };
+    assert!(line.contains("certificate"), "{line}");
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_but_to_loopback() {
+    for host in [
+        "http://10.1.2.3:7443",
+        "http://gofer.example:7443",
+        "ftp://127.0.0.1:7443",
+    ] {
+        let Err(Failure(line)) = connect(&settings(host.into())).await else {
+            panic!("{host} was accepted");
+        };
+        assert!(line.starts_with(&format!("--host {host:?}: use https://")), "{line}");
+    }
+    for host in ["127.0.0.1", "localhost", "[::1]", "127.0.0.2"] {
+        let uri: tonic::transport::Uri = format!("http://{host}:7443").parse().expect("a URI");
+        assert_eq!(Transport::of(&uri), Some(Transport::PlainLoopback), "{host}");
+    }
+}

@@ -99,3 +99,63 @@ fn append_entries_too_large_for_the_peer_are_sent_fewer_at_a_time() {
         "at least one fewer than before"
     );
 }
+
+/// Serves TLS on `bind` (port 0) with a certificate, from a fresh CA, that names `names`, and answers no
+/// call (every call is Unimplemented once the handshake passed). Returns the address, the CA's PEM and the
+/// server's task.
+async fn tls_peer(bind: &str, names: &[&str]) -> (String, String, tokio::task::JoinHandle<()>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let validity = gofer_tls::Validity::starting(now, gofer_tls::Role::Node.lifetime());
+    let ca = gofer_tls::Ca::generate("test CA", validity).unwrap();
+    let cert = ca
+        .issue(&gofer_tls::Subject::new("peer", names, gofer_tls::Role::Node), validity)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let address = format!("https://{}", listener.local_addr().unwrap());
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+    let router = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .add_routes(tonic::service::Routes::default());
+    let server = tokio::spawn(async move {
+        let _ = router
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await;
+    });
+    (address, ca.certified().cert_pem.clone(), server)
+}
+
+/// What a peer client trusting `ca_pem` gets from `address`: Unimplemented once the handshake passed.
+async fn read_index_at(address: &str, ca_pem: &str) -> tonic::Code {
+    let tls = ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+    let network = PeerNetwork::new(1, Some(tls), Faults::default());
+    let mut client = network.client(address).expect("a peer address");
+    tokio::time::timeout(Duration::from_secs(10), client.read_index(v1::ReadIndexRequest {}))
+        .await
+        .expect("the call ends")
+        .expect_err("the test server answers no call")
+        .code()
+}
+
+#[tokio::test]
+async fn a_peer_is_verified_against_its_address_not_any_name_the_ca_signed() {
+    let (address, ca, server) = tls_peer("127.0.0.1:0", &["localhost"]).await;
+    assert_eq!(
+        read_index_at(&address, &ca).await,
+        tonic::Code::Unavailable,
+        "a certificate naming only localhost is refused at 127.0.0.1"
+    );
+    server.abort();
+    let (address, ca, server) = tls_peer("127.0.0.1:0", &["127.0.0.1"]).await;
+    assert_eq!(read_index_at(&address, &ca).await, tonic::Code::Unimplemented);
+    server.abort();
+    // An IPv6 peer's address is verified without its brackets.
+    let (address, ca, server) = tls_peer("[::1]:0", &["::1"]).await;
+    assert_eq!(read_index_at(&address, &ca).await, tonic::Code::Unimplemented);
+    server.abort();
+}
