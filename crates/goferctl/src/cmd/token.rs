@@ -103,13 +103,8 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             }
         }
         Command::Get { name } => {
-            let token = api
-                .get_token(v1::GetTokenRequest { name })
-                .await
-                .map_err(client::status)?
-                .into_inner()
-                .token
-                .unwrap_or_default();
+            let token = api.get_token(v1::GetTokenRequest { name }).await;
+            let token = answered(token.map(|r| r.into_inner().token))?;
             output::emit(
                 format,
                 || print_json(&json::value(&token)),
@@ -117,13 +112,8 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             );
         }
         Command::Disable { name } => {
-            let token = api
-                .disable_token(v1::DisableTokenRequest { name })
-                .await
-                .map_err(client::status)?
-                .into_inner()
-                .token
-                .unwrap_or_default();
+            let token = api.disable_token(v1::DisableTokenRequest { name }).await;
+            let token = answered(token.map(|r| r.into_inner().token))?;
             output::emit(
                 format,
                 || print_json(&json::value(&token)),
@@ -165,6 +155,11 @@ pub async fn whoami(ctx: &Context) -> Result<ExitCode, Failure> {
         },
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The token an answer carries.
+fn answered(answer: Result<Option<v1::Token>, tonic::Status>) -> Result<v1::Token, Failure> {
+    Ok(answer.map_err(client::status)?.unwrap_or_default())
 }
 
 fn role_name(role: i32) -> &'static str {
