@@ -19,8 +19,12 @@ issue() {
   shift
   "$goferd" certs issue "$name" --dir "$dir" --out "$dir/$name" "$@"
 }
-for name in node1 node2 node3 api; do issue "$name" --ip 127.0.0.1; done
-for name in scheduler-a scheduler-b extension-host; do issue "$name"; done
+# Each certificate records only the roles its process plays (compose.yaml's --roles): the servers admit it
+# to what those roles do and nothing else.
+for name in node1 node2 node3; do issue "$name" --ip 127.0.0.1 --role state,api; done
+issue api --ip 127.0.0.1 --role api
+for name in scheduler-a scheduler-b; do issue "$name" --role scheduler; done
+issue extension-host --role extension-host
 for name in executor executor-b; do issue "$name" --role executor; done
 # The goferctl configs hold the admin token: for this user alone, like admin.token itself.
 config() {

@@ -3,8 +3,10 @@
 //!
 //! A certificate is good for exactly NAME and the names given with `--dns` and `--ip`, nothing added:
 //! peers verify each other by their real name or address, so an extra name (such as `localhost`) would let
-//! that certificate stand in for another process. Each has a lifetime set by its role (`gofer_tls::Role`)
-//! and recorded in it, so that `renew` issues it again for the same names and role. Private keys are
+//! that certificate stand in for another process. Each records the roles its process plays
+//! (`gofer_tls::Roles`), which every server checks, and has a lifetime they set, so that `renew` issues it
+//! again for the same names and roles (a certificate from before roles were recorded gets the ones its old
+//! organizational unit implies, or those given with `--role`). Private keys are
 //! written with mode 0600; `init` and `issue` never overwrite a file, and `renew` replaces the certificate
 //! and key by renaming new files over them.
 
@@ -12,7 +14,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use gofer_tls::{CA_LIFETIME, CLUSTER_CA_NAME, Ca, Role, Subject, Validity};
+use gofer_tls::{CA_LIFETIME, CLUSTER_CA_NAME, Ca, Role, Roles, Subject, Validity};
 
 /// Where the CA lives and where a certificate goes.
 #[derive(clap::Args)]
@@ -32,22 +34,31 @@ impl Place {
     }
 }
 
-/// What a certificate is for, which sets its lifetime.
-#[derive(clap::ValueEnum, Clone, Copy)]
+/// A role a certificate records, as `goferd server --roles` names them; the servers admit its holder
+/// only to what those roles do.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoleArg {
-    /// A state node, api, scheduler or extension host: good for a year
+    /// Every role, for a node that plays them all (`goferd server` without --roles)
     Node,
-    /// An executor apart from the schedulers: good for 90 days
+    State,
+    Api,
+    Scheduler,
+    ExtensionHost,
     Executor,
 }
 
-impl From<RoleArg> for Role {
-    fn from(role: RoleArg) -> Role {
-        match role {
-            RoleArg::Node => Role::Node,
-            RoleArg::Executor => Role::Executor,
-        }
-    }
+/// The roles `args` name together.
+fn roles(args: &[RoleArg]) -> Roles {
+    args.iter()
+        .map(|arg| match arg {
+            RoleArg::Node => Roles::ALL,
+            RoleArg::State => Roles::of(Role::State),
+            RoleArg::Api => Roles::of(Role::Api),
+            RoleArg::Scheduler => Roles::of(Role::Scheduler),
+            RoleArg::ExtensionHost => Roles::of(Role::ExtensionHost),
+            RoleArg::Executor => Roles::of(Role::Executor),
+        })
+        .fold(Roles::NONE, |all, more| all.with_all(more))
 }
 
 /// Flags of `goferd certs`.
@@ -67,9 +78,11 @@ pub enum CertsCommand {
         name: String,
         #[command(flatten)]
         place: Place,
-        /// What the certificate is for: its lifetime follows
-        #[arg(long, value_enum, default_value = "node")]
-        role: RoleArg,
+        /// The roles the process plays, separated by commas (state, api, scheduler, extension-host,
+        /// executor; node for all of them): the servers admit it only to what they do. An executor's
+        /// alone is good for 90 days, any other for a year
+        #[arg(long = "role", value_enum, value_delimiter = ',', default_value = "node")]
+        roles: Vec<RoleArg>,
         /// Another DNS name the certificate is good for, such as the host name peers dial (repeatable)
         #[arg(long = "dns", value_name = "NAME", value_parser = parse_dns_name)]
         dns: Vec<String>,
@@ -84,10 +97,10 @@ pub enum CertsCommand {
         name: String,
         #[command(flatten)]
         place: Place,
-        /// The role, for a certificate that records none (issued by an older goferd) [default: the one the
-        /// certificate records]
-        #[arg(long, value_enum)]
-        role: Option<RoleArg>,
+        /// The roles, separated by commas, for a certificate that records none (issued by an older goferd)
+        /// or to change them [default: the ones the certificate records]
+        #[arg(long = "role", value_enum, value_delimiter = ',')]
+        roles: Vec<RoleArg>,
     },
 }
 
@@ -166,7 +179,7 @@ fn issue(
     now_unix_seconds: i64,
     write: fn(&Path, &str, bool) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let validity = Validity::starting(now_unix_seconds, subject.role.lifetime());
+    let validity = Validity::starting(now_unix_seconds, subject.roles.lifetime());
     let issued = ca.issue(subject, validity)?;
     let name = &subject.common_name;
     // The key first: a process that starts in between finds a key its certificate does not match and
@@ -177,7 +190,7 @@ fn issue(
         "{name}.pem and {name}.key written to {} for {} ({}, good until {})",
         out.display(),
         subject.names.join(", "),
-        subject.role.as_str(),
+        subject.roles,
         date(validity.not_after)
     );
     Ok(())
@@ -212,7 +225,7 @@ pub fn run(command: CertsCommand, now_unix_seconds: i64) -> anyhow::Result<()> {
         CertsCommand::Issue {
             name,
             place,
-            role,
+            roles: role_args,
             dns,
             ips,
         } => {
@@ -227,7 +240,7 @@ pub fn run(command: CertsCommand, now_unix_seconds: i64) -> anyhow::Result<()> {
             let subject = Subject {
                 common_name: name,
                 names,
-                role: role.into(),
+                roles: roles(&role_args),
             };
             // A directory of its own is made private: it holds the key and is meant for one process.
             std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
@@ -235,7 +248,11 @@ pub fn run(command: CertsCommand, now_unix_seconds: i64) -> anyhow::Result<()> {
                 .with_context(|| format!("creating {}", place.out().display()))?;
             issue(&ca, &subject, place.out(), now_unix_seconds, write_new)?;
         }
-        CertsCommand::Renew { name, place, role } => {
+        CertsCommand::Renew {
+            name,
+            place,
+            roles: role_args,
+        } => {
             check_name(&name)?;
             let ca = load_ca(&place.dir)?;
             let path = place.out().join(format!("{name}.pem"));
@@ -257,16 +274,19 @@ pub fn run(command: CertsCommand, now_unix_seconds: i64) -> anyhow::Result<()> {
                     issued.common_name
                 );
             }
-            let role = role.map(Role::from).or(issued.role).with_context(|| {
+            let given = roles(&role_args);
+            let recorded = Some(issued.roles).filter(|r| !r.is_empty()).or(issued.legacy_roles);
+            let roles = Some(given).filter(|r| !r.is_empty()).or(recorded).with_context(|| {
                 format!(
-                    "{} records no role (an older goferd issued it): pass --role node or --role executor",
+                    "{} records no role (an older goferd issued it): pass --role with the roles its process \
+                     plays (state, api, scheduler, extension-host, executor; node for all)",
                     path.display()
                 )
             })?;
             let subject = Subject {
                 common_name: name,
                 names: issued.names,
-                role,
+                roles,
             };
             issue(&ca, &subject, place.out(), now_unix_seconds, write_replacing)?;
         }

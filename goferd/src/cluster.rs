@@ -15,7 +15,7 @@ use gofer_state::{Faults, LogStore, MemberOptions, PeerNetwork, Placement, RaftP
 
 use crate::node::Roles;
 use serde::Deserialize;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// Flags of `goferd server`; each overrides the config file's value.
 #[derive(clap::Args)]
@@ -203,6 +203,46 @@ fn parse_roles(names: &[String]) -> anyhow::Result<(bool, Roles)> {
     Ok((state, roles))
 }
 
+/// The roles a process with the state role (`state`) and `roles` plays, as its certificate must record
+/// them.
+fn played(state: bool, roles: Roles) -> gofer_tls::Roles {
+    use gofer_tls::Role;
+    [
+        (state, Role::State),
+        (roles.api, Role::Api),
+        (roles.scheduler, Role::Scheduler),
+        (roles.extension_host, Role::ExtensionHost),
+        (roles.executor, Role::Executor),
+    ]
+    .into_iter()
+    .filter_map(|(plays, role)| plays.then_some(role))
+    .collect()
+}
+
+/// Refuses to start with a certificate (at `path`) that does not record every role the process plays:
+/// its peers would refuse it, later and less clearly.
+fn check_certificate_roles(path: &Path, cert_pem: &str, state: bool, roles: Roles) -> anyhow::Result<()> {
+    let issued = gofer_tls::parse_certificate(cert_pem).with_context(|| format!("reading {}", path.display()))?;
+    let needed = played(state, roles);
+    if issued.roles.covers(needed) {
+        return Ok(());
+    }
+    let name = &issued.common_name;
+    if issued.roles.is_empty() {
+        bail!(
+            "cert: {} records no role (an older goferd issued it); renew it with `goferd certs renew {name} --role \
+             {needed}`",
+            path.display()
+        );
+    }
+    bail!(
+        "cert: {} records the roles {} but this process plays {needed}; issue one with `goferd certs issue {name} \
+         --role {needed}`",
+        path.display(),
+        issued.roles
+    )
+}
+
 fn check_addresses(field: &str, addresses: &[String]) -> anyhow::Result<()> {
     for address in addresses {
         let uri: Option<tonic::transport::Uri> = address.parse().ok();
@@ -330,6 +370,7 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
 
     let ca_pem = read(&ca, "CA certificate")?;
     let (cert_pem, key_pem) = (read(&cert, "certificate")?, read(&key, "key")?);
+    check_certificate_roles(&cert, &cert_pem, state_role, roles)?;
     let token = match &token_file {
         Some(token_file) => {
             let token = read(token_file, "admin token file")?.trim().to_string();
@@ -413,9 +454,13 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         let node = StateNode::open_member(&data_dir.join("state"), network, bootstrap, MemberOptions::default())
             .await
             .context("opening the state")?;
-        let raft_tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&cert_pem, &key_pem))
-            .client_ca_root(Certificate::from_pem(&ca_pem));
+        let raft_tls = gofer_tls::listen::server_config(
+            &ca_pem,
+            &cert_pem,
+            &key_pem,
+            gofer_tls::listen::ClientCertificates::Required,
+        )
+        .context("the raft port's TLS")?;
         println!("  raft:     https://{raft_listen}");
         Some(Placement::Local {
             node,
@@ -464,8 +509,11 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         name: name.clone(),
         docker,
         auth,
-        identity: Identity::from_pem(&cert_pem, &key_pem),
-        ca_pem,
+        credentials: crate::node::Credentials {
+            ca_pem,
+            cert_pem,
+            key_pem,
+        },
         api_listener,
         webhook_listener,
         executor_token,
@@ -504,6 +552,46 @@ mod tests {
             "https://scheduler-a:7443"
         );
         assert_eq!(advertised(on("[::]:9"), "s"), "https://s:9");
+    }
+
+    #[test]
+    fn a_process_starts_only_with_a_certificate_that_records_the_roles_it_plays() {
+        use gofer_tls::{CA_LIFETIME, CLUSTER_CA_NAME, Ca, Role, Roles as CertRoles, Subject, Validity};
+        let now = 1_700_000_000;
+        let ca = Ca::generate(CLUSTER_CA_NAME, Validity::starting(now, CA_LIFETIME)).unwrap();
+        let cert = |roles: CertRoles| {
+            ca.issue(
+                &Subject::new("s1", &["s1"], roles),
+                Validity::starting(now, roles.lifetime()),
+            )
+            .unwrap()
+            .cert_pem
+        };
+        let path = Path::new("s1.pem");
+        let scheduler = Roles {
+            api: false,
+            scheduler: true,
+            extension_host: false,
+            executor: false,
+        };
+        assert!(check_certificate_roles(path, &cert(CertRoles::ALL), true, Roles::ALL).is_ok());
+        assert!(check_certificate_roles(path, &cert(CertRoles::of(Role::Scheduler)), false, scheduler).is_ok());
+        let err = check_certificate_roles(path, &cert(CertRoles::of(Role::Scheduler)), true, scheduler)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cert:")
+                && err.contains("records the roles scheduler")
+                && err.contains("--role state,scheduler"),
+            "{err}"
+        );
+        let err = check_certificate_roles(path, &cert(CertRoles::NONE), false, scheduler)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("records no role") && err.contains("goferd certs renew s1 --role scheduler"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@ use anyhow::{Context, bail};
 use gofer_auth::{Principal, TokenAuth, hash_token};
 use gofer_state::{LogStore, StateNode};
 use serde::{Deserialize, Serialize};
-use tonic::transport::Identity;
 
 /// Flags of `goferd dev`.
 #[derive(clap::Args)]
@@ -90,20 +89,22 @@ fn dev_names(listening: std::net::IpAddr) -> Vec<String> {
 }
 
 /// Whether the dev server certificate `cert_pem` still serves: it names every one of `names`, lasts at
-/// least another month, and has a lifetime (an older goferd made one for 4096).
+/// least another month, has a lifetime (an older goferd made one for 4096) and records every role (an
+/// older goferd recorded none).
 fn dev_certificate_serves(cert_pem: &str, names: &[String], now_unix_seconds: i64) -> bool {
     let Ok(issued) = gofer_tls::parse_certificate(cert_pem) else {
         return false;
     };
-    let longest = gofer_tls::Role::Node.lifetime() + gofer_tls::DEV_RENEWAL_MARGIN;
-    names.iter().all(|name| issued.names.contains(name))
+    let longest = gofer_tls::Roles::ALL.lifetime() + gofer_tls::DEV_RENEWAL_MARGIN;
+    issued.roles == gofer_tls::Roles::ALL
+        && names.iter().all(|name| issued.names.contains(name))
         && issued.validity.lasts(now_unix_seconds, gofer_tls::DEV_RENEWAL_MARGIN)
         && issued.validity.not_after <= now_unix_seconds.saturating_add(longest.as_secs() as i64)
 }
 
 /// The dev PKI in `dir`, made on first use and made again when its server certificate no longer serves
 /// `names` for another month; goferctl reads the CA from the same file again on its next call.
-fn ensure_pki(dir: &Path, names: &[String], now_unix_seconds: i64) -> anyhow::Result<(String, Identity)> {
+fn ensure_pki(dir: &Path, names: &[String], now_unix_seconds: i64) -> anyhow::Result<crate::node::Credentials> {
     let tls = dir.join("tls");
     let (ca, cert, key) = (tls.join("ca.pem"), tls.join("server.pem"), tls.join("server.key"));
     let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
@@ -120,7 +121,11 @@ fn ensure_pki(dir: &Path, names: &[String], now_unix_seconds: i64) -> anyhow::Re
         write_private(&ca, &pki.ca.cert_pem)?;
         tracing::info!(names = %names.join(", "), "made the development CA and server certificate");
     }
-    Ok((read(&ca)?, Identity::from_pem(read(&cert)?, read(&key)?)))
+    Ok(crate::node::Credentials {
+        ca_pem: read(&ca)?,
+        cert_pem: read(&cert)?,
+        key_pem: read(&key)?,
+    })
 }
 
 /// The admin token: kept if the existing client config holds the token whose hash is stored, else new.
@@ -208,7 +213,7 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
         .await
         .with_context(|| format!("binding {} (pass --listen to choose another address)", args.listen))?;
     let addr = api_listener.local_addr()?;
-    let (ca_pem, identity) = ensure_pki(&data_dir, &dev_names(addr.ip()), clock.now_millis() / 1000)?;
+    let credentials = ensure_pki(&data_dir, &dev_names(addr.ip()), clock.now_millis() / 1000)?;
     let node = crate::node::start(crate::node::NodeSetup {
         state: Some(gofer_state::Placement::Local {
             node: state.clone(),
@@ -219,8 +224,7 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
         name: "local".to_string(),
         docker: Some(docker),
         auth,
-        identity,
-        ca_pem,
+        credentials,
         api_listener: Some(api_listener),
         webhook_listener: Some(webhook_listener),
         executor_token,

@@ -50,6 +50,15 @@ impl Roles {
     }
 }
 
+/// PEMs a process serves and dials with.
+pub struct Credentials {
+    /// The cluster CA's certificate.
+    pub ca_pem: String,
+    /// The process's certificate, recording its roles, and its key.
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 /// What a process needs to start its roles.
 pub struct NodeSetup {
     /// Where the replicated state is: a node in this process or nodes elsewhere; `None` for a process
@@ -62,9 +71,9 @@ pub struct NodeSetup {
     /// Docker, for the executor and the extension host's containers.
     pub docker: Option<Engine>,
     pub auth: TokenAuth,
-    /// The certificate and key the API port presents.
-    pub identity: Identity,
-    pub ca_pem: String,
+    /// The cluster CA, and the certificate and key the process presents (the API port's, and the
+    /// executor's to schedulers elsewhere).
+    pub credentials: Credentials,
     /// The API port, when the process serves one (see [`Roles`]).
     pub api_listener: Option<TcpListener>,
     /// The webhook port, for the extension host.
@@ -163,8 +172,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         name,
         docker,
         auth,
-        identity,
-        ca_pem,
+        credentials,
         api_listener,
         webhook_listener,
         executor_token,
@@ -215,7 +223,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             webhook_addr = Some(webhooks.local_addr()?);
             let launch = LaunchConfig {
                 api_host: host.clone(),
-                ca_pem: ca_pem.clone(),
+                ca_pem: credentials.ca_pem.clone(),
                 auth: auth.clone(),
                 docker: docker.clone().context("the extension host runs extensions in Docker")?,
             };
@@ -237,7 +245,14 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             api,
             dispatch,
         };
-        server = Some(process.serve(api_listener, identity.clone(), auth, &ca_pem, &state.handle, served));
+        let tls = gofer_tls::listen::server_config(
+            &credentials.ca_pem,
+            &credentials.cert_pem,
+            &credentials.key_pem,
+            gofer_tls::listen::ClientCertificates::Optional,
+        )
+        .context("the API port's TLS")?;
+        server = Some(process.serve(api_listener, tls, auth, &state.handle, served));
         own_port = Some(OwnPort {
             address: host.clone(),
             advertised,
@@ -260,8 +275,8 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         let place = SchedulerPlace {
             own_port: own_port.as_ref(),
             schedulers: &schedulers,
-            ca_pem: &ca_pem,
-            identity: &identity,
+            ca_pem: &credentials.ca_pem,
+            identity: &Identity::from_pem(&credentials.cert_pem, &credentials.key_pem),
         };
         process.executor(config, backend, place).await?;
     }
@@ -463,9 +478,8 @@ impl Process {
     fn serve(
         &self,
         listener: TcpListener,
-        identity: Identity,
+        tls: std::sync::Arc<rustls::ServerConfig>,
         auth: TokenAuth,
-        ca_pem: &str,
         state: &StateHandle,
         roles: PortRoles,
     ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
@@ -483,10 +497,10 @@ impl Process {
         };
         self.tracker.spawn(crate::server::serve(
             listener,
-            identity,
+            tls,
             auth.with_directory(std::sync::Arc::new(directory)),
-            Some(Certificate::from_pem(ca_pem)),
             services,
+            self.tracker.clone(),
             self.shutdown.clone(),
         ))
     }

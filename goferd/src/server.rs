@@ -1,8 +1,8 @@
 //! Serving a node's gRPC services on one TLS listener: the public API, the executors' dispatch service,
 //! the extensions' service, health and reflection, all behind one `gofer_auth::AuthLayer`. Every
 //! service but health needs a bearer token, except that an executor may present a client certificate
-//! from the cluster CA instead (verified in the handshake; the dispatch handler checks that it names the
-//! executor).
+//! from the cluster CA instead (verified in the handshake, which speaks TLS 1.3 only; the certificate must
+//! record the executor role, and the dispatch handler checks that it names the executor).
 
 use anyhow::Context;
 use gofer_api::ApiService;
@@ -12,7 +12,8 @@ use gofer_proto::v1::extension_service_server::ExtensionServiceServer;
 use gofer_proto::v1::{dispatch_service_server::DispatchServiceServer, gofer_service_server::GoferServiceServer};
 use gofer_scheduler::{DispatchHandler, DispatchRedirect};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
 
 /// Largest message a node accepts: a 200-task pipeline with big envs fits with room to spare.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -29,10 +30,10 @@ pub struct Services {
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    identity: Identity,
+    tls: std::sync::Arc<rustls::ServerConfig>,
     auth: TokenAuth,
-    client_ca: Option<Certificate>,
     services: Services,
+    tracker: TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -61,14 +62,10 @@ pub async fn serve(
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     });
     let redirect = services.redirect.map(DispatchServiceServer::new);
-    let mut tls = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = client_ca {
-        // Clients may present a certificate (executors do); those without one still get in with a token.
-        tls = tls.client_ca_root(ca).client_auth_optional(true);
-    }
+    // Clients may present a certificate (executors do); those without one still get in with a token.
+    let tcp = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = gofer_tls::listen::incoming(tcp, tls, &tracker, &shutdown);
     Server::builder()
-        .tls_config(tls)
-        .context("configuring TLS")?
         .layer(AuthLayer::new(auth))
         .add_service(health)
         .add_service(reflection_v1)
@@ -77,11 +74,7 @@ pub async fn serve(
         .add_optional_service(dispatch)
         .add_optional_service(redirect)
         .add_optional_service(extension)
-        .serve_with_incoming_shutdown(
-            // Without nodelay, a reply split into small writes can wait 40 ms for a delayed ACK.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled(),
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await
         .context("serving gRPC")
 }

@@ -19,8 +19,9 @@ use std::task::{Context, Poll};
 
 use futures_util::future::Either;
 use gofer_domain::access::{Caller, Method, authorize};
+use gofer_tls::Role;
+use gofer_tls::listen::Peer;
 use tonic::Status;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 #[cfg(test)]
 mod tests;
@@ -125,14 +126,26 @@ impl TokenAuth {
         .ok_or_else(|| Status::unauthenticated("invalid, expired or disabled token"))
     }
 
-    /// Decides one call: who it speaks for, and whether that principal may call `path`.
+    /// Decides one call: who it speaks for, and whether that principal may call `path`. `peer` is who the
+    /// TLS handshake showed: a client certificate it verified against the cluster CA admits an executor
+    /// alone, and only to the dispatch service; one that records no role admits nothing.
     #[allow(clippy::result_large_err)]
-    fn admit(&self, path: &str, headers: &http::HeaderMap, certified: bool) -> Result<Option<Principal>, Status> {
+    fn admit(&self, path: &str, headers: &http::HeaderMap, peer: &Peer) -> Result<Option<Principal>, Status> {
         let door = Door::of(path);
         if door == Door::Health {
             return Ok(None);
         }
-        if door == Door::Dispatch && certified && !headers.contains_key(http::header::AUTHORIZATION) {
+        if peer.roleless() {
+            return Err(Status::permission_denied(peer.roleless_message()));
+        }
+        if door == Door::Dispatch && peer.certificate.is_some() && !headers.contains_key(http::header::AUTHORIZATION) {
+            if !peer.has(Role::Executor) {
+                return Err(Status::permission_denied(format!(
+                    "the client certificate {:?} (roles {}) is not an executor's: only executors dispatch with a \
+                     certificate alone",
+                    peer.name, peer.roles
+                )));
+            }
             return Ok(Some(Principal::Certified));
         }
         let principal = self.principal(headers)?;
@@ -228,12 +241,8 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let certified = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs())
-            .is_some_and(|certs| !certs.is_empty());
-        match self.auth.admit(request.uri().path(), request.headers(), certified) {
+        let peer = request.extensions().get::<Peer>().cloned().unwrap_or_default();
+        match self.auth.admit(request.uri().path(), request.headers(), &peer) {
             Ok(principal) => {
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use gofer_domain::access::TokenRole;
 
+use gofer_tls::Roles;
+
 use super::*;
 
 fn headers(token: Option<&str>) -> http::HeaderMap {
@@ -56,61 +58,94 @@ fn a_token_is_found_among_the_nodes_own_then_the_clusters() {
 #[test]
 fn each_principal_reaches_only_its_services() {
     let auth = auth();
-    let code = |path: &str, token: Option<&str>, certified: bool| {
-        auth.admit(path, &headers(token), certified).err().map(|s| s.code())
+    let code = |path: &str, token: Option<&str>, cert: Option<Roles>| {
+        auth.admit(path, &headers(token), &peer(cert)).err().map(|s| s.code())
     };
+    const EXECUTOR: Option<Roles> = Some(Roles::of(Role::Executor));
     let denied = Some(tonic::Code::PermissionDenied);
     // Health needs nothing.
-    assert_eq!(code("/grpc.health.v1.Health/Check", None, false), None);
+    assert_eq!(code("/grpc.health.v1.Health/Check", None, None), None);
     // The API takes API callers only.
     assert_eq!(
-        code("/gofer.v1.GoferService/ListRuns", Some("Bearer s3cret"), false),
+        code("/gofer.v1.GoferService/ListRuns", Some("Bearer s3cret"), None),
         None
     );
     assert_eq!(
-        code("/gofer.v1.GoferService/ListRuns", Some("Bearer viewer-a"), false),
+        code("/gofer.v1.GoferService/ListRuns", Some("Bearer viewer-a"), None),
         None
     );
     assert_eq!(
-        code("/gofer.v1.GoferService/ListRuns", Some("Bearer exec"), false),
+        code("/gofer.v1.GoferService/ListRuns", Some("Bearer exec"), None),
         denied
     );
     assert_eq!(
-        code("/gofer.v1.GoferService/ListRuns", Some("Bearer ext"), false),
+        code("/gofer.v1.GoferService/ListRuns", Some("Bearer ext"), None),
         denied
     );
     assert_eq!(
-        code("/gofer.v1.GoferService/ListRuns", None, true),
+        code("/gofer.v1.GoferService/ListRuns", None, EXECUTOR),
         Some(tonic::Code::Unauthenticated),
         "a certificate is no API token"
     );
     // The dispatch stream: the executor's token or a cluster certificate.
     assert_eq!(
-        code("/gofer.v1.DispatchService/Dispatch", Some("Bearer exec"), false),
+        code("/gofer.v1.DispatchService/Dispatch", Some("Bearer exec"), None),
         None
     );
-    assert_eq!(code("/gofer.v1.DispatchService/Dispatch", None, true), None);
+    assert_eq!(code("/gofer.v1.DispatchService/Dispatch", None, EXECUTOR), None);
     assert_eq!(
-        code("/gofer.v1.DispatchService/Dispatch", Some("Bearer viewer-a"), false),
+        code("/gofer.v1.DispatchService/Dispatch", Some("Bearer viewer-a"), None),
         denied
     );
     assert_eq!(
-        code("/gofer.v1.DispatchService/Dispatch", Some("Bearer ext"), false),
+        code("/gofer.v1.DispatchService/Dispatch", Some("Bearer ext"), None),
         denied
     );
     // The extension stream: extensions.
     assert_eq!(
-        code("/gofer.v1.ExtensionService/Connect", Some("Bearer ext"), false),
+        code("/gofer.v1.ExtensionService/Connect", Some("Bearer ext"), None),
         None
     );
     assert_eq!(
-        code("/gofer.v1.ExtensionService/Connect", Some("Bearer viewer-a"), false),
+        code("/gofer.v1.ExtensionService/Connect", Some("Bearer viewer-a"), None),
         denied
     );
     assert_eq!(
-        code("/gofer.v1.ExtensionService/Connect", None, true),
+        code("/gofer.v1.ExtensionService/Connect", None, EXECUTOR),
         Some(tonic::Code::Unauthenticated)
     );
+    // A certificate alone dispatches only if it is an executor's.
+    let scheduler = Some(Roles::of(Role::Scheduler).with(Role::Api));
+    assert_eq!(code("/gofer.v1.DispatchService/Dispatch", None, scheduler), denied);
+    assert_eq!(code("/gofer.v1.DispatchService/Dispatch", None, Some(Roles::ALL)), None);
+    // A certificate without a role gets nowhere, token or not, and is told how to get one.
+    for path in ["/gofer.v1.DispatchService/Dispatch", "/gofer.v1.GoferService/ListRuns"] {
+        assert_eq!(code(path, Some("Bearer s3cret"), Some(Roles::NONE)), denied, "{path}");
+    }
+    let roleless = auth
+        .admit(
+            "/gofer.v1.DispatchService/Dispatch",
+            &headers(None),
+            &peer(Some(Roles::NONE)),
+        )
+        .unwrap_err();
+    assert!(
+        roleless.message().contains("goferd certs issue NAME --role"),
+        "{roleless:?}"
+    );
+}
+
+/// Who the handshake showed: a verified certificate with `roles`, or no certificate.
+fn peer(cert: Option<Roles>) -> Peer {
+    match cert {
+        Some(roles) => Peer {
+            certificate: Some(std::sync::Arc::from(&b"verified"[..])),
+            name: "caller".into(),
+            roles,
+            ..Peer::default()
+        },
+        None => Peer::default(),
+    }
 }
 
 #[test]
@@ -119,7 +154,7 @@ fn the_layer_refuses_a_method_the_role_never_holds_and_names_it() {
         .admit(
             "/gofer.v1.GoferService/StartRun",
             &headers(Some("Bearer viewer-a")),
-            false,
+            &peer(None),
         )
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
@@ -128,7 +163,7 @@ fn the_layer_refuses_a_method_the_role_never_holds_and_names_it() {
         .admit(
             "/gofer.v1.GoferService/GetRun",
             &headers(Some("Bearer viewer-a")),
-            false,
+            &peer(None),
         )
         .unwrap();
     assert!(matches!(admitted, Some(Principal::Caller(_))));

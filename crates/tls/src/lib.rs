@@ -1,4 +1,5 @@
-//! Certificates for Gofer, as PEM: a CA, and the node and executor certificates it signs.
+//! Certificates for Gofer, as PEM: a CA, and the certificates it signs for the cluster's processes; and
+//! the TLS 1.3 config and handshakes of Gofer's ports ([`listen`]).
 //!
 //! `goferd dev` calls [`DevPki::generate`] for its data dir; `goferd certs init | issue | renew` use [`Ca`]
 //! so that operators of a cluster need no openssl. Every certificate a [`Ca`] issues is good for both
@@ -6,10 +7,11 @@
 //! names it was asked for: peers verify each other by their real name or address, so a name added "just in
 //! case" (such as `localhost`) would let that certificate stand in for another process.
 //!
-//! Every certificate has a lifetime ([`Role::lifetime`], [`CA_LIFETIME`]) and records its [`Role`], so
-//! that it can be renewed for the same names and role ([`parse_certificate`]). This crate only makes and
-//! reads certificates: it opens no socket, reads no file and reads no clock (the caller passes the time),
-//! so `goferd` owns where they are stored and tonic's rustls (ring) stack does the handshakes.
+//! Every certificate records the [`Roles`] of the process it is for (URI names `urn:gofer:role:ROLE`),
+//! which the servers check on every call, and has a lifetime ([`Roles::lifetime`], [`CA_LIFETIME`]), so
+//! that it can be renewed for the same names and roles ([`parse_certificate`]). Making and reading
+//! certificates reads no file and no clock (the caller passes the time), so `goferd` owns where they are
+//! stored.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -57,37 +59,123 @@ pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 /// the issuer's accepts it at once.
 const CLOCK_SKEW: Duration = Duration::from_secs(60 * 60);
 
-/// What a certificate is for, which sets its lifetime. It is recorded in the certificate (as its
-/// organizational unit) so that a renewal keeps it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A role a process plays in the cluster, which a certificate records (as a URI name,
+/// `urn:gofer:role:<role>`) and every server checks: the raft port admits raft traffic only from `State`,
+/// and the API port admits a certificate alone only from an `Executor`, on the dispatch service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
-    /// A process of the cluster: a state node, an api, a scheduler or an extension host.
-    Node,
-    /// An executor apart from a scheduler, presenting its certificate to the schedulers.
+    State,
+    Api,
+    Scheduler,
+    ExtensionHost,
     Executor,
 }
 
-impl Role {
-    /// A node's certificate lasts a year. An executor's lasts 90 days: executors sit beside the Docker
-    /// socket and run other people's containers, so their keys are the likeliest to leak, and they hold
-    /// no state, so renewing and restarting one costs nothing.
-    pub const fn lifetime(self) -> Duration {
-        match self {
-            Role::Node => Duration::from_secs(365 * 24 * 60 * 60),
-            Role::Executor => Duration::from_secs(90 * 24 * 60 * 60),
-        }
-    }
+/// The prefix of the URI name that records a role in a certificate.
+pub const ROLE_URI_PREFIX: &str = "urn:gofer:role:";
 
-    /// The role's name, as the certificate records it.
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::State,
+        Role::Api,
+        Role::Scheduler,
+        Role::ExtensionHost,
+        Role::Executor,
+    ];
+
+    /// The role's name, as `goferd server --roles` and `goferd certs issue --role` spell it.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Role::Node => "node",
+            Role::State => "state",
+            Role::Api => "api",
+            Role::Scheduler => "scheduler",
+            Role::ExtensionHost => "extension-host",
             Role::Executor => "executor",
         }
     }
 
-    fn from_recorded(unit: &str) -> Option<Role> {
-        [Role::Node, Role::Executor].into_iter().find(|r| r.as_str() == unit)
+    /// The role named `name`, as [`Role::as_str`] spells it.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The roles a certificate records, as a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Roles(u8);
+
+impl Roles {
+    /// No role: a certificate made before roles were recorded, refused everywhere.
+    pub const NONE: Roles = Roles(0);
+    /// Every role, as a process that plays them all (`goferd server` without `--roles`, `goferd dev`).
+    pub const ALL: Roles = Roles(0b1_1111);
+
+    pub const fn of(role: Role) -> Roles {
+        Roles(role.bit())
+    }
+
+    pub const fn with(self, role: Role) -> Roles {
+        Roles(self.0 | role.bit())
+    }
+
+    /// These roles and `other`'s.
+    pub const fn with_all(self, other: Roles) -> Roles {
+        Roles(self.0 | other.0)
+    }
+
+    pub const fn contains(self, role: Role) -> bool {
+        self.0 & role.bit() != 0
+    }
+
+    /// Whether every role of `other` is here.
+    pub const fn covers(self, other: Roles) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Role> {
+        Role::ALL.into_iter().filter(move |r| self.contains(*r))
+    }
+
+    /// How long a certificate for these roles lasts: 90 days for an executor alone, a year for anything
+    /// else. Executors sit beside the Docker socket and run other people's containers, so their keys are
+    /// the likeliest to leak, and they hold no state, so renewing and restarting one costs nothing.
+    pub const fn lifetime(self) -> Duration {
+        if self.0 == Role::Executor.bit() {
+            Duration::from_secs(90 * 24 * 60 * 60)
+        } else {
+            Duration::from_secs(365 * 24 * 60 * 60)
+        }
+    }
+}
+
+impl FromIterator<Role> for Roles {
+    fn from_iter<I: IntoIterator<Item = Role>>(iter: I) -> Roles {
+        iter.into_iter().fold(Roles::NONE, Roles::with)
+    }
+}
+
+impl std::fmt::Display for Roles {
+    /// `state,api`, or `none`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return f.write_str("none");
+        }
+        let names: Vec<&str> = self.iter().map(Role::as_str).collect();
+        f.write_str(&names.join(","))
     }
 }
 
@@ -125,22 +213,22 @@ fn seconds(duration: Duration) -> i64 {
 }
 
 /// Whom a certificate is issued to: its common name, the DNS names and IP addresses it is good for (and
-/// no other), and its role.
+/// no other), and its roles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
     pub common_name: String,
     /// DNS names, or IP addresses (written as such, `127.0.0.1` or `::1`, they become IP address names).
     pub names: Vec<String>,
-    pub role: Role,
+    pub roles: Roles,
 }
 
 impl Subject {
-    /// A subject called `common_name` with `role`, good for `names`.
-    pub fn new(common_name: &str, names: &[&str], role: Role) -> Subject {
+    /// A subject called `common_name` with `roles`, good for `names`.
+    pub fn new(common_name: &str, names: &[&str], roles: Roles) -> Subject {
         Subject {
             common_name: common_name.to_string(),
             names: names.iter().map(|n| n.to_string()).collect(),
-            role,
+            roles,
         }
     }
 }
@@ -151,8 +239,11 @@ pub struct Issued {
     pub common_name: String,
     /// Its DNS names and IP addresses, in the certificate's order.
     pub names: Vec<String>,
-    /// `None` for a certificate that records no role (made before roles were recorded).
-    pub role: Option<Role>,
+    /// The roles it records; none for a certificate made before roles were recorded.
+    pub roles: Roles,
+    /// For a certificate from before roles were recorded as URI names, what its organizational unit said
+    /// it was for (`node`: every role; `executor`), so that `goferd certs renew` can keep it.
+    pub legacy_roles: Option<Roles>,
     pub validity: Validity,
 }
 
@@ -165,7 +256,7 @@ pub struct Ca {
 fn ca_params(common_name: &str) -> Result<CertificateParams, Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name = name(common_name, None);
+    params.distinguished_name = name(common_name);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     Ok(params)
 }
@@ -213,7 +304,13 @@ impl Ca {
     pub fn issue(&self, subject: &Subject, validity: Validity) -> Result<CertifiedKey, Error> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(subject.names.clone())?;
-        params.distinguished_name = name(&subject.common_name, Some(subject.role));
+        params.distinguished_name = name(&subject.common_name);
+        for role in subject.roles.iter() {
+            let uri = format!("{ROLE_URI_PREFIX}{}", role.as_str());
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(uri.try_into().map_err(Error::Generate)?));
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         validity.apply(&mut params)?;
@@ -248,8 +345,8 @@ impl DevPki {
     pub fn generate(server_names: &[&str], now_unix_seconds: i64) -> Result<Self, Error> {
         let ca = Ca::generate(DEV_CA_NAME, Validity::starting(now_unix_seconds, CA_LIFETIME))?;
         let server = ca.issue(
-            &Subject::new("goferd", server_names, Role::Node),
-            Validity::starting(now_unix_seconds, Role::Node.lifetime()),
+            &Subject::new("goferd", server_names, Roles::ALL),
+            Validity::starting(now_unix_seconds, Roles::ALL.lifetime()),
         )?;
         Ok(DevPki { ca: ca.cert, server })
     }
@@ -258,12 +355,9 @@ impl DevPki {
 /// How long before a development certificate ends `goferd dev` makes a new one: a month.
 pub const DEV_RENEWAL_MARGIN: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
-fn name(common_name: &str, role: Option<Role>) -> DistinguishedName {
+fn name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
-    if let Some(role) = role {
-        dn.push(DnType::OrganizationalUnitName, role.as_str());
-    }
     dn
 }
 
@@ -295,10 +389,15 @@ pub fn parse_certificate(cert_pem: &str) -> Result<Issued, Error> {
         .and_then(|cn| cn.as_str().ok())
         .ok_or(Error::NoCommonName)?
         .to_string();
-    let role = subject
+    let legacy_roles = subject
         .iter_organizational_unit()
-        .find_map(|unit| unit.as_str().ok().and_then(Role::from_recorded));
+        .find_map(|unit| match unit.as_str().ok()? {
+            "node" => Some(Roles::ALL),
+            "executor" => Some(Roles::of(Role::Executor)),
+            _ => None,
+        });
     let mut names = Vec::new();
+    let mut roles = Roles::NONE;
     if let Some(alternative) = cert.subject_alternative_name().map_err(Error::Parse)? {
         for name in &alternative.value.general_names {
             match name {
@@ -311,6 +410,9 @@ pub fn parse_certificate(cert_pem: &str) -> Result<Issued, Error> {
                     };
                     names.extend(ip.map(|ip| ip.to_string()));
                 }
+                GeneralName::URI(uri) => {
+                    roles = roles_in(roles, uri);
+                }
                 _ => {}
             }
         }
@@ -322,9 +424,43 @@ pub fn parse_certificate(cert_pem: &str) -> Result<Issued, Error> {
     Ok(Issued {
         common_name,
         names,
-        role,
+        roles,
+        legacy_roles: legacy_roles.filter(|_| roles.is_empty()),
         validity,
     })
+}
+
+/// The common name of the DER certificate `der`, if it has one.
+pub fn common_name_of(der: &[u8]) -> Option<String> {
+    let cert = x509(der).ok()?;
+    let name = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(name)
+}
+
+fn roles_in(roles: Roles, uri: &str) -> Roles {
+    match uri.strip_prefix(ROLE_URI_PREFIX).and_then(Role::from_name) {
+        Some(role) => roles.with(role),
+        None => roles,
+    }
+}
+
+/// The roles the DER certificate `der` records. Used on a client certificate the TLS handshake already
+/// verified against the cluster CA; anything unreadable records none.
+pub fn roles_of(der: &[u8]) -> Roles {
+    let Ok(cert) = x509(der) else {
+        return Roles::NONE;
+    };
+    let Ok(Some(alternative)) = cert.subject_alternative_name() else {
+        return Roles::NONE;
+    };
+    alternative
+        .value
+        .general_names
+        .iter()
+        .fold(Roles::NONE, |roles, name| match name {
+            GeneralName::URI(uri) => roles_in(roles, uri),
+            _ => roles,
+        })
 }
 
 /// Whether the DER certificate `der` names `name` (a DNS name among its subject alternative names). Used on
@@ -340,6 +476,8 @@ pub fn certificate_names(der: &[u8], name: &str) -> bool {
     };
     cert.verify_is_valid_for_subject_name(&name).is_ok()
 }
+
+pub mod listen;
 
 #[cfg(test)]
 mod tests;

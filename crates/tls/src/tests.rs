@@ -18,8 +18,8 @@ fn now() -> i64 {
 
 fn node(ca: &Ca, common_name: &str, names: &[&str]) -> CertifiedKey {
     ca.issue(
-        &Subject::new(common_name, names, Role::Node),
-        Validity::starting(now(), Role::Node.lifetime()),
+        &Subject::new(common_name, names, Roles::ALL),
+        Validity::starting(now(), Roles::ALL.lifetime()),
     )
     .unwrap()
 }
@@ -62,7 +62,8 @@ fn the_dev_server_certificate_names_loopback_by_name_and_by_ip_address() {
     assert!(verify(&pki.ca.cert_der, &pki.server, "127.0.0.2").is_err());
     let issued = parse_certificate(&pki.server.cert_pem).unwrap();
     assert_eq!(issued.names, ["localhost", "127.0.0.1", "::1"]);
-    assert_eq!(issued.role, Some(Role::Node));
+    assert_eq!(issued.roles, Roles::ALL);
+    assert_eq!(issued.legacy_roles, None);
 }
 
 #[test]
@@ -103,7 +104,7 @@ fn a_reloaded_ca_issues_certificates_that_chain_to_it_and_knows_its_own() {
 fn an_expired_or_not_yet_valid_certificate_is_refused() {
     use rustls::CertificateError::{ExpiredContext, NotValidYetContext};
     let ca = test_ca();
-    let subject = Subject::new("node1", &["node1"], Role::Node);
+    let subject = Subject::new("node1", &["node1"], Roles::of(Role::State));
     let day = 24 * 60 * 60;
     let (past, future) = ((now() - 2 * day, now() - day), (now() + day, now() + 2 * day));
     for (not_before, not_after) in [past, future] {
@@ -126,24 +127,32 @@ fn an_expired_or_not_yet_valid_certificate_is_refused() {
 fn a_certificate_reads_back_as_issued_with_its_role_and_lifetime() {
     let ca = test_ca();
     let at = now();
-    for role in [Role::Node, Role::Executor] {
-        let validity = Validity::starting(at, role.lifetime());
-        let subject = Subject::new("exec-1", &["exec-1", "10.0.0.7", "::1", "exec.example"], role);
+    let executor = Roles::of(Role::Executor);
+    let scheduler_and_executor = Roles::of(Role::Scheduler).with(Role::Executor);
+    for roles in [Roles::ALL, executor, scheduler_and_executor, Roles::NONE] {
+        let validity = Validity::starting(at, roles.lifetime());
+        let subject = Subject::new("exec-1", &["exec-1", "10.0.0.7", "::1", "exec.example"], roles);
+        let der = ca.issue(&subject, validity).unwrap().cert_der;
+        assert_eq!(roles_of(&der), roles);
+        assert_eq!(common_name_of(&der).as_deref(), Some("exec-1"));
         let issued = parse_certificate(&ca.issue(&subject, validity).unwrap().cert_pem).unwrap();
         assert_eq!(
             issued,
             Issued {
                 common_name: "exec-1".into(),
                 names: subject.names.clone(),
-                role: Some(role),
+                roles,
+                legacy_roles: None,
                 validity,
             }
         );
-        assert_eq!(validity.not_after - at, role.lifetime().as_secs() as i64);
+        assert_eq!(validity.not_after - at, roles.lifetime().as_secs() as i64);
         assert!(validity.not_before < at, "it starts early, for clocks a little behind");
     }
-    assert!(Role::Executor.lifetime() < Role::Node.lifetime());
-    assert!(Role::Node.lifetime() < CA_LIFETIME);
+    assert!(executor.lifetime() < Roles::ALL.lifetime());
+    assert_eq!(scheduler_and_executor.lifetime(), Roles::ALL.lifetime());
+    assert!(Roles::ALL.lifetime() < CA_LIFETIME);
+    assert_eq!(roles_of(b"not a certificate"), Roles::NONE);
     let ca_read = parse_certificate(&ca.certified().cert_pem).unwrap();
     assert_eq!(ca_read.common_name, CLUSTER_CA_NAME);
     assert_eq!(ca_read.validity.not_after - at, CA_LIFETIME.as_secs() as i64);
@@ -171,4 +180,39 @@ fn a_certificate_names_only_what_it_was_issued_for() {
     assert!(!certificate_names(&issued.cert_der, "localhost"));
     assert!(!certificate_names(b"not a certificate", "exec1"));
     assert!(!certificate_names(&issued.cert_der, "bad name!"));
+}
+
+#[test]
+fn roles_are_named_and_listed_as_the_flags_spell_them() {
+    for role in Role::ALL {
+        assert_eq!(Role::from_name(role.as_str()), Some(role));
+    }
+    assert_eq!(Role::from_name("node"), None);
+    assert_eq!(Roles::ALL.to_string(), "state,api,scheduler,extension-host,executor");
+    assert_eq!(Roles::NONE.to_string(), "none");
+    let two: Roles = [Role::Executor, Role::Api].into_iter().collect();
+    assert_eq!(two.to_string(), "api,executor");
+    assert!(Roles::ALL.covers(two) && !two.covers(Roles::ALL) && two.covers(Roles::NONE));
+}
+
+/// A certificate from before roles were URI names records its role as its organizational unit: it has no
+/// roles (and is refused), but `goferd certs renew` can read what it was for.
+#[test]
+fn an_older_certificate_has_no_roles_but_says_what_it_was_for() {
+    let ca = test_ca();
+    for (unit, legacy) in [
+        ("node", Some(Roles::ALL)),
+        ("executor", Some(Roles::of(Role::Executor))),
+        ("x", None),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["old".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "old");
+        params.distinguished_name.push(DnType::OrganizationalUnitName, unit);
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        let issued = parse_certificate(&cert.pem()).unwrap();
+        assert_eq!(issued.roles, Roles::NONE, "{unit}");
+        assert_eq!(issued.legacy_roles, legacy, "{unit}");
+        assert_eq!(roles_of(cert.der()), Roles::NONE);
+    }
 }

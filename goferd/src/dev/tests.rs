@@ -46,20 +46,27 @@ fn a_dev_certificate_serves_until_a_month_before_it_ends_and_only_for_its_names(
     };
     let old = ca
         .issue(
-            &gofer_tls::Subject::new("goferd", &names, gofer_tls::Role::Node),
+            &gofer_tls::Subject::new("goferd", &names, gofer_tls::Roles::ALL),
             endless,
         )
         .unwrap();
     assert!(!dev_certificate_serves(&old.cert_pem, &loopback(), NOW));
+    // One that records fewer roles than every one `goferd dev` plays.
+    let lifetime = gofer_tls::Validity::starting(NOW, gofer_tls::Roles::ALL.lifetime());
+    let api_only = gofer_tls::Roles::of(gofer_tls::Role::Api);
+    let narrow = ca
+        .issue(&gofer_tls::Subject::new("goferd", &names, api_only), lifetime)
+        .unwrap();
+    assert!(!dev_certificate_serves(&narrow.cert_pem, &loopback(), NOW));
 }
 
 #[test]
 fn the_dev_pki_is_made_once_and_again_when_it_no_longer_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, _) = ensure_pki(dir.path(), &loopback(), NOW).unwrap();
-    let (same, _) = ensure_pki(dir.path(), &loopback(), NOW + DAY).unwrap();
+    let ca = ensure_pki(dir.path(), &loopback(), NOW).unwrap().ca_pem;
+    let same = ensure_pki(dir.path(), &loopback(), NOW + DAY).unwrap().ca_pem;
     assert_eq!(ca, same);
-    let (renewed, _) = ensure_pki(dir.path(), &loopback(), NOW + 340 * DAY).unwrap();
+    let renewed = ensure_pki(dir.path(), &loopback(), NOW + 340 * DAY).unwrap().ca_pem;
     assert_ne!(ca, renewed);
     let server = std::fs::read_to_string(dir.path().join("tls/server.pem")).unwrap();
     assert!(dev_certificate_serves(&server, &loopback(), NOW + 340 * DAY));

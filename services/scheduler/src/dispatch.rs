@@ -455,7 +455,8 @@ impl DispatchService for DispatchHandler {
 /// The client certificate a caller presented, if any (the TLS handshake verified it against the cluster
 /// CA). A caller without one got in with a token.
 fn client_certificate<T>(request: &Request<T>) -> Option<Vec<u8>> {
-    request.peer_certs().and_then(|certs| certs.first().map(|c| c.to_vec()))
+    let peer = request.extensions().get::<gofer_tls::listen::Peer>()?;
+    peer.certificate.as_deref().map(<[u8]>::to_vec)
 }
 
 /// Checks the executor a caller says it is (`field`: a stream's hello, a log upload): a valid id, and one

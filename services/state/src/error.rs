@@ -66,8 +66,6 @@ pub enum Unavailable {
     },
     #[error("peer TLS: {0}")]
     PeerTls(#[source] tonic::transport::Error),
-    #[error("configuring the raft port's TLS: {0}")]
-    RaftPortTls(#[source] tonic::transport::Error),
     /// A task proposing a role's first commands (the cluster id, the event retention, the built-in
     /// extensions) ended without finishing.
     #[error("the first commands: {0}")]

@@ -22,6 +22,7 @@ mod logs;
 mod membership;
 mod network;
 mod node;
+mod peers;
 mod remote;
 mod role;
 mod server;

@@ -14,7 +14,7 @@ use gofer_domain::{Command, State};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::{Error, LogStore, PeerNetwork, RemoteState, StateHandle, StateNode, Unavailable};
 
@@ -59,10 +59,11 @@ pub enum Placement {
     },
 }
 
-/// A state node's raft port, bound by the caller, and the mutual-TLS config it serves with.
+/// A state node's raft port, bound by the caller, and the mutual-TLS config it serves with (from
+/// `gofer_tls::listen::server_config`, requiring client certificates).
 pub struct RaftPort {
     pub listener: TcpListener,
-    pub tls: ServerTlsConfig,
+    pub tls: std::sync::Arc<rustls::ServerConfig>,
 }
 
 /// What the state role needs.
@@ -171,14 +172,11 @@ fn serve_raft(
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let service = node.raft_service(Some(logs.clone()), tracker.clone(), shutdown.clone());
-    let mut server = Server::builder()
-        .tls_config(port.tls)
-        .map_err(|e| Error::Unavailable(Unavailable::RaftPortTls(e)))?;
-    let router = server.add_service(service);
+    let router = Server::builder().add_service(service);
+    let tcp = tokio_stream::wrappers::TcpListenerStream::new(port.listener);
+    let incoming = gofer_tls::listen::incoming(tcp, port.tls, tracker, shutdown);
     let stop = shutdown.clone();
     tracker.spawn(async move {
-        // Without nodelay, a reply split into small writes can wait 40 ms for a delayed ACK.
-        let incoming = tonic::transport::server::TcpIncoming::from(port.listener).with_nodelay(Some(true));
         if let Err(err) = router.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
             tracing::error!(%err, "the raft port stopped serving");
         }

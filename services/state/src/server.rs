@@ -1,6 +1,7 @@
 //! The `RaftService` a state node serves to its peers: raft's own RPCs, and the leader's side of
 //! forwarded writes and read indexes. It is mounted behind mutual TLS: only holders of a certificate from
-//! the cluster CA reach it.
+//! the cluster CA reach it, and each call only with the roles their certificate records
+//! ([`crate::peers`]).
 
 use std::io::Cursor;
 use std::pin::Pin;
@@ -14,8 +15,10 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::membership::{ForwardOr, refusal_status};
+use crate::peers::{RaftCall, may_call, may_propose};
 use crate::store::Change;
 use crate::{Error, StateNode, Unavailable};
+use gofer_tls::listen::Peer;
 
 /// Serves one node's raft to its peers.
 #[derive(Clone)]
@@ -75,12 +78,17 @@ impl tonic::server::NamedService for RaftServer {
 
 impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for RaftServer
 where
-    RaftServiceServer<RaftHandler>: tonic::codegen::Service<tonic::codegen::http::Request<B>>,
+    RaftServiceServer<RaftHandler>: tonic::codegen::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+        >,
 {
-    type Response =
-        <RaftServiceServer<RaftHandler> as tonic::codegen::Service<tonic::codegen::http::Request<B>>>::Response;
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
     type Error = <RaftServiceServer<RaftHandler> as tonic::codegen::Service<tonic::codegen::http::Request<B>>>::Error;
-    type Future = <RaftServiceServer<RaftHandler> as tonic::codegen::Service<tonic::codegen::http::Request<B>>>::Future;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<Self::Response, Self::Error>>,
+        <RaftServiceServer<RaftHandler> as tonic::codegen::Service<tonic::codegen::http::Request<B>>>::Future,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         std::task::ready!(self.snapshots.poll_ready(cx))?;
@@ -92,12 +100,21 @@ where
             .uri()
             .path()
             .strip_prefix('/')
-            .and_then(|path| path.strip_prefix(<Self as tonic::server::NamedService>::NAME));
-        if method == Some("/InstallSnapshot") {
+            .and_then(|path| path.strip_prefix(<Self as tonic::server::NamedService>::NAME))
+            .and_then(|method| method.strip_prefix('/'));
+        // Refused before a byte of the request is read: the caller's certificate lacks the role.
+        if let Some(call) = method.and_then(RaftCall::of) {
+            let peer = request.extensions().get::<Peer>().cloned().unwrap_or_default();
+            if let Err(refused) = may_call(&peer, call) {
+                let refusal = Status::permission_denied(refused.to_string()).into_http();
+                return futures_util::future::Either::Left(std::future::ready(Ok(refusal)));
+            }
+        }
+        futures_util::future::Either::Right(if method == Some("InstallSnapshot") {
             self.snapshots.call(request)
         } else {
             self.other.call(request)
-        }
+        })
     }
 }
 
@@ -203,7 +220,10 @@ impl RaftService for RaftHandler {
     }
 
     async fn propose(&self, request: Request<v1::ProposeRequest>) -> Result<Response<v1::ProposeResponse>, Status> {
+        let peer = request.extensions().get::<Peer>().cloned().unwrap_or_default();
         let command = serde_json::from_slice(&request.into_inner().command).map_err(bad_payload)?;
+        may_propose(&peer.name, peer.roles, &command)
+            .map_err(|refused| Status::permission_denied(refused.to_string()))?;
         let (result, index) = self
             .node
             .propose_here(command)

@@ -15,7 +15,7 @@ use gofer_state::{
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -63,7 +63,7 @@ impl Cluster {
                 &ca,
                 &format!("node{id}"),
                 &["127.0.0.1"],
-                lifetime(gofer_tls::Role::Node),
+                lifetime(gofer_tls::Roles::ALL),
             );
             let dir = tempfile::tempdir().unwrap();
             let network = member_network(id, &cert, &ca_pem, &faults);
@@ -172,25 +172,25 @@ fn serve(
     listener: tokio::net::TcpListener,
     accepted: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<()> {
-    let server_tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
-        .client_ca_root(Certificate::from_pem(ca_pem));
-    let service = node.raft_service(
-        Some(logs.clone()),
-        tokio_util::task::TaskTracker::new(),
-        tokio_util::sync::CancellationToken::new(),
-    );
+    let server_tls = gofer_tls::listen::server_config(
+        ca_pem,
+        &cert.cert_pem,
+        &cert.key_pem,
+        gofer_tls::listen::ClientCertificates::Required,
+    )
+    .unwrap();
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let service = node.raft_service(Some(logs.clone()), tracker.clone(), shutdown.clone());
+    let tcp = futures_util::StreamExt::inspect(tokio_stream::wrappers::TcpListenerStream::new(listener), move |_| {
+        accepted.fetch_add(1, Ordering::SeqCst);
+    });
+    let incoming = gofer_tls::listen::incoming(tcp, server_tls, &tracker, &shutdown);
     tokio::spawn(async move {
+        // Ends the handshakes and streams this server started when the test aborts it.
+        let _stop = shutdown.drop_guard();
         let _ = Server::builder()
-            .tls_config(server_tls)
-            .unwrap()
             .add_service(service)
-            .serve_with_incoming(futures_util::StreamExt::inspect(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                move |_| {
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                },
-            ))
+            .serve_with_incoming(incoming)
             .await;
     })
 }
@@ -203,8 +203,8 @@ fn now() -> i64 {
 }
 
 /// A certificate's validity for `role`, from now.
-fn lifetime(role: gofer_tls::Role) -> gofer_tls::Validity {
-    gofer_tls::Validity::starting(now(), role.lifetime())
+fn lifetime(roles: gofer_tls::Roles) -> gofer_tls::Validity {
+    gofer_tls::Validity::starting(now(), roles.lifetime())
 }
 
 fn test_ca() -> gofer_tls::Ca {
@@ -219,7 +219,18 @@ fn issue(
     names: &[&str],
     validity: gofer_tls::Validity,
 ) -> gofer_tls::CertifiedKey {
-    let subject = gofer_tls::Subject::new(common_name, names, gofer_tls::Role::Node);
+    issue_with(ca, common_name, names, gofer_tls::Roles::ALL, validity)
+}
+
+/// A certificate from `ca` called `common_name` with `roles`, good for `names` over `validity`.
+fn issue_with(
+    ca: &gofer_tls::Ca,
+    common_name: &str,
+    names: &[&str],
+    roles: gofer_tls::Roles,
+    validity: gofer_tls::Validity,
+) -> gofer_tls::CertifiedKey {
+    let subject = gofer_tls::Subject::new(common_name, names, roles);
     ca.issue(&subject, validity).unwrap()
 }
 
@@ -355,7 +366,7 @@ async fn a_peer_without_a_cluster_certificate_is_refused() {
         let mut client = gofer_proto::v1::raft_service_client::RaftServiceClient::new(channel);
         async move { client.read_index(gofer_proto::v1::ReadIndexRequest {}).await }
     };
-    let peer = issue(&cluster.ca, "peer", &["peer"], lifetime(gofer_tls::Role::Node));
+    let peer = issue(&cluster.ca, "peer", &["peer"], lifetime(gofer_tls::Roles::ALL));
     // The leader answers a read index once it knows its quorum: a current certificate gets that far.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while let Err(status) = read_index_as(&peer).await {
@@ -367,7 +378,7 @@ async fn a_peer_without_a_cluster_certificate_is_refused() {
     }
     // Refused in the handshake: the call fails in the transport, not with a Status the server sent.
     let refused = |result: Result<_, tonic::Status>| matches!(result, Err(status) if std::error::Error::source(&status).is_some());
-    let stranger = issue(&test_ca(), "evil", &["evil"], lifetime(gofer_tls::Role::Node));
+    let stranger = issue(&test_ca(), "evil", &["evil"], lifetime(gofer_tls::Roles::ALL));
     assert!(
         refused(read_index_as(&stranger).await),
         "a certificate from another CA is refused"
@@ -392,6 +403,97 @@ async fn a_peer_without_a_cluster_certificate_is_refused() {
     assert!(
         refused(client.read_index(gofer_proto::v1::ReadIndexRequest {}).await),
         "no certificate is refused"
+    );
+    cluster.stop().await;
+}
+
+/// The raft port admits each certificate only to what its roles do: an executor's to nothing (not
+/// `Propose`, not `ChangeMembership`, not raft traffic), an api's to its own commands but neither raft
+/// traffic nor a scheduler's fenced batch, and one without a role to nothing, saying how to issue one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_port_admits_each_certificate_only_to_what_its_roles_do() {
+    use gofer_proto::v1;
+    use gofer_tls::{Role, Roles};
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let client_as = |roles: Roles| {
+        let cert = issue_with(&cluster.ca, "caller", &["caller"], roles, lifetime(roles));
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&cluster.ca_pem))
+            .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+        let channel = tonic::transport::Endpoint::from_shared(cluster.addresses[&leader].clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy();
+        v1::raft_service_client::RaftServiceClient::new(channel)
+    };
+    let propose = |command: &Command| v1::ProposeRequest {
+        command: serde_json::to_vec(command).unwrap(),
+    };
+    fn denied<T>(result: Result<tonic::Response<T>, tonic::Status>, what: &str) -> String {
+        match result {
+            Err(status) if status.code() == tonic::Code::PermissionDenied => status.message().to_string(),
+            other => panic!("{what}: {:?}", other.map(|_| ())),
+        }
+    }
+
+    let mut executor = client_as(Roles::of(Role::Executor));
+    let message = denied(
+        executor.propose(propose(&namespace("by-executor"))).await,
+        "executor Propose",
+    );
+    assert!(message.contains("executor") && message.contains("Propose"), "{message}");
+    let removal = serde_json::to_vec(&MembershipChange::Remove { id: 3 }).unwrap();
+    denied(
+        executor
+            .change_membership(v1::ChangeMembershipRequest { change: removal })
+            .await,
+        "executor ChangeMembership",
+    );
+    denied(
+        executor
+            .append_entries(v1::AppendEntriesRequest { payload: vec![] })
+            .await,
+        "executor AppendEntries",
+    );
+    denied(executor.follow(v1::FollowRequest {}).await, "executor Follow");
+
+    let mut api = client_as(Roles::of(Role::Api));
+    api.propose(propose(&namespace("by-api"))).await.unwrap();
+    denied(
+        api.append_entries(v1::AppendEntriesRequest { payload: vec![] }).await,
+        "api AppendEntries",
+    );
+    denied(api.vote(v1::VoteRequest { payload: vec![] }).await, "api Vote");
+    let batch = Command::Fenced {
+        role: gofer_domain::lease::Role::Scheduler,
+        holder: "api".into(),
+        epoch: 1,
+        command: Box::new(Command::Batch { commands: vec![] }),
+    };
+    let message = denied(api.propose(propose(&batch)).await, "api proposing a scheduler's batch");
+    assert!(message.contains("fenced"), "{message}");
+
+    let mut roleless = client_as(Roles::NONE);
+    let message = denied(
+        roleless.read_index(v1::ReadIndexRequest {}).await,
+        "a certificate without a role",
+    );
+    assert!(message.contains("goferd certs issue NAME --role"), "{message}");
+
+    let leader_node = &cluster.nodes[&leader];
+    leader_node.propose(namespace("after")).await.unwrap();
+    let (by_executor, by_api) = leader_node.read(|s| {
+        (
+            s.namespaces.contains_key("by-executor"),
+            s.namespaces.contains_key("by-api"),
+        )
+    });
+    assert!(!by_executor && by_api, "only the api's proposal was committed");
+    assert_eq!(
+        leader_node.metrics().membership_config.membership().voter_ids().count(),
+        3
     );
     cluster.stop().await;
 }
@@ -540,7 +642,7 @@ async fn a_remote_process_mirrors_the_state_and_moves_on_when_its_node_goes() {
     let mut cluster = Cluster::start().await;
     let leader = cluster.leader(&[1, 2, 3]).await;
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    let cert = issue(&cluster.ca, "api", &["api"], lifetime(gofer_tls::Role::Node));
+    let cert = issue(&cluster.ca, "api", &["api"], lifetime(gofer_tls::Roles::ALL));
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&cluster.ca_pem))
         .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));

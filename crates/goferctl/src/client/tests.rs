@@ -135,7 +135,7 @@ fn now() -> i64 {
 
 /// A node certificate's lifetime from now.
 fn current() -> gofer_tls::Validity {
-    gofer_tls::Validity::starting(now(), gofer_tls::Role::Node.lifetime())
+    gofer_tls::Validity::starting(now(), gofer_tls::Roles::ALL.lifetime())
 }
 
 /// A TLS server on 127.0.0.1 whose certificate, from a fresh CA, names `names` and is good over
@@ -153,7 +153,7 @@ impl TlsServer {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let ca_validity = gofer_tls::Validity::starting(now(), gofer_tls::CA_LIFETIME);
         let ca = gofer_tls::Ca::generate("test CA", ca_validity).expect("a CA");
-        let subject = gofer_tls::Subject::new("goferd", names, gofer_tls::Role::Node);
+        let subject = gofer_tls::Subject::new("goferd", names, gofer_tls::Roles::ALL);
         let cert = ca.issue(&subject, validity).expect("a server certificate");
         let dir = tempfile::tempdir().expect("a temp dir");
         let ca_cert = dir.path().join("ca.pem");

@@ -109,10 +109,10 @@ async fn tls_peer(bind: &str, names: &[&str]) -> (String, String, tokio::task::J
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let validity = gofer_tls::Validity::starting(now, gofer_tls::Role::Node.lifetime());
+    let validity = gofer_tls::Validity::starting(now, gofer_tls::Roles::ALL.lifetime());
     let ca = gofer_tls::Ca::generate("test CA", validity).unwrap();
     let cert = ca
-        .issue(&gofer_tls::Subject::new("peer", names, gofer_tls::Role::Node), validity)
+        .issue(&gofer_tls::Subject::new("peer", names, gofer_tls::Roles::ALL), validity)
         .unwrap();
     let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let address = format!("https://{}", listener.local_addr().unwrap());

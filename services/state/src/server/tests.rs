@@ -24,8 +24,18 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = shutdown.clone();
+    // Every call comes as from a state node's certificate: the bounds are under test here, not the roles.
+    let state_node = |mut request: Request<()>| {
+        request.extensions_mut().insert(Peer {
+            certificate: Some(std::sync::Arc::from(&b"verified"[..])),
+            roles: gofer_tls::Roles::ALL,
+            ..Peer::default()
+        });
+        Ok(request)
+    };
     tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(state_node))
             .add_service(RaftServer::new(handler, limits))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
                 stop.cancelled().await
