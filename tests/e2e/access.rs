@@ -23,7 +23,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, MethodDescriptor, Va
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
-use crate::{start, stderr};
+use crate::start;
 
 /// A namespace the scoped tokens' pattern matches.
 const IN_SCOPE: &str = "team-a-x";
@@ -263,30 +263,10 @@ fn expected(caller: &Caller, method: Method, namespace: Option<&str>) -> Result<
 
 /// Sets up two namespaces with the same pipeline, a finished run and a webhook subscription in each.
 fn fixtures(dev: &GoferDev) -> Result<()> {
-    let pipeline = serde_json::json!({
-        "id": PIPELINE, "name": PIPELINE,
-        "tasks": [{"id": TASK, "image": TASK_IMAGE, "command": ["sh", "-c", "echo hi"]}],
-    })
-    .to_string();
+    let pipeline = crate::pipeline(PIPELINE, &[(TASK, "echo hi", &[])]);
     for namespace in [IN_SCOPE, OUT_OF_SCOPE] {
         dev.ctl_ok(&["namespace", "create", namespace])?;
-        let registered = dev
-            .goferctl()
-            .args(["-n", namespace, "pipeline", "register", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child.stdin.take().expect("stdin").write_all(pipeline.as_bytes())?;
-                child.wait_with_output()
-            })?;
-        ensure!(
-            registered.status.success(),
-            "register in {namespace}: {}",
-            stderr(&registered)
-        );
+        dev.register_in(namespace, &pipeline)?;
         dev.ctl_ok(&["-n", namespace, "run", "start", PIPELINE, "--wait"])?;
         let secret = format!("secret={WEBHOOK_SECRET}");
         dev.ctl_ok(&[
