@@ -170,6 +170,16 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// One installed extension, as its container is run.
+struct Instance {
+    name: String,
+    /// Its container's name.
+    container: String,
+    image: String,
+    settings: BTreeMap<String, String>,
+    cluster: String,
+}
+
 async fn supervise(
     host: ExtensionHost,
     name: String,
@@ -179,73 +189,23 @@ async fn supervise(
     attachment: Arc<OnceCell<Attachment>>,
     stop: CancellationToken,
 ) {
-    let container = format!("gofer-ext-{name}-{cluster}");
+    let instance = Instance {
+        container: format!("gofer-ext-{name}-{cluster}"),
+        name: name.clone(),
+        image,
+        settings,
+        cluster: cluster.clone(),
+    };
     let mut backoff = Duration::from_secs(1);
     loop {
-        let attached = attachment.get_or_try_init(|| attach(&host, &config, &cluster)).await;
-        let token = random_token();
-        let hash = hash_token(&token);
-        let attached = match attached {
-            Ok(attached) => attached,
+        let started = tokio::time::Instant::now();
+        match attachment.get_or_try_init(|| attach(&host, &config, &cluster)).await {
+            Ok(attached) => run_once(&host, &instance, &config, attached, &stop).await,
             Err(err) => {
                 tracing::error!(extension = %name, %err, "cannot give the extension a network");
                 host.set_launch_error(&name, Some(err.to_string()));
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        config.auth.grant(hash, Principal::Extension(name.clone()));
-        let mut env = vec![
-            format!("GOFER_HOST={}", attached.host),
-            format!("GOFER_EXTENSION_NAME={name}"),
-            format!("GOFER_EXTENSION_TOKEN={token}"),
-            format!("GOFER_CA_CERT_PEM={}", attached.ca_pem),
-        ];
-        env.extend(
-            settings
-                .iter()
-                .map(|(k, v)| format!("GOFER_SETTING_{}={v}", k.to_uppercase())),
-        );
-        let labels = HashMap::from([
-            (LABEL_CLUSTER.to_string(), cluster.clone()),
-            (LABEL_EXTENSION.to_string(), "true".to_string()),
-            ("dev.gofer.extension-name".to_string(), name.clone()),
-        ]);
-        let started = tokio::time::Instant::now();
-        match config
-            .docker
-            .run_service(&container, &image, env, labels, &attached.network)
-            .await
-        {
-            Err(err) => {
-                tracing::error!(extension = %name, %err, "cannot start the extension");
-                host.set_launch_error(&name, Some(err.to_string()));
-            }
-            Ok(id) => {
-                host.set_launch_error(&name, None);
-                tracing::info!(extension = %name, container = %id, "extension started");
-                tokio::select! {
-                    code = config.docker.wait(&id) => match code {
-                        Ok(code) => {
-                            tracing::warn!(extension = %name, code, "extension exited; restarting it");
-                            host.set_launch_error(&name, Some(format!("its container exited with code {code}; restarting it")));
-                        }
-                        Err(err) => tracing::warn!(extension = %name, %err, "lost track of the extension; restarting it"),
-                    },
-                    () = stop.cancelled() => {
-                        let _ = config.docker.stop(&id, std::time::Duration::from_secs(5)).await;
-                    }
-                }
-                if let Err(err) = config.docker.remove(&id).await {
-                    tracing::warn!(extension = %name, %err, "could not remove the extension's container");
-                }
             }
         }
-        config.auth.revoke(&hash);
         if stop.is_cancelled() {
             tracing::info!(extension = %name, "extension stopped");
             return;
@@ -259,4 +219,71 @@ async fn supervise(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Runs the extension's container on its network with a fresh token until it exits or `stop`, and
+/// removes it.
+async fn run_once(
+    host: &ExtensionHost,
+    instance: &Instance,
+    config: &LaunchConfig,
+    attached: &Attachment,
+    stop: &CancellationToken,
+) {
+    let Instance {
+        name,
+        container,
+        image,
+        settings,
+        cluster,
+    } = instance;
+    let token = random_token();
+    let hash = hash_token(&token);
+    config.auth.grant(hash, Principal::Extension(name.clone()));
+    let mut env = vec![
+        format!("GOFER_HOST={}", attached.host),
+        format!("GOFER_EXTENSION_NAME={name}"),
+        format!("GOFER_EXTENSION_TOKEN={token}"),
+        format!("GOFER_CA_CERT_PEM={}", attached.ca_pem),
+    ];
+    env.extend(
+        settings
+            .iter()
+            .map(|(k, v)| format!("GOFER_SETTING_{}={v}", k.to_uppercase())),
+    );
+    let labels = HashMap::from([
+        (LABEL_CLUSTER.to_string(), cluster.clone()),
+        (LABEL_EXTENSION.to_string(), "true".to_string()),
+        ("dev.gofer.extension-name".to_string(), name.clone()),
+    ]);
+    match config
+        .docker
+        .run_service(container, image, env, labels, &attached.network)
+        .await
+    {
+        Err(err) => {
+            tracing::error!(extension = %name, %err, "cannot start the extension");
+            host.set_launch_error(name, Some(err.to_string()));
+        }
+        Ok(id) => {
+            host.set_launch_error(name, None);
+            tracing::info!(extension = %name, container = %id, "extension started");
+            tokio::select! {
+                code = config.docker.wait(&id) => match code {
+                    Ok(code) => {
+                        tracing::warn!(extension = %name, code, "extension exited; restarting it");
+                        host.set_launch_error(name, Some(format!("its container exited with code {code}; restarting it")));
+                    }
+                    Err(err) => tracing::warn!(extension = %name, %err, "lost track of the extension; restarting it"),
+                },
+                () = stop.cancelled() => {
+                    let _ = config.docker.stop(&id, std::time::Duration::from_secs(5)).await;
+                }
+            }
+            if let Err(err) = config.docker.remove(&id).await {
+                tracing::warn!(extension = %name, %err, "could not remove the extension's container");
+            }
+        }
+    }
+    config.auth.revoke(&hash);
 }
