@@ -12,7 +12,7 @@ use gofer_auth::{TokenAuth, TokenDirectory};
 use gofer_clock::Clock;
 use gofer_docker::Engine;
 use gofer_domain::access::Caller;
-use gofer_extension_host::{ExtensionHost, LaunchConfig};
+use gofer_extension_host::{ExtensionHost, LaunchConfig, ServeExtensions};
 use gofer_scheduler::{DispatchHandler, DispatchRedirect};
 use gofer_state::{Placement, RunningState, Startup, StateHandle};
 use tokio::net::TcpListener;
@@ -222,8 +222,8 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             let webhooks = webhook_listener.context("the extension host needs a webhook port")?;
             webhook_addr = Some(webhooks.local_addr()?);
             let launch = LaunchConfig {
-                api_host: host.clone(),
-                ca_pem: credentials.ca_pem.clone(),
+                node: name.clone(),
+                serve: process.extension_listener(auth.clone()),
                 auth: auth.clone(),
                 docker: docker.clone().context("the extension host runs extensions in Docker")?,
             };
@@ -424,6 +424,39 @@ impl Process {
         gofer_extension_host::run(config, deps, &self.tracker, &self.shutdown)
             .await
             .context("starting the extension host")
+    }
+
+    /// How the extension host serves its containers on their network: the extension service alone, on
+    /// a listener of its own, behind the same token table as the API port, until shutdown.
+    fn extension_listener(&self, auth: TokenAuth) -> ServeExtensions {
+        let (tracker, shutdown) = (self.tracker.clone(), self.shutdown.clone());
+        std::sync::Arc::new(move |handler, address, pki: &gofer_tls::DevPki| {
+            let tls = gofer_tls::listen::server_config(
+                &pki.ca.cert_pem,
+                &pki.server.cert_pem,
+                &pki.server.key_pem,
+                gofer_tls::listen::ClientCertificates::Optional,
+            )
+            .map_err(std::io::Error::other)?;
+            let listener = std::net::TcpListener::bind(address)?;
+            listener.set_nonblocking(true)?;
+            let listener = TcpListener::from_std(listener)?;
+            let listening = listener.local_addr()?;
+            let services = crate::server::Services {
+                api: None,
+                dispatch: None,
+                redirect: None,
+                extension: Some(handler),
+            };
+            let serving =
+                crate::server::serve(listener, tls, auth.clone(), services, tracker.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                if let Err(err) = serving.await {
+                    tracing::error!(%listening, err = format!("{err:#}"), "the extension listener stopped");
+                }
+            });
+            Ok(listening)
+        })
     }
 
     /// The public API, showing what the extension host beside it knows about triggers.

@@ -2,6 +2,7 @@
 //! image, driven with `goferctl` exactly as a user would. Every test cleans up its process and containers
 //! through `GoferDev`'s drop, even when it fails.
 
+mod access;
 mod bad_input;
 mod certs;
 mod chaos;

@@ -36,19 +36,7 @@ fn each_token_is_held_to_its_role_and_namespaces_and_a_disabled_one_stops_workin
     }
     let json = pipeline("p", &[("only", "echo hi", &[])]);
     for namespace in ["team-a", "team-b"] {
-        let out = dev
-            .goferctl()
-            .args(["-n", namespace, "pipeline", "register", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child.stdin.take().expect("stdin").write_all(json.as_bytes())?;
-                child.wait_with_output()
-            })?;
-        ensure!(out.status.success(), "register in {namespace}: {}", stderr(&out));
+        dev.register_in(namespace, &json)?;
     }
     let viewer = create(&dev, &["ci-view", "--role", "viewer", "--namespace", "team-a"])?;
     let operator = create(&dev, &["ci-bot", "--role", "operator", "--namespace", "team-*"])?;

@@ -170,6 +170,26 @@ fn the_layer_refuses_a_method_the_role_never_holds_and_names_it() {
 }
 
 #[test]
+fn a_method_missing_from_the_policy_is_refused_to_all_but_an_admin() {
+    let path = "/gofer.v1.GoferService/NotInThePolicy";
+    let status = auth()
+        .admit(path, &headers(Some("Bearer viewer-a")), &peer(None))
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        "token viewer-a (viewer on team-a) cannot call /gofer.v1.GoferService/NotInThePolicy: the method is not in \
+         Gofer's access policy"
+    );
+    assert_eq!(
+        auth()
+            .admit(path, &headers(Some("Bearer s3cret")), &peer(None))
+            .unwrap(),
+        Some(Principal::Admin)
+    );
+}
+
+#[test]
 fn a_granted_token_can_be_revoked() {
     let auth = TokenAuth::default();
     auth.grant(hash_token("ext"), Principal::Extension("ticker".into()));

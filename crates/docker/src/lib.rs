@@ -1,6 +1,6 @@
 //! The Docker Engine calls Gofer makes, through bollard: find and list containers by label, create and
-//! start one, follow its output, wait for it, stop and remove it, and run an extension's long-lived
-//! container on the host network.
+//! start one, follow its output, wait for it, stop and remove it, make and remove the bridge network
+//! extensions run on, and run an extension's long-lived container on it.
 //!
 //! It exists so that only this crate talks to Docker: the executor (attempts) and the extension host
 //! (extension containers) both go through it. It knows Docker, not Gofer: what a container is called,
@@ -11,13 +11,15 @@
 //! HostConfig that it is not privileged, has no host mounts or devices (so no Docker socket either),
 //! runs with `no-new-privileges`, keeps only [`KEPT_CAPABILITIES`], at most [`PIDS_LIMIT`] processes, and
 //! a json-file log of at most [`LOG_MAX_SIZE`] × [`LOG_MAX_FILE`]. A task container is on Docker's default
-//! bridge network; only an extension's container is on the host's, which it needs to reach a node that
-//! listens on loopback. [`ContainerSpec`] has no field to ask for anything else.
+//! bridge network; an extension's container is on a bridge network of its own ([`Engine::ensure_network`])
+//! where containers cannot reach each other. No container is ever on the host's network, where it would
+//! reach every service the host keeps on loopback. [`ContainerSpec`] has no field to ask for anything
+//! else.
 
 use std::collections::HashMap;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
     WaitContainerOptions,
@@ -62,7 +64,43 @@ pub enum Error {
     Stop(#[source] bollard::errors::Error),
     #[error("removing the container: {0}")]
     Remove(#[source] bollard::errors::Error),
+    #[error("inspecting network {name:?}: {source}")]
+    InspectNetwork {
+        name: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("creating network {name:?}: {source}")]
+    CreateNetwork {
+        name: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("removing network {name:?}: {source}")]
+    RemoveNetwork {
+        name: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The network has no IPv4 gateway: it is not a bridge network Docker gave an address range.
+    #[error("network {0:?} has no IPv4 gateway")]
+    NoGateway(String),
 }
+
+/// A bridge network for extension containers, as [`Engine::ensure_network`] found or made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    /// The host's address on the network: the only address of the host its containers should dial.
+    pub gateway: std::net::Ipv4Addr,
+    /// Whether the network carries every label it was asked for: made by this caller, now or in an earlier
+    /// life, and so the caller's to remove.
+    pub labelled: bool,
+}
+
+/// The bridge driver's option that lets containers on the same network reach each other; extension
+/// networks turn it off, so one extension cannot reach another's ports.
+const BRIDGE_ICC: &str = "com.docker.network.bridge.enable_icc";
 
 /// A connection to the Docker Engine. Clone it freely; clones share the connection.
 #[derive(Clone)]
@@ -168,6 +206,11 @@ fn task_host_config(spec: &ContainerSpec) -> HostConfig {
     }
 }
 
+/// The HostConfig of an extension's container: [`hardened`], on its network.
+fn service_host_config(network: &Network) -> HostConfig {
+    hardened(&network.name)
+}
+
 impl Engine {
     /// Connects to the local Docker Engine (`DOCKER_HOST` or the default socket) and checks it answers.
     pub async fn connect() -> Result<Self, Error> {
@@ -212,15 +255,16 @@ impl Engine {
             .collect())
     }
 
-    /// Creates and starts a long-running service container (an extension) on the host's network, so that
-    /// it reaches a node listening on loopback, hardened as every container is; returns its id. A
-    /// leftover container of the same name is replaced.
+    /// Creates and starts a long-running service container (an extension) on `network` (one that
+    /// [`Engine::ensure_network`] made), hardened as every container is; returns its id. A leftover
+    /// container of the same name is replaced.
     pub async fn run_service(
         &self,
         name: &str,
         image: &str,
         env: Vec<String>,
         labels: HashMap<String, String>,
+        network: &Network,
     ) -> Result<String, Error> {
         if !self.has_image(image).await? {
             return Err(Error::ImageMissing(image.to_string()));
@@ -230,10 +274,81 @@ impl Engine {
             image: Some(image.to_string()),
             env: Some(env),
             labels: Some(labels),
-            host_config: Some(hardened("host")),
+            host_config: Some(service_host_config(network)),
             ..Default::default()
         };
         self.create_started(name.to_string(), body).await
+    }
+
+    /// The bridge network `name`, made with `labels` if it does not exist: outbound traffic is allowed
+    /// (NAT, as on Docker's default bridge), but its containers cannot reach each other, and the host
+    /// only at its own addresses, never at its loopback. Docker picks its address range.
+    pub async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<Network, Error> {
+        if let Some(network) = self.network(name, labels).await? {
+            return Ok(network);
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".to_string()),
+            internal: Some(false),
+            attachable: Some(false),
+            options: Some(HashMap::from([(BRIDGE_ICC.to_string(), "false".to_string())])),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => {}
+            // 409: another caller made it meanwhile; use that one.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {}
+            Err(source) => {
+                return Err(Error::CreateNetwork {
+                    name: name.to_string(),
+                    source,
+                });
+            }
+        }
+        self.network(name, labels)
+            .await?
+            .ok_or_else(|| Error::NoGateway(name.to_string()))
+    }
+
+    /// The network `name` if it exists, with its gateway and whether it carries all of `labels`.
+    async fn network(&self, name: &str, labels: &HashMap<String, String>) -> Result<Option<Network>, Error> {
+        let inspected = match self.docker.inspect_network(name, None).await {
+            Ok(inspected) => inspected,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(None),
+            Err(source) => {
+                return Err(Error::InspectNetwork {
+                    name: name.to_string(),
+                    source,
+                });
+            }
+        };
+        let gateway = inspected
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|config| config.gateway?.parse::<std::net::Ipv4Addr>().ok())
+            .next()
+            .ok_or_else(|| Error::NoGateway(name.to_string()))?;
+        let found = inspected.labels.unwrap_or_default();
+        Ok(Some(Network {
+            name: name.to_string(),
+            gateway,
+            labelled: labels.iter().all(|(k, v)| found.get(k) == Some(v)),
+        }))
+    }
+
+    /// Removes the network `name`; one that is already gone is fine.
+    pub async fn remove_network(&self, name: &str) -> Result<(), Error> {
+        match self.docker.remove_network(name).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(source) => Err(Error::RemoveNetwork {
+                name: name.to_string(),
+                source,
+            }),
+        }
     }
 
     /// Creates and starts the container `spec` describes, hardened, on Docker's default bridge network;
@@ -420,9 +535,14 @@ mod hardening_tests {
     }
 
     #[test]
-    fn an_extension_container_is_on_the_host_network_and_otherwise_hardened_alike() {
-        let service = hardened("host");
-        assert_eq!(service.network_mode.as_deref(), Some("host"));
+    fn an_extension_container_is_on_its_own_network_and_otherwise_hardened_alike() {
+        let network = Network {
+            name: "gofer-ext-test".to_string(),
+            gateway: std::net::Ipv4Addr::new(172, 18, 0, 1),
+            labelled: true,
+        };
+        let service = service_host_config(&network);
+        assert_eq!(service.network_mode.as_deref(), Some("gofer-ext-test"));
         assert_eq!(
             HostConfig {
                 network_mode: None,

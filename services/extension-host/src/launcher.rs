@@ -4,28 +4,78 @@
 //! shuts down. Install-time settings reach the container as `GOFER_SETTING_<NAME>`.
 //!
 //! An extension's container is hardened as a task's is (`gofer-docker`: never privileged, no host mounts,
-//! `no-new-privileges`, the reduced capability set, a pids limit and a capped log), but it is on the host
-//! network, which it needs to reach a node that listens on loopback.
-
+//! `no-new-privileges`, the reduced capability set, a pids limit and a capped log), and it is on a bridge
+//! network of this node's own (`gofer-ext-<cluster>-<node>`), never the host's: from there the host's
+//! loopback, where the node's API, raft and webhook ports may listen, cannot be reached at all, and
+//! other extensions' containers neither. What it dials is the extension service alone, served for it on
+//! the network's gateway address with a certificate for that address from a CA made for this listener
+//! (`Attachment`). The network, the listener and the CA are made when the first extension container
+//! starts, so a node that runs none takes none of Docker's address ranges, and the network is removed
+//! when the launcher stops.
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gofer_auth::{Principal, TokenAuth, hash_token};
-use gofer_docker::Engine;
+use gofer_docker::{Engine, Network};
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::ExtensionHost;
+use crate::{Error, ExtensionHandler, ExtensionHost};
+
+/// Serves the extension service, and only it, with the certificate in `pki` (made for the gateway alone,
+/// by a CA of its own) on a socket bound to `address` (the extension network's gateway, port 0),
+/// returning where it listens. The process does this (a service binds no socket), with the same token
+/// table and TLS as its API port.
+pub type ServeExtensions =
+    Arc<dyn Fn(ExtensionHandler, SocketAddr, &gofer_tls::DevPki) -> std::io::Result<SocketAddr> + Send + Sync>;
 
 /// What the launcher needs to start extension containers.
 #[derive(Clone)]
 pub struct LaunchConfig {
-    /// The address extensions dial, such as `https://127.0.0.1:7443` (containers share the host network).
-    pub api_host: String,
-    /// The PEM of the CA that signed the node's certificate.
-    pub ca_pem: String,
+    /// This process's name among its peers, which names its extension network with the cluster's id.
+    pub node: String,
+    /// Serves the extension service on the extension network.
+    pub serve: ServeExtensions,
     /// The node's token table, where each launch grants its extension a token.
     pub auth: TokenAuth,
     pub docker: Engine,
+}
+
+/// Labels an extension network with the node that made it.
+const LABEL_EXTENSION_NETWORK: &str = "dev.gofer.extension-network";
+
+/// Where this node's extension containers run and what they dial.
+struct Attachment {
+    network: Network,
+    /// `https://<gateway>:<port>`: the extension service on the network's gateway.
+    host: String,
+    /// The CA that signed the listener's certificate and nothing else, which the containers trust.
+    ca_pem: String,
+}
+
+/// Makes the extension network (or finds the one an earlier life of this node left), and serves the
+/// extension service on its gateway with a certificate for that address.
+async fn attach(host: &ExtensionHost, config: &LaunchConfig, cluster: &str) -> Result<Attachment, Error> {
+    let name = format!("gofer-ext-{cluster}-{}", config.node);
+    let labels = HashMap::from([
+        (LABEL_CLUSTER.to_string(), cluster.to_string()),
+        (LABEL_EXTENSION_NETWORK.to_string(), config.node.clone()),
+    ]);
+    let network = config.docker.ensure_network(&name, &labels).await?;
+    let gateway = network.gateway.to_string();
+    let now_seconds = host.clock.now_millis() / 1000;
+    let pki = gofer_tls::DevPki::generate(&[gateway.as_str()], now_seconds).map_err(Error::ExtensionCertificate)?;
+    let address = SocketAddr::new(IpAddr::V4(network.gateway), 0);
+    let listening =
+        (config.serve)(host.handler(), address, &pki).map_err(|source| Error::ExtensionListener { address, source })?;
+    tracing::info!(network = %name, %listening, "serving extensions on their network");
+    Ok(Attachment {
+        host: format!("https://{listening}"),
+        ca_pem: pki.ca.cert_pem,
+        network,
+    })
 }
 
 const LABEL_CLUSTER: &str = "dev.gofer.cluster";
@@ -56,6 +106,7 @@ pub async fn run(host: ExtensionHost, config: LaunchConfig, shutdown: Cancellati
     let mut changes = host.state.subscribe();
     let mut running: HashMap<String, (Desired, CancellationToken)> = HashMap::new();
     let tracker = tokio_util::task::TaskTracker::new();
+    let attachment: Arc<OnceCell<Attachment>> = Arc::default();
     loop {
         // Extension containers run beside the extension-host lease holder only.
         let leading = host.lease.epoch().is_some();
@@ -84,6 +135,7 @@ pub async fn run(host: ExtensionHost, config: LaunchConfig, shutdown: Cancellati
                 spec.clone(),
                 cluster.clone(),
                 config.clone(),
+                attachment.clone(),
                 stop.clone(),
             ));
             running.insert(name, (spec, stop));
@@ -100,6 +152,12 @@ pub async fn run(host: ExtensionHost, config: LaunchConfig, shutdown: Cancellati
     }
     tracker.close();
     tracker.wait().await;
+    // Every container is gone: the network goes too, unless someone else made it.
+    if let Some(attachment) = attachment.get().filter(|a| a.network.labelled)
+        && let Err(err) = config.docker.remove_network(&attachment.network.name).await
+    {
+        tracing::warn!(%err, "could not remove the extension network");
+    }
 }
 
 fn random_token() -> String {
@@ -112,63 +170,42 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// One installed extension, as its container is run.
+struct Instance {
+    name: String,
+    /// Its container's name.
+    container: String,
+    image: String,
+    settings: BTreeMap<String, String>,
+    cluster: String,
+}
+
 async fn supervise(
     host: ExtensionHost,
     name: String,
     (image, settings): Desired,
     cluster: String,
     config: LaunchConfig,
+    attachment: Arc<OnceCell<Attachment>>,
     stop: CancellationToken,
 ) {
-    let container = format!("gofer-ext-{name}-{cluster}");
+    let instance = Instance {
+        container: format!("gofer-ext-{name}-{cluster}"),
+        name: name.clone(),
+        image,
+        settings,
+        cluster: cluster.clone(),
+    };
     let mut backoff = Duration::from_secs(1);
     loop {
-        let token = random_token();
-        let hash = hash_token(&token);
-        config.auth.grant(hash, Principal::Extension(name.clone()));
-        let mut env = vec![
-            format!("GOFER_HOST={}", config.api_host),
-            format!("GOFER_EXTENSION_NAME={name}"),
-            format!("GOFER_EXTENSION_TOKEN={token}"),
-            format!("GOFER_CA_CERT_PEM={}", config.ca_pem),
-        ];
-        env.extend(
-            settings
-                .iter()
-                .map(|(k, v)| format!("GOFER_SETTING_{}={v}", k.to_uppercase())),
-        );
-        let labels = HashMap::from([
-            (LABEL_CLUSTER.to_string(), cluster.clone()),
-            (LABEL_EXTENSION.to_string(), "true".to_string()),
-            ("dev.gofer.extension-name".to_string(), name.clone()),
-        ]);
         let started = tokio::time::Instant::now();
-        match config.docker.run_service(&container, &image, env, labels).await {
+        match attachment.get_or_try_init(|| attach(&host, &config, &cluster)).await {
+            Ok(attached) => run_once(&host, &instance, &config, attached, &stop).await,
             Err(err) => {
-                tracing::error!(extension = %name, %err, "cannot start the extension");
+                tracing::error!(extension = %name, %err, "cannot give the extension a network");
                 host.set_launch_error(&name, Some(err.to_string()));
             }
-            Ok(id) => {
-                host.set_launch_error(&name, None);
-                tracing::info!(extension = %name, container = %id, "extension started");
-                tokio::select! {
-                    code = config.docker.wait(&id) => match code {
-                        Ok(code) => {
-                            tracing::warn!(extension = %name, code, "extension exited; restarting it");
-                            host.set_launch_error(&name, Some(format!("its container exited with code {code}; restarting it")));
-                        }
-                        Err(err) => tracing::warn!(extension = %name, %err, "lost track of the extension; restarting it"),
-                    },
-                    () = stop.cancelled() => {
-                        let _ = config.docker.stop(&id, std::time::Duration::from_secs(5)).await;
-                    }
-                }
-                if let Err(err) = config.docker.remove(&id).await {
-                    tracing::warn!(extension = %name, %err, "could not remove the extension's container");
-                }
-            }
         }
-        config.auth.revoke(&hash);
         if stop.is_cancelled() {
             tracing::info!(extension = %name, "extension stopped");
             return;
@@ -182,4 +219,71 @@ async fn supervise(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Runs the extension's container on its network with a fresh token until it exits or `stop`, and
+/// removes it.
+async fn run_once(
+    host: &ExtensionHost,
+    instance: &Instance,
+    config: &LaunchConfig,
+    attached: &Attachment,
+    stop: &CancellationToken,
+) {
+    let Instance {
+        name,
+        container,
+        image,
+        settings,
+        cluster,
+    } = instance;
+    let token = random_token();
+    let hash = hash_token(&token);
+    config.auth.grant(hash, Principal::Extension(name.clone()));
+    let mut env = vec![
+        format!("GOFER_HOST={}", attached.host),
+        format!("GOFER_EXTENSION_NAME={name}"),
+        format!("GOFER_EXTENSION_TOKEN={token}"),
+        format!("GOFER_CA_CERT_PEM={}", attached.ca_pem),
+    ];
+    env.extend(
+        settings
+            .iter()
+            .map(|(k, v)| format!("GOFER_SETTING_{}={v}", k.to_uppercase())),
+    );
+    let labels = HashMap::from([
+        (LABEL_CLUSTER.to_string(), cluster.clone()),
+        (LABEL_EXTENSION.to_string(), "true".to_string()),
+        ("dev.gofer.extension-name".to_string(), name.clone()),
+    ]);
+    match config
+        .docker
+        .run_service(container, image, env, labels, &attached.network)
+        .await
+    {
+        Err(err) => {
+            tracing::error!(extension = %name, %err, "cannot start the extension");
+            host.set_launch_error(name, Some(err.to_string()));
+        }
+        Ok(id) => {
+            host.set_launch_error(name, None);
+            tracing::info!(extension = %name, container = %id, "extension started");
+            tokio::select! {
+                code = config.docker.wait(&id) => match code {
+                    Ok(code) => {
+                        tracing::warn!(extension = %name, code, "extension exited; restarting it");
+                        host.set_launch_error(name, Some(format!("its container exited with code {code}; restarting it")));
+                    }
+                    Err(err) => tracing::warn!(extension = %name, %err, "lost track of the extension; restarting it"),
+                },
+                () = stop.cancelled() => {
+                    let _ = config.docker.stop(&id, std::time::Duration::from_secs(5)).await;
+                }
+            }
+            if let Err(err) = config.docker.remove(&id).await {
+                tracing::warn!(extension = %name, %err, "could not remove the extension's container");
+            }
+        }
+    }
+    config.auth.revoke(&hash);
 }

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use fires::{FireQueue, FireResult};
-pub use launcher::LaunchConfig;
+pub use launcher::{LaunchConfig, ServeExtensions};
 pub use service::ExtensionHandler;
 
 /// Why the extension host could not commit a fire, or refused a webhook delivery.
@@ -60,6 +60,19 @@ pub enum Error {
     SignatureMismatch,
     #[error("the body is not valid JSON: {0}")]
     BodyNotJson(#[source] serde_json::Error),
+    /// The extension network could not be made or inspected.
+    #[error("the extension network: {0}")]
+    ExtensionNetwork(#[from] gofer_docker::Error),
+    /// The certificate of the extension service on the extension network could not be made.
+    #[error("the extension listener's certificate: {0}")]
+    ExtensionCertificate(#[source] gofer_tls::Error),
+    /// The extension service could not listen on the extension network's gateway.
+    #[error("listening for extensions on {address}: {source}")]
+    ExtensionListener {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the extension-host role is told.

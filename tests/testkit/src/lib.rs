@@ -383,10 +383,27 @@ impl GoferDev {
 
     /// Runs `goferctl pipeline register - -o json` with `json` on stdin.
     pub fn register_output(&self, json: &str) -> Result<Output> {
+        self.register_output_in("default", json)
+    }
+
+    /// Registers a pipeline from JSON text in `namespace`, failing unless goferctl succeeds.
+    pub fn register_in(&self, namespace: &str, json: &str) -> Result<()> {
+        let output = self.register_output_in(namespace, json)?;
+        if !output.status.success() {
+            bail!(
+                "register in {namespace} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs `goferctl -n NAMESPACE pipeline register - -o json` with `json` on stdin.
+    pub fn register_output_in(&self, namespace: &str, json: &str) -> Result<Output> {
         use std::io::Write;
         let mut child = self
             .goferctl()
-            .args(["pipeline", "register", "-", "-o", "json"])
+            .args(["-n", namespace, "pipeline", "register", "-", "-o", "json"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -403,20 +420,42 @@ impl GoferDev {
 
 /// Names of the containers, running or not, that carry cluster `cluster`'s label.
 pub fn cluster_containers(cluster: &str) -> Result<Vec<String>> {
+    labelled(&["ps", "-a", "--format", "{{.Names}}"], cluster)
+}
+
+/// Names of the networks that carry cluster `cluster`'s label (its nodes' extension networks).
+pub fn cluster_networks(cluster: &str) -> Result<Vec<String>> {
+    labelled(&["network", "ls", "--format", "{{.Name}}"], cluster)
+}
+
+/// What a `docker` listing (`list`: `ps -a` or `network ls` with a `--format`) prints, a line each, of
+/// what carries cluster `cluster`'s label.
+fn labelled(list: &[&str], cluster: &str) -> Result<Vec<String>> {
     let output = Command::new("docker")
-        .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
+        .args(list)
+        .arg("--filter")
         .arg(format!("label=dev.gofer.cluster={cluster}"))
         .output()?;
     Ok(String::from_utf8(output.stdout)?.lines().map(str::to_string).collect())
 }
 
-/// Removes every container of cluster `cluster` (none when the id is empty), ignoring failures: for
-/// cleanup. A create that a killed goferd sent just before it died can still land in the Engine after a
-/// first sweep, so it sweeps until two sweeps 200 ms apart find nothing, for at most 3 s.
+/// Removes every container of cluster `cluster` (none when the id is empty), and then its networks,
+/// which a goferd that was killed rather than stopped leaves behind, ignoring failures: for cleanup. A
+/// create that a killed goferd sent just before it died can still land in the Engine after a first
+/// sweep, so it sweeps until two sweeps 200 ms apart find nothing, for at most 3 s.
 pub fn remove_cluster_containers(cluster: &str) {
     if cluster.is_empty() {
         return;
     }
+    sweep_cluster_containers(cluster);
+    if let Ok(networks) = cluster_networks(cluster)
+        && !networks.is_empty()
+    {
+        let _ = Command::new("docker").args(["network", "rm"]).args(&networks).output();
+    }
+}
+
+fn sweep_cluster_containers(cluster: &str) {
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut quiet = 0;
     while quiet < 2 && Instant::now() < deadline {
