@@ -26,7 +26,8 @@ pub const MAX_TOKEN_NAMESPACES: usize = 64;
 pub enum TokenRole {
     /// Everything, everywhere: tokens, namespaces, extensions, cluster membership included.
     Admin,
-    /// Pipelines, runs, subscriptions (and later secrets and objects) in its namespaces, and reading them.
+    /// Pipelines, runs, subscriptions and pipeline secrets (and later objects) in its namespaces, and reading
+    /// them.
     Operator,
     /// Reading what is in its namespaces.
     Viewer,
@@ -199,7 +200,7 @@ pub fn check_patterns(patterns: &[String]) -> Result<(), Error> {
 }
 
 /// Whether `namespace` matches `pattern`, where `*` stands for any run of characters.
-fn matches(pattern: &str, namespace: &str) -> bool {
+pub(crate) fn matches(pattern: &str, namespace: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or_default();
     let Some(mut rest) = namespace.strip_prefix(first) else {
@@ -310,11 +311,18 @@ pub enum Method {
     DisableToken,
     DeleteToken,
     WhoAmI,
+    PutSecret,
+    ListSecrets,
+    DeleteSecret,
+    PutGlobalSecret,
+    ListGlobalSecrets,
+    DeleteGlobalSecret,
+    RotateSecretKey,
 }
 
 impl Method {
     /// Every method, for tests that walk the whole matrix.
-    pub const ALL: [Method; 31] = [
+    pub const ALL: [Method; 38] = [
         Method::CreateNamespace,
         Method::ListNamespaces,
         Method::RegisterPipeline,
@@ -346,6 +354,13 @@ impl Method {
         Method::DisableToken,
         Method::DeleteToken,
         Method::WhoAmI,
+        Method::PutSecret,
+        Method::ListSecrets,
+        Method::DeleteSecret,
+        Method::PutGlobalSecret,
+        Method::ListGlobalSecrets,
+        Method::DeleteGlobalSecret,
+        Method::RotateSecretKey,
     ];
 
     /// The method an RPC name (`StartRun`) names.
@@ -387,6 +402,13 @@ impl Method {
             Method::DisableToken => "DisableToken",
             Method::DeleteToken => "DeleteToken",
             Method::WhoAmI => "WhoAmI",
+            Method::PutSecret => "PutSecret",
+            Method::ListSecrets => "ListSecrets",
+            Method::DeleteSecret => "DeleteSecret",
+            Method::PutGlobalSecret => "PutGlobalSecret",
+            Method::ListGlobalSecrets => "ListGlobalSecrets",
+            Method::DeleteGlobalSecret => "DeleteGlobalSecret",
+            Method::RotateSecretKey => "RotateSecretKey",
         }
     }
 
@@ -395,13 +417,13 @@ impl Method {
         use Method::*;
         match self {
             CreateNamespace | InstallExtension | UninstallExtension | AddClusterNode | RemoveClusterNode
-            | CreateToken | ListTokens | GetToken | DisableToken | DeleteToken => Right::Administer,
-            RegisterPipeline | StartRun | RetryRun | CancelRun | CreateSubscription | DeleteSubscription => {
-                Right::Operate
-            }
+            | CreateToken | ListTokens | GetToken | DisableToken | DeleteToken | PutGlobalSecret | ListGlobalSecrets
+            | DeleteGlobalSecret | RotateSecretKey => Right::Administer,
+            RegisterPipeline | StartRun | RetryRun | CancelRun | CreateSubscription | DeleteSubscription | PutSecret
+            | DeleteSecret => Right::Operate,
             ListNamespaces | ListPipelines | GetPipeline | GetRun | ListRuns | WatchRun | ListTaskExecutions
             | ListExtensions | GetExtension | ListSubscriptions | GetSubscription | GetClusterStatus | GetTaskLogs
-            | ListEvents | WhoAmI => Right::Read,
+            | ListEvents | WhoAmI | ListSecrets => Right::Read,
         }
     }
 
@@ -426,6 +448,9 @@ impl Method {
                 | GetSubscription
                 | DeleteSubscription
                 | GetTaskLogs
+                | PutSecret
+                | ListSecrets
+                | DeleteSecret
         )
     }
 }

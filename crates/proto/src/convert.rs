@@ -377,6 +377,31 @@ pub fn token_to_proto(name: &str, record: &TokenRecord) -> v1::Token {
     }
 }
 
+/// A secret as the API shows it: its metadata, never its value nor its ciphertext.
+pub fn secret_to_proto(
+    scope: &gofer_domain::secrets::SecretScope,
+    key: &str,
+    record: &gofer_domain::secrets::SecretRecord,
+) -> v1::Secret {
+    let (namespace_id, pipeline_id, global) = match scope {
+        gofer_domain::secrets::SecretScope::Pipeline { namespace, pipeline } => {
+            (namespace.clone(), pipeline.clone(), false)
+        }
+        gofer_domain::secrets::SecretScope::Global => (String::new(), String::new(), true),
+    };
+    v1::Secret {
+        key: key.to_string(),
+        namespace_id,
+        pipeline_id,
+        global,
+        namespaces: record.namespaces.clone(),
+        size_bytes: record.size,
+        created_unix_millis: record.created_at,
+        updated_unix_millis: record.updated_at,
+        key_id: record.value.key_id.clone(),
+    }
+}
+
 pub fn token_role_to_proto(role: TokenRole) -> v1::TokenRole {
     match role {
         TokenRole::Admin => v1::TokenRole::Admin,

@@ -5,7 +5,7 @@ use super::*;
 
 /// What each method needs, written out: `A` administer, `O` operate, `R` read; and whether it acts in a
 /// namespace (`n`) or on the cluster (`c`).
-const MATRIX: [(Method, char, char); 31] = [
+const MATRIX: [(Method, char, char); 38] = [
     (Method::CreateNamespace, 'A', 'c'),
     (Method::ListNamespaces, 'R', 'c'),
     (Method::RegisterPipeline, 'O', 'n'),
@@ -37,6 +37,13 @@ const MATRIX: [(Method, char, char); 31] = [
     (Method::DisableToken, 'A', 'c'),
     (Method::DeleteToken, 'A', 'c'),
     (Method::WhoAmI, 'R', 'c'),
+    (Method::PutSecret, 'O', 'n'),
+    (Method::ListSecrets, 'R', 'n'),
+    (Method::DeleteSecret, 'O', 'n'),
+    (Method::PutGlobalSecret, 'A', 'c'),
+    (Method::ListGlobalSecrets, 'A', 'c'),
+    (Method::DeleteGlobalSecret, 'A', 'c'),
+    (Method::RotateSecretKey, 'A', 'c'),
 ];
 
 fn caller(role: TokenRole, namespaces: &[&str]) -> Caller {
