@@ -13,6 +13,7 @@ mod extensions;
 mod guardrails;
 mod hardening;
 mod runs;
+mod secrets;
 mod tokens;
 mod triggers;
 
