@@ -81,7 +81,10 @@ fn a_secret_reaches_its_task_masked_and_is_nowhere_else_in_the_clear() -> Result
         "echo got:$DB_PASS:end; echo dsn:$DSN; echo hook:$HOOK:end; echo printed; exec sleep 300",
     )?;
     let stored = put(&dev, &[&id, "db_pass"], &value)?;
-    ensure!(stored["size_bytes"] == value.len() as u64, "one trailing newline is dropped: {stored}");
+    ensure!(
+        stored["size_bytes"] == value.len() as u64,
+        "one trailing newline is dropped: {stored}"
+    );
     put(&dev, &["--global", "--namespaces", "default,team-*", "hook"], &global)?;
 
     let run = dev.ctl_ok(&["run", "start", &id])?.trim().to_string();
@@ -123,9 +126,15 @@ fn a_secret_reaches_its_task_masked_and_is_nowhere_else_in_the_clear() -> Result
         answers.push(("goferctl -o json", dev.ctl_ok(&all)?));
     }
     let pipeline = dev.ctl_ok(&["pipeline", "get", &id, "-o", "json"])?;
-    ensure!(pipeline.contains("secret{{db_pass}}"), "the pipeline keeps its placeholder: {pipeline}");
+    ensure!(
+        pipeline.contains("secret{{db_pass}}"),
+        "the pipeline keeps its placeholder: {pipeline}"
+    );
     let listed = dev.ctl_json(&["secret", "list", &id])?;
-    ensure!(listed[0]["key"] == "db_pass" && listed[0]["key_id"].as_str().is_some_and(|k| k.len() == 16), "{listed}");
+    ensure!(
+        listed[0]["key"] == "db_pass" && listed[0]["key_id"].as_str().is_some_and(|k| k.len() == 16),
+        "{listed}"
+    );
 
     answers.push(("goferd stderr", dev.server_log()));
     answers.push(("goferd stdout", std::fs::read_to_string(dev.stdout_path())?));
@@ -159,7 +168,10 @@ fn a_missing_secret_fails_its_task_naming_the_key_and_no_container_is_made() -> 
     let made = std::process::Command::new("docker")
         .args(["ps", "-aq", "--filter", &format!("label=dev.gofer.pipeline={id}")])
         .output()?;
-    ensure!(String::from_utf8_lossy(&made.stdout).trim().is_empty(), "no container was made");
+    ensure!(
+        String::from_utf8_lossy(&made.stdout).trim().is_empty(),
+        "no container was made"
+    );
 
     // A malformed placeholder is refused at registration, naming the task and env key.
     let bad = serde_json::json!({"id": "bad-placeholder", "tasks": [{
@@ -205,7 +217,10 @@ fn a_key_rotation_seals_everything_under_the_new_key_and_the_old_one_can_then_go
     dev.set_extra_args(&["--secret-key-file", &new_key, "--secret-old-key-file", &old_key]);
     dev.restart()?;
     let rotated = dev.ctl_json(&["secret", "rotate-key"])?;
-    ensure!(rotated["resealed"] == 2, "the secret and the webhook's secret: {rotated}");
+    ensure!(
+        rotated["resealed"] == 2,
+        "the secret and the webhook's secret: {rotated}"
+    );
     let new_id = rotated["key_id"].clone();
     ensure!(new_id != old_id, "{rotated}");
     ensure!(dev.ctl_json(&["secret", "list", &id])?[0]["key_id"] == new_id);
@@ -216,7 +231,10 @@ fn a_key_rotation_seals_everything_under_the_new_key_and_the_old_one_can_then_go
     // still gets the pipeline secret.
     dev.set_extra_args(&["--secret-key-file", &new_key]);
     dev.restart()?;
-    let url = url.replace(url.split('/').nth(2).unwrap_or_default(), dev.webhooks.trim_start_matches("http://"));
+    let url = url.replace(
+        url.split('/').nth(2).unwrap_or_default(),
+        dev.webhooks.trim_start_matches("http://"),
+    );
     let body = br#"{"ref": "main"}"#;
     let headers = vec![
         ("X-Hub-Signature-256", crate::triggers::signature(HOOK_SECRET, body)),

@@ -417,10 +417,10 @@ impl Method {
         use Method::*;
         match self {
             CreateNamespace | InstallExtension | UninstallExtension | AddClusterNode | RemoveClusterNode
-            | CreateToken | ListTokens | GetToken | DisableToken | DeleteToken | PutGlobalSecret | ListGlobalSecrets
-            | DeleteGlobalSecret | RotateSecretKey => Right::Administer,
-            RegisterPipeline | StartRun | RetryRun | CancelRun | CreateSubscription | DeleteSubscription | PutSecret
-            | DeleteSecret => Right::Operate,
+            | CreateToken | ListTokens | GetToken | DisableToken | DeleteToken | PutGlobalSecret
+            | ListGlobalSecrets | DeleteGlobalSecret | RotateSecretKey => Right::Administer,
+            RegisterPipeline | StartRun | RetryRun | CancelRun | CreateSubscription | DeleteSubscription
+            | PutSecret | DeleteSecret => Right::Operate,
             ListNamespaces | ListPipelines | GetPipeline | GetRun | ListRuns | WatchRun | ListTaskExecutions
             | ListExtensions | GetExtension | ListSubscriptions | GetSubscription | GetClusterStatus | GetTaskLogs
             | ListEvents | WhoAmI | ListSecrets => Right::Read,

@@ -39,10 +39,7 @@ impl Sealed {
     /// The value as one line of text, for a field that holds text (a secret extension setting):
     /// `sealed:v1:<key id>:<nonce>:<ciphertext>`.
     pub fn to_text(&self) -> String {
-        format!(
-            "{SEALED_TEXT_PREFIX}{}:{}:{}",
-            self.key_id, self.nonce, self.ciphertext
-        )
+        format!("{SEALED_TEXT_PREFIX}{}:{}:{}", self.key_id, self.nonce, self.ciphertext)
     }
 
     /// Reads [`Sealed::to_text`]'s form; `None` for any other text (a setting stored in the clear by a
@@ -192,10 +189,7 @@ impl Secrets {
 
     /// Every secret, with its scope and key, for a key rotation.
     pub fn all(&self) -> impl Iterator<Item = (SecretScope, &str, &SecretRecord)> {
-        let global = self
-            .global
-            .iter()
-            .map(|(k, r)| (SecretScope::Global, k.as_str(), r));
+        let global = self.global.iter().map(|(k, r)| (SecretScope::Global, k.as_str(), r));
         let pipelines = self.pipelines.iter().flat_map(|(ns, p)| {
             p.iter().flat_map(move |(pipeline, keys)| {
                 keys.iter().map(move |(k, r)| {

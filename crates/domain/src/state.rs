@@ -18,8 +18,8 @@ use crate::events::{EventLog, Journal};
 use crate::executors::Executors;
 use crate::lease::Leases;
 use crate::limits::TaskLimits;
-use crate::secrets::Secrets;
 use crate::model::{Assignment, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord, Run};
+use crate::secrets::Secrets;
 use crate::triggers::ExtensionRecord;
 use crate::{Error, PipelineConfig, validate_id};
 

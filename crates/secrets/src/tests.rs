@@ -36,15 +36,24 @@ fn a_wrong_key_an_altered_value_or_another_identity_is_refused() {
     let mut bytes = BASE64.decode(&altered.ciphertext).unwrap();
     bytes[0] ^= 1;
     altered.ciphertext = BASE64.encode(bytes);
-    assert!(matches!(ring.open("gofer/secret/global/k", &altered), Err(Error::Unauthentic)));
+    assert!(matches!(
+        ring.open("gofer/secret/global/k", &altered),
+        Err(Error::Unauthentic)
+    ));
     let mut renonced = sealed.clone();
     renonced.nonce = BASE64.encode([0u8; 12]);
-    assert!(matches!(ring.open("gofer/secret/global/k", &renonced), Err(Error::Unauthentic)));
+    assert!(matches!(
+        ring.open("gofer/secret/global/k", &renonced),
+        Err(Error::Unauthentic)
+    ));
     // A different key that claims the same id.
     let other = Keyring::new(key(2), vec![]);
     let mut forged = sealed.clone();
     forged.key_id = other.current_id().to_string();
-    assert!(matches!(other.open("gofer/secret/global/k", &forged), Err(Error::Unauthentic)));
+    assert!(matches!(
+        other.open("gofer/secret/global/k", &forged),
+        Err(Error::Unauthentic)
+    ));
     // A key this keyring does not have.
     match other.open("gofer/secret/global/k", &sealed) {
         Err(Error::UnknownKey { key_id }) => assert_eq!(key_id, sealed.key_id),
@@ -52,7 +61,10 @@ fn a_wrong_key_an_altered_value_or_another_identity_is_refused() {
     }
     let mut garbled = sealed;
     garbled.nonce = "!!".into();
-    assert!(matches!(ring.open("gofer/secret/global/k", &garbled), Err(Error::Malformed(_))));
+    assert!(matches!(
+        ring.open("gofer/secret/global/k", &garbled),
+        Err(Error::Malformed(_))
+    ));
 }
 
 #[test]
@@ -86,7 +98,9 @@ fn a_key_file_holds_64_hex_digits_and_a_bad_one_names_its_field_without_quoting_
     assert_eq!(ring.current_id().len(), 16);
     let bad = dir.join("bad.key");
     std::fs::write(&bad, "not-a-key-but-a-password").unwrap();
-    let error = Keyring::read_files(&good, std::slice::from_ref(&bad)).unwrap_err().to_string();
+    let error = Keyring::read_files(&good, std::slice::from_ref(&bad))
+        .unwrap_err()
+        .to_string();
     assert!(error.starts_with("secret_old_key_files: "), "{error}");
     assert!(!error.contains("not-a-key"), "{error}");
     let error = Keyring::read_files(&dir.join("missing"), &[]).unwrap_err().to_string();

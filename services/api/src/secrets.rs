@@ -177,9 +177,7 @@ impl ApiService {
     /// Every stored value not sealed under the current key, sealed under it.
     fn stale_values(&self, state: &State) -> Result<Vec<Reseal>, Status> {
         let cannot = |what: String, err: gofer_secrets::Error| {
-            into_status(Error::FailedPrecondition(format!(
-                "cannot seal {what} again: {err}"
-            )))
+            into_status(Error::FailedPrecondition(format!("cannot seal {what} again: {err}")))
         };
         let mut reseals = Vec::new();
         for (scope, key, record) in state.secrets.all() {
@@ -204,10 +202,18 @@ impl ApiService {
                 .extensions
                 .get(&subscription.extension)
                 .and_then(|e| e.registration.as_ref())
-                .map(|r| r.settings.iter().filter(|s| s.secret).map(|s| s.name.as_str()).collect::<Vec<_>>())
+                .map(|r| {
+                    r.settings
+                        .iter()
+                        .filter(|s| s.secret)
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                })
                 .unwrap_or_default();
             for name in secret_names {
-                let Some(stored) = subscription.settings.get(name) else { continue };
+                let Some(stored) = subscription.settings.get(name) else {
+                    continue;
+                };
                 let what = || format!("setting {name:?} of subscription {namespace}/{pipeline}/{label}");
                 let associated_data = setting_associated_data(namespace, pipeline, label, name);
                 let (previous_nonce, value) = match Sealed::from_text(stored) {

@@ -702,7 +702,8 @@ impl GoferService for ApiService {
     ) -> ApiResult<v1::DeleteGlobalSecretResponse> {
         caller(&request, Method::DeleteGlobalSecret)?;
         let key = request.into_inner().key;
-        self.remove_secret(gofer_domain::secrets::SecretScope::Global, key).await?;
+        self.remove_secret(gofer_domain::secrets::SecretScope::Global, key)
+            .await?;
         Ok(Response::new(v1::DeleteGlobalSecretResponse {}))
     }
 

@@ -138,20 +138,24 @@ mod tests {
     fn secrets_reach_the_env_entries_named_for_them_and_never_a_label() {
         let attempt: AttemptId = "default/p/7/a/2".parse().expect("an attempt id");
         let start = v1::StartAttempt {
-            env: [
-                ("DB", "pg://u:secret{{db}}@h"),
-                ("PARAM", "secret{{db}}"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+            env: [("DB", "pg://u:secret{{db}}@h"), ("PARAM", "secret{{db}}")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             secrets: [("secret{{db}}".to_string(), "hunter2-db".to_string())].into(),
             secret_env: vec!["DB".into()],
             ..Default::default()
         };
         let spec = spec("c0ffee", "e1", &attempt, &start);
-        assert!(spec.env.contains(&"DB=pg://u:hunter2-db@h".to_string()), "{:?}", spec.env);
-        assert!(spec.env.contains(&"PARAM=secret{{db}}".to_string()), "only the named entries");
+        assert!(
+            spec.env.contains(&"DB=pg://u:hunter2-db@h".to_string()),
+            "{:?}",
+            spec.env
+        );
+        assert!(
+            spec.env.contains(&"PARAM=secret{{db}}".to_string()),
+            "only the named entries"
+        );
         assert!(spec.labels.values().all(|v| !v.contains("hunter2")));
         assert!(!spec.name.contains("hunter2"));
     }

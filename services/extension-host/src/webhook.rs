@@ -200,7 +200,12 @@ async fn handle(
             .ok()
             .and_then(|p| p.subscriptions.get(&label))
             .filter(|sub| sub.extension == "webhook")
-            .map(|sub| (sub.settings.get("secret").cloned().unwrap_or_default(), sub.settings.get("fields").cloned()))
+            .map(|sub| {
+                (
+                    sub.settings.get("secret").cloned().unwrap_or_default(),
+                    sub.settings.get("fields").cloned(),
+                )
+            })
     });
     // The secret is opened only here, to check the signature; one that does not open with this node's
     // keys is refused as an unknown subscription is.

@@ -19,7 +19,14 @@ fn pipeline_scope() -> SecretScope {
     }
 }
 
-fn put(state: &mut State, scope: SecretScope, key: &str, value: Sealed, namespaces: &[&str], at: i64) -> Result<(), Error> {
+fn put(
+    state: &mut State,
+    scope: SecretScope,
+    key: &str,
+    value: Sealed,
+    namespaces: &[&str],
+    at: i64,
+) -> Result<(), Error> {
     state
         .apply(&Command::PutSecret {
             scope,
@@ -43,7 +50,11 @@ fn a_pipeline_secret_is_put_replaced_listed_and_deleted_keeping_its_creation_tim
     assert_eq!((record.created_at, record.updated_at, record.size), (10, 20, 7));
     assert_eq!(record.value, sealed('b'));
     assert_eq!(
-        state.secrets.of_pipeline("default", "p").map(|(k, _)| k).collect::<Vec<_>>(),
+        state
+            .secrets
+            .of_pipeline("default", "p")
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>(),
         ["db_pass"]
     );
     state
@@ -77,16 +88,25 @@ fn a_secret_is_refused_for_a_missing_pipeline_a_bad_key_a_malformed_value_or_a_m
         Err(Error::InvalidArgument { field, .. }) => field,
         other => panic!("{other:?}"),
     };
-    assert_eq!(field(put(&mut state, pipeline_scope(), "bad key", sealed('a'), &[], 1)), "key");
+    assert_eq!(
+        field(put(&mut state, pipeline_scope(), "bad key", sealed('a'), &[], 1)),
+        "key"
+    );
     assert_eq!(field(put(&mut state, pipeline_scope(), "", sealed('a'), &[], 1)), "key");
     let mut short = sealed('a');
     short.key_id = "xyz".into();
-    assert_eq!(field(put(&mut state, pipeline_scope(), "k", short, &[], 1)), "value.key_id");
+    assert_eq!(
+        field(put(&mut state, pipeline_scope(), "k", short, &[], 1)),
+        "value.key_id"
+    );
     assert_eq!(
         field(put(&mut state, pipeline_scope(), "k", sealed('a'), &["team-a"], 1)),
         "namespaces"
     );
-    assert_eq!(field(put(&mut state, SecretScope::Global, "k", sealed('a'), &[], 1)), "namespaces");
+    assert_eq!(
+        field(put(&mut state, SecretScope::Global, "k", sealed('a'), &[], 1)),
+        "namespaces"
+    );
     let too_big = state.apply(&Command::PutSecret {
         scope: pipeline_scope(),
         key: "k".into(),
@@ -102,7 +122,15 @@ fn a_secret_is_refused_for_a_missing_pipeline_a_bad_key_a_malformed_value_or_a_m
 #[test]
 fn a_global_secret_resolves_only_in_the_namespaces_its_allow_list_matches() {
     let mut state = with_pipeline(PIPELINE);
-    put(&mut state, SecretScope::Global, "slack", sealed('a'), &["team-a-*", "default"], 1).unwrap();
+    put(
+        &mut state,
+        SecretScope::Global,
+        "slack",
+        sealed('a'),
+        &["team-a-*", "default"],
+        1,
+    )
+    .unwrap();
     let global = Placeholder {
         kind: PlaceholderKind::Global,
         key: "slack",
@@ -147,7 +175,11 @@ fn placeholders_are_found_anywhere_in_a_value_and_substituted_once() {
     });
     assert_eq!(out, "postgres://u:pw@h/secret{{db_pass}}?x={{y}}");
     assert_eq!(substitute("plain", |_| Some("x")), "plain");
-    assert_eq!(substitute("secret{{k}}", |_| None), "secret{{k}}", "unresolved stays written");
+    assert_eq!(
+        substitute("secret{{k}}", |_| None),
+        "secret{{k}}",
+        "unresolved stays written"
+    );
 }
 
 #[test]
@@ -186,26 +218,22 @@ fn resealing_replaces_only_values_unchanged_since_and_seals_clear_settings_once(
     put(&mut state, pipeline_scope(), "k", sealed('a'), &[], 1).unwrap();
     put(&mut state, pipeline_scope(), "changed", sealed('b'), &[], 1).unwrap();
     // A subscription whose secret setting an older Gofer stored in the clear.
-    state
-        .record_mut("default", "p")
-        .unwrap()
-        .subscriptions
-        .insert(
-            "hook".into(),
-            serde_json::from_value(serde_json::json!({
-                "extension": "webhook",
-                "settings": {"secret": "in-the-clear-0123456789"},
-                "created_at": 1,
-                "last_scheduled_at": 1,
-                "last_run": null,
-                "fired": 0,
-                "skipped": 0,
-                "recent_skips": [],
-                "buffered": null,
-                "keys": [],
-            }))
-            .unwrap(),
-        );
+    state.record_mut("default", "p").unwrap().subscriptions.insert(
+        "hook".into(),
+        serde_json::from_value(serde_json::json!({
+            "extension": "webhook",
+            "settings": {"secret": "in-the-clear-0123456789"},
+            "created_at": 1,
+            "last_scheduled_at": 1,
+            "last_run": null,
+            "fired": 0,
+            "skipped": 0,
+            "recent_skips": [],
+            "buffered": null,
+            "keys": [],
+        }))
+        .unwrap(),
+    );
     let secret = |key: &str| ResealTarget::Secret {
         scope: pipeline_scope(),
         key: key.into(),
@@ -237,8 +265,12 @@ fn resealing_replaces_only_values_unchanged_since_and_seals_clear_settings_once(
         })
         .unwrap();
     assert_eq!(state.secrets.get(&pipeline_scope(), "k").unwrap().value, sealed('c'));
-    assert_eq!(state.secrets.get(&pipeline_scope(), "changed").unwrap().value, sealed('b'));
-    let stored = |state: &State| state.pipeline("default", "p").unwrap().subscriptions["hook"].settings["secret"].clone();
+    assert_eq!(
+        state.secrets.get(&pipeline_scope(), "changed").unwrap().value,
+        sealed('b')
+    );
+    let stored =
+        |state: &State| state.pipeline("default", "p").unwrap().subscriptions["hook"].settings["secret"].clone();
     assert_eq!(stored(&state), sealed('f').to_text());
     // Sealed now, a setting is replaced only from its own nonce, never again as "clear".
     state
@@ -268,7 +300,10 @@ fn secret_commands_round_trip_and_a_state_without_secrets_serializes_as_before()
         at: 5,
     };
     let json = serde_json::to_string(&command).unwrap();
-    assert!(json.starts_with(r#"{"type":"put_secret","scope":{"kind":"global"}"#), "{json}");
+    assert!(
+        json.starts_with(r#"{"type":"put_secret","scope":{"kind":"global"}"#),
+        "{json}"
+    );
     assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), command);
     let state = with_pipeline(PIPELINE);
     assert!(!serde_json::to_string(&state).unwrap().contains("secrets"));

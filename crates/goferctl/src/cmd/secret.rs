@@ -71,7 +71,11 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                     value: read_value(file)?,
                     namespaces,
                 };
-                api.put_global_secret(request).await.map_err(client::status)?.into_inner().secret
+                api.put_global_secret(request)
+                    .await
+                    .map_err(client::status)?
+                    .into_inner()
+                    .secret
             } else {
                 if !namespaces.is_empty() {
                     return Err(Failure("--namespaces is for a global secret (--global)".into()));
@@ -87,13 +91,24 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                     key,
                     value: read_value(file)?,
                 };
-                api.put_secret(request).await.map_err(client::status)?.into_inner().secret
+                api.put_secret(request)
+                    .await
+                    .map_err(client::status)?
+                    .into_inner()
+                    .secret
             };
             let secret = secret.unwrap_or_default();
             output::emit(
                 format,
                 || print_json(&json::value(&secret)),
-                || say!("secret {} stored ({} bytes, key {})", secret.key, secret.size_bytes, secret.key_id),
+                || {
+                    say!(
+                        "secret {} stored ({} bytes, key {})",
+                        secret.key,
+                        secret.size_bytes,
+                        secret.key_id
+                    )
+                },
             );
         }
         Command::List { global, pipeline } => {
@@ -107,7 +122,11 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                         namespace_id: ctx.namespace(),
                         pipeline_id: pipeline,
                     };
-                    api.list_secrets(request).await.map_err(client::status)?.into_inner().secrets
+                    api.list_secrets(request)
+                        .await
+                        .map_err(client::status)?
+                        .into_inner()
+                        .secrets
                 }
                 _ => return Err(Failure("usage: secret list PIPELINE, or secret list --global".into())),
             };
@@ -132,7 +151,11 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                     api.delete_secret(request).await.map_err(client::status)?;
                     key.clone()
                 }
-                _ => return Err(Failure("usage: secret delete PIPELINE KEY, or secret delete --global KEY".into())),
+                _ => {
+                    return Err(Failure(
+                        "usage: secret delete PIPELINE KEY, or secret delete --global KEY".into(),
+                    ));
+                }
             };
             match format {
                 Format::Json => print_json(&serde_json::json!({ "key": key, "deleted": true })),
@@ -148,7 +171,13 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             output::emit(
                 format,
                 || print_json(&json::value(&rotated)),
-                || say!("{} values sealed again; all are sealed under key {}", rotated.resealed, rotated.key_id),
+                || {
+                    say!(
+                        "{} values sealed again; all are sealed under key {}",
+                        rotated.resealed,
+                        rotated.key_id
+                    )
+                },
             );
         }
     }

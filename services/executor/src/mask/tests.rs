@@ -33,15 +33,26 @@ fn the_longer_of_two_overlapping_values_is_masked_whole_even_across_a_split() {
         let (a, b) = output.split_at(split);
         assert_eq!(masked(&values, &[a, b]), "xx********yy", "split at {split}");
     }
-    assert_eq!(masked(&values, &[b"abcdefg"]), "********efg", "the shorter alone, at the end");
+    assert_eq!(
+        masked(&values, &[b"abcdefg"]),
+        "********efg",
+        "the shorter alone, at the end"
+    );
 }
 
 #[test]
 fn values_shorter_than_four_bytes_and_output_without_values_pass_unchanged() {
     assert_eq!(masked(&["abc"], &[b"abc abc"]), "abc abc");
     assert_eq!(masked(&[], &[b"plain ", b"output"]), "plain output");
-    assert_eq!(masked(&["secret-value"], &[b"secret-valu"]), "secret-valu", "a partial value at the end is not one");
+    assert_eq!(
+        masked(&["secret-value"], &[b"secret-valu"]),
+        "secret-valu",
+        "a partial value at the end is not one"
+    );
     let mut masker = Masker::new(["secret-value"]);
-    assert!(masker.push(b"secret-").is_empty(), "held back while it may begin the value");
+    assert!(
+        masker.push(b"secret-").is_empty(),
+        "held back while it may begin the value"
+    );
     assert_eq!(masker.push(b"value!"), b"********!");
 }

@@ -14,7 +14,10 @@ const SECRET: &str = "0123456789abcdef-webhook";
 
 /// The keyring every test port opens sealed settings with.
 fn keyring() -> Arc<gofer_secrets::Keyring> {
-    Arc::new(gofer_secrets::Keyring::new(gofer_secrets::Key::from_bytes(&[7; 32]), vec![]))
+    Arc::new(gofer_secrets::Keyring::new(
+        gofer_secrets::Key::from_bytes(&[7; 32]),
+        vec![],
+    ))
 }
 
 fn hex_signature(secret: &str, body: &[u8]) -> String {
@@ -197,7 +200,10 @@ async fn a_sealed_secret_is_opened_to_check_the_signature_and_one_sealed_for_ano
     let (state, _dir) = state_with_pipeline().await;
     let sealed = |label: &str| {
         keyring()
-            .seal(&setting_associated_data("default", "p", label, "secret"), SECRET.as_bytes())
+            .seal(
+                &setting_associated_data("default", "p", label, "secret"),
+                SECRET.as_bytes(),
+            )
             .unwrap()
             .to_text()
     };

@@ -101,7 +101,11 @@ fn a_start_carries_the_values_its_own_env_names_and_the_env_keeps_the_placeholde
     let start = start_of(&state);
     assert_eq!(start.secret_error, "");
     assert_eq!(
-        start.secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<BTreeMap<_, _>>(),
+        start
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<BTreeMap<_, _>>(),
         BTreeMap::from([
             ("global_secret{{slack}}", "xoxb-slack"),
             ("secret{{db_pass}}", "hunter2-db")
@@ -146,7 +150,9 @@ fn state_with_global(namespace: &str) -> State {
 fn a_value_sealed_under_a_key_the_scheduler_lacks_fails_the_start_without_its_value() {
     let mut state = state_with_global("default");
     let other = Keyring::new(Key::from_bytes(&[9; 32]), vec![]);
-    let sealed = other.seal(&SecretScope::Global.associated_data("g"), b"elsewhere").unwrap();
+    let sealed = other
+        .seal(&SecretScope::Global.associated_data("g"), b"elsewhere")
+        .unwrap();
     state
         .apply(&Command::PutSecret {
             scope: SecretScope::Global,
@@ -159,5 +165,11 @@ fn a_value_sealed_under_a_key_the_scheduler_lacks_fails_the_start_without_its_va
         .unwrap();
     let start = start_of(&state);
     assert!(start.secrets.is_empty());
-    assert!(start.secret_error.starts_with("env G: secret \"g\" (global) cannot be opened"), "{}", start.secret_error);
+    assert!(
+        start
+            .secret_error
+            .starts_with("env G: secret \"g\" (global) cannot be opened"),
+        "{}",
+        start.secret_error
+    );
 }
