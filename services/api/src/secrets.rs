@@ -266,3 +266,26 @@ fn check_value(value: &[u8]) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_value;
+    use gofer_domain::Error;
+
+    #[test]
+    fn a_value_is_text_without_nul_of_one_byte_to_64_kib_and_a_refusal_never_quotes_it() {
+        assert!(check_value(b"hunter2").is_ok());
+        assert!(check_value(&vec![b'x'; MAX]).is_ok());
+        for bad in [&b""[..], &vec![b'x'; MAX + 1], b"nul\0inside", b"\xff\xfe-not-utf8"] {
+            match check_value(bad) {
+                Err(Error::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, "value");
+                    assert!(!reason.contains("nul") && !reason.contains("not-utf8"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    const MAX: usize = gofer_domain::secrets::MAX_SECRET_BYTES;
+}
