@@ -86,6 +86,17 @@ fn a_secret_reaches_its_task_masked_and_is_nowhere_else_in_the_clear() -> Result
         "one trailing newline is dropped: {stored}"
     );
     put(&dev, &["--global", "--namespaces", "default,team-*", "hook"], &global)?;
+    // A webhook's secret is sealed the same way.
+    let webhook_secret = unique_value("webhook");
+    dev.ctl_ok(&[
+        "subscription",
+        "create",
+        &id,
+        "webhook",
+        "gh",
+        "-s",
+        &format!("secret={webhook_secret}"),
+    ])?;
 
     let run = dev.ctl_ok(&["run", "start", &id])?.trim().to_string();
     let log = wait_until("the task to print", Duration::from_secs(60), || {
@@ -119,6 +130,7 @@ fn a_secret_reaches_its_task_masked_and_is_nowhere_else_in_the_clear() -> Result
         vec!["task", "list", id.as_str(), run.as_str()],
         vec!["secret", "list", id.as_str()],
         vec!["secret", "list", "--global"],
+        vec!["subscription", "get", id.as_str(), "gh"],
         vec!["event", "list"],
     ] {
         let mut all = args.clone();
@@ -138,7 +150,7 @@ fn a_secret_reaches_its_task_masked_and_is_nowhere_else_in_the_clear() -> Result
 
     answers.push(("goferd stderr", dev.server_log()));
     answers.push(("goferd stdout", std::fs::read_to_string(dev.stdout_path())?));
-    for secret in [&value, &global] {
+    for secret in [&value, &global, &webhook_secret] {
         for (place, text) in &answers {
             ensure!(!text.contains(secret.as_str()), "{place} holds a secret value:\n{text}");
         }
