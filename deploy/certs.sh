@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Makes deploy/certs (or $1): the cluster CA, an admin token, and a certificate per process (the three state
+# Makes deploy/certs (or $1): the cluster CA, an admin token, the key that seals secrets, and a certificate per process (the three state
 # nodes, the api, both schedulers, the extension host and both executors) good for its compose name, the name
 # the others dial it at; those published on the host (the state nodes and the api) are also good for
 # 127.0.0.1, where goferctl dials them. Run once; it never overwrites.
 #
 # Each process's certificate and key sit in a directory of its own, NAME/ (mode 0700, the key 0600), which
 # compose.yaml gives to that container alone; the CA certificate is the one file they all share, and only
-# the processes that check tokens are given admin.token. The CA's key stays here: no container needs it.
+# the processes that check tokens are given admin.token and secret.key. The CA's key stays here: no container needs it.
 # The containers run as root, which reads these files whoever owns them; a container run as another user
 # needs its directory (and, where given, admin.token) chowned to that user.
 set -euo pipefail

@@ -64,7 +64,8 @@ fn roles(args: &[RoleArg]) -> Roles {
 /// Flags of `goferd certs`.
 #[derive(clap::Subcommand)]
 pub enum CertsCommand {
-    /// Make a new cluster CA in DIR (ca.pem, ca.key; good for 10 years) and an admin token (admin.token)
+    /// Make a new cluster CA in DIR (ca.pem, ca.key; good for 10 years), an admin token (admin.token) and
+    /// the key that seals secrets (secret.key)
     Init {
         /// Where the CA and the certificates live
         #[arg(long, default_value = "gofer-certs")]
@@ -214,6 +215,11 @@ pub fn run(command: CertsCommand, now_unix_seconds: i64) -> anyhow::Result<()> {
             )?;
             println!(
                 "admin token written to {}/admin.token (for goferd server and goferctl)",
+                dir.display()
+            );
+            gofer_secrets::write_new_key_file(&dir.join("secret.key"))?;
+            println!(
+                "secret key written to {}/secret.key (for goferd server; give every node the same one)",
                 dir.display()
             );
             println!(

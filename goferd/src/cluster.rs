@@ -21,7 +21,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 #[derive(clap::Args)]
 pub struct ServerArgs {
     /// A TOML config file with the keys below (node_id, data_dir, api_listen, raft_listen,
-    /// webhook_listen, ca, cert, key, admin_token_file, name, event_retention, task_log_cap, the
+    /// webhook_listen, ca, cert, key, admin_token_file, secret_key_file, secret_old_key_files, name, event_retention, task_log_cap, the
     /// task_default_/task_max_ cpu, memory and timeout (strings, as the flags take them), and the lists
     /// bootstrap (a table of id = "https://host:port"), roles, state_nodes and schedulers); see README
     #[arg(long)]
@@ -53,6 +53,14 @@ pub struct ServerArgs {
     /// A file holding the admin token clients present (from `goferd certs init`)
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// The key that seals secrets, the same on every node: a file of 64 hex digits (32 bytes), such as
+    /// `goferd certs init` makes (secret.key) [default: secret.key beside admin_token_file]
+    #[arg(long)]
+    secret_key_file: Option<PathBuf>,
+    /// An older secret key, still accepted to open what it sealed until `goferctl secret rotate-key`
+    /// sealed everything again; repeat it for more
+    #[arg(long = "secret-old-key-file", value_name = "FILE")]
+    secret_old_key_files: Vec<PathBuf>,
     /// The members of a new cluster, as ID=https://HOST:PORT pairs separated by commas
     #[arg(long, value_delimiter = ',')]
     bootstrap: Vec<String>,
@@ -120,6 +128,8 @@ struct ServerConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
+    secret_key_file: Option<PathBuf>,
+    secret_old_key_files: Option<Vec<PathBuf>>,
     /// Node id (as a string key) → raft address.
     bootstrap: Option<BTreeMap<String, String>>,
     roles: Option<Vec<String>>,
@@ -168,7 +178,7 @@ fn executor_labels(
 }
 
 /// A list flag if it was given, else the config file's list, else none.
-fn flag_or_file(flag: Vec<String>, file: Option<Vec<String>>) -> Vec<String> {
+fn flag_or_file<T>(flag: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
     if flag.is_empty() {
         file.unwrap_or_default()
     } else {
@@ -325,6 +335,19 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
     if token_file.is_none() && (state_role || roles.serves()) {
         bail!("admin_token_file is required");
     }
+    // The api seals secrets, the scheduler and the extension host open them; an executor alone never
+    // sees the key.
+    let keyring = if roles.serves() {
+        let current = args
+            .secret_key_file
+            .or(file.secret_key_file)
+            .or_else(|| token_file.as_ref().map(|t| t.with_file_name("secret.key")))
+            .context("secret_key_file is required for the api, scheduler and extension-host roles")?;
+        let old = flag_or_file(args.secret_old_key_files, file.secret_old_key_files);
+        Some(std::sync::Arc::new(gofer_secrets::Keyring::read_files(&current, &old)?))
+    } else {
+        None
+    };
     let state_nodes = flag_or_file(args.state_nodes, file.state_nodes);
     check_addresses("state_nodes", &state_nodes)?;
     let schedulers = flag_or_file(args.schedulers, file.schedulers);
@@ -526,6 +549,7 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         event_retention_ms,
         task_limits,
         clock,
+        keyring,
     })
     .await?;
     println!("goferd server {name} is up");

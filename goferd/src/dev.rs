@@ -38,6 +38,14 @@ pub struct DevArgs {
     /// and last halves with a marker between them saying how much was left out
     #[arg(long, env = "GOFER_TASK_LOG_CAP", default_value = "10MiB", value_parser = crate::flags::parse_log_cap)]
     task_log_cap: u64,
+    /// The key that seals secrets: a file of 64 hex digits (32 bytes) [default: secret.key in the data
+    /// dir, made on first start, readable by its owner alone]
+    #[arg(long)]
+    secret_key_file: Option<PathBuf>,
+    /// An older secret key, still accepted to open what it sealed until `goferctl secret rotate-key`
+    /// sealed everything again; repeat it for more
+    #[arg(long = "secret-old-key-file", value_name = "FILE")]
+    secret_old_key_files: Vec<PathBuf>,
     #[command(flatten)]
     task_limits: crate::flags::TaskLimitArgs,
 }
@@ -214,6 +222,18 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
         .with_context(|| format!("binding {} (pass --listen to choose another address)", args.listen))?;
     let addr = api_listener.local_addr()?;
     let credentials = ensure_pki(&data_dir, &dev_names(addr.ip()), clock.now_millis() / 1000)?;
+    let secret_key_file = match args.secret_key_file {
+        Some(path) => path,
+        None => {
+            let path = data_dir.join("secret.key");
+            if !path.exists() {
+                gofer_secrets::write_new_key_file(&path)?;
+                tracing::info!(path = %path.display(), "made the key that seals secrets");
+            }
+            path
+        }
+    };
+    let keyring = gofer_secrets::Keyring::read_files(&secret_key_file, &args.secret_old_key_files)?;
     let node = crate::node::start(crate::node::NodeSetup {
         state: Some(gofer_state::Placement::Local {
             node: state.clone(),
@@ -237,6 +257,7 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
         event_retention_ms: args.event_retention,
         task_limits,
         clock,
+        keyring: Some(std::sync::Arc::new(keyring)),
     })
     .await?;
     let host = node.api_host.clone().context("goferd dev serves the API")?;

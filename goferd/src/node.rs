@@ -100,6 +100,9 @@ pub struct NodeSetup {
     pub task_limits: gofer_domain::limits::TaskLimitChanges,
     /// The wall clock every role stamps its commands with.
     pub clock: Clock,
+    /// The secret keys (`--secret-key-file`, `--secret-old-key-file`), for the api, scheduler and
+    /// extension-host roles; `None` for a process that only executes.
+    pub keyring: Option<std::sync::Arc<gofer_secrets::Keyring>>,
 }
 
 /// A process whose roles are running.
@@ -155,6 +158,8 @@ struct Process {
     shutdown: CancellationToken,
     /// The lease holder this start contends as.
     holder: String,
+    /// Seals and opens secrets, for the roles that do.
+    keyring: Option<std::sync::Arc<gofer_secrets::Keyring>>,
 }
 
 /// The roles the API port serves, as their services returned them.
@@ -185,6 +190,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         event_retention_ms,
         task_limits,
         clock,
+        keyring,
     } = setup;
     // A single node commits at once: `goferd dev` is ready only once its first commands are in force.
     // In a new cluster they wait for a quorum in the background.
@@ -199,7 +205,11 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         // Each start is a new lease holder: a restarted process waits for its old lease to lapse (or
         // finds it released) rather than acting in an epoch its previous life may still be acting in.
         holder: format!("{name}/{}", crate::random::hex(2)?),
+        keyring: keyring.clone(),
     };
+    if roles.serves() && keyring.is_none() {
+        bail!("secret_key_file is required for the api, scheduler and extension-host roles");
+    }
 
     let state = match state {
         Some(placement) => Some(
@@ -403,6 +413,11 @@ impl Process {
             .context("starting the state role")
     }
 
+    /// The keyring, which every role but the executor's needs (checked at start).
+    fn keyring(&self) -> anyhow::Result<std::sync::Arc<gofer_secrets::Keyring>> {
+        self.keyring.clone().context("secret_key_file is required")
+    }
+
     /// The extension host: triggers, webhooks and extension containers.
     async fn extension_host(
         &self,
@@ -420,6 +435,7 @@ impl Process {
             state: state.clone(),
             webhooks,
             clock: self.clock.clone(),
+            keyring: self.keyring()?,
         };
         gofer_extension_host::run(config, deps, &self.tracker, &self.shutdown)
             .await
@@ -469,6 +485,7 @@ impl Process {
                 None => std::sync::Arc::new(NoTriggers),
             },
             clock: self.clock.clone(),
+            keyring: self.keyring().expect("checked at start"),
         };
         gofer_api::run(gofer_api::Config::default(), deps, &self.tracker, &self.shutdown).await
     }
@@ -483,6 +500,7 @@ impl Process {
             state: state.handle.clone(),
             logs: state.logs.clone(),
             clock: self.clock.clone(),
+            keyring: self.keyring().expect("checked at start"),
         };
         gofer_scheduler::run(config, deps, &self.tracker, &self.shutdown).await
     }

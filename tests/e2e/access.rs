@@ -60,6 +60,7 @@ fn create_token(dev: &GoferDev, name: &str, role: TokenRole, pattern: &str) -> R
             name: name.to_string(),
             role,
             namespaces,
+            run: None,
         },
     })
 }

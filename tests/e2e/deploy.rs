@@ -258,12 +258,14 @@ const SERVICES: [(&str, bool); 9] = [
 ];
 
 /// Every container is given, of the certificates directory, the CA certificate, its own directory and,
-/// if it checks tokens, the admin token: no other process's key. The keys and the token are private.
+/// if it checks tokens, the admin token and the secret key: no other process's key. The keys and the
+/// token are private.
 fn each_container_holds_only_its_own_secrets(deployment: &Deployment) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let certs = deployment.path().join("certs").canonicalize()?;
     let mode = |path: &Path| -> Result<u32> { Ok(std::fs::metadata(path)?.permissions().mode() & 0o777) };
     ensure!(mode(&certs.join("admin.token"))? == 0o600, "admin.token is private");
+    ensure!(mode(&certs.join("secret.key"))? == 0o600, "secret.key is private");
     for (service, checks_tokens) in SERVICES {
         let container = deployment.compose(&["ps", "-q", service])?.trim().to_string();
         let mounts: Value = serde_json::from_str(&run(Command::new("docker").args([
@@ -284,6 +286,7 @@ fn each_container_holds_only_its_own_secrets(deployment: &Deployment) -> Result<
         let mut expected = vec![PathBuf::from("ca.pem"), PathBuf::from(service)];
         if checks_tokens {
             expected.push(PathBuf::from("admin.token"));
+            expected.push(PathBuf::from("secret.key"));
         }
         expected.sort();
         ensure!(

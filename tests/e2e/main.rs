@@ -14,6 +14,7 @@ mod extensions;
 mod guardrails;
 mod hardening;
 mod runs;
+mod secrets;
 mod tokens;
 mod triggers;
 

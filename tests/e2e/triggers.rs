@@ -164,7 +164,7 @@ fn overlap_skip_never_lets_two_runs_of_a_subscription_overlap() -> Result<()> {
 }
 
 /// A minimal HTTP/1.1 POST over loopback; returns the status and body.
-fn post(url: &str, headers: &[(&str, String)], body: &[u8]) -> Result<(u16, String)> {
+pub(crate) fn post(url: &str, headers: &[(&str, String)], body: &[u8]) -> Result<(u16, String)> {
     request("POST", url, headers, body)
 }
 
@@ -197,7 +197,7 @@ fn request(method: &str, url: &str, headers: &[(&str, String)], body: &[u8]) -> 
 }
 
 /// GitHub's `X-Hub-Signature-256` value for `body`.
-fn signature(secret: &str, body: &[u8]) -> String {
+pub(crate) fn signature(secret: &str, body: &[u8]) -> String {
     let key = hmac_sha256(secret.as_bytes(), body);
     format!("sha256={}", key.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }

@@ -25,6 +25,7 @@ impl TokenDirectory for Cluster {
             name: "viewer-a".into(),
             role: TokenRole::Viewer,
             namespaces: vec!["team-a".into()],
+            run: None,
         })
     }
 }

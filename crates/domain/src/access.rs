@@ -26,7 +26,8 @@ pub const MAX_TOKEN_NAMESPACES: usize = 64;
 pub enum TokenRole {
     /// Everything, everywhere: tokens, namespaces, extensions, cluster membership included.
     Admin,
-    /// Pipelines, runs, subscriptions (and later secrets and objects) in its namespaces, and reading them.
+    /// Pipelines, runs, subscriptions and pipeline secrets (and later objects) in its namespaces, and reading
+    /// them.
     Operator,
     /// Reading what is in its namespaces.
     Viewer,
@@ -199,7 +200,7 @@ pub fn check_patterns(patterns: &[String]) -> Result<(), Error> {
 }
 
 /// Whether `namespace` matches `pattern`, where `*` stands for any run of characters.
-fn matches(pattern: &str, namespace: &str) -> bool {
+pub(crate) fn matches(pattern: &str, namespace: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or_default();
     let Some(mut rest) = namespace.strip_prefix(first) else {
@@ -226,15 +227,54 @@ pub struct Caller {
     pub role: TokenRole,
     /// The namespace patterns it is scoped to.
     pub namespaces: Vec<String>,
+    /// For a run's task token (`inject_api_token`), the run it speaks for: it may only read that run
+    /// and start runs of its pipeline ([`RUN_TOKEN_METHODS`], [`authorize_target`]).
+    pub run: Option<Box<RunScope>>,
 }
 
+/// The run a task token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunScope {
+    pub namespace: String,
+    pub pipeline: String,
+    pub run: u64,
+}
+
+impl fmt::Display for RunScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.pipeline, self.run)
+    }
+}
+
+/// What a run's task token may call: read its own run (its tasks and their logs included) and start runs
+/// of its own pipeline. Objects, once they exist, join this list.
+pub const RUN_TOKEN_METHODS: [Method; 6] = [
+    Method::GetRun,
+    Method::WatchRun,
+    Method::ListTaskExecutions,
+    Method::GetTaskLogs,
+    Method::StartRun,
+    Method::WhoAmI,
+];
+
 impl Caller {
+    /// The caller a run's task token speaks for, while the run is not over.
+    pub fn of_run(run: RunScope) -> Caller {
+        Caller {
+            name: format!("run {run}"),
+            role: TokenRole::Operator,
+            namespaces: vec![run.namespace.clone()],
+            run: Some(Box::new(run)),
+        }
+    }
+
     /// The bootstrap admin token that `goferd dev` writes and `goferd server --admin-token-file` reads.
     pub fn bootstrap_admin() -> Caller {
         Caller {
             name: "admin".to_string(),
             role: TokenRole::Admin,
             namespaces: vec!["*".to_string()],
+            run: None,
         }
     }
 
@@ -244,6 +284,7 @@ impl Caller {
             name: name.to_string(),
             role: record.role,
             namespaces: record.namespaces.clone(),
+            run: None,
         }
     }
 
@@ -255,6 +296,9 @@ impl Caller {
 
 impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(run) = &self.run {
+            return write!(f, "the task token of run {run}");
+        }
         write!(
             f,
             "token {} ({} on {})",
@@ -310,11 +354,18 @@ pub enum Method {
     DisableToken,
     DeleteToken,
     WhoAmI,
+    PutSecret,
+    ListSecrets,
+    DeleteSecret,
+    PutGlobalSecret,
+    ListGlobalSecrets,
+    DeleteGlobalSecret,
+    RotateSecretKey,
 }
 
 impl Method {
     /// Every method, for tests that walk the whole matrix.
-    pub const ALL: [Method; 31] = [
+    pub const ALL: [Method; 38] = [
         Method::CreateNamespace,
         Method::ListNamespaces,
         Method::RegisterPipeline,
@@ -346,6 +397,13 @@ impl Method {
         Method::DisableToken,
         Method::DeleteToken,
         Method::WhoAmI,
+        Method::PutSecret,
+        Method::ListSecrets,
+        Method::DeleteSecret,
+        Method::PutGlobalSecret,
+        Method::ListGlobalSecrets,
+        Method::DeleteGlobalSecret,
+        Method::RotateSecretKey,
     ];
 
     /// The method an RPC name (`StartRun`) names.
@@ -387,6 +445,13 @@ impl Method {
             Method::DisableToken => "DisableToken",
             Method::DeleteToken => "DeleteToken",
             Method::WhoAmI => "WhoAmI",
+            Method::PutSecret => "PutSecret",
+            Method::ListSecrets => "ListSecrets",
+            Method::DeleteSecret => "DeleteSecret",
+            Method::PutGlobalSecret => "PutGlobalSecret",
+            Method::ListGlobalSecrets => "ListGlobalSecrets",
+            Method::DeleteGlobalSecret => "DeleteGlobalSecret",
+            Method::RotateSecretKey => "RotateSecretKey",
         }
     }
 
@@ -395,13 +460,13 @@ impl Method {
         use Method::*;
         match self {
             CreateNamespace | InstallExtension | UninstallExtension | AddClusterNode | RemoveClusterNode
-            | CreateToken | ListTokens | GetToken | DisableToken | DeleteToken => Right::Administer,
-            RegisterPipeline | StartRun | RetryRun | CancelRun | CreateSubscription | DeleteSubscription => {
-                Right::Operate
-            }
+            | CreateToken | ListTokens | GetToken | DisableToken | DeleteToken | PutGlobalSecret
+            | ListGlobalSecrets | DeleteGlobalSecret | RotateSecretKey => Right::Administer,
+            RegisterPipeline | StartRun | RetryRun | CancelRun | CreateSubscription | DeleteSubscription
+            | PutSecret | DeleteSecret => Right::Operate,
             ListNamespaces | ListPipelines | GetPipeline | GetRun | ListRuns | WatchRun | ListTaskExecutions
             | ListExtensions | GetExtension | ListSubscriptions | GetSubscription | GetClusterStatus | GetTaskLogs
-            | ListEvents | WhoAmI => Right::Read,
+            | ListEvents | WhoAmI | ListSecrets => Right::Read,
         }
     }
 
@@ -426,6 +491,9 @@ impl Method {
                 | GetSubscription
                 | DeleteSubscription
                 | GetTaskLogs
+                | PutSecret
+                | ListSecrets
+                | DeleteSecret
         )
     }
 }
@@ -456,10 +524,42 @@ pub fn authorize(caller: &Caller, method: Method, namespace: Option<&str>) -> Re
     if !caller.role.holds(method.right()) {
         return Err(denied());
     }
+    if caller.run.is_some() && !RUN_TOKEN_METHODS.contains(&method) {
+        return Err(denied());
+    }
     match namespace {
         Some(namespace) if !caller.sees(namespace) => Err(denied()),
         _ => Ok(()),
     }
+}
+
+/// Whether `caller`, already admitted to `method` in `namespace`, may act on `pipeline` and `run` (0 for
+/// a call on the pipeline): a run's task token only on its own run, and for `StartRun` on its own
+/// pipeline; every other caller anywhere its namespaces reach.
+pub fn authorize_target(
+    caller: &Caller,
+    method: Method,
+    namespace: &str,
+    pipeline: &str,
+    run: u64,
+) -> Result<(), Denied> {
+    let Some(own) = &caller.run else {
+        return Ok(());
+    };
+    let admitted = own.namespace == namespace
+        && own.pipeline == pipeline
+        && (method == Method::StartRun || method == Method::WhoAmI || own.run == run);
+    if admitted {
+        return Ok(());
+    }
+    Err(Denied {
+        caller: caller.clone(),
+        method,
+        namespace: Some(match run {
+            0 => format!("{namespace}/{pipeline}"),
+            run => format!("{namespace}/{pipeline}/{run}"),
+        }),
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::TokenRole;
 use crate::executors::ExecutorInfo;
 use crate::lease::{Lease, Role};
+use crate::secrets::{Reseal, Sealed, SecretScope};
 use crate::triggers::{Fire, FireOutcome, Registration};
 use crate::{AttemptRef, Error, PipelineConfig};
 
@@ -251,6 +252,31 @@ pub enum Command {
         epoch: u64,
         command: Box<Command>,
     },
+    /// Stores a secret's value, sealed by the api that took it (see [`crate::secrets`]): only ciphertext
+    /// travels. Replaces the value the key had in that scope.
+    PutSecret {
+        scope: SecretScope,
+        key: String,
+        value: Sealed,
+        /// The value's length in bytes.
+        size: u64,
+        /// A global secret's allow-list of namespace patterns; empty for a pipeline secret.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        namespaces: Vec<String>,
+        at: i64,
+    },
+    /// Forgets a secret.
+    DeleteSecret {
+        scope: SecretScope,
+        key: String,
+        at: i64,
+    },
+    /// Replaces sealed values by the same values sealed under the current key (a key rotation); each is
+    /// replaced only if the value it was made from is still the one stored.
+    ResealSecrets {
+        reseals: Vec<Reseal>,
+        at: i64,
+    },
 }
 
 /// What an applied command produced, beyond the change itself.
@@ -299,7 +325,10 @@ impl Command {
             | Command::CreateToken { at, .. }
             | Command::DisableToken { at, .. }
             | Command::DeleteToken { at, .. }
-            | Command::SetTaskLimits { at, .. } => Some(*at),
+            | Command::SetTaskLimits { at, .. }
+            | Command::PutSecret { at, .. }
+            | Command::DeleteSecret { at, .. }
+            | Command::ResealSecrets { at, .. } => Some(*at),
             Command::Batch { .. } | Command::Fenced { .. } => None,
         }
     }

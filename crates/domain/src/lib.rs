@@ -19,6 +19,8 @@ mod pipeline;
 mod plan;
 mod runs;
 pub mod schedule;
+mod secret_commands;
+pub mod secrets;
 mod state;
 mod subscriptions;
 #[cfg(test)]

@@ -76,6 +76,10 @@ pub struct TaskConfig {
     /// image's if empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user: String,
+    /// Gives the task `GOFER_API_TOKEN`, a token that may read its own run and start runs of its own
+    /// pipeline until the run ends, and `GOFER_HOST`, the API address that issued it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inject_api_token: bool,
 }
 
 /// The fields a task may never set, each with why: they would give a task power over the Docker host,

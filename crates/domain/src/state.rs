@@ -19,6 +19,7 @@ use crate::executors::Executors;
 use crate::lease::Leases;
 use crate::limits::TaskLimits;
 use crate::model::{Assignment, DEFAULT_NAMESPACE, NamespaceRecord, PipelineRecord, Run};
+use crate::secrets::Secrets;
 use crate::triggers::ExtensionRecord;
 use crate::{Error, PipelineConfig, validate_id};
 
@@ -47,6 +48,9 @@ pub struct State {
     /// while none is set.
     #[serde(default, skip_serializing_if = "TaskLimits::is_unset")]
     pub task_limits: TaskLimits,
+    /// The cluster's secrets, sealed (see [`crate::secrets`]); left out of a snapshot while there are none.
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secrets: Secrets,
 }
 
 impl State {
@@ -258,6 +262,18 @@ impl State {
                 self.task_limits = *limits;
                 Ok(Applied::Done)
             }
+            Command::PutSecret {
+                scope,
+                key,
+                value,
+                size,
+                namespaces,
+                at,
+            } => self
+                .put_secret(scope, key, value, *size, namespaces, *at)
+                .map(|()| Applied::Done),
+            Command::DeleteSecret { scope, key, .. } => self.secrets.delete(scope, key).map(|()| Applied::Done),
+            Command::ResealSecrets { reseals, .. } => self.reseal_secrets(reseals),
             Command::Fenced {
                 role,
                 holder,

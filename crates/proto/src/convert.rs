@@ -42,6 +42,7 @@ pub fn config_from_proto(config: v1::PipelineConfig) -> Result<PipelineConfig, E
             memory: task.memory,
             workdir: task.workdir,
             user: task.user,
+            inject_api_token: task.inject_api_token,
         });
     }
     let config = PipelineConfig {
@@ -91,6 +92,7 @@ pub fn config_to_proto(config: &PipelineConfig) -> v1::PipelineConfig {
                 memory: t.memory.clone(),
                 workdir: t.workdir.clone(),
                 user: t.user.clone(),
+                inject_api_token: t.inject_api_token,
             })
             .collect(),
     }
@@ -374,6 +376,31 @@ pub fn token_to_proto(name: &str, record: &TokenRecord) -> v1::Token {
         created_unix_millis: record.created_at,
         expires_unix_millis: record.expires_at,
         disabled_unix_millis: record.disabled_at,
+    }
+}
+
+/// A secret as the API shows it: its metadata, never its value nor its ciphertext.
+pub fn secret_to_proto(
+    scope: &gofer_domain::secrets::SecretScope,
+    key: &str,
+    record: &gofer_domain::secrets::SecretRecord,
+) -> v1::Secret {
+    let (namespace_id, pipeline_id, global) = match scope {
+        gofer_domain::secrets::SecretScope::Pipeline { namespace, pipeline } => {
+            (namespace.clone(), pipeline.clone(), false)
+        }
+        gofer_domain::secrets::SecretScope::Global => (String::new(), String::new(), true),
+    };
+    v1::Secret {
+        key: key.to_string(),
+        namespace_id,
+        pipeline_id,
+        global,
+        namespaces: record.namespaces.clone(),
+        size_bytes: record.size,
+        created_unix_millis: record.created_at,
+        updated_unix_millis: record.updated_at,
+        key_id: record.value.key_id.clone(),
     }
 }
 

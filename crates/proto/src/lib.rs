@@ -20,7 +20,7 @@ pub use convert::{REDACTED, extension_to_proto, setting_from_proto, setting_to_p
 pub use convert::{
     config_from_proto, config_to_proto, event_to_proto, run_state_name, run_to_proto, task_state_name, task_to_proto,
 };
-pub use convert::{token_role_from_proto, token_role_to_proto, token_to_proto};
+pub use convert::{secret_to_proto, token_role_from_proto, token_role_to_proto, token_to_proto};
 pub use status::{internal, into_status, unavailable};
 
 /// The metadata key with which a process that is not the active scheduler refuses an executor's dispatch

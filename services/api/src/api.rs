@@ -55,6 +55,8 @@ pub struct ApiService {
     pub(crate) tracker: TaskTracker,
     /// Ends the streams it serves.
     pub(crate) shutdown: CancellationToken,
+    /// Seals secret values (see `secrets.rs`).
+    pub(crate) keyring: Arc<gofer_secrets::Keyring>,
 }
 
 impl ApiService {
@@ -65,6 +67,7 @@ impl ApiService {
             logs,
             triggers,
             clock,
+            keyring,
         } = deps;
         ApiService {
             state,
@@ -73,6 +76,7 @@ impl ApiService {
             clock,
             tracker,
             shutdown,
+            keyring,
         }
     }
 
@@ -166,6 +170,9 @@ in_namespace!(
     v1::GetSubscriptionRequest,
     v1::DeleteSubscriptionRequest,
     v1::GetTaskLogsRequest,
+    v1::PutSecretRequest,
+    v1::ListSecretsRequest,
+    v1::DeleteSecretRequest,
 );
 
 /// The namespace `request` acts in, once its caller may call `method` there (`gofer_auth` checked the

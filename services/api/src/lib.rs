@@ -11,6 +11,7 @@
 mod api;
 mod events;
 mod logs;
+mod secrets;
 mod service;
 mod tokens;
 
@@ -37,6 +38,8 @@ pub struct Deps {
     pub triggers: Arc<dyn TriggerDirectory>,
     /// What stamps the commands it proposes.
     pub clock: Clock,
+    /// Seals secret values before they are proposed, and again in a key rotation.
+    pub keyring: Arc<gofer_secrets::Keyring>,
 }
 
 /// Starts the api role: returns the `GoferService` to mount on the API port, whose streams run on

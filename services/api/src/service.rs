@@ -168,6 +168,7 @@ impl GoferService for ApiService {
             .config
             .ok_or_else(|| into_status(Error::invalid("config", "is required")))?;
         let config = config_from_proto(config).map_err(into_status)?;
+        gofer_domain::secrets::check_placeholders(&config).map_err(into_status)?;
         let id = config.id.clone();
         let applied = self
             .propose(Command::RegisterPipeline {
@@ -424,6 +425,11 @@ impl GoferService for ApiService {
         let request = request.into_inner();
         let settings = request.settings.into_iter().collect();
         gofer_domain::triggers::check_new_subscription(&request.extension, &settings).map_err(into_status)?;
+        let settings = self.seal_settings(
+            (&namespace, &request.pipeline_id, &request.label),
+            &request.extension,
+            settings,
+        )?;
         let command = Command::CreateSubscription {
             namespace: namespace.clone(),
             pipeline: request.pipeline_id.clone(),
@@ -644,5 +650,68 @@ impl GoferService for ApiService {
     async fn who_am_i(&self, request: Request<v1::WhoAmIRequest>) -> ApiResult<v1::WhoAmIResponse> {
         let caller = caller(&request, Method::WhoAmI)?;
         Ok(Response::new(self.caller_proto(caller)))
+    }
+
+    async fn put_secret(&self, request: Request<v1::PutSecretRequest>) -> ApiResult<v1::PutSecretResponse> {
+        let namespace = scope(&request, Method::PutSecret)?;
+        let secret = self.put_pipeline_secret(namespace, request.into_inner()).await?;
+        Ok(Response::new(v1::PutSecretResponse { secret: Some(secret) }))
+    }
+
+    async fn list_secrets(&self, request: Request<v1::ListSecretsRequest>) -> ApiResult<v1::ListSecretsResponse> {
+        let namespace = scope(&request, Method::ListSecrets)?;
+        self.linearize().await?;
+        let secrets = self.pipeline_secrets(&namespace, &request.into_inner().pipeline_id)?;
+        Ok(Response::new(v1::ListSecretsResponse { secrets }))
+    }
+
+    async fn delete_secret(&self, request: Request<v1::DeleteSecretRequest>) -> ApiResult<v1::DeleteSecretResponse> {
+        let namespace = scope(&request, Method::DeleteSecret)?;
+        let request = request.into_inner();
+        let scope = gofer_domain::secrets::SecretScope::Pipeline {
+            namespace,
+            pipeline: request.pipeline_id,
+        };
+        self.remove_secret(scope, request.key).await?;
+        Ok(Response::new(v1::DeleteSecretResponse {}))
+    }
+
+    async fn put_global_secret(
+        &self,
+        request: Request<v1::PutGlobalSecretRequest>,
+    ) -> ApiResult<v1::PutGlobalSecretResponse> {
+        caller(&request, Method::PutGlobalSecret)?;
+        let secret = self.put_global(request.into_inner()).await?;
+        Ok(Response::new(v1::PutGlobalSecretResponse { secret: Some(secret) }))
+    }
+
+    async fn list_global_secrets(
+        &self,
+        request: Request<v1::ListGlobalSecretsRequest>,
+    ) -> ApiResult<v1::ListGlobalSecretsResponse> {
+        caller(&request, Method::ListGlobalSecrets)?;
+        self.linearize().await?;
+        Ok(Response::new(v1::ListGlobalSecretsResponse {
+            secrets: self.global_secrets()?,
+        }))
+    }
+
+    async fn delete_global_secret(
+        &self,
+        request: Request<v1::DeleteGlobalSecretRequest>,
+    ) -> ApiResult<v1::DeleteGlobalSecretResponse> {
+        caller(&request, Method::DeleteGlobalSecret)?;
+        let key = request.into_inner().key;
+        self.remove_secret(gofer_domain::secrets::SecretScope::Global, key)
+            .await?;
+        Ok(Response::new(v1::DeleteGlobalSecretResponse {}))
+    }
+
+    async fn rotate_secret_key(
+        &self,
+        request: Request<v1::RotateSecretKeyRequest>,
+    ) -> ApiResult<v1::RotateSecretKeyResponse> {
+        caller(&request, Method::RotateSecretKey)?;
+        Ok(Response::new(self.reseal_all().await?))
     }
 }

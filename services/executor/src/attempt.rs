@@ -58,6 +58,10 @@ pub(crate) async fn run(
             return report_error("the attempt's container was lost before it finished".to_string());
         }
         Ok(None) => {
+            // A secret the task names could not be given to it: no container is made.
+            if !start.secret_error.is_empty() {
+                return report_error(start.secret_error.clone());
+            }
             if stop.is_cancelled() {
                 return executor.report(finished(
                     &executor.clock,
@@ -100,7 +104,7 @@ pub(crate) async fn run(
         // few times: the scheduler or the state node keeping the log may be moving.
         let mut tries = 0;
         loop {
-            match ship_logs(executor, docker, &key, &container).await {
+            match ship_logs(executor, docker, &key, &container, &start.secrets).await {
                 Err(err) if tries < 3 => {
                     tries += 1;
                     tracing::info!(%attempt, %err, "storing the logs failed; sending them again");
@@ -234,7 +238,10 @@ async fn ship_logs(
     docker: &gofer_docker::Engine,
     key: &v1::AttemptKey,
     container: &str,
+    secrets: &std::collections::HashMap<String, String>,
 ) -> Result<(), Error> {
+    // Every byte goes through the masker before it leaves for the archive or a follower.
+    let mut masker = crate::mask::Masker::new(secrets.values().map(String::as_str));
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let requests = log_requests(&executor.id, key, rx);
     let mut client = executor.client();
@@ -265,6 +272,7 @@ async fn ship_logs(
                 } else {
                     last = (stamp, 1);
                 }
+                let data = masker.push(&data);
                 if !data.is_empty() && tx.send(data).await.is_err() {
                     break;
                 }
@@ -298,10 +306,15 @@ async fn ship_logs(
                 same += 1;
                 continue;
             }
+            let data = masker.push(&data);
             if !data.is_empty() && tx.send(data).await.is_err() {
                 break;
             }
         }
+    }
+    let rest = masker.finish();
+    if !rest.is_empty() {
+        let _ = tx.send(rest).await;
     }
     drop(tx);
     let uploaded = tokio::time::timeout(Duration::from_secs(60), upload)

@@ -57,7 +57,18 @@ pub(crate) fn spec(cluster: &str, executor: &str, attempt: &AttemptId, start: &v
         ("dev.gofer.task".to_string(), task.task.clone()),
         ("dev.gofer.attempt".to_string(), attempt.attempt.to_string()),
     ]);
-    let mut env: Vec<String> = start.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // The task's own env entries that name secrets get their values here, in the container's env alone.
+    let mut env: Vec<String> = start
+        .env
+        .iter()
+        .map(|(k, v)| match start.secret_env.contains(k) {
+            true => format!(
+                "{k}={}",
+                gofer_domain::secrets::substitute(v, |p| start.secrets.get(p.text).map(String::as_str))
+            ),
+            false => format!("{k}={v}"),
+        })
+        .collect();
     env.sort();
     env.extend([
         format!("GOFER_NAMESPACE={}", task.namespace),
@@ -121,5 +132,31 @@ mod tests {
         // Without a user in the Start, the image's own.
         let plain = v1::StartAttempt::default();
         assert_eq!(super::spec("c0ffee", "e1", &attempt, &plain).user, "");
+    }
+
+    #[test]
+    fn secrets_reach_the_env_entries_named_for_them_and_never_a_label() {
+        let attempt: AttemptId = "default/p/7/a/2".parse().expect("an attempt id");
+        let start = v1::StartAttempt {
+            env: [("DB", "pg://u:secret{{db}}@h"), ("PARAM", "secret{{db}}")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            secrets: [("secret{{db}}".to_string(), "hunter2-db".to_string())].into(),
+            secret_env: vec!["DB".into()],
+            ..Default::default()
+        };
+        let spec = spec("c0ffee", "e1", &attempt, &start);
+        assert!(
+            spec.env.contains(&"DB=pg://u:hunter2-db@h".to_string()),
+            "{:?}",
+            spec.env
+        );
+        assert!(
+            spec.env.contains(&"PARAM=secret{{db}}".to_string()),
+            "only the named entries"
+        );
+        assert!(spec.labels.values().all(|v| !v.contains("hunter2")));
+        assert!(!spec.name.contains("hunter2"));
     }
 }

@@ -16,6 +16,7 @@
 mod attempt;
 mod containers;
 mod executor;
+mod mask;
 mod session;
 
 use std::sync::Arc;

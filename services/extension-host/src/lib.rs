@@ -14,6 +14,7 @@
 mod fires;
 mod launcher;
 mod schedules;
+mod sealed;
 mod service;
 #[cfg(test)]
 mod testing;
@@ -92,6 +93,8 @@ pub struct Deps {
     pub webhooks: TcpListener,
     /// What stamps registrations and fires, and times the schedules.
     pub clock: Clock,
+    /// Opens the secret settings of subscriptions.
+    pub keyring: Arc<gofer_secrets::Keyring>,
 }
 
 /// Starts the extension-host role on `tracker` until `shutdown`: contends for the extension-host lease,
@@ -109,7 +112,12 @@ pub async fn run(
         launch,
         startup,
     } = config;
-    let Deps { state, webhooks, clock } = deps;
+    let Deps {
+        state,
+        webhooks,
+        clock,
+        keyring,
+    } = deps;
     let lease = LeaseHolder::spawn(
         state.clone(),
         Role::ExtensionHost,
@@ -118,7 +126,7 @@ pub async fn run(
         tracker,
         shutdown.clone(),
     );
-    let host = ExtensionHost::new(state, lease, clock, tracker.clone(), shutdown.clone());
+    let host = ExtensionHost::new(state, lease, clock, keyring, tracker.clone(), shutdown.clone());
     if let Ok(addr) = webhooks.local_addr() {
         *host.webhook_base.lock().expect("webhook base lock") = Some(format!("http://{addr}"));
     }
@@ -250,6 +258,8 @@ pub struct ExtensionHost {
     webhook_base: Arc<Mutex<Option<String>>>,
     /// Why each extension's container could not run last time, by name.
     launch_errors: Arc<Mutex<HashMap<String, String>>>,
+    /// Opens the secret settings of subscriptions (`sealed.rs`).
+    keyring: Arc<gofer_secrets::Keyring>,
 }
 
 impl ExtensionHost {
@@ -259,6 +269,7 @@ impl ExtensionHost {
         state: StateHandle,
         lease: LeaseHolder,
         clock: Clock,
+        keyring: Arc<gofer_secrets::Keyring>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -274,6 +285,7 @@ impl ExtensionHost {
             next_connection: Arc::default(),
             webhook_base: Arc::default(),
             launch_errors: Arc::default(),
+            keyring,
         }
     }
 
@@ -334,6 +346,7 @@ impl ExtensionHost {
         webhook::serve(
             self.state.clone(),
             self.fires.clone(),
+            self.keyring.clone(),
             listener,
             webhook::Limits::DEFAULT,
             &self.tracker,

@@ -123,7 +123,10 @@ fn subscriptions_of(host: &ExtensionHost, name: &str) -> BTreeMap<SubKey, BTreeM
     host.state.read(|s| {
         s.subscriptions()
             .filter(|(_, _, _, sub)| sub.extension == name)
-            .map(|(ns, p, label, sub)| ((ns.to_string(), p.to_string(), label.to_string()), sub.settings.clone()))
+            .map(|(ns, p, label, sub)| {
+                let settings = crate::sealed::open_settings(&host.keyring, (ns, p, label), &sub.settings);
+                ((ns.to_string(), p.to_string(), label.to_string()), settings)
+            })
             .collect()
     })
 }

@@ -73,6 +73,8 @@ const UNKNOWN_SUBSCRIPTION_KEY: &[u8] = b"gofer: no such webhook subscription";
 struct Context {
     state: StateHandle,
     fires: FireQueue,
+    /// Opens the subscriptions' sealed secrets.
+    keyring: Arc<gofer_secrets::Keyring>,
     limits: Limits,
     /// One permit per delivery being read or handled.
     slots: Arc<Semaphore>,
@@ -83,6 +85,7 @@ struct Context {
 pub(crate) async fn serve(
     state: StateHandle,
     fires: FireQueue,
+    keyring: Arc<gofer_secrets::Keyring>,
     listener: tokio::net::TcpListener,
     limits: Limits,
     tracker: &TaskTracker,
@@ -103,6 +106,7 @@ pub(crate) async fn serve(
         .with_state(Context {
             state,
             fires,
+            keyring,
             limits,
             slots: Arc::new(Semaphore::new(limits.deliveries_at_once)),
         });
@@ -202,6 +206,12 @@ async fn handle(
                     sub.settings.get("fields").cloned(),
                 )
             })
+    });
+    // The secret is opened only here, to check the signature; one that does not open with this node's
+    // keys is refused as an unknown subscription is.
+    let found = found.and_then(|(stored, fields)| {
+        let secret = crate::sealed::open_setting(&ctx.keyring, (&namespace, &pipeline, &label), "secret", &stored)?;
+        Some((secret, fields))
     });
     // An unknown subscription is checked against a key of its own and refused as a bad signature is, so
     // that neither the answer nor the work done tells whether the subscription exists.

@@ -12,6 +12,7 @@
 
 mod dispatch;
 mod reconcile;
+mod secrets;
 
 use gofer_clock::Clock;
 use gofer_domain::lease::Role;
@@ -40,12 +41,19 @@ pub struct Deps {
     pub logs: Option<LogStore>,
     /// What stamps its commands and times the executors' leases.
     pub clock: Clock,
+    /// Opens the secrets the tasks it dispatches name.
+    pub keyring: std::sync::Arc<gofer_secrets::Keyring>,
 }
 
 /// Starts the scheduler role on `tracker` until `shutdown`: it contends for the scheduler lease and,
 /// while it holds it, assigns and dispatches. Returns the `DispatchService` to mount on the API port.
 pub async fn run(config: Config, deps: Deps, tracker: &TaskTracker, shutdown: &CancellationToken) -> DispatchHandler {
-    let Deps { state, logs, clock } = deps;
+    let Deps {
+        state,
+        logs,
+        clock,
+        keyring,
+    } = deps;
     let lease = LeaseHolder::spawn_advertising(
         state.clone(),
         Role::Scheduler,
@@ -55,7 +63,7 @@ pub async fn run(config: Config, deps: Deps, tracker: &TaskTracker, shutdown: &C
         tracker,
         shutdown.clone(),
     );
-    let scheduler = Scheduler::new(state, lease, clock, tracker.clone());
+    let scheduler = Scheduler::new(state, lease, clock, keyring, tracker.clone());
     tracker.spawn(scheduler.clone().run(shutdown.clone()));
     DispatchHandler::new(scheduler, logs, shutdown.clone())
 }

@@ -67,12 +67,20 @@ pub(crate) struct Scheduler {
     acting_since: Arc<Mutex<Option<(u64, i64)>>>,
     /// When it last renewed the executors' leases (Unix milliseconds).
     last_renewal: Arc<Mutex<Option<i64>>>,
+    /// Opens the secrets a Start carries (`secrets.rs`).
+    keyring: Arc<gofer_secrets::Keyring>,
 }
 
 impl Scheduler {
     /// A scheduler over `state` that acts while it holds `lease`, on `clock`, spawning on `tracker`, with
     /// no executor connected yet.
-    pub(crate) fn new(state: StateHandle, lease: LeaseHolder, clock: Clock, tracker: TaskTracker) -> Self {
+    pub(crate) fn new(
+        state: StateHandle,
+        lease: LeaseHolder,
+        clock: Clock,
+        keyring: Arc<gofer_secrets::Keyring>,
+        tracker: TaskTracker,
+    ) -> Self {
         Scheduler {
             state,
             lease,
@@ -83,6 +91,7 @@ impl Scheduler {
             next_connection: Arc::default(),
             acting_since: Arc::default(),
             last_renewal: Arc::default(),
+            keyring,
         }
     }
 
@@ -308,7 +317,7 @@ impl Scheduler {
         let mut executors = self.executors.lock().expect("executors lock");
         // Only the attempts a connected executor has not had on its stream are built into messages.
         let live = self.state.read(|s| {
-            live_attempts_where(s, |executor, id, cancel| {
+            let mut live = live_attempts_where(s, |executor, id, cancel| {
                 executors.get(executor).is_some_and(|c| {
                     if cancel {
                         !c.stopped.contains(id)
@@ -316,7 +325,12 @@ impl Scheduler {
                         !c.started.contains(id)
                     }
                 })
-            })
+            });
+            // Secrets are opened only for the Starts about to be sent, never for a Stop.
+            for attempt in live.iter_mut().filter(|a| !a.cancel_requested) {
+                crate::secrets::resolve(s, &self.keyring, &attempt.id, &mut attempt.start);
+            }
+            live
         });
         for attempt in live {
             let Some(connection) = executors.get_mut(&attempt.executor) else {
@@ -442,6 +456,8 @@ fn live_attempts_where(state: &State, mut want: impl FnMut(&str, &AttemptId, boo
                     workdir: spec.workdir.clone(),
                     pipeline_version: run.version,
                     user: spec.user.clone(),
+                    // Filled in only as the Start is sent (`secrets.rs`).
+                    ..Default::default()
                 },
                 id,
                 cancel_requested: run.cancel_requested,

@@ -49,6 +49,10 @@ async fn serve(
         state: state.clone(),
         logs: Some(logs),
         clock: clock.clone(),
+        keyring: std::sync::Arc::new(gofer_secrets::Keyring::new(
+            gofer_secrets::Key::from_bytes(&[1; 32]),
+            vec![],
+        )),
     };
     let handler = gofer_scheduler::run(config, deps, tracker, shutdown).await;
     let lease = handler.lease().clone();

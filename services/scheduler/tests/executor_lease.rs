@@ -181,6 +181,10 @@ async fn cluster_of(
         state: state.clone(),
         logs: Some(LogStore::new(dir.join("logs"))),
         clock: clock.clone(),
+        keyring: std::sync::Arc::new(gofer_secrets::Keyring::new(
+            gofer_secrets::Key::from_bytes(&[1; 32]),
+            vec![],
+        )),
     };
     let handler = gofer_scheduler::run(config, deps, tracker, shutdown).await;
     let lease = handler.lease().clone();

@@ -244,6 +244,16 @@ impl GoferDev {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Where goferd's stdout is copied.
+    pub fn stdout_path(&self) -> PathBuf {
+        self.dir.path().join("goferd.out")
+    }
+
+    /// Replaces the extra `goferd dev` flags the next (re)start gives.
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+    }
+
     fn launch(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -269,6 +279,10 @@ impl GoferDev {
             .context("starting goferd dev")?;
         let stdout = child.stdout.take().context("goferd stdout")?;
         self.child = Some(child);
+        let mut copy = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stdout_path())?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut host = None;
@@ -276,6 +290,7 @@ impl GoferDev {
             let mut webhooks = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                let _ = std::io::Write::write_all(&mut copy, format!("{line}\n").as_bytes());
                 if let Some(rest) = line.trim().strip_prefix("api:") {
                     host = Some(rest.trim().to_string());
                 }

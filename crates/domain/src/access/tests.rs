@@ -5,7 +5,7 @@ use super::*;
 
 /// What each method needs, written out: `A` administer, `O` operate, `R` read; and whether it acts in a
 /// namespace (`n`) or on the cluster (`c`).
-const MATRIX: [(Method, char, char); 31] = [
+const MATRIX: [(Method, char, char); 38] = [
     (Method::CreateNamespace, 'A', 'c'),
     (Method::ListNamespaces, 'R', 'c'),
     (Method::RegisterPipeline, 'O', 'n'),
@@ -37,6 +37,13 @@ const MATRIX: [(Method, char, char); 31] = [
     (Method::DisableToken, 'A', 'c'),
     (Method::DeleteToken, 'A', 'c'),
     (Method::WhoAmI, 'R', 'c'),
+    (Method::PutSecret, 'O', 'n'),
+    (Method::ListSecrets, 'R', 'n'),
+    (Method::DeleteSecret, 'O', 'n'),
+    (Method::PutGlobalSecret, 'A', 'c'),
+    (Method::ListGlobalSecrets, 'A', 'c'),
+    (Method::DeleteGlobalSecret, 'A', 'c'),
+    (Method::RotateSecretKey, 'A', 'c'),
 ];
 
 fn caller(role: TokenRole, namespaces: &[&str]) -> Caller {
@@ -44,6 +51,7 @@ fn caller(role: TokenRole, namespaces: &[&str]) -> Caller {
         name: "t".into(),
         role,
         namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+        run: None,
     }
 }
 
@@ -200,4 +208,62 @@ fn an_expired_token_stops_working_at_its_expiry() {
     };
     assert!(expiring.works_at(99));
     assert!(!expiring.works_at(100));
+}
+
+/// A run's task token: only its own run's reads and its own pipeline's StartRun, in its own namespace,
+/// whatever its role would allow otherwise.
+#[test]
+fn a_run_token_reads_its_run_and_starts_its_pipeline_and_nothing_else() {
+    let token = Caller::of_run(RunScope {
+        namespace: "team-a".into(),
+        pipeline: "build".into(),
+        run: 7,
+    });
+    for method in Method::ALL {
+        let allowed = RUN_TOKEN_METHODS.contains(&method);
+        assert_eq!(authorize(&token, method, None).is_ok(), allowed, "{method}");
+        assert_eq!(
+            authorize(&token, method, Some("team-a")).is_ok(),
+            allowed,
+            "{method} in team-a"
+        );
+        assert!(authorize(&token, method, Some("team-b")).is_err(), "{method} in team-b");
+    }
+    for method in [
+        Method::GetRun,
+        Method::WatchRun,
+        Method::ListTaskExecutions,
+        Method::GetTaskLogs,
+    ] {
+        assert!(
+            authorize_target(&token, method, "team-a", "build", 7).is_ok(),
+            "{method}"
+        );
+        assert!(
+            authorize_target(&token, method, "team-a", "build", 6).is_err(),
+            "{method} of another run"
+        );
+        assert!(
+            authorize_target(&token, method, "team-a", "deploy", 7).is_err(),
+            "{method} of another pipeline"
+        );
+        assert!(
+            authorize_target(&token, method, "team-b", "build", 7).is_err(),
+            "{method} elsewhere"
+        );
+    }
+    assert!(authorize_target(&token, Method::StartRun, "team-a", "build", 0).is_ok());
+    let denied = authorize_target(&token, Method::StartRun, "team-a", "deploy", 0).unwrap_err();
+    assert_eq!(
+        denied.to_string(),
+        "the task token of run team-a/build/7 cannot StartRun in team-a/deploy"
+    );
+    let denied = authorize(&token, Method::ListRuns, Some("team-a")).unwrap_err();
+    assert_eq!(
+        denied.to_string(),
+        "the task token of run team-a/build/7 cannot ListRuns in team-a"
+    );
+    // Every other caller is held by its namespaces alone.
+    let operator = caller(TokenRole::Operator, &["team-a"]);
+    assert!(authorize_target(&operator, Method::GetRun, "team-a", "deploy", 3).is_ok());
 }

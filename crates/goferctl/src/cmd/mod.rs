@@ -1,5 +1,5 @@
 //! The commands, one module per noun, each owning its subcommands and their handler: `namespace`,
-//! `pipeline`, `run`, `task`, `extension`, `subscription`, `cluster`, `event` and `token` (with `whoami`). This module only names
+//! `pipeline`, `run`, `task`, `extension`, `subscription`, `cluster`, `event`, `token` (with `whoami`) and `secret`. This module only names
 //! the nouns and hands each command to its module; what the nouns share lives outside them (`client`,
 //! `context`, `output`, `json`) or in `setting`, and no noun module uses another.
 
@@ -16,6 +16,7 @@ mod extension;
 mod namespace;
 mod pipeline;
 mod run;
+mod secret;
 mod setting;
 mod subscription;
 mod task;
@@ -52,6 +53,9 @@ pub enum Command {
     Token(token::Command),
     /// Show which token this goferctl presents, its role and namespaces
     Whoami,
+    /// Store, list and delete secrets (pipeline and global), and rotate the key that seals them
+    #[command(subcommand)]
+    Secret(secret::Command),
 }
 
 /// Runs one command; the exit code is 0 unless the command says otherwise (`run start --wait` on a run
@@ -68,5 +72,6 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
         Command::Event(command) => event::run(command, ctx).await,
         Command::Token(command) => token::run(command, ctx).await,
         Command::Whoami => token::whoami(ctx).await,
+        Command::Secret(command) => secret::run(command, ctx).await,
     }
 }

@@ -43,6 +43,7 @@ pub fn config() -> v1::PipelineConfig {
         memory: "256MiB".into(),
         workdir: "/work".into(),
         user: "1000:1000".into(),
+        inject_api_token: false,
     };
     v1::PipelineConfig {
         id: "nightly".into(),

@@ -12,6 +12,14 @@ use crate::testing::{state_with_pipeline, subscribe};
 
 const SECRET: &str = "0123456789abcdef-webhook";
 
+/// The keyring every test port opens sealed settings with.
+fn keyring() -> Arc<gofer_secrets::Keyring> {
+    Arc::new(gofer_secrets::Keyring::new(
+        gofer_secrets::Key::from_bytes(&[7; 32]),
+        vec![],
+    ))
+}
+
 fn hex_signature(secret: &str, body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     let tag = ring::hmac::sign(&key, body);
@@ -73,7 +81,7 @@ impl Port {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (connections, stop, state) = (tracker.clone(), shutdown.clone(), state.clone());
-        tracker.spawn(async move { serve(state, fires, listener, limits, &connections, stop).await });
+        tracker.spawn(async move { serve(state, fires, keyring(), listener, limits, &connections, stop).await });
         Port {
             addr,
             tracker,
@@ -183,6 +191,40 @@ async fn an_unknown_subscription_is_refused_exactly_as_a_bad_signature_is() {
     assert!(reply.contains("parameters.ref"), "{reply}");
     let (status, reply) = port.post("/webhooks/default/p/gh/extra", &good, body).await;
     assert_eq!(status, 404, "{reply}");
+    port.stop().await;
+}
+
+#[tokio::test]
+async fn a_sealed_secret_is_opened_to_check_the_signature_and_one_sealed_for_another_subscription_is_not() {
+    use gofer_domain::secrets::setting_associated_data;
+    let (state, _dir) = state_with_pipeline().await;
+    let sealed = |label: &str| {
+        keyring()
+            .seal(
+                &setting_associated_data("default", "p", label, "secret"),
+                SECRET.as_bytes(),
+            )
+            .unwrap()
+            .to_text()
+    };
+    subscribe(&state, "webhook", "sealed", &[("secret", &sealed("sealed"))]).await;
+    // A ciphertext copied from another subscription does not open here.
+    subscribe(&state, "webhook", "moved", &[("secret", &sealed("sealed"))]).await;
+    let port = Port::start(&state, Limits::DEFAULT).await;
+    let body = br#"{"ref": "main"}"#;
+    let headers = |delivery: &str| {
+        vec![
+            ("X-Hub-Signature-256", hex_signature(SECRET, body)),
+            ("X-GitHub-Delivery", delivery.to_string()),
+        ]
+    };
+    let (status, reply) = port.post("/webhooks/default/p/sealed", &headers("s-1"), body).await;
+    assert_eq!(status, 202, "{reply}");
+    let (status, reply) = port.post("/webhooks/default/p/moved", &headers("s-2"), body).await;
+    assert_eq!(status, 401, "{reply}");
+    // Signed with the ciphertext itself, as one who read the log would: refused.
+    let forged = vec![("X-Hub-Signature-256", hex_signature(&sealed("sealed"), body))];
+    assert_eq!(port.post("/webhooks/default/p/sealed", &forged, body).await.0, 401);
     port.stop().await;
 }
 

@@ -1,0 +1,291 @@
+//! The secret calls: a value is sealed here, on the node that takes it, before anything is proposed, so
+//! only ciphertext reaches the log; listing shows metadata alone. Also the sealing of a new
+//! subscription's secret settings, and the key rotation, which seals every stored value again under this
+//! node's current key.
+//!
+//! No value, sealed or clear, is ever put into an answer, an error or a log line here.
+
+use std::collections::BTreeMap;
+
+use gofer_domain::secrets::{
+    MAX_RESEALS, MAX_SECRET_BYTES, Reseal, ResealTarget, Sealed, SecretScope, setting_associated_data, validate_key,
+};
+use gofer_domain::{Command, Error, State, validate_id};
+use gofer_proto::{internal, into_status, secret_to_proto, v1};
+use tonic::Status;
+
+use crate::api::ApiService;
+
+/// How many passes a rotation makes at most: each seals what the one before left (values put while it
+/// ran are sealed under the current key already).
+const MAX_ROTATION_PASSES: usize = 64;
+
+impl ApiService {
+    /// `PutSecret` in `namespace`, once the caller may.
+    pub(crate) async fn put_pipeline_secret(
+        &self,
+        namespace: String,
+        request: v1::PutSecretRequest,
+    ) -> Result<v1::Secret, Status> {
+        validate_id("pipeline_id", &request.pipeline_id).map_err(into_status)?;
+        let scope = SecretScope::Pipeline {
+            namespace,
+            pipeline: request.pipeline_id,
+        };
+        self.put_secret(scope, request.key, request.value, Vec::new()).await
+    }
+
+    /// `PutGlobalSecret`.
+    pub(crate) async fn put_global(&self, request: v1::PutGlobalSecretRequest) -> Result<v1::Secret, Status> {
+        gofer_domain::access::check_patterns(&request.namespaces).map_err(into_status)?;
+        self.put_secret(SecretScope::Global, request.key, request.value, request.namespaces)
+            .await
+    }
+
+    async fn put_secret(
+        &self,
+        scope: SecretScope,
+        key: String,
+        value: Vec<u8>,
+        namespaces: Vec<String>,
+    ) -> Result<v1::Secret, Status> {
+        validate_key("key", &key).map_err(into_status)?;
+        check_value(&value).map_err(into_status)?;
+        let sealed = self
+            .keyring
+            .seal(&scope.associated_data(&key), &value)
+            .map_err(|err| internal("sealing a secret", &err))?;
+        let size = value.len() as u64;
+        drop(value);
+        self.propose(Command::PutSecret {
+            scope: scope.clone(),
+            key: key.clone(),
+            value: sealed,
+            size,
+            namespaces,
+            at: self.clock.now_millis(),
+        })
+        .await?;
+        self.secret_proto(&scope, &key)
+    }
+
+    /// A pipeline's secrets, by key (at most the cluster's [`gofer_domain::secrets::MAX_SECRETS`]).
+    pub(crate) fn pipeline_secrets(&self, namespace: &str, pipeline: &str) -> Result<Vec<v1::Secret>, Status> {
+        self.read(|s| {
+            s.pipeline(namespace, pipeline)?;
+            let scope = SecretScope::Pipeline {
+                namespace: namespace.to_string(),
+                pipeline: pipeline.to_string(),
+            };
+            Ok(s.secrets
+                .of_pipeline(namespace, pipeline)
+                .map(|(key, record)| secret_to_proto(&scope, key, record))
+                .collect())
+        })
+    }
+
+    /// The global secrets, by key.
+    pub(crate) fn global_secrets(&self) -> Result<Vec<v1::Secret>, Status> {
+        self.read(|s| {
+            Ok(s.secrets
+                .global
+                .iter()
+                .map(|(key, record)| secret_to_proto(&SecretScope::Global, key, record))
+                .collect())
+        })
+    }
+
+    /// `DeleteSecret` or `DeleteGlobalSecret`.
+    pub(crate) async fn remove_secret(&self, scope: SecretScope, key: String) -> Result<(), Status> {
+        self.propose(Command::DeleteSecret {
+            scope,
+            key,
+            at: self.clock.now_millis(),
+        })
+        .await
+        .map(drop)
+    }
+
+    fn secret_proto(&self, scope: &SecretScope, key: &str) -> Result<v1::Secret, Status> {
+        self.read(|s| {
+            s.secrets
+                .get(scope, key)
+                .map(|record| secret_to_proto(scope, key, record))
+                .ok_or_else(|| Error::NotFound(format!("secret {key:?} ({scope})")))
+        })
+    }
+
+    /// `settings` of a new subscription with the values its extension marks secret sealed, each bound to
+    /// the subscription and the setting's name.
+    pub(crate) fn seal_settings(
+        &self,
+        (namespace, pipeline, label): (&str, &str, &str),
+        extension: &str,
+        mut settings: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, Status> {
+        let secret: Vec<String> = self.state.read(|s| {
+            s.extensions
+                .get(extension)
+                .and_then(|e| e.registration.as_ref())
+                .map(|r| r.settings.iter().filter(|s| s.secret).map(|s| s.name.clone()).collect())
+                .unwrap_or_default()
+        });
+        for name in secret {
+            if let Some(value) = settings.get_mut(&name) {
+                let sealed = self
+                    .keyring
+                    .seal(
+                        &setting_associated_data(namespace, pipeline, label, &name),
+                        value.as_bytes(),
+                    )
+                    .map_err(|err| internal("sealing a secret setting", &err))?;
+                *value = sealed.to_text();
+            }
+        }
+        Ok(settings)
+    }
+
+    /// `RotateSecretKey`: seals every secret and secret setting not sealed under this node's current key
+    /// again under it (settings stored in the clear by an older Gofer too), in commands of at most
+    /// [`MAX_RESEALS`] values, until none is left.
+    pub(crate) async fn reseal_all(&self) -> Result<v1::RotateSecretKeyResponse, Status> {
+        self.linearize().await?;
+        let mut resealed = 0u64;
+        for _ in 0..MAX_ROTATION_PASSES {
+            let reseals = self.read(|s| Ok(self.stale_values(s)))??;
+            if reseals.is_empty() {
+                return Ok(v1::RotateSecretKeyResponse {
+                    key_id: self.keyring.current_id().to_string(),
+                    resealed,
+                });
+            }
+            for chunk in reseals.chunks(MAX_RESEALS) {
+                self.propose(Command::ResealSecrets {
+                    reseals: chunk.to_vec(),
+                    at: self.clock.now_millis(),
+                })
+                .await?;
+                resealed += chunk.len() as u64;
+            }
+            self.linearize().await?;
+        }
+        Err(Status::aborted(
+            "secrets kept changing while they were sealed again; run the rotation again",
+        ))
+    }
+
+    /// Every stored value not sealed under the current key, sealed under it.
+    fn stale_values(&self, state: &State) -> Result<Vec<Reseal>, Status> {
+        let cannot = |what: String, err: gofer_secrets::Error| {
+            into_status(Error::FailedPrecondition(format!("cannot seal {what} again: {err}")))
+        };
+        let mut reseals = Vec::new();
+        for (scope, key, record) in state.secrets.all() {
+            if self.keyring.is_current(&record.value) {
+                continue;
+            }
+            let value = self
+                .keyring
+                .reseal(&scope.associated_data(key), &record.value)
+                .map_err(|err| cannot(format!("secret {key:?} ({scope})"), err))?;
+            reseals.push(Reseal {
+                target: ResealTarget::Secret {
+                    scope,
+                    key: key.to_string(),
+                },
+                previous_nonce: record.value.nonce.clone(),
+                value,
+            });
+        }
+        for (namespace, pipeline, label, subscription) in state.subscriptions() {
+            let secret_names = state
+                .extensions
+                .get(&subscription.extension)
+                .and_then(|e| e.registration.as_ref())
+                .map(|r| {
+                    r.settings
+                        .iter()
+                        .filter(|s| s.secret)
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            for name in secret_names {
+                let Some(stored) = subscription.settings.get(name) else {
+                    continue;
+                };
+                let what = || format!("setting {name:?} of subscription {namespace}/{pipeline}/{label}");
+                let associated_data = setting_associated_data(namespace, pipeline, label, name);
+                let (previous_nonce, value) = match Sealed::from_text(stored) {
+                    Some(sealed) if self.keyring.is_current(&sealed) => continue,
+                    Some(sealed) => (
+                        sealed.nonce.clone(),
+                        self.keyring
+                            .reseal(&associated_data, &sealed)
+                            .map_err(|err| cannot(what(), err))?,
+                    ),
+                    None => (
+                        String::new(),
+                        self.keyring
+                            .seal(&associated_data, stored.as_bytes())
+                            .map_err(|err| cannot(what(), err))?,
+                    ),
+                };
+                reseals.push(Reseal {
+                    target: ResealTarget::Setting {
+                        namespace: namespace.to_string(),
+                        pipeline: pipeline.to_string(),
+                        label: label.to_string(),
+                        name: name.to_string(),
+                    },
+                    previous_nonce,
+                    value,
+                });
+            }
+        }
+        Ok(reseals)
+    }
+}
+
+/// Checks a value: at most [`MAX_SECRET_BYTES`], UTF-8 text without NUL (it becomes an env value).
+fn check_value(value: &[u8]) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(Error::invalid("value", "must not be empty"));
+    }
+    if value.len() > MAX_SECRET_BYTES {
+        return Err(Error::invalid(
+            "value",
+            format!("must be at most {MAX_SECRET_BYTES} bytes, got {}", value.len()),
+        ));
+    }
+    if std::str::from_utf8(value).is_err() || value.contains(&0) {
+        return Err(Error::invalid(
+            "value",
+            "must be UTF-8 text without NUL: it is given to tasks as an environment variable",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_value;
+    use gofer_domain::Error;
+
+    #[test]
+    fn a_value_is_text_without_nul_of_one_byte_to_64_kib_and_a_refusal_never_quotes_it() {
+        assert!(check_value(b"hunter2").is_ok());
+        assert!(check_value(&vec![b'x'; MAX]).is_ok());
+        for bad in [&b""[..], &vec![b'x'; MAX + 1], b"nul\0inside", b"\xff\xfe-not-utf8"] {
+            match check_value(bad) {
+                Err(Error::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, "value");
+                    assert!(!reason.contains("nul") && !reason.contains("not-utf8"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    const MAX: usize = gofer_domain::secrets::MAX_SECRET_BYTES;
+}

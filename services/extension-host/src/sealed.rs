@@ -1,0 +1,39 @@
+//! Opening the secret settings of subscriptions (a webhook's `secret`), which the api sealed with the
+//! cluster's secret key: here, where the signature is checked or the extension is given its settings,
+//! and nowhere else. A setting an older Gofer stored in the clear is used as it is.
+
+use std::collections::BTreeMap;
+
+use gofer_domain::secrets::{Sealed, setting_associated_data};
+use gofer_secrets::Keyring;
+
+/// One subscription: namespace, pipeline, label.
+pub(crate) type SubscriptionKey<'a> = (&'a str, &'a str, &'a str);
+
+/// The value of setting `name` of subscription `key` as `stored`, opened if sealed; `None` (and a warning
+/// naming the setting, never its value) if it does not open with this node's keys.
+pub(crate) fn open_setting(keyring: &Keyring, key: SubscriptionKey<'_>, name: &str, stored: &str) -> Option<String> {
+    let Some(sealed) = Sealed::from_text(stored) else {
+        return Some(stored.to_string());
+    };
+    let (namespace, pipeline, label) = key;
+    match keyring.open_text(&setting_associated_data(namespace, pipeline, label, name), &sealed) {
+        Ok(value) => Some(value),
+        Err(err) => {
+            tracing::warn!(%err, namespace, pipeline, label, setting = name, "a secret setting does not open");
+            None
+        }
+    }
+}
+
+/// `settings` of subscription `key` with every sealed value opened; one that does not open is left out.
+pub(crate) fn open_settings(
+    keyring: &Keyring,
+    key: SubscriptionKey<'_>,
+    settings: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    settings
+        .iter()
+        .filter_map(|(name, stored)| Some((name.clone(), open_setting(keyring, key, name, stored)?)))
+        .collect()
+}
