@@ -137,6 +137,8 @@ impl TriggerDirectory for HostDirectory {
 struct StateTokens {
     state: StateHandle,
     clock: Clock,
+    /// Checks run task tokens' signatures.
+    keyring: Option<std::sync::Arc<gofer_secrets::Keyring>>,
 }
 
 impl TokenDirectory for StateTokens {
@@ -148,6 +150,15 @@ impl TokenDirectory for StateTokens {
                 .filter(|(_, token)| token.works_at(now))
                 .map(|(name, token)| Caller::of_token(name, token))
         })
+    }
+
+    fn run_caller(&self, token: &str) -> Option<Caller> {
+        let run = self.keyring.as_ref()?.verify_run_token(token)?;
+        let live = self.state.read(|s| {
+            s.run(&run.namespace, &run.pipeline, run.run)
+                .is_ok_and(|(record, _)| !record.state.is_terminal())
+        });
+        live.then(|| Caller::of_run(run))
     }
 }
 
@@ -545,6 +556,7 @@ impl Process {
         let directory = StateTokens {
             state: state.clone(),
             clock: self.clock.clone(),
+            keyring: self.keyring.clone(),
         };
         self.tracker.spawn(crate::server::serve(
             listener,

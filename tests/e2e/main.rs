@@ -15,6 +15,7 @@ mod guardrails;
 mod hardening;
 mod runs;
 mod secrets;
+mod task_tokens;
 mod tokens;
 mod triggers;
 

@@ -10,7 +10,7 @@ use gofer_testkit::{GoferDev, Seen, wait_until};
 use crate::{pipeline, start, stderr};
 
 /// Runs goferctl with `token` instead of the admin's.
-fn as_token(dev: &GoferDev, token: &str, args: &[&str]) -> Result<std::process::Output> {
+pub(crate) fn as_token(dev: &GoferDev, token: &str, args: &[&str]) -> Result<std::process::Output> {
     dev.goferctl()
         .args(["--token", token])
         .args(args)

@@ -26,6 +26,10 @@ use tonic::Status;
 #[cfg(test)]
 mod tests;
 
+/// What a run's task token starts with (`gofer_secrets::RUN_TOKEN_PREFIX`; this crate checks no signature,
+/// its [`TokenDirectory`] does).
+pub const RUN_TOKEN_PREFIX: &str = "gofer_run/";
+
 /// Hashes a token the way [`TokenAuth`] stores it.
 pub fn hash_token(token: &str) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
@@ -69,6 +73,12 @@ impl Principal {
 /// The API tokens the cluster keeps: the caller a token's hash (hex) speaks for, if it works now.
 pub trait TokenDirectory: Send + Sync + 'static {
     fn caller(&self, hash_hex: &str) -> Option<Caller>;
+
+    /// The caller a run's task token (`gofer_run/...`, see `gofer_secrets::Keyring::run_token`) speaks
+    /// for, if its signature holds and its run is not over.
+    fn run_caller(&self, _token: &str) -> Option<Caller> {
+        None
+    }
 }
 
 /// The tokens a node knows, by hash, and where to look up the cluster's. Clone it freely; clones share
@@ -117,7 +127,16 @@ impl TokenAuth {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))?;
-        let hash = hash_token(token.trim());
+        let token = token.trim();
+        if token.starts_with(RUN_TOKEN_PREFIX) {
+            return self
+                .directory
+                .as_ref()
+                .and_then(|directory| directory.run_caller(token))
+                .map(Principal::Caller)
+                .ok_or_else(|| Status::unauthenticated("invalid task token, or its run is over"));
+        }
+        let hash = hash_token(token);
         let own = self.tokens.read().expect("token table lock").get(&hash).cloned();
         own.or_else(|| {
             let directory = self.directory.as_ref()?;
@@ -287,4 +306,21 @@ pub fn authorize_request<T>(
         .ok_or_else(|| Status::permission_denied("this token may not call the API"))?;
     authorize(&caller, method, namespace).map_err(|denied| Status::permission_denied(denied.to_string()))?;
     Ok(caller)
+}
+
+/// Checks that the caller of `request`, admitted to `method` in `namespace`, may act on `pipeline` and
+/// `run` (0 for none): a run's task token only on its own run and pipeline.
+#[allow(clippy::result_large_err)]
+pub fn authorize_request_target<T>(
+    request: &tonic::Request<T>,
+    method: Method,
+    namespace: &str,
+    pipeline: &str,
+    run: u64,
+) -> Result<(), Status> {
+    let Some(caller) = principal_of(request)?.caller() else {
+        return Err(Status::permission_denied("this token may not call the API"));
+    };
+    gofer_domain::access::authorize_target(&caller, method, namespace, pipeline, run)
+        .map_err(|denied| Status::permission_denied(denied.to_string()))
 }

@@ -54,6 +54,8 @@ pub struct Task {
     workdir: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     user: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    inject_api_token: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -76,6 +78,7 @@ impl Task {
             memory: String::new(),
             workdir: String::new(),
             user: String::new(),
+            inject_api_token: false,
         }
     }
 
@@ -107,6 +110,13 @@ impl Task {
     /// `"nobody:nogroup"` (a name must exist in the image's `/etc/passwd`).
     pub fn user(mut self, user: impl Into<String>) -> Self {
         self.user = user.into();
+        self
+    }
+
+    /// Gives the task `GOFER_API_TOKEN`, a token that may read its own run and start runs of its own
+    /// pipeline until the run ends, and `GOFER_HOST`, the API address that admits it.
+    pub fn inject_api_token(mut self) -> Self {
+        self.inject_api_token = true;
         self
     }
 

@@ -142,7 +142,37 @@ pub(crate) fn namespace_or_default(namespace: String) -> String {
 /// A request that acts in one namespace, which it names (empty for `default`).
 pub(crate) trait InNamespace {
     fn namespace_id(&self) -> &str;
+
+    /// The pipeline and run it acts on, for the calls a run's task token may make (empty and 0 else).
+    fn target(&self) -> (&str, u64) {
+        ("", 0)
+    }
 }
+
+/// A request that acts on a pipeline (`StartRun`) or on one run, which a run's task token may make on its
+/// own.
+macro_rules! on_target {
+    ($($request:ty => |$r:ident| $target:expr),* $(,)?) => {
+        $(impl InNamespace for $request {
+            fn namespace_id(&self) -> &str {
+                &self.namespace_id
+            }
+
+            fn target(&self) -> (&str, u64) {
+                let $r = self;
+                $target
+            }
+        })*
+    };
+}
+
+on_target!(
+    v1::StartRunRequest => |r| (&r.pipeline_id, 0),
+    v1::GetRunRequest => |r| (&r.pipeline_id, r.run_id),
+    v1::WatchRunRequest => |r| (&r.pipeline_id, r.run_id),
+    v1::ListTaskExecutionsRequest => |r| (&r.pipeline_id, r.run_id),
+    v1::GetTaskLogsRequest => |r| (&r.pipeline_id, r.run_id),
+);
 
 macro_rules! in_namespace {
     ($($request:ty),* $(,)?) => {
@@ -158,18 +188,13 @@ in_namespace!(
     v1::RegisterPipelineRequest,
     v1::ListPipelinesRequest,
     v1::GetPipelineRequest,
-    v1::StartRunRequest,
     v1::RetryRunRequest,
-    v1::GetRunRequest,
     v1::ListRunsRequest,
     v1::CancelRunRequest,
-    v1::WatchRunRequest,
-    v1::ListTaskExecutionsRequest,
     v1::CreateSubscriptionRequest,
     v1::ListSubscriptionsRequest,
     v1::GetSubscriptionRequest,
     v1::DeleteSubscriptionRequest,
-    v1::GetTaskLogsRequest,
     v1::PutSecretRequest,
     v1::ListSecretsRequest,
     v1::DeleteSecretRequest,
@@ -180,6 +205,8 @@ in_namespace!(
 pub(crate) fn scope<T: InNamespace>(request: &Request<T>, method: Method) -> Result<String, Status> {
     let namespace = namespace_or_default(request.get_ref().namespace_id().to_string());
     gofer_auth::authorize_request(request, method, Some(&namespace))?;
+    let (pipeline, run) = request.get_ref().target();
+    gofer_auth::authorize_request_target(request, method, &namespace, pipeline, run)?;
     Ok(namespace)
 }
 

@@ -54,6 +54,7 @@ pub async fn run(config: Config, deps: Deps, tracker: &TaskTracker, shutdown: &C
         clock,
         keyring,
     } = deps;
+    let api_host = std::sync::Arc::from(config.address.as_str());
     let lease = LeaseHolder::spawn_advertising(
         state.clone(),
         Role::Scheduler,
@@ -63,7 +64,8 @@ pub async fn run(config: Config, deps: Deps, tracker: &TaskTracker, shutdown: &C
         tracker,
         shutdown.clone(),
     );
-    let scheduler = Scheduler::new(state, lease, clock, keyring, tracker.clone());
+    let mut scheduler = Scheduler::new(state, lease, clock, keyring, tracker.clone());
+    scheduler.api_host = api_host;
     tracker.spawn(scheduler.clone().run(shutdown.clone()));
     DispatchHandler::new(scheduler, logs, shutdown.clone())
 }

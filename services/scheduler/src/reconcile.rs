@@ -69,6 +69,8 @@ pub(crate) struct Scheduler {
     last_renewal: Arc<Mutex<Option<i64>>>,
     /// Opens the secrets a Start carries (`secrets.rs`).
     keyring: Arc<gofer_secrets::Keyring>,
+    /// Where the API that admits run task tokens is reached, as tasks with `inject_api_token` are told.
+    pub(crate) api_host: Arc<str>,
 }
 
 impl Scheduler {
@@ -92,6 +94,7 @@ impl Scheduler {
             acting_since: Arc::default(),
             last_renewal: Arc::default(),
             keyring,
+            api_host: Arc::from(""),
         }
     }
 
@@ -328,7 +331,7 @@ impl Scheduler {
             });
             // Secrets are opened only for the Starts about to be sent, never for a Stop.
             for attempt in live.iter_mut().filter(|a| !a.cancel_requested) {
-                crate::secrets::resolve(s, &self.keyring, &attempt.id, &mut attempt.start);
+                crate::secrets::resolve(s, &self.keyring, &self.api_host, &attempt.id, &mut attempt.start);
             }
             live
         });

@@ -9,13 +9,22 @@
 
 use std::collections::BTreeMap;
 
+use gofer_domain::access::RunScope;
 use gofer_domain::secrets::placeholders;
 use gofer_domain::{AttemptId, State};
 use gofer_proto::v1;
 use gofer_secrets::Keyring;
 
-/// Fills `start`'s secrets from the env of the task `attempt` runs, as registered.
-pub(crate) fn resolve(state: &State, keyring: &Keyring, attempt: &AttemptId, start: &mut v1::StartAttempt) {
+/// Fills `start`'s secrets from the env of the task `attempt` runs, as registered, and gives a task with
+/// `inject_api_token` its run's task token (as a secret, so that it is masked in the task's output) and
+/// `api_host`, the API address that admits it.
+pub(crate) fn resolve(
+    state: &State,
+    keyring: &Keyring,
+    api_host: &str,
+    attempt: &AttemptId,
+    start: &mut v1::StartAttempt,
+) {
     let task = &attempt.task;
     let Ok((_, config)) = state.run(&task.namespace, &task.pipeline, task.run) else {
         return;
@@ -64,8 +73,29 @@ pub(crate) fn resolve(state: &State, keyring: &Keyring, attempt: &AttemptId, sta
         None => {
             start.secrets = values.into_iter().collect();
             start.secret_env = names;
+            if spec.inject_api_token {
+                inject_api_token(keyring, api_host, attempt, start);
+            }
         }
     }
+}
+
+/// The env a task with `inject_api_token` gets.
+pub(crate) const API_TOKEN_ENV: &str = "GOFER_API_TOKEN";
+pub(crate) const API_HOST_ENV: &str = "GOFER_HOST";
+
+fn inject_api_token(keyring: &Keyring, api_host: &str, attempt: &AttemptId, start: &mut v1::StartAttempt) {
+    let run = RunScope {
+        namespace: attempt.task.namespace.clone(),
+        pipeline: attempt.task.pipeline.clone(),
+        run: attempt.task.run,
+    };
+    let placeholder = format!("secret{{{{{API_TOKEN_ENV}}}}}");
+    start.env.insert(API_TOKEN_ENV.to_string(), placeholder.clone());
+    start.env.insert(API_HOST_ENV.to_string(), api_host.to_string());
+    start.secrets.insert(placeholder, keyring.run_token(&run));
+    start.secret_env.retain(|name| name != API_TOKEN_ENV);
+    start.secret_env.push(API_TOKEN_ENV.to_string());
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ fn start_of(state: &State) -> gofer_proto::v1::StartAttempt {
     let mut live = crate::reconcile::live_attempts(state);
     assert_eq!(live.len(), 1);
     let mut attempt = live.remove(0);
-    resolve(state, &keyring(), &attempt.id, &mut attempt.start);
+    resolve(state, &keyring(), "https://node1:7443", &attempt.id, &mut attempt.start);
     attempt.start
 }
 
@@ -172,4 +172,34 @@ fn a_value_sealed_under_a_key_the_scheduler_lacks_fails_the_start_without_its_va
         "{}",
         start.secret_error
     );
+}
+
+/// A task with `inject_api_token` gets its run's token, as a secret so that its output masks it, and the
+/// API address; one without gets neither.
+#[test]
+fn a_task_that_asks_gets_its_runs_token_and_the_api_address() {
+    let asking = state("team-a", r#"{"X": "1"}, "inject_api_token": true"#, &[]);
+    let start = start_of(&asking);
+    assert_eq!(
+        start.env.get("GOFER_HOST").map(String::as_str),
+        Some("https://node1:7443")
+    );
+    let placeholder = start.env.get("GOFER_API_TOKEN").expect("the token's env entry");
+    assert_eq!(
+        placeholder, "secret{{GOFER_API_TOKEN}}",
+        "the Start's env holds no token"
+    );
+    assert!(start.secret_env.contains(&"GOFER_API_TOKEN".to_string()));
+    let token = &start.secrets[placeholder];
+    let run = keyring()
+        .verify_run_token(token)
+        .expect("a token the keyring vouches for");
+    assert_eq!(
+        (run.namespace.as_str(), run.pipeline.as_str(), run.run),
+        ("team-a", "p", 1)
+    );
+
+    let plain = start_of(&state("team-a", r#"{"X": "1"}"#, &[]));
+    assert!(!plain.env.contains_key("GOFER_API_TOKEN") && !plain.env.contains_key("GOFER_HOST"));
+    assert!(plain.secrets.is_empty());
 }
