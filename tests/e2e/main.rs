@@ -12,6 +12,7 @@ mod events;
 mod extensions;
 mod guardrails;
 mod hardening;
+mod paging;
 mod runs;
 mod tokens;
 mod triggers;
