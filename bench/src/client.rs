@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use gofer_proto::v1;
 use gofer_proto::v1::gofer_service_client::GoferServiceClient;
 use serde::Deserialize;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -57,4 +58,24 @@ pub async fn connect(config: &ClientConfig) -> Result<Api> {
         .await
         .with_context(|| format!("connecting to goferd at {}", config.host))?;
     Ok(GoferServiceClient::with_interceptor(channel, Bearer(header)))
+}
+
+/// Every run of a pipeline, newest first, page after page.
+pub async fn all_runs(api: &mut Api, namespace: &str, pipeline: &str) -> Result<Vec<v1::Run>> {
+    let mut runs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = v1::ListRunsRequest {
+            namespace_id: namespace.to_string(),
+            pipeline_id: pipeline.to_string(),
+            page_size: 1000,
+            page_token,
+        };
+        let page = api.list_runs(request).await.context("listing runs")?.into_inner();
+        runs.extend(page.runs);
+        if page.next_page_token.is_empty() {
+            return Ok(runs);
+        }
+        page_token = page.next_page_token;
+    }
 }

@@ -282,6 +282,7 @@ async fn gofer_once(api: &mut Api, namespace: &str) -> Result<GoferSample> {
             namespace_id: namespace.to_string(),
             pipeline_id: PIPELINE_ID.to_string(),
             run_id: run.id,
+            ..Default::default()
         })
         .await
         .context("ListTaskExecutions")?

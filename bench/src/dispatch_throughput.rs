@@ -178,6 +178,7 @@ async fn measure(args: &Args, bins: &Path, dir: &Path, nodes: u64) -> Result<Fig
                 namespace_id: String::new(),
                 pipeline_id: PIPELINE_ID.into(),
                 run_id: run.id,
+                ..Default::default()
             })
             .await?
             .into_inner()
@@ -241,14 +242,7 @@ async fn wait_for_all(api: &mut Api, count: usize, limit: Duration) -> Result<(V
         let asked_at = SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let runs = api
-            .list_runs(v1::ListRunsRequest {
-                namespace_id: String::new(),
-                pipeline_id: PIPELINE_ID.into(),
-            })
-            .await?
-            .into_inner()
-            .runs;
+        let runs = gofer_bench::all_runs(api, "", PIPELINE_ID).await?;
         let ended = runs.iter().filter(|r| r.ended_unix_millis > 0).count();
         if runs.len() >= count && ended == runs.len() {
             return Ok((runs, asked_at));

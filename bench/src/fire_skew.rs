@@ -143,15 +143,7 @@ async fn measure(args: &Args, config: &ClientConfig, count: usize) -> Result<Sce
             .await
             .with_context(|| format!("deleting subscription {i}"))?;
     }
-    let runs = api
-        .list_runs(v1::ListRunsRequest {
-            namespace_id: config.namespace.clone(),
-            pipeline_id: "skew".into(),
-        })
-        .await
-        .context("listing runs")?
-        .into_inner()
-        .runs;
+    let runs = gofer_bench::all_runs(&mut api, &config.namespace, "skew").await?;
     let mut per_fire: BTreeMap<(String, i64), usize> = BTreeMap::new();
     let mut skews = Vec::new();
     for run in &runs {

@@ -10,7 +10,7 @@ mod machine;
 mod results;
 mod stats;
 
-pub use client::{Api, ClientConfig, connect};
+pub use client::{Api, ClientConfig, all_runs, connect};
 pub use machine::Machine;
 pub use results::{publish, record, replace_section, utc_timestamp};
 pub use stats::{Summary, millis};

@@ -399,7 +399,10 @@ fn every_rpc_answers_each_role_in_and_out_of_scope_as_the_policy_decides() -> Re
 fn scoped_lists_show_only_the_scope(api: &Api, admin: &Token, scoped: &[&Token]) -> Result<()> {
     let mut client = api.typed();
     let namespaces = |token: &Token| -> Result<Vec<String>> {
-        let request = bearer(tonic::Request::new(v1::ListNamespacesRequest {}), Some(&token.secret));
+        let request = bearer(
+            tonic::Request::new(v1::ListNamespacesRequest::default()),
+            Some(&token.secret),
+        );
         let list = api.run(api.typed().list_namespaces(request))?;
         Ok(list.namespaces.into_iter().map(|n| n.id).collect())
     };
@@ -417,6 +420,7 @@ fn scoped_lists_show_only_the_scope(api: &Api, admin: &Token, scoped: &[&Token])
         let pipelines = api.run(client.list_pipelines(bearer(
             tonic::Request::new(v1::ListPipelinesRequest {
                 namespace_id: IN_SCOPE.into(),
+                ..Default::default()
             }),
             token,
         )))?;
@@ -428,6 +432,7 @@ fn scoped_lists_show_only_the_scope(api: &Api, admin: &Token, scoped: &[&Token])
             tonic::Request::new(v1::ListRunsRequest {
                 namespace_id: IN_SCOPE.into(),
                 pipeline_id: PIPELINE.into(),
+                ..Default::default()
             }),
             token,
         )))?;
@@ -440,6 +445,7 @@ fn scoped_lists_show_only_the_scope(api: &Api, admin: &Token, scoped: &[&Token])
                 namespace_id: IN_SCOPE.into(),
                 pipeline_id: PIPELINE.into(),
                 run_id: 1,
+                ..Default::default()
             }),
             token,
         )))?;
@@ -451,6 +457,7 @@ fn scoped_lists_show_only_the_scope(api: &Api, admin: &Token, scoped: &[&Token])
             tonic::Request::new(v1::ListSubscriptionsRequest {
                 namespace_id: IN_SCOPE.into(),
                 pipeline_id: PIPELINE.into(),
+                ..Default::default()
             }),
             token,
         )))?;

@@ -13,6 +13,7 @@ mod events;
 mod extensions;
 mod guardrails;
 mod hardening;
+mod paging;
 mod runs;
 mod secrets;
 mod task_tokens;

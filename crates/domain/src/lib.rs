@@ -10,6 +10,8 @@ mod command;
 mod error;
 pub mod events;
 pub mod executors;
+#[cfg(test)]
+mod fuzz;
 mod ids;
 pub mod inputs;
 pub mod lease;

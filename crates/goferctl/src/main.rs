@@ -14,6 +14,7 @@ mod cmd;
 mod context;
 mod failure;
 mod json;
+mod pages;
 
 use std::process::ExitCode;
 

@@ -11,6 +11,7 @@
 mod api;
 mod events;
 mod logs;
+mod paging;
 mod secrets;
 mod service;
 mod tokens;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use api::{ApiService, NoTriggers, TriggerDirectory};
+pub use paging::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 /// What the api role is told: nothing yet. It keeps `run`'s shape the same as every service's.
 #[derive(Debug, Clone, Default)]

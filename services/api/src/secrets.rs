@@ -15,6 +15,7 @@ use gofer_proto::{internal, into_status, secret_to_proto, v1};
 use tonic::Status;
 
 use crate::api::ApiService;
+use crate::paging::{Page, past};
 
 /// How many passes a rotation makes at most: each seals what the one before left (values put while it
 /// ran are sealed under the current key already).
@@ -70,28 +71,35 @@ impl ApiService {
     }
 
     /// A pipeline's secrets, by key (at most the cluster's [`gofer_domain::secrets::MAX_SECRETS`]).
-    pub(crate) fn pipeline_secrets(&self, namespace: &str, pipeline: &str) -> Result<Vec<v1::Secret>, Status> {
+    pub(crate) fn pipeline_secrets(
+        &self,
+        namespace: &str,
+        pipeline: &str,
+        page: &Page,
+    ) -> Result<(Vec<v1::Secret>, String), Status> {
+        let after: Option<String> = page.after()?;
         self.read(|s| {
             s.pipeline(namespace, pipeline)?;
             let scope = SecretScope::Pipeline {
                 namespace: namespace.to_string(),
                 pipeline: pipeline.to_string(),
             };
-            Ok(s.secrets
+            let items = s
+                .secrets
                 .of_pipeline(namespace, pipeline)
-                .map(|(key, record)| secret_to_proto(&scope, key, record))
-                .collect())
+                .filter(|(key, _)| after.as_deref().is_none_or(|after| *key > after))
+                .map(|(key, record)| (key.to_string(), secret_to_proto(&scope, key, record)));
+            Ok(page.take(items))
         })
     }
 
     /// The global secrets, by key.
-    pub(crate) fn global_secrets(&self) -> Result<Vec<v1::Secret>, Status> {
+    pub(crate) fn global_secrets(&self, page: &Page) -> Result<(Vec<v1::Secret>, String), Status> {
+        let after: Option<String> = page.after()?;
         self.read(|s| {
-            Ok(s.secrets
-                .global
-                .iter()
-                .map(|(key, record)| secret_to_proto(&SecretScope::Global, key, record))
-                .collect())
+            let items = past(&s.secrets.global, after.as_deref())
+                .map(|(key, record)| (key.clone(), secret_to_proto(&SecretScope::Global, key, record)));
+            Ok(page.take(items))
         })
     }
 

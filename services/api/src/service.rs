@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use gofer_domain::access::Method;
 
 use crate::api::{ApiService, caller, scope, shutting_down, state_status};
+use crate::paging::{Page, past};
 
 type ApiResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -110,10 +111,19 @@ fn pipeline_proto(namespace: &str, id: &str, record: &gofer_domain::PipelineReco
     }
 }
 
-fn runs_newest_first(namespace: &str, pipeline: &str, runs: &mut dyn Iterator<Item = &Run>) -> Vec<v1::Run> {
-    let mut out: Vec<v1::Run> = runs.map(|r| run_to_proto(namespace, pipeline, r)).collect();
-    out.reverse();
-    out
+/// One `page` of a pipeline's runs, newest first: those older than run `after`, if given.
+fn runs_newest_first(
+    namespace: &str,
+    pipeline: &str,
+    runs: &std::collections::BTreeMap<u64, Run>,
+    after: Option<u64>,
+    page: &Page,
+) -> (Vec<v1::Run>, String) {
+    let older = match after {
+        Some(after) => runs.range(..after),
+        None => runs.range(..),
+    };
+    page.take(older.rev().map(|(id, r)| (id, run_to_proto(namespace, pipeline, r))))
 }
 
 #[tonic::async_trait]
@@ -144,18 +154,27 @@ impl GoferService for ApiService {
         request: Request<v1::ListNamespacesRequest>,
     ) -> ApiResult<v1::ListNamespacesResponse> {
         let caller = caller(&request, Method::ListNamespaces)?;
+        let request = request.into_inner();
+        let page = Page::new("namespaces".into(), request.page_size, &request.page_token)?;
+        let after = page.after::<String>()?;
         self.linearize().await?;
-        let namespaces = self.read(|s| {
-            Ok(s.namespaces
-                .iter()
+        let (namespaces, next_page_token) = self.read(|s| {
+            // The page is cut from the namespaces the caller sees, so it is as full as any other.
+            let visible = past(&s.namespaces, after.as_deref())
                 .filter(|(id, _)| caller.sees(id))
-                .map(|(id, ns)| v1::Namespace {
-                    id: id.clone(),
-                    created_unix_millis: ns.created_at,
-                })
-                .collect())
+                .map(|(id, ns)| {
+                    let namespace = v1::Namespace {
+                        id: id.clone(),
+                        created_unix_millis: ns.created_at,
+                    };
+                    (id, namespace)
+                });
+            Ok(page.take(visible))
         })?;
-        Ok(Response::new(v1::ListNamespacesResponse { namespaces }))
+        Ok(Response::new(v1::ListNamespacesResponse {
+            namespaces,
+            next_page_token,
+        }))
     }
 
     async fn register_pipeline(
@@ -192,15 +211,19 @@ impl GoferService for ApiService {
 
     async fn list_pipelines(&self, request: Request<v1::ListPipelinesRequest>) -> ApiResult<v1::ListPipelinesResponse> {
         let namespace = scope(&request, Method::ListPipelines)?;
+        let request = request.into_inner();
+        let page = Page::new(format!("pipelines {namespace}"), request.page_size, &request.page_token)?;
+        let after = page.after::<String>()?;
         self.linearize().await?;
-        let pipelines = self.read(|s| {
-            Ok(s.namespace(&namespace)?
-                .pipelines
-                .iter()
-                .map(|(id, p)| pipeline_proto(&namespace, id, p))
-                .collect())
+        let (pipelines, next_page_token) = self.read(|s| {
+            let pipelines = past(&s.namespace(&namespace)?.pipelines, after.as_deref())
+                .map(|(id, p)| (id, pipeline_proto(&namespace, id, p)));
+            Ok(page.take(pipelines))
         })?;
-        Ok(Response::new(v1::ListPipelinesResponse { pipelines }))
+        Ok(Response::new(v1::ListPipelinesResponse {
+            pipelines,
+            next_page_token,
+        }))
     }
 
     async fn get_pipeline(&self, request: Request<v1::GetPipelineRequest>) -> ApiResult<v1::GetPipelineResponse> {
@@ -266,17 +289,20 @@ impl GoferService for ApiService {
 
     async fn list_runs(&self, request: Request<v1::ListRunsRequest>) -> ApiResult<v1::ListRunsResponse> {
         let namespace = scope(&request, Method::ListRuns)?;
-        self.linearize().await?;
         let request = request.into_inner();
         let pipeline = request.pipeline_id;
-        let runs = self.read(|s| {
-            Ok(runs_newest_first(
-                &namespace,
-                &pipeline,
-                &mut s.pipeline(&namespace, &pipeline)?.runs.values(),
-            ))
+        let page = Page::new(
+            format!("runs {namespace}/{pipeline}"),
+            request.page_size,
+            &request.page_token,
+        )?;
+        self.linearize().await?;
+        let after = page.after::<u64>()?;
+        let (runs, next_page_token) = self.read(|s| {
+            let runs = &s.pipeline(&namespace, &pipeline)?.runs;
+            Ok(runs_newest_first(&namespace, &pipeline, runs, after, &page))
         })?;
-        Ok(Response::new(v1::ListRunsResponse { runs }))
+        Ok(Response::new(v1::ListRunsResponse { runs, next_page_token }))
     }
 
     async fn cancel_run(&self, request: Request<v1::CancelRunRequest>) -> ApiResult<v1::CancelRunResponse> {
@@ -351,18 +377,25 @@ impl GoferService for ApiService {
         request: Request<v1::ListTaskExecutionsRequest>,
     ) -> ApiResult<v1::ListTaskExecutionsResponse> {
         let namespace = scope(&request, Method::ListTaskExecutions)?;
-        self.linearize().await?;
         let request = request.into_inner();
         let pipeline = request.pipeline_id;
-        let task_executions = self.read(|s| {
+        let page = Page::new(
+            format!("task-executions {namespace}/{pipeline}/{}", request.run_id),
+            request.page_size,
+            &request.page_token,
+        )?;
+        // A run's task executions are made with it and never reordered, so a position keeps its place.
+        let first = page.after::<usize>()?.map_or(0, |after| after.saturating_add(1));
+        self.linearize().await?;
+        let (task_executions, next_page_token) = self.read(|s| {
             let (run, _) = s.run(&namespace, &pipeline, request.run_id)?;
-            Ok(run
-                .tasks
-                .iter()
-                .map(|t| task_to_proto(&namespace, &pipeline, run.id, t))
-                .collect())
+            let tasks = run.tasks.iter().enumerate().skip(first);
+            Ok(page.take(tasks.map(|(at, t)| (at, task_to_proto(&namespace, &pipeline, run.id, t)))))
         })?;
-        Ok(Response::new(v1::ListTaskExecutionsResponse { task_executions }))
+        Ok(Response::new(v1::ListTaskExecutionsResponse {
+            task_executions,
+            next_page_token,
+        }))
     }
 
     async fn install_extension(
@@ -398,15 +431,24 @@ impl GoferService for ApiService {
 
     async fn list_extensions(
         &self,
-        _request: Request<v1::ListExtensionsRequest>,
+        request: Request<v1::ListExtensionsRequest>,
     ) -> ApiResult<v1::ListExtensionsResponse> {
+        let request = request.into_inner();
+        let page = Page::new("extensions".into(), request.page_size, &request.page_token)?;
+        let after = page.after::<String>()?;
         self.linearize().await?;
-        let names: Vec<String> = self.state.read(|s| s.extensions.keys().cloned().collect());
+        let (names, next_page_token) = self.state.read(|s| {
+            let names = past(&s.extensions, after.as_deref()).map(|(name, _)| (name, name.clone()));
+            page.take(names)
+        });
         let extensions = names
             .iter()
             .map(|n| self.extension_proto(n))
             .collect::<Result<_, _>>()?;
-        Ok(Response::new(v1::ListExtensionsResponse { extensions }))
+        Ok(Response::new(v1::ListExtensionsResponse {
+            extensions,
+            next_page_token,
+        }))
     }
 
     async fn get_extension(&self, request: Request<v1::GetExtensionRequest>) -> ApiResult<v1::GetExtensionResponse> {
@@ -450,20 +492,26 @@ impl GoferService for ApiService {
         request: Request<v1::ListSubscriptionsRequest>,
     ) -> ApiResult<v1::ListSubscriptionsResponse> {
         let namespace = scope(&request, Method::ListSubscriptions)?;
-        self.linearize().await?;
         let request = request.into_inner();
-        let labels: Vec<String> = self.read(|s| {
-            Ok(s.pipeline(&namespace, &request.pipeline_id)?
-                .subscriptions
-                .keys()
-                .cloned()
-                .collect())
+        let page = Page::new(
+            format!("subscriptions {namespace}/{}", request.pipeline_id),
+            request.page_size,
+            &request.page_token,
+        )?;
+        let after = page.after::<String>()?;
+        self.linearize().await?;
+        let (labels, next_page_token) = self.read(|s| {
+            let subscriptions = &s.pipeline(&namespace, &request.pipeline_id)?.subscriptions;
+            Ok(page.take(past(subscriptions, after.as_deref()).map(|(label, _)| (label, label.clone()))))
         })?;
         let subscriptions = labels
             .iter()
             .map(|label| self.subscription_proto(&namespace, &request.pipeline_id, label))
             .collect::<Result<_, _>>()?;
-        Ok(Response::new(v1::ListSubscriptionsResponse { subscriptions }))
+        Ok(Response::new(v1::ListSubscriptionsResponse {
+            subscriptions,
+            next_page_token,
+        }))
     }
 
     async fn get_subscription(
@@ -624,8 +672,10 @@ impl GoferService for ApiService {
 
     async fn list_tokens(&self, request: Request<v1::ListTokensRequest>) -> ApiResult<v1::ListTokensResponse> {
         caller(&request, Method::ListTokens)?;
+        let request = request.into_inner();
+        let page = Page::new("tokens".into(), request.page_size, &request.page_token)?;
         self.linearize().await?;
-        Ok(Response::new(self.tokens_proto()?))
+        Ok(Response::new(self.tokens_proto(&page)?))
     }
 
     async fn get_token(&self, request: Request<v1::GetTokenRequest>) -> ApiResult<v1::GetTokenResponse> {
@@ -661,8 +711,14 @@ impl GoferService for ApiService {
     async fn list_secrets(&self, request: Request<v1::ListSecretsRequest>) -> ApiResult<v1::ListSecretsResponse> {
         let namespace = scope(&request, Method::ListSecrets)?;
         self.linearize().await?;
-        let secrets = self.pipeline_secrets(&namespace, &request.into_inner().pipeline_id)?;
-        Ok(Response::new(v1::ListSecretsResponse { secrets }))
+        let request = request.into_inner();
+        let listing = format!("secrets {namespace}/{}", request.pipeline_id);
+        let page = Page::new(listing, request.page_size, &request.page_token)?;
+        let (secrets, next_page_token) = self.pipeline_secrets(&namespace, &request.pipeline_id, &page)?;
+        Ok(Response::new(v1::ListSecretsResponse {
+            secrets,
+            next_page_token,
+        }))
     }
 
     async fn delete_secret(&self, request: Request<v1::DeleteSecretRequest>) -> ApiResult<v1::DeleteSecretResponse> {
@@ -691,8 +747,12 @@ impl GoferService for ApiService {
     ) -> ApiResult<v1::ListGlobalSecretsResponse> {
         caller(&request, Method::ListGlobalSecrets)?;
         self.linearize().await?;
+        let request = request.into_inner();
+        let page = Page::new("global secrets".to_string(), request.page_size, &request.page_token)?;
+        let (secrets, next_page_token) = self.global_secrets(&page)?;
         Ok(Response::new(v1::ListGlobalSecretsResponse {
-            secrets: self.global_secrets()?,
+            secrets,
+            next_page_token,
         }))
     }
 

@@ -7,6 +7,7 @@ use gofer_proto::{into_status, token_role_from_proto, token_role_to_proto, token
 use tonic::Status;
 
 use crate::api::ApiService;
+use crate::paging::{Page, past};
 
 /// The prefix of every token secret Gofer makes, so a leaked one is recognisable in a scan.
 const SECRET_PREFIX: &str = "gofer_";
@@ -45,15 +46,18 @@ impl ApiService {
         })
     }
 
-    pub(crate) fn tokens_proto(&self) -> Result<v1::ListTokensResponse, Status> {
-        let tokens = self.read(|s| {
-            Ok(s.tokens
-                .tokens
-                .iter()
-                .map(|(name, record)| token_to_proto(name, record))
-                .collect())
+    /// One `page` of the tokens, by name.
+    pub(crate) fn tokens_proto(&self, page: &Page) -> Result<v1::ListTokensResponse, Status> {
+        let after = page.after::<String>()?;
+        let (tokens, next_page_token) = self.read(|s| {
+            let tokens =
+                past(&s.tokens.tokens, after.as_deref()).map(|(name, record)| (name, token_to_proto(name, record)));
+            Ok(page.take(tokens))
         })?;
-        Ok(v1::ListTokensResponse { tokens })
+        Ok(v1::ListTokensResponse {
+            tokens,
+            next_page_token,
+        })
     }
 
     pub(crate) fn token_proto(&self, name: &str) -> Result<v1::Token, Status> {

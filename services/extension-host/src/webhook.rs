@@ -191,10 +191,6 @@ async fn handle(
         Ok(read) => read,
         Err(refused) => return refused,
     };
-    let signature = match signature_of(&headers) {
-        Ok(signature) => signature,
-        Err(err) => return refuse(StatusCode::UNAUTHORIZED, err.to_string()),
-    };
     let found = ctx.state.read(|s| {
         s.pipeline(&namespace, &pipeline)
             .ok()
@@ -213,49 +209,13 @@ async fn handle(
         let secret = crate::sealed::open_setting(&ctx.keyring, (&namespace, &pipeline, &label), "secret", &stored)?;
         Some((secret, fields))
     });
-    // An unknown subscription is checked against a key of its own and refused as a bad signature is, so
-    // that neither the answer nor the work done tells whether the subscription exists.
-    let key = found
-        .as_ref()
-        .map_or(UNKNOWN_SUBSCRIPTION_KEY, |(secret, _)| secret.as_bytes());
-    let verified = verify_signature(key, &body, &signature);
-    let (Some((_, fields)), Ok(())) = (found, verified) else {
-        return refuse(StatusCode::UNAUTHORIZED, Error::SignatureMismatch.to_string());
-    };
-    let delivery = ["x-github-delivery", "idempotency-key"].iter().find_map(|name| {
-        headers
-            .get(*name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
+    let subscription = found.as_ref().map(|(secret, fields)| Subscription {
+        secret: secret.as_bytes(),
+        fields: fields.as_deref(),
     });
-    // Without a delivery id the body itself is the event: the same body delivered again makes no run.
-    let body_hash;
-    let delivery = match delivery {
-        Some(delivery) => delivery,
-        None => {
-            let digest = ring::digest::digest(&ring::digest::SHA256, &body);
-            body_hash = format!(
-                "sha256:{}",
-                digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
-            );
-            &body_hash
-        }
-    };
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
-    let parameters = match (fields, is_json) {
-        (Some(fields), _) => match pick_fields(&fields, &body) {
-            Ok(parameters) => parameters,
-            Err(err) => return refuse(StatusCode::BAD_REQUEST, err.to_string()),
-        },
-        (None, true) => match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(_) => BTreeMap::new(),
-            Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}")),
-        },
-        (None, false) => BTreeMap::new(),
+    let Delivery { delivery, parameters } = match read_delivery(&headers, &body, subscription) {
+        Ok(delivery) => delivery,
+        Err((status, message)) => return refuse(status, message),
     };
     let fire = Fire {
         idempotency_key: format!("webhook:{namespace}/{pipeline}/{label}:{delivery}"),
@@ -264,7 +224,7 @@ async fn handle(
         subscription: label,
         extension: "webhook".to_string(),
         scheduled_at: 0,
-        delivery: delivery.to_string(),
+        delivery,
         parameters,
     };
     match ctx.fires.fire(fire).await {
@@ -296,6 +256,71 @@ async fn handle(
             )
         }
     }
+}
+
+/// The webhook subscription a delivery names, as the state holds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Subscription<'a> {
+    pub(crate) secret: &'a [u8],
+    /// The `fields` setting: the body's dotted paths that become the run's parameters.
+    pub(crate) fields: Option<&'a str>,
+}
+
+/// A delivery whose signature checked out: its id and the parameters it gives the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    /// The sender's delivery id, or the body's SHA-256 without one.
+    pub(crate) delivery: String,
+    pub(crate) parameters: BTreeMap<String, String>,
+}
+
+/// Reads a delivery to `subscription` (`None` when it does not exist): checks the signature over the raw
+/// body, then takes the delivery id from the headers and the parameters from the body. A refusal is the
+/// status to answer and why. Everything a sender controls passes here before it reaches the log.
+pub(crate) fn read_delivery(
+    headers: &HeaderMap,
+    body: &[u8],
+    subscription: Option<Subscription<'_>>,
+) -> Result<Delivery, (StatusCode, String)> {
+    let signature = signature_of(headers).map_err(|err| (StatusCode::UNAUTHORIZED, err.to_string()))?;
+    // An unknown subscription is checked against a key of its own and refused as a bad signature is, so
+    // that neither the answer nor the work done tells whether the subscription exists.
+    let key = subscription.map_or(UNKNOWN_SUBSCRIPTION_KEY, |s| s.secret);
+    let verified = verify_signature(key, body, &signature);
+    let (Some(subscription), Ok(())) = (subscription, verified) else {
+        return Err((StatusCode::UNAUTHORIZED, Error::SignatureMismatch.to_string()));
+    };
+    let delivery = ["x-github-delivery", "idempotency-key"].iter().find_map(|name| {
+        headers
+            .get(*name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    });
+    // Without a delivery id the body itself is the event: the same body delivered again makes no run.
+    let delivery = match delivery {
+        Some(delivery) => delivery.to_string(),
+        None => {
+            let digest = ring::digest::digest(&ring::digest::SHA256, body);
+            let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            format!("sha256:{hex}")
+        }
+    };
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    let parameters = match (subscription.fields, is_json) {
+        (Some(fields), _) => pick_fields(fields, body).map_err(|err| (StatusCode::BAD_REQUEST, err.to_string()))?,
+        (None, true) => match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(_) => BTreeMap::new(),
+            Err(e) => {
+                return Err((StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}")));
+            }
+        },
+        (None, false) => BTreeMap::new(),
+    };
+    Ok(Delivery { delivery, parameters })
 }
 
 /// The signature `X-Hub-Signature-256: sha256=<hex>` carries.
@@ -353,5 +378,7 @@ fn pick_fields(fields: &str, body: &[u8]) -> Result<BTreeMap<String, String>, Er
     Ok(out)
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -12,11 +12,15 @@ use crate::context::Context;
 use crate::failure::Failure;
 use crate::json;
 use crate::output::{self, Format, print_json, print_table};
+use crate::pages::{self, Limit};
 
 #[derive(Subcommand)]
 pub enum Command {
     /// List extensions
-    List,
+    List {
+        #[command(flatten)]
+        limit: Limit,
+    },
     /// Show an extension and the settings it accepts
     Get { name: String },
     /// Install an extension that the host runs as a container from a local image
@@ -35,15 +39,16 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
     let mut api = ctx.connect().await?;
     let format = ctx.format;
     match command {
-        Command::List => {
-            let list = api
-                .list_extensions(v1::ListExtensionsRequest {})
-                .await
-                .map_err(client::status)?
-                .into_inner();
+        Command::List { limit } => {
+            let extensions = pages::collect(limit, async |page_size, page_token| {
+                let request = v1::ListExtensionsRequest { page_size, page_token };
+                let list = api.list_extensions(request).await?.into_inner();
+                Ok((list.extensions, list.next_page_token))
+            })
+            .await?;
             match format {
-                Format::Json => print_json(&json::values(&list.extensions)),
-                Format::Table => extensions_table(&list.extensions),
+                Format::Json => print_json(&json::values(&extensions)),
+                Format::Table => extensions_table(&extensions),
             }
         }
         Command::Get { name } => {

@@ -10,13 +10,17 @@ use crate::context::Context;
 use crate::failure::Failure;
 use crate::json;
 use crate::output::{self, Format, print_json, print_table};
+use crate::pages::{self, Limit};
 
 #[derive(Subcommand)]
 pub enum Command {
     /// Create a namespace
     Create { name: String },
     /// List namespaces
-    List,
+    List {
+        #[command(flatten)]
+        limit: Limit,
+    },
 }
 
 pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
@@ -34,17 +38,18 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 || say!("namespace {} created", ns.id),
             );
         }
-        Command::List => {
-            let list = api
-                .list_namespaces(v1::ListNamespacesRequest {})
-                .await
-                .map_err(client::status)?
-                .into_inner();
+        Command::List { limit } => {
+            let namespaces = pages::collect(limit, async |page_size, page_token| {
+                let request = v1::ListNamespacesRequest { page_size, page_token };
+                let list = api.list_namespaces(request).await?.into_inner();
+                Ok((list.namespaces, list.next_page_token))
+            })
+            .await?;
             match ctx.format {
-                Format::Json => print_json(&json::values(&list.namespaces)),
+                Format::Json => print_json(&json::values(&namespaces)),
                 Format::Table => print_table(
                     &["ID", "CREATED (UTC)"],
-                    list.namespaces
+                    namespaces
                         .iter()
                         .map(|n| vec![n.id.clone(), output::time(n.created_unix_millis)])
                         .collect(),

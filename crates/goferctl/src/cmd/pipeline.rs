@@ -13,6 +13,7 @@ use crate::context::Context;
 use crate::failure::Failure;
 use crate::json;
 use crate::output::{self, Format, print_json, print_table};
+use crate::pages::{self, Limit};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -20,7 +21,10 @@ pub enum Command {
     /// whose `cargo run --quiet` prints the JSON
     Register { path: String },
     /// List pipelines
-    List,
+    List {
+        #[command(flatten)]
+        limit: Limit,
+    },
     /// Show a pipeline and its newest version
     Get { id: String },
 }
@@ -54,19 +58,22 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 ),
             }
         }
-        Command::List => {
-            let list = api
-                .list_pipelines(v1::ListPipelinesRequest {
-                    namespace_id: namespace,
-                })
-                .await
-                .map_err(client::status)?
-                .into_inner();
+        Command::List { limit } => {
+            let pipelines = pages::collect(limit, async |page_size, page_token| {
+                let request = v1::ListPipelinesRequest {
+                    namespace_id: namespace.clone(),
+                    page_size,
+                    page_token,
+                };
+                let list = api.list_pipelines(request).await?.into_inner();
+                Ok((list.pipelines, list.next_page_token))
+            })
+            .await?;
             match ctx.format {
-                Format::Json => print_json(&json::values(&list.pipelines)),
+                Format::Json => print_json(&json::values(&pipelines)),
                 Format::Table => print_table(
                     &["ID", "NAME", "VERSION", "UPDATED (UTC)"],
-                    list.pipelines
+                    pipelines
                         .iter()
                         .map(|p| {
                             vec![

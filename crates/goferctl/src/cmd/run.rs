@@ -15,6 +15,7 @@ use crate::context::Context;
 use crate::failure::Failure;
 use crate::json;
 use crate::output::{self, Format, print_json, print_table};
+use crate::pages::{self, Limit};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -46,7 +47,11 @@ pub enum Command {
     /// Show a run
     Get { pipeline: String, run: u64 },
     /// List a pipeline's runs, newest first
-    List { pipeline: String },
+    List {
+        pipeline: String,
+        #[command(flatten)]
+        limit: Limit,
+    },
     /// Cancel a run: pending tasks are cancelled, running containers stopped (SIGTERM, then SIGKILL
     /// after the grace period)
     Cancel {
@@ -119,12 +124,18 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 || runs_table(std::slice::from_ref(&run)),
             );
         }
-        Command::List { pipeline } => {
-            let request = v1::ListRunsRequest {
-                namespace_id: namespace,
-                pipeline_id: pipeline,
-            };
-            let runs = api.list_runs(request).await.map_err(client::status)?.into_inner().runs;
+        Command::List { pipeline, limit } => {
+            let runs = pages::collect(limit, async |page_size, page_token| {
+                let request = v1::ListRunsRequest {
+                    namespace_id: namespace.clone(),
+                    pipeline_id: pipeline.clone(),
+                    page_size,
+                    page_token,
+                };
+                let list = api.list_runs(request).await?.into_inner();
+                Ok((list.runs, list.next_page_token))
+            })
+            .await?;
             output::emit(format, || print_json(&json::values(&runs)), || runs_table(&runs));
         }
         Command::Cancel { pipeline, run, grace } => {

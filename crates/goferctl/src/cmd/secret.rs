@@ -13,6 +13,7 @@ use crate::context::Context;
 use crate::failure::Failure;
 use crate::json;
 use crate::output::{self, Format, print_json, print_table};
+use crate::pages::{self, Limit};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -37,6 +38,8 @@ pub enum Command {
         #[arg(long)]
         global: bool,
         pipeline: Option<String>,
+        #[command(flatten)]
+        limit: Limit,
     },
     /// Forget a secret: `delete PIPELINE KEY` or `delete --global KEY`
     Delete {
@@ -111,22 +114,33 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 },
             );
         }
-        Command::List { global, pipeline } => {
+        Command::List {
+            global,
+            pipeline,
+            limit,
+        } => {
             let secrets = match (global, pipeline) {
                 (true, None) => {
-                    let list = api.list_global_secrets(v1::ListGlobalSecretsRequest {}).await;
-                    list.map_err(client::status)?.into_inner().secrets
+                    pages::collect(limit, async |page_size, page_token| {
+                        let request = v1::ListGlobalSecretsRequest { page_size, page_token };
+                        let list = api.list_global_secrets(request).await?.into_inner();
+                        Ok((list.secrets, list.next_page_token))
+                    })
+                    .await?
                 }
                 (false, Some(pipeline)) => {
-                    let request = v1::ListSecretsRequest {
-                        namespace_id: ctx.namespace(),
-                        pipeline_id: pipeline,
-                    };
-                    api.list_secrets(request)
-                        .await
-                        .map_err(client::status)?
-                        .into_inner()
-                        .secrets
+                    let namespace = ctx.namespace();
+                    pages::collect(limit, async |page_size, page_token| {
+                        let request = v1::ListSecretsRequest {
+                            namespace_id: namespace.clone(),
+                            pipeline_id: pipeline.clone(),
+                            page_size,
+                            page_token,
+                        };
+                        let list = api.list_secrets(request).await?.into_inner();
+                        Ok((list.secrets, list.next_page_token))
+                    })
+                    .await?
                 }
                 _ => return Err(Failure("usage: secret list PIPELINE, or secret list --global".into())),
             };

@@ -12,6 +12,7 @@ use crate::context::Context;
 use crate::failure::Failure;
 use crate::json;
 use crate::output::{self, Format, print_json, print_table};
+use crate::pages::{self, Limit};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -25,7 +26,11 @@ pub enum Command {
         settings: Vec<Setting>,
     },
     /// List a pipeline's subscriptions
-    List { pipeline: String },
+    List {
+        pipeline: String,
+        #[command(flatten)]
+        limit: Limit,
+    },
     /// Show a subscription: settings, fire counts, recent skips, and for a webhook the URL to call
     Get { pipeline: String, label: String },
     /// Delete a subscription
@@ -67,19 +72,21 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::List { pipeline } => {
-            let request = v1::ListSubscriptionsRequest {
-                namespace_id: namespace,
-                pipeline_id: pipeline,
-            };
-            let list = api
-                .list_subscriptions(request)
-                .await
-                .map_err(client::status)?
-                .into_inner();
+        Command::List { pipeline, limit } => {
+            let subscriptions = pages::collect(limit, async |page_size, page_token| {
+                let request = v1::ListSubscriptionsRequest {
+                    namespace_id: namespace.clone(),
+                    pipeline_id: pipeline.clone(),
+                    page_size,
+                    page_token,
+                };
+                let list = api.list_subscriptions(request).await?.into_inner();
+                Ok((list.subscriptions, list.next_page_token))
+            })
+            .await?;
             match format {
-                Format::Json => print_json(&json::values(&list.subscriptions)),
-                Format::Table => subscriptions_table(&list.subscriptions),
+                Format::Json => print_json(&json::values(&subscriptions)),
+                Format::Table => subscriptions_table(&subscriptions),
             }
         }
         Command::Get { pipeline, label } => {

@@ -12,11 +12,17 @@ use crate::context::Context;
 use crate::failure::Failure;
 use crate::json;
 use crate::output::{self, Format, print_json, print_table};
+use crate::pages::{self, Limit};
 
 #[derive(Subcommand)]
 pub enum Command {
     /// List a run's task executions
-    List { pipeline: String, run: u64 },
+    List {
+        pipeline: String,
+        run: u64,
+        #[command(flatten)]
+        limit: Limit,
+    },
     /// Print a task's stdout and stderr
     Logs {
         pipeline: String,
@@ -32,8 +38,8 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
     let mut api = ctx.connect().await?;
     let namespace = ctx.namespace();
     match command {
-        Command::List { pipeline, run } => {
-            let tasks = list(&mut api, namespace, pipeline, run).await?;
+        Command::List { pipeline, run, limit } => {
+            let tasks = list(&mut api, namespace, pipeline, run, limit).await?;
             output::emit(ctx.format, || print_json(&json::values(&tasks)), || tasks_table(&tasks));
         }
         Command::Logs {
@@ -62,7 +68,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             }
             if !printed {
                 // An empty log of a task that never ran deserves a word on stderr, not silence.
-                let tasks = list(&mut api, namespace, pipeline, run).await?;
+                let tasks = list(&mut api, namespace, pipeline, run, Limit::ALL).await?;
                 if let Some(t) = tasks.iter().find(|t| t.task_id == task && t.attempt == 0) {
                     let reason = if t.state_reason.is_empty() {
                         String::new()
@@ -80,15 +86,26 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A run's task executions, in the pipeline's task order.
-async fn list(api: &mut Api, namespace: String, pipeline: String, run: u64) -> Result<Vec<v1::TaskExecution>, Failure> {
-    let request = v1::ListTaskExecutionsRequest {
-        namespace_id: namespace,
-        pipeline_id: pipeline,
-        run_id: run,
-    };
-    let response = api.list_task_executions(request).await.map_err(client::status)?;
-    Ok(response.into_inner().task_executions)
+/// A run's task executions, in the pipeline's task order, `limit` of them at most.
+async fn list(
+    api: &mut Api,
+    namespace: String,
+    pipeline: String,
+    run: u64,
+    limit: Limit,
+) -> Result<Vec<v1::TaskExecution>, Failure> {
+    pages::collect(limit, async |page_size, page_token| {
+        let request = v1::ListTaskExecutionsRequest {
+            namespace_id: namespace.clone(),
+            pipeline_id: pipeline.clone(),
+            run_id: run,
+            page_size,
+            page_token,
+        };
+        let list = api.list_task_executions(request).await?.into_inner();
+        Ok((list.task_executions, list.next_page_token))
+    })
+    .await
 }
 
 fn tasks_table(tasks: &[v1::TaskExecution]) {

@@ -12,6 +12,7 @@ use crate::context::Context;
 use crate::failure::Failure;
 use crate::json;
 use crate::output::{self, Format, print_json, print_table};
+use crate::pages::{self, Limit};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -29,7 +30,10 @@ pub enum Command {
         expires: Option<i64>,
     },
     /// List tokens (never their secrets)
-    List,
+    List {
+        #[command(flatten)]
+        limit: Limit,
+    },
     /// Show one token
     Get { name: String },
     /// Stop a token working on every node; it stays listed
@@ -91,15 +95,16 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::List => {
-            let list = api
-                .list_tokens(v1::ListTokensRequest {})
-                .await
-                .map_err(client::status)?
-                .into_inner();
+        Command::List { limit } => {
+            let tokens = pages::collect(limit, async |page_size, page_token| {
+                let request = v1::ListTokensRequest { page_size, page_token };
+                let list = api.list_tokens(request).await?.into_inner();
+                Ok((list.tokens, list.next_page_token))
+            })
+            .await?;
             match format {
-                Format::Json => print_json(&json::values(&list.tokens)),
-                Format::Table => print_tokens(&list.tokens),
+                Format::Json => print_json(&json::values(&tokens)),
+                Format::Table => print_tokens(&tokens),
             }
         }
         Command::Get { name } => {
