@@ -3,14 +3,19 @@
 //!
 //! `golden/commands.jsonl` is a log of every kind of command (refused ones included) as Gofer wrote it,
 //! and `golden/state.json` the state that log applied to, events included. `golden/legacy.jsonl` holds
-//! commands as releases wrote them before their defaulted fields existed. If one of these tests fails, an
-//! old log or snapshot would no longer replay: change the code, never the files.
+//! commands as releases wrote them before their defaulted fields existed. `golden/security.jsonl` and
+//! `golden/security-state.json` pin, the same way, the commands the security work added. If one of
+//! these tests fails, an old log or snapshot would no longer replay: change the code, never the files.
 
 use crate::{AttemptOutcome, AttemptRef, Command, State};
 
 const COMMANDS: &str = include_str!("../golden/commands.jsonl");
 const STATE: &str = include_str!("../golden/state.json");
 const LEGACY: &str = include_str!("../golden/legacy.jsonl");
+/// The commands the security work added (tokens, task limits, secrets, reports that name their executor,
+/// a task's `user` and `inject_api_token`), as Gofer wrote them when it was done, and the state they gave.
+const SECURITY: &str = include_str!("../golden/security.jsonl");
+const SECURITY_STATE: &str = include_str!("../golden/security-state.json");
 
 fn decode(line: &str) -> Command {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("an old entry no longer decodes: {e}\n{line}"))
@@ -26,14 +31,20 @@ fn every_command_of_the_golden_log_decodes_and_encodes_back_to_the_same_bytes() 
 
 #[test]
 fn replaying_the_golden_log_gives_the_golden_snapshot_byte_for_byte() {
-    let mut state = State::default();
-    for line in COMMANDS.lines() {
-        // Refusals are part of the log: they must stay refusals, and change nothing.
-        let _ = state.apply(&decode(line));
+    for (log, snapshot) in [(COMMANDS, STATE), (SECURITY, SECURITY_STATE)] {
+        for line in log.lines() {
+            let command = decode(line);
+            assert_eq!(serde_json::to_string(&command).unwrap(), line);
+        }
+        let mut state = State::default();
+        for line in log.lines() {
+            // Refusals are part of the log: they must stay refusals, and change nothing.
+            let _ = state.apply(&decode(line));
+        }
+        assert_eq!(serde_json::to_string_pretty(&state).unwrap() + "\n", snapshot);
+        let decoded: State = serde_json::from_str(snapshot).expect("the golden snapshot decodes");
+        assert_eq!(decoded, state);
     }
-    assert_eq!(serde_json::to_string_pretty(&state).unwrap() + "\n", STATE);
-    let snapshot: State = serde_json::from_str(STATE).expect("the golden snapshot decodes");
-    assert_eq!(snapshot, state);
 }
 
 #[test]
