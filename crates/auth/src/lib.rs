@@ -18,17 +18,13 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use futures_util::future::Either;
-use gofer_domain::access::{Caller, Method, TokenRole, authorize};
+use gofer_domain::access::{Caller, Method, RUN_TOKEN_PREFIX, TokenRole, authorize};
 use gofer_tls::Role;
 use gofer_tls::listen::Peer;
 use tonic::Status;
 
 #[cfg(test)]
 mod tests;
-
-/// What a run's task token starts with (`gofer_secrets::RUN_TOKEN_PREFIX`; this crate checks no signature,
-/// its [`TokenDirectory`] does).
-pub const RUN_TOKEN_PREFIX: &str = "gofer_run/";
 
 /// Hashes a token the way [`TokenAuth`] stores it.
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -271,8 +267,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let peer = request.extensions().get::<Peer>().cloned().unwrap_or_default();
-        match self.auth.admit(request.uri().path(), request.headers(), &peer) {
+        let anonymous = Peer::default();
+        let peer = request.extensions().get::<Peer>().unwrap_or(&anonymous);
+        match self.auth.admit(request.uri().path(), request.headers(), peer) {
             Ok(principal) => {
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);

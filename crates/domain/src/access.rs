@@ -232,6 +232,10 @@ pub struct Caller {
     pub run: Option<Box<RunScope>>,
 }
 
+/// What every run task token starts with, so that a node tells it from an API token at once (the token
+/// itself is made and checked by `gofer_secrets::Keyring`).
+pub const RUN_TOKEN_PREFIX: &str = "gofer_run/";
+
 /// The run a task token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunScope {

@@ -13,13 +13,11 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use gofer_domain::access::RunScope;
+use gofer_domain::access::{RUN_TOKEN_PREFIX, RunScope};
 use gofer_domain::secrets::Sealed;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// What every run task token starts with, so that a node tells it from an API token at once.
-pub const RUN_TOKEN_PREFIX: &str = "gofer_run/";
 /// What the key that signs run tokens is derived for, so that it is used for nothing else.
 const RUN_TOKEN_PURPOSE: &[u8] = b"gofer run task tokens v1";
 

@@ -104,8 +104,9 @@ where
             .and_then(|method| method.strip_prefix('/'));
         // Refused before a byte of the request is read: the caller's certificate lacks the role.
         if let Some(call) = method.and_then(RaftCall::of) {
-            let peer = request.extensions().get::<Peer>().cloned().unwrap_or_default();
-            if let Err(refused) = may_call(&peer, call) {
+            let anonymous = Peer::default();
+            let peer = request.extensions().get::<Peer>().unwrap_or(&anonymous);
+            if let Err(refused) = may_call(peer, call) {
                 let refusal = Status::permission_denied(refused.to_string()).into_http();
                 return futures_util::future::Either::Left(std::future::ready(Ok(refusal)));
             }
@@ -220,10 +221,12 @@ impl RaftService for RaftHandler {
     }
 
     async fn propose(&self, request: Request<v1::ProposeRequest>) -> Result<Response<v1::ProposeResponse>, Status> {
-        let peer = request.extensions().get::<Peer>().cloned().unwrap_or_default();
+        let (name, roles) = match request.extensions().get::<Peer>() {
+            Some(peer) => (peer.name.clone(), peer.roles),
+            None => (String::new(), gofer_tls::Roles::NONE),
+        };
         let command = serde_json::from_slice(&request.into_inner().command).map_err(bad_payload)?;
-        may_propose(&peer.name, peer.roles, &command)
-            .map_err(|refused| Status::permission_denied(refused.to_string()))?;
+        may_propose(&name, roles, &command).map_err(|refused| Status::permission_denied(refused.to_string()))?;
         let (result, index) = self
             .node
             .propose_here(command)
