@@ -8,6 +8,7 @@ mod dev;
 mod flags;
 mod node;
 mod random;
+mod relay;
 mod server;
 
 use clap::{Parser, Subcommand};

@@ -292,6 +292,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             token: executor_token,
             capacity: executor_capacity,
             labels: executor_labels,
+            api_relay: None,
         };
         let place = SchedulerPlace {
             own_port: own_port.as_ref(),
@@ -359,6 +360,26 @@ struct SchedulerPlace<'a> {
 }
 
 impl SchedulerPlace<'_> {
+    /// The API ports the executor's relay forwards its tasks to: this process's own, or the schedulers'.
+    fn api_ports(&self) -> anyhow::Result<Vec<crate::relay::ApiPort>> {
+        match self.own_port {
+            Some(own) => Ok(vec![crate::relay::ApiPort {
+                address: own.address.clone(),
+                certificate_host: certificate_host(&own.advertised)?,
+            }]),
+            None => self
+                .schedulers
+                .iter()
+                .map(|address| {
+                    Ok(crate::relay::ApiPort {
+                        address: address.clone(),
+                        certificate_host: certificate_host(address)?,
+                    })
+                })
+                .collect(),
+        }
+    }
+
     /// The channels to the schedulers, and how to reach one the executor is pointed at.
     fn channels(&self) -> anyhow::Result<(Vec<tonic::transport::Channel>, Option<gofer_executor::Connect>)> {
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca_pem));
@@ -516,14 +537,26 @@ impl Process {
         gofer_scheduler::run(config, deps, &self.tracker, &self.shutdown).await
     }
 
-    /// The executor, reaching the schedulers `place` names.
+    /// The executor, reaching the schedulers `place` names, with a relay to the API for its Docker tasks.
     async fn executor(
         &self,
-        config: gofer_executor::Config,
+        mut config: gofer_executor::Config,
         backend: gofer_executor::Backend,
         place: SchedulerPlace<'_>,
     ) -> anyhow::Result<()> {
         let (schedulers, connect) = place.channels()?;
+        if let gofer_executor::Backend::Docker(docker) = &backend {
+            let now_seconds = self.clock.now_millis() / 1000;
+            config.api_relay = crate::relay::start(
+                docker,
+                &place.api_ports()?,
+                place.ca_pem,
+                now_seconds,
+                &self.tracker,
+                &self.shutdown,
+            )
+            .await;
+        }
         let deps = gofer_executor::Deps {
             backend,
             schedulers,

@@ -4,10 +4,21 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use gofer_testkit::{GoferDev, Seen, TASK_IMAGE, wait_until};
+use gofer_testkit::{GoferDev, Seen, TASK_IMAGE, build_binary_image, wait_until};
 
 use crate::tokens::as_token;
-use crate::{start, stderr, wait_for_end};
+use crate::{start, stderr, tasks, wait_for_end};
+
+/// An image holding only goferctl (and the libraries it links), as its entrypoint.
+const GOFERCTL_IMAGE: &str = "gofer-test/goferctl:1";
+
+fn goferctl_image() -> Result<()> {
+    static BUILT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_binary_image("goferctl", "goferctl", GOFERCTL_IMAGE).map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
 
 /// Registers pipeline `id`: one task that prints its token's tail (the token without its prefix, which the
 /// mask does not hide), the whole token (which it does) and the API address, then waits.
@@ -90,5 +101,53 @@ fn a_task_token_reads_its_run_and_starts_its_pipeline_and_stops_when_the_run_end
         dev.ctl_ok(&["run", "cancel", run.0, run.1])?;
         wait_for_end(&dev, run.0, run.1)?;
     }
+    Ok(())
+}
+
+/// From inside its container, on Docker's bridge network, a task reaches the API at its `GOFER_HOST` (the
+/// executor's relay), verifies it with `GOFER_CA_CERT_PEM`, and is its run's token there: goferctl with no
+/// flags reads its own run and is refused anything else.
+#[test]
+fn a_task_reaches_the_api_from_its_container_with_no_flags() -> Result<()> {
+    goferctl_image()?;
+    let dev = start()?;
+    let id = format!("calls-home-{}", std::process::id());
+    let task = |task: &str, command: &[&str]| {
+        serde_json::json!({"id": task, "image": GOFERCTL_IMAGE, "command": command, "inject_api_token": true})
+    };
+    let json = serde_json::json!({"id": id, "tasks": [
+        task("reads", &["run", "get", &id, "1", "-o", "json"]),
+        task("whoami", &["whoami"]),
+        task("lists", &["pipeline", "list"]),
+    ]});
+    dev.register(&json.to_string())?;
+    dev.ctl_ok(&["run", "start", &id])?;
+    wait_for_end(&dev, &id, "1")?;
+    let tasks = tasks(&dev, &id, "1")?;
+    let log = |task: &str| -> Result<String> {
+        let out = dev.ctl(&["task", "logs", &id, "1", task])?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    for task in ["reads", "whoami"] {
+        ensure!(
+            tasks[task]["state"] == "SUCCEEDED",
+            "{task}: {}; its log: {}",
+            tasks[task],
+            log(task)?
+        );
+    }
+    let read: serde_json::Value = serde_json::from_str(&log("reads")?).context("the run as JSON")?;
+    ensure!(
+        read["pipeline_id"] == id.as_str() && read["state"] == "RUNNING",
+        "the run, as the task read it while running: {read}"
+    );
+    ensure!(
+        log("whoami")?.contains(&format!("token run default/{id}/1 ")),
+        "{}",
+        log("whoami")?
+    );
+    ensure!(tasks["lists"]["state"] == "FAILED", "{}", tasks["lists"]);
+    let refused = log("lists")?;
+    ensure!(refused.contains("cannot ListPipelines"), "{refused}");
     Ok(())
 }

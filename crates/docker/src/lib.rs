@@ -98,6 +98,25 @@ pub struct Network {
     pub labelled: bool,
 }
 
+/// A bridge network's IPv4 gateway from its IPAM config: the one it names, or else (as the Engine reports
+/// its default bridge, with a subnet alone) the subnet's first host address, which Docker's default IPAM
+/// gives the bridge itself.
+fn gateway_of(gateway: Option<&str>, subnet: Option<&str>) -> Option<std::net::Ipv4Addr> {
+    if let Some(gateway) = gateway.and_then(|g| g.parse().ok()) {
+        return Some(gateway);
+    }
+    let (address, prefix) = subnet?.split_once('/')?;
+    let (address, prefix) = (address.parse::<std::net::Ipv4Addr>().ok()?, prefix.parse::<u32>().ok()?);
+    if prefix >= 31 {
+        return None;
+    }
+    let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+    Some(std::net::Ipv4Addr::from((u32::from(address) & mask) + 1))
+}
+
+/// The network task containers run on: Docker's default bridge.
+const TASK_NETWORK: &str = "bridge";
+
 /// The bridge driver's option that lets containers on the same network reach each other; extension
 /// networks turn it off, so one extension cannot reach another's ports.
 const BRIDGE_ICC: &str = "com.docker.network.bridge.enable_icc";
@@ -202,7 +221,7 @@ fn task_host_config(spec: &ContainerSpec) -> HostConfig {
         memory: limited(spec.memory_bytes),
         // Without swap beyond the limit, so that the limit is the memory the container gets.
         memory_swap: limited(spec.memory_bytes),
-        ..hardened("bridge")
+        ..hardened(TASK_NETWORK)
     }
 }
 
@@ -329,8 +348,7 @@ impl Engine {
             .and_then(|ipam| ipam.config)
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|config| config.gateway?.parse::<std::net::Ipv4Addr>().ok())
-            .next()
+            .find_map(|config| gateway_of(config.gateway.as_deref(), config.subnet.as_deref()))
             .ok_or_else(|| Error::NoGateway(name.to_string()))?;
         let found = inspected.labels.unwrap_or_default();
         Ok(Some(Network {
@@ -338,6 +356,12 @@ impl Engine {
             gateway,
             labelled: labels.iter().all(|(k, v)| found.get(k) == Some(v)),
         }))
+    }
+
+    /// The host's address on the network task containers run on (Docker's default bridge): where they
+    /// reach a service the host offers them. `None` when the Engine has no such network.
+    pub async fn task_network_gateway(&self) -> Result<Option<std::net::Ipv4Addr>, Error> {
+        Ok(self.network(TASK_NETWORK, &HashMap::new()).await?.map(|n| n.gateway))
     }
 
     /// Removes the network `name`; one that is already gone is fine.
@@ -488,6 +512,18 @@ impl Stamp {
 #[cfg(test)]
 mod hardening_tests {
     use super::*;
+
+    #[test]
+    fn a_networks_gateway_is_the_one_it_names_or_its_subnets_first_host() {
+        let ip = |text: &str| Some(text.parse::<std::net::Ipv4Addr>().unwrap());
+        assert_eq!(gateway_of(Some("10.9.0.254"), Some("10.9.0.0/24")), ip("10.9.0.254"));
+        // Docker's default bridge, as some Engines report it: a subnet alone.
+        assert_eq!(gateway_of(None, Some("172.17.0.0/16")), ip("172.17.0.1"));
+        assert_eq!(gateway_of(Some(""), Some("192.168.32.7/20")), ip("192.168.32.1"));
+        for (gateway, subnet) in [(None, None), (None, Some("10.0.0.0/31")), (None, Some("fd00::/64")), (None, Some("nonsense"))] {
+            assert_eq!(gateway_of(gateway, subnet), None, "{subnet:?}");
+        }
+    }
 
     #[test]
     fn a_task_container_is_hardened_explicitly_and_keeps_its_limits() {

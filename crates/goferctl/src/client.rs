@@ -49,9 +49,23 @@ pub struct Flags {
 pub struct Settings {
     pub host: String,
     pub token: String,
-    pub ca_cert: Option<PathBuf>,
+    pub ca_cert: Option<CaCert>,
     pub namespace: String,
 }
+
+/// The CA certificate the server's is verified against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaCert {
+    /// A PEM file: `--ca-cert`, `GOFER_CA_CERT` or the config file's `ca_cert`.
+    File(PathBuf),
+    /// The PEM itself, from `GOFER_CA_CERT_PEM`, as a task with `inject_api_token` gets it.
+    Pem(String),
+}
+
+/// The env a task with `inject_api_token` gets besides `GOFER_HOST`: its run's token, and the CA
+/// certificate its `GOFER_HOST` is verified against. goferctl run inside such a task needs no flags.
+const TASK_TOKEN_ENV: &str = "GOFER_API_TOKEN";
+const TASK_CA_PEM_ENV: &str = "GOFER_CA_CERT_PEM";
 
 fn default_config_path() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("GOFER_CONFIG").filter(|p| !p.is_empty()) {
@@ -68,6 +82,11 @@ impl Flags {
     /// Reads the config file (again: a `goferd dev` that came back may have written another address) and
     /// fills in what the flags leave out.
     pub fn resolve(&self) -> Result<Settings, Failure> {
+        self.resolve_with(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`Flags::resolve`], with `env` for the variables clap does not read itself.
+    fn resolve_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<Settings, Failure> {
         let explicit = self.config.is_some();
         let path = self.config.clone().or_else(default_config_path);
         let file = match &path {
@@ -90,8 +109,14 @@ impl Flags {
         let token = self
             .token
             .clone()
+            .or_else(|| env(TASK_TOKEN_ENV))
             .or(file.token)
             .ok_or_else(|| Failure("no API token: pass --token or set GOFER_TOKEN".into()))?;
+        let ca_cert = match (&self.ca_cert, env(TASK_CA_PEM_ENV), file.ca_cert) {
+            (Some(path), _, _) => Some(CaCert::File(path.clone())),
+            (None, Some(pem), _) => Some(CaCert::Pem(pem)),
+            (None, None, file) => file.map(CaCert::File),
+        };
         let namespace = self
             .namespace
             .clone()
@@ -103,7 +128,7 @@ impl Flags {
         Ok(Settings {
             host,
             token,
-            ca_cert: self.ca_cert.clone().or(file.ca_cert),
+            ca_cert,
             namespace,
         })
     }
@@ -136,8 +161,14 @@ pub async fn connect(settings: &Settings) -> Result<Api, Failure> {
         // can stand in for it.
         Some(Transport::Tls) => {
             let mut tls = ClientTlsConfig::new().with_enabled_roots();
-            if let Some(ca) = &settings.ca_cert {
-                let pem = std::fs::read(ca).map_err(|e| Failure(format!("CA certificate {}: {e}", ca.display())))?;
+            let pem = match &settings.ca_cert {
+                Some(CaCert::File(path)) => Some(
+                    std::fs::read(path).map_err(|e| Failure(format!("CA certificate {}: {e}", path.display())))?,
+                ),
+                Some(CaCert::Pem(pem)) => Some(pem.clone().into_bytes()),
+                None => None,
+            };
+            if let Some(pem) = pem {
                 tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
             }
             endpoint = endpoint

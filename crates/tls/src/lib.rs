@@ -478,6 +478,7 @@ pub fn certificate_names(der: &[u8], name: &str) -> bool {
 }
 
 pub mod listen;
+pub mod relay;
 
 #[cfg(test)]
 mod tests;

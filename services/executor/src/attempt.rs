@@ -82,7 +82,7 @@ pub(crate) async fn run(
                 Err(err) => return report_error(err.to_string()),
             }
             let since = executor.clock.now_millis();
-            let spec = containers::spec(&cluster, &executor.id, attempt, &start);
+            let spec = containers::spec(&cluster, &executor.id, executor.api_relay.as_ref(), attempt, &start);
             match docker.create_and_start(spec).await {
                 Ok(id) => (id, since),
                 Err(err) => return report_error(err.to_string()),

@@ -8,6 +8,9 @@ use gofer_docker::{Container, ContainerSpec, Engine};
 use gofer_domain::AttemptId;
 use gofer_proto::v1;
 
+/// The API address a task that asked for the API gets, as its env entry starts.
+const API_HOST_ENV_PREFIX: &str = "GOFER_HOST=";
+
 /// Label keys on every container Gofer makes.
 pub(crate) const LABEL_CLUSTER: &str = "dev.gofer.cluster";
 pub(crate) const LABEL_EXECUTOR: &str = "dev.gofer.executor";
@@ -45,7 +48,14 @@ pub(crate) async fn ours(
 }
 
 /// The container of `attempt` that `start` asks for.
-pub(crate) fn spec(cluster: &str, executor: &str, attempt: &AttemptId, start: &v1::StartAttempt) -> ContainerSpec {
+/// `relay` is where this executor's containers reach the API, if they can.
+pub(crate) fn spec(
+    cluster: &str,
+    executor: &str,
+    relay: Option<&crate::ApiRelay>,
+    attempt: &AttemptId,
+    start: &v1::StartAttempt,
+) -> ContainerSpec {
     let task = &attempt.task;
     let labels = HashMap::from([
         (LABEL_CLUSTER.to_string(), cluster.to_string()),
@@ -69,6 +79,12 @@ pub(crate) fn spec(cluster: &str, executor: &str, attempt: &AttemptId, start: &v
             false => format!("{k}={v}"),
         })
         .collect();
+    // A task that asked for the API reaches it through this executor's relay, where there is one.
+    if let Some(relay) = relay.filter(|_| start.api_gateway) {
+        env.retain(|entry| !entry.starts_with(API_HOST_ENV_PREFIX));
+        env.push(format!("{API_HOST_ENV_PREFIX}{}", relay.host));
+        env.push(format!("GOFER_CA_CERT_PEM={}", relay.ca_pem));
+    }
     env.sort();
     env.extend([
         format!("GOFER_NAMESPACE={}", task.namespace),
@@ -120,7 +136,7 @@ mod tests {
             workdir: "/work".into(),
             ..Default::default()
         };
-        let spec = spec("c0ffee", "e1", &attempt, &start);
+        let spec = spec("c0ffee", "e1", None, &attempt, &start);
         assert_eq!(spec.user, "1000:1000");
         assert_eq!((spec.nano_cpus, spec.memory_bytes), (500_000_000, 64 << 20));
         assert_eq!(spec.workdir, "/work");
@@ -131,7 +147,7 @@ mod tests {
         );
         // Without a user in the Start, the image's own.
         let plain = v1::StartAttempt::default();
-        assert_eq!(super::spec("c0ffee", "e1", &attempt, &plain).user, "");
+        assert_eq!(super::spec("c0ffee", "e1", None, &attempt, &plain).user, "");
     }
 
     #[test]
@@ -146,7 +162,7 @@ mod tests {
             secret_env: vec!["DB".into()],
             ..Default::default()
         };
-        let spec = spec("c0ffee", "e1", &attempt, &start);
+        let spec = spec("c0ffee", "e1", None, &attempt, &start);
         assert!(
             spec.env.contains(&"DB=pg://u:hunter2-db@h".to_string()),
             "{:?}",
@@ -158,5 +174,31 @@ mod tests {
         );
         assert!(spec.labels.values().all(|v| !v.contains("hunter2")));
         assert!(!spec.name.contains("hunter2"));
+    }
+
+    #[test]
+    fn a_task_that_asked_for_the_api_gets_the_relay_when_there_is_one() {
+        let attempt: AttemptId = "default/p/7/a/2".parse().expect("an attempt id");
+        let relay = crate::ApiRelay {
+            host: "https://172.17.0.1:40001".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----\nrelay ca\n-----END CERTIFICATE-----\n".into(),
+        };
+        let asking = v1::StartAttempt {
+            env: [("GOFER_HOST".to_string(), "https://node1:7443".to_string())].into(),
+            api_gateway: true,
+            ..Default::default()
+        };
+        let env = spec("c0ffee", "e1", Some(&relay), &attempt, &asking).env;
+        let hosts: Vec<_> = env.iter().filter(|e| e.starts_with("GOFER_HOST=")).collect();
+        assert_eq!(hosts, ["GOFER_HOST=https://172.17.0.1:40001"], "one GOFER_HOST, the relay's");
+        assert!(env.contains(&format!("GOFER_CA_CERT_PEM={}", relay.ca_pem)));
+        // Without a relay, the scheduler's address stays and no CA is added.
+        let env = spec("c0ffee", "e1", None, &attempt, &asking).env;
+        assert!(env.contains(&"GOFER_HOST=https://node1:7443".to_string()));
+        assert!(!env.iter().any(|e| e.starts_with("GOFER_CA_CERT_PEM=")));
+        // A task that did not ask gets neither, relay or not.
+        let plain = v1::StartAttempt::default();
+        let env = spec("c0ffee", "e1", Some(&relay), &attempt, &plain).env;
+        assert!(!env.iter().any(|e| e.starts_with("GOFER_HOST=") || e.starts_with("GOFER_CA_CERT_PEM=")));
     }
 }

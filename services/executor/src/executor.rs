@@ -54,6 +54,7 @@ pub(crate) struct Executor {
     pub(crate) id: String,
     pub(crate) capacity: u32,
     pub(crate) labels: std::collections::BTreeMap<String, String>,
+    pub(crate) api_relay: Option<crate::ApiRelay>,
     backend: crate::Backend,
     /// The schedulers it may reach; it talks to the one at `current`, the one that holds the lease.
     channels: Vec<Channel>,
@@ -89,6 +90,7 @@ impl Executor {
             id: config.executor_id,
             capacity: config.capacity,
             labels: config.labels,
+            api_relay: config.api_relay,
             backend,
             channels,
             redirect: Mutex::default(),

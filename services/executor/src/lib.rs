@@ -66,6 +66,20 @@ pub struct Config {
     pub capacity: u32,
     /// What it tells the scheduler about itself, such as `zone=a`.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The relay to the API this executor's containers can reach, given to each task that asked for the
+    /// API (`inject_api_token`); `None` when there is none, and such a task keeps the scheduler's
+    /// address.
+    pub api_relay: Option<ApiRelay>,
+}
+
+/// Where a task's container reaches the API, and what it verifies it with.
+#[derive(Debug, Clone)]
+pub struct ApiRelay {
+    /// `https://<address>:<port>`, the task's `GOFER_HOST`.
+    pub host: String,
+    /// The CA certificate (PEM) the relay's certificate is verified against, the task's
+    /// `GOFER_CA_CERT_PEM`.
+    pub ca_pem: String,
 }
 
 /// Opens a channel to a scheduler at an `https://host:port` address it was pointed to; `None` if the

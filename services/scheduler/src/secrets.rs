@@ -93,6 +93,7 @@ fn inject_api_token(keyring: &Keyring, api_host: &str, attempt: &AttemptId, star
     let placeholder = format!("secret{{{{{API_TOKEN_ENV}}}}}");
     start.env.insert(API_TOKEN_ENV.to_string(), placeholder.clone());
     start.env.insert(API_HOST_ENV.to_string(), api_host.to_string());
+    start.api_gateway = true;
     start.secrets.insert(placeholder, keyring.run_token(&run));
     start.secret_env.retain(|name| name != API_TOKEN_ENV);
     start.secret_env.push(API_TOKEN_ENV.to_string());

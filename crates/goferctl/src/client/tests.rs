@@ -181,7 +181,7 @@ impl TlsServer {
 
     async fn connect(&self) -> Result<Api, Failure> {
         let settings = Settings {
-            ca_cert: Some(self.ca_cert.clone()),
+            ca_cert: Some(CaCert::File(self.ca_cert.clone())),
             ..settings(self.host.clone())
         };
         connect(&settings).await
@@ -242,4 +242,48 @@ async fn plain_http_is_refused_but_to_loopback() {
         let uri: tonic::transport::Uri = format!("http://{host}:7443").parse().expect("a URI");
         assert_eq!(Transport::of(&uri), Some(Transport::PlainLoopback), "{host}");
     }
+}
+
+/// Flags as clap would leave them with nothing on the command line, reading `config`.
+fn no_flags(config: &std::path::Path) -> Flags {
+    Flags {
+        namespace: None,
+        host: None,
+        token: None,
+        ca_cert: None,
+        config: Some(config.to_path_buf()),
+    }
+}
+
+#[test]
+fn inside_a_task_the_run_token_and_the_relays_ca_need_no_flags_and_flags_still_win() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "host = \"https://127.0.0.1:1\"\ntoken = \"file-token\"\nca_cert = \"/file/ca.pem\"\n",
+    )
+    .expect("writing a config");
+    let task_env = |name: &str| match name {
+        "GOFER_API_TOKEN" => Some("gofer_run/default/p/1/k/mac".to_string()),
+        "GOFER_CA_CERT_PEM" => Some("-----BEGIN CERTIFICATE-----".to_string()),
+        _ => None,
+    };
+    let task = no_flags(&config).resolve_with(task_env).unwrap_or_else(|f| panic!("{}", f.0));
+    assert_eq!(task.token, "gofer_run/default/p/1/k/mac");
+    assert_eq!(task.ca_cert, Some(CaCert::Pem("-----BEGIN CERTIFICATE-----".into())));
+
+    let flagged = Flags {
+        token: Some("flag-token".into()),
+        ca_cert: Some("/flag/ca.pem".into()),
+        ..no_flags(&config)
+    }
+    .resolve_with(task_env)
+    .unwrap_or_else(|f| panic!("{}", f.0));
+    assert_eq!(flagged.token, "flag-token");
+    assert_eq!(flagged.ca_cert, Some(CaCert::File("/flag/ca.pem".into())));
+
+    let outside = no_flags(&config).resolve_with(|_| None).unwrap_or_else(|f| panic!("{}", f.0));
+    assert_eq!(outside.token, "file-token");
+    assert_eq!(outside.ca_cert, Some(CaCert::File("/file/ca.pem".into())));
 }

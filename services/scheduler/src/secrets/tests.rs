@@ -190,6 +190,7 @@ fn a_task_that_asks_gets_its_runs_token_and_the_api_address() {
         "the Start's env holds no token"
     );
     assert!(start.secret_env.contains(&"GOFER_API_TOKEN".to_string()));
+    assert!(start.api_gateway, "the executor is asked to give the task its relay to the API");
     let token = &start.secrets[placeholder];
     let run = keyring()
         .verify_run_token(token)
@@ -201,5 +202,5 @@ fn a_task_that_asks_gets_its_runs_token_and_the_api_address() {
 
     let plain = start_of(&state("team-a", r#"{"X": "1"}"#, &[]));
     assert!(!plain.env.contains_key("GOFER_API_TOKEN") && !plain.env.contains_key("GOFER_HOST"));
-    assert!(plain.secrets.is_empty());
+    assert!(plain.secrets.is_empty() && !plain.api_gateway);
 }
