@@ -30,13 +30,23 @@ fn an_sdk_extension_is_installed_fires_runs_and_is_restarted_after_a_crash() -> 
     ticker_image()?;
     let dev = start()?;
     dev.register(&pipeline("ticked", &[("a", "true", &[])]))?;
-    let extension = install_ticker(&dev, &["--setting", "crash_after=2"])?;
+    // Install-time settings are sealed in the state and reach the container opened.
+    let key = crate::secrets::unique_value("ticker-key");
+    let extension = install_ticker(
+        &dev,
+        &["--setting", "crash_after=2", "--setting", &format!("api_key={key}")],
+    )?;
     assert_eq!(extension["builtin"], false);
     // Its container is hardened as a task's, on the node's extension network.
     let container = wait_until("the ticker's container", Duration::from_secs(30), || {
         crate::hardening::inspect(&format!("gofer-ext-ticker-{}", dev.cluster))
     })?;
     crate::hardening::assert_hardened(&container, &extension_network(&dev));
+    let env = container["Config"]["Env"].to_string();
+    assert!(env.contains(&format!("GOFER_SETTING_API_KEY={key}")), "{env}");
+    assert!(env.contains("GOFER_SETTING_CRASH_AFTER=2"), "{env}");
+    let holding = crate::secrets::files_holding(&dev.data_dir(), key.as_bytes())?;
+    assert!(holding.is_empty(), "the setting in the clear in {holding:?}");
     assert!(
         extension["settings"]
             .as_array()

@@ -15,7 +15,7 @@ use crate::hardening::inspect;
 use crate::{start, stderr, tasks, wait_for_end};
 
 /// A value no other test or file holds.
-fn unique_value(what: &str) -> String {
+pub(crate) fn unique_value(what: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -44,7 +44,7 @@ fn register(dev: &GoferDev, id: &str, env: Value, script: &str) -> Result<()> {
 }
 
 /// Every file under `dir` whose bytes hold `needle`.
-fn files_holding(dir: &Path, needle: &[u8]) -> Result<Vec<String>> {
+pub(crate) fn files_holding(dir: &Path, needle: &[u8]) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(dir) = todo.pop() {
@@ -218,6 +218,30 @@ fn a_key_rotation_seals_everything_under_the_new_key_and_the_old_one_can_then_go
         .as_str()
         .context("webhook_url")?
         .to_string();
+    // An extension's install-time settings are sealed too (its image need not exist for that).
+    let setting = format!("api_key={}", unique_value("install"));
+    dev.ctl_ok(&[
+        "extension",
+        "install",
+        "unrun",
+        "gofer-test/no-such-extension:1",
+        "--setting",
+        &setting,
+    ])?;
+    let too_long = format!("big={}", "x".repeat(3001));
+    let refused = dev.ctl(&[
+        "extension",
+        "install",
+        "big",
+        "gofer-test/no-such-extension:1",
+        "--setting",
+        &too_long,
+    ])?;
+    ensure!(
+        stderr(&refused).contains("settings.big") && stderr(&refused).contains("at most 3000 bytes"),
+        "{}",
+        stderr(&refused)
+    );
     let old_id = dev.ctl_json(&["secret", "list", &id])?[0]["key_id"].clone();
 
     // A new key; the nodes restart with it, and the old one only to open what it sealed.
@@ -230,8 +254,8 @@ fn a_key_rotation_seals_everything_under_the_new_key_and_the_old_one_can_then_go
     dev.restart()?;
     let rotated = dev.ctl_json(&["secret", "rotate-key"])?;
     ensure!(
-        rotated["resealed"] == 2,
-        "the secret and the webhook's secret: {rotated}"
+        rotated["resealed"] == 3,
+        "the secret, the webhook's secret and the extension's setting: {rotated}"
     );
     let new_id = rotated["key_id"].clone();
     ensure!(new_id != old_id, "{rotated}");

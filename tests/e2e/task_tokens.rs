@@ -112,9 +112,7 @@ fn a_task_reaches_the_api_from_its_container_with_no_flags() -> Result<()> {
     goferctl_image()?;
     let dev = start()?;
     let id = format!("calls-home-{}", std::process::id());
-    let task = |task: &str, command: &[&str]| {
-        serde_json::json!({"id": task, "image": GOFERCTL_IMAGE, "command": command, "inject_api_token": true})
-    };
+    let task = |task: &str, command: &[&str]| serde_json::json!({"id": task, "image": GOFERCTL_IMAGE, "command": command, "inject_api_token": true});
     let json = serde_json::json!({"id": id, "tasks": [
         task("reads", &["run", "get", &id, "1", "-o", "json"]),
         task("whoami", &["whoami"]),

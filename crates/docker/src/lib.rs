@@ -520,7 +520,12 @@ mod hardening_tests {
         // Docker's default bridge, as some Engines report it: a subnet alone.
         assert_eq!(gateway_of(None, Some("172.17.0.0/16")), ip("172.17.0.1"));
         assert_eq!(gateway_of(Some(""), Some("192.168.32.7/20")), ip("192.168.32.1"));
-        for (gateway, subnet) in [(None, None), (None, Some("10.0.0.0/31")), (None, Some("fd00::/64")), (None, Some("nonsense"))] {
+        for (gateway, subnet) in [
+            (None, None),
+            (None, Some("10.0.0.0/31")),
+            (None, Some("fd00::/64")),
+            (None, Some("nonsense")),
+        ] {
             assert_eq!(gateway_of(gateway, subnet), None, "{subnet:?}");
         }
     }

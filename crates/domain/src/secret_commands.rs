@@ -1,5 +1,6 @@
 //! The secret commands as apply runs them: `PutSecret` (in a pipeline that exists), and `ResealSecrets`,
-//! which a key rotation commits for secrets and for the secret settings of subscriptions.
+//! which a key rotation commits for secrets, the secret settings of subscriptions and the install-time
+//! settings of extensions.
 //!
 //! The store itself and its rules are in `secrets.rs`; this file only knows where the state keeps what a
 //! command touches.
@@ -51,25 +52,38 @@ impl State {
                     let Ok(record) = self.record_mut(namespace, pipeline) else {
                         continue;
                     };
-                    let Some(setting) = record
+                    if let Some(setting) = record
                         .subscriptions
                         .get_mut(label)
                         .and_then(|s| s.settings.get_mut(name))
-                    else {
-                        continue;
-                    };
-                    let previous = Sealed::from_text(setting).map(|s| s.nonce);
-                    let unchanged = match previous {
-                        Some(nonce) => nonce == reseal.previous_nonce,
-                        // Stored in the clear by an older Gofer: sealed now, once.
-                        None => reseal.previous_nonce.is_empty() && !setting.starts_with(SEALED_TEXT_PREFIX),
-                    };
-                    if unchanged {
-                        *setting = reseal.value.to_text();
+                    {
+                        reseal_setting(setting, reseal);
+                    }
+                }
+                ResealTarget::ExtensionSetting { extension, name } => {
+                    if let Some(setting) = self
+                        .extensions
+                        .get_mut(extension)
+                        .and_then(|e| e.settings.get_mut(name))
+                    {
+                        reseal_setting(setting, reseal);
                     }
                 }
             }
         }
         Ok(Applied::Done)
+    }
+}
+
+/// Replaces a stored setting with its re-sealing if it is still the value that was made from.
+fn reseal_setting(setting: &mut String, reseal: &Reseal) {
+    let previous = Sealed::from_text(setting).map(|s| s.nonce);
+    let unchanged = match previous {
+        Some(nonce) => nonce == reseal.previous_nonce,
+        // Stored in the clear by an older Gofer: sealed now, once.
+        None => reseal.previous_nonce.is_empty() && !setting.starts_with(SEALED_TEXT_PREFIX),
+    };
+    if unchanged {
+        *setting = reseal.value.to_text();
     }
 }

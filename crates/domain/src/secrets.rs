@@ -113,6 +113,16 @@ pub fn setting_associated_data(namespace: &str, pipeline: &str, label: &str, set
     format!("gofer/setting/{namespace}/{pipeline}/{label}/{setting}")
 }
 
+/// The associated data an install-time setting of an extension is sealed with:
+/// `gofer/extension-setting/<extension>/<setting>`.
+pub fn extension_setting_associated_data(extension: &str, setting: &str) -> String {
+    format!("gofer/extension-setting/{extension}/{setting}")
+}
+
+/// The longest value a sealed setting may have in the clear, so that its sealed text stays within a
+/// setting's 4096 bytes.
+pub const MAX_SEALED_SETTING_BYTES: usize = 3000;
+
 /// One secret as the state keeps it: sealed, with metadata that never reveals the value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretRecord {
@@ -461,6 +471,8 @@ pub enum ResealTarget {
         label: String,
         name: String,
     },
+    /// An install-time setting of an extension (every one is sealed).
+    ExtensionSetting { extension: String, name: String },
 }
 
 /// One value re-sealed under the current key, replacing the one sealed with `previous_nonce` (empty for

@@ -162,9 +162,9 @@ pub async fn connect(settings: &Settings) -> Result<Api, Failure> {
         Some(Transport::Tls) => {
             let mut tls = ClientTlsConfig::new().with_enabled_roots();
             let pem = match &settings.ca_cert {
-                Some(CaCert::File(path)) => Some(
-                    std::fs::read(path).map_err(|e| Failure(format!("CA certificate {}: {e}", path.display())))?,
-                ),
+                Some(CaCert::File(path)) => {
+                    Some(std::fs::read(path).map_err(|e| Failure(format!("CA certificate {}: {e}", path.display())))?)
+                }
                 Some(CaCert::Pem(pem)) => Some(pem.clone().into_bytes()),
                 None => None,
             };

@@ -75,7 +75,9 @@ pub fn relay(
         let mut incoming = std::pin::pin!(incoming);
         while let Some(accepted) = incoming.next().await {
             let Ok(mut downstream) = accepted else { continue };
-            let Ok(permit) = at_once.clone().acquire_owned().await else { return };
+            let Ok(permit) = at_once.clone().acquire_owned().await else {
+                return;
+            };
             let (connector, upstreams, shutdown) = (connector.clone(), upstreams.clone(), shutdown.clone());
             relaying.spawn(async move {
                 let _permit = permit;

@@ -1,6 +1,6 @@
 //! The secret calls: a value is sealed here, on the node that takes it, before anything is proposed, so
 //! only ciphertext reaches the log; listing shows metadata alone. Also the sealing of a new
-//! subscription's secret settings, and the key rotation, which seals every stored value again under this
+//! subscription's secret settings and of every install-time setting of an extension, and the key rotation, which seals every stored value again under this
 //! node's current key.
 //!
 //! No value, sealed or clear, is ever put into an answer, an error or a log line here.
@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use gofer_domain::secrets::{
-    MAX_RESEALS, MAX_SECRET_BYTES, Reseal, ResealTarget, Sealed, SecretScope, setting_associated_data, validate_key,
+    MAX_RESEALS, MAX_SEALED_SETTING_BYTES, MAX_SECRET_BYTES, Reseal, ResealTarget, Sealed, SecretScope,
+    extension_setting_associated_data, setting_associated_data, validate_key,
 };
 use gofer_domain::{Command, Error, State, validate_id};
 use gofer_proto::{internal, into_status, secret_to_proto, v1};
@@ -140,17 +141,42 @@ impl ApiService {
         });
         for name in secret {
             if let Some(value) = settings.get_mut(&name) {
-                let sealed = self
-                    .keyring
-                    .seal(
-                        &setting_associated_data(namespace, pipeline, label, &name),
-                        value.as_bytes(),
-                    )
-                    .map_err(|err| internal("sealing a secret setting", &err))?;
-                *value = sealed.to_text();
+                let associated_data = setting_associated_data(namespace, pipeline, label, &name);
+                *value = self.seal_setting(&format!("settings.{name}"), &associated_data, value)?;
             }
         }
         Ok(settings)
+    }
+
+    /// The install-time `settings` of extension `extension`, every value sealed, each bound to the
+    /// extension and the setting's name: they are never shown back, and only the launcher opens them,
+    /// for the extension's container.
+    pub(crate) fn seal_install_settings(
+        &self,
+        extension: &str,
+        mut settings: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, Status> {
+        for (name, value) in &mut settings {
+            let associated_data = extension_setting_associated_data(extension, name);
+            *value = self.seal_setting(&format!("settings.{name}"), &associated_data, value)?;
+        }
+        Ok(settings)
+    }
+
+    /// One setting's value sealed as text; one too long to fit a setting once sealed is refused naming
+    /// `field`.
+    fn seal_setting(&self, field: &str, associated_data: &str, value: &str) -> Result<String, Status> {
+        if value.len() > MAX_SEALED_SETTING_BYTES {
+            return Err(into_status(Error::invalid(
+                field,
+                format!("a secret setting is at most {MAX_SEALED_SETTING_BYTES} bytes"),
+            )));
+        }
+        let sealed = self
+            .keyring
+            .seal(associated_data, value.as_bytes())
+            .map_err(|err| internal("sealing a secret setting", &err))?;
+        Ok(sealed.to_text())
     }
 
     /// `RotateSecretKey`: seals every secret and secret setting not sealed under this node's current key
@@ -224,20 +250,8 @@ impl ApiService {
                 };
                 let what = || format!("setting {name:?} of subscription {namespace}/{pipeline}/{label}");
                 let associated_data = setting_associated_data(namespace, pipeline, label, name);
-                let (previous_nonce, value) = match Sealed::from_text(stored) {
-                    Some(sealed) if self.keyring.is_current(&sealed) => continue,
-                    Some(sealed) => (
-                        sealed.nonce.clone(),
-                        self.keyring
-                            .reseal(&associated_data, &sealed)
-                            .map_err(|err| cannot(what(), err))?,
-                    ),
-                    None => (
-                        String::new(),
-                        self.keyring
-                            .seal(&associated_data, stored.as_bytes())
-                            .map_err(|err| cannot(what(), err))?,
-                    ),
+                let Some((previous_nonce, value)) = self.stale_setting(&associated_data, stored, what)? else {
+                    continue;
                 };
                 reseals.push(Reseal {
                     target: ResealTarget::Setting {
@@ -251,7 +265,51 @@ impl ApiService {
                 });
             }
         }
+        for (extension, record) in &state.extensions {
+            for (name, stored) in &record.settings {
+                let what = || format!("setting {name:?} of extension {extension:?}");
+                let associated_data = extension_setting_associated_data(extension, name);
+                let Some((previous_nonce, value)) = self.stale_setting(&associated_data, stored, what)? else {
+                    continue;
+                };
+                reseals.push(Reseal {
+                    target: ResealTarget::ExtensionSetting {
+                        extension: extension.clone(),
+                        name: name.clone(),
+                    },
+                    previous_nonce,
+                    value,
+                });
+            }
+        }
         Ok(reseals)
+    }
+
+    /// A stored setting sealed again under the current key, with the nonce it replaces (empty for one
+    /// stored in the clear by an older Gofer); `None` if it is sealed under the current key already.
+    fn stale_setting(
+        &self,
+        associated_data: &str,
+        stored: &str,
+        what: impl Fn() -> String,
+    ) -> Result<Option<(String, Sealed)>, Status> {
+        let cannot = |err: gofer_secrets::Error| {
+            into_status(Error::FailedPrecondition(format!(
+                "cannot seal {} again: {err}",
+                what()
+            )))
+        };
+        Ok(match Sealed::from_text(stored) {
+            Some(sealed) if self.keyring.is_current(&sealed) => None,
+            Some(sealed) => Some((
+                sealed.nonce.clone(),
+                self.keyring.reseal(associated_data, &sealed).map_err(cannot)?,
+            )),
+            None => Some((
+                String::new(),
+                self.keyring.seal(associated_data, stored.as_bytes()).map_err(cannot)?,
+            )),
+        })
     }
 }
 

@@ -403,10 +403,11 @@ impl GoferService for ApiService {
         request: Request<v1::InstallExtensionRequest>,
     ) -> ApiResult<v1::InstallExtensionResponse> {
         let request = request.into_inner();
+        let settings = request.settings.into_iter().collect();
         let command = Command::InstallExtension {
             name: request.name.clone(),
             image: request.image,
-            settings: request.settings.into_iter().collect(),
+            settings: self.seal_install_settings(&request.name, settings)?,
             at: self.clock.now_millis(),
         };
         self.propose(command).await?;

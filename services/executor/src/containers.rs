@@ -190,7 +190,11 @@ mod tests {
         };
         let env = spec("c0ffee", "e1", Some(&relay), &attempt, &asking).env;
         let hosts: Vec<_> = env.iter().filter(|e| e.starts_with("GOFER_HOST=")).collect();
-        assert_eq!(hosts, ["GOFER_HOST=https://172.17.0.1:40001"], "one GOFER_HOST, the relay's");
+        assert_eq!(
+            hosts,
+            ["GOFER_HOST=https://172.17.0.1:40001"],
+            "one GOFER_HOST, the relay's"
+        );
         assert!(env.contains(&format!("GOFER_CA_CERT_PEM={}", relay.ca_pem)));
         // Without a relay, the scheduler's address stays and no CA is added.
         let env = spec("c0ffee", "e1", None, &attempt, &asking).env;
@@ -199,6 +203,9 @@ mod tests {
         // A task that did not ask gets neither, relay or not.
         let plain = v1::StartAttempt::default();
         let env = spec("c0ffee", "e1", Some(&relay), &attempt, &plain).env;
-        assert!(!env.iter().any(|e| e.starts_with("GOFER_HOST=") || e.starts_with("GOFER_CA_CERT_PEM=")));
+        assert!(
+            !env.iter()
+                .any(|e| e.starts_with("GOFER_HOST=") || e.starts_with("GOFER_CA_CERT_PEM="))
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Runs installed extensions as local containers: one supervisor per extension starts its container with
 //! the host's address, the CA certificate and a fresh token scoped to that extension in its environment,
 //! restarts it with backoff when it exits, and stops it when the extension is uninstalled or the node
-//! shuts down. Install-time settings reach the container as `GOFER_SETTING_<NAME>`.
+//! shuts down. Install-time settings, sealed in the state, reach the container opened, as
+//! `GOFER_SETTING_<NAME>`.
 //!
 //! An extension's container is hardened as a task's is (`gofer-docker`: never privileged, no host mounts,
 //! `no-new-privileges`, the reduced capability set, a pids limit and a capped log), and it is on a bridge
@@ -247,7 +248,7 @@ async fn run_once(
         format!("GOFER_CA_CERT_PEM={}", attached.ca_pem),
     ];
     env.extend(
-        settings
+        crate::sealed::open_install_settings(&host.keyring, name, settings)
             .iter()
             .map(|(k, v)| format!("GOFER_SETTING_{}={v}", k.to_uppercase())),
     );

@@ -1,10 +1,11 @@
-//! Opening the secret settings of subscriptions (a webhook's `secret`), which the api sealed with the
-//! cluster's secret key: here, where the signature is checked or the extension is given its settings,
-//! and nowhere else. A setting an older Gofer stored in the clear is used as it is.
+//! Opening the secret settings of subscriptions (a webhook's `secret`) and the install-time settings of
+//! extensions, which the api sealed with the cluster's secret key: here, where the signature is checked or
+//! the extension is given its settings, and nowhere else. A setting an older Gofer stored in the clear is
+//! used as it is.
 
 use std::collections::BTreeMap;
 
-use gofer_domain::secrets::{Sealed, setting_associated_data};
+use gofer_domain::secrets::{Sealed, extension_setting_associated_data, setting_associated_data};
 use gofer_secrets::Keyring;
 
 /// One subscription: namespace, pipeline, label.
@@ -35,5 +36,29 @@ pub(crate) fn open_settings(
     settings
         .iter()
         .filter_map(|(name, stored)| Some((name.clone(), open_setting(keyring, key, name, stored)?)))
+        .collect()
+}
+
+/// The install-time `settings` of `extension`, each opened (or used as stored, if an older Gofer stored it
+/// in the clear); one that does not open with this node's keys is left out, with a warning naming it.
+pub(crate) fn open_install_settings(
+    keyring: &Keyring,
+    extension: &str,
+    settings: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    settings
+        .iter()
+        .filter_map(|(name, stored)| {
+            let Some(sealed) = Sealed::from_text(stored) else {
+                return Some((name.clone(), stored.clone()));
+            };
+            match keyring.open_text(&extension_setting_associated_data(extension, name), &sealed) {
+                Ok(value) => Some((name.clone(), value)),
+                Err(err) => {
+                    tracing::warn!(%err, extension, setting = %name, "an extension's setting does not open");
+                    None
+                }
+            }
+        })
         .collect()
 }

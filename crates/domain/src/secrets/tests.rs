@@ -312,3 +312,61 @@ fn secret_commands_round_trip_and_a_state_without_secrets_serializes_as_before()
     let back: State = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
     assert_eq!(back, with);
 }
+
+#[test]
+fn an_extensions_install_settings_are_resealed_like_a_subscriptions() {
+    let mut state = State::default();
+    let settings = [
+        ("api_key".to_string(), sealed('a').to_text()),
+        ("legacy".to_string(), "stored-in-the-clear".to_string()),
+    ]
+    .into();
+    state
+        .apply(&Command::InstallExtension {
+            name: "chat".into(),
+            image: "gofer-test/chat:1".into(),
+            settings,
+            at: 1,
+        })
+        .unwrap();
+    let target = |name: &str| ResealTarget::ExtensionSetting {
+        extension: "chat".into(),
+        name: name.into(),
+    };
+    let reseal = |name: &str, previous: &str, to: char| Reseal {
+        target: target(name),
+        previous_nonce: previous.to_string(),
+        value: sealed(to),
+    };
+    state
+        .apply(&Command::ResealSecrets {
+            reseals: vec![
+                reseal("api_key", &"x".repeat(16), 'b'),
+                reseal("legacy", "", 'c'),
+                reseal("missing", "", 'd'),
+            ],
+            at: 2,
+        })
+        .unwrap();
+    let stored = |state: &State, name: &str| state.extensions["chat"].settings.get(name).cloned();
+    assert_eq!(
+        stored(&state, "api_key"),
+        Some(sealed('a').to_text()),
+        "changed since: kept"
+    );
+    assert_eq!(
+        stored(&state, "legacy"),
+        Some(sealed('c').to_text()),
+        "clear: sealed once"
+    );
+    assert_eq!(stored(&state, "missing"), None, "nothing is added");
+    state
+        .apply(&Command::ResealSecrets {
+            reseals: vec![reseal("api_key", &"a".repeat(16), 'e')],
+            at: 3,
+        })
+        .unwrap();
+    assert_eq!(stored(&state, "api_key"), Some(sealed('e').to_text()));
+    let json = serde_json::to_string(&target("api_key")).unwrap();
+    assert_eq!(serde_json::from_str::<ResealTarget>(&json).unwrap(), target("api_key"));
+}

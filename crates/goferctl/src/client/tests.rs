@@ -269,7 +269,9 @@ fn inside_a_task_the_run_token_and_the_relays_ca_need_no_flags_and_flags_still_w
         "GOFER_CA_CERT_PEM" => Some("-----BEGIN CERTIFICATE-----".to_string()),
         _ => None,
     };
-    let task = no_flags(&config).resolve_with(task_env).unwrap_or_else(|f| panic!("{}", f.0));
+    let task = no_flags(&config)
+        .resolve_with(task_env)
+        .unwrap_or_else(|f| panic!("{}", f.0));
     assert_eq!(task.token, "gofer_run/default/p/1/k/mac");
     assert_eq!(task.ca_cert, Some(CaCert::Pem("-----BEGIN CERTIFICATE-----".into())));
 
@@ -283,7 +285,9 @@ fn inside_a_task_the_run_token_and_the_relays_ca_need_no_flags_and_flags_still_w
     assert_eq!(flagged.token, "flag-token");
     assert_eq!(flagged.ca_cert, Some(CaCert::File("/flag/ca.pem".into())));
 
-    let outside = no_flags(&config).resolve_with(|_| None).unwrap_or_else(|f| panic!("{}", f.0));
+    let outside = no_flags(&config)
+        .resolve_with(|_| None)
+        .unwrap_or_else(|f| panic!("{}", f.0));
     assert_eq!(outside.token, "file-token");
     assert_eq!(outside.ca_cert, Some(CaCert::File("/file/ca.pem".into())));
 }

@@ -20,7 +20,10 @@ fn now() -> i64 {
 /// An upstream "API port" that answers each connection's first line with `upstream says: <line>`.
 async fn echo_upstream(ca: &Ca, names: &[&str], tracker: &TaskTracker) -> SocketAddr {
     let server = ca
-        .issue(&Subject::new("node1", names, Roles::ALL), Validity::starting(now(), Roles::ALL.lifetime()))
+        .issue(
+            &Subject::new("node1", names, Roles::ALL),
+            Validity::starting(now(), Roles::ALL.lifetime()),
+        )
         .unwrap();
     let config = server_config(
         &ca.certified().cert_pem,
@@ -34,7 +37,9 @@ async fn echo_upstream(ca: &Ca, names: &[&str], tracker: &TaskTracker) -> Socket
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tracker.spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
             let mut line = vec![0u8; 64];
             let n = tls.read(&mut line).await.unwrap_or(0);
             let mut reply = b"upstream says: ".to_vec();
@@ -75,7 +80,9 @@ async fn say_hello(address: SocketAddr, relay_ca: &str) -> Vec<u8> {
     roots
         .add(CertificateDer::from_pem_slice(relay_ca.as_bytes()).unwrap())
         .unwrap();
-    let config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let tcp = TcpStream::connect(address).await.unwrap();
     let mut tls = TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
@@ -116,9 +123,16 @@ async fn an_upstream_that_cannot_prove_its_name_or_ca_gets_nothing() {
     let other_ca = Ca::generate(CLUSTER_CA_NAME, Validity::starting(now(), CA_LIFETIME)).unwrap();
     let wrong_name = echo_upstream(&ca, &["node9.example"], &tracker).await;
     let wrong_ca = echo_upstream(&other_ca, &["127.0.0.1"], &tracker).await;
-    for upstreams in [vec![upstream(wrong_name, "127.0.0.1")], vec![upstream(wrong_ca, "127.0.0.1")]] {
+    for upstreams in [
+        vec![upstream(wrong_name, "127.0.0.1")],
+        vec![upstream(wrong_ca, "127.0.0.1")],
+    ] {
         let (address, pki) = relay_in_front(&ca, upstreams, &tracker, &shutdown).await;
-        assert_eq!(say_hello(address, &pki.ca.cert_pem).await, b"", "the client is hung up on");
+        assert_eq!(
+            say_hello(address, &pki.ca.cert_pem).await,
+            b"",
+            "the client is hung up on"
+        );
     }
     shutdown.cancel();
 }

@@ -190,7 +190,10 @@ fn a_task_that_asks_gets_its_runs_token_and_the_api_address() {
         "the Start's env holds no token"
     );
     assert!(start.secret_env.contains(&"GOFER_API_TOKEN".to_string()));
-    assert!(start.api_gateway, "the executor is asked to give the task its relay to the API");
+    assert!(
+        start.api_gateway,
+        "the executor is asked to give the task its relay to the API"
+    );
     let token = &start.secrets[placeholder];
     let run = keyring()
         .verify_run_token(token)
