@@ -506,19 +506,9 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
             patience: std::time::Duration::from_secs(60),
         })
     };
-    // Schedulers accept the in-process executor with a token minted per start; an executor elsewhere
-    // presents its certificate (mutual TLS), which must name it, and no token.
-    let executor_token = if schedulers.is_empty() {
-        crate::random::hex(32)?
-    } else {
-        String::new()
-    };
     let mut tokens = Vec::new();
     if let Some(token) = &token {
         tokens.push((hash_token(token), Principal::Admin));
-    }
-    if !executor_token.is_empty() {
-        tokens.push((hash_token(&executor_token), Principal::Executor));
     }
     let auth = TokenAuth::new(tokens);
     let advertise_api = match (advertise_api, &api_listener) {
@@ -539,7 +529,10 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         },
         api_listener,
         webhook_listener,
-        executor_token,
+        // The executor presents this process's certificate (mutual TLS), which names it and records the
+        // executor role (checked at start), and no token: so the active scheduler admits it wherever that
+        // runs, not only the scheduler beside it.
+        executor_token: String::new(),
         advertise_api,
         schedulers,
         executor_capacity,

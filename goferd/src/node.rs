@@ -380,24 +380,20 @@ impl SchedulerPlace<'_> {
         }
     }
 
-    /// The channels to the schedulers, and how to reach one the executor is pointed at.
+    /// The channels to the schedulers, and how to reach the one the executor is pointed at: a process
+    /// without the lease points it at the active scheduler, wherever that runs, and it follows. It presents
+    /// this process's certificate everywhere (which must name it); beside its own scheduler it also has a
+    /// token minted per start (`goferd dev`).
     fn channels(&self) -> anyhow::Result<(Vec<tonic::transport::Channel>, Option<gofer_executor::Connect>)> {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca_pem));
-        if self.schedulers.is_empty() {
-            let Some(own) = self.own_port else {
-                bail!("an executor without a scheduler beside it needs the schedulers' addresses");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca_pem))
+            .identity(self.identity.clone());
+        // `name`: the name the certificate must carry when it is not the address's own host.
+        let endpoint = move |address: &str, name: Option<String>| -> anyhow::Result<tonic::transport::Channel> {
+            let tls = match name {
+                Some(name) => tls.clone().domain_name(name),
+                None => tls.clone(),
             };
-            // This process's own port, dialled on loopback, must present the certificate for the name
-            // executors elsewhere are told to reach it at, not any certificate of the cluster.
-            let name = certificate_host(&own.advertised)?;
-            let own = Endpoint::from_shared(own.address.clone())?
-                .tls_config(tls.domain_name(name))?
-                .connect_lazy();
-            return Ok((vec![own], None));
-        }
-        // Schedulers elsewhere: the executor presents this process's certificate, which must name it.
-        let tls = tls.identity(self.identity.clone());
-        let endpoint = move |address: &str| -> anyhow::Result<tonic::transport::Channel> {
             Ok(Endpoint::from_shared(address.to_string())
                 .with_context(|| format!("scheduler address {address:?}"))?
                 .connect_timeout(Duration::from_secs(2))
@@ -406,16 +402,22 @@ impl SchedulerPlace<'_> {
                 .http2_keep_alive_interval(Duration::from_secs(1))
                 .keep_alive_timeout(Duration::from_secs(2))
                 .keep_alive_while_idle(true)
-                .tls_config(tls.clone())?
+                .tls_config(tls)?
                 .connect_lazy())
         };
-        let channels = self
-            .schedulers
-            .iter()
-            .map(|address| endpoint(address))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let channels = match (self.own_port, self.schedulers.is_empty()) {
+            // This process's own port, dialled on loopback, must present the certificate for the name
+            // executors elsewhere are told to reach it at, not any certificate of the cluster.
+            (Some(own), true) => vec![endpoint(&own.address, Some(certificate_host(&own.advertised)?))?],
+            (None, true) => bail!("an executor without a scheduler beside it needs the schedulers' addresses"),
+            (_, false) => self
+                .schedulers
+                .iter()
+                .map(|address| endpoint(address, None))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        };
         // Where a process without the lease points it (the address the active scheduler advertises).
-        let connect: gofer_executor::Connect = std::sync::Arc::new(move |address: &str| endpoint(address).ok());
+        let connect: gofer_executor::Connect = std::sync::Arc::new(move |address: &str| endpoint(address, None).ok());
         Ok((channels, Some(connect)))
     }
 }

@@ -232,6 +232,38 @@ fn a_three_node_cluster_serves_from_any_node_and_survives_losing_its_leader() ->
     let logs = cluster.ctl(followers[0], &["task", "logs", "spread", "1", "a", "--follow"])?;
     assert_eq!(String::from_utf8_lossy(&logs.stdout).trim(), "from the cluster");
 
+    // Every node's executor takes work: the two beside standby schedulers follow the redirect to the
+    // active one, so all three are alive, and six runs started at once land on all three.
+    wait_until("three live executors", Duration::from_secs(60), || {
+        let status = cluster.json(followers[0], &["cluster", "status"])?;
+        let alive: Vec<String> = status["executors"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e["lost_unix_millis"].as_i64().unwrap_or(0) == 0)
+            .filter_map(|e| e["id"].as_str().map(str::to_string))
+            .collect();
+        Ok(Seen::check(alive, |alive| alive.len() == 3))
+    })?;
+    cluster.register(leader, &pipeline("sixfold", &[("a", "sleep 3", &[])]))?;
+    for _ in 0..6 {
+        let started = cluster.ctl(followers[0], &["run", "start", "sixfold"])?;
+        anyhow::ensure!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    }
+    let mut executors = std::collections::BTreeSet::new();
+    for run in 1..=6 {
+        let run = run.to_string();
+        let ended = wait_until("a sixfold run to end", Duration::from_secs(90), || {
+            let value = cluster.json(leader, &["run", "get", "sixfold", &run])?;
+            Ok(Seen::check(value, |v| v["state"] == "SUCCEEDED" || v["state"] == "FAILED"))
+        })?;
+        assert_eq!(ended["state"], "SUCCEEDED", "{ended}");
+        let tasks = cluster.json(leader, &["task", "list", "sixfold", &run])?;
+        executors.insert(tasks[0]["executor"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(executors.len(), 3, "the runs ran on {executors:?}");
+
     // Every node numbers the events alike: a client may read them from any node.
     let seen = events(&cluster, leader, 0)?;
     assert!(!seen.is_empty());
