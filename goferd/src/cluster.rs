@@ -82,8 +82,8 @@ pub struct ServerArgs {
     #[arg(long)]
     executor_capacity: Option<u32>,
     /// A label this process's executor registers with, as KEY=VALUE; repeat it for more
-    #[arg(long = "executor-label", value_name = "KEY=VALUE")]
-    executor_labels: Vec<String>,
+    #[arg(long = "executor-label", value_name = "KEY=VALUE", value_parser = crate::flags::parse_label)]
+    executor_labels: Vec<(String, String)>,
     /// The API address others reach this process at, https://HOST:PORT; the scheduler lease records it so
     /// that every node points executors there [default: https://NAME:PORT when the API listens on every
     /// address, else https://API_LISTEN]
@@ -160,21 +160,17 @@ fn advertised(bound: std::net::SocketAddr, name: &str) -> String {
     }
 }
 
-/// Parses `--executor-label KEY=VALUE` flags, or else the config file's table.
+/// The `--executor-label KEY=VALUE` flags, or else the config file's table, checked.
 fn executor_labels(
-    flags: &[String],
+    flags: &[(String, String)],
     file: Option<BTreeMap<String, String>>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    if flags.is_empty() {
-        return Ok(file.unwrap_or_default());
-    }
-    flags
-        .iter()
-        .map(|pair| match pair.split_once('=') {
-            Some((key, value)) => Ok((key.trim().to_string(), value.to_string())),
-            None => bail!("executor_labels: --executor-label takes KEY=VALUE, got {pair:?}"),
-        })
-        .collect()
+    let labels = match flags.is_empty() {
+        true => file.unwrap_or_default(),
+        false => flags.iter().cloned().collect(),
+    };
+    gofer_domain::executors::check_labels("executor_labels", &labels)?;
+    Ok(labels)
 }
 
 /// A list flag if it was given, else the config file's list, else none.
@@ -384,12 +380,6 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         Some("benchmark-noop") => true,
         Some(other) => bail!("executor_backend: {other:?} is not docker or benchmark-noop"),
     };
-    for (key, value) in &executor_labels {
-        gofer_domain::validate_id("executor_labels", key)?;
-        if value.len() > 128 || value.chars().any(char::is_control) {
-            bail!("executor_labels.{key}: values are at most 128 characters, without control characters");
-        }
-    }
 
     let ca_pem = read(&ca, "CA certificate")?;
     let (cert_pem, key_pem) = (read(&cert, "certificate")?, read(&key, "key")?);

@@ -30,6 +30,10 @@ pub struct DevArgs {
     /// The most task containers that run at once; more tasks wait for room (0: no limit)
     #[arg(long, env = "GOFER_MAX_CONTAINERS", default_value_t = 32)]
     max_containers: u32,
+    /// A label of the executor, which a task may require with `executor_labels`, such as zone=a; repeat
+    /// it for more
+    #[arg(long = "executor-label", value_name = "KEY=VALUE", value_parser = crate::flags::parse_label)]
+    executor_labels: Vec<(String, String)>,
     /// How long the event stream keeps events, such as 2h or 7d; at most the newest 100,000 are kept
     /// whatever the time [default: the cluster's setting, 24h unless set before]
     #[arg(long, env = "GOFER_EVENT_RETENTION", value_parser = crate::flags::parse_retention)]
@@ -251,7 +255,7 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
         advertise_api: None,
         schedulers: Vec::new(),
         executor_capacity: args.max_containers,
-        executor_labels: Default::default(),
+        executor_labels: args.executor_labels.iter().cloned().collect(),
         benchmark_backend: false,
         new_cluster_id: crate::random::hex(8)?,
         event_retention_ms: args.event_retention,

@@ -22,6 +22,18 @@ pub(crate) fn parse_retention(text: &str) -> Result<u64, BadValue> {
     Ok(millis)
 }
 
+/// Reads one `--executor-label KEY=VALUE`, checked as the cluster checks an executor's labels.
+pub(crate) fn parse_label(text: &str) -> Result<(String, String), BadValue> {
+    let field = "executor_labels";
+    let (key, value) = text.split_once('=').ok_or_else(|| BadValue::NotALabel {
+        field,
+        text: text.to_string(),
+    })?;
+    let label = std::collections::BTreeMap::from([(key.trim().to_string(), value.to_string())]);
+    gofer_domain::executors::check_labels(field, &label)?;
+    Ok(label.into_iter().next().expect("one label"))
+}
+
 /// Reads a task log cap such as `10MiB` into bytes: at least 4 KiB, at most 1 GiB.
 pub(crate) fn parse_log_cap(text: &str) -> Result<u64, BadValue> {
     let field = "task_log_cap";
@@ -153,6 +165,8 @@ pub(crate) enum BadValue {
     Malformed(#[from] gofer_domain::Error),
     #[error("{field}: must not be negative")]
     Negative { field: &'static str },
+    #[error("{field}: {text:?} is not KEY=VALUE")]
+    NotALabel { field: &'static str, text: String },
     #[error("{field}: {text:?} is not a number of CPUs such as 0.5, or none")]
     NotCpus { field: &'static str, text: String },
     #[error("{field}: {text:?} is not between {low} and {high}")]

@@ -287,6 +287,11 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         } else {
             gofer_executor::Backend::Docker(docker.context("the executor runs tasks in Docker")?)
         };
+        // An executor with a token (beside its own scheduler in `goferd dev`) is who its token says; one
+        // without presents this process's certificate, which must name it.
+        let identity = executor_token
+            .is_empty()
+            .then(|| Identity::from_pem(&credentials.cert_pem, &credentials.key_pem));
         let config = gofer_executor::Config {
             executor_id: name,
             token: executor_token,
@@ -298,7 +303,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             own_port: own_port.as_ref(),
             schedulers: &schedulers,
             ca_pem: &credentials.ca_pem,
-            identity: &Identity::from_pem(&credentials.cert_pem, &credentials.key_pem),
+            identity: identity.as_ref(),
         };
         process.executor(config, backend, place).await?;
     }
@@ -356,7 +361,8 @@ struct SchedulerPlace<'a> {
     own_port: Option<&'a OwnPort>,
     schedulers: &'a [String],
     ca_pem: &'a str,
-    identity: &'a Identity,
+    /// The client certificate it presents, if it presents one.
+    identity: Option<&'a Identity>,
 }
 
 impl SchedulerPlace<'_> {
@@ -382,12 +388,13 @@ impl SchedulerPlace<'_> {
 
     /// The channels to the schedulers, and how to reach the one the executor is pointed at: a process
     /// without the lease points it at the active scheduler, wherever that runs, and it follows. It presents
-    /// this process's certificate everywhere (which must name it); beside its own scheduler it also has a
-    /// token minted per start (`goferd dev`).
+    /// this process's certificate everywhere (which must name it), unless it has a token minted per start
+    /// by the scheduler beside it (`goferd dev`).
     fn channels(&self) -> anyhow::Result<(Vec<tonic::transport::Channel>, Option<gofer_executor::Connect>)> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.ca_pem))
-            .identity(self.identity.clone());
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca_pem));
+        if let Some(identity) = self.identity {
+            tls = tls.identity(identity.clone());
+        }
         // `name`: the name the certificate must carry when it is not the address's own host.
         let endpoint = move |address: &str, name: Option<String>| -> anyhow::Result<tonic::transport::Channel> {
             let tls = match name {

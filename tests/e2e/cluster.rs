@@ -256,7 +256,9 @@ fn a_three_node_cluster_serves_from_any_node_and_survives_losing_its_leader() ->
         let run = run.to_string();
         let ended = wait_until("a sixfold run to end", Duration::from_secs(90), || {
             let value = cluster.json(leader, &["run", "get", "sixfold", &run])?;
-            Ok(Seen::check(value, |v| v["state"] == "SUCCEEDED" || v["state"] == "FAILED"))
+            Ok(Seen::check(value, |v| {
+                v["state"] == "SUCCEEDED" || v["state"] == "FAILED"
+            }))
         })?;
         assert_eq!(ended["state"], "SUCCEEDED", "{ended}");
         let tasks = cluster.json(leader, &["task", "list", "sixfold", &run])?;

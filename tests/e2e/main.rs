@@ -14,6 +14,7 @@ mod extensions;
 mod guardrails;
 mod hardening;
 mod paging;
+mod placement;
 mod runs;
 mod secrets;
 mod task_tokens;

@@ -33,23 +33,38 @@ pub struct ExecutorInfo {
 impl ExecutorInfo {
     fn validate(&self, field: &str) -> Result<(), Error> {
         validate_id(&format!("{field}.id"), &self.id)?;
-        if self.labels.len() > MAX_LABELS {
+        check_labels(&format!("{field}.labels"), &self.labels)
+    }
+
+    /// Whether it carries every one of `required` with the same value.
+    pub fn has_labels(&self, required: &BTreeMap<String, String>) -> bool {
+        required.iter().all(|(key, value)| self.labels.get(key) == Some(value))
+    }
+}
+
+/// Checks labels (an executor's, or those a task requires) as `field`: at most [`MAX_LABELS`], each key
+/// an id and each value at most 128 characters without control characters.
+pub fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Error> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::invalid(field, format!("at most {MAX_LABELS} labels")));
+    }
+    for (key, value) in labels {
+        validate_id(field, key)?;
+        if value.len() > 128 || value.chars().any(char::is_control) {
             return Err(Error::invalid(
-                format!("{field}.labels"),
-                format!("at most {MAX_LABELS} labels"),
+                format!("{field}.{key}"),
+                "values are at most 128 characters, without control characters",
             ));
         }
-        for (key, value) in &self.labels {
-            validate_id(&format!("{field}.labels"), key)?;
-            if value.len() > 128 || value.chars().any(char::is_control) {
-                return Err(Error::invalid(
-                    format!("{field}.labels.{key}"),
-                    "values are at most 128 characters, without control characters",
-                ));
-            }
-        }
-        Ok(())
     }
+    Ok(())
+}
+
+/// Says why no executor can take a task that requires `required`: `no executor with zone=a` (every
+/// label, comma-separated).
+pub fn no_executor_with(required: &BTreeMap<String, String>) -> String {
+    let wanted: Vec<String> = required.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("no executor with {}", wanted.join(","))
 }
 
 /// How long an executor declared lost is remembered (and refused attempts) before it is forgotten.
@@ -134,6 +149,19 @@ impl Executors {
         self.executors.get(executor).is_none_or(|r| r.lost_at == 0)
     }
 
+    /// Why a task that requires the labels `required` can be given to no executor at `now`: none alive by
+    /// the log (not lost, lease not run out) carries them. `None` when one does, or nothing is required.
+    pub fn none_with(&self, required: &BTreeMap<String, String>, now: i64) -> Option<String> {
+        if required.is_empty() {
+            return None;
+        }
+        let carried = self
+            .executors
+            .values()
+            .any(|r| r.lost_at == 0 && r.expires_at > now && required.iter().all(|(k, v)| r.labels.get(k) == Some(v)));
+        (!carried).then(|| no_executor_with(required))
+    }
+
     /// Executors alive by the log whose lease ran out before `now`.
     pub fn expired(&self, now: i64) -> impl Iterator<Item = &str> {
         self.executors
@@ -145,6 +173,36 @@ impl Executors {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_task_waits_saying_which_labels_no_live_executor_carries() {
+        let mut executors = Executors::default();
+        let zone_a = ExecutorInfo {
+            id: "e1".into(),
+            capacity: 0,
+            labels: BTreeMap::from([("zone".into(), "a".into()), ("disk".into(), "ssd".into())]),
+        };
+        executors.renew(&[zone_a], 5_000, 1_000).unwrap();
+        let wants = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert_eq!(executors.none_with(&wants(&[]), 2_000), None);
+        assert_eq!(
+            executors.none_with(&wants(&[("zone", "a"), ("disk", "ssd")]), 2_000),
+            None
+        );
+        assert_eq!(
+            executors
+                .none_with(&wants(&[("zone", "a"), ("gpu", "1")]), 2_000)
+                .as_deref(),
+            Some("no executor with gpu=1,zone=a")
+        );
+        // Its lease ran out: it carries nothing any more.
+        assert_eq!(
+            executors.none_with(&wants(&[("zone", "a")]), 6_000).as_deref(),
+            Some("no executor with zone=a")
+        );
+    }
+
     use super::*;
 
     fn info(id: &str) -> ExecutorInfo {

@@ -80,6 +80,10 @@ pub struct TaskConfig {
     /// pipeline until the run ends, and `GOFER_HOST`, the API address that issued it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub inject_api_token: bool,
+    /// Labels an executor must carry (every one, with the same value) to run the task, such as
+    /// `{"zone": "a"}`; any executor if empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub executor_labels: BTreeMap<String, String>,
 }
 
 /// The fields a task may never set, each with why: they would give a task power over the Docker host,
@@ -326,6 +330,7 @@ impl TaskConfig {
         if !self.workdir.is_empty() {
             crate::limits::check_workdir(&format!("tasks[{i}].workdir"), &self.workdir)?;
         }
+        crate::executors::check_labels(&format!("tasks[{i}].executor_labels"), &self.executor_labels)?;
         if !self.user.is_empty() {
             check_user(&format!("tasks[{i}].user"), &self.user)?;
         }

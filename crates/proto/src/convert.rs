@@ -43,6 +43,7 @@ pub fn config_from_proto(config: v1::PipelineConfig) -> Result<PipelineConfig, E
             workdir: task.workdir,
             user: task.user,
             inject_api_token: task.inject_api_token,
+            executor_labels: task.executor_labels.into_iter().collect(),
         });
     }
     let config = PipelineConfig {
@@ -93,6 +94,7 @@ pub fn config_to_proto(config: &PipelineConfig) -> v1::PipelineConfig {
                 workdir: t.workdir.clone(),
                 user: t.user.clone(),
                 inject_api_token: t.inject_api_token,
+                executor_labels: t.executor_labels.clone().into_iter().collect(),
             })
             .collect(),
     }

@@ -56,6 +56,8 @@ pub struct Task {
     user: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     inject_api_token: bool,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    executor_labels: BTreeMap<String, String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -79,6 +81,7 @@ impl Task {
             workdir: String::new(),
             user: String::new(),
             inject_api_token: false,
+            executor_labels: BTreeMap::new(),
         }
     }
 
@@ -117,6 +120,13 @@ impl Task {
     /// pipeline until the run ends, and `GOFER_HOST`, the API address that admits it.
     pub fn inject_api_token(mut self) -> Self {
         self.inject_api_token = true;
+        self
+    }
+
+    /// Runs the task only on an executor labelled `key=value` (`goferd --executor-label`); call it again
+    /// for more labels, all of which must match.
+    pub fn executor_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.executor_labels.insert(key.into(), value.into());
         self
     }
 

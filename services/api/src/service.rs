@@ -387,10 +387,21 @@ impl GoferService for ApiService {
         // A run's task executions are made with it and never reordered, so a position keeps its place.
         let first = page.after::<usize>()?.map_or(0, |after| after.saturating_add(1));
         self.linearize().await?;
+        let now = self.clock.now_millis();
         let (task_executions, next_page_token) = self.read(|s| {
-            let (run, _) = s.run(&namespace, &pipeline, request.run_id)?;
+            let (run, config) = s.run(&namespace, &pipeline, request.run_id)?;
             let tasks = run.tasks.iter().enumerate().skip(first);
-            Ok(page.take(tasks.map(|(at, t)| (at, task_to_proto(&namespace, &pipeline, run.id, t)))))
+            Ok(page.take(tasks.map(|(at, t)| {
+                let mut task = task_to_proto(&namespace, &pipeline, run.id, t);
+                // A task waiting for an executor that carries its labels says so, not a silent wait.
+                if t.state == gofer_domain::TaskState::Pending
+                    && t.assignment.is_none()
+                    && let Some(reason) = s.executors.none_with(&config.tasks[at].executor_labels, now)
+                {
+                    task.state_reason = reason;
+                }
+                (at, task)
+            })))
         })?;
         Ok(Response::new(v1::ListTaskExecutionsResponse {
             task_executions,

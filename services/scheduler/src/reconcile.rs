@@ -259,13 +259,35 @@ impl Scheduler {
         self.renew_executors(&alive, now).await;
         self.expire_executors(since, &alive, now).await;
         let now = self.clock.now_millis();
-        let planned = self.state.read(|s| plan(s, now));
+        // Each ready attempt with the labels its task requires of an executor.
+        let planned = self.state.read(|s| {
+            plan(s, now)
+                .into_iter()
+                .map(|(target, attempt)| {
+                    let labels = s
+                        .run(&target.namespace, &target.pipeline, target.run)
+                        .ok()
+                        .and_then(|(_, config)| config.tasks.iter().find(|t| t.id == target.task))
+                        .map(|t| t.executor_labels.clone())
+                        .unwrap_or_default();
+                    (target, attempt, labels)
+                })
+                .collect::<Vec<_>>()
+        });
         if !planned.is_empty() {
             let mut load = self.load(&alive);
             let mut commands = Vec::new();
-            for (target, attempt) in planned.into_iter().take(MAX_ASSIGNMENTS_PER_ENTRY) {
-                let Some(executor) = pick_executor(&mut load, &alive) else {
+            for (target, attempt, labels) in planned {
+                if commands.len() == MAX_ASSIGNMENTS_PER_ENTRY {
                     break;
+                }
+                let Some(executor) = pick_executor(&mut load, &alive, &labels) else {
+                    // No room anywhere: nothing else fits either. No room among the executors with
+                    // these labels: a task that requires others may still fit.
+                    if labels.is_empty() {
+                        break;
+                    }
+                    continue;
                 };
                 commands.push(Command::AssignAttempt {
                     target,
@@ -362,15 +384,19 @@ impl Scheduler {
 /// The most assignments committed in one log entry.
 const MAX_ASSIGNMENTS_PER_ENTRY: usize = 1024;
 
-/// The executor with the fewest live attempts among those in `load` (alive and assignable) that has room
-/// for one more; counts the attempt against it.
-fn pick_executor(load: &mut HashMap<String, usize>, alive: &HashMap<String, ExecutorInfo>) -> Option<String> {
+/// The executor with the fewest live attempts among those in `load` (alive and assignable) that carries
+/// every label in `required` and has room for one more; counts the attempt against it.
+fn pick_executor(
+    load: &mut HashMap<String, usize>,
+    alive: &HashMap<String, ExecutorInfo>,
+    required: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
     let (id, count) = load
         .iter_mut()
         .filter(|(id, count)| {
-            alive
-                .get(*id)
-                .is_some_and(|info| info.capacity == 0 || **count < info.capacity as usize)
+            alive.get(*id).is_some_and(|info| {
+                (info.capacity == 0 || **count < info.capacity as usize) && info.has_labels(required)
+            })
         })
         .min_by_key(|(id, count)| (**count, (*id).clone()))?;
     *count += 1;
@@ -477,7 +503,46 @@ mod tests {
 
     use gofer_domain::triggers::Trigger;
 
-    use super::task_env;
+    use super::{pick_executor, task_env};
+
+    #[test]
+    fn attempts_go_to_the_least_loaded_executor_with_room_and_the_labels_required() {
+        let info = |id: &str, capacity: u32, zone: &str| {
+            let labels = BTreeMap::from([("zone".to_string(), zone.to_string())]);
+            (
+                id.to_string(),
+                gofer_domain::executors::ExecutorInfo {
+                    id: id.into(),
+                    capacity,
+                    labels,
+                },
+            )
+        };
+        let alive: std::collections::HashMap<_, _> =
+            [info("a1", 2, "a"), info("a2", 0, "a"), info("b1", 1, "b")].into();
+        let mut load: std::collections::HashMap<String, usize> =
+            [("a1".to_string(), 0), ("a2".to_string(), 3), ("b1".to_string(), 0)].into();
+        let zone = |z: &str| BTreeMap::from([("zone".to_string(), z.to_string())]);
+        // Least loaded first, ties by name; a full executor is passed over.
+        assert_eq!(pick_executor(&mut load, &alive, &zone("a")).as_deref(), Some("a1"));
+        assert_eq!(pick_executor(&mut load, &alive, &zone("a")).as_deref(), Some("a1"));
+        assert_eq!(
+            pick_executor(&mut load, &alive, &zone("a")).as_deref(),
+            Some("a2"),
+            "a1 is full"
+        );
+        assert_eq!(pick_executor(&mut load, &alive, &zone("b")).as_deref(), Some("b1"));
+        assert_eq!(pick_executor(&mut load, &alive, &zone("b")), None, "b1 is full");
+        assert_eq!(
+            pick_executor(&mut load, &alive, &zone("c")),
+            None,
+            "no executor carries zone=c"
+        );
+        assert_eq!(
+            pick_executor(&mut load, &alive, &BTreeMap::new()).as_deref(),
+            Some("a2")
+        );
+    }
 
     #[test]
     fn trigger_parameters_become_gofer_param_variables_without_overriding_the_task() {

@@ -44,6 +44,7 @@ pub fn config() -> v1::PipelineConfig {
         workdir: "/work".into(),
         user: "1000:1000".into(),
         inject_api_token: false,
+        executor_labels: map(&[("zone", "a")]),
     };
     v1::PipelineConfig {
         id: "nightly".into(),

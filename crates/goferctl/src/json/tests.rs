@@ -46,7 +46,7 @@ fn a_pipeline_with_its_config_prints_as_before_and_with_the_fields_the_old_outpu
     for (task, cpu) in tasks.iter_mut().zip([json!(0.5), Value::Null]) {
         let missed = json!({
             "retries": 2, "backoff": "5s", "timeout": "5m", "cpu": cpu, "memory": "256MiB", "workdir": "/work",
-            "user": "1000:1000", "inject_api_token": false,
+            "user": "1000:1000", "inject_api_token": false, "executor_labels": {"zone": "a"},
         });
         for (key, value) in missed.as_object().expect("an object") {
             task[key] = value.clone();
