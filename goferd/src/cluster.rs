@@ -82,8 +82,8 @@ pub struct ServerArgs {
     #[arg(long)]
     executor_capacity: Option<u32>,
     /// A label this process's executor registers with, as KEY=VALUE; repeat it for more
-    #[arg(long = "executor-label", value_name = "KEY=VALUE", value_parser = crate::flags::parse_label)]
-    executor_labels: Vec<(String, String)>,
+    #[arg(long = "executor-label", value_name = "KEY=VALUE")]
+    executor_labels: Vec<String>,
     /// The API address others reach this process at, https://HOST:PORT; the scheduler lease records it so
     /// that every node points executors there [default: https://NAME:PORT when the API listens on every
     /// address, else https://API_LISTEN]
@@ -162,12 +162,15 @@ fn advertised(bound: std::net::SocketAddr, name: &str) -> String {
 
 /// The `--executor-label KEY=VALUE` flags, or else the config file's table, checked.
 fn executor_labels(
-    flags: &[(String, String)],
+    flags: &[String],
     file: Option<BTreeMap<String, String>>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let labels = match flags.is_empty() {
         true => file.unwrap_or_default(),
-        false => flags.iter().cloned().collect(),
+        false => flags
+            .iter()
+            .map(|flag| crate::flags::parse_label(flag))
+            .collect::<Result<_, _>>()?,
     };
     gofer_domain::executors::check_labels("executor_labels", &labels)?;
     Ok(labels)
@@ -383,6 +386,13 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
 
     let ca_pem = read(&ca, "CA certificate")?;
     let (cert_pem, key_pem) = (read(&cert, "certificate")?, read(&key, "key")?);
+    gofer_tls::listen::check_key_pair(&cert_pem, &key_pem).with_context(|| {
+        format!(
+            "cert {} and key {} are not a certificate and its own key",
+            cert.display(),
+            key.display()
+        )
+    })?;
     check_certificate_roles(&cert, &cert_pem, state_role, roles)?;
     let token = match &token_file {
         Some(token_file) => {

@@ -70,6 +70,7 @@ fn server_settings_are_refused_at_once_naming_the_field() -> Result<()> {
     let certs_cmd = |args: &[&str]| certs_in(&certs, args);
     assert!(certs_cmd(&["init"])?.status.success());
     assert!(certs_cmd(&["issue", "api"])?.status.success());
+    assert!(certs_cmd(&["issue", "other"])?.status.success());
     let path = |name: &str| certs.join(name).display().to_string();
     let common = [
         format!("--ca={}", path("ca.pem")),
@@ -112,6 +113,21 @@ fn server_settings_are_refused_at_once_naming_the_field() -> Result<()> {
         assert!(stderr.contains(field), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    // Another certificate's key: refused at start naming both files, whatever the roles (an executor
+    // builds no server config that would notice, only handshakes that would fail later).
+    let mismatched = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(&goferd)
+        .arg("executor")
+        .args([&common[0], &common[1], &format!("--key={}", path("other.key"))])
+        .args(["--name=api", "--schedulers=https://127.0.0.1:1"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&mismatched.stderr);
+    assert_eq!(mismatched.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&path("api.pem")) && stderr.contains(&path("other.key")) && stderr.contains("its own key"),
+        "{stderr}"
+    );
     // `goferd executor` is the executor role alone: it needs the schedulers, not the state nodes.
     let executor = |args: &[&str]| {
         std::process::Command::new("timeout")

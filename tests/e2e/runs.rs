@@ -49,6 +49,9 @@ fn a_pipeline_runs_to_success_and_keeps_its_logs() -> Result<()> {
     wait_until("containers to be removed", Duration::from_secs(30), || {
         Ok(dev.containers()?.is_empty().then_some(()))
     })?;
+    // goferd's stderr is a file here, not a terminal: its log is plain text, with no colour codes.
+    let log = dev.server_log();
+    assert!(log.contains("INFO") && !log.contains('\u{1b}'), "{log}");
     Ok(())
 }
 

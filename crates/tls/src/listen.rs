@@ -115,6 +115,19 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Checks that `key_pem` is the private key of the certificate `cert_pem` (the first one in it), as a
+/// process does at start so that a mismatched pair fails there, not as handshakes that fail later.
+pub fn check_key_pair(cert_pem: &str, key_pem: &str) -> Result<(), ConfigError> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| ConfigError::Pem {
+        what: "private key",
+        source,
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(certificates(cert_pem, "certificate")?, key, &provider)
+        .map(|_| ())
+        .map_err(ConfigError::Identity)
+}
+
 /// Who is at the other end of a connection, as its handshake showed: tonic puts it in every request's
 /// extensions.
 #[derive(Debug, Clone, Default)]

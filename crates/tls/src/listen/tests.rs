@@ -151,3 +151,19 @@ async fn a_port_that_requires_certificates_refuses_strangers_and_the_expired() {
     assert_eq!(next_peer(&mut port).await.name, "node2");
     port.shutdown.cancel();
 }
+
+#[test]
+fn a_certificate_and_a_key_that_are_not_a_pair_are_refused() {
+    let ca = Ca::generate(CLUSTER_CA_NAME, Validity::starting(now(), CA_LIFETIME)).unwrap();
+    let one = issue(&ca, "node1", &["127.0.0.1"], Roles::ALL);
+    let two = issue(&ca, "node2", &["127.0.0.1"], Roles::ALL);
+    assert!(check_key_pair(&one.cert_pem, &one.key_pem).is_ok());
+    assert!(matches!(
+        check_key_pair(&one.cert_pem, &two.key_pem),
+        Err(ConfigError::Identity(rustls::Error::InconsistentKeys(_)))
+    ));
+    assert!(matches!(
+        check_key_pair(&one.cert_pem, "not a key"),
+        Err(ConfigError::Pem { .. })
+    ));
+}
