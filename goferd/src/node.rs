@@ -298,6 +298,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
             capacity: executor_capacity,
             labels: executor_labels,
             api_relay: None,
+            size: Default::default(),
         };
         let place = SchedulerPlace {
             own_port: own_port.as_ref(),
@@ -555,6 +556,16 @@ impl Process {
     ) -> anyhow::Result<()> {
         let (schedulers, connect) = place.channels()?;
         if let gofer_executor::Backend::Docker(docker) = &backend {
+            // Its size is the Docker host's: the cpu and memory of the tasks it runs at once add up to it.
+            match docker.host_size().await {
+                Ok((millicpus, memory_bytes)) => {
+                    config.size = gofer_domain::executors::Need {
+                        millicpus,
+                        memory_bytes,
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "the executor's size is unknown: placement counts no cpu or memory"),
+            }
             let now_seconds = self.clock.now_millis() / 1000;
             config.api_relay = crate::relay::start(
                 docker,

@@ -46,6 +46,8 @@ pub enum Error {
     },
     #[error("listing containers: {0}")]
     List(#[source] bollard::errors::Error),
+    #[error("asking the Engine about its host: {0}")]
+    Info(#[source] bollard::errors::Error),
     #[error("creating the container: {0}")]
     Create(#[source] bollard::errors::Error),
     #[error("starting the container: {0}")]
@@ -236,6 +238,15 @@ impl Engine {
         let docker = Docker::connect_with_local_defaults().map_err(Error::Connect)?;
         docker.ping().await.map_err(Error::Ping)?;
         Ok(Engine { docker })
+    }
+
+    /// The CPUs (in thousandths) and memory (bytes) of the host the Engine runs containers on; 0 for what
+    /// it does not say.
+    pub async fn host_size(&self) -> Result<(u64, u64), Error> {
+        let info = self.docker.info().await.map_err(Error::Info)?;
+        let cpus = info.ncpu.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        let memory = info.mem_total.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        Ok((cpus.saturating_mul(1000), memory))
     }
 
     /// Whether `image` exists locally. There is no registry to pull from.

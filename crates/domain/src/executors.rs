@@ -28,6 +28,48 @@ pub struct ExecutorInfo {
     pub capacity: u32,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Its size: the CPUs (in thousandths) and memory of the host it runs tasks on, which the `cpu` and
+    /// `memory` of the attempts it runs at once may add up to; 0 for no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub millicpus: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub memory_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What one attempt takes of an executor's size: its task's `cpu` (in thousandths) and `memory`, as the
+/// cluster's defaults and ceilings make them; 0 for none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Need {
+    pub millicpus: u64,
+    pub memory_bytes: u64,
+}
+
+impl Need {
+    /// What an attempt of `task` takes under `limits`.
+    pub fn of(task: &crate::TaskConfig, limits: &crate::limits::TaskLimits) -> Need {
+        Need {
+            millicpus: limits.cpu_for(task).map_or(0, |c| u64::try_from(c.0).unwrap_or(0)),
+            memory_bytes: limits.memory_bytes_for(task).unwrap_or(0),
+        }
+    }
+
+    /// Whether `self` fits beside `used` in a size of `millicpus` and `memory_bytes` (0: no limit).
+    pub fn fits(self, used: Need, millicpus: u64, memory_bytes: u64) -> bool {
+        let within = |need: u64, used: u64, size: u64| size == 0 || used.saturating_add(need) <= size;
+        within(self.millicpus, used.millicpus, millicpus) && within(self.memory_bytes, used.memory_bytes, memory_bytes)
+    }
+
+    /// `self` and `other` together.
+    pub fn plus(self, other: Need) -> Need {
+        Need {
+            millicpus: self.millicpus.saturating_add(other.millicpus),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+        }
+    }
 }
 
 impl ExecutorInfo {
@@ -60,10 +102,16 @@ pub fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<()
     Ok(())
 }
 
-/// Says why no executor can take a task that requires `required`: `no executor with zone=a` (every
-/// label, comma-separated).
-pub fn no_executor_with(required: &BTreeMap<String, String>) -> String {
-    let wanted: Vec<String> = required.iter().map(|(k, v)| format!("{k}={v}")).collect();
+/// Says why no executor can take a task that requires `required` and `need`: `no executor with zone=a`
+/// (every label, comma-separated), then what it needs of an executor's size (`cpu>=4`, `memory>=512MiB`).
+pub fn no_executor_with(required: &BTreeMap<String, String>, need: Need) -> String {
+    let mut wanted: Vec<String> = required.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if need.millicpus > 0 {
+        wanted.push(format!("cpu>={}", need.millicpus as f64 / 1000.0));
+    }
+    if need.memory_bytes > 0 {
+        wanted.push(format!("memory>={}MiB", need.memory_bytes.div_ceil(1 << 20)));
+    }
     format!("no executor with {}", wanted.join(","))
 }
 
@@ -81,6 +129,11 @@ pub struct ExecutorRecord {
     pub expires_at: i64,
     /// When it was declared lost; 0 while it is alive.
     pub lost_at: i64,
+    /// Its size, as [`ExecutorInfo`] says; 0 for no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub millicpus: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub memory_bytes: u64,
 }
 
 /// Every executor that registered, by id, but those lost more than [`FORGET_LOST_AFTER_MS`] ago.
@@ -109,8 +162,12 @@ impl Executors {
                 renewed_at: at,
                 expires_at: at,
                 lost_at: 0,
+                millicpus: 0,
+                memory_bytes: 0,
             });
             record.capacity = info.capacity;
+            record.millicpus = info.millicpus;
+            record.memory_bytes = info.memory_bytes;
             record.labels = info.labels.clone();
             record.renewed_at = at;
             record.expires_at = record.expires_at.max(at.saturating_add(ttl_millis as i64));
@@ -149,17 +206,20 @@ impl Executors {
         self.executors.get(executor).is_none_or(|r| r.lost_at == 0)
     }
 
-    /// Why a task that requires the labels `required` can be given to no executor at `now`: none alive by
-    /// the log (not lost, lease not run out) carries them. `None` when one does, or nothing is required.
-    pub fn none_with(&self, required: &BTreeMap<String, String>, now: i64) -> Option<String> {
-        if required.is_empty() {
+    /// Why a task that requires the labels `required` and takes `need` can be given to no executor at
+    /// `now`: none alive by the log (not lost, lease not run out) carries them and is that large, however
+    /// idle. `None` when one is (the task merely waits its turn).
+    pub fn none_with(&self, required: &BTreeMap<String, String>, need: Need, now: i64) -> Option<String> {
+        if required.is_empty() && need == Need::default() {
             return None;
         }
-        let carried = self
-            .executors
-            .values()
-            .any(|r| r.lost_at == 0 && r.expires_at > now && required.iter().all(|(k, v)| r.labels.get(k) == Some(v)));
-        (!carried).then(|| no_executor_with(required))
+        let fits = self.executors.values().any(|r| {
+            r.lost_at == 0
+                && r.expires_at > now
+                && required.iter().all(|(k, v)| r.labels.get(k) == Some(v))
+                && need.fits(Need::default(), r.millicpus, r.memory_bytes)
+        });
+        (!fits).then(|| no_executor_with(required, need))
     }
 
     /// Executors alive by the log whose lease ran out before `now`.
@@ -180,26 +240,52 @@ mod tests {
             id: "e1".into(),
             capacity: 0,
             labels: BTreeMap::from([("zone".into(), "a".into()), ("disk".into(), "ssd".into())]),
+            ..Default::default()
         };
         executors.renew(&[zone_a], 5_000, 1_000).unwrap();
         let wants = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
         };
-        assert_eq!(executors.none_with(&wants(&[]), 2_000), None);
+        assert_eq!(executors.none_with(&wants(&[]), Need::default(), 2_000), None);
         assert_eq!(
-            executors.none_with(&wants(&[("zone", "a"), ("disk", "ssd")]), 2_000),
+            executors.none_with(&wants(&[("zone", "a"), ("disk", "ssd")]), Need::default(), 2_000),
             None
         );
         assert_eq!(
             executors
-                .none_with(&wants(&[("zone", "a"), ("gpu", "1")]), 2_000)
+                .none_with(&wants(&[("zone", "a"), ("gpu", "1")]), Need::default(), 2_000)
                 .as_deref(),
             Some("no executor with gpu=1,zone=a")
         );
         // Its lease ran out: it carries nothing any more.
         assert_eq!(
-            executors.none_with(&wants(&[("zone", "a")]), 6_000).as_deref(),
+            executors
+                .none_with(&wants(&[("zone", "a")]), Need::default(), 6_000)
+                .as_deref(),
             Some("no executor with zone=a")
+        );
+        // A sized executor: a task larger than it waits saying what it needs; one that fits does not.
+        let sized = ExecutorInfo {
+            id: "e2".into(),
+            millicpus: 2_000,
+            memory_bytes: 1 << 30,
+            ..Default::default()
+        };
+        executors.renew(&[sized], 5_000, 6_000).unwrap();
+        let need = |millicpus, memory_bytes| Need {
+            millicpus,
+            memory_bytes,
+        };
+        assert_eq!(executors.none_with(&wants(&[]), need(2_000, 1 << 30), 7_000), None);
+        assert_eq!(
+            executors.none_with(&wants(&[]), need(4_000, 0), 7_000).as_deref(),
+            Some("no executor with cpu>=4")
+        );
+        assert_eq!(
+            executors
+                .none_with(&wants(&[]), need(500, (2 << 30) + 1), 7_000)
+                .as_deref(),
+            Some("no executor with cpu>=0.5,memory>=2049MiB")
         );
     }
 
@@ -210,6 +296,7 @@ mod tests {
             id: id.into(),
             capacity: 4,
             labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+            ..Default::default()
         }
     }
 

@@ -393,10 +393,14 @@ impl GoferService for ApiService {
             let tasks = run.tasks.iter().enumerate().skip(first);
             Ok(page.take(tasks.map(|(at, t)| {
                 let mut task = task_to_proto(&namespace, &pipeline, run.id, t);
-                // A task waiting for an executor that carries its labels says so, not a silent wait.
+                // A task that no live executor could take (its labels, its cpu or memory) says so, not a silent wait.
                 if t.state == gofer_domain::TaskState::Pending
                     && t.assignment.is_none()
-                    && let Some(reason) = s.executors.none_with(&config.tasks[at].executor_labels, now)
+                    && let Some(reason) = s.executors.none_with(
+                        &config.tasks[at].executor_labels,
+                        gofer_domain::executors::Need::of(&config.tasks[at], &s.task_limits),
+                        now,
+                    )
                 {
                     task.state_reason = reason;
                 }

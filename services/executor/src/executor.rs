@@ -55,6 +55,7 @@ pub(crate) struct Executor {
     pub(crate) capacity: u32,
     pub(crate) labels: std::collections::BTreeMap<String, String>,
     pub(crate) api_relay: Option<crate::ApiRelay>,
+    pub(crate) size: gofer_domain::executors::Need,
     backend: crate::Backend,
     /// The schedulers it may reach; it talks to the one at `current`, the one that holds the lease.
     channels: Vec<Channel>,
@@ -91,6 +92,7 @@ impl Executor {
             capacity: config.capacity,
             labels: config.labels,
             api_relay: config.api_relay,
+            size: config.size,
             backend,
             channels,
             redirect: Mutex::default(),

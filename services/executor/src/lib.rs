@@ -70,6 +70,9 @@ pub struct Config {
     /// API (`inject_api_token`); `None` when there is none, and such a task keeps the scheduler's
     /// address.
     pub api_relay: Option<ApiRelay>,
+    /// Its size, which the `cpu` and `memory` of the attempts it runs at once may add up to; zeros for
+    /// no limit.
+    pub size: gofer_domain::executors::Need,
 }
 
 /// Where a task's container reaches the API, and what it verifies it with.

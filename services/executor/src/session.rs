@@ -26,6 +26,8 @@ impl Executor {
                 capacity: self.capacity,
                 labels: self.labels.clone().into_iter().collect(),
                 heartbeats: true,
+                millicpus: self.size.millicpus,
+                memory_bytes: self.size.memory_bytes,
             })),
         };
         tx.send(hello)

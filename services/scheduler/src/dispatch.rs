@@ -250,6 +250,8 @@ impl DispatchService for DispatchHandler {
             id: executor.clone(),
             capacity: hello.capacity,
             labels: hello.labels.into_iter().collect(),
+            millicpus: hello.millicpus,
+            memory_bytes: hello.memory_bytes,
         };
         if self.scheduler.lease.epoch().is_none() {
             return Err(standby(

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gofer_clock::Clock;
-use gofer_domain::executors::ExecutorInfo;
+use gofer_domain::executors::{ExecutorInfo, Need};
 use gofer_domain::{AttemptId, AttemptRef, Command, State, plan};
 use gofer_proto::v1::{self, dispatch_response::Kind};
 use gofer_state::{LeaseHolder, StateHandle};
@@ -259,32 +259,32 @@ impl Scheduler {
         self.renew_executors(&alive, now).await;
         self.expire_executors(since, &alive, now).await;
         let now = self.clock.now_millis();
-        // Each ready attempt with the labels its task requires of an executor.
+        // Each ready attempt with the labels its task requires of an executor and what it takes of one.
         let planned = self.state.read(|s| {
             plan(s, now)
                 .into_iter()
                 .map(|(target, attempt)| {
-                    let labels = s
+                    let (labels, need) = s
                         .run(&target.namespace, &target.pipeline, target.run)
                         .ok()
                         .and_then(|(_, config)| config.tasks.iter().find(|t| t.id == target.task))
-                        .map(|t| t.executor_labels.clone())
+                        .map(|t| (t.executor_labels.clone(), Need::of(t, &s.task_limits)))
                         .unwrap_or_default();
-                    (target, attempt, labels)
+                    (target, attempt, labels, need)
                 })
                 .collect::<Vec<_>>()
         });
         if !planned.is_empty() {
             let mut load = self.load(&alive);
             let mut commands = Vec::new();
-            for (target, attempt, labels) in planned {
+            for (target, attempt, labels, need) in planned {
                 if commands.len() == MAX_ASSIGNMENTS_PER_ENTRY {
                     break;
                 }
-                let Some(executor) = pick_executor(&mut load, &alive, &labels) else {
-                    // No room anywhere: nothing else fits either. No room among the executors with
-                    // these labels: a task that requires others may still fit.
-                    if labels.is_empty() {
+                let Some(executor) = pick_executor(&mut load, &alive, &labels, need) else {
+                    // No room anywhere for a task that asks for nothing: nothing else fits either. A
+                    // task with labels, cpu or memory that fits nowhere: a smaller or other one may.
+                    if labels.is_empty() && need == Need::default() {
                         break;
                     }
                     continue;
@@ -315,20 +315,23 @@ impl Scheduler {
         self.send_pending();
     }
 
-    /// The live attempts of each alive executor that the log lets us give attempts to.
-    fn load(&self, alive: &HashMap<String, ExecutorInfo>) -> HashMap<String, usize> {
+    /// The live attempts of each alive executor that the log lets us give attempts to, and what they take
+    /// of its size.
+    fn load(&self, alive: &HashMap<String, ExecutorInfo>) -> HashMap<String, (usize, Need)> {
         self.state.read(|s| {
-            let mut load: HashMap<String, usize> = alive
+            let mut load: HashMap<String, (usize, Need)> = alive
                 .keys()
                 .filter(|e| s.executors.may_assign(e))
-                .map(|e| (e.clone(), 0))
+                .map(|e| (e.clone(), (0, Need::default())))
                 .collect();
-            for (_, _, _, run) in s.active_runs() {
-                for task in &run.tasks {
+            for (_, _, record, run) in s.active_runs() {
+                let config = record.version(run.version).expect("a run's version exists");
+                for (task, spec) in run.tasks.iter().zip(&config.tasks) {
                     if let Some(a) = &task.assignment
-                        && let Some(n) = load.get_mut(&a.executor)
+                        && let Some((count, used)) = load.get_mut(&a.executor)
                     {
-                        *n += 1;
+                        *count += 1;
+                        *used = used.plus(Need::of(spec, &s.task_limits));
                     }
                 }
             }
@@ -385,21 +388,26 @@ impl Scheduler {
 const MAX_ASSIGNMENTS_PER_ENTRY: usize = 1024;
 
 /// The executor with the fewest live attempts among those in `load` (alive and assignable) that carries
-/// every label in `required` and has room for one more; counts the attempt against it.
+/// every label in `required` and has room for one more attempt taking `need` (its capacity, and its size
+/// against what its live attempts take); counts the attempt against it.
 fn pick_executor(
-    load: &mut HashMap<String, usize>,
+    load: &mut HashMap<String, (usize, Need)>,
     alive: &HashMap<String, ExecutorInfo>,
     required: &std::collections::BTreeMap<String, String>,
+    need: Need,
 ) -> Option<String> {
-    let (id, count) = load
+    let (id, (count, used)) = load
         .iter_mut()
-        .filter(|(id, count)| {
+        .filter(|(id, (count, used))| {
             alive.get(*id).is_some_and(|info| {
-                (info.capacity == 0 || **count < info.capacity as usize) && info.has_labels(required)
+                (info.capacity == 0 || *count < info.capacity as usize)
+                    && info.has_labels(required)
+                    && need.fits(*used, info.millicpus, info.memory_bytes)
             })
         })
-        .min_by_key(|(id, count)| (**count, (*id).clone()))?;
+        .min_by_key(|(id, (count, _))| (*count, (*id).clone()))?;
     *count += 1;
+    *used = used.plus(need);
     Some(id.clone())
 }
 
@@ -503,45 +511,98 @@ mod tests {
 
     use gofer_domain::triggers::Trigger;
 
+    use std::collections::HashMap;
+
+    use gofer_domain::executors::{ExecutorInfo, Need};
+
     use super::{pick_executor, task_env};
 
     #[test]
     fn attempts_go_to_the_least_loaded_executor_with_room_and_the_labels_required() {
         let info = |id: &str, capacity: u32, zone: &str| {
             let labels = BTreeMap::from([("zone".to_string(), zone.to_string())]);
-            (
-                id.to_string(),
-                gofer_domain::executors::ExecutorInfo {
-                    id: id.into(),
-                    capacity,
-                    labels,
-                },
-            )
+            let info = ExecutorInfo {
+                id: id.into(),
+                capacity,
+                labels,
+                ..Default::default()
+            };
+            (id.to_string(), info)
         };
-        let alive: std::collections::HashMap<_, _> =
-            [info("a1", 2, "a"), info("a2", 0, "a"), info("b1", 1, "b")].into();
-        let mut load: std::collections::HashMap<String, usize> =
-            [("a1".to_string(), 0), ("a2".to_string(), 3), ("b1".to_string(), 0)].into();
+        let alive: HashMap<_, _> = [info("a1", 2, "a"), info("a2", 0, "a"), info("b1", 1, "b")].into();
+        let mut load: HashMap<String, (usize, Need)> = [("a1", 0), ("a2", 3), ("b1", 0)]
+            .map(|(id, n)| (id.to_string(), (n, Need::default())))
+            .into();
         let zone = |z: &str| BTreeMap::from([("zone".to_string(), z.to_string())]);
+        let none = Need::default();
         // Least loaded first, ties by name; a full executor is passed over.
-        assert_eq!(pick_executor(&mut load, &alive, &zone("a")).as_deref(), Some("a1"));
-        assert_eq!(pick_executor(&mut load, &alive, &zone("a")).as_deref(), Some("a1"));
         assert_eq!(
-            pick_executor(&mut load, &alive, &zone("a")).as_deref(),
+            pick_executor(&mut load, &alive, &zone("a"), none).as_deref(),
+            Some("a1")
+        );
+        assert_eq!(
+            pick_executor(&mut load, &alive, &zone("a"), none).as_deref(),
+            Some("a1")
+        );
+        assert_eq!(
+            pick_executor(&mut load, &alive, &zone("a"), none).as_deref(),
             Some("a2"),
             "a1 is full"
         );
-        assert_eq!(pick_executor(&mut load, &alive, &zone("b")).as_deref(), Some("b1"));
-        assert_eq!(pick_executor(&mut load, &alive, &zone("b")), None, "b1 is full");
         assert_eq!(
-            pick_executor(&mut load, &alive, &zone("c")),
+            pick_executor(&mut load, &alive, &zone("b"), none).as_deref(),
+            Some("b1")
+        );
+        assert_eq!(pick_executor(&mut load, &alive, &zone("b"), none), None, "b1 is full");
+        assert_eq!(
+            pick_executor(&mut load, &alive, &zone("c"), none),
             None,
             "no executor carries zone=c"
         );
         assert_eq!(
-            pick_executor(&mut load, &alive, &BTreeMap::new()).as_deref(),
+            pick_executor(&mut load, &alive, &BTreeMap::new(), none).as_deref(),
             Some("a2")
         );
+    }
+
+    #[test]
+    fn the_cpu_and_memory_of_the_attempts_an_executor_runs_add_up_to_its_size_at_most() {
+        let sized = |id: &str, millicpus: u64, memory_bytes: u64| {
+            let info = ExecutorInfo {
+                id: id.into(),
+                millicpus,
+                memory_bytes,
+                ..Default::default()
+            };
+            (id.to_string(), info)
+        };
+        // Two CPUs and 1 GiB; and one whose size is unknown, which counts none.
+        let alive: HashMap<_, _> = [sized("small", 2_000, 1 << 30), sized("unsized", 0, 0)].into();
+        let mut load: HashMap<String, (usize, Need)> = [("small", 0), ("unsized", 5)]
+            .map(|(id, n)| (id.to_string(), (n, Need::default())))
+            .into();
+        let need = |millicpus, memory_bytes| Need {
+            millicpus,
+            memory_bytes,
+        };
+        let any = BTreeMap::new();
+        assert_eq!(
+            pick_executor(&mut load, &alive, &any, need(1_500, 0)).as_deref(),
+            Some("small")
+        );
+        // Half a CPU left on `small`: one more CPU goes to the unsized executor, half a CPU still fits.
+        assert_eq!(
+            pick_executor(&mut load, &alive, &any, need(1_000, 0)).as_deref(),
+            Some("unsized")
+        );
+        load.get_mut("unsized").expect("unsized").0 = 9;
+        assert_eq!(
+            pick_executor(&mut load, &alive, &any, need(500, 1 << 29)).as_deref(),
+            Some("small")
+        );
+        assert_eq!(load["small"].1, need(2_000, 1 << 29));
+        load.remove("unsized");
+        assert_eq!(pick_executor(&mut load, &alive, &any, need(1, 0)), None, "no CPU left");
     }
 
     #[test]

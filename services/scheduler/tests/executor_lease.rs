@@ -33,8 +33,8 @@ impl FakeExecutor {
         let hello = v1::ExecutorHello {
             executor_id: id.into(),
             capacity: 0,
-            labels: Default::default(),
             heartbeats: true,
+            ..Default::default()
         };
         outbound
             .send(v1::DispatchRequest {
