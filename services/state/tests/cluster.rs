@@ -727,7 +727,19 @@ async fn a_log_read_from_another_node_rides_through_a_moment_that_node_cannot_be
     server.abort();
     let _ = server.await;
     let address = cluster.addresses[&keeper].trim_start_matches("https://").to_string();
-    let refuser = tokio::net::TcpListener::bind(&address).await.unwrap();
+    // The aborted server's accept loop lets go of the port once it sees its shutdown, on its next poll.
+    let refuser = {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match tokio::net::TcpListener::bind(&address).await {
+                Ok(listener) => break listener,
+                Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(err) => panic!("binding {address} again: {err}"),
+            }
+        }
+    };
     let handle = StateHandle::from(cluster.nodes[&reader].clone());
     let read = tokio::spawn({
         let target = target.clone();
