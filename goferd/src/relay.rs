@@ -30,7 +30,32 @@ pub(crate) async fn start(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Option<gofer_executor::ApiRelay> {
-    match try_start(docker, ports, cluster_ca_pem, now_unix_seconds, tracker, shutdown).await {
+    let started = async {
+        let gateway = docker
+            .task_network_gateway()
+            .await?
+            .context("the Docker Engine has no default bridge network")?;
+        let upstreams = ports.iter().map(upstream).collect::<anyhow::Result<Vec<_>>>()?;
+        let pki = gofer_tls::DevPki::generate(&[gateway.to_string().as_str()], now_unix_seconds)?;
+        let server = gofer_tls::listen::server_config(
+            &pki.ca.cert_pem,
+            &pki.server.cert_pem,
+            &pki.server.key_pem,
+            gofer_tls::listen::ClientCertificates::Optional,
+        )?;
+        let client = gofer_tls::relay::client_config(cluster_ca_pem)?;
+        let address = SocketAddr::new(IpAddr::V4(gateway), 0);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening on the task network's gateway {address}"))?;
+        let listening = listener.local_addr()?;
+        gofer_tls::relay::relay(listener, server, client, upstreams.into(), tracker, shutdown);
+        anyhow::Ok(gofer_executor::ApiRelay {
+            host: format!("https://{listening}"),
+            ca_pem: pki.ca.cert_pem,
+        })
+    };
+    match started.await {
         Ok(relay) => {
             tracing::info!(host = %relay.host, "tasks reach the API through this executor's relay");
             Some(relay)
@@ -43,39 +68,6 @@ pub(crate) async fn start(
             None
         }
     }
-}
-
-async fn try_start(
-    docker: &Engine,
-    ports: &[ApiPort],
-    cluster_ca_pem: &str,
-    now_unix_seconds: i64,
-    tracker: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<gofer_executor::ApiRelay> {
-    let gateway = docker
-        .task_network_gateway()
-        .await?
-        .context("the Docker Engine has no default bridge network")?;
-    let upstreams = ports.iter().map(upstream).collect::<anyhow::Result<Vec<_>>>()?;
-    let pki = gofer_tls::DevPki::generate(&[gateway.to_string().as_str()], now_unix_seconds)?;
-    let server = gofer_tls::listen::server_config(
-        &pki.ca.cert_pem,
-        &pki.server.cert_pem,
-        &pki.server.key_pem,
-        gofer_tls::listen::ClientCertificates::Optional,
-    )?;
-    let client = gofer_tls::relay::client_config(cluster_ca_pem)?;
-    let address = SocketAddr::new(IpAddr::V4(gateway), 0);
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("listening on the task network's gateway {address}"))?;
-    let listening = listener.local_addr()?;
-    gofer_tls::relay::relay(listener, server, client, upstreams.into(), tracker, shutdown);
-    Ok(gofer_executor::ApiRelay {
-        host: format!("https://{listening}"),
-        ca_pem: pki.ca.cert_pem,
-    })
 }
 
 fn upstream(port: &ApiPort) -> anyhow::Result<Upstream> {

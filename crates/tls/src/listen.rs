@@ -68,6 +68,14 @@ pub fn cipher_suites() -> Vec<rustls::SupportedCipherSuite> {
     ]
 }
 
+/// The crypto provider of Gofer's TLS: ring, offering [`cipher_suites`] alone.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(CryptoProvider {
+        cipher_suites: cipher_suites(),
+        ..rustls::crypto::ring::default_provider()
+    })
+}
+
 pub(crate) fn certificates(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -86,10 +94,7 @@ pub fn server_config(
     key_pem: &str,
     clients: ClientCertificates,
 ) -> Result<Arc<ServerConfig>, ConfigError> {
-    let provider = Arc::new(CryptoProvider {
-        cipher_suites: cipher_suites(),
-        ..rustls::crypto::ring::default_provider()
-    });
+    let provider = provider();
     let mut roots = RootCertStore::empty();
     for ca in certificates(ca_pem, "CA certificate")? {
         roots.add(ca).map_err(ConfigError::Ca)?;
@@ -122,8 +127,7 @@ pub fn check_key_pair(cert_pem: &str, key_pem: &str) -> Result<(), ConfigError> 
         what: "private key",
         source,
     })?;
-    let provider = rustls::crypto::ring::default_provider();
-    rustls::sign::CertifiedKey::from_der(certificates(cert_pem, "certificate")?, key, &provider)
+    rustls::sign::CertifiedKey::from_der(certificates(cert_pem, "certificate")?, key, &provider())
         .map(|_| ())
         .map_err(ConfigError::Identity)
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 use rustls::RootCertStore;
-use rustls::crypto::CryptoProvider;
 use rustls::server::ServerConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
@@ -20,7 +19,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listen::{ConfigError, cipher_suites};
+use crate::listen::ConfigError;
 
 /// How long the relay waits for one upstream to accept a connection before it tries the next.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,15 +38,11 @@ pub struct Upstream {
 /// A client config for the relay's upstream side: TLS 1.3 only, [`cipher_suites`], HTTP/2, servers verified
 /// against the cluster CA (`ca_pem`), no client certificate.
 pub fn client_config(ca_pem: &str) -> Result<Arc<ClientConfig>, ConfigError> {
-    let provider = Arc::new(CryptoProvider {
-        cipher_suites: cipher_suites(),
-        ..rustls::crypto::ring::default_provider()
-    });
     let mut roots = RootCertStore::empty();
     for ca in crate::listen::certificates(ca_pem, "CA certificate")? {
         roots.add(ca).map_err(ConfigError::Ca)?;
     }
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(crate::listen::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(ConfigError::Identity)?
         .with_root_certificates(roots)

@@ -11,20 +11,28 @@ use gofer_secrets::Keyring;
 /// One subscription: namespace, pipeline, label.
 pub(crate) type SubscriptionKey<'a> = (&'a str, &'a str, &'a str);
 
+/// `stored` opened under `associated_data` if it is sealed, as it is if an older Gofer stored it in the
+/// clear.
+fn open(keyring: &Keyring, associated_data: &str, stored: &str) -> Result<String, gofer_secrets::Error> {
+    match Sealed::from_text(stored) {
+        Some(sealed) => keyring.open_text(associated_data, &sealed),
+        None => Ok(stored.to_string()),
+    }
+}
+
 /// The value of setting `name` of subscription `key` as `stored`, opened if sealed; `None` (and a warning
 /// naming the setting, never its value) if it does not open with this node's keys.
 pub(crate) fn open_setting(keyring: &Keyring, key: SubscriptionKey<'_>, name: &str, stored: &str) -> Option<String> {
-    let Some(sealed) = Sealed::from_text(stored) else {
-        return Some(stored.to_string());
-    };
     let (namespace, pipeline, label) = key;
-    match keyring.open_text(&setting_associated_data(namespace, pipeline, label, name), &sealed) {
-        Ok(value) => Some(value),
-        Err(err) => {
-            tracing::warn!(%err, namespace, pipeline, label, setting = name, "a secret setting does not open");
-            None
-        }
-    }
+    open(
+        keyring,
+        &setting_associated_data(namespace, pipeline, label, name),
+        stored,
+    )
+    .inspect_err(|err| {
+        tracing::warn!(%err, namespace, pipeline, label, setting = name, "a secret setting does not open");
+    })
+    .ok()
 }
 
 /// `settings` of subscription `key` with every sealed value opened; one that does not open is left out.
@@ -49,16 +57,12 @@ pub(crate) fn open_install_settings(
     settings
         .iter()
         .filter_map(|(name, stored)| {
-            let Some(sealed) = Sealed::from_text(stored) else {
-                return Some((name.clone(), stored.clone()));
-            };
-            match keyring.open_text(&extension_setting_associated_data(extension, name), &sealed) {
-                Ok(value) => Some((name.clone(), value)),
-                Err(err) => {
+            let value = open(keyring, &extension_setting_associated_data(extension, name), stored)
+                .inspect_err(|err| {
                     tracing::warn!(%err, extension, setting = %name, "an extension's setting does not open");
-                    None
-                }
-            }
+                })
+                .ok()?;
+            Some((name.clone(), value))
         })
         .collect()
 }
