@@ -277,6 +277,24 @@ pub enum Command {
         reseals: Vec<Reseal>,
         at: i64,
     },
+    /// A blob kept outside the log (see [`crate::blobs`]): `holders`, a majority of the state nodes,
+    /// fsynced it, and `key` names it from now on. A key under a run's prefix needs the run.
+    PutBlob {
+        key: String,
+        digest: String,
+        size: u64,
+        holders: Vec<u64>,
+        at: i64,
+    },
+    /// State node `node` copied the blobs `held` and lost those `lost` (found missing or corrupt).
+    BlobCopies {
+        node: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        held: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lost: Vec<String>,
+        at: i64,
+    },
 }
 
 /// What an applied command produced, beyond the change itself.
@@ -328,7 +346,9 @@ impl Command {
             | Command::SetTaskLimits { at, .. }
             | Command::PutSecret { at, .. }
             | Command::DeleteSecret { at, .. }
-            | Command::ResealSecrets { at, .. } => Some(*at),
+            | Command::ResealSecrets { at, .. }
+            | Command::PutBlob { at, .. }
+            | Command::BlobCopies { at, .. } => Some(*at),
             Command::Batch { .. } | Command::Fenced { .. } => None,
         }
     }

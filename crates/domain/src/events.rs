@@ -361,6 +361,8 @@ pub(crate) struct Journal {
     /// `(namespace, pipeline, run)` of each run this command made.
     made: Vec<(String, String, u64)>,
     about_made: Vec<EventKind>,
+    /// `(namespace, pipeline, run)` of each run this command pruned: its blobs go with it.
+    pruned: Vec<(String, String, u64)>,
 }
 
 impl Journal {
@@ -369,6 +371,16 @@ impl Journal {
         self.made.push((namespace.to_string(), pipeline.to_string(), run.id));
         self.about_made
             .push(run_event(namespace, pipeline, run.id, RunState::Pending, &origin(run)));
+    }
+
+    /// Run `run` was pruned: what it owns outside the runs map goes too.
+    pub(crate) fn run_pruned(&mut self, namespace: &str, pipeline: &str, run: u64) {
+        self.pruned.push((namespace.to_string(), pipeline.to_string(), run));
+    }
+
+    /// The runs this command pruned.
+    pub(crate) fn take_pruned(&mut self) -> Vec<(String, String, u64)> {
+        std::mem::take(&mut self.pruned)
     }
 
     /// Run `run` moved to the state it is in now.
@@ -436,13 +448,19 @@ impl Journal {
     }
 
     /// Where the journal stands, to go back to with [`Journal::rewind`].
-    pub(crate) fn mark(&self) -> (usize, usize, usize) {
-        (self.told.len(), self.made.len(), self.about_made.len())
+    pub(crate) fn mark(&self) -> (usize, usize, usize, usize) {
+        (
+            self.told.len(),
+            self.made.len(),
+            self.about_made.len(),
+            self.pruned.len(),
+        )
     }
 
     /// Forgets what was written since `mark`: one refused part of a command (a fire of a batch of fires)
     /// tells nothing, as a refused command does.
-    pub(crate) fn rewind(&mut self, (told, made, about_made): (usize, usize, usize)) {
+    pub(crate) fn rewind(&mut self, (told, made, about_made, pruned): (usize, usize, usize, usize)) {
+        self.pruned.truncate(pruned);
         self.told.truncate(told);
         self.made.truncate(made);
         self.about_made.truncate(about_made);

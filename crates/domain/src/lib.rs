@@ -6,6 +6,7 @@
 //! its dependency list.
 
 pub mod access;
+pub mod blobs;
 mod command;
 mod error;
 pub mod events;

@@ -389,7 +389,9 @@ impl<'a> PipelineMut<'a> {
         let request_id = run.request_id.clone();
         record.runs.insert(id, run);
         record.next_run_id += 1;
-        prune_runs(record);
+        for pruned in prune_runs(record) {
+            self.journal.run_pruned(self.namespace, self.id, pruned);
+        }
         if !request_id.is_empty() {
             record.requests.insert(request_id, id);
         }
@@ -637,11 +639,11 @@ impl<'a> RunMut<'a> {
 
 /// Prunes the oldest ended runs beyond what the newest version keeps, with their request ids; runs that
 /// have not ended are never pruned.
-fn prune_runs(record: &mut PipelineRecord) {
+fn prune_runs(record: &mut PipelineRecord) -> BTreeSet<u64> {
     let keep = record.latest().runs_kept();
     let excess = record.runs.len().saturating_sub(keep);
     if excess == 0 {
-        return;
+        return BTreeSet::new();
     }
     let pruned: BTreeSet<u64> = record
         .runs
@@ -652,6 +654,7 @@ fn prune_runs(record: &mut PipelineRecord) {
         .collect();
     record.runs.retain(|id, _| !pruned.contains(id));
     record.requests.retain(|_, run| !pruned.contains(run));
+    pruned
 }
 
 /// Refuses a report about an attempt from an executor other than the one it was assigned to. An empty

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{TokenRecord, Tokens};
+use crate::blobs::Blobs;
 use crate::command::{Applied, Command, MAX_BATCH};
 use crate::events::{EventLog, Journal};
 use crate::executors::Executors;
@@ -51,6 +52,9 @@ pub struct State {
     /// The cluster's secrets, sealed (see [`crate::secrets`]); left out of a snapshot while there are none.
     #[serde(default, skip_serializing_if = "Secrets::is_empty")]
     pub secrets: Secrets,
+    /// The blobs kept outside the log (see [`crate::blobs`]); left out of a snapshot while there are none.
+    #[serde(default, skip_serializing_if = "Blobs::is_empty")]
+    pub blobs: Blobs,
 }
 
 impl State {
@@ -59,6 +63,11 @@ impl State {
     pub fn apply(&mut self, command: &Command) -> Result<Applied, Error> {
         let mut journal = Journal::default();
         let applied = self.apply_with(command, &mut journal)?;
+        // A pruned run's blobs go with it.
+        for (namespace, pipeline, run) in journal.take_pruned() {
+            self.blobs
+                .remove_prefix(&crate::blobs::run_prefix(&namespace, &pipeline, run));
+        }
         match command.at() {
             Some(at) => self.events.record(at, journal),
             // A batch or a fence applies each command inside through `apply`, which records its events.
@@ -274,6 +283,16 @@ impl State {
                 .map(|()| Applied::Done),
             Command::DeleteSecret { scope, key, .. } => self.secrets.delete(scope, key).map(|()| Applied::Done),
             Command::ResealSecrets { reseals, .. } => self.reseal_secrets(reseals),
+            Command::PutBlob {
+                key,
+                digest,
+                size,
+                holders,
+                at,
+            } => self.put_blob(key, digest, *size, holders, *at).map(|()| Applied::Done),
+            Command::BlobCopies { node, held, lost, .. } => {
+                self.blobs.set_copies(*node, held, lost).map(|()| Applied::Done)
+            }
             Command::Fenced {
                 role,
                 holder,
@@ -287,6 +306,23 @@ impl State {
                 Ok(applied)
             }
         }
+    }
+
+    /// `PutBlob`: a key under a run's prefix needs the run, or nothing would ever forget it.
+    fn put_blob(&mut self, key: &str, digest: &str, size: u64, holders: &[u64], at: i64) -> Result<(), Error> {
+        if let Some(rest) = key.strip_prefix("runs/") {
+            let mut parts = rest.splitn(4, '/');
+            let (Some(namespace), Some(pipeline), Some(run), Some(_)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(Error::invalid("key", "a run's key is runs/NAMESPACE/PIPELINE/RUN/NAME"));
+            };
+            let run = run
+                .parse::<u64>()
+                .map_err(|_| Error::invalid("key", "a run's key names the run by its number"))?;
+            self.run(namespace, pipeline, run)?;
+        }
+        self.blobs.put(key, digest, size, holders, at)
     }
 
     fn init(&mut self, cluster_id: &str, at: i64) -> Result<Applied, Error> {

@@ -144,7 +144,9 @@ fn issued_by(roles: Roles, command: &Command) -> bool {
         | Command::AttemptFinished { .. }
         | Command::RenewExecutors { .. }
         | Command::ExecutorLost { .. }
-        | Command::AttemptReportedLate { .. } => false,
+        | Command::AttemptReportedLate { .. }
+        | Command::PutBlob { .. }
+        | Command::BlobCopies { .. } => false,
     }
 }
 

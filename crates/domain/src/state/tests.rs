@@ -1065,3 +1065,47 @@ fn task_limits_are_checked_and_a_refused_setting_changes_nothing() {
     set_limits(&mut state, TaskLimits::default()).unwrap();
     assert!(!serde_json::to_string(&state).unwrap().contains("task_limits"));
 }
+
+#[test]
+fn a_pruned_runs_blobs_go_with_it_and_a_blob_needs_its_run() {
+    let mut state = init();
+    register(
+        &mut state,
+        r#"{"id": "p", "keep_runs": 1, "tasks": [{"id": "a", "image": "i"}]}"#,
+    );
+    let start = |state: &mut State| match state.apply(&Command::StartRun {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        request_id: String::new(),
+        parameters: Default::default(),
+        retry_of: 0,
+        at: 5,
+    }) {
+        Ok(Applied::Run(id)) => id,
+        other => panic!("{other:?}"),
+    };
+    let put = |key: String, byte: u8| Command::PutBlob {
+        key,
+        digest: format!("{byte:02x}").repeat(32),
+        size: 3,
+        holders: vec![1, 2],
+        at: 6,
+    };
+    let run = start(&mut state);
+    let log = crate::blobs::task_log_key(&target("a", run), 1);
+    state.apply(&put(log.clone(), 1)).unwrap();
+    assert!(state.blobs.get(&log).is_some());
+    // A key under a run that does not exist is refused, naming the field, and changes nothing.
+    let before = state.clone();
+    let err = state
+        .apply(&put(crate::blobs::task_log_key(&target("a", 9), 1), 2))
+        .unwrap_err();
+    assert!(err.to_string().contains("run 9"), "{err}");
+    assert_eq!(state, before);
+    let err = state.apply(&put("runs/default/p".into(), 2)).unwrap_err();
+    assert!(err.to_string().contains("key"), "{err}");
+    // The run ends; the next one prunes it (keep_runs 1), and its log's blob with it.
+    run_task(&mut state, run, "a", AttemptOutcome::Exited(0));
+    start(&mut state);
+    assert!(state.blobs.is_empty(), "{:?}", state.blobs);
+}
