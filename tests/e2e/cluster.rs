@@ -273,6 +273,17 @@ fn a_three_node_cluster_serves_from_any_node_and_survives_losing_its_leader() ->
         assert_eq!(events(&cluster, *node, 0)?, seen, "node {node}'s events");
     }
     let last_seen = seen.last().and_then(|e| e["id"].as_u64()).context("an event id")?;
+    // Every node holds a copy of every log blob (seven runs' logs, some of them alike), none is owed.
+    wait_until("every node to hold every blob", Duration::from_secs(30), || {
+        let status = cluster.json(followers[0], &["cluster", "status"])?;
+        let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+        Ok(Seen::check(nodes, |nodes| {
+            nodes.len() == 3
+                && nodes
+                    .iter()
+                    .all(|n| n["blob_count"].as_u64().unwrap_or(0) >= 2 && n["blob_backlog"].as_u64() == Some(0))
+        }))
+    })?;
 
     // Kill the leader: another node leads, nothing acknowledged is lost, runs go on.
     cluster.kill(leader);
@@ -280,6 +291,17 @@ fn a_three_node_cluster_serves_from_any_node_and_survives_losing_its_leader() ->
     assert_ne!(new_leader, leader);
     let pipeline = cluster.json(followers[1], &["pipeline", "get", "spread"])?;
     assert_eq!(pipeline["latest_version"], 1);
+    // The dead leader's scheduler received run 1's log, and the log is a blob on the survivors too:
+    // either serves it.
+    for node in &followers {
+        let logs = cluster.ctl(*node, &["task", "logs", "spread", "1", "a"])?;
+        assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&logs.stdout).trim(),
+            "from the cluster",
+            "through node {node}"
+        );
+    }
     assert_eq!(
         cluster.json(followers[1], &["run", "get", "spread", "1"])?["state"],
         "SUCCEEDED"

@@ -20,6 +20,8 @@ struct TaskView {
     ended: bool,
     /// The state node that keeps the attempt's log (0: this one, for logs from before nodes were named).
     log_node: u64,
+    /// The attempt's whole log as a replicated blob, once it is archived: its digest and holders.
+    archived: Option<(String, std::collections::BTreeSet<u64>)>,
 }
 
 fn task_view(api: &ApiService, target: &AttemptRef) -> Result<TaskView, Status> {
@@ -28,10 +30,16 @@ fn task_view(api: &ApiService, target: &AttemptRef) -> Result<TaskView, Status> 
         let task = run
             .task(&target.task)
             .ok_or_else(|| Error::NotFound(format!("task {:?} in run {}", target.task, target.run)))?;
+        let key = gofer_domain::blobs::task_log_key(target, task.attempt);
+        let archived = s
+            .blobs
+            .get(&key)
+            .map(|(blob, copies)| (blob.digest.clone(), copies.holders.clone()));
         Ok(TaskView {
             attempt: task.attempt,
             ended: task.state.is_terminal(),
             log_node: task.log_node,
+            archived,
         })
     })
 }
@@ -97,8 +105,29 @@ async fn pump(
     let mut offset = 0u64;
     loop {
         // Read whether the task ended before reading the file: bytes are durable before the end is
-        // committed, so a reader that saw the end and then read to EOF has them all.
-        let ended = task_view(api, target)?.ended;
+        // committed, so a reader that saw the end and then read to EOF has them all. Once the log is
+        // archived it is whole and final: it is read from any state node that holds it, checked against
+        // its digest, whatever became of the node that received it.
+        let now = task_view(api, target)?;
+        if let Some((digest, holders)) = now.archived.filter(|_| now.attempt == attempt) {
+            let data = api
+                .state
+                .read_blob(&digest, &holders)
+                .await
+                .map_err(|e| unavailable("reading the archived task log", &e))?;
+            let rest = data.get(offset as usize..).unwrap_or_default();
+            for chunk in rest.chunks(CHUNK) {
+                if tx
+                    .send(Ok(v1::GetTaskLogsResponse { data: chunk.to_vec() }))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            return Ok(());
+        }
+        let ended = now.ended;
         loop {
             let data = match &local {
                 Some((logs, path, _)) => logs

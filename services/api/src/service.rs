@@ -625,16 +625,24 @@ impl GoferService for ApiService {
             last_log_index: status.last_log_index,
             applied_index: status.applied_index,
             cluster_id: self.state.read(|s| s.cluster_id.clone()),
-            nodes: status
-                .members
-                .into_iter()
-                .map(|m| v1::ClusterNode {
-                    id: m.id,
-                    address: m.address,
-                    role: m.role.to_string(),
-                    matched_index: m.matched_index,
-                })
-                .collect(),
+            nodes: self.state.read(|s| {
+                status
+                    .members
+                    .into_iter()
+                    .map(|m| {
+                        let blobs = s.blobs.node_blobs(m.id);
+                        v1::ClusterNode {
+                            id: m.id,
+                            address: m.address,
+                            role: m.role.to_string(),
+                            matched_index: m.matched_index,
+                            blob_count: blobs.count,
+                            blob_bytes: blobs.bytes,
+                            blob_backlog: blobs.backlog,
+                        }
+                    })
+                    .collect()
+            }),
         }))
     }
 

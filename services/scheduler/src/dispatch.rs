@@ -422,7 +422,15 @@ impl DispatchService for DispatchHandler {
             .map_err(|e| unavailable("finding a state node to keep the log", &e))?;
         let chunks = inbound.map(|m| m.map(|m| m.data));
         let stored_bytes = match &self.logs {
-            Some(logs) => logs.store_stream(target, attempt, &first.data, chunks).await?,
+            Some(logs) => {
+                let stored = logs.store_stream(target, attempt, &first.data, chunks).await?;
+                // The log counts as stored once it is a blob on a majority of the state nodes.
+                state
+                    .archive_task_log(logs, target, attempt, self.scheduler.clock.now_millis())
+                    .await
+                    .map_err(|e| unavailable("replicating the task log", &e))?;
+                stored
+            }
             None => {
                 // The keeper is a state node elsewhere: the bytes go there. A broken upload ends the
                 // forwarded stream early and fails this call; the executor sends the whole log again.

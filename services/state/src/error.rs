@@ -23,6 +23,9 @@ pub enum Error {
     /// Opening or reading the node's files failed.
     #[error("state storage: {0}")]
     Storage(#[from] Storage),
+    /// A blob could not be written or read on this node.
+    #[error(transparent)]
+    Blob(#[from] crate::BlobError),
 }
 
 /// Why the state is unavailable.
@@ -104,6 +107,28 @@ pub enum Unavailable {
     Shutdown(#[source] tokio::task::JoinError),
     #[error("the redb file is still open {} s after raft stopped", .0.as_secs())]
     StillOpen(Duration),
+    /// Too few state nodes stored a blob for it to count as written.
+    #[error(
+        "blob {digest} was stored on {stored} of {voters} state nodes; {needed} are needed{}",
+        .last.as_ref().map(|e| format!(" (last failure: {e})")).unwrap_or_default()
+    )]
+    NoBlobMajority {
+        digest: String,
+        stored: usize,
+        needed: usize,
+        voters: usize,
+        last: Option<Box<Error>>,
+    },
+    /// No state node could serve a blob: none that holds it answered with bytes matching its digest.
+    #[error(
+        "no state node could serve blob {digest} (asked nodes {asked:?}){}",
+        .last.as_ref().map(|e| format!("; last failure: {e}")).unwrap_or_default()
+    )]
+    BlobUnreadable {
+        digest: String,
+        asked: Vec<NodeId>,
+        last: Option<Box<Error>>,
+    },
 }
 
 /// Which call to another state node failed.
@@ -125,6 +150,8 @@ pub enum Call {
     Follow,
     ReadLog(NodeId),
     StoreLog(NodeId),
+    WriteBlob(NodeId),
+    ReadBlob(NodeId),
 }
 
 impl std::fmt::Display for Call {
@@ -141,6 +168,8 @@ impl std::fmt::Display for Call {
             Call::Follow => f.write_str("following a state node"),
             Call::ReadLog(node) => write!(f, "reading the log from node {node}"),
             Call::StoreLog(node) => write!(f, "storing the log on node {node}"),
+            Call::WriteBlob(node) => write!(f, "writing a blob on node {node}"),
+            Call::ReadBlob(node) => write!(f, "reading a blob from node {node}"),
         }
     }
 }

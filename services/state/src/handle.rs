@@ -143,7 +143,7 @@ impl StateHandle {
         }
     }
 
-    async fn member_client(
+    pub(crate) async fn member_client(
         &self,
         node: NodeId,
     ) -> Result<v1::raft_service_client::RaftServiceClient<tonic::transport::Channel>, Error> {

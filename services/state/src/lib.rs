@@ -15,6 +15,8 @@
 //! A process starts its state role with [`run`] (`role.rs`): a node here or a mirror of nodes elsewhere.
 //! Every task the crate spawns goes through the `TaskTracker` it is given.
 
+mod blob_copies;
+mod blobs;
 mod error;
 mod handle;
 mod lease;
@@ -29,6 +31,8 @@ mod server;
 mod store;
 mod types;
 
+pub use blob_copies::{WrittenBlob, keep_blobs};
+pub use blobs::{BlobError, BlobStore, digest_of};
 pub use error::{Call, Error, Storage, Unavailable};
 pub use handle::StateHandle;
 pub use lease::{LEASE_TTL, LeaseHolder};

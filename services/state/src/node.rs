@@ -25,6 +25,8 @@ use crate::{Call, Error, Storage, Unavailable};
 const SINGLE_NODE_ID: NodeId = 1;
 /// The redb file's name inside the data directory.
 const STATE_FILE: &str = "state.redb";
+/// The blob directory's name inside the data directory.
+const BLOBS_DIR: &str = "blobs";
 /// How long opening waits for leadership, and shutting down for the redb file to close.
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -71,6 +73,8 @@ struct Inner {
     applied: Arc<RwLock<AppliedState>>,
     applied_index: watch::Receiver<u64>,
     changes: tokio::sync::broadcast::Sender<store::Change>,
+    /// The blob files this node keeps (see `blob_copies.rs`).
+    blobs: crate::BlobStore,
     /// Taken by the first `shutdown`; completes once the redb file is closed.
     closed: Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -140,6 +144,10 @@ impl StateNode {
                 path: data_dir.to_path_buf(),
                 source,
             })?;
+        let blobs_dir = data_dir.join(BLOBS_DIR);
+        let blobs = tokio::task::spawn_blocking(move || crate::BlobStore::open(&blobs_dir))
+            .await
+            .map_err(Storage::Task)??;
         let store = store::open(data_dir.join(STATE_FILE)).await?;
         store.log.gate_with(network.faults.clone(), network.id);
         let raft = Raft::new(
@@ -159,6 +167,7 @@ impl StateNode {
                 applied: store.applied,
                 applied_index: store.applied_index,
                 changes: store.changes,
+                blobs,
                 closed: Mutex::new(Some(store.closed)),
             }),
         })
@@ -351,6 +360,11 @@ impl StateNode {
         self.peer_client(&address)
     }
 
+    /// The blob files this node keeps.
+    pub fn blobs(&self) -> &crate::BlobStore {
+        &self.inner.blobs
+    }
+
     /// This node's raft id.
     pub fn id(&self) -> NodeId {
         self.inner.id
@@ -367,12 +381,14 @@ impl StateNode {
     pub fn raft_service(
         &self,
         logs: Option<crate::LogStore>,
+        clock: gofer_clock::Clock,
         tracker: tokio_util::task::TaskTracker,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> crate::server::RaftServer {
         let handler = crate::server::RaftHandler {
             node: self.clone(),
             logs,
+            clock,
             tracker,
             shutdown,
         };

@@ -20,6 +20,8 @@ pub(crate) enum RaftCall {
     Follow,
     ClusterStatus,
     StoreTaskLog,
+    WriteBlob,
+    ReadBlob,
 }
 
 impl RaftCall {
@@ -36,6 +38,8 @@ impl RaftCall {
             "Follow" => RaftCall::Follow,
             "ClusterStatus" => RaftCall::ClusterStatus,
             "StoreTaskLog" => RaftCall::StoreTaskLog,
+            "WriteBlob" => RaftCall::WriteBlob,
+            "ReadBlob" => RaftCall::ReadBlob,
             _ => return None,
         })
     }
@@ -53,6 +57,8 @@ impl RaftCall {
             // The api serves task logs kept on other nodes; the scheduler sends them where they are kept.
             RaftCall::ReadTaskLog => &[State, Api],
             RaftCall::StoreTaskLog => &[State, Scheduler],
+            // State nodes copy blobs between them; an api writes and reads objects.
+            RaftCall::WriteBlob | RaftCall::ReadBlob => &[State, Api],
         }
     }
 }

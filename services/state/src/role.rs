@@ -96,8 +96,9 @@ pub async fn run(
         Placement::Local { node, logs, raft } => {
             let handle = StateHandle::from(node.clone());
             tracker.spawn(prune_logs(handle.clone(), logs.clone(), shutdown.clone()));
+            tracker.spawn(crate::keep_blobs(node.clone(), clock.clone(), shutdown.clone()));
             if let Some(port) = raft {
-                serve_raft(&node, &logs, port, tracker, shutdown)?;
+                serve_raft(&node, &logs, clock.clone(), port, tracker, shutdown)?;
             }
             first_commands.push(tracker.spawn(initialize(
                 handle.clone(),
@@ -167,11 +168,12 @@ pub async fn run(
 fn serve_raft(
     node: &StateNode,
     logs: &LogStore,
+    clock: Clock,
     port: RaftPort,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
-    let service = node.raft_service(Some(logs.clone()), tracker.clone(), shutdown.clone());
+    let service = node.raft_service(Some(logs.clone()), clock, tracker.clone(), shutdown.clone());
     let router = Server::builder().add_service(service);
     let tcp = tokio_stream::wrappers::TcpListenerStream::new(port.listener);
     let incoming = gofer_tls::listen::incoming(tcp, port.tls, tracker, shutdown);

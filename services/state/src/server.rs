@@ -26,6 +26,8 @@ pub struct RaftHandler {
     pub(crate) node: StateNode,
     /// The node's task log archive, read by peers that serve a log they do not keep.
     pub(crate) logs: Option<crate::LogStore>,
+    /// What stamps the commands it proposes (a stored log's `PutBlob`).
+    pub(crate) clock: gofer_clock::Clock,
     /// Runs the follow streams.
     pub(crate) tracker: tokio_util::task::TaskTracker,
     /// Ends the follow streams.
@@ -119,6 +121,18 @@ where
     }
 }
 
+/// A blob that could not be written or read here, as a Status.
+fn blob_status(err: crate::BlobError) -> Status {
+    use crate::BlobError;
+    match err {
+        BlobError::Corrupt { .. } | BlobError::Size { .. } | BlobError::Digest(_) => {
+            Status::invalid_argument(err.to_string())
+        }
+        BlobError::DiskFull(_) => Status::resource_exhausted(err.to_string()),
+        BlobError::Io { .. } | BlobError::Task(_) => Status::internal(err.to_string()),
+    }
+}
+
 fn bad_payload(e: serde_json::Error) -> Status {
     Status::invalid_argument(format!("payload: {e}"))
 }
@@ -130,6 +144,60 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 #[tonic::async_trait]
 impl RaftService for RaftHandler {
     type FollowStream = Pin<Box<dyn Stream<Item = Result<v1::FollowResponse, Status>> + Send + 'static>>;
+    type ReadBlobStream = Pin<Box<dyn Stream<Item = Result<v1::ReadBlobResponse, Status>> + Send + 'static>>;
+
+    async fn write_blob(
+        &self,
+        request: Request<Streaming<v1::WriteBlobRequest>>,
+    ) -> Result<Response<v1::WriteBlobResponse>, Status> {
+        let store = self.node.blobs().clone();
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .next()
+            .await
+            .transpose()?
+            .ok_or_else(|| Status::invalid_argument("digest: the first message must name the blob"))?;
+        if first.size > gofer_domain::blobs::MAX_BLOB_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "size: a blob is at most {} bytes",
+                gofer_domain::blobs::MAX_BLOB_BYTES
+            )));
+        }
+        let mut writer = store.writer(&first.digest, first.size).map_err(blob_status)?;
+        let mut data = first.data;
+        loop {
+            writer = tokio::task::spawn_blocking(move || writer.append(&data).map(|()| writer))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(blob_status)?;
+            match inbound.next().await.transpose()? {
+                Some(message) => data = message.data,
+                None => break,
+            }
+        }
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(blob_status)?;
+        Ok(Response::new(v1::WriteBlobResponse {}))
+    }
+
+    async fn read_blob(&self, request: Request<v1::ReadBlobRequest>) -> Result<Response<Self::ReadBlobStream>, Status> {
+        let digest = request.into_inner().digest;
+        gofer_domain::blobs::check_digest("digest", &digest).map_err(gofer_proto::into_status)?;
+        let data = self
+            .node
+            .blobs()
+            .read(&digest)
+            .await
+            .map_err(blob_status)?
+            .ok_or_else(|| Status::not_found(format!("blob {digest} is not on this node")))?;
+        let chunks: Vec<Result<v1::ReadBlobResponse, Status>> = data
+            .chunks(crate::blob_copies::BLOB_CHUNK)
+            .map(|chunk| Ok(v1::ReadBlobResponse { data: chunk.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
 
     async fn follow(&self, _request: Request<v1::FollowRequest>) -> Result<Response<Self::FollowStream>, Status> {
         let node = self.node.clone();
@@ -181,6 +249,11 @@ impl RaftService for RaftHandler {
             .map_err(gofer_proto::into_status)?;
         let chunks = inbound.map(|m| m.map(|m| m.data));
         let stored_bytes = logs.store_stream(&target, attempt, &first.data, chunks).await?;
+        // The log counts as stored once it is a blob on a majority of the state nodes.
+        crate::StateHandle::from(self.node.clone())
+            .archive_task_log(logs, &target, attempt, self.clock.now_millis())
+            .await
+            .map_err(|e| Status::unavailable(format!("replicating the task log: {e}")))?;
         Ok(Response::new(v1::StoreTaskLogResponse { stored_bytes }))
     }
 

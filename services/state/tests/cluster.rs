@@ -22,7 +22,7 @@ const DEADLINE: Duration = Duration::from_secs(15);
 struct Cluster {
     nodes: BTreeMap<NodeId, StateNode>,
     faults: Faults,
-    servers: BTreeMap<NodeId, tokio::task::JoinHandle<()>>,
+    servers: BTreeMap<NodeId, Served>,
     /// Each node's certificate, to serve again after a test stopped its server.
     certs: BTreeMap<NodeId, gofer_tls::CertifiedKey>,
     /// Each node's task log store, which its `RaftService` serves to the others.
@@ -115,10 +115,7 @@ impl Cluster {
 
     /// Stops node `id` (its raft and its server) and starts it again on the same data and address.
     async fn restart(&mut self, id: NodeId) {
-        let _ = self.nodes[&id].shutdown().await;
-        let server = self.servers.remove(&id).unwrap();
-        server.abort();
-        let _ = server.await;
+        self.kill(id).await;
         let cert = &self.certs[&id];
         let network = member_network(id, cert, &self.ca_pem, &self.faults);
         let dir = self._dirs[usize::try_from(id).unwrap() - 1].path();
@@ -137,6 +134,14 @@ impl Cluster {
         self.nodes.insert(id, node);
     }
 
+    /// Stops node `id`: its raft and its server, as a crash would.
+    async fn kill(&mut self, id: NodeId) {
+        let _ = self.nodes[&id].shutdown().await;
+        if let Some(server) = self.servers.remove(&id) {
+            server.end().await;
+        }
+    }
+
     /// The agreed leader and the two followers.
     async fn leader_and_followers(&self) -> (NodeId, NodeId, NodeId) {
         let leader = self.leader(&[1, 2, 3]).await;
@@ -148,8 +153,25 @@ impl Cluster {
         for node in self.nodes.values() {
             let _ = node.shutdown().await;
         }
-        for server in self.servers.values() {
-            server.abort();
+        for server in self.servers.into_values() {
+            server.end().await;
+        }
+    }
+}
+
+/// A node's raft server, running until [`Served::end`].
+struct Served {
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Served {
+    /// Stops the server and closes every connection it has, as a process that exits would: aborting
+    /// its task alone would leave the connections it spawned serving a node that is gone.
+    async fn end(mut self) {
+        self.stop.cancel();
+        if tokio::time::timeout(DEADLINE, &mut self.task).await.is_err() {
+            self.task.abort();
         }
     }
 }
@@ -171,7 +193,7 @@ fn serve(
     logs: &LogStore,
     listener: tokio::net::TcpListener,
     accepted: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<()> {
+) -> Served {
     let server_tls = gofer_tls::listen::server_config(
         ca_pem,
         &cert.cert_pem,
@@ -180,19 +202,26 @@ fn serve(
     )
     .unwrap();
     let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
-    let service = node.raft_service(Some(logs.clone()), tracker.clone(), shutdown.clone());
+    let service = node.raft_service(
+        Some(logs.clone()),
+        gofer_clock::Clock::system(),
+        tracker.clone(),
+        shutdown.clone(),
+    );
     let tcp = futures_util::StreamExt::inspect(tokio_stream::wrappers::TcpListenerStream::new(listener), move |_| {
         accepted.fetch_add(1, Ordering::SeqCst);
     });
     let incoming = gofer_tls::listen::incoming(tcp, server_tls, &tracker, &shutdown);
-    tokio::spawn(async move {
-        // Ends the handshakes and streams this server started when the test aborts it.
-        let _stop = shutdown.drop_guard();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        // Ends the handshakes and streams this server started when the test ends or aborts it.
+        let _stop = shutdown.clone().drop_guard();
         let _ = Server::builder()
             .add_service(service)
-            .serve_with_incoming(incoming)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
             .await;
-    })
+    });
+    Served { task, stop }
 }
 
 fn now() -> i64 {
@@ -689,7 +718,7 @@ async fn a_remote_process_mirrors_the_state_and_moves_on_when_its_node_goes() {
     // The followed node goes away for good: the mirror follows another, and writes and reads go on.
     let gone = cluster.nodes.remove(&follower).unwrap();
     gone.shutdown().await.unwrap();
-    cluster.servers[&follower].abort();
+    cluster.servers.remove(&follower).unwrap().end().await;
     remote.propose(namespace("after-the-loss")).await.unwrap();
     assert!(remote.read(|s| s.namespaces.contains_key("after-the-loss")));
     let status = remote.cluster_status().await.unwrap();
@@ -723,9 +752,7 @@ async fn a_log_read_from_another_node_rides_through_a_moment_that_node_cannot_be
     writer.finish().await.unwrap();
 
     // The keeper's server goes; in its place, a listener that drops every connection it accepts.
-    let server = cluster.servers.remove(&keeper).unwrap();
-    server.abort();
-    let _ = server.await;
+    cluster.servers.remove(&keeper).unwrap().end().await;
     let address = cluster.addresses[&keeper].trim_start_matches("https://").to_string();
     // The aborted server's accept loop lets go of the port once it sees its shutdown, on its next poll.
     let refuser = {
@@ -824,6 +851,21 @@ async fn a_node_stores_a_log_only_for_a_live_attempt_from_its_assignee() {
     assert!(forged.is_err(), "{forged:?}");
     assert!(stored().await.unwrap().is_empty(), "nothing was stored");
     assert_eq!(send("e1", b"the log\n").await.unwrap(), 8);
+    // Stored means archived: a blob on a majority of the nodes, named by the attempt, read anywhere.
+    let key = gofer_domain::blobs::task_log_key(&target, 1);
+    let (digest, holders) = node
+        .read_linearizable(|s| s.blobs.get(&key).map(|(b, c)| (b.digest.clone(), c.holders.clone())))
+        .await
+        .unwrap()
+        .expect("the stored log is a blob");
+    assert!(holders.len() >= 2 && holders.contains(&keeper), "{holders:?}");
+    for id in [1, 2, 3] {
+        let read = StateHandle::from(cluster.nodes[&id].clone())
+            .read_blob(&digest, &holders)
+            .await
+            .unwrap();
+        assert_eq!(read, b"the log\n", "through node {id}");
+    }
     node.propose(Command::AttemptFinished {
         target: target.clone(),
         attempt: 1,
@@ -956,5 +998,98 @@ async fn a_leader_that_lost_unsynced_entries_in_a_crash_does_not_lead_again_in_t
     for id in [1, 2, 3] {
         assert_eq!(cluster.nodes[&id].read(|s| s.clone()), state, "node {id}");
     }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_is_written_on_a_majority_read_from_any_holder_and_copied_to_a_node_that_missed_it() {
+    let mut cluster = Cluster::start().await;
+    let (leader, follower, other) = cluster.leader_and_followers().await;
+    let handle = StateHandle::from(cluster.nodes[&follower].clone());
+    handle
+        .propose(Command::Init {
+            cluster_id: "c".into(),
+            at: 1,
+        })
+        .await
+        .unwrap();
+    // One node is down: the write still has its majority, on the two that are up.
+    cluster.kill(other).await;
+    let data = Arc::new(vec![7u8; 3 * 1024 * 1024 + 5]);
+    let written = handle.write_blob(data.clone()).await.unwrap();
+    assert_eq!(written.digest, gofer_state::digest_of(&data));
+    let mut majority = vec![leader, follower];
+    majority.sort_unstable();
+    assert_eq!(written.holders, majority);
+    handle
+        .propose(Command::PutBlob {
+            key: "test/blob".into(),
+            digest: written.digest.clone(),
+            size: written.size,
+            holders: written.holders.clone(),
+            at: 2,
+        })
+        .await
+        .unwrap();
+    // Read through the leader, which holds it, and through the follower, from its own copy.
+    for id in [leader, follower] {
+        let read = StateHandle::from(cluster.nodes[&id].clone())
+            .read_blob(&written.digest, &written.holders.iter().copied().collect())
+            .await
+            .unwrap();
+        assert_eq!(read, *data);
+    }
+    // The node that was down comes back and copies the blob from a holder in the background.
+    cluster.restart(other).await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    for node in cluster.nodes.values() {
+        tracker.spawn(gofer_state::keep_blobs(
+            node.clone(),
+            gofer_clock::Clock::system(),
+            shutdown.clone(),
+        ));
+    }
+    let back = cluster.nodes[&other].clone();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let holders = back.read(|s| s.blobs.get("test/blob").map(|(_, c)| c.holders.clone()));
+        if holders.as_ref().is_some_and(|h| h.contains(&other)) && back.blobs().holds(&written.digest) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {other} never copied the blob: {holders:?} {:?}",
+            back.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back.read(|s| s.blobs.node_blobs(other).backlog), 0);
+    // With the two others down, the repaired node serves the blob alone, from its own checked copy.
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    cluster.kill(leader).await;
+    cluster.kill(follower).await;
+    let alone = StateHandle::from(back)
+        .read_blob(&written.digest, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(alone, *data);
+    // And a write now fails: one node of three is no majority.
+    let refused = StateHandle::from(cluster.nodes[&other].clone())
+        .write_blob(Arc::new(b"more".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            gofer_state::Error::Unavailable(gofer_state::Unavailable::NoBlobMajority {
+                stored: 1,
+                needed: 2,
+                ..
+            })
+        ),
+        "{refused}"
+    );
     cluster.stop().await;
 }

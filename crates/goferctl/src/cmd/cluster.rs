@@ -81,7 +81,7 @@ fn describe_cluster(s: &v1::GetClusterStatusResponse) {
     say!("state:       {}", s.state_digest);
     say!();
     print_table(
-        &["NODE", "ROLE", "ADDRESS", "MATCHED"],
+        &["NODE", "ROLE", "ADDRESS", "MATCHED", "BLOBS", "BLOB BYTES", "BACKLOG"],
         s.nodes
             .iter()
             .map(|n| {
@@ -98,6 +98,9 @@ fn describe_cluster(s: &v1::GetClusterStatusResponse) {
                     } else {
                         n.matched_index.to_string()
                     },
+                    n.blob_count.to_string(),
+                    n.blob_bytes.to_string(),
+                    n.blob_backlog.to_string(),
                 ]
             })
             .collect(),

@@ -211,6 +211,9 @@ pub fn cluster_status() -> v1::GetClusterStatusResponse {
             address: "https://node2:7444".into(),
             role: "LEADER".into(),
             matched_index: 120,
+            blob_count: 12,
+            blob_bytes: 40960,
+            blob_backlog: 1,
         }],
         cluster_id: "c-0f3a".into(),
         leases: vec![v1::RoleLease {

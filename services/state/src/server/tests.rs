@@ -18,6 +18,7 @@ async fn serve(
     let handler = RaftHandler {
         node: node.clone(),
         logs: None,
+        clock: gofer_clock::Clock::system(),
         tracker: tokio_util::task::TaskTracker::new(),
         shutdown: shutdown.clone(),
     };
