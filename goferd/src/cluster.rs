@@ -22,7 +22,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 pub struct ServerArgs {
     /// A TOML config file with the keys below (node_id, data_dir, api_listen, raft_listen,
     /// webhook_listen, ca, cert, key, admin_token_file, secret_key_file, secret_old_key_files, name, event_retention, task_log_cap, the
-    /// task_default_/task_max_ cpu, memory and timeout (strings, as the flags take them), and the lists
+    /// task_default_/task_max_ cpu, memory and timeout (strings, as the flags take them), object_max_size,
+    /// object_max_count, and the lists
     /// bootstrap (a table of id = "https://host:port"), roles, state_nodes and schedulers); see README
     #[arg(long)]
     config: Option<PathBuf>,
@@ -103,6 +104,8 @@ pub struct ServerArgs {
     task_log_cap: Option<u64>,
     #[command(flatten)]
     task_limits: crate::flags::TaskLimitArgs,
+    #[command(flatten)]
+    object_limits: crate::flags::ObjectLimitArgs,
 }
 
 impl ServerArgs {
@@ -148,6 +151,8 @@ struct ServerConfig {
     task_max_memory: Option<String>,
     task_default_timeout: Option<String>,
     task_max_timeout: Option<String>,
+    object_max_size: Option<String>,
+    object_max_count: Option<u32>,
 }
 
 /// The API address to advertise when none is given: the bound address, or this process's name with the
@@ -376,6 +381,9 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         default_timeout: file.task_default_timeout.as_deref(),
         max_timeout: file.task_max_timeout.as_deref(),
     })?;
+    let object_limits = args
+        .object_limits
+        .limits(file.object_max_size.as_deref(), file.object_max_count)?;
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
     let executor_labels = executor_labels(&args.executor_labels, file.executor_labels)?;
     let benchmark_backend = match args.executor_backend.or(file.executor_backend).as_deref() {
@@ -541,6 +549,7 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         new_cluster_id: crate::random::hex(8)?,
         event_retention_ms,
         task_limits,
+        object_limits,
         clock,
         keyring,
     })

@@ -52,6 +52,8 @@ pub struct DevArgs {
     secret_old_key_files: Vec<PathBuf>,
     #[command(flatten)]
     task_limits: crate::flags::TaskLimitArgs,
+    #[command(flatten)]
+    object_limits: crate::flags::ObjectLimitArgs,
 }
 
 /// The file goferctl reads to find and trust the server.
@@ -190,6 +192,7 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
             .join("config.toml"),
     };
     let task_limits = args.task_limits.changes(Default::default())?;
+    let object_limits = args.object_limits.limits(None, None)?;
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
 
@@ -260,6 +263,7 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
         new_cluster_id: crate::random::hex(8)?,
         event_retention_ms: args.event_retention,
         task_limits,
+        object_limits,
         clock,
         keyring: Some(std::sync::Arc::new(keyring)),
     })

@@ -125,6 +125,58 @@ impl TaskLimitArgs {
     }
 }
 
+/// The cluster's object limits, as `goferd dev` and `goferd server` take them; like the task limits,
+/// set in the replicated state once the cluster is initialized, and one not given keeps the cluster's.
+#[derive(clap::Args, Default)]
+pub(crate) struct ObjectLimitArgs {
+    /// The largest object `goferctl object put` may store, such as 64MiB (at most 1GiB) [default: the
+    /// cluster's setting, 16MiB unless set before]
+    #[arg(long, value_name = "SIZE", value_parser = parse_object_size)]
+    object_max_size: Option<u64>,
+    /// How many objects a pipeline (and each run) keeps: past it, the oldest is evicted [default: the
+    /// cluster's setting, 50 unless set before]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    object_max_count: Option<u32>,
+}
+
+impl ObjectLimitArgs {
+    /// The limits the flags set, with the config file's `object_max_size` and `object_max_count` for
+    /// those they leave out; 0 stands for not given.
+    pub(crate) fn limits(
+        self,
+        file_size: Option<&str>,
+        file_count: Option<u32>,
+    ) -> Result<gofer_domain::blobs::ObjectLimits, BadValue> {
+        let max_bytes = match (self.object_max_size, file_size) {
+            (Some(bytes), _) => bytes,
+            (None, Some(text)) => parse_object_size(text)?,
+            (None, None) => 0,
+        };
+        let max_count = match self.object_max_count.or(file_count) {
+            Some(count) if !(1..=100_000).contains(&count) => {
+                return Err(BadValue::out_of_bounds(
+                    "object_max_count",
+                    &count.to_string(),
+                    "1",
+                    "100000",
+                ));
+            }
+            count => count.unwrap_or(0),
+        };
+        Ok(gofer_domain::blobs::ObjectLimits { max_bytes, max_count })
+    }
+}
+
+/// Reads an object size limit such as `16MiB`: at least 1 KiB, at most 1 GiB.
+fn parse_object_size(text: &str) -> Result<u64, BadValue> {
+    let field = "object_max_size";
+    let bytes = gofer_domain::limits::parse_size(field, text)?;
+    if !(1 << 10..=gofer_domain::blobs::MAX_BLOB_BYTES).contains(&bytes) {
+        return Err(BadValue::out_of_bounds(field, text, "1KiB", "1GiB"));
+    }
+    Ok(bytes)
+}
+
 /// `none`, or what `parse` reads.
 fn limit<T>(text: &str, parse: impl FnOnce(&str) -> Result<T, BadValue>) -> Result<LimitChange<T>, BadValue> {
     if text.trim() == "none" {

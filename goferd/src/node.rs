@@ -98,6 +98,9 @@ pub struct NodeSetup {
     /// The changes to the cluster's task defaults and ceilings this process was told (`--task-max-memory`
     /// …); it makes them once the cluster is initialized.
     pub task_limits: gofer_domain::limits::TaskLimitChanges,
+    /// The object limits this process was told (`--object-max-size`, `--object-max-count`; 0 for not
+    /// told); it sets them once the cluster is initialized.
+    pub object_limits: gofer_domain::blobs::ObjectLimits,
     /// The wall clock every role stamps its commands with.
     pub clock: Clock,
     /// The secret keys (`--secret-key-file`, `--secret-old-key-file`), for the api, scheduler and
@@ -200,6 +203,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         new_cluster_id,
         event_retention_ms,
         task_limits,
+        object_limits,
         clock,
         keyring,
     } = setup;
@@ -225,7 +229,13 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
     let state = match state {
         Some(placement) => Some(
             process
-                .state(placement, new_cluster_id, event_retention_ms, task_limits, startup)
+                .state(
+                    placement,
+                    new_cluster_id,
+                    event_retention_ms,
+                    (task_limits, object_limits),
+                    startup,
+                )
                 .await?,
         ),
         None => None,
@@ -437,13 +447,17 @@ impl Process {
         placement: Placement,
         new_cluster_id: String,
         event_retention_ms: Option<u64>,
-        task_limits: gofer_domain::limits::TaskLimitChanges,
+        (task_limits, object_limits): (
+            gofer_domain::limits::TaskLimitChanges,
+            gofer_domain::blobs::ObjectLimits,
+        ),
         startup: Startup,
     ) -> anyhow::Result<RunningState> {
         let config = gofer_state::Config {
             new_cluster_id,
             event_retention_ms,
             task_limits,
+            object_limits,
             startup,
         };
         let deps = gofer_state::Deps {

@@ -13,6 +13,7 @@ mod events;
 mod extensions;
 mod guardrails;
 mod hardening;
+mod objects;
 mod paging;
 mod placement;
 mod runs;

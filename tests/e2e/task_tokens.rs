@@ -10,9 +10,9 @@ use crate::tokens::as_token;
 use crate::{start, stderr, tasks, wait_for_end};
 
 /// An image holding only goferctl (and the libraries it links), as its entrypoint.
-const GOFERCTL_IMAGE: &str = "gofer-test/goferctl:1";
+pub(crate) const GOFERCTL_IMAGE: &str = "gofer-test/goferctl:1";
 
-fn goferctl_image() -> Result<()> {
+pub(crate) fn goferctl_image() -> Result<()> {
     static BUILT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| build_binary_image("goferctl", "goferctl", GOFERCTL_IMAGE).map_err(|e| format!("{e:#}")))

@@ -250,16 +250,28 @@ impl fmt::Display for RunScope {
     }
 }
 
-/// What a run's task token may call: read its own run (its tasks and their logs included) and start runs
-/// of its own pipeline. Objects, once they exist, join this list.
-pub const RUN_TOKEN_METHODS: [Method; 6] = [
+/// What a run's task token may call: read its own run (its tasks and their logs included), start runs of
+/// its own pipeline, and put, get, list and delete its run's objects and its pipeline's.
+pub const RUN_TOKEN_METHODS: [Method; 10] = [
     Method::GetRun,
     Method::WatchRun,
     Method::ListTaskExecutions,
     Method::GetTaskLogs,
     Method::StartRun,
     Method::WhoAmI,
+    Method::PutObject,
+    Method::GetObject,
+    Method::ListObjects,
+    Method::DeleteObject,
 ];
+
+/// Whether `method` works on objects, which a run's task token reaches for its run and its pipeline.
+fn on_objects(method: Method) -> bool {
+    matches!(
+        method,
+        Method::PutObject | Method::GetObject | Method::ListObjects | Method::DeleteObject
+    )
+}
 
 impl Caller {
     /// The caller a run's task token speaks for, while the run is not over.
@@ -365,11 +377,15 @@ pub enum Method {
     ListGlobalSecrets,
     DeleteGlobalSecret,
     RotateSecretKey,
+    PutObject,
+    GetObject,
+    ListObjects,
+    DeleteObject,
 }
 
 impl Method {
     /// Every method, for tests that walk the whole matrix.
-    pub const ALL: [Method; 38] = [
+    pub const ALL: [Method; 42] = [
         Method::CreateNamespace,
         Method::ListNamespaces,
         Method::RegisterPipeline,
@@ -408,6 +424,10 @@ impl Method {
         Method::ListGlobalSecrets,
         Method::DeleteGlobalSecret,
         Method::RotateSecretKey,
+        Method::PutObject,
+        Method::GetObject,
+        Method::ListObjects,
+        Method::DeleteObject,
     ];
 
     /// The method an RPC name (`StartRun`) names.
@@ -456,6 +476,10 @@ impl Method {
             Method::ListGlobalSecrets => "ListGlobalSecrets",
             Method::DeleteGlobalSecret => "DeleteGlobalSecret",
             Method::RotateSecretKey => "RotateSecretKey",
+            Method::PutObject => "PutObject",
+            Method::GetObject => "GetObject",
+            Method::ListObjects => "ListObjects",
+            Method::DeleteObject => "DeleteObject",
         }
     }
 
@@ -467,10 +491,10 @@ impl Method {
             | CreateToken | ListTokens | GetToken | DisableToken | DeleteToken | PutGlobalSecret
             | ListGlobalSecrets | DeleteGlobalSecret | RotateSecretKey => Right::Administer,
             RegisterPipeline | StartRun | RetryRun | CancelRun | CreateSubscription | DeleteSubscription
-            | PutSecret | DeleteSecret => Right::Operate,
+            | PutSecret | DeleteSecret | PutObject | DeleteObject => Right::Operate,
             ListNamespaces | ListPipelines | GetPipeline | GetRun | ListRuns | WatchRun | ListTaskExecutions
             | ListExtensions | GetExtension | ListSubscriptions | GetSubscription | GetClusterStatus | GetTaskLogs
-            | ListEvents | WhoAmI | ListSecrets => Right::Read,
+            | ListEvents | WhoAmI | ListSecrets | GetObject | ListObjects => Right::Read,
         }
     }
 
@@ -498,6 +522,10 @@ impl Method {
                 | PutSecret
                 | ListSecrets
                 | DeleteSecret
+                | PutObject
+                | GetObject
+                | ListObjects
+                | DeleteObject
         )
     }
 }
@@ -538,8 +566,8 @@ pub fn authorize(caller: &Caller, method: Method, namespace: Option<&str>) -> Re
 }
 
 /// Whether `caller`, already admitted to `method` in `namespace`, may act on `pipeline` and `run` (0 for
-/// a call on the pipeline): a run's task token only on its own run, and for `StartRun` on its own
-/// pipeline; every other caller anywhere its namespaces reach.
+/// a call on the pipeline): a run's task token only on its own run, and for `StartRun` and objects on its
+/// own pipeline; every other caller anywhere its namespaces reach.
 pub fn authorize_target(
     caller: &Caller,
     method: Method,
@@ -552,7 +580,10 @@ pub fn authorize_target(
     };
     let admitted = own.namespace == namespace
         && own.pipeline == pipeline
-        && (method == Method::StartRun || method == Method::WhoAmI || own.run == run);
+        && (method == Method::StartRun
+            || method == Method::WhoAmI
+            || own.run == run
+            || (on_objects(method) && run == 0));
     if admitted {
         return Ok(());
     }

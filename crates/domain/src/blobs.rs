@@ -55,6 +55,90 @@ pub struct NodeBlobs {
     pub backlog: u64,
 }
 
+/// The most bytes one object holds unless the cluster says otherwise.
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 16 * 1024 * 1024;
+/// The most objects one pipeline (and one run) keeps unless the cluster says otherwise.
+pub const DEFAULT_MAX_OBJECTS: u32 = 50;
+/// The longest object key.
+pub const MAX_OBJECT_KEY_LEN: usize = 128;
+
+/// The cluster's object limits: how large one object may be, and how many one pipeline (or one run)
+/// keeps before its oldest is evicted. Zero means the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectLimits {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_bytes: u64,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub max_count: u32,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+impl ObjectLimits {
+    /// Whether nothing was set (the snapshot then leaves the limits out).
+    pub fn is_unset(&self) -> bool {
+        *self == ObjectLimits::default()
+    }
+
+    /// How large one object may be.
+    pub fn max_bytes(&self) -> u64 {
+        if self.max_bytes == 0 {
+            DEFAULT_MAX_OBJECT_BYTES
+        } else {
+            self.max_bytes
+        }
+    }
+
+    /// How many objects one pipeline or run keeps.
+    pub fn max_count(&self) -> u32 {
+        if self.max_count == 0 {
+            DEFAULT_MAX_OBJECTS
+        } else {
+            self.max_count
+        }
+    }
+
+    /// Checks limits before they are set: an object fits one blob.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.max_bytes > MAX_BLOB_BYTES {
+            return Err(Error::invalid(
+                "max_bytes",
+                format!("must be at most {MAX_BLOB_BYTES} bytes"),
+            ));
+        }
+        if self.max_count > 100_000 {
+            return Err(Error::invalid("max_count", "must be at most 100000"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks an object key: 1 to 128 of `a-z A-Z 0-9 _ . / -`.
+pub fn check_object_key(key: &str) -> Result<(), Error> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-');
+    if key.is_empty() || key.len() > MAX_OBJECT_KEY_LEN || !key.chars().all(allowed) {
+        return Err(Error::invalid(
+            "key",
+            format!("must be 1 to {MAX_OBJECT_KEY_LEN} of a-z A-Z 0-9 _ . / -, got {key:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The prefix of a pipeline's objects (`run` 0) or of one run's.
+pub fn object_prefix(namespace: &str, pipeline: &str, run: u64) -> String {
+    match run {
+        0 => format!("pipelines/{namespace}/{pipeline}/objects/"),
+        run => format!("{}objects/", run_prefix(namespace, pipeline, run)),
+    }
+}
+
 /// The key of one attempt's task log.
 pub fn task_log_key(target: &AttemptRef, attempt: u32) -> String {
     format!(
@@ -179,6 +263,30 @@ impl Blobs {
             }
         }
         Ok(())
+    }
+
+    /// The keys under `prefix`, in order, after `after` (exclusive; empty for the first).
+    pub fn under<'a>(&'a self, prefix: &'a str, after: &str) -> impl Iterator<Item = (&'a str, &'a BlobRef)> + 'a {
+        let start = if after.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{after}\0")
+        };
+        self.keys
+            .range(start..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, b)| (k.as_str(), b))
+    }
+
+    /// Forgets `key`, and its copy if no other key names it; whether it was there.
+    pub(crate) fn remove(&mut self, key: &str) -> bool {
+        match self.keys.remove(key) {
+            Some(old) => {
+                self.unref(&old.digest);
+                true
+            }
+            None => false,
+        }
     }
 
     /// What node `node` holds and still lacks.

@@ -286,6 +286,35 @@ pub enum Command {
         holders: Vec<u64>,
         at: i64,
     },
+    /// Names by `key` an object of a pipeline (`run` 0) or of one run: a blob a majority of the state
+    /// nodes fsynced (`holders`). Past the cluster's object count the oldest object of the same pipeline
+    /// or run is evicted, and told as an event.
+    PutObject {
+        namespace: String,
+        pipeline: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        run: u64,
+        key: String,
+        digest: String,
+        size: u64,
+        holders: Vec<u64>,
+        at: i64,
+    },
+    /// Forgets an object; its bytes go from every node once no key names them.
+    DeleteObject {
+        namespace: String,
+        pipeline: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        run: u64,
+        key: String,
+        at: i64,
+    },
+    /// Sets how large an object may be and how many a pipeline or run keeps (see
+    /// [`crate::blobs::ObjectLimits`]), all at once.
+    SetObjectLimits {
+        limits: crate::blobs::ObjectLimits,
+        at: i64,
+    },
     /// State node `node` copied the blobs `held` and lost those `lost` (found missing or corrupt).
     BlobCopies {
         node: u64,
@@ -313,6 +342,8 @@ pub enum Applied {
     Lease(Lease),
     /// What each command of a Batch did, in order.
     Batch(Vec<Result<Applied, Error>>),
+    /// The keys of the objects a PutObject evicted to stay within the count.
+    Evicted(Vec<String>),
 }
 
 impl Command {
@@ -348,6 +379,9 @@ impl Command {
             | Command::DeleteSecret { at, .. }
             | Command::ResealSecrets { at, .. }
             | Command::PutBlob { at, .. }
+            | Command::PutObject { at, .. }
+            | Command::DeleteObject { at, .. }
+            | Command::SetObjectLimits { at, .. }
             | Command::BlobCopies { at, .. } => Some(*at),
             Command::Batch { .. } | Command::Fenced { .. } => None,
         }

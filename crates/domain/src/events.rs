@@ -79,6 +79,14 @@ pub enum EventKind {
         last_scheduled_at: i64,
         reason: String,
     },
+    /// An object was evicted: its pipeline or run (`run` 0 for the pipeline's) kept more than the limit.
+    ObjectEvicted {
+        namespace: String,
+        pipeline: String,
+        run: u64,
+        key: String,
+        reason: String,
+    },
 }
 
 impl EventKind {
@@ -95,6 +103,9 @@ impl EventKind {
                 namespace, pipeline, ..
             }
             | EventKind::FiresSkipped {
+                namespace, pipeline, ..
+            }
+            | EventKind::ObjectEvicted {
                 namespace, pipeline, ..
             } => (namespace, pipeline),
         }
@@ -443,6 +454,17 @@ impl Journal {
             subscription: subscription.to_string(),
             count,
             last_scheduled_at,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// An object of `run` (0: of the pipeline) was evicted, for `reason`.
+    pub(crate) fn object_evicted(&mut self, (namespace, pipeline, run): (&str, &str, u64), key: &str, reason: &str) {
+        self.told.push(EventKind::ObjectEvicted {
+            namespace: namespace.to_string(),
+            pipeline: pipeline.to_string(),
+            run,
+            key: key.to_string(),
             reason: reason.to_string(),
         });
     }

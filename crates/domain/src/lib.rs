@@ -18,6 +18,7 @@ pub mod inputs;
 pub mod lease;
 pub mod limits;
 mod model;
+mod object_commands;
 mod pipeline;
 mod plan;
 mod runs;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{TokenRecord, Tokens};
-use crate::blobs::Blobs;
+use crate::blobs::{Blobs, ObjectLimits};
 use crate::command::{Applied, Command, MAX_BATCH};
 use crate::events::{EventLog, Journal};
 use crate::executors::Executors;
@@ -55,6 +55,9 @@ pub struct State {
     /// The blobs kept outside the log (see [`crate::blobs`]); left out of a snapshot while there are none.
     #[serde(default, skip_serializing_if = "Blobs::is_empty")]
     pub blobs: Blobs,
+    /// How large an object may be and how many a pipeline or run keeps; left out while unset.
+    #[serde(default, skip_serializing_if = "ObjectLimits::is_unset")]
+    pub object_limits: ObjectLimits,
 }
 
 impl State {
@@ -290,6 +293,32 @@ impl State {
                 holders,
                 at,
             } => self.put_blob(key, digest, *size, holders, *at).map(|()| Applied::Done),
+            Command::PutObject {
+                namespace,
+                pipeline,
+                run,
+                key,
+                digest,
+                size,
+                holders,
+                at,
+            } => self
+                .put_object((namespace, pipeline, *run), key, (digest, *size, holders), *at, journal)
+                .map(Applied::Evicted),
+            Command::DeleteObject {
+                namespace,
+                pipeline,
+                run,
+                key,
+                ..
+            } => self
+                .delete_object((namespace, pipeline, *run), key)
+                .map(|()| Applied::Done),
+            Command::SetObjectLimits { limits, .. } => {
+                limits.check()?;
+                self.object_limits = *limits;
+                Ok(Applied::Done)
+            }
             Command::BlobCopies { node, held, lost, .. } => {
                 self.blobs.set_copies(*node, held, lost).map(|()| Applied::Done)
             }

@@ -333,6 +333,11 @@ pub fn event_to_proto(event: &Event) -> v1::Event {
             last_scheduled_unix_millis: *last_scheduled_at,
             reason: reason.clone(),
         }),
+        EventKind::ObjectEvicted { run, key, reason, .. } => Kind::ObjectEvicted(v1::ObjectEvictedEvent {
+            run_id: *run,
+            key: key.clone(),
+            reason: reason.clone(),
+        }),
     };
     v1::Event {
         id: event.id,

@@ -120,6 +120,7 @@ pub(crate) fn state_status(err: gofer_state::Error) -> Status {
     match err {
         gofer_state::Error::Rejected(e) => into_status(e),
         gofer_state::Error::Unavailable(e) => unavailable("the replicated state", &e),
+        gofer_state::Error::Blob(e @ gofer_state::BlobError::DiskFull(_)) => Status::resource_exhausted(e.to_string()),
         other => internal("the replicated state", &other),
     }
 }
@@ -172,6 +173,10 @@ on_target!(
     v1::WatchRunRequest => |r| (&r.pipeline_id, r.run_id),
     v1::ListTaskExecutionsRequest => |r| (&r.pipeline_id, r.run_id),
     v1::GetTaskLogsRequest => |r| (&r.pipeline_id, r.run_id),
+    v1::PutObjectRequest => |r| (&r.pipeline_id, r.run_id),
+    v1::GetObjectRequest => |r| (&r.pipeline_id, r.run_id),
+    v1::ListObjectsRequest => |r| (&r.pipeline_id, r.run_id),
+    v1::DeleteObjectRequest => |r| (&r.pipeline_id, r.run_id),
 );
 
 macro_rules! in_namespace {

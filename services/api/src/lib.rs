@@ -11,6 +11,7 @@
 mod api;
 mod events;
 mod logs;
+mod objects;
 mod paging;
 mod secrets;
 mod service;

@@ -682,6 +682,28 @@ impl GoferService for ApiService {
 
     type ListEventsStream = BoxStream<v1::ListEventsResponse>;
 
+    async fn put_object(
+        &self,
+        request: Request<tonic::Streaming<v1::PutObjectRequest>>,
+    ) -> ApiResult<v1::PutObjectResponse> {
+        Ok(Response::new(ApiService::put_object(self, request).await?))
+    }
+
+    type GetObjectStream = crate::objects::ObjectStream;
+
+    async fn get_object(&self, request: Request<v1::GetObjectRequest>) -> ApiResult<Self::GetObjectStream> {
+        Ok(Response::new(ApiService::get_object(self, request).await?))
+    }
+
+    async fn list_objects(&self, request: Request<v1::ListObjectsRequest>) -> ApiResult<v1::ListObjectsResponse> {
+        Ok(Response::new(ApiService::list_objects(self, request).await?))
+    }
+
+    async fn delete_object(&self, request: Request<v1::DeleteObjectRequest>) -> ApiResult<v1::DeleteObjectResponse> {
+        ApiService::delete_object(self, request).await?;
+        Ok(Response::new(v1::DeleteObjectResponse {}))
+    }
+
     async fn list_events(&self, request: Request<v1::ListEventsRequest>) -> ApiResult<Self::ListEventsStream> {
         let caller = caller(&request, Method::ListEvents)?;
         self.linearize().await?;

@@ -108,6 +108,14 @@ impl StateHandle {
         })
     }
 
+    /// Says that a key naming the blob `digest`, written through this handle, is committed: this
+    /// process's state node may now collect it as soon as no key names it.
+    pub fn blob_named(&self, digest: &str) {
+        if let StateHandle::Local(local) = self {
+            local.blobs().unstamp(digest);
+        }
+    }
+
     async fn write_blob_on(&self, node: NodeId, digest: &str, data: Arc<Vec<u8>>) -> Result<(), Error> {
         if let StateHandle::Local(local) = self
             && local.id() == node
@@ -222,12 +230,13 @@ impl StateHandle {
             at,
         })
         .await?;
+        self.blob_named(&written.digest);
         Ok(written)
     }
 }
 
-/// How many repair passes a blob no key names is kept after it was last written here, so that a blob
-/// written just before its key is committed is not taken for garbage.
+/// How many repair passes a blob no key names yet is kept after it was last written here, so that a
+/// blob written just before its key is committed is not taken for garbage.
 const UNNAMED_GRACE_PASSES: u64 = 600;
 
 /// What one pass found on this node, against the replicated index.
@@ -256,6 +265,9 @@ pub async fn keep_blobs(node: StateNode, clock: Clock, shutdown: CancellationTok
         pass_number += 1;
         store.set_pass(pass_number);
         if !node.read(|s| s.cluster_id.is_empty()) {
+            // A blob written here stays safe from collection until its key commits; then it is an
+            // ordinary blob, deleted as soon as no key names it.
+            node.read(|s| store.unstamp_named(|digest| s.blobs.copies.contains_key(digest)));
             let local: HashSet<String> = store.digests().into_iter().collect();
             let pass = node.read(|s| survey(&s.blobs, me, &local));
             let mut held = pass.held;

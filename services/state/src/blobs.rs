@@ -120,6 +120,21 @@ impl BlobStore {
         written.get(digest).is_some_and(|at| now.saturating_sub(*at) < passes)
     }
 
+    /// Forgets when the blobs that `named` says a key names were written: named, they are no longer
+    /// at risk of being taken for garbage before their key commits.
+    pub(crate) fn unstamp_named(&self, named: impl Fn(&str) -> bool) {
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        written.retain(|digest, _| !named(digest));
+    }
+
+    /// Forgets when `digest` was written: its key is committed.
+    pub(crate) fn unstamp(&self, digest: &str) {
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(digest);
+    }
+
     fn stamp(&self, digest: &str) {
         let pass = self.pass.load(std::sync::atomic::Ordering::Relaxed);
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);

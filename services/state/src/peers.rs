@@ -136,7 +136,10 @@ fn issued_by(roles: Roles, command: &Command) -> bool {
         | Command::SetTaskLimits { .. }
         | Command::PutSecret { .. }
         | Command::DeleteSecret { .. }
-        | Command::ResealSecrets { .. } => api,
+        | Command::ResealSecrets { .. }
+        | Command::PutObject { .. }
+        | Command::DeleteObject { .. }
+        | Command::SetObjectLimits { .. } => api,
         Command::AcquireLease { role, .. } | Command::ReleaseLease { role, .. } => holds(roles, *role),
         Command::Fenced { role, command, .. } => holds(roles, *role) && fenced_by(*role, command),
         Command::RegisterExtension { .. } | Command::Fire { .. } | Command::SkipFires { .. } => {

@@ -39,6 +39,9 @@ pub struct Config {
     /// The changes to the cluster's task defaults and ceilings this process was told; made once the
     /// cluster is initialized. The limits it was told nothing of keep the cluster's values.
     pub task_limits: TaskLimitChanges,
+    /// The object limits this process was told (0: keep the cluster's); set once the cluster is
+    /// initialized.
+    pub object_limits: gofer_domain::blobs::ObjectLimits,
     pub startup: Startup,
 }
 
@@ -139,11 +142,32 @@ pub async fn run(
     }
     if !config.task_limits.is_empty() {
         let changes = config.task_limits;
+        let clock = clock.clone();
         settings.push((
             "task limits",
             Box::new(move |s| {
                 let limits = changes.applied_to(s.task_limits);
                 (limits != s.task_limits).then(|| Command::SetTaskLimits {
+                    limits,
+                    at: clock.now_millis(),
+                })
+            }),
+        ));
+    }
+    if !config.object_limits.is_unset() {
+        let told = config.object_limits;
+        let clock = clock.clone();
+        settings.push((
+            "object limits",
+            Box::new(move |s| {
+                let mut limits = s.object_limits;
+                if told.max_bytes != 0 {
+                    limits.max_bytes = told.max_bytes;
+                }
+                if told.max_count != 0 {
+                    limits.max_count = told.max_count;
+                }
+                (limits != s.object_limits).then(|| Command::SetObjectLimits {
                     limits,
                     at: clock.now_millis(),
                 })

@@ -5,7 +5,7 @@ use super::*;
 
 /// What each method needs, written out: `A` administer, `O` operate, `R` read; and whether it acts in a
 /// namespace (`n`) or on the cluster (`c`).
-const MATRIX: [(Method, char, char); 38] = [
+const MATRIX: [(Method, char, char); 42] = [
     (Method::CreateNamespace, 'A', 'c'),
     (Method::ListNamespaces, 'R', 'c'),
     (Method::RegisterPipeline, 'O', 'n'),
@@ -44,6 +44,10 @@ const MATRIX: [(Method, char, char); 38] = [
     (Method::ListGlobalSecrets, 'A', 'c'),
     (Method::DeleteGlobalSecret, 'A', 'c'),
     (Method::RotateSecretKey, 'A', 'c'),
+    (Method::PutObject, 'O', 'n'),
+    (Method::GetObject, 'R', 'n'),
+    (Method::ListObjects, 'R', 'n'),
+    (Method::DeleteObject, 'O', 'n'),
 ];
 
 fn caller(role: TokenRole, namespaces: &[&str]) -> Caller {
@@ -253,6 +257,30 @@ fn a_run_token_reads_its_run_and_starts_its_pipeline_and_nothing_else() {
         );
     }
     assert!(authorize_target(&token, Method::StartRun, "team-a", "build", 0).is_ok());
+    // Objects: its own run's and its pipeline's (run 0), never another run's or pipeline's.
+    for method in [
+        Method::PutObject,
+        Method::GetObject,
+        Method::ListObjects,
+        Method::DeleteObject,
+    ] {
+        assert!(
+            authorize_target(&token, method, "team-a", "build", 7).is_ok(),
+            "{method}"
+        );
+        assert!(
+            authorize_target(&token, method, "team-a", "build", 0).is_ok(),
+            "{method} of the pipeline"
+        );
+        assert!(
+            authorize_target(&token, method, "team-a", "build", 6).is_err(),
+            "{method} of another run"
+        );
+        assert!(
+            authorize_target(&token, method, "team-a", "deploy", 0).is_err(),
+            "{method} of another pipeline"
+        );
+    }
     let denied = authorize_target(&token, Method::StartRun, "team-a", "deploy", 0).unwrap_err();
     assert_eq!(
         denied.to_string(),

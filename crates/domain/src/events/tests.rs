@@ -87,6 +87,7 @@ fn lines(state: &State, after: u64) -> Vec<String> {
                 } => format!("task {run}/{task}#{attempt} {}", state.as_str()),
                 EventKind::Fire { decision, run, .. } => format!("fire {} {run}", decision.as_str()),
                 EventKind::FiresSkipped { count, .. } => format!("skipped {count}"),
+                EventKind::ObjectEvicted { run, key, .. } => format!("evicted {run}/{key}"),
             };
             format!("{} {what}", e.id)
         })

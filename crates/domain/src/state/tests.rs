@@ -1109,3 +1109,125 @@ fn a_pruned_runs_blobs_go_with_it_and_a_blob_needs_its_run() {
     start(&mut state);
     assert!(state.blobs.is_empty(), "{:?}", state.blobs);
 }
+
+fn put_object(run: u64, key: &str, byte: u8, at: i64) -> Command {
+    Command::PutObject {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        run,
+        key: key.into(),
+        digest: format!("{byte:02x}").repeat(32),
+        size: 4,
+        holders: vec![1, 2],
+        at,
+    }
+}
+
+#[test]
+fn objects_are_checked_kept_within_the_count_and_the_oldest_is_evicted_with_an_event() {
+    let mut state = init();
+    register(&mut state, r#"{"id": "p", "tasks": [{"id": "a", "image": "i"}]}"#);
+    state
+        .apply(&Command::SetObjectLimits {
+            limits: crate::blobs::ObjectLimits {
+                max_bytes: 10,
+                max_count: 2,
+            },
+            at: 3,
+        })
+        .unwrap();
+    // Bad keys, sizes and owners are refused by name and change nothing.
+    let before = state.clone();
+    for (command, field) in [
+        (put_object(0, "no spaces", 1, 5), "key"),
+        (put_object(0, &"k".repeat(129), 1, 5), "key"),
+        (put_object(0, "", 1, 5), "key"),
+        (put_object(7, "k", 1, 5), "run 7"),
+    ] {
+        let err = state.apply(&command).unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    let mut big = put_object(0, "big", 1, 5);
+    if let Command::PutObject { size, .. } = &mut big {
+        *size = 11;
+    }
+    assert!(state.apply(&big).unwrap_err().to_string().contains("size"));
+    assert_eq!(state, before);
+    let events_before = state.events.newest();
+    assert_eq!(
+        state.apply(&put_object(0, "a/one.tar", 1, 5)).unwrap(),
+        Applied::Evicted(vec![])
+    );
+    assert_eq!(
+        state.apply(&put_object(0, "b", 2, 6)).unwrap(),
+        Applied::Evicted(vec![])
+    );
+    // Putting a key again replaces it and evicts nothing; a third key evicts the oldest.
+    assert_eq!(
+        state.apply(&put_object(0, "b", 3, 7)).unwrap(),
+        Applied::Evicted(vec![])
+    );
+    assert_eq!(
+        state.apply(&put_object(0, "c", 4, 8)).unwrap(),
+        Applied::Evicted(vec!["a/one.tar".into()])
+    );
+    let told = state.events.after(events_before, usize::MAX).unwrap();
+    assert!(
+        told.iter().any(
+            |e| matches!(&e.what, crate::events::EventKind::ObjectEvicted { key, run: 0, .. } if key == "a/one.tar")
+        ),
+        "{told:?}"
+    );
+    let prefix = crate::blobs::object_prefix("default", "p", 0);
+    let keys: Vec<&str> = state
+        .blobs
+        .under(&prefix, "")
+        .map(|(k, _)| &k[prefix.len()..])
+        .collect();
+    assert_eq!(keys, ["b", "c"]);
+    // The replaced and evicted blobs are forgotten: no key names them.
+    assert_eq!(state.blobs.copies.len(), 2);
+    state
+        .apply(&Command::DeleteObject {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            run: 0,
+            key: "b".into(),
+            at: 9,
+        })
+        .unwrap();
+    let err = state
+        .apply(&Command::DeleteObject {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            run: 0,
+            key: "b".into(),
+            at: 9,
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), crate::ErrorKind::NotFound, "{err}");
+}
+
+#[test]
+fn a_runs_objects_go_when_the_run_is_pruned_and_the_pipelines_stay() {
+    let mut state = init();
+    register(
+        &mut state,
+        r#"{"id": "p", "keep_runs": 1, "tasks": [{"id": "a", "image": "i"}]}"#,
+    );
+    let start = Command::StartRun {
+        namespace: "default".into(),
+        pipeline: "p".into(),
+        request_id: String::new(),
+        parameters: Default::default(),
+        retry_of: 0,
+        at: 5,
+    };
+    state.apply(&start).unwrap();
+    state.apply(&put_object(1, "cache", 1, 6)).unwrap();
+    state.apply(&put_object(0, "cache", 2, 6)).unwrap();
+    run_task(&mut state, 1, "a", AttemptOutcome::Exited(0));
+    state.apply(&start).unwrap();
+    let keys: Vec<&String> = state.blobs.keys.keys().collect();
+    assert_eq!(keys, ["pipelines/default/p/objects/cache"]);
+}

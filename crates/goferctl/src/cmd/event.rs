@@ -167,6 +167,13 @@ fn describe(event: &v1::Event) -> String {
             format!("{} fire(s) of {} skipped", s.count, s.subscription_label),
             &s.reason,
         ),
+        Some(Kind::ObjectEvicted(o)) => with_reason(
+            match o.run_id {
+                0 => format!("object {} evicted", o.key),
+                run => format!("object {} of run {run} evicted", o.key),
+            },
+            &o.reason,
+        ),
         None => "an event this goferctl does not know".to_string(),
     }
 }

@@ -1,5 +1,5 @@
 //! The commands, one module per noun, each owning its subcommands and their handler: `namespace`,
-//! `pipeline`, `run`, `task`, `extension`, `subscription`, `cluster`, `event`, `token` (with `whoami`) and `secret`. This module only names
+//! `pipeline`, `run`, `task`, `extension`, `subscription`, `cluster`, `event`, `token` (with `whoami`), `secret` and `object`. This module only names
 //! the nouns and hands each command to its module; what the nouns share lives outside them (`client`,
 //! `context`, `output`, `json`) or in `setting`, and no noun module uses another.
 
@@ -14,6 +14,7 @@ mod cluster;
 mod event;
 mod extension;
 mod namespace;
+mod object;
 mod pipeline;
 mod run;
 mod secret;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Store, list and delete secrets (pipeline and global), and rotate the key that seals them
     #[command(subcommand)]
     Secret(secret::Command),
+    /// Store, read, list and delete objects: a pipeline's cache, or with --run a run's
+    #[command(subcommand)]
+    Object(object::Command),
 }
 
 /// Runs one command; the exit code is 0 unless the command says otherwise (`run start --wait` on a run
@@ -73,5 +77,6 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
         Command::Token(command) => token::run(command, ctx).await,
         Command::Whoami => token::whoami(ctx).await,
         Command::Secret(command) => secret::run(command, ctx).await,
+        Command::Object(command) => object::run(command, ctx).await,
     }
 }
