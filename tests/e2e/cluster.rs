@@ -27,6 +27,10 @@ struct Node {
 struct Cluster {
     dir: tempfile::TempDir,
     nodes: Vec<Node>,
+    /// `--bootstrap`'s value, every node's raft address.
+    bootstrap: String,
+    /// Each node's id and its api, raft and webhook ports.
+    ports: Vec<(u64, u16, u16, u16)>,
 }
 
 impl Cluster {
@@ -58,32 +62,14 @@ impl Cluster {
             .map(|(id, _, raft, _)| format!("{id}=https://127.0.0.1:{raft}"))
             .collect();
         let token = std::fs::read_to_string(certs.join("admin.token"))?.trim().to_string();
-        let mut nodes = Vec::new();
-        for (id, api, raft, webhook) in ports {
-            let log = dir.path().join(format!("node{id}.log"));
-            let child = Command::new(&goferd)
-                .arg("server")
-                .args(["--node-id", &id.to_string()])
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("node{id}")))
-                .args(["--api-listen", &format!("127.0.0.1:{api}")])
-                .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
-                .args(["--webhook-listen", &format!("127.0.0.1:{webhook}")])
-                .arg("--ca")
-                .arg(certs.join("ca.pem"))
-                .arg("--cert")
-                .arg(certs.join(format!("node{id}.pem")))
-                .arg("--key")
-                .arg(certs.join(format!("node{id}.key")))
-                .arg("--admin-token-file")
-                .arg(certs.join("admin.token"))
-                .args(["--bootstrap", &bootstrap.join(",")])
-                .env("GOFER_LOG", "info,openraft=warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(std::fs::File::create(&log)?))
-                .spawn()?;
-            let config = dir.path().join(format!("node{id}.toml"));
+        let mut cluster = Cluster {
+            dir,
+            nodes: Vec::new(),
+            bootstrap: bootstrap.join(","),
+            ports: ports.clone(),
+        };
+        for (id, api, _, _) in ports {
+            let config = cluster.dir.path().join(format!("node{id}.toml"));
             std::fs::write(
                 &config,
                 format!(
@@ -91,14 +77,53 @@ impl Cluster {
                     certs.join("ca.pem").display()
                 ),
             )?;
-            nodes.push(Node {
+            let log = cluster.dir.path().join(format!("node{id}.log"));
+            cluster.nodes.push(Node {
                 id,
-                child: Some(child),
+                child: None,
                 config,
                 log,
             });
+            cluster.spawn(id)?;
         }
-        Ok(Cluster { dir, nodes })
+        Ok(cluster)
+    }
+
+    /// Starts node `id` as the README says, on its data dir (`goferd server --bootstrap …` on every node),
+    /// its stderr appended to its log.
+    fn spawn(&mut self, id: u64) -> Result<()> {
+        let (_, api, raft, webhook) = *self.ports.iter().find(|p| p.0 == id).context("a node id")?;
+        let certs = self.dir.path().join("certs");
+        let log = self.node(id).log.clone();
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = Command::new(bin_dir()?.join("goferd"))
+            .arg("server")
+            .args(["--node-id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
+            .args(["--webhook-listen", &format!("127.0.0.1:{webhook}")])
+            .arg("--ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join(format!("node{id}.pem")))
+            .arg("--key")
+            .arg(certs.join(format!("node{id}.key")))
+            .arg("--admin-token-file")
+            .arg(certs.join("admin.token"))
+            .args(["--bootstrap", &self.bootstrap])
+            .env("GOFER_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .spawn()?;
+        self.nodes.iter_mut().find(|n| n.id == id).context("a node id")?.child = Some(child);
+        Ok(())
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
     }
 
     fn node(&self, id: u64) -> &Node {
@@ -321,6 +346,133 @@ fn a_three_node_cluster_serves_from_any_node_and_survives_losing_its_leader() ->
             .any(|e| e["kind"] == "run" && e["run"]["run_id"] == 2 && e["run"]["state"] == "SUCCEEDED"),
         "{resumed:#?}"
     );
+    gofer_testkit::remove_cluster_containers(&cluster_id);
+    Ok(())
+}
+
+/// What goferctl printed, or why it failed.
+fn out(output: std::process::Output) -> Result<Vec<u8>> {
+    anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    Ok(output.stdout)
+}
+
+/// Reads every run's log and both objects through node `via` and checks them byte for byte.
+fn check_kept(cluster: &Cluster, via: u64, runs: u64, object: &[u8]) -> Result<()> {
+    for run in 1..=runs {
+        let logs = out(cluster.ctl(via, &["task", "logs", "kept", &run.to_string(), "a"])?)
+            .with_context(|| format!("run {run}'s log through node {via}"))?;
+        let text = String::from_utf8_lossy(&logs);
+        let numbers: String = (1..=30_000).map(|n| format!("{n}\n")).collect();
+        anyhow::ensure!(
+            text == format!("log of run {run}\n{numbers}"),
+            "run {run}'s log through node {via}: {} bytes starting {:?}",
+            logs.len(),
+            &text[..text.len().min(40)]
+        );
+    }
+    let got = out(cluster.ctl(via, &["object", "get", "kept", "cache.bin"])?)?;
+    anyhow::ensure!(
+        got == object,
+        "the pipeline's object through node {via}: {} bytes",
+        got.len()
+    );
+    let got = out(cluster.ctl(via, &["object", "get", "kept", "result", "--run", "1"])?)?;
+    anyhow::ensure!(got == b"run one\n", "run 1's object through node {via}");
+    Ok(())
+}
+
+/// Waits until node `asked` reports every state node holding `count` or more blobs and owing none.
+fn wait_for_copies(cluster: &Cluster, asked: u64, count: u64) -> Result<Value> {
+    wait_until("every node to hold every blob", Duration::from_secs(60), || {
+        let status = cluster.json(asked, &["cluster", "status"])?;
+        let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+        let done = nodes.len() == 3
+            && nodes
+                .iter()
+                .all(|n| n["blob_count"].as_u64().unwrap_or(0) >= count && n["blob_backlog"].as_u64() == Some(0));
+        Ok(if done {
+            Seen::Done(status)
+        } else {
+            Seen::NotYet(format!("{nodes:?}"))
+        })
+    })
+}
+
+#[test]
+fn no_single_node_loss_loses_a_log_or_an_object_and_a_wiped_node_gets_every_blob_back() -> Result<()> {
+    let mut cluster = Cluster::start()?;
+    let (leader, status) = cluster.leader(1, &[1, 2, 3])?;
+    let cluster_id = status["cluster_id"].as_str().unwrap_or_default().to_string();
+    // Each run's log is its own: a first line with the run id, then the numbers to 30,000 (169 KB).
+    let script = "echo \"log of run $GOFER_RUN_ID\"; seq 1 30000";
+    cluster.register(leader, &pipeline("kept", &[("a", script, &[])]))?;
+    let runs = 3;
+    for run in 1..=runs {
+        assert_eq!(run_succeeds(&cluster, 1 + run % 3, "kept")?, run.to_string());
+    }
+    let object: Vec<u8> = (0..2_500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let file = cluster.dir.path().join("cache.bin");
+    std::fs::write(&file, &object)?;
+    out(cluster.ctl(
+        2,
+        &["object", "put", "kept", "cache.bin", file.to_str().context("utf-8")?],
+    )?)?;
+    let small = cluster.dir.path().join("result");
+    std::fs::write(&small, b"run one\n")?;
+    out(cluster.ctl(
+        3,
+        &[
+            "object",
+            "put",
+            "kept",
+            "result",
+            small.to_str().context("utf-8")?,
+            "--run",
+            "1",
+        ],
+    )?)?;
+    // Three logs and two objects, all distinct.
+    wait_for_copies(&cluster, 1, runs + 2)?;
+
+    // Each node in turn dies by SIGKILL; the two others serve everything.
+    for dead in [1, 2, 3] {
+        cluster.kill(dead);
+        let alive: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != dead).collect();
+        cluster.leader(alive[0], &alive)?;
+        for via in &alive {
+            check_kept(&cluster, *via, runs, &object)?;
+        }
+        cluster.spawn(dead)?;
+        cluster.leader(dead, &[1, 2, 3])?;
+    }
+
+    // A node loses its disk and comes back empty (deploy/README.md, "Replacing a node"): it catches up
+    // from the leader and copies every blob from the others.
+    let wiped = 2;
+    cluster.kill(wiped);
+    std::fs::remove_dir_all(cluster.data_dir(wiped))?;
+    cluster.spawn(wiped)?;
+    // Its copies are on its disk again, and the cluster's record of them says so (the record is the
+    // replicated holders: the node first records what it lost, then what it copied).
+    let blobs = cluster.data_dir(wiped).join("state/blobs");
+    let files = || -> u64 {
+        std::fs::read_dir(&blobs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|shard| std::fs::read_dir(shard.path()).into_iter().flatten().flatten())
+            .count() as u64
+    };
+    wait_until("the wiped node to copy every blob", Duration::from_secs(60), || {
+        Ok(Seen::check(files(), |files| *files >= runs + 2))
+    })?;
+    wait_for_copies(&cluster, wiped, runs + 2)?;
+    // Then another node dies, and the wiped one serves everything from its own copies.
+    cluster.kill(3);
+    cluster.leader(wiped, &[1, wiped])?;
+    check_kept(&cluster, wiped, runs, &object)?;
     gofer_testkit::remove_cluster_containers(&cluster_id);
     Ok(())
 }
