@@ -23,7 +23,8 @@ pub struct ServerArgs {
     /// A TOML config file with the keys below (node_id, data_dir, api_listen, raft_listen,
     /// webhook_listen, ca, cert, key, admin_token_file, secret_key_file, secret_old_key_files, name, event_retention, task_log_cap, the
     /// task_default_/task_max_ cpu, memory and timeout (strings, as the flags take them), object_max_size,
-    /// object_max_count, and the lists
+    /// object_max_count, blob_store (with blob_store_endpoint, blob_store_region, blob_store_access_key_id and
+    /// blob_store_secret_access_key), and the lists
     /// bootstrap (a table of id = "https://host:port"), roles, state_nodes and schedulers); see README
     #[arg(long)]
     config: Option<PathBuf>,
@@ -106,6 +107,8 @@ pub struct ServerArgs {
     task_limits: crate::flags::TaskLimitArgs,
     #[command(flatten)]
     object_limits: crate::flags::ObjectLimitArgs,
+    #[command(flatten)]
+    blob_store: crate::flags::BlobStoreArgs,
 }
 
 impl ServerArgs {
@@ -153,6 +156,11 @@ struct ServerConfig {
     task_max_timeout: Option<String>,
     object_max_size: Option<String>,
     object_max_count: Option<u32>,
+    blob_store: Option<String>,
+    blob_store_endpoint: Option<String>,
+    blob_store_region: Option<String>,
+    blob_store_access_key_id: Option<String>,
+    blob_store_secret_access_key: Option<String>,
 }
 
 /// The API address to advertise when none is given: the bound address, or this process's name with the
@@ -384,6 +392,13 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
     let object_limits = args
         .object_limits
         .limits(file.object_max_size.as_deref(), file.object_max_count)?;
+    let shared_store = args.blob_store.shared_store(crate::flags::BlobStoreTexts {
+        url: file.blob_store.clone(),
+        endpoint: file.blob_store_endpoint.clone(),
+        region: file.blob_store_region.clone(),
+        access_key_id: file.blob_store_access_key_id.clone(),
+        secret_access_key: file.blob_store_secret_access_key.clone(),
+    })?;
     let executor_capacity = args.executor_capacity.or(file.executor_capacity).unwrap_or(0);
     let executor_labels = executor_labels(&args.executor_labels, file.executor_labels)?;
     let benchmark_backend = match args.executor_backend.or(file.executor_backend).as_deref() {
@@ -550,6 +565,7 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         event_retention_ms,
         task_limits,
         object_limits,
+        shared_store,
         clock,
         keyring,
     })

@@ -54,6 +54,8 @@ pub struct DevArgs {
     task_limits: crate::flags::TaskLimitArgs,
     #[command(flatten)]
     object_limits: crate::flags::ObjectLimitArgs,
+    #[command(flatten)]
+    blob_store: crate::flags::BlobStoreArgs,
 }
 
 /// The file goferctl reads to find and trust the server.
@@ -193,6 +195,7 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
     };
     let task_limits = args.task_limits.changes(Default::default())?;
     let object_limits = args.object_limits.limits(None, None)?;
+    let shared_store = args.blob_store.shared_store(Default::default())?;
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
 
@@ -264,6 +267,7 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
         event_retention_ms: args.event_retention,
         task_limits,
         object_limits,
+        shared_store,
         clock,
         keyring: Some(std::sync::Arc::new(keyring)),
     })

@@ -177,6 +177,53 @@ fn parse_object_size(text: &str) -> Result<u64, BadValue> {
     Ok(bytes)
 }
 
+/// Where blobs (task logs, objects) live: on the state nodes' disks, or with `--blob-store s3://…` in an S3
+/// bucket, with the endpoint, region and credentials from the flags or the usual `AWS_*` variables.
+#[derive(clap::Args, Default)]
+pub(crate) struct BlobStoreArgs {
+    /// Keep blobs (task logs, objects) in S3 instead of on the state nodes: s3://BUCKET[/PREFIX]; give
+    /// every process of the cluster the same [default: the state nodes' data dirs]
+    #[arg(long, value_name = "URL")]
+    blob_store: Option<String>,
+    /// An S3-compatible server instead of AWS, such as http://127.0.0.1:9000 [default: AWS_ENDPOINT_URL]
+    #[arg(long, value_name = "URL")]
+    blob_store_endpoint: Option<String>,
+    /// The bucket's region [default: AWS_REGION]
+    #[arg(long, value_name = "REGION")]
+    blob_store_region: Option<String>,
+}
+
+/// What the config file says of the blob store.
+#[derive(Default)]
+pub(crate) struct BlobStoreTexts {
+    pub url: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl BlobStoreArgs {
+    /// The S3 tier the flags (or else the config file) name, if any; checked before anything starts.
+    pub(crate) fn shared_store(
+        self,
+        file: BlobStoreTexts,
+    ) -> Result<Option<gofer_state::SharedStoreConfig>, gofer_state::BlobError> {
+        let Some(url) = self.blob_store.or(file.url) else {
+            return Ok(None);
+        };
+        let config = gofer_state::SharedStoreConfig {
+            url,
+            endpoint: self.blob_store_endpoint.or(file.endpoint),
+            region: self.blob_store_region.or(file.region),
+            access_key_id: file.access_key_id,
+            secret_access_key: file.secret_access_key,
+        };
+        gofer_state::SharedStore::open(&config)?;
+        Ok(Some(config))
+    }
+}
+
 /// `none`, or what `parse` reads.
 fn limit<T>(text: &str, parse: impl FnOnce(&str) -> Result<T, BadValue>) -> Result<LimitChange<T>, BadValue> {
     if text.trim() == "none" {

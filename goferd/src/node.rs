@@ -101,6 +101,8 @@ pub struct NodeSetup {
     /// The object limits this process was told (`--object-max-size`, `--object-max-count`; 0 for not
     /// told); it sets them once the cluster is initialized.
     pub object_limits: gofer_domain::blobs::ObjectLimits,
+    /// The S3 tier for blobs (`--blob-store s3://…`), or the state nodes' disks.
+    pub shared_store: Option<gofer_state::SharedStoreConfig>,
     /// The wall clock every role stamps its commands with.
     pub clock: Clock,
     /// The secret keys (`--secret-key-file`, `--secret-old-key-file`), for the api, scheduler and
@@ -204,6 +206,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         event_retention_ms,
         task_limits,
         object_limits,
+        shared_store,
         clock,
         keyring,
     } = setup;
@@ -234,6 +237,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
                     new_cluster_id,
                     event_retention_ms,
                     (task_limits, object_limits),
+                    shared_store,
                     startup,
                 )
                 .await?,
@@ -451,6 +455,7 @@ impl Process {
             gofer_domain::limits::TaskLimitChanges,
             gofer_domain::blobs::ObjectLimits,
         ),
+        shared_store: Option<gofer_state::SharedStoreConfig>,
         startup: Startup,
     ) -> anyhow::Result<RunningState> {
         let config = gofer_state::Config {
@@ -458,6 +463,7 @@ impl Process {
             event_retention_ms,
             task_limits,
             object_limits,
+            shared_store,
             startup,
         };
         let deps = gofer_state::Deps {

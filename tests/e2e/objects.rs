@@ -192,3 +192,61 @@ fn a_task_reaches_its_runs_and_its_pipelines_objects_and_a_pruned_runs_objects_g
     ensure!(dev.ctl(&["object", "get", &id, "boot/cmdline"])?.status.success());
     Ok(())
 }
+
+#[test]
+fn with_an_s3_blob_store_logs_and_objects_live_in_the_bucket_and_not_on_the_node() -> Result<()> {
+    task_image()?;
+    let s3 = gofer_testkit::S3Server::start()?;
+    s3.create_bucket("gofer-e2e")?;
+    let endpoint = s3.endpoint();
+    let dev = GoferDev::start_with_env(
+        bin_dir()?,
+        DEFAULT_LOG_FILTER,
+        &[
+            "--blob-store",
+            "s3://gofer-e2e/cluster-a",
+            "--blob-store-endpoint",
+            &endpoint,
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    )?;
+    let id = format!("s3-cached-{}", std::process::id());
+    dev.register(&crate::pipeline(&id, &[("a", "echo logged in s3", &[])]))?;
+    dev.ctl_ok(&["run", "start", &id, "--wait"])?;
+    let logs = dev.ctl(&["task", "logs", &id, "1", "a"])?;
+    ensure!(String::from_utf8_lossy(&logs.stdout) == "logged in s3\n", "{logs:?}");
+    let dir = tempfile::tempdir()?;
+    let data = binary(2 * 1024 * 1024 + 3);
+    let file = dir.path().join("blob.bin");
+    std::fs::write(&file, &data)?;
+    let stored = dev.ctl_json(&["object", "put", &id, "blob.bin", file.to_str().context("utf-8")?])?;
+    let digest = stored["object"]["digest"].as_str().context("a digest")?.to_string();
+    ensure!(dev.ctl(&["object", "get", &id, "blob.bin"])?.stdout == data);
+    // The bytes are in the bucket, under the prefix, by digest; none is on the node's disk.
+    let keys = s3.keys("gofer-e2e")?;
+    ensure!(
+        keys.contains(&format!("cluster-a/{}/{digest}", &digest[..2])),
+        "{keys:?}"
+    );
+    ensure!(keys.len() == 2, "the log and the object: {keys:?}");
+    let blobs = dev.data_dir().join("state/blobs");
+    let local = std::fs::read_dir(&blobs)?.count();
+    ensure!(local == 0, "{local} blob shards on the node's disk");
+    let status = dev.ctl_json(&["cluster", "status"])?;
+    ensure!(status["shared_blob_count"] == 2, "{status}");
+    // A deleted object goes from the bucket.
+    dev.ctl_ok(&["object", "delete", &id, "blob.bin"])?;
+    wait_until(
+        "the deleted object to leave the bucket",
+        Duration::from_secs(30),
+        || {
+            let keys = s3.keys("gofer-e2e")?;
+            Ok(Seen::check(keys, |keys| keys.len() == 1))
+        },
+    )?;
+    Ok(())
+}

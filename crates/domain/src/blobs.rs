@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AttemptRef, Error};
 
+/// The holder that stands for the shared S3 tier (`blob_store = "s3://…"`): no state node copies a blob
+/// it holds, every node reads it there.
+pub const SHARED_STORE: u64 = u64::MAX;
+
 /// The most bytes one key's blob may hold (a task log is capped well under it).
 pub const MAX_BLOB_BYTES: u64 = 1 << 30;
 
@@ -289,10 +293,14 @@ impl Blobs {
         }
     }
 
-    /// What node `node` holds and still lacks.
+    /// What node `node` holds and still lacks (blobs in the shared S3 tier aside: `node` [`SHARED_STORE`]
+    /// counts those).
     pub fn node_blobs(&self, node: u64) -> NodeBlobs {
         let mut out = NodeBlobs::default();
         for copies in self.copies.values() {
+            if node != SHARED_STORE && copies.holders.contains(&SHARED_STORE) {
+                continue;
+            }
             if copies.holders.contains(&node) {
                 out.count += 1;
                 out.bytes += copies.size;

@@ -615,7 +615,12 @@ impl GoferService for ApiService {
                 })
                 .collect()
         });
+        let shared = self
+            .state
+            .read(|s| s.blobs.node_blobs(gofer_domain::blobs::SHARED_STORE));
         Ok(Response::new(v1::GetClusterStatusResponse {
+            shared_blob_count: shared.count,
+            shared_blob_bytes: shared.bytes,
             leases,
             executors,
             state_digest,

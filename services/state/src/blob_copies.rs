@@ -18,7 +18,9 @@ use gofer_domain::{AttemptRef, Command};
 use gofer_proto::v1;
 use tokio_util::sync::CancellationToken;
 
-use crate::{BlobError, Call, Error, LogStore, NodeId, StateHandle, StateNode, Unavailable, digest_of};
+use gofer_domain::blobs::SHARED_STORE;
+
+use crate::{BlobError, Call, Error, LogStore, NodeId, SharedStore, StateHandle, StateNode, Unavailable, digest_of};
 
 /// The bytes of one message carrying a blob.
 pub(crate) const BLOB_CHUNK: usize = 1024 * 1024;
@@ -48,6 +50,16 @@ impl StateHandle {
         let digest = tokio::task::spawn_blocking(move || digest_of(&hashed))
             .await
             .map_err(BlobError::Task)?;
+        if let Some(shared) = self.shared_store() {
+            // The S3 tier: one PUT, durable when S3 answers; no node keeps a copy.
+            let size = data.len() as u64;
+            shared.put(&digest, data).await?;
+            return Ok(WrittenBlob {
+                digest,
+                size,
+                holders: vec![SHARED_STORE],
+            });
+        }
         let status = self.cluster_status().await?;
         let voters: BTreeSet<NodeId> = status
             .members
@@ -108,11 +120,23 @@ impl StateHandle {
         })
     }
 
+    /// The S3 tier of the blob layer, if this process was given one.
+    pub fn shared_store(&self) -> Option<&SharedStore> {
+        match self {
+            StateHandle::Local(node) => node.shared_store(),
+            StateHandle::Remote(remote) => remote.shared_store(),
+        }
+    }
+
     /// Says that a key naming the blob `digest`, written through this handle, is committed: this
     /// process's state node may now collect it as soon as no key names it.
     pub fn blob_named(&self, digest: &str) {
+        // Only a state node's repair pass reads the notes; a process away from the state nodes keeps none.
         if let StateHandle::Local(local) = self {
-            local.blobs().unstamp(digest);
+            match local.shared_store() {
+                Some(shared) => shared.note_named(digest),
+                None => local.blobs().unstamp(digest),
+            }
         }
     }
 
@@ -149,6 +173,20 @@ impl StateHandle {
     /// Reads the blob `digest`: from this process's state node if it holds it, else from the nodes in
     /// `holders`, then any other member, until one answers with bytes that match the digest.
     pub async fn read_blob(&self, digest: &str, holders: &BTreeSet<NodeId>) -> Result<Vec<u8>, Error> {
+        if holders.contains(&SHARED_STORE) {
+            let shared = self
+                .shared_store()
+                .ok_or_else(|| BlobError::NotShared(digest.to_string()))?;
+            return match shared.get(digest).await? {
+                Some(data) => Ok(data),
+                None => Err(Unavailable::BlobUnreadable {
+                    digest: digest.to_string(),
+                    asked: vec![SHARED_STORE],
+                    last: None,
+                }
+                .into()),
+            };
+        }
         let mut last = None;
         if let StateHandle::Local(local) = self {
             match local.blobs().read(digest).await {
@@ -250,6 +288,8 @@ struct Pass {
     missing: Vec<(String, BTreeSet<NodeId>)>,
     /// Held here, and named by no key.
     unnamed: Vec<String>,
+    /// In the S3 tier.
+    shared: HashSet<String>,
 }
 
 /// Keeps this state node's blobs in line with the replicated index, once a second until `shutdown`:
@@ -260,6 +300,7 @@ pub async fn keep_blobs(node: StateNode, clock: Clock, shutdown: CancellationTok
     let store = node.blobs().clone();
     let handle = StateHandle::from(node.clone());
     let mut unnamed_before: HashSet<String> = HashSet::new();
+    let mut shared_before: HashSet<String> = HashSet::new();
     let mut pass_number = 0u64;
     loop {
         pass_number += 1;
@@ -269,6 +310,8 @@ pub async fn keep_blobs(node: StateNode, clock: Clock, shutdown: CancellationTok
             // ordinary blob, deleted as soon as no key names it.
             node.read(|s| store.unstamp_named(|digest| s.blobs.copies.contains_key(digest)));
             let local: HashSet<String> = store.digests().into_iter().collect();
+            // Taken before the survey: a note is made once its key is applied here, so the survey sees it.
+            let noted = handle.shared_store().map(SharedStore::take_named).unwrap_or_default();
             let pass = node.read(|s| survey(&s.blobs, me, &local));
             let mut held = pass.held;
             for (digest, holders) in pass.missing.into_iter().take(REPAIRS_PER_PASS) {
@@ -292,6 +335,17 @@ pub async fn keep_blobs(node: StateNode, clock: Clock, shutdown: CancellationTok
                 }
             }
             unnamed_before = unnamed;
+            // A blob of the S3 tier that no key names any more goes from the bucket. Every node that saw
+            // it go deletes it; a delete of what is gone already is no error.
+            if let Some(shared) = handle.shared_store() {
+                shared_before.extend(noted);
+                for digest in shared_before.difference(&pass.shared) {
+                    if let Err(err) = shared.delete(digest).await {
+                        tracing::warn!(%digest, %err, "could not delete a blob no key names from S3");
+                    }
+                }
+            }
+            shared_before = pass.shared;
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -303,6 +357,11 @@ pub async fn keep_blobs(node: StateNode, clock: Clock, shutdown: CancellationTok
 fn survey(index: &gofer_domain::blobs::Blobs, me: NodeId, local: &HashSet<String>) -> Pass {
     let mut pass = Pass::default();
     for (digest, copies) in &index.copies {
+        if copies.holders.contains(&SHARED_STORE) {
+            // In the S3 tier: nobody copies it.
+            pass.shared.insert(digest.clone());
+            continue;
+        }
         let here = local.contains(digest);
         let recorded = copies.holders.contains(&me);
         if here && !recorded {

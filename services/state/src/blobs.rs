@@ -34,6 +34,14 @@ pub enum BlobError {
     },
     #[error("a blob task ended badly: {0}")]
     Task(#[source] tokio::task::JoinError),
+    /// The S3 tier failed (see `shared_store.rs`).
+    #[error("the S3 blob store: {0}")]
+    Shared(#[source] object_store::Error),
+    #[error("blob_store {0}")]
+    SharedUrl(String),
+    /// A blob lives in the S3 tier, and this process was given none.
+    #[error("blob {0} is in the S3 blob store, and this process has no blob_store configured")]
+    NotShared(String),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> BlobError + '_ {

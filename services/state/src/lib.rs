@@ -28,6 +28,7 @@ mod peers;
 mod remote;
 mod role;
 mod server;
+mod shared_store;
 mod store;
 mod types;
 
@@ -43,4 +44,5 @@ pub use node::{MemberOptions, StateNode};
 pub use remote::RemoteState;
 pub use role::{Config, Deps, Placement, RaftPort, RunningState, Startup, retry, run};
 pub use server::{RaftHandler, RaftServer};
+pub use shared_store::{SharedStore, SharedStoreConfig};
 pub use types::NodeId;

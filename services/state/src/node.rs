@@ -75,6 +75,8 @@ struct Inner {
     changes: tokio::sync::broadcast::Sender<store::Change>,
     /// The blob files this node keeps (see `blob_copies.rs`).
     blobs: crate::BlobStore,
+    /// The S3 tier of the blob layer, if the process was given one.
+    shared: std::sync::OnceLock<crate::SharedStore>,
     /// Taken by the first `shutdown`; completes once the redb file is closed.
     closed: Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -168,6 +170,7 @@ impl StateNode {
                 applied_index: store.applied_index,
                 changes: store.changes,
                 blobs,
+                shared: std::sync::OnceLock::new(),
                 closed: Mutex::new(Some(store.closed)),
             }),
         })
@@ -363,6 +366,17 @@ impl StateNode {
     /// The blob files this node keeps.
     pub fn blobs(&self) -> &crate::BlobStore {
         &self.inner.blobs
+    }
+
+    /// Keeps blobs in the S3 tier `store` from now on instead of on the state nodes (set once, before the
+    /// process serves).
+    pub fn use_shared_store(&self, store: crate::SharedStore) {
+        let _ = self.inner.shared.set(store);
+    }
+
+    /// The S3 tier of the blob layer, if the process was given one.
+    pub(crate) fn shared_store(&self) -> Option<&crate::SharedStore> {
+        self.inner.shared.get()
     }
 
     /// This node's raft id.

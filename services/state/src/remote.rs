@@ -50,9 +50,21 @@ struct Inner {
     switch: Notify,
     /// Ends the follow loop.
     stop: CancellationToken,
+    /// The S3 tier of the blob layer, if the process was given one.
+    shared: std::sync::OnceLock<crate::SharedStore>,
 }
 
 impl RemoteState {
+    /// Keeps blobs in the S3 tier `store` from now on (set once, before the process serves).
+    pub fn use_shared_store(&self, store: crate::SharedStore) {
+        let _ = self.inner.shared.set(store);
+    }
+
+    /// The S3 tier of the blob layer, if the process was given one.
+    pub(crate) fn shared_store(&self) -> Option<&crate::SharedStore> {
+        self.inner.shared.get()
+    }
+
     /// Follows the state nodes at `addresses` (their raft addresses, `https://host:port`), dialing them with
     /// `network`'s mutual TLS, from a task on `tracker` that ends on `shutdown`.
     /// Returns once the mirror holds a node's state, or `Error::Unavailable` after `wait` if no node
@@ -79,6 +91,7 @@ impl RemoteState {
                 leader_hint: AtomicUsize::new(0),
                 switch: Notify::new(),
                 stop: shutdown.child_token(),
+                shared: std::sync::OnceLock::new(),
             }),
         };
         let (ready_tx, mut ready) = watch::channel(false);

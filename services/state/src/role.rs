@@ -42,6 +42,8 @@ pub struct Config {
     /// The object limits this process was told (0: keep the cluster's); set once the cluster is
     /// initialized.
     pub object_limits: gofer_domain::blobs::ObjectLimits,
+    /// The S3 tier for blobs (`blob_store = "s3://…"`); the state nodes' disks when `None`.
+    pub shared_store: Option<crate::SharedStoreConfig>,
     pub startup: Startup,
 }
 
@@ -94,9 +96,13 @@ pub async fn run(
     shutdown: &CancellationToken,
 ) -> Result<RunningState, Error> {
     let Deps { placement, clock } = deps;
+    let shared = config.shared_store.as_ref().map(crate::SharedStore::open).transpose()?;
     let mut first_commands = Vec::new();
     let running = match placement {
         Placement::Local { node, logs, raft } => {
+            if let Some(shared) = shared {
+                node.use_shared_store(shared);
+            }
             let handle = StateHandle::from(node.clone());
             tracker.spawn(prune_logs(handle.clone(), logs.clone(), shutdown.clone()));
             tracker.spawn(crate::keep_blobs(node.clone(), clock.clone(), shutdown.clone()));
@@ -120,6 +126,9 @@ pub async fn run(
             patience,
         } => {
             let remote = RemoteState::connect(network, addresses, patience, tracker, shutdown).await?;
+            if let Some(shared) = shared {
+                remote.use_shared_store(shared);
+            }
             RunningState {
                 handle: StateHandle::from(remote),
                 logs: None,

@@ -129,7 +129,10 @@ fn blob_status(err: crate::BlobError) -> Status {
             Status::invalid_argument(err.to_string())
         }
         BlobError::DiskFull(_) => Status::resource_exhausted(err.to_string()),
-        BlobError::Io { .. } | BlobError::Task(_) => Status::internal(err.to_string()),
+        BlobError::Io { .. } | BlobError::Task(_) | BlobError::Shared(_) | BlobError::SharedUrl(_) => {
+            Status::internal(err.to_string())
+        }
+        BlobError::NotShared(_) => Status::failed_precondition(err.to_string()),
     }
 }
 

@@ -3,6 +3,7 @@
 //! up its containers and process even when a test fails.
 
 mod image;
+mod s3;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub use image::build_task_image;
+pub use s3::S3Server;
 
 /// The local image the demo, the tests, the example and the benchmarks run tasks in: the host's `sh`
 /// and coreutils `FROM scratch` (see [`build_task_image`]).
@@ -189,6 +191,8 @@ pub struct GoferDev {
     log_filter: String,
     /// More `goferd dev` flags, given on every (re)start.
     extra_args: Vec<String>,
+    /// More environment variables for goferd, given on every (re)start.
+    extra_env: Vec<(String, String)>,
     pub host: String,
     pub cluster: String,
     /// The webhook listener's base URL, such as `http://127.0.0.1:41234`.
@@ -209,6 +213,16 @@ impl GoferDev {
 
     /// As [`GoferDev::start_with`], with more `goferd dev` flags.
     pub fn start_with_args(bin_dir: PathBuf, log_filter: &str, extra_args: &[&str]) -> Result<Self> {
+        Self::start_with_env(bin_dir, log_filter, extra_args, &[])
+    }
+
+    /// As [`GoferDev::start_with_args`], with more environment variables for goferd.
+    pub fn start_with_env(
+        bin_dir: PathBuf,
+        log_filter: &str,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("gofer-e2e-").tempdir()?;
         let mut dev = GoferDev {
             dir,
@@ -216,6 +230,7 @@ impl GoferDev {
             bin: bin_dir,
             log_filter: log_filter.to_string(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             host: String::new(),
             cluster: String::new(),
             webhooks: String::new(),
@@ -270,6 +285,7 @@ impl GoferDev {
             ])
             .arg(self.data_dir())
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("GOFER_CONFIG", self.config_path())
             .env("GOFER_LOG", &self.log_filter)
             .stdin(Stdio::null())

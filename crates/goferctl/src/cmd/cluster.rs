@@ -79,6 +79,9 @@ fn describe_cluster(s: &v1::GetClusterStatusResponse) {
     say!("term:        {}", s.term);
     say!("log index:   {} (applied {})", s.last_log_index, s.applied_index);
     say!("state:       {}", s.state_digest);
+    if s.shared_blob_count > 0 {
+        say!("S3 blobs:    {} ({} bytes)", s.shared_blob_count, s.shared_blob_bytes);
+    }
     say!();
     print_table(
         &["NODE", "ROLE", "ADDRESS", "MATCHED", "BLOBS", "BLOB BYTES", "BACKLOG"],

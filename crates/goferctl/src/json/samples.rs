@@ -225,6 +225,8 @@ pub fn cluster_status() -> v1::GetClusterStatusResponse {
             address: "https://node2:7443".into(),
         }],
         state_digest: "9f86d081884c7d65".into(),
+        shared_blob_count: 0,
+        shared_blob_bytes: 0,
         executors: vec![v1::ExecutorStatus {
             id: "exec-1".into(),
             capacity: 4,
