@@ -3,7 +3,9 @@
 //! acknowledged) and registering pipelines (once each, not retried) while the test kills the leader, cuts a
 //! node off the network, pauses one, restarts one and kills the active scheduler. Then every node must hold
 //! every acknowledged write exactly once, all nodes must agree, every acknowledged run must end, no request
-//! id may have two runs, and no two schedulers may have acted in one lease epoch.
+//! id may have two runs, and no two schedulers may have acted in one lease epoch. It also puts objects
+//! (retried until acknowledged) and every run writes a log of its own: each acknowledged object and every
+//! run's log must then read back byte for byte through every node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -77,9 +79,36 @@ pub(crate) fn one_run_per_request(
     Ok(())
 }
 
+/// Puts object `key` holding `data` through node `first`, retrying through the other nodes until one
+/// acknowledges it (a put of the same bytes again changes nothing); returns whether one did by `deadline`.
+fn put_object(deployment: &Deployment, first: usize, key: &str, data: &[u8], deadline: Instant) -> bool {
+    let Ok(file) = tempfile::NamedTempFile::new() else { return false };
+    if std::fs::write(file.path(), data).is_err() {
+        return false;
+    }
+    let path = file.path().to_str().unwrap_or_default();
+    let mut node = first;
+    while Instant::now() < deadline {
+        match deployment.ctl_output(node, &["object", "put", "chaos", key, path]) {
+            Ok(output) if output.status.success() => return true,
+            _ => node = node % 3 + 1,
+        }
+    }
+    false
+}
+
+/// The bytes of chaos object `n`: 100 kB of its own.
+fn object_bytes(n: usize) -> Vec<u8> {
+    (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(n as u32 * 7919) >> 24) as u8)
+        .collect()
+}
+
 /// What the client got acknowledged.
 #[derive(Default)]
 struct Acknowledged {
+    /// Objects by key, with the number their bytes were made from.
+    objects: BTreeMap<String, usize>,
     namespaces: BTreeSet<String>,
     /// Run id by request id.
     runs: BTreeMap<String, u64>,
@@ -100,7 +129,9 @@ fn acknowledged_writes_survive_a_killed_leader_a_partition_a_pause_and_a_restart
 fn chaos(deployment: &Deployment) -> Result<()> {
     let (leader, _) = deployment.leader(1, &[1, 2, 3])?;
     let json_path = tempfile::NamedTempFile::new()?;
-    std::fs::write(json_path.path(), pipeline("chaos", &[("a", "echo chaos", &[])]))?;
+    // Each run's log is its own: its id, then numbers enough to span several log messages.
+    let script = "echo \"chaos run $GOFER_RUN_ID\"; seq 1 5000";
+    std::fs::write(json_path.path(), pipeline("chaos", &[("a", script, &[])]))?;
     wait_until("the pipeline to register", Duration::from_secs(30), || {
         let path = json_path.path().to_str().unwrap_or_default();
         Ok(deployment
@@ -130,6 +161,13 @@ fn chaos(deployment: &Deployment) -> Result<()> {
                 acked.attempted += 1;
                 if let Some(run) = start_run(deployment, node, "chaos", &request_id, deadline) {
                     acked.runs.insert(request_id, run);
+                }
+            }
+            if n % 2 == 1 {
+                let key = format!("chaos-object-{n}");
+                acked.attempted += 1;
+                if put_object(deployment, node, &key, &object_bytes(n), deadline) {
+                    acked.objects.insert(key, n);
                 }
             }
             // A registration is sent once and not retried (a retry would make a second version), so an
@@ -270,16 +308,40 @@ fn chaos(deployment: &Deployment) -> Result<()> {
         Ok((digests.len() == 1 && !digests.contains("")).then_some(digests))
     })?;
     assert_eq!(digests.len(), 1);
-    let acknowledged = acked.namespaces.len() + acked.runs.len() + acked.pipelines.len();
+    // Every acknowledged object and every run's log reads back whole through every node.
+    let numbers: String = (1..=5000).map(|n| format!("{n}\n")).collect();
+    for node in 1..=3usize {
+        for (key, n) in &acked.objects {
+            let got = deployment.ctl_output(node, &["object", "get", "chaos", key])?;
+            assert!(
+                got.status.success() && got.stdout == object_bytes(*n),
+                "node {node}: object {key} ({} bytes back): {}",
+                got.stdout.len(),
+                String::from_utf8_lossy(&got.stderr)
+            );
+        }
+        for run in &runs {
+            let got = deployment.ctl_output(node, &["task", "logs", "chaos", &run.to_string(), "a"])?;
+            let want = format!("chaos run {run}\n{numbers}");
+            assert!(
+                got.status.success() && got.stdout == want.as_bytes(),
+                "node {node}: run {run}'s log ({} bytes back): {}",
+                got.stdout.len(),
+                String::from_utf8_lossy(&got.stderr)
+            );
+        }
+    }
+    let acknowledged = acked.namespaces.len() + acked.runs.len() + acked.pipelines.len() + acked.objects.len();
     eprintln!(
-        "chaos: {} writes attempted ({} namespaces, {} runs with request ids, {} pipeline registrations \
-         acknowledged), {acknowledged} acknowledged, {faults} faults injected, {} runs ended, lost 0, \
+        "chaos: {} writes attempted ({} namespaces, {} runs with request ids, {} pipeline registrations, {} \
+         objects acknowledged), {acknowledged} acknowledged, {faults} faults injected, {} runs ended, lost 0, \
          duplicated 0 (every acknowledged write was checked on every node), {} scheduler epochs with one \
          scheduler each",
         acked.attempted,
         acked.namespaces.len(),
         acked.runs.len(),
         acked.pipelines.len(),
+        acked.objects.len(),
         runs.len(),
         by_epoch.len()
     );
