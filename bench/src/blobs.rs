@@ -243,7 +243,9 @@ fn report(
          sequential `PutObject`s per size through the leader's API: an upper bound of an attempt's wait, by the API \
          hop. Baseline: a new file of the same bytes, fsync, rename into place, fsync of the directory. The second \
          times {large} objects of 16 MiB put and got through the API (1 MiB messages) against a file copy of 16 MiB \
-         with an fsync.\n\n\
+         with an fsync. All three nodes share this host's one disk and two CPUs: a blob's fsyncs (the writer's, two \
+         followers', then the Raft commit's) queue on one device, and every byte of a large object is encrypted, \
+         hashed and written three times on the same cores, so the ratios here are those of the worst placement.\n\n\
          - Date: {date}\n\
          - Machine: {cpus} CPUs ({cpu})\n\
          - goferd: {profile} build of {revision}\n\n\
