@@ -156,12 +156,19 @@ fn main() -> Result<()> {
         .await?;
         let start = Instant::now();
         while put(&mut api, "warm-up", bytes(20 * 1024 * 1024, 0)).await.is_err() {
-            ensure!(start.elapsed() < Duration::from_secs(60), "the object limits were never set");
+            ensure!(
+                start.elapsed() < Duration::from_secs(60),
+                "the object limits were never set"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let mut logs = Vec::new();
         for size in [4 * 1024, 64 * 1024, 1024 * 1024] {
-            eprintln!("{} puts of {} KiB, alternating with local fsyncs…", args.puts, size / 1024);
+            eprintln!(
+                "{} puts of {} KiB, alternating with local fsyncs…",
+                args.puts,
+                size / 1024
+            );
             let mut figures = LogFigures {
                 size,
                 gofer: Vec::new(),

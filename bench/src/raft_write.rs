@@ -323,7 +323,8 @@ fn main() -> Result<()> {
                 .find(|m| m.id == leader)
                 .context("the leader")?
                 .kill();
-            gofer_failovers.push(until_acknowledged(&mut writer, killed, Duration::from_millis(args.attempt_deadline_ms)).await?);
+            gofer_failovers
+                .push(until_acknowledged(&mut writer, killed, Duration::from_millis(args.attempt_deadline_ms)).await?);
             gofer
                 .members
                 .iter_mut()
@@ -349,7 +350,8 @@ fn main() -> Result<()> {
                 .find(|m| m.id == leader)
                 .context("the leader")?
                 .kill();
-            etcd_failovers.push(until_acknowledged(&mut writer, killed, Duration::from_millis(args.attempt_deadline_ms)).await?);
+            etcd_failovers
+                .push(until_acknowledged(&mut writer, killed, Duration::from_millis(args.attempt_deadline_ms)).await?);
             etcd.members
                 .iter_mut()
                 .find(|m| m.id == leader)

@@ -82,7 +82,9 @@ pub(crate) fn one_run_per_request(
 /// Puts object `key` holding `data` through node `first`, retrying through the other nodes until one
 /// acknowledges it (a put of the same bytes again changes nothing); returns whether one did by `deadline`.
 fn put_object(deployment: &Deployment, first: usize, key: &str, data: &[u8], deadline: Instant) -> bool {
-    let Ok(file) = tempfile::NamedTempFile::new() else { return false };
+    let Ok(file) = tempfile::NamedTempFile::new() else {
+        return false;
+    };
     if std::fs::write(file.path(), data).is_err() {
         return false;
     }

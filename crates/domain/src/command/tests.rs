@@ -4,7 +4,8 @@
 //! `golden/commands.jsonl` is a log of every kind of command (refused ones included) as Gofer wrote it,
 //! and `golden/state.json` the state that log applied to, events included. `golden/legacy.jsonl` holds
 //! commands as releases wrote them before their defaulted fields existed. `golden/security.jsonl` and
-//! `golden/security-state.json` pin, the same way, the commands the security work added. If one of
+//! `golden/security-state.json` pin, the same way, the commands the security work added, and
+//! `golden/blobs.jsonl` with `golden/blobs-state.json` those of the blob layer. If one of
 //! these tests fails, an old log or snapshot would no longer replay: change the code, never the files.
 
 use crate::{AttemptOutcome, AttemptRef, Command, State};
@@ -16,6 +17,10 @@ const LEGACY: &str = include_str!("../golden/legacy.jsonl");
 /// a task's `user` and `inject_api_token`), as Gofer wrote them when it was done, and the state they gave.
 const SECURITY: &str = include_str!("../golden/security.jsonl");
 const SECURITY_STATE: &str = include_str!("../golden/security-state.json");
+/// The commands the blob layer added (blobs, their copies, objects and their limits), as Gofer wrote them
+/// when it was done, and the state they gave.
+const BLOBS: &str = include_str!("../golden/blobs.jsonl");
+const BLOBS_STATE: &str = include_str!("../golden/blobs-state.json");
 
 fn decode(line: &str) -> Command {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("an old entry no longer decodes: {e}\n{line}"))
@@ -31,7 +36,7 @@ fn every_command_of_the_golden_log_decodes_and_encodes_back_to_the_same_bytes() 
 
 #[test]
 fn replaying_the_golden_log_gives_the_golden_snapshot_byte_for_byte() {
-    for (log, snapshot) in [(COMMANDS, STATE), (SECURITY, SECURITY_STATE)] {
+    for (log, snapshot) in [(COMMANDS, STATE), (SECURITY, SECURITY_STATE), (BLOBS, BLOBS_STATE)] {
         for line in log.lines() {
             let command = decode(line);
             assert_eq!(serde_json::to_string(&command).unwrap(), line);

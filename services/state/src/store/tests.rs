@@ -210,3 +210,36 @@ async fn a_purge_waits_for_the_snapshot_that_holds_what_it_purges() {
     let kept = store.log.try_get_log_entries(0..).await.unwrap();
     assert_eq!(kept.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![3]);
 }
+
+#[tokio::test]
+// The applied state's lock is held across the build on purpose: the build must not need it.
+#[allow(clippy::await_holding_lock)]
+async fn a_snapshot_is_built_without_the_applied_states_lock_and_holds_every_entry_applied_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path().join("state.redb")).await.unwrap();
+    let mut entries = vec![init_entry()];
+    entries.extend((2..=50).map(|i| command_entry(i, &format!("n{i}"))));
+    // A refused command (the namespace exists) is replayed as a refusal.
+    entries.push(command_entry(51, "n2"));
+    store.state_machine.apply(entries).await.unwrap();
+    let mut builder = store.state_machine.get_snapshot_builder().await;
+    // Hold the applied state's write lock, as a long apply would: a build that needed the lock would
+    // wait for ever; it needs only the shadow copy.
+    let held = store.applied.write().unwrap();
+    let snapshot = tokio::time::timeout(std::time::Duration::from_secs(30), builder.build_snapshot())
+        .await
+        .expect("the build does not wait for the applied state's lock")
+        .unwrap();
+    let applied = held.clone();
+    drop(held);
+    let _ = &applied;
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 51)));
+    let decoded: AppliedState = serde_json::from_slice(snapshot.snapshot.get_ref()).unwrap();
+    assert_eq!(decoded, applied);
+    // Entries applied after a build go into the next one.
+    store.state_machine.apply(vec![command_entry(52, "later")]).await.unwrap();
+    let next = store.state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let decoded: AppliedState = serde_json::from_slice(next.snapshot.get_ref()).unwrap();
+    assert!(decoded.state.namespaces.contains_key("later"));
+    assert_eq!(decoded, *store.applied.read().unwrap());
+}
