@@ -152,6 +152,30 @@ pub fn task_log_key(target: &AttemptRef, attempt: u32) -> String {
     )
 }
 
+/// The attempt a task log key names, if `key` is one.
+pub fn task_log_of(key: &str) -> Option<(AttemptRef, u32)> {
+    let rest = key.strip_prefix("runs/")?;
+    let mut parts = rest.split('/');
+    let (namespace, pipeline, run, logs, task, attempt) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?.parse().ok()?,
+    );
+    if logs != "logs" || parts.next().is_some() {
+        return None;
+    }
+    let target = AttemptRef {
+        namespace: namespace.to_string(),
+        pipeline: pipeline.to_string(),
+        run,
+        task: task.to_string(),
+    };
+    Some((target, attempt))
+}
+
 /// The prefix of every key a run owns; they go with the run.
 pub fn run_prefix(namespace: &str, pipeline: &str, run: u64) -> String {
     format!("runs/{namespace}/{pipeline}/{run}/")
@@ -327,6 +351,24 @@ mod tests {
 
     fn digest(n: u8) -> String {
         format!("{n:02x}").repeat(32)
+    }
+
+    #[test]
+    fn a_task_log_key_names_its_attempt_and_nothing_else_does() {
+        let target = AttemptRef {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            run: 12,
+            task: "build".into(),
+        };
+        assert_eq!(task_log_of(&task_log_key(&target, 3)), Some((target, 3)));
+        for other in [
+            "runs/default/p/12/objects/x",
+            "pipelines/default/p/objects/logs",
+            "runs/default/p/x/logs/a/1",
+        ] {
+            assert_eq!(task_log_of(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -127,6 +127,23 @@ impl LogStore {
         .map_err(std::io::Error::other)?
     }
 
+    /// Removes the live files of attempts whose logs are archived as blobs (readers then read the
+    /// archive), returning how many went; a file already gone is no error.
+    pub async fn remove_archived(&self, archived: Vec<(AttemptRef, u32)>) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for (target, attempt) in archived {
+            let Ok(path) = self.path(&target, attempt) else {
+                continue;
+            };
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => removed += 1,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(removed)
+    }
+
     /// The file of one attempt. The ids were validated before they were stored, and are checked again
     /// here because they become path components.
     pub fn path(&self, target: &AttemptRef, attempt: u32) -> std::io::Result<PathBuf> {
@@ -284,6 +301,26 @@ mod tests {
         again.finish().await.unwrap();
         let path = store.path(&target(), 1).unwrap();
         assert_eq!(store.read_at(&path, 0, 100).await.unwrap(), b"whole\n");
+    }
+
+    #[tokio::test]
+    async fn the_live_files_of_archived_logs_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(dir.path());
+        for attempt in [1, 2] {
+            let mut writer = store.writer(&target(), attempt).await.unwrap();
+            writer.append(b"out\n").await.unwrap();
+            writer.finish().await.unwrap();
+        }
+        let mut bad = target();
+        bad.pipeline = "../x".into();
+        let removed = store
+            .remove_archived(vec![(target(), 1), (target(), 3), (bad, 1)])
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert!(!store.path(&target(), 1).unwrap().exists());
+        assert!(store.path(&target(), 2).unwrap().exists());
     }
 
     #[test]

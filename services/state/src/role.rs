@@ -104,7 +104,12 @@ pub async fn run(
                 node.use_shared_store(shared);
             }
             let handle = StateHandle::from(node.clone());
-            tracker.spawn(prune_logs(handle.clone(), logs.clone(), shutdown.clone()));
+            tracker.spawn(prune_logs(
+                handle.clone(),
+                logs.clone(),
+                clock.clone(),
+                shutdown.clone(),
+            ));
             tracker.spawn(crate::keep_blobs(node.clone(), clock.clone(), shutdown.clone()));
             if let Some(port) = raft {
                 serve_raft(&node, &logs, clock.clone(), port, tracker, shutdown)?;
@@ -284,10 +289,16 @@ async fn keep_setting(state: StateHandle, what: &'static str, command: SettingCo
     .await;
 }
 
-/// Removes the task logs of runs the state pruned: on a change to the state, at most every 10 s.
-async fn prune_logs(state: StateHandle, logs: LogStore, shutdown: CancellationToken) {
+/// How long a live log file stays after its log was archived.
+const ARCHIVED_LIVE_FILE_MS: i64 = 60_000;
+
+/// Removes the task logs of runs the state pruned, and the live files of archived logs: on a change to
+/// the state, at most every 10 s.
+async fn prune_logs(state: StateHandle, logs: LogStore, clock: Clock, shutdown: CancellationToken) {
     let mut changes = state.subscribe();
     let mut last: Option<tokio::time::Instant> = None;
+    // The archive time up to which live files were removed; 0 at start, so a restart looks at them all.
+    let mut archived_until = 0i64;
     loop {
         if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
             last = Some(tokio::time::Instant::now());
@@ -296,6 +307,26 @@ async fn prune_logs(state: StateHandle, logs: LogStore, shutdown: CancellationTo
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "removed the logs of pruned runs"),
                 Err(err) => tracing::warn!(%err, "could not remove the logs of pruned runs"),
+            }
+            // A live file is a second copy once its log is archived: readers go to the archive. It stays a
+            // minute more, for a reader that opened it before the archive was named.
+            let until = clock.now_millis() - ARCHIVED_LIVE_FILE_MS;
+            let archived = state.read(|s| {
+                s.blobs
+                    .keys
+                    .iter()
+                    .filter(|(_, blob)| blob.at > archived_until && blob.at <= until)
+                    .filter_map(|(key, _)| gofer_domain::blobs::task_log_of(key))
+                    .collect::<Vec<_>>()
+            });
+            match logs.remove_archived(archived).await {
+                Ok(removed) => {
+                    archived_until = until;
+                    if removed > 0 {
+                        tracing::debug!(removed, "removed live log files whose logs are archived");
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "could not remove live log files whose logs are archived"),
             }
         }
         tokio::select! {

@@ -247,7 +247,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         {
             let mut applied = write_lock(&self.applied)?;
             *applied = installed;
-            self.shadow.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+            self.shadow
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
             *self.shadow.state.lock().unwrap_or_else(PoisonError::into_inner) = copy;
             let _ = self.changes.send(Change::Reset);
         }
@@ -279,24 +283,26 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
         let file = self.file.clone();
         let shadow = self.shadow.clone();
-        let (meta, data) = blocking(move || -> Result<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>), AnyError> {
-            let view = shadow.caught_up(pending);
-            let snapshot_id = match view.last_applied {
-                Some(l) => format!("{}-{}-{}-{built}", l.leader_id.term, l.leader_id.node_id, l.index),
-                None => format!("none-{built}"),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: view.last_applied,
-                last_membership: view.membership.clone(),
-                snapshot_id,
-            };
-            let data = serde_json::to_vec(&*view).map_err(|e| AnyError::new(&e))?;
-            drop(view);
-            if !file.put_snapshot(&meta, &data)? {
-                tracing::info!(snapshot = %meta.snapshot_id, "a newer snapshot is stored already; keeping it");
-            }
-            Ok((meta, data))
-        })
+        let (meta, data) = blocking(
+            move || -> Result<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>), AnyError> {
+                let view = shadow.caught_up(pending);
+                let snapshot_id = match view.last_applied {
+                    Some(l) => format!("{}-{}-{}-{built}", l.leader_id.term, l.leader_id.node_id, l.index),
+                    None => format!("none-{built}"),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: view.last_applied,
+                    last_membership: view.membership.clone(),
+                    snapshot_id,
+                };
+                let data = serde_json::to_vec(&*view).map_err(|e| AnyError::new(&e))?;
+                drop(view);
+                if !file.put_snapshot(&meta, &data)? {
+                    tracing::info!(snapshot = %meta.snapshot_id, "a newer snapshot is stored already; keeping it");
+                }
+                Ok((meta, data))
+            },
+        )
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, e))?;
         Ok(Snapshot {

@@ -237,8 +237,18 @@ async fn a_snapshot_is_built_without_the_applied_states_lock_and_holds_every_ent
     let decoded: AppliedState = serde_json::from_slice(snapshot.snapshot.get_ref()).unwrap();
     assert_eq!(decoded, applied);
     // Entries applied after a build go into the next one.
-    store.state_machine.apply(vec![command_entry(52, "later")]).await.unwrap();
-    let next = store.state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    store
+        .state_machine
+        .apply(vec![command_entry(52, "later")])
+        .await
+        .unwrap();
+    let next = store
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let decoded: AppliedState = serde_json::from_slice(next.snapshot.get_ref()).unwrap();
     assert!(decoded.state.namespaces.contains_key("later"));
     assert_eq!(decoded, *store.applied.read().unwrap());
