@@ -271,8 +271,9 @@ impl Blobs {
         }
     }
 
-    /// State node `node` now holds a copy of each of `held` and no longer of each of `lost`. Digests no
-    /// key names any more are passed over: they were deleted meanwhile.
+    /// State node `node` no longer holds a copy of each of `lost`, and now holds one of each of `held`
+    /// (a digest in both was lost and copied back). Digests no key names any more are passed over: they
+    /// were deleted meanwhile.
     pub(crate) fn set_copies(&mut self, node: u64, held: &[String], lost: &[String]) -> Result<(), Error> {
         if node == 0 {
             return Err(Error::invalid("node", "must be a state node's id"));
@@ -280,14 +281,15 @@ impl Blobs {
         for digest in held.iter().chain(lost) {
             check_digest("digest", digest)?;
         }
-        for digest in held {
-            if let Some(copies) = self.copies.get_mut(digest) {
-                copies.holders.insert(node);
-            }
-        }
+        // Lost first: a node that found a blob missing and copied it back in one pass names it in both.
         for digest in lost {
             if let Some(copies) = self.copies.get_mut(digest) {
                 copies.holders.remove(&node);
+            }
+        }
+        for digest in held {
+            if let Some(copies) = self.copies.get_mut(digest) {
+                copies.holders.insert(node);
             }
         }
         Ok(())
@@ -442,6 +444,9 @@ mod tests {
             }
         );
         assert_eq!(blobs.node_blobs(1).backlog, 1);
+        // Lost and copied back in one pass: held.
+        blobs.set_copies(3, &[digest(2)], &[digest(2)]).unwrap();
+        assert!(blobs.copies[&digest(2)].holders.contains(&3));
         // A digest no key names is passed over.
         blobs.set_copies(3, &[digest(9)], &[]).unwrap();
         assert!(!blobs.copies.contains_key(&digest(9)));
