@@ -302,10 +302,17 @@ pub async fn keep_blobs(node: StateNode, clock: Clock, shutdown: CancellationTok
     let mut unnamed_before: HashSet<String> = HashSet::new();
     let mut shared_before: HashSet<String> = HashSet::new();
     let mut pass_number = 0u64;
+    let applied = node.subscribe();
+    // The survey reads the whole index: it runs when something was applied since the last one, while
+    // the last one found work, and every 30 passes regardless.
+    let (mut surveyed_at, mut busy) = (u64::MAX, true);
     loop {
         pass_number += 1;
         store.set_pass(pass_number);
-        if !node.read(|s| s.cluster_id.is_empty()) {
+        let index = *applied.borrow();
+        let due = busy || index != surveyed_at || pass_number % 30 == 0;
+        if due && !node.read(|s| s.cluster_id.is_empty()) {
+            surveyed_at = index;
             // A blob written here stays safe from collection until its key commits; then it is an
             // ordinary blob, deleted as soon as no key names it.
             node.read(|s| store.unstamp_named(|digest| s.blobs.copies.contains_key(digest)));
@@ -313,6 +320,8 @@ pub async fn keep_blobs(node: StateNode, clock: Clock, shutdown: CancellationTok
             // Taken before the survey: a note is made once its key is applied here, so the survey sees it.
             let noted = handle.shared_store().map(SharedStore::take_named).unwrap_or_default();
             let pass = node.read(|s| survey(&s.blobs, me, &local));
+            busy =
+                !(pass.held.is_empty() && pass.lost.is_empty() && pass.missing.is_empty() && pass.unnamed.is_empty());
             let mut held = pass.held;
             for (digest, holders) in pass.missing.into_iter().take(REPAIRS_PER_PASS) {
                 match handle.read_blob(&digest, &holders).await {
