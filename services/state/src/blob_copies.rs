@@ -310,7 +310,7 @@ pub async fn keep_blobs(node: StateNode, clock: Clock, shutdown: CancellationTok
         pass_number += 1;
         store.set_pass(pass_number);
         let index = *applied.borrow();
-        let due = busy || index != surveyed_at || pass_number % 30 == 0;
+        let due = busy || index != surveyed_at || pass_number.is_multiple_of(30);
         if due && !node.read(|s| s.cluster_id.is_empty()) {
             surveyed_at = index;
             // A blob written here stays safe from collection until its key commits; then it is an
