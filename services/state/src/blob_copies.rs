@@ -144,7 +144,7 @@ impl StateHandle {
         if let StateHandle::Local(local) = self
             && local.id() == node
         {
-            local.blobs().write(data).await?;
+            local.blobs().write_as(digest.to_string(), data).await?;
             return Ok(());
         }
         let mut client = self.member_client(node).await?;
@@ -325,7 +325,7 @@ pub async fn keep_blobs(node: StateNode, clock: Clock, shutdown: CancellationTok
             let mut held = pass.held;
             for (digest, holders) in pass.missing.into_iter().take(REPAIRS_PER_PASS) {
                 match handle.read_blob(&digest, &holders).await {
-                    Ok(data) => match store.write(Arc::new(data)).await {
+                    Ok(data) => match store.write_as(digest.clone(), Arc::new(data)).await {
                         Ok(_) => held.push(digest),
                         Err(err) => tracing::warn!(%digest, %err, "could not store a repaired blob"),
                     },

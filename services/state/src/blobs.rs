@@ -191,9 +191,18 @@ impl BlobStore {
 
     /// Writes `data` as a blob (if it is not here already) and returns its digest, once it is durable.
     pub async fn write(&self, data: Arc<Vec<u8>>) -> Result<String, BlobError> {
+        let hashed = data.clone();
+        let digest = tokio::task::spawn_blocking(move || digest_of(&hashed))
+            .await
+            .map_err(BlobError::Task)?;
+        self.write_as(digest, data).await
+    }
+
+    /// Writes `data`, which the caller says hashes to `digest` (checked as it is written, once), if it
+    /// is not here already; returns the digest once the blob is durable.
+    pub async fn write_as(&self, digest: String, data: Arc<Vec<u8>>) -> Result<String, BlobError> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
-            let digest = digest_of(&data);
             // Stamped even when it is here already: a write about to be named must not be collected.
             store.stamp(&digest);
             if !store.holds(&digest) {
