@@ -576,8 +576,7 @@ impl GoferService for ApiService {
                 record.expires_at = 0;
             }
             let json = serde_json::to_vec(&state).expect("the state always serializes");
-            let digest = ring::digest::digest(&ring::digest::SHA256, &json);
-            digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
+            gofer_state::digest_of(&json)
         })
         .await
         .map_err(|e| internal("computing the state digest", &e))?;

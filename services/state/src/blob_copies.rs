@@ -73,7 +73,7 @@ impl StateHandle {
             .iter()
             .map(|m| {
                 let (data, digest) = (data.clone(), digest.clone());
-                async move { (m.id, self.write_blob_on(m.id, &digest, data).await) }
+                async move { (m.id, self.write_blob_on((m.id, &m.address), &digest, data).await) }
             })
             .collect();
         let mut holders = Vec::new();
@@ -140,14 +140,20 @@ impl StateHandle {
         }
     }
 
-    async fn write_blob_on(&self, node: NodeId, digest: &str, data: Arc<Vec<u8>>) -> Result<(), Error> {
+    /// Writes the blob on state node `node` at `address` (this process's own store when it is that node).
+    async fn write_blob_on(
+        &self,
+        (node, address): (NodeId, &str),
+        digest: &str,
+        data: Arc<Vec<u8>>,
+    ) -> Result<(), Error> {
         if let StateHandle::Local(local) = self
             && local.id() == node
         {
             local.blobs().write_as(digest.to_string(), data).await?;
             return Ok(());
         }
-        let mut client = self.member_client(node).await?;
+        let mut client = self.client_at(address)?;
         let size = data.len() as u64;
         let count = data.len().div_ceil(BLOB_CHUNK).max(1);
         let digest = digest.to_string();
@@ -196,16 +202,26 @@ impl StateHandle {
             }
         }
         let me = self.local_node();
+        // The membership is read once, for every node's address.
+        let members = match self.cluster_status().await {
+            Ok(status) => status.members,
+            Err(err) => {
+                last = Some(Box::new(err));
+                Vec::new()
+            }
+        };
         let mut order: Vec<NodeId> = holders.iter().copied().filter(|n| *n != me).collect();
-        if let Ok(status) = self.cluster_status().await {
-            for member in status.members {
-                if member.id != me && !order.contains(&member.id) {
-                    order.push(member.id);
-                }
+        for member in &members {
+            if member.id != me && !order.contains(&member.id) {
+                order.push(member.id);
             }
         }
         for node in &order {
-            match self.read_blob_from(*node, digest).await {
+            let read = match members.iter().find(|m| m.id == *node) {
+                Some(member) => self.read_blob_from(*node, &member.address, digest).await,
+                None => Err(Unavailable::NotAMember(*node).into()),
+            };
+            match read {
                 Ok(data) => return Ok(data),
                 Err(err) => {
                     tracing::debug!(node, %digest, %err, "a state node could not serve a blob");
@@ -221,9 +237,9 @@ impl StateHandle {
         .into())
     }
 
-    async fn read_blob_from(&self, node: NodeId, digest: &str) -> Result<Vec<u8>, Error> {
+    async fn read_blob_from(&self, node: NodeId, address: &str, digest: &str) -> Result<Vec<u8>, Error> {
         let failed = |status| Error::from(Unavailable::call(Call::ReadBlob(node), status));
-        let mut client = self.member_client(node).await?;
+        let mut client = self.client_at(address)?;
         let request = v1::ReadBlobRequest {
             digest: digest.to_string(),
         };
@@ -313,13 +329,15 @@ pub async fn keep_blobs(node: StateNode, clock: Clock, shutdown: CancellationTok
         let due = busy || index != surveyed_at || pass_number.is_multiple_of(30);
         if due && !node.read(|s| s.cluster_id.is_empty()) {
             surveyed_at = index;
-            // A blob written here stays safe from collection until its key commits; then it is an
-            // ordinary blob, deleted as soon as no key names it.
-            node.read(|s| store.unstamp_named(|digest| s.blobs.copies.contains_key(digest)));
             let local: HashSet<String> = store.digests().into_iter().collect();
             // Taken before the survey: a note is made once its key is applied here, so the survey sees it.
             let noted = handle.shared_store().map(SharedStore::take_named).unwrap_or_default();
-            let pass = node.read(|s| survey(&s.blobs, me, &local));
+            let pass = node.read(|s| {
+                // A blob written here stays safe from collection until its key commits; then it is an
+                // ordinary blob, deleted as soon as no key names it.
+                store.unstamp_named(|digest| s.blobs.copies.contains_key(digest));
+                survey(&s.blobs, me, &local)
+            });
             busy =
                 !(pass.held.is_empty() && pass.lost.is_empty() && pass.missing.is_empty() && pass.unnamed.is_empty());
             let mut held = pass.held;

@@ -143,6 +143,17 @@ impl StateHandle {
         }
     }
 
+    /// The shared client of the state node at `address`, for a caller that read the membership already.
+    pub(crate) fn client_at(
+        &self,
+        address: &str,
+    ) -> Result<v1::raft_service_client::RaftServiceClient<tonic::transport::Channel>, Error> {
+        match self {
+            StateHandle::Local(local) => local.peer_client(address),
+            StateHandle::Remote(remote) => remote.client_at(address),
+        }
+    }
+
     pub(crate) async fn member_client(
         &self,
         node: NodeId,

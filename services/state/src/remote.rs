@@ -256,6 +256,11 @@ impl RemoteState {
     }
 
     /// A client for member `node`, found through the cluster status.
+    /// The shared client of the state node at `address` (its raft address).
+    pub(crate) fn client_at(&self, address: &str) -> Result<RaftServiceClient<Channel>, Error> {
+        Ok(self.inner.network.shared_client(address)?)
+    }
+
     pub(crate) async fn member_client(&self, node: NodeId) -> Result<RaftServiceClient<Channel>, Error> {
         let status = self.cluster_status().await?;
         let address = status

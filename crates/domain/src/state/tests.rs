@@ -1073,17 +1073,6 @@ fn a_pruned_runs_blobs_go_with_it_and_a_blob_needs_its_run() {
         &mut state,
         r#"{"id": "p", "keep_runs": 1, "tasks": [{"id": "a", "image": "i"}]}"#,
     );
-    let start = |state: &mut State| match state.apply(&Command::StartRun {
-        namespace: "default".into(),
-        pipeline: "p".into(),
-        request_id: String::new(),
-        parameters: Default::default(),
-        retry_of: 0,
-        at: 5,
-    }) {
-        Ok(Applied::Run(id)) => id,
-        other => panic!("{other:?}"),
-    };
     let put = |key: String, byte: u8| Command::PutBlob {
         key,
         digest: format!("{byte:02x}").repeat(32),
@@ -1215,19 +1204,11 @@ fn a_runs_objects_go_when_the_run_is_pruned_and_the_pipelines_stay() {
         &mut state,
         r#"{"id": "p", "keep_runs": 1, "tasks": [{"id": "a", "image": "i"}]}"#,
     );
-    let start = Command::StartRun {
-        namespace: "default".into(),
-        pipeline: "p".into(),
-        request_id: String::new(),
-        parameters: Default::default(),
-        retry_of: 0,
-        at: 5,
-    };
-    state.apply(&start).unwrap();
+    start(&mut state);
     state.apply(&put_object(1, "cache", 1, 6)).unwrap();
     state.apply(&put_object(0, "cache", 2, 6)).unwrap();
     run_task(&mut state, 1, "a", AttemptOutcome::Exited(0));
-    state.apply(&start).unwrap();
+    start(&mut state);
     let keys: Vec<&String> = state.blobs.keys.keys().collect();
     assert_eq!(keys, ["pipelines/default/p/objects/cache"]);
 }
