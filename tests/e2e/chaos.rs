@@ -121,11 +121,7 @@ struct Acknowledged {
 
 #[test]
 fn acknowledged_writes_survive_a_killed_leader_a_partition_a_pause_and_a_restart() {
-    let deployment = Deployment::up().expect("bringing the deployment up");
-    // A failure panics while the deployment is still up, so that its teardown prints every container's log.
-    if let Err(err) = chaos(&deployment) {
-        panic!("{err:?}");
-    }
+    Deployment::check(chaos);
 }
 
 fn chaos(deployment: &Deployment) -> Result<()> {

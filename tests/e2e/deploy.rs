@@ -219,6 +219,39 @@ impl Deployment {
     }
 }
 
+impl Deployment {
+    /// Brings a deployment up and runs `check` on it. On a failure (an error or a panic) it prints every
+    /// container's log, takes the deployment down, and only then fails with the failure's message, so
+    /// that the message ends the test's output rather than sitting above thousands of log lines.
+    pub(crate) fn check(check: impl FnOnce(&Deployment) -> Result<()>) {
+        let deployment = Deployment::up().expect("bringing the deployment up");
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&deployment)));
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(format!("{err:?}")),
+            Err(panic) => Some(
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                    .unwrap_or_else(|| "a panic without a message".to_string()),
+            ),
+        };
+        if failure.is_some() {
+            deployment.print_logs();
+        }
+        drop(deployment);
+        if let Some(failure) = failure {
+            panic!("{failure}");
+        }
+    }
+
+    fn print_logs(&self) {
+        let logs = self.compose(&["logs", "--no-color"]).unwrap_or_default();
+        eprintln!("--- compose logs ---\n{logs}--- end of compose logs ---");
+    }
+}
+
 impl Drop for Deployment {
     fn drop(&mut self) {
         let cluster = self
@@ -226,8 +259,7 @@ impl Drop for Deployment {
             .ok()
             .and_then(|s| s["cluster_id"].as_str().map(str::to_string));
         if std::thread::panicking() {
-            let logs = self.compose(&["logs", "--no-color"]).unwrap_or_default();
-            eprintln!("--- compose logs ---\n{logs}");
+            self.print_logs();
         }
         let _ = self.compose(&["down", "-v"]);
         gofer_testkit::remove_cluster_containers(cluster.as_deref().unwrap_or_default());
@@ -237,11 +269,7 @@ impl Drop for Deployment {
 
 #[test]
 fn the_compose_cluster_runs_pipelines_survives_its_leader_stopping_and_replaces_a_wiped_node() {
-    let deployment = Deployment::up().expect("bringing the deployment up");
-    // A failure panics while the deployment is still up, so that its teardown prints every container's log.
-    if let Err(err) = compose_cluster(&deployment) {
-        panic!("{err:?}");
-    }
+    Deployment::check(compose_cluster);
 }
 
 /// The compose services, and whether each checks tokens (and so is given the admin token).

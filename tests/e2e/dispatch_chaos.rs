@@ -20,11 +20,7 @@ const PIPELINE: &str = "work";
 
 #[test]
 fn runs_end_once_each_while_nodes_schedulers_and_executors_fail() {
-    let deployment = Deployment::up().expect("bringing the deployment up");
-    // A failure panics while the deployment is still up, so that its teardown prints every container's log.
-    if let Err(err) = dispatch_chaos(&deployment) {
-        panic!("{err:?}");
-    }
+    Deployment::check(dispatch_chaos);
 }
 
 fn dispatch_chaos(deployment: &Deployment) -> Result<()> {

@@ -1,6 +1,6 @@
 //! Gofer's replicated state: an openraft node whose log lives in a write-ahead file of its own
-//! (`store/wal.rs`), whose vote, commit and purge marks and snapshots live in one redb file, and whose
-//! state machine is [`gofer_domain::State`] kept in memory.
+//! (`store/wal.rs`), whose vote, commit and purge marks live in one redb file and its latest snapshot in a
+//! file of its own, and whose state machine is [`gofer_domain::State`] kept in memory.
 //!
 //! [`StateNode`] is the only door: propose a [`gofer_domain::Command`], read the applied state, watch the
 //! applied index. Everything else (the raft type config, the redb store, the network) stays inside.

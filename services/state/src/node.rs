@@ -79,6 +79,9 @@ struct Inner {
     shared: std::sync::OnceLock<crate::SharedStore>,
     /// Taken by the first `shutdown`; completes once the redb file is closed.
     closed: Mutex<Option<oneshot::Receiver<()>>>,
+    /// The node's own tasks (its compaction), stopped by `shutdown`.
+    tracker: tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl StateNode {
@@ -138,7 +141,15 @@ impl StateNode {
         Ok(node)
     }
 
-    async fn start(data_dir: &Path, config: Config, network: PeerNetwork) -> Result<StateNode, Error> {
+    /// Starts raft on the store in `data_dir`. The config's `LogsSinceLast(N)` is the fewest entries
+    /// between snapshots; the node itself decides when one is due (`node/compaction.rs`), so raft's own
+    /// policy is turned off.
+    async fn start(data_dir: &Path, mut config: Config, network: PeerNetwork) -> Result<StateNode, Error> {
+        let every = match config.snapshot_policy {
+            openraft::SnapshotPolicy::LogsSinceLast(every) => Some(every),
+            openraft::SnapshotPolicy::Never => None,
+        };
+        config.snapshot_policy = openraft::SnapshotPolicy::Never;
         let config = config.validate().map_err(|e| Unavailable::Config(Box::new(e)))?;
         tokio::fs::create_dir_all(data_dir)
             .await
@@ -161,6 +172,21 @@ impl StateNode {
         )
         .await
         .map_err(|e| Unavailable::Start(Box::new(e)))?;
+        let (tracker, stop) = (
+            tokio_util::task::TaskTracker::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        if let Some(every) = every {
+            let watched = compaction::Watched {
+                raft: raft.clone(),
+                applied_index: store.applied_index.clone(),
+                snapshot_stored: store.snapshot_stored,
+                growth: store.growth,
+                every,
+            };
+            tracker.spawn(compaction::keep_compacting(watched, stop.clone()));
+        }
+        tracker.close();
         Ok(StateNode {
             inner: Arc::new(Inner {
                 id: network.id,
@@ -172,6 +198,8 @@ impl StateNode {
                 blobs,
                 shared: std::sync::OnceLock::new(),
                 closed: Mutex::new(Some(store.closed)),
+                tracker,
+                stop,
             }),
         })
     }
@@ -462,6 +490,8 @@ impl StateNode {
     /// Shuts raft down and waits (10 s at most) until the redb file is closed, so the same directory can
     /// be opened again. Calling it again is harmless.
     pub async fn shutdown(&self) -> Result<(), Error> {
+        self.inner.stop.cancel();
+        self.inner.tracker.wait().await;
         self.inner.raft.shutdown().await.map_err(Unavailable::Shutdown)?;
         let closed = self.inner.closed.lock().unwrap_or_else(PoisonError::into_inner).take();
         // Nothing is ever sent on `closed`: its sender drops with the last handle on the redb file, and
@@ -476,5 +506,6 @@ impl StateNode {
     }
 }
 
+mod compaction;
 #[cfg(test)]
 mod tests;

@@ -2,8 +2,11 @@
 //! with the rest, and the blocking reads and writes the log store ([`log`]) and the state machine
 //! ([`state_machine`]) make on it.
 //!
-//! The redb file holds the vote, the committed log id, the last purged log id and the latest snapshot
-//! (meta and data). The state machine's applied state is not written on every apply: it is the latest
+//! The redb file holds the vote, the committed log id and the last purged log id; the latest snapshot
+//! (meta and data) is a file of its own beside it ([`SNAPSHOT_FILE`]), written whole under another name,
+//! fsynced and renamed into place. A snapshot of a large state is hundreds of megabytes, and written in a
+//! redb transaction it held redb's single writer long enough to stall the log's small records behind it
+//! (bench/RESULTS.md, `snapshot-stall`). The state machine's applied state is not written on every apply: it is the latest
 //! snapshot plus the committed log after it, which openraft re-applies at startup from `read_committed`.
 //! Before the log had its own file it lived in redb too (index → JSON entry); opening such a store moves
 //! it over once.
@@ -25,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use openraft::{AnyError, SnapshotMeta};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use tokio::sync::{broadcast, oneshot, watch};
 
 pub(crate) use log::RaftLogStore;
@@ -39,7 +42,8 @@ use crate::{Error, Storage};
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft's own records, each JSON, under the `*_KEY` names below.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-/// The latest snapshot: its meta as JSON under [`SNAPSHOT_META_KEY`], its data under [`SNAPSHOT_DATA_KEY`].
+/// Where the latest snapshot was kept before it had a file of its own: its meta as JSON under
+/// [`SNAPSHOT_META_KEY`], its data under [`SNAPSHOT_DATA_KEY`]. Read once, to move it over, and emptied.
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
 const VOTE_KEY: &str = "vote";
@@ -50,7 +54,20 @@ const LOG_IN_FILE_KEY: &str = "log_in_file";
 const SNAPSHOT_META_KEY: &str = "meta";
 const SNAPSHOT_DATA_KEY: &str = "data";
 
-/// The open redb file, shared by the log store, its readers, the state machine and snapshot builders.
+/// The latest snapshot's file, beside the redb file: the meta as one line of JSON, a newline, then the
+/// data.
+const SNAPSHOT_FILE: &str = "snapshot";
+
+/// How the log and the snapshot grew, for the node's compaction (`node/compaction.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct LogGrowth {
+    /// Bytes of entries appended to the log since the store opened.
+    pub(crate) appended: std::sync::atomic::AtomicU64,
+    /// The size of the latest stored snapshot's data.
+    pub(crate) snapshot_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// The open redb file and the snapshot file beside it, shared by the log store, its readers, the state machine and snapshot builders.
 ///
 /// openraft drops these owners in several tasks after `Raft::shutdown` returns, so the file closes a
 /// little later. Dropping the last `Arc<RedbFile>` drops `_closed`, which tells the node the file is
@@ -58,6 +75,12 @@ const SNAPSHOT_DATA_KEY: &str = "data";
 pub(crate) struct RedbFile {
     // Fields drop in order: the database closes before `_closed` reports it.
     db: Database,
+    /// The latest snapshot's file.
+    snapshot_path: PathBuf,
+    /// Held while a snapshot is stored, so that an older one never replaces a newer one.
+    storing: std::sync::Mutex<()>,
+    /// How the log and the snapshot grew.
+    growth: Arc<LogGrowth>,
     /// The last log id of the snapshot stored in the file, sent after each store.
     snapshot_stored: watch::Sender<Option<openraft::LogId<NodeId>>>,
     _closed: oneshot::Sender<()>,
@@ -75,6 +98,9 @@ pub(crate) struct OpenStore {
     pub(crate) changes: broadcast::Sender<Change>,
     /// Completes (with an error, as nothing is ever sent) once the redb file is closed.
     pub(crate) closed: oneshot::Receiver<()>,
+    /// How the log and the snapshot grew, and the last log id of each snapshot stored.
+    pub(crate) growth: Arc<LogGrowth>,
+    pub(crate) snapshot_stored: watch::Receiver<Option<openraft::LogId<NodeId>>>,
 }
 
 /// One change of the applied state, as followers of a node see it.
@@ -117,10 +143,13 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
         created().map_err(redb)?;
         let file = RedbFile {
             db,
+            snapshot_path: path.with_file_name(SNAPSHOT_FILE),
+            storing: std::sync::Mutex::default(),
+            growth: Arc::default(),
             snapshot_stored: watch::Sender::new(None),
             _closed: closed_tx,
         };
-        let snapshot = file.snapshot().map_err(redb)?;
+        let snapshot = open_snapshot(&file, &path)?;
         let (wal, log) = open_log(&file, &path)?;
         Ok((file, snapshot, wal, log))
     })
@@ -137,6 +166,9 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
                 return Err(Storage::SnapshotMismatch(meta.snapshot_id).into());
             }
             file.snapshot_stored.send_replace(meta.last_log_id);
+            file.growth
+                .snapshot_bytes
+                .store(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             applied
         }
     };
@@ -144,6 +176,8 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
     let applied = Arc::new(RwLock::new(applied));
     let file = Arc::new(file);
     let (changes, _) = broadcast::channel(CHANGES_KEPT);
+    let growth = file.growth.clone();
+    let snapshot_stored = file.snapshot_stored.subscribe();
     Ok(OpenStore {
         log: RaftLogStore::new(file.clone(), wal, log).map_err(Storage::LogWriter)?,
         state_machine: StateMachineStore::new(file, applied.clone(), applied_tx, changes.clone()),
@@ -151,7 +185,33 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
         applied_index,
         changes,
         closed,
+        growth,
+        snapshot_stored,
     })
+}
+
+/// Reads the latest snapshot from its file, moving one kept in redb (an older Gofer's store) over first:
+/// written to the file, then emptied from redb, so a crash in between leaves it in both, and the file wins.
+fn open_snapshot(file: &RedbFile, path: &Path) -> Result<Option<StoredSnapshot>, Storage> {
+    let redb = |source: redb::Error| Storage::Redb {
+        path: path.to_path_buf(),
+        source,
+    };
+    let snapshot_io = |source| Storage::Io {
+        path: file.snapshot_path.clone(),
+        source,
+    };
+    let legacy = file.legacy_snapshot().map_err(redb)?;
+    if let Some(stored) = file.read_snapshot().map_err(snapshot_io)? {
+        if legacy.is_some() {
+            file.forget_legacy_snapshot().map_err(redb)?;
+        }
+        return Ok(Some(stored));
+    }
+    let Some(stored) = legacy else { return Ok(None) };
+    file.write_snapshot(&stored.meta, &stored.data).map_err(snapshot_io)?;
+    file.forget_legacy_snapshot().map_err(redb)?;
+    Ok(Some(stored))
 }
 
 /// Opens the raft log beside the redb file at `path` (moving a log kept in redb over first) and decodes
@@ -270,13 +330,64 @@ impl RedbFile {
         Ok(())
     }
 
-    /// The latest snapshot's meta and data.
-    fn snapshot(&self) -> Result<Option<StoredSnapshot>, redb::Error> {
+    /// The snapshot an older Gofer kept in redb, if any.
+    fn legacy_snapshot(&self) -> Result<Option<StoredSnapshot>, redb::Error> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(SNAPSHOT)?;
         let meta = table.get(SNAPSHOT_META_KEY)?.map(|v| v.value().to_vec());
         let data = table.get(SNAPSHOT_DATA_KEY)?.map(|v| v.value().to_vec());
         Ok(meta.zip(data).map(|(meta, data)| StoredSnapshot { meta, data }))
+    }
+
+    fn forget_legacy_snapshot(&self) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SNAPSHOT)?.retain(|_, _| false)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The latest snapshot's meta and data, from its file.
+    fn read_snapshot(&self) -> std::io::Result<Option<StoredSnapshot>> {
+        use std::io::{BufRead, Read};
+        let file = match std::fs::File::open(&self.snapshot_path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let size = file.metadata()?.len();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut meta = Vec::new();
+        reader.read_until(b'\n', &mut meta)?;
+        if meta.pop() != Some(b'\n') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the snapshot file has no meta line",
+            ));
+        }
+        let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_sub(meta.len() + 1));
+        reader.read_to_end(&mut data)?;
+        Ok(Some(StoredSnapshot { meta, data }))
+    }
+
+    /// Writes the snapshot file whole under another name, fsyncs it, renames it into place and fsyncs
+    /// the directory: a crash leaves the old snapshot or the new one, never part of one.
+    fn write_snapshot(&self, meta: &[u8], data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let dir = self.snapshot_path.parent().unwrap_or(Path::new("."));
+        let mut file = tempfile::Builder::new()
+            .prefix(SNAPSHOT_FILE)
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
+        {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file.as_file_mut());
+            out.write_all(meta)?;
+            out.write_all(b"\n")?;
+            out.write_all(data)?;
+            out.flush()?;
+        }
+        file.as_file().sync_all()?;
+        file.persist(&self.snapshot_path).map_err(|e| e.error)?;
+        wal::sync_dir(dir)
     }
 
     /// Stores a snapshot unless the stored one is newer, and says whether it stored it.
@@ -286,28 +397,15 @@ impl RedbFile {
     /// the stored snapshot and the log at the next start.
     fn put_snapshot(&self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> Result<bool, AnyError> {
         let encoded_meta = serde_json::to_vec(meta).map_err(|e| AnyError::new(&e))?;
-        let txn = self.db.begin_write().map_err(|e| AnyError::new(&e))?;
-        {
-            let mut table = txn.open_table(SNAPSHOT).map_err(|e| AnyError::new(&e))?;
-            let stored = table
-                .get(SNAPSHOT_META_KEY)
-                .map_err(|e| AnyError::new(&e))?
-                .map(|v| v.value().to_vec());
-            if let Some(stored) = stored {
-                let stored: SnapshotMeta<NodeId, openraft::BasicNode> =
-                    serde_json::from_slice(&stored).map_err(|e| AnyError::new(&e))?;
-                if stored.last_log_id > meta.last_log_id {
-                    drop(table);
-                    txn.abort().map_err(|e| AnyError::new(&e))?;
-                    return Ok(false);
-                }
-            }
-            table
-                .insert(SNAPSHOT_META_KEY, encoded_meta.as_slice())
-                .map_err(|e| AnyError::new(&e))?;
-            table.insert(SNAPSHOT_DATA_KEY, data).map_err(|e| AnyError::new(&e))?;
+        let _storing = self.storing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *self.snapshot_stored.borrow() > meta.last_log_id {
+            return Ok(false);
         }
-        txn.commit().map_err(|e| AnyError::new(&e))?;
+        self.write_snapshot(&encoded_meta, data)
+            .map_err(|e| AnyError::new(&e))?;
+        self.growth
+            .snapshot_bytes
+            .store(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.snapshot_stored.send_if_modified(|stored| {
             let newer = meta.last_log_id > *stored;
             if newer {

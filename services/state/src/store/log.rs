@@ -375,6 +375,11 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                 Ok((index, bytes))
             })
             .collect::<Result<Vec<_>, StorageIOError<NodeId>>>()?;
+        let bytes: usize = rows.iter().map(|(_, row)| row.len()).sum();
+        self.file
+            .growth
+            .appended
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         // Readable at once; synced (and reported so) by the writer.
         self.log()
             .entries

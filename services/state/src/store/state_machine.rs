@@ -1,5 +1,5 @@
 //! openraft's state machine: [`gofer_domain::State`] in memory, applied entry by entry, and its
-//! snapshots in the redb file.
+//! snapshots in their file beside the redb file.
 //!
 //! Applying is [`State::apply`] and nothing else; a refused command is a normal result carried back in
 //! the [`Response`], not a storage error. The applied state (state, last applied log id, membership) sits
@@ -95,7 +95,7 @@ impl Shadow {
 
 /// The state machine openraft drives from its state machine task.
 pub(crate) struct StateMachineStore {
-    file: Arc<RedbFile>,
+    pub(super) file: Arc<RedbFile>,
     applied: Arc<RwLock<AppliedState>>,
     /// What snapshots are built from.
     shadow: Arc<Shadow>,
@@ -261,7 +261,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let file = self.file.clone();
-        let stored = blocking(move || file.snapshot())
+        let stored = blocking(move || file.read_snapshot())
             .await
             .map_err(|e| StorageIOError::read_snapshot(None, e))?;
         let Some(super::StoredSnapshot { meta, data }) = stored else {

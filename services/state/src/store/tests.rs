@@ -253,3 +253,75 @@ async fn a_snapshot_is_built_without_the_applied_states_lock_and_holds_every_ent
     assert!(decoded.state.namespaces.contains_key("later"));
     assert_eq!(decoded, *store.applied.read().unwrap());
 }
+
+/// A store from before the snapshot had its own file keeps it in redb: opening it moves the snapshot to
+/// its file and empties redb's table, and later snapshots never touch redb (a large one held redb's one
+/// writer long enough to stall the log's records).
+#[tokio::test]
+async fn a_snapshot_kept_in_redb_by_an_older_version_is_moved_to_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let (legacy, closed) = {
+        let mut store = open(path.clone()).await.unwrap();
+        let snapshot = apply_and_snapshot(&mut store, vec![init_entry(), command_entry(2, "a")]).await;
+        (snapshot, store.closed)
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), closed).await;
+    // Put it back where an older Gofer kept it.
+    std::fs::remove_file(dir.path().join(SNAPSHOT_FILE)).unwrap();
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(SNAPSHOT).unwrap();
+            let meta = serde_json::to_vec(&legacy.meta).unwrap();
+            table.insert(SNAPSHOT_META_KEY, meta.as_slice()).unwrap();
+            table
+                .insert(SNAPSHOT_DATA_KEY, legacy.snapshot.get_ref().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    let mut store = open(path.clone()).await.unwrap();
+    assert!(
+        dir.path().join(SNAPSHOT_FILE).is_file(),
+        "the snapshot moved to its file"
+    );
+    let namespaces: Vec<String> = store.applied.read().unwrap().state.namespaces.keys().cloned().collect();
+    assert_eq!(namespaces, vec!["a".to_string(), "default".to_string()]);
+    let current = store.state_machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, legacy.meta);
+    assert_eq!(current.snapshot.get_ref(), legacy.snapshot.get_ref());
+
+    let next = apply_and_snapshot(&mut store, vec![command_entry(3, "b")]).await;
+    assert_eq!(next.meta.last_log_id, Some(log_id(1, 1, 3)));
+    let file = store.state_machine.file.clone();
+    let legacy_left = tokio::task::spawn_blocking(move || file.legacy_snapshot().unwrap())
+        .await
+        .unwrap();
+    assert!(legacy_left.is_none(), "redb no longer holds a snapshot");
+    let current = store.state_machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, next.meta);
+    let decoded: AppliedState = serde_json::from_slice(current.snapshot.get_ref()).unwrap();
+    assert!(decoded.state.namespaces.contains_key("b"));
+}
+
+/// An older snapshot finishing after a newer one was stored (a build overtaken by an install from the
+/// leader) does not replace it.
+#[tokio::test]
+async fn an_older_snapshot_never_replaces_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path().join("state.redb")).await.unwrap();
+    let newer = apply_and_snapshot(&mut store, vec![init_entry(), command_entry(2, "a")]).await;
+    let mut older = newer.meta.clone();
+    older.last_log_id = Some(log_id(1, 1, 1));
+    older.snapshot_id = "older".into();
+    let file = store.state_machine.file.clone();
+    let stored = tokio::task::spawn_blocking(move || file.put_snapshot(&older, b"{}").unwrap())
+        .await
+        .unwrap();
+    assert!(!stored, "the older snapshot was refused");
+    let current = store.state_machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, newer.meta);
+}
