@@ -67,6 +67,9 @@ pub(crate) struct LogGrowth {
     pub(crate) snapshot_bytes: std::sync::atomic::AtomicU64,
 }
 
+/// How much of a snapshot is written between two syncs of its file.
+const SNAPSHOT_SYNC_BYTES: usize = 8 << 20;
+
 /// The open redb file and the snapshot file beside it, shared by the log store, its readers, the state machine and snapshot builders.
 ///
 /// openraft drops these owners in several tasks after `Raft::shutdown` returns, so the file closes a
@@ -370,7 +373,9 @@ impl RedbFile {
     }
 
     /// Writes the snapshot file whole under another name, fsyncs it, renames it into place and fsyncs
-    /// the directory: a crash leaves the old snapshot or the new one, never part of one.
+    /// the directory: a crash leaves the old snapshot or the new one, never part of one. The data goes
+    /// out [`SNAPSHOT_SYNC_BYTES`] at a time, each synced before the next, so the raft log's own syncs on
+    /// the same disk never queue behind hundreds of megabytes of snapshot flushed at once.
     fn write_snapshot(&self, meta: &[u8], data: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         let dir = self.snapshot_path.parent().unwrap_or(Path::new("."));
@@ -378,12 +383,12 @@ impl RedbFile {
             .prefix(SNAPSHOT_FILE)
             .suffix(".tmp")
             .tempfile_in(dir)?;
-        {
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file.as_file_mut());
-            out.write_all(meta)?;
-            out.write_all(b"\n")?;
-            out.write_all(data)?;
-            out.flush()?;
+        let out = file.as_file_mut();
+        out.write_all(meta)?;
+        out.write_all(b"\n")?;
+        for chunk in data.chunks(SNAPSHOT_SYNC_BYTES) {
+            out.write_all(chunk)?;
+            out.sync_data()?;
         }
         file.as_file().sync_all()?;
         file.persist(&self.snapshot_path).map_err(|e| e.error)?;

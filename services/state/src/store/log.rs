@@ -42,9 +42,17 @@ pub(crate) struct RaftLogStore {
     /// The latest committed log id raft gave this process, and the thread that records it in redb.
     committed: Arc<Mutex<Option<LogId<NodeId>>>>,
     committed_saver: mpsc::Sender<Option<LogId<NodeId>>>,
+    /// The thread that deletes purged segments and frees purged entries.
+    purger: mpsc::Sender<Purged>,
     /// Whether a purge waits for a stored snapshot that holds what it purges (always, but for
     /// openraft's storage suite, which purges logs with no snapshot).
     pub(super) purge_waits_for_snapshot: bool,
+}
+
+/// What a purge leaves for the purger thread: the segments to delete and the entries to free.
+struct Purged {
+    segments: super::wal::Detached,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
 }
 
 /// How long a purge waits for the snapshot that holds what it purges.
@@ -140,9 +148,24 @@ impl RaftLogStore {
             let synced = synced.clone();
             move || save_committed_loop(&held, &commits, &synced)
         })?;
+        let (purger, purged) = mpsc::channel::<Purged>();
+        // It holds the file too, so the store counts as closed only once its last deletion is done.
+        let held = file.clone();
+        std::thread::Builder::new()
+            .name("gofer-raft-purge".into())
+            .spawn(move || {
+                let _held = held;
+                for Purged { segments, entries } in purged {
+                    drop(entries);
+                    if let Err(error) = segments.remove() {
+                        tracing::warn!(%error, "deleting purged log segments; the next start finishes it");
+                    }
+                }
+            })?;
         Ok(RaftLogStore {
             file,
             wal,
+            purger,
             log: Arc::new(Mutex::new(log)),
             writer,
             gate,
@@ -424,12 +447,23 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         blocking(move || file.put_meta(LAST_PURGED_KEY, &bytes, Durability::Immediate))
             .await
             .map_err(StorageIOError::write_logs)?;
-        self.with_wal(move |wal| wal.purge(log_id.index))
-            .await
-            .map_err(StorageIOError::write_logs)?;
-        let mut log = self.log();
-        log.entries = log.entries.split_off(&(log_id.index + 1));
-        log.purged = Some(log_id);
+        let wal = self.wal.clone();
+        let segments =
+            blocking(move || Ok::<_, io::Error>(wal.lock().expect("raft log file lock").detach_purged(log_id.index)))
+                .await
+                .map_err(StorageIOError::write_logs)?;
+        let entries = {
+            let mut log = self.log();
+            let kept = log.entries.split_off(&(log_id.index + 1));
+            log.purged = Some(log_id);
+            std::mem::replace(&mut log.entries, kept)
+        };
+        // Deleting the segments and freeing the entries take a while on a large log, and raft's core
+        // waits for a purge: the purger thread does both, off its path and off the writer's lock.
+        if let Err(mpsc::SendError(left)) = self.purger.send(Purged { segments, entries }) {
+            drop(left);
+            tracing::warn!("the log purger stopped; purged segments stay until the next start");
+        }
         Ok(())
     }
 }

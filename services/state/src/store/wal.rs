@@ -211,18 +211,52 @@ impl Wal {
     /// caller's to drop. Records up to `upto` left in a segment that also holds later ones are skipped
     /// when the log is opened again (the caller records `upto` as purged first).
     pub(crate) fn purge(&mut self, upto: u64) -> io::Result<()> {
+        let detached = self.detach_purged(upto);
+        detached.remove()
+    }
+
+    /// Forgets every record up to `upto` and hands back the whole segments that held only those, for
+    /// [`Detached::remove`] to delete outside the lock the writer needs. A crash before they are gone
+    /// leaves them to the next open, which skips what was purged and finishes the purge.
+    pub(crate) fn detach_purged(&mut self, upto: u64) -> Detached {
         let whole = self
             .segments
             .iter()
             .take_while(|s| s.records.keys().next_back().is_none_or(|last| *last <= upto))
             .count();
-        self.remove_segments(0..whole)?;
+        if whole == self.segments.len() && whole > 0 {
+            self.current = None;
+        }
+        let paths = self.segments.drain(0..whole).map(|s| s.path).collect();
         for segment in &mut self.segments {
             segment.records.retain(|index, _| *index > upto);
         }
+        Detached {
+            dir: self.dir.clone(),
+            paths,
+        }
+    }
+}
+
+/// Purged segments, oldest first, no longer part of the log, to delete.
+pub(crate) struct Detached {
+    dir: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+impl Detached {
+    /// Deletes the segments oldest first, syncing the directory after each, so a crash midway leaves a
+    /// log that still starts after the purged records.
+    pub(crate) fn remove(self) -> io::Result<()> {
+        for path in &self.paths {
+            std::fs::remove_file(path)?;
+            sync_dir(&self.dir)?;
+        }
         Ok(())
     }
+}
 
+impl Wal {
     /// Deletes the segments in `range` (newest first) and syncs the directory.
     fn remove_segments(&mut self, range: std::ops::Range<usize>) -> io::Result<()> {
         if range.is_empty() {
