@@ -278,8 +278,8 @@ fn main() -> Result<()> {
          now paid once at start), the snapshot's encoding \
          (serde JSON, as stored) and its decoding (what a restarting node pays before it serves, before the log after \
          the snapshot). Baseline in the same process: a `Vec` of as many 64-byte records, cloned and encoded. Medians \
-         of three. Not yet measured here: write p50/p99 and fire skew while a snapshot is taken on a running cluster, \
-         and a real node's restart to serving.\n\n\
+         of three. A running node's writes while it snapshots, its memory and its restart to serving are in \
+         `snapshot-stall`; fire skew while a large state snapshots is not measured yet.\n\n\
          - Date: {date}\n\
          - Revision: {revision} ({profile} build)\n\n\
          | runs | pipelines | subscriptions | RSS bytes per run | whole-state clone ms | baseline clone ms | snapshot MiB | encode ms | baseline encode ms | decode ms |\n\
