@@ -21,7 +21,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 #[derive(clap::Args)]
 pub struct ServerArgs {
     /// A TOML config file with the keys below (node_id, data_dir, api_listen, raft_listen,
-    /// webhook_listen, ca, cert, key, admin_token_file, secret_key_file, secret_old_key_files, name, event_retention, task_log_cap, the
+    /// webhook_listen, webhook_url, extension_network, ca, cert, key, admin_token_file, secret_key_file, secret_old_key_files, name, event_retention, task_log_cap, the
     /// task_default_/task_max_ cpu, memory and timeout (strings, as the flags take them), object_max_size,
     /// object_max_count, blob_store (with blob_store_endpoint, blob_store_region, blob_store_access_key_id and
     /// blob_store_secret_access_key), and the lists
@@ -91,6 +91,16 @@ pub struct ServerArgs {
     /// address, else https://API_LISTEN]
     #[arg(long)]
     advertise_api: Option<String>,
+    /// The webhook listener's base URL as callers reach it, http(s)://HOST:PORT, when that is not the
+    /// address it listens on (behind a published port or a proxy); every node's API shows webhook URLs
+    /// from it [default: http://WEBHOOK_LISTEN]
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// An existing Docker network for the extension containers, which this process's container is on
+    /// too: it serves them there, on its own address in it (for an extension host that runs in a
+    /// container) [default: a network of the node's own, served on its gateway]
+    #[arg(long)]
+    extension_network: Option<String>,
     /// What runs this process's attempts: docker, or benchmark-noop, which runs nothing and reports every
     /// attempt exited 0 at once (for control-plane benchmarks only) [default: docker]
     #[arg(long)]
@@ -146,6 +156,8 @@ struct ServerConfig {
     executor_labels: Option<BTreeMap<String, String>>,
     executor_backend: Option<String>,
     advertise_api: Option<String>,
+    webhook_url: Option<String>,
+    extension_network: Option<String>,
     event_retention: Option<String>,
     task_log_cap: Option<String>,
     task_default_cpu: Option<String>,
@@ -265,6 +277,21 @@ fn check_certificate_roles(path: &Path, cert_pem: &str, state: bool, roles: Role
     )
 }
 
+/// A webhook base URL is http(s)://host[:port], with no path, query or fragment.
+fn check_webhook_url(url: &str) -> anyhow::Result<()> {
+    let uri: Option<tonic::transport::Uri> = url.parse().ok();
+    let valid = uri.is_some_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|h| !h.is_empty())
+            && uri.path() == "/"
+            && uri.query().is_none()
+    }) && !url.contains('#');
+    if !valid {
+        bail!("webhook_url: a base URL is http(s)://host[:port], got {url:?}");
+    }
+    Ok(())
+}
+
 fn check_addresses(field: &str, addresses: &[String]) -> anyhow::Result<()> {
     for address in addresses {
         let uri: Option<tonic::transport::Uri> = address.parse().ok();
@@ -370,6 +397,14 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
     let advertise_api = args.advertise_api.or(file.advertise_api);
     if let Some(address) = &advertise_api {
         check_addresses("advertise_api", std::slice::from_ref(address))?;
+    }
+    let webhook_url = args.webhook_url.or(file.webhook_url);
+    if let Some(url) = &webhook_url {
+        check_webhook_url(url)?;
+    }
+    let extension_network = args.extension_network.or(file.extension_network);
+    if extension_network.as_ref().is_some_and(|n| n.trim().is_empty()) {
+        bail!("extension_network: must name a Docker network");
     }
     let event_retention_ms = match (args.event_retention, &file.event_retention) {
         (Some(ms), _) => Some(ms),
@@ -557,6 +592,8 @@ pub async fn run(args: ServerArgs, clock: gofer_clock::Clock) -> anyhow::Result<
         // runs, not only the scheduler beside it.
         executor_token: String::new(),
         advertise_api,
+        webhook_url,
+        extension_network,
         schedulers,
         executor_capacity,
         executor_labels,

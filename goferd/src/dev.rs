@@ -259,6 +259,8 @@ pub async fn run(args: DevArgs, clock: gofer_clock::Clock) -> anyhow::Result<()>
         webhook_listener: Some(webhook_listener),
         executor_token,
         advertise_api: None,
+        webhook_url: None,
+        extension_network: None,
         schedulers: Vec::new(),
         executor_capacity: args.max_containers,
         executor_labels: args.executor_labels.iter().cloned().collect(),

@@ -83,6 +83,10 @@ pub struct NodeSetup {
     /// The API address others reach this process at (`https://host:port`), when it differs from the one it
     /// listens on; the scheduler lease records it.
     pub advertise_api: Option<String>,
+    /// The webhook listener's base URL as callers reach it, when not the address it listens on.
+    pub webhook_url: Option<String>,
+    /// An existing Docker network for the extension containers, which this process is on too.
+    pub extension_network: Option<String>,
     /// The schedulers the executor may reach (`https://host:port`); empty for this process's API port.
     pub schedulers: Vec<String>,
     /// How many attempts the executor runs at once (0: no limit), and its labels.
@@ -176,6 +180,8 @@ struct Process {
     holder: String,
     /// Seals and opens secrets, for the roles that do.
     keyring: Option<std::sync::Arc<gofer_secrets::Keyring>>,
+    /// The webhook base URL to advertise, if told.
+    webhook_url: Option<String>,
 }
 
 /// The roles the API port serves, as their services returned them.
@@ -198,6 +204,8 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         webhook_listener,
         executor_token,
         advertise_api,
+        webhook_url,
+        extension_network,
         schedulers,
         executor_capacity,
         executor_labels,
@@ -224,6 +232,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
         // finds it released) rather than acting in an epoch its previous life may still be acting in.
         holder: format!("{name}/{}", crate::random::hex(2)?),
         keyring: keyring.clone(),
+        webhook_url,
     };
     if roles.serves() && keyring.is_none() {
         bail!("secret_key_file is required for the api, scheduler and extension-host roles");
@@ -261,6 +270,7 @@ pub async fn start(setup: NodeSetup) -> anyhow::Result<RunningNode> {
                 serve: process.extension_listener(auth.clone()),
                 auth: auth.clone(),
                 docker: docker.clone().context("the extension host runs extensions in Docker")?,
+                network: extension_network.clone(),
             };
             Some(process.extension_host(&state.handle, webhooks, launch, startup).await?)
         } else {
@@ -492,6 +502,7 @@ impl Process {
             holder: self.holder.clone(),
             launch,
             startup,
+            webhook_url: self.webhook_url.clone(),
         };
         let deps = gofer_extension_host::Deps {
             state: state.clone(),

@@ -100,6 +100,24 @@ fn server_settings_are_refused_at_once_naming_the_field() -> Result<()> {
         ),
         (vec!["--roles=state,api", "--data-dir=d"], "node_id"),
         (vec!["--roles=api,bogus", "--name=api"], "roles"),
+        (
+            vec![
+                "--roles=extension-host",
+                "--name=x",
+                "--state-nodes=https://127.0.0.1:1",
+                "--webhook-url=ftp://hooks.example/x",
+            ],
+            "webhook_url",
+        ),
+        (
+            vec![
+                "--roles=extension-host",
+                "--name=x",
+                "--state-nodes=https://127.0.0.1:1",
+                "--extension-network= ",
+            ],
+            "extension_network",
+        ),
     ] {
         let output = std::process::Command::new("timeout")
             .arg("20")

@@ -102,6 +102,10 @@ impl Deployment {
             ("GOFER_IMAGE".to_string(), self.image.clone()),
             ("GOFER_CERTS".to_string(), certs.display().to_string()),
             ("GOFER_WEBHOOK_PORT".to_string(), ports[API].to_string()),
+            (
+                "GOFER_EXTENSION_NETWORK".to_string(),
+                format!("{}-extensions", self.project),
+            ),
         ];
         self.configs.clear();
         for n in 1..=API {
@@ -263,6 +267,10 @@ impl Drop for Deployment {
         }
         let _ = self.compose(&["down", "-v"]);
         gofer_testkit::remove_cluster_containers(cluster.as_deref().unwrap_or_default());
+        // The extension network outlives `down` while an extension container was still on it.
+        let _ = Command::new("docker")
+            .args(["network", "rm", &format!("{}-extensions", self.project)])
+            .output();
         let _ = Command::new("docker").args(["rmi", "-f", &self.image]).output();
     }
 }
@@ -330,9 +338,97 @@ fn each_container_holds_only_its_own_secrets(deployment: &Deployment) -> Result<
     Ok(())
 }
 
+/// Triggers work end to end through the api container, which runs apart from the extension host: an
+/// installed extension's container reaches the extension host (itself in a container) on the extensions
+/// network, shows as connected, and fires runs; a webhook subscription's URL is the published webhook
+/// port, and a signed delivery to it starts a run.
+fn triggers_work_through_the_separate_api(deployment: &Deployment) -> Result<()> {
+    use crate::extensions::{TICKER_IMAGE, ticker_image};
+    ticker_image()?;
+    let json_path = deployment.path().join("ticked.json");
+    std::fs::write(&json_path, pipeline("ticked", &[("a", "true", &[])]))?;
+    deployment.ctl(API, &["pipeline", "register", json_path.to_str().context("utf-8")?])?;
+    deployment.ctl(API, &["extension", "install", "ticker", TICKER_IMAGE])?;
+    wait_until(
+        "the ticker to connect, as the api sees it",
+        Duration::from_secs(90),
+        || {
+            let e = deployment.json(API, &["extension", "get", "ticker"])?;
+            Ok((e["registered"] == true && e["connected"] == true).then_some(()))
+        },
+    )?;
+    deployment.ctl(API, &crate::extensions::SUBSCRIBE_EVERY_SECOND)?;
+    let fired = wait_until("a ticker run to succeed", Duration::from_secs(90), || {
+        let runs = deployment.json(API, &["run", "list", "ticked"])?;
+        Ok(runs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["state"] == "SUCCEEDED" && r["trigger"]["extension"] == "ticker")
+            .cloned())
+    })?;
+    ensure!(fired["trigger"]["subscription"] == "t", "{fired}");
+    deployment.ctl(API, &["subscription", "delete", "ticked", "t"])?;
+
+    let secret = "s3cret-for-gofer-compose";
+    deployment.ctl(
+        API,
+        &[
+            "subscription",
+            "create",
+            "ticked",
+            "webhook",
+            "gh",
+            "-s",
+            &format!("secret={secret}"),
+        ],
+    )?;
+    let port = deployment
+        .env
+        .iter()
+        .find(|(name, _)| name == "GOFER_WEBHOOK_PORT")
+        .map(|(_, port)| port.clone())
+        .context("the webhook port")?;
+    let url = wait_until("the webhook URL, as the api sees it", Duration::from_secs(30), || {
+        let subscription = deployment.json(API, &["subscription", "get", "ticked", "gh"])?;
+        Ok(subscription["webhook_url"]
+            .as_str()
+            .filter(|url| !url.is_empty())
+            .map(str::to_string))
+    })?;
+    ensure!(
+        url == format!("http://127.0.0.1:{port}/webhooks/default/ticked/gh"),
+        "{url}"
+    );
+    let body = br#"{"ref": "refs/heads/main"}"#;
+    let headers = [
+        ("X-Hub-Signature-256", crate::triggers::signature(secret, body)),
+        ("X-GitHub-Delivery", "compose-1".to_string()),
+    ];
+    let (status, reply) = crate::triggers::post(&url, &headers, body)?;
+    ensure!(status == 202, "{status}: {reply}");
+    let run: Value = serde_json::from_str(&reply)?;
+    let id = run["run_id"].as_u64().context("run_id")?;
+    wait_until("the webhook's run to succeed", Duration::from_secs(90), || {
+        let runs = deployment.json(API, &["run", "list", "ticked"])?;
+        Ok(runs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| {
+                r["id"].as_u64() == Some(id) && r["state"] == "SUCCEEDED" && r["trigger"]["extension"] == "webhook"
+            })
+            .then_some(()))
+    })?;
+    deployment.ctl(API, &["subscription", "delete", "ticked", "gh"])?;
+    deployment.ctl(API, &["extension", "uninstall", "ticker"])?;
+    Ok(())
+}
+
 fn compose_cluster(deployment: &Deployment) -> Result<()> {
     let (leader, _) = deployment.leader(1, &[1, 2, 3])?;
     each_container_holds_only_its_own_secrets(deployment)?;
+    triggers_work_through_the_separate_api(deployment)?;
     let json_path = deployment.path().join("hello.json");
     std::fs::write(
         &json_path,

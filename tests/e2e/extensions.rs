@@ -11,11 +11,11 @@ use gofer_testkit::{GoferDev, build_binary_image, wait_until};
 
 use crate::{pipeline, start, stderr};
 
-const TICKER_IMAGE: &str = "gofer-test/ticker:1";
+pub(crate) const TICKER_IMAGE: &str = "gofer-test/ticker:1";
 /// An image holding only `gofer-probe`, which says which addresses it can connect to.
 const PROBE_IMAGE: &str = "gofer-test/probe:1";
 
-fn ticker_image() -> Result<()> {
+pub(crate) fn ticker_image() -> Result<()> {
     static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
@@ -56,17 +56,7 @@ fn an_sdk_extension_is_installed_fires_runs_and_is_restarted_after_a_crash() -> 
     );
 
     // Settings are checked against what the extension registered.
-    let unknown = dev.ctl(&[
-        "subscription",
-        "create",
-        "ticked",
-        "ticker",
-        "t",
-        "-s",
-        "every_seconds=1",
-        "-s",
-        "speed=9",
-    ])?;
+    let unknown = dev.ctl(&[&SUBSCRIBE_EVERY_SECOND[..], &["-s", "speed=9"]].concat())?;
     assert!(
         stderr(&unknown).contains("settings.speed") && stderr(&unknown).contains("InvalidArgument"),
         "{}",
@@ -147,17 +137,20 @@ fn install_ticker(dev: &GoferDev, flags: &[&str]) -> Result<serde_json::Value> {
 
 /// Subscribes pipeline `ticked` to the ticker, every second, as subscription `t`.
 fn subscribe_every_second(dev: &GoferDev) -> Result<()> {
-    dev.ctl_ok(&[
-        "subscription",
-        "create",
-        "ticked",
-        "ticker",
-        "t",
-        "-s",
-        "every_seconds=1",
-    ])?;
+    dev.ctl_ok(&SUBSCRIBE_EVERY_SECOND)?;
     Ok(())
 }
+
+/// `goferctl` arguments that subscribe pipeline `ticked` to the ticker, every second, as subscription `t`.
+pub(crate) const SUBSCRIBE_EVERY_SECOND: [&str; 7] = [
+    "subscription",
+    "create",
+    "ticked",
+    "ticker",
+    "t",
+    "-s",
+    "every_seconds=1",
+];
 
 fn probe_image() -> Result<()> {
     static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();

@@ -343,7 +343,7 @@ impl Engine {
     }
 
     /// The network `name` if it exists, with its gateway and whether it carries all of `labels`.
-    async fn network(&self, name: &str, labels: &HashMap<String, String>) -> Result<Option<Network>, Error> {
+    pub async fn network(&self, name: &str, labels: &HashMap<String, String>) -> Result<Option<Network>, Error> {
         let inspected = match self.docker.inspect_network(name, None).await {
             Ok(inspected) => inspected,
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(None),

@@ -173,6 +173,10 @@ pub enum Command {
         /// Where the holder can be reached, recorded on the lease; empty to say nothing.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         address: String,
+        /// What the holder serves now, recorded on the lease as it renews (the extension host: the
+        /// extensions connected to it).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        connected: Vec<String>,
         at: i64,
     },
     /// Ends `holder`'s lease early, so a standby takes over without waiting for it to expire.

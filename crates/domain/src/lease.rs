@@ -53,7 +53,15 @@ pub struct Lease {
     /// empty if it did not say.
     #[serde(default)]
     pub address: String,
+    /// What the holder served when it last renewed (the extension host: the extensions connected to it),
+    /// so that any node can tell; it goes with the lease.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connected: Vec<String>,
 }
+
+/// The most names a lease reports connected, and the longest name.
+pub const MAX_CONNECTED: usize = 1024;
+pub const MAX_CONNECTED_NAME_BYTES: usize = 128;
 
 /// Every role's lease.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +104,7 @@ impl Leases {
                     expires_at,
                     commands: 0,
                     address: String::new(),
+                    connected: Vec::new(),
                 };
                 self.roles.insert(role, lease.clone());
                 Ok(lease)
@@ -110,6 +119,38 @@ impl Leases {
             && !address.is_empty()
         {
             lease.address = address.chars().take(256).collect();
+        }
+    }
+
+    /// Checks what a holder reports connected.
+    pub(crate) fn check_connected(connected: &[String]) -> Result<(), Error> {
+        if connected.len() > MAX_CONNECTED {
+            return Err(Error::invalid(
+                "connected",
+                format!("must name at most {MAX_CONNECTED}, got {}", connected.len()),
+            ));
+        }
+        if let Some(name) = connected
+            .iter()
+            .find(|n| n.is_empty() || n.len() > MAX_CONNECTED_NAME_BYTES)
+        {
+            return Err(Error::invalid(
+                "connected",
+                format!(
+                    "each name must be 1 to {MAX_CONNECTED_NAME_BYTES} bytes, got {} bytes",
+                    name.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records what `holder`, which holds `role`, serves now.
+    pub(crate) fn report(&mut self, role: Role, holder: &str, connected: &[String]) {
+        if let Some(lease) = self.roles.get_mut(&role)
+            && lease.holder == holder
+        {
+            lease.connected = connected.to_vec();
         }
     }
 

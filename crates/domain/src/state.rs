@@ -224,17 +224,14 @@ impl State {
                 holder,
                 ttl_millis,
                 address,
+                connected,
                 at,
             } => {
-                let mut lease = self.leases.acquire(*role, holder, *ttl_millis, *at)?;
+                crate::lease::Leases::check_connected(connected)?;
+                let granted = self.leases.acquire(*role, holder, *ttl_millis, *at)?;
                 self.leases.advertise(*role, holder, address);
-                lease.address = self
-                    .leases
-                    .roles
-                    .get(role)
-                    .map(|l| l.address.clone())
-                    .unwrap_or_default();
-                Ok(Applied::Lease(lease))
+                self.leases.report(*role, holder, connected);
+                Ok(Applied::Lease(self.leases.roles.get(role).cloned().unwrap_or(granted)))
             }
             Command::ReleaseLease {
                 role,

@@ -20,11 +20,27 @@ use crate::paging::{Page, past};
 type ApiResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// The extension host's lease, while it is live at `now`.
+fn extension_host_lease(state: &gofer_domain::State, now: i64) -> Option<&gofer_domain::lease::Lease> {
+    state
+        .leases
+        .roles
+        .get(&gofer_domain::lease::Role::ExtensionHost)
+        .filter(|lease| lease.expires_at > now)
+}
+
 /// What the handlers build from the state, beyond what every call shares.
 impl ApiService {
     fn subscription_proto(&self, namespace: &str, pipeline: &str, label: &str) -> Result<v1::Subscription, Status> {
-        let base = self.triggers.webhook_base();
+        let now = self.clock.now_millis();
+        let local = self.triggers.webhook_base();
         self.read(|s| {
+            // Away from the extension host, the webhook base is the one its live lease advertises.
+            let base = local.clone().or_else(|| {
+                extension_host_lease(s, now)
+                    .map(|lease| lease.address.clone())
+                    .filter(|address| !address.is_empty())
+            });
             let record = s.pipeline(namespace, pipeline)?;
             let sub = record
                 .subscriptions
@@ -48,13 +64,11 @@ impl ApiService {
                 .get(name)
                 .ok_or_else(|| Error::NotFound(format!("extension {name:?}")))?;
             // Away from the extension host, a built-in trigger counts as connected while some extension
-            // host holds its lease: that host runs the built-ins.
-            let host_live = s
-                .leases
-                .roles
-                .get(&gofer_domain::lease::Role::ExtensionHost)
-                .is_some_and(|lease| lease.expires_at > now);
-            let connected = connected || (record.builtin && host_live);
+            // host holds its lease (that host runs the built-ins), and another while that host reports it
+            // connected as it renews its lease.
+            let reported = extension_host_lease(s, now)
+                .is_some_and(|lease| record.builtin || lease.connected.iter().any(|n| n == name));
+            let connected = connected || reported;
             Ok(v1::Extension {
                 last_error,
                 ..extension_to_proto(name, record, connected)

@@ -42,6 +42,10 @@ pub struct LaunchConfig {
     /// The node's token table, where each launch grants its extension a token.
     pub auth: TokenAuth,
     pub docker: Engine,
+    /// An existing network for the extension containers, which this process's own container is on
+    /// (`--extension-network`): they are served on this process's address there, and the network is
+    /// neither made nor removed here. `None`: a network of the node's own, served on its gateway.
+    pub network: Option<String>,
 }
 
 /// Labels an extension network with the node that made it.
@@ -57,26 +61,55 @@ struct Attachment {
 }
 
 /// Makes the extension network (or finds the one an earlier life of this node left), and serves the
-/// extension service on its gateway with a certificate for that address.
+/// extension service on its gateway with a certificate for that address. With `--extension-network`, it
+/// uses that network instead, and serves on this process's own address in it.
 async fn attach(host: &ExtensionHost, config: &LaunchConfig, cluster: &str) -> Result<Attachment, Error> {
-    let name = format!("gofer-ext-{cluster}-{}", config.node);
-    let labels = HashMap::from([
-        (LABEL_CLUSTER.to_string(), cluster.to_string()),
-        (LABEL_EXTENSION_NETWORK.to_string(), config.node.clone()),
-    ]);
-    let network = config.docker.ensure_network(&name, &labels).await?;
-    let gateway = network.gateway.to_string();
+    let (network, address) = match &config.network {
+        Some(name) => {
+            let mut network = config
+                .docker
+                .network(name, &HashMap::new())
+                .await?
+                .ok_or_else(|| Error::ExtensionNetworkMissing(name.clone()))?;
+            // Someone else's: never removed here.
+            network.labelled = false;
+            let own = own_address_towards(network.gateway).map_err(|source| Error::ExtensionListener {
+                address: SocketAddr::new(IpAddr::V4(network.gateway), 0),
+                source,
+            })?;
+            (network, own)
+        }
+        None => {
+            let name = format!("gofer-ext-{cluster}-{}", config.node);
+            let labels = HashMap::from([
+                (LABEL_CLUSTER.to_string(), cluster.to_string()),
+                (LABEL_EXTENSION_NETWORK.to_string(), config.node.clone()),
+            ]);
+            let network = config.docker.ensure_network(&name, &labels).await?;
+            let gateway = IpAddr::V4(network.gateway);
+            (network, gateway)
+        }
+    };
     let now_seconds = host.clock.now_millis() / 1000;
-    let pki = gofer_tls::DevPki::generate(&[gateway.as_str()], now_seconds).map_err(Error::ExtensionCertificate)?;
-    let address = SocketAddr::new(IpAddr::V4(network.gateway), 0);
+    let pki = gofer_tls::DevPki::generate(&[address.to_string().as_str()], now_seconds)
+        .map_err(Error::ExtensionCertificate)?;
+    let address = SocketAddr::new(address, 0);
     let listening =
         (config.serve)(host.handler(), address, &pki).map_err(|source| Error::ExtensionListener { address, source })?;
-    tracing::info!(network = %name, %listening, "serving extensions on their network");
+    tracing::info!(network = %network.name, %listening, "serving extensions on their network");
     Ok(Attachment {
         host: format!("https://{listening}"),
         ca_pem: pki.ca.cert_pem,
         network,
     })
+}
+
+/// This process's own address on the network whose gateway is `gateway`: the source address the kernel
+/// picks to reach it (a UDP socket's connect sends nothing).
+fn own_address_towards(gateway: std::net::Ipv4Addr) -> std::io::Result<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect((gateway, 9))?;
+    Ok(socket.local_addr()?.ip())
 }
 
 const LABEL_CLUSTER: &str = "dev.gofer.cluster";

@@ -64,6 +64,9 @@ pub enum Error {
     /// The extension network could not be made or inspected.
     #[error("the extension network: {0}")]
     ExtensionNetwork(#[from] gofer_docker::Error),
+    /// The network named by `--extension-network` does not exist.
+    #[error("the extension network {0:?} does not exist")]
+    ExtensionNetworkMissing(String),
     /// The certificate of the extension service on the extension network could not be made.
     #[error("the extension listener's certificate: {0}")]
     ExtensionCertificate(#[source] gofer_tls::Error),
@@ -84,6 +87,10 @@ pub struct Config {
     pub launch: LaunchConfig,
     /// Whether `run` returns only once the built-in extensions are registered.
     pub startup: Startup,
+    /// The webhook listener's base URL as callers reach it (`--webhook-url`), when that is not the
+    /// address it listens on (a listener on 0.0.0.0, behind a published port); recorded on the lease so
+    /// that every node's API shows webhook URLs.
+    pub webhook_url: Option<String>,
 }
 
 /// What the extension-host role needs.
@@ -111,6 +118,7 @@ pub async fn run(
         holder,
         launch,
         startup,
+        webhook_url,
     } = config;
     let Deps {
         state,
@@ -118,18 +126,24 @@ pub async fn run(
         clock,
         keyring,
     } = deps;
-    let lease = LeaseHolder::spawn(
+    let webhook_base = webhook_url
+        .map(|url| url.trim_end_matches('/').to_string())
+        .or_else(|| webhooks.local_addr().ok().map(|addr| format!("http://{addr}")));
+    // The lease carries the webhook base and the extensions connected here, for every node's API.
+    let (reported, reports) = tokio::sync::watch::channel(Vec::new());
+    let lease = LeaseHolder::spawn_reporting(
         state.clone(),
         Role::ExtensionHost,
         holder,
+        webhook_base.clone().unwrap_or_default(),
+        Some(reports),
         clock.clone(),
         tracker,
         shutdown.clone(),
     );
     let host = ExtensionHost::new(state, lease, clock, keyring, tracker.clone(), shutdown.clone());
-    if let Ok(addr) = webhooks.local_addr() {
-        *host.webhook_base.lock().expect("webhook base lock") = Some(format!("http://{addr}"));
-    }
+    *host.reported.lock().expect("reported lock") = Some(reported);
+    *host.webhook_base.lock().expect("webhook base lock") = webhook_base;
     let builtins = tracker.spawn(host.clone().register_builtins_once_initialized());
     if startup == Startup::AwaitFirstCommands {
         builtins
@@ -254,6 +268,8 @@ pub struct ExtensionHost {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     connected: Arc<Mutex<HashMap<String, u64>>>,
+    /// Where the names of the extensions connected here go, for the lease to report.
+    reported: Arc<Mutex<Option<tokio::sync::watch::Sender<Vec<String>>>>>,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
     webhook_base: Arc<Mutex<Option<String>>>,
     /// Why each extension's container could not run last time, by name.
@@ -282,6 +298,7 @@ impl ExtensionHost {
             tracker,
             shutdown,
             connected: Arc::default(),
+            reported: Arc::default(),
             next_connection: Arc::default(),
             webhook_base: Arc::default(),
             launch_errors: Arc::default(),
@@ -378,11 +395,20 @@ impl ExtensionHost {
     /// Marks an extension connected; returns the connection's id.
     fn connect(&self, name: &str) -> u64 {
         let id = self.next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        self.connected
-            .lock()
-            .expect("connected lock")
-            .insert(name.to_string(), id);
+        let mut connected = self.connected.lock().expect("connected lock");
+        connected.insert(name.to_string(), id);
+        self.report(&connected);
         id
+    }
+
+    /// Hands the names of the extensions connected here to the lease, which reports them as it renews.
+    fn report(&self, connected: &HashMap<String, u64>) {
+        if let Some(reported) = self.reported.lock().expect("reported lock").as_ref() {
+            let mut names: Vec<String> = connected.keys().cloned().collect();
+            names.sort();
+            names.truncate(gofer_domain::lease::MAX_CONNECTED);
+            reported.send_replace(names);
+        }
     }
 
     /// Marks an extension gone, unless a newer connection replaced this one.
@@ -390,6 +416,7 @@ impl ExtensionHost {
         let mut connected = self.connected.lock().expect("connected lock");
         if connected.get(name) == Some(&id) {
             connected.remove(name);
+            self.report(&connected);
         }
     }
 

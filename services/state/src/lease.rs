@@ -59,11 +59,29 @@ impl LeaseHolder {
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> LeaseHolder {
+        Self::spawn_reporting(state, role, holder, address, None, clock, tracker, shutdown)
+    }
+
+    /// [`LeaseHolder::spawn_advertising`], also reporting on the lease what `connected` holds each time
+    /// it renews, and renewing at once when that changes (the extension host: the extensions connected
+    /// to it, so that every node can tell).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_reporting(
+        state: StateHandle,
+        role: Role,
+        holder: String,
+        address: String,
+        connected: Option<watch::Receiver<Vec<String>>>,
+        clock: Clock,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> LeaseHolder {
         let (tx, epoch) = watch::channel(None);
         let claim = Claim {
             role,
             holder: holder.clone(),
             address,
+            connected,
         };
         tracker.spawn(keep(state.clone(), claim, clock, tx, shutdown));
         LeaseHolder {
@@ -114,11 +132,17 @@ struct Claim {
     role: Role,
     holder: String,
     address: String,
+    connected: Option<watch::Receiver<Vec<String>>>,
 }
 
 async fn keep(
     state: StateHandle,
-    Claim { role, holder, address }: Claim,
+    Claim {
+        role,
+        holder,
+        address,
+        mut connected,
+    }: Claim,
     clock: Clock,
     tx: watch::Sender<Option<u64>>,
     shutdown: CancellationToken,
@@ -151,6 +175,10 @@ async fn keep(
                 holder: holder.clone(),
                 ttl_millis,
                 address: address.clone(),
+                connected: connected
+                    .as_mut()
+                    .map(|c| c.borrow_and_update().clone())
+                    .unwrap_or_default(),
                 at: now,
             };
             // The lease counts from `sent`, so a slow answer only shortens it; one that takes longer than
@@ -192,6 +220,8 @@ async fn keep(
             () = tokio::time::sleep(next) => {}
             // The lease's expiry is a wall-clock time: when the clock jumps, look again at once.
             () = clock_moved.changed() => {}
+            // What it reports changed: tell at once.
+            () = reported_changed(connected.as_mut()) => {}
         }
     }
     if let Some(epoch) = tx.send_replace(None) {
@@ -209,3 +239,13 @@ async fn keep(
 
 #[cfg(test)]
 mod tests;
+
+/// Completes when what the holder reports changes; never, if it reports nothing (or its sender is gone).
+async fn reported_changed(connected: Option<&mut watch::Receiver<Vec<String>>>) {
+    if let Some(connected) = connected
+        && connected.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
+}

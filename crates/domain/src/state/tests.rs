@@ -864,6 +864,7 @@ fn a_batch_applies_each_command_with_its_own_result_and_a_fenced_batch_checks_ev
             holder: "s".into(),
             ttl_millis: 1_000,
             address: String::new(),
+            connected: Vec::new(),
             at: 1,
         })
         .unwrap();
@@ -1211,4 +1212,44 @@ fn a_runs_objects_go_when_the_run_is_pruned_and_the_pipelines_stay() {
     start(&mut state);
     let keys: Vec<&String> = state.blobs.keys.keys().collect();
     assert_eq!(keys, ["pipelines/default/p/objects/cache"]);
+}
+
+#[test]
+fn the_lease_holder_reports_what_is_connected_to_it_and_no_one_else_can() {
+    let mut state = init();
+    let acquire = |holder: &str, connected: Vec<String>, at: i64| Command::AcquireLease {
+        role: Role::ExtensionHost,
+        holder: holder.into(),
+        ttl_millis: 1_000,
+        address: "http://hooks.example:7080".into(),
+        connected,
+        at,
+    };
+    let Ok(Applied::Lease(lease)) = state.apply(&acquire("h", vec!["ticker".into()], 1)) else {
+        panic!("the lease was not granted");
+    };
+    assert_eq!(lease.connected, vec!["ticker".to_string()]);
+    assert_eq!(lease.address, "http://hooks.example:7080");
+    // A standby's report is refused with its claim, and changes nothing.
+    assert!(state.apply(&acquire("other", vec!["ghost".into()], 2)).is_err());
+    assert_eq!(
+        state.leases.roles[&Role::ExtensionHost].connected,
+        vec!["ticker".to_string()]
+    );
+    // The holder's next renewal says what is connected now.
+    state.apply(&acquire("h", Vec::new(), 3)).unwrap();
+    assert!(state.leases.roles[&Role::ExtensionHost].connected.is_empty());
+    // Too many names, or a name too long, is refused, naming the field, and changes nothing.
+    let before = state.clone();
+    for connected in [
+        vec!["e".to_string(); crate::lease::MAX_CONNECTED + 1],
+        vec!["x".repeat(crate::lease::MAX_CONNECTED_NAME_BYTES + 1)],
+        vec![String::new()],
+    ] {
+        match state.apply(&acquire("h", connected, 4)) {
+            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "connected"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(state, before);
+    }
 }

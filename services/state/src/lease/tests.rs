@@ -49,6 +49,7 @@ async fn a_holder_stands_by_once_another_process_took_its_lease() {
             holder: "b".into(),
             ttl_millis: 60_000,
             address: String::new(),
+            connected: Vec::new(),
             at: hand.now_millis() + 10 * LEASE_TTL.as_millis() as i64,
         })
         .await

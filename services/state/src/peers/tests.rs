@@ -118,6 +118,7 @@ fn lease(role: LeaseRole) -> Command {
         holder: "h".into(),
         ttl_millis: 1,
         address: String::new(),
+        connected: Vec::new(),
         at: 1,
     }
 }

@@ -227,6 +227,7 @@ fn commands(state: &State, step: &Step, at: i64) -> Vec<Command> {
             holder: format!("s{}", who % 2),
             ttl_millis: *ttl,
             address: String::new(),
+            connected: Vec::new(),
             at,
         }],
         Step::FencedAssign { who, epoch } => plan(state, at)
