@@ -10,7 +10,6 @@
 //! expected against the runs made, since a missing fire would be a worse bug than a late one. It records
 //! its figures in the `## fire-skew` section of `bench/RESULTS.md` (release build only).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
@@ -144,17 +143,7 @@ async fn measure(args: &Args, config: &ClientConfig, count: usize) -> Result<Sce
             .with_context(|| format!("deleting subscription {i}"))?;
     }
     let runs = gofer_bench::all_runs(&mut api, &config.namespace, "skew").await?;
-    let mut per_fire: BTreeMap<(String, i64), usize> = BTreeMap::new();
-    let mut skews = Vec::new();
-    for run in &runs {
-        let Some(trigger) = &run.trigger else { continue };
-        let instant = trigger.scheduled_unix_millis;
-        if instant < first || instant > last {
-            continue;
-        }
-        *per_fire.entry((trigger.subscription.clone(), instant)).or_default() += 1;
-        skews.push(Duration::from_millis((run.created_unix_millis - instant).max(0) as u64));
-    }
+    let (per_fire, mut skews) = gofer_bench::fire_skews(&runs, first, last);
     let baseline = baseline.await.context("the baseline timers")?;
     skews.sort_unstable();
     let mut base = baseline;

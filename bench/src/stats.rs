@@ -47,3 +47,24 @@ impl Summary {
 pub fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
+
+/// The fires among `runs` scheduled from `first` to `last` (Unix milliseconds): how many runs each
+/// (subscription, instant) made, and each run's skew (scheduled instant to run created).
+pub fn fire_skews(
+    runs: &[gofer_proto::v1::Run],
+    first: i64,
+    last: i64,
+) -> (std::collections::BTreeMap<(String, i64), usize>, Vec<Duration>) {
+    let mut per_fire = std::collections::BTreeMap::new();
+    let mut skews = Vec::new();
+    for run in runs {
+        let Some(trigger) = &run.trigger else { continue };
+        let instant = trigger.scheduled_unix_millis;
+        if instant < first || instant > last {
+            continue;
+        }
+        *per_fire.entry((trigger.subscription.clone(), instant)).or_default() += 1;
+        skews.push(Duration::from_millis((run.created_unix_millis - instant).max(0) as u64));
+    }
+    (per_fire, skews)
+}

@@ -40,4 +40,4 @@ pub use model::{
 };
 pub use pipeline::{Condition, MAX_RETRIES, MAX_TASKS, PipelineConfig, TaskConfig};
 pub use plan::plan;
-pub use state::State;
+pub use state::{Generation, State};

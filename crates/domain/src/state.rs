@@ -58,7 +58,34 @@ pub struct State {
     /// How large an object may be and how many a pipeline or run keeps; left out while unset.
     #[serde(default, skip_serializing_if = "ObjectLimits::is_unset")]
     pub object_limits: ObjectLimits,
+    /// Counts the applied commands that may have changed the subscriptions, so that a reader that tracks
+    /// them (the extension host's timers) looks again only then, not at every write. Not persisted, and
+    /// equal in every comparison (see [`Generation`]).
+    #[serde(skip)]
+    pub subscriptions_changed: Generation,
 }
+
+/// A count kept beside the state for its readers, not part of what the state is: it is not persisted, a
+/// decoded state starts it at 0, and any two compare equal, so two states are equal by their contents.
+/// Whoever replaces a whole state (a snapshot installed, a mirror reset) carries it on, moved past the old
+/// one ([`Generation::after`]), so a reader never mistakes a replaced state for one it saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Generation(pub u64);
+
+impl Generation {
+    /// A generation past `self` and `other`.
+    pub fn after(self, other: Generation) -> Generation {
+        Generation(self.0.max(other.0) + 1)
+    }
+}
+
+impl PartialEq for Generation {
+    fn eq(&self, _: &Generation) -> bool {
+        true
+    }
+}
+
+impl Eq for Generation {}
 
 impl State {
     /// Applies one command and numbers the events its transitions told. A refused command leaves the
@@ -80,6 +107,33 @@ impl State {
     }
 
     fn apply_with(&mut self, command: &Command, journal: &mut Journal) -> Result<Applied, Error> {
+        // The writes that come often never touch the subscriptions; every other command may (a batch or a
+        // fence applies its commands through `apply`, each counted on its own).
+        let hot = matches!(
+            command,
+            Command::StartRun { .. }
+                | Command::CancelRun { .. }
+                | Command::AssignAttempt { .. }
+                | Command::AttemptStarted { .. }
+                | Command::AttemptFinished { .. }
+                | Command::Fire { .. }
+                | Command::SkipFires { .. }
+                | Command::AcquireLease { .. }
+                | Command::ReleaseLease { .. }
+                | Command::RenewExecutors { .. }
+                | Command::ExecutorLost { .. }
+                | Command::AttemptReportedLate { .. }
+                | Command::Batch { .. }
+                | Command::Fenced { .. }
+                | Command::CreateNamespace { .. }
+                | Command::PutBlob { .. }
+                | Command::BlobCopies { .. }
+                | Command::PutObject { .. }
+                | Command::DeleteObject { .. }
+        );
+        if !hot {
+            self.subscriptions_changed.0 += 1;
+        }
         match command {
             Command::Init { cluster_id, at } => self.init(cluster_id, *at),
             Command::CreateNamespace { namespace, at } => self.create_namespace(namespace, *at),

@@ -126,16 +126,24 @@ pub async fn run(
         clock,
         keyring,
     } = deps;
-    let webhook_base = webhook_url
-        .map(|url| url.trim_end_matches('/').to_string())
-        .or_else(|| webhooks.local_addr().ok().map(|addr| format!("http://{addr}")));
-    // The lease carries the webhook base and the extensions connected here, for every node's API.
+    let listening = webhooks.local_addr().ok().map(|addr| format!("http://{addr}"));
+    let webhook_url = webhook_url.map(|url| url.trim_end_matches('/').to_string());
+    // The lease carries the webhook base and the extensions connected here, for every node's API. A listen
+    // address is advertised only if another host could dial it: not loopback, not every address.
+    let advertised = webhook_url.clone().or_else(|| {
+        webhooks
+            .local_addr()
+            .ok()
+            .filter(|addr| !addr.ip().is_loopback() && !addr.ip().is_unspecified())
+            .map(|addr| format!("http://{addr}"))
+    });
+    let webhook_base = webhook_url.or(listening);
     let (reported, reports) = tokio::sync::watch::channel(Vec::new());
     let lease = LeaseHolder::spawn_reporting(
         state.clone(),
         Role::ExtensionHost,
         holder,
-        webhook_base.clone().unwrap_or_default(),
+        advertised.unwrap_or_default(),
         Some(reports),
         clock.clone(),
         tracker,

@@ -274,7 +274,12 @@ impl RemoteState {
 
     /// Replaces the mirror with a node's whole state at `index`.
     fn reset(&self, index: u64, state: State) {
-        *self.inner.state.write().expect("the mirrored state is poisoned") = state;
+        let mut mirrored = self.inner.state.write().expect("the mirrored state is poisoned");
+        let mut state = state;
+        // Readers tracking the subscriptions must see a replaced state as changed.
+        state.subscriptions_changed = mirrored.subscriptions_changed.after(state.subscriptions_changed);
+        *mirrored = state;
+        drop(mirrored);
         self.inner.applied_index.send_replace(index);
     }
 

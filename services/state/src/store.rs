@@ -153,7 +153,11 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
             _closed: closed_tx,
         };
         let snapshot = open_snapshot(&file, &path)?;
-        let (wal, log) = open_log(&file, &path)?;
+        let snapshot_index = match &snapshot {
+            Some(stored) => last_log_id(stored)?.map_or(0, |l| l.index),
+            None => 0,
+        };
+        let (wal, log) = open_log(&file, &path, snapshot_index)?;
         Ok((file, snapshot, wal, log))
     })
     .await
@@ -194,7 +198,9 @@ pub(crate) async fn open(path: PathBuf) -> Result<OpenStore, Error> {
 }
 
 /// Reads the latest snapshot from its file, moving one kept in redb (an older Gofer's store) over first:
-/// written to the file, then emptied from redb, so a crash in between leaves it in both, and the file wins.
+/// written to the file, then emptied from redb. When both hold one (a crash in between, or an older
+/// Gofer run on this directory since), the newer wins. A snapshot file left half-written by a crash is
+/// deleted.
 fn open_snapshot(file: &RedbFile, path: &Path) -> Result<Option<StoredSnapshot>, Storage> {
     let redb = |source: redb::Error| Storage::Redb {
         path: path.to_path_buf(),
@@ -204,17 +210,25 @@ fn open_snapshot(file: &RedbFile, path: &Path) -> Result<Option<StoredSnapshot>,
         path: file.snapshot_path.clone(),
         source,
     };
+    file.remove_unfinished_snapshots().map_err(snapshot_io)?;
     let legacy = file.legacy_snapshot().map_err(redb)?;
-    if let Some(stored) = file.read_snapshot().map_err(snapshot_io)? {
-        if legacy.is_some() {
-            file.forget_legacy_snapshot().map_err(redb)?;
-        }
-        return Ok(Some(stored));
+    let current = file.read_snapshot().map_err(snapshot_io)?;
+    let Some(legacy) = legacy else { return Ok(current) };
+    let newer = match &current {
+        Some(current) => last_log_id(&legacy)? > last_log_id(current)?,
+        None => true,
+    };
+    if newer {
+        file.write_snapshot(&legacy.meta, &legacy.data).map_err(snapshot_io)?;
     }
-    let Some(stored) = legacy else { return Ok(None) };
-    file.write_snapshot(&stored.meta, &stored.data).map_err(snapshot_io)?;
     file.forget_legacy_snapshot().map_err(redb)?;
-    Ok(Some(stored))
+    Ok(if newer { Some(legacy) } else { current })
+}
+
+fn last_log_id(stored: &StoredSnapshot) -> Result<Option<openraft::LogId<NodeId>>, Storage> {
+    let meta: SnapshotMeta<NodeId, openraft::BasicNode> =
+        serde_json::from_slice(&stored.meta).map_err(Storage::DecodeSnapshotMeta)?;
+    Ok(meta.last_log_id)
 }
 
 /// Opens the raft log beside the redb file at `path` (moving a log kept in redb over first) and decodes
@@ -223,7 +237,8 @@ fn open_snapshot(file: &RedbFile, path: &Path) -> Result<Option<StoredSnapshot>,
 /// The redb file records that the log moved (`LOG_IN_FILE_KEY`, in the same transaction that empties
 /// its old table), so a log directory that went missing, or a redb table that filled again (an older
 /// Gofer run on this data directory), is refused rather than taken for an empty log.
-fn open_log(file: &RedbFile, path: &Path) -> Result<(wal::Wal, log::Log), Storage> {
+/// The log after `snapshot_index` counts as appended since the last snapshot (for the compaction).
+fn open_log(file: &RedbFile, path: &Path, snapshot_index: u64) -> Result<(wal::Wal, log::Log), Storage> {
     let dir = &path.with_file_name(LOG_DIR);
     let redb = |source: redb::Error| Storage::Redb {
         path: path.to_path_buf(),
@@ -271,6 +286,14 @@ fn open_log(file: &RedbFile, path: &Path) -> Result<(wal::Wal, log::Log), Storag
     }
     let (wal, rows) = wal::Wal::open(dir, purged.map(|p| p.index)).map_err(log_io(dir))?;
     let mut entries = std::collections::BTreeMap::new();
+    let since_snapshot: usize = rows
+        .iter()
+        .filter(|(index, _)| *index > snapshot_index)
+        .map(|(_, bytes)| bytes.len())
+        .sum();
+    file.growth
+        .appended
+        .store(since_snapshot as u64, std::sync::atomic::Ordering::Relaxed);
     for (index, bytes) in rows {
         let entry: openraft::Entry<crate::types::TypeConfig> =
             serde_json::from_slice(&bytes).map_err(|source| Storage::DecodeEntry { index, source })?;
@@ -346,6 +369,19 @@ impl RedbFile {
         let txn = self.db.begin_write()?;
         txn.open_table(SNAPSHOT)?.retain(|_, _| false)?;
         txn.commit()?;
+        Ok(())
+    }
+
+    /// Deletes the temporary files of snapshots a crash cut short.
+    fn remove_unfinished_snapshots(&self) -> std::io::Result<()> {
+        let dir = self.snapshot_path.parent().unwrap_or(Path::new("."));
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(SNAPSHOT_FILE) && name.ends_with(".tmp") {
+                std::fs::remove_file(dir.join(name.as_ref()))?;
+            }
+        }
         Ok(())
     }
 

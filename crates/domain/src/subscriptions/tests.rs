@@ -478,3 +478,42 @@ fn a_webhook_needs_a_secret_and_well_formed_fields() {
     );
     create(&mut state, &[("secret", "k"), ("fields", "ref, repository.full_name")]).unwrap();
 }
+
+/// The subscriptions' generation moves with a command that may change them, not with the frequent writes
+/// (runs, fires), and never makes two states unequal: it is not part of what the state is.
+#[test]
+fn the_subscriptions_generation_moves_with_subscription_changes_not_with_runs_or_fires() {
+    let mut state = state();
+    let generation = |s: &State| s.subscriptions_changed.0;
+    let before = generation(&state);
+    subscribe(&mut state, "s", &[("every", "1m")]).unwrap();
+    let subscribed = generation(&state);
+    assert!(subscribed > before);
+    let copy = state.clone();
+    state
+        .apply(&Command::Fire {
+            fires: vec![fire("s", "k1", 60_000)],
+            at: 60_001,
+        })
+        .unwrap();
+    state
+        .apply(&Command::CreateNamespace {
+            namespace: "other".into(),
+            at: 60_002,
+        })
+        .unwrap();
+    assert_eq!(generation(&state), subscribed, "a fire and a namespace leave it");
+    state
+        .apply(&Command::DeleteSubscription {
+            namespace: "default".into(),
+            pipeline: "p".into(),
+            label: "s".into(),
+            at: 60_003,
+        })
+        .unwrap();
+    assert!(generation(&state) > subscribed);
+    // Not part of the state: a decoded state starts at 0 and equals the one it was encoded from.
+    let decoded: State = serde_json::from_str(&serde_json::to_string(&copy).unwrap()).unwrap();
+    assert_eq!(generation(&decoded), 0);
+    assert_eq!(decoded, copy);
+}

@@ -5,8 +5,8 @@
 //! would write the state over and over for a little log. Here a node snapshots once both hold:
 //! at least N entries were applied since the last snapshot, and the log appended since then has grown
 //! to a quarter of the last snapshot's size. Small states snapshot every N entries as before; large
-//! ones write at most four bytes of snapshot per byte of log, and a restart replays at most a quarter
-//! of the snapshot's size in log after it.
+//! ones write at most four bytes of snapshot per byte of log, and a restart replays about a quarter of
+//! the snapshot's size in log after it at most (the log on disk after the snapshot counts at open).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

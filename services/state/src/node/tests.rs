@@ -187,3 +187,68 @@ async fn a_directory_in_use_is_refused_and_a_closed_node_is_unavailable() {
         other => panic!("expected unavailable, got {other:?}"),
     }
 }
+
+/// A pipeline whose four tasks carry 60 kB of command each: one entry that makes the state, and so its
+/// snapshot, large.
+fn big_pipeline(id: &str) -> Command {
+    let script = "x".repeat(60_000);
+    let tasks: Vec<String> = (0..4)
+        .map(|i| format!(r#"{{"id": "t{i}", "image": "i", "command": ["{script}"]}}"#))
+        .collect();
+    let json = format!(r#"{{"id": "{id}", "tasks": [{}]}}"#, tasks.join(","));
+    Command::RegisterPipeline {
+        namespace: "team".into(),
+        config: PipelineConfig::from_json(&json).unwrap(),
+        at: 5,
+    }
+}
+
+/// A node snapshots after N entries while its state is small, but once the state is large it waits for a
+/// log of a quarter of the snapshot's size, however many small entries come: it does not write the whole
+/// state again for a little log (`node/compaction.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_state_is_snapshotted_again_only_once_its_log_is_a_quarter_of_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(20),
+        max_in_snapshot_log_to_keep: 5,
+        ..raft_config()
+    };
+    let node = StateNode::open_with(dir.path(), config).await.unwrap();
+    populate(&node).await;
+    node.propose(big_pipeline("big")).await.unwrap();
+    let namespace = |i: usize| Command::CreateNamespace {
+        namespace: format!("ns-{i}"),
+        at: 6,
+    };
+    // No snapshot yet: N entries are enough.
+    for i in 0..20 {
+        node.propose(namespace(i)).await.unwrap();
+    }
+    let first = node
+        .inner
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.snapshot.is_some(), "the first snapshot")
+        .await
+        .unwrap()
+        .snapshot
+        .unwrap()
+        .index;
+    // Three times N small entries: a few kB of log against a snapshot of about 240 kB.
+    for i in 20..80 {
+        node.propose(namespace(i)).await.unwrap();
+        let snapshot = node.metrics().snapshot.map_or(0, |s| s.index);
+        assert_eq!(snapshot, first, "snapshotted again after {} small entries", i - 19);
+    }
+    // A large entry brings the log past a quarter of the snapshot: the next one is taken.
+    let big = node.propose(big_pipeline("bigger")).await.unwrap();
+    assert_eq!(big, Applied::Version(1));
+    node.inner
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index > first), "the next snapshot")
+        .await
+        .unwrap();
+    node.shutdown().await.unwrap();
+}

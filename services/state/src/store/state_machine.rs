@@ -246,6 +246,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let copy = installed.clone();
         {
             let mut applied = write_lock(&self.applied)?;
+            let mut installed = installed;
+            // Readers tracking the subscriptions must see a replaced state as changed.
+            installed.state.subscriptions_changed = applied.state.subscriptions_changed.after(Default::default());
             *applied = installed;
             self.shadow
                 .pending
