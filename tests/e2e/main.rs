@@ -6,6 +6,7 @@ mod access;
 mod bad_input;
 mod certs;
 mod chaos;
+mod cli;
 mod cluster;
 mod deploy;
 mod dispatch_chaos;

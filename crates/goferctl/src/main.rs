@@ -18,7 +18,7 @@ mod pages;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use context::Context;
 use failure::Failure;
@@ -38,6 +38,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let cmd::Command::Completion { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "goferctl", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    output::structured_as(cli.output);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -14,11 +14,24 @@ macro_rules! say {
     }};
 }
 
-/// The output format of read verbs.
+/// The output format of read verbs: `json` and `yaml` carry the same fields, the proto message's.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Table,
     Json,
+    Yaml,
+}
+
+/// The structured format this process prints in, set once by `main` (`-o json` unless `-o yaml`).
+static STRUCTURED: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+
+/// Makes `print_json` and `print_record` print YAML rather than JSON, for `-o yaml`.
+pub fn structured_as(format: Format) {
+    let _ = STRUCTURED.set(format);
+}
+
+fn yaml() -> bool {
+    STRUCTURED.get() == Some(&Format::Yaml)
 }
 
 /// Ends the process after stdout failed: quietly when the reader went away, else with one error line.
@@ -33,17 +46,34 @@ pub fn stdout_failed(err: std::io::Error) -> ! {
 /// Prints one result: `json` for `-o json`, `table` for people.
 pub fn emit(format: Format, json: impl FnOnce(), table: impl FnOnce()) {
     match format {
-        Format::Json => json(),
+        Format::Json | Format::Yaml => json(),
         Format::Table => table(),
     }
 }
 
-/// Prints a JSON value, pretty.
+/// Prints a JSON value, pretty; as YAML under `-o yaml`.
 pub fn print_json(value: &Value) {
-    say!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON values always serialize")
-    );
+    if yaml() {
+        say!("{}", to_yaml(value).trim_end());
+    } else {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("JSON values always serialize")
+        );
+    }
+}
+
+/// Prints one record of a stream: a JSON line, or under `-o yaml` a YAML document of its own.
+pub fn print_record(value: &Value) {
+    if yaml() {
+        say!("---\n{}", to_yaml(value).trim_end());
+    } else {
+        say!("{value}");
+    }
+}
+
+fn to_yaml(value: &Value) -> String {
+    serde_norway::to_string(value).expect("JSON values always serialize as YAML")
 }
 
 /// Prints rows under headers, each column as wide as its widest cell.

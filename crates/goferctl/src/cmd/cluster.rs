@@ -45,7 +45,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             };
             api.add_cluster_node(request).await.map_err(client::status)?;
             match format {
-                Format::Json => {
+                Format::Json | Format::Yaml => {
                     print_json(&serde_json::json!({ "node_id": node_id, "address": address, "added": true }))
                 }
                 Format::Table => say!("node {node_id} added at {address}"),

@@ -101,7 +101,7 @@ async fn list(ctx: &Context, mut request: v1::ListEventsRequest) -> Result<(), F
 
 fn print(event: &v1::Event, format: Format) {
     match format {
-        Format::Json => say!("{}", json::value(event)),
+        Format::Json | Format::Yaml => crate::output::print_record(&json::value(event)),
         Format::Table => say!(
             "{:<8} {}  {}/{}  {}",
             event.id,

@@ -47,7 +47,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             })
             .await?;
             match format {
-                Format::Json => print_json(&json::values(&extensions)),
+                Format::Json | Format::Yaml => print_json(&json::values(&extensions)),
                 Format::Table => extensions_table(&extensions),
             }
         }

@@ -60,6 +60,11 @@ pub enum Command {
     /// Store, read, list and delete objects: a pipeline's cache, or with --run a run's
     #[command(subcommand)]
     Object(object::Command),
+    /// Print a shell completion script: `goferctl completion bash > /etc/bash_completion.d/goferctl`
+    Completion {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs one command; the exit code is 0 unless the command says otherwise (`run start --wait` on a run
@@ -78,5 +83,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
         Command::Whoami => token::whoami(ctx).await,
         Command::Secret(command) => secret::run(command, ctx).await,
         Command::Object(command) => object::run(command, ctx).await,
+        // Printed by `main` before any setting is resolved: it needs no server.
+        Command::Completion { .. } => Ok(ExitCode::SUCCESS),
     }
 }

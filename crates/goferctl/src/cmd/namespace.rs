@@ -46,7 +46,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             })
             .await?;
             match ctx.format {
-                Format::Json => print_json(&json::values(&namespaces)),
+                Format::Json | Format::Yaml => print_json(&json::values(&namespaces)),
                 Format::Table => print_table(
                     &["ID", "CREATED (UTC)"],
                     namespaces

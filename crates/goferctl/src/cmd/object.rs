@@ -128,7 +128,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             })
             .await?;
             match format {
-                Format::Json => print_json(&json::values(&objects)),
+                Format::Json | Format::Yaml => print_json(&json::values(&objects)),
                 Format::Table => print_table(
                     &["KEY", "SIZE", "CREATED (UTC)", "SHA256"],
                     objects
@@ -154,7 +154,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             };
             api.delete_object(request).await.map_err(client::status)?;
             match format {
-                Format::Json => print_json(&serde_json::json!({ "key": key, "deleted": true })),
+                Format::Json | Format::Yaml => print_json(&serde_json::json!({ "key": key, "deleted": true })),
                 Format::Table => say!("object {key} deleted"),
             }
         }

@@ -50,7 +50,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 .map_err(client::status)?
                 .into_inner();
             match ctx.format {
-                Format::Json => print_json(&json::value(&response)),
+                Format::Json | Format::Yaml => print_json(&json::value(&response)),
                 Format::Table => say!(
                     "pipeline {} version {}",
                     response.pipeline.unwrap_or_default().id,
@@ -70,7 +70,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             })
             .await?;
             match ctx.format {
-                Format::Json => print_json(&json::values(&pipelines)),
+                Format::Json | Format::Yaml => print_json(&json::values(&pipelines)),
                 Format::Table => print_table(
                     &["ID", "NAME", "VERSION", "UPDATED (UTC)"],
                     pipelines
@@ -99,7 +99,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             let pipeline = response.pipeline.unwrap_or_default();
             let config = response.config.unwrap_or_default();
             match ctx.format {
-                Format::Json => {
+                Format::Json | Format::Yaml => {
                     let mut value = json::value(&pipeline);
                     value["config"] = json::value(&config);
                     print_json(&value)

@@ -155,7 +155,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 .run
                 .unwrap_or_default();
             match format {
-                Format::Json => print_json(&json::value(&run)),
+                Format::Json | Format::Yaml => print_json(&json::value(&run)),
                 Format::Table => say!(
                     "run {} of {} is being cancelled ({})",
                     run.id,
@@ -197,7 +197,7 @@ async fn start_and_print(
     let last = wait_for_run(api, namespace, pipeline, run.id).await?;
     let state = gofer_proto::run_state_name(last.state);
     match format {
-        Format::Json => print_json(&json::value(&last)),
+        Format::Json | Format::Yaml => print_json(&json::value(&last)),
         Format::Table => {
             let reason = if last.state_reason.is_empty() {
                 String::new()

@@ -145,7 +145,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 _ => return Err(Failure("usage: secret list PIPELINE, or secret list --global".into())),
             };
             match format {
-                Format::Json => print_json(&json::values(&secrets)),
+                Format::Json | Format::Yaml => print_json(&json::values(&secrets)),
                 Format::Table => print_secrets(&secrets),
             }
         }
@@ -172,7 +172,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 }
             };
             match format {
-                Format::Json => print_json(&serde_json::json!({ "key": key, "deleted": true })),
+                Format::Json | Format::Yaml => print_json(&serde_json::json!({ "key": key, "deleted": true })),
                 Format::Table => say!("secret {key} deleted"),
             }
         }

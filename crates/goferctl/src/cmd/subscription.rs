@@ -58,7 +58,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             let response = api.create_subscription(request).await.map_err(client::status)?;
             let subscription = response.into_inner().subscription.unwrap_or_default();
             match format {
-                Format::Json => print_json(&json::value(&subscription)),
+                Format::Json | Format::Yaml => print_json(&json::value(&subscription)),
                 Format::Table => {
                     say!(
                         "subscription {} of {} to {} created",
@@ -85,7 +85,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             })
             .await?;
             match format {
-                Format::Json => print_json(&json::values(&subscriptions)),
+                Format::Json | Format::Yaml => print_json(&json::values(&subscriptions)),
                 Format::Table => subscriptions_table(&subscriptions),
             }
         }
@@ -111,7 +111,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             };
             api.delete_subscription(request).await.map_err(client::status)?;
             match format {
-                Format::Json => {
+                Format::Json | Format::Yaml => {
                     print_json(&serde_json::json!({ "pipeline_id": pipeline, "label": label, "deleted": true }))
                 }
                 Format::Table => say!("subscription {label} of {pipeline} deleted"),

@@ -82,7 +82,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             };
             let created = api.create_token(request).await.map_err(client::status)?.into_inner();
             match format {
-                Format::Json => print_json(&json::value(&created)),
+                Format::Json | Format::Yaml => print_json(&json::value(&created)),
                 Format::Table => {
                     let token = created.token.unwrap_or_default();
                     eprintln!(
@@ -103,7 +103,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
             })
             .await?;
             match format {
-                Format::Json => print_json(&json::values(&tokens)),
+                Format::Json | Format::Yaml => print_json(&json::values(&tokens)),
                 Format::Table => print_tokens(&tokens),
             }
         }
@@ -130,7 +130,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
                 .await
                 .map_err(client::status)?;
             match format {
-                Format::Json => print_json(&serde_json::json!({ "name": name, "deleted": true })),
+                Format::Json | Format::Yaml => print_json(&serde_json::json!({ "name": name, "deleted": true })),
                 Format::Table => say!("token {name} deleted"),
             }
         }
