@@ -43,6 +43,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     output::structured_as(cli.output);
+    let cli = match cmd::run_offline(cli.command, cli.output) {
+        Ok(Ok(code)) => return code,
+        Ok(Err(Failure(message))) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+        Err(command) => Cli { command, ..cli },
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,

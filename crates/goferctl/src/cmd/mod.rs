@@ -1,5 +1,5 @@
 //! The commands, one module per noun, each owning its subcommands and their handler: `namespace`,
-//! `pipeline`, `run`, `task`, `extension`, `subscription`, `cluster`, `event`, `token` (with `whoami`), `secret` and `object`. This module only names
+//! `pipeline`, `run`, `task`, `extension`, `subscription`, `cluster`, `event`, `token` (with `whoami`), `secret`, `object`, and `cron` (`cron explain`, which needs no server). This module only names
 //! the nouns and hands each command to its module; what the nouns share lives outside them (`client`,
 //! `context`, `output`, `json`) or in `setting`, and no noun module uses another.
 
@@ -11,6 +11,7 @@ use crate::context::Context;
 use crate::failure::Failure;
 
 mod cluster;
+mod cron;
 mod event;
 mod extension;
 mod namespace;
@@ -60,11 +61,22 @@ pub enum Command {
     /// Store, read, list and delete objects: a pipeline's cache, or with --run a run's
     #[command(subcommand)]
     Object(object::Command),
+    /// Explain a cron expression: its next instants in its zone and in UTC (needs no server)
+    #[command(subcommand)]
+    Cron(cron::Command),
     /// Print a shell completion script: `goferctl completion bash > /etc/bash_completion.d/goferctl`
     Completion {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+}
+
+/// Runs a command that needs no server or setting (`cron explain`), or `None` if it needs them.
+pub fn run_offline(command: Command, format: crate::output::Format) -> Result<Result<ExitCode, Failure>, Command> {
+    match command {
+        Command::Cron(command) => Ok(cron::run(command, format)),
+        other => Err(other),
+    }
 }
 
 /// Runs one command; the exit code is 0 unless the command says otherwise (`run start --wait` on a run
@@ -83,6 +95,7 @@ pub async fn run(command: Command, ctx: &Context) -> Result<ExitCode, Failure> {
         Command::Whoami => token::whoami(ctx).await,
         Command::Secret(command) => secret::run(command, ctx).await,
         Command::Object(command) => object::run(command, ctx).await,
+        Command::Cron(command) => cron::run(command, ctx.format),
         // Printed by `main` before any setting is resolved: it needs no server.
         Command::Completion { .. } => Ok(ExitCode::SUCCESS),
     }
