@@ -10,11 +10,11 @@
 //! expected against the runs made, since a missing fire would be a worse bug than a late one. It records
 //! its figures in the `## fire-skew` section of `bench/RESULTS.md` (release build only).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use gofer_bench::{Api, ClientConfig, Machine, Summary, connect, millis, utc_timestamp};
+use gofer_bench::{Api, ClientConfig, Machine, Summary, connect, millis, now_millis, percentile, utc_timestamp};
 use gofer_proto::v1;
 use gofer_testkit::{BuildProfile, DEFAULT_LOG_FILTER, GoferDev, bin_dir_with_profile, task_image};
 
@@ -41,13 +41,6 @@ struct Args {
     no_record: bool,
 }
 
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// One count's figures.
 struct Scenario {
     subscriptions: usize,
@@ -59,11 +52,6 @@ struct Scenario {
     max: Duration,
     baseline: Summary,
     baseline_p99: Duration,
-}
-
-fn percentile(sorted: &[Duration], percent: usize) -> Duration {
-    let rank = (sorted.len() * percent).div_ceil(100).max(1);
-    sorted[rank - 1]
 }
 
 fn main() -> Result<()> {

@@ -13,4 +13,4 @@ mod stats;
 pub use client::{Api, ClientConfig, all_runs, connect};
 pub use machine::Machine;
 pub use results::{publish, record, replace_section, utc_timestamp};
-pub use stats::{Summary, fire_skews, millis};
+pub use stats::{Summary, fire_skews, millis, now_millis, percentile};

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use gofer_bench::cluster::{GoferCluster, Member, Pki, free_port};
-use gofer_bench::{Api, Machine, Summary, millis, utc_timestamp};
+use gofer_bench::{Api, Machine, Summary, millis, percentile, utc_timestamp};
 use gofer_proto::v1;
 use gofer_testkit::{BuildProfile, bin_dir_with_profile};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -238,10 +238,6 @@ async fn until_acknowledged(writer: &mut Writer, since: Instant, deadline: Durat
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn percentile(sorted: &[Duration], percent: usize) -> Duration {
-    sorted[(sorted.len() * percent).div_ceil(100).max(1) - 1]
 }
 
 struct Figures {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use gofer_bench::cluster::{GoferCluster, Pki};
-use gofer_bench::{Api, Machine, millis, utc_timestamp};
+use gofer_bench::{Api, Machine, millis, now_millis, percentile, utc_timestamp};
 use gofer_proto::v1;
 use gofer_testkit::{BuildProfile, bin_dir_with_profile};
 
@@ -61,11 +61,10 @@ struct Latency {
 impl Latency {
     fn of(mut samples: Vec<Duration>) -> Option<Latency> {
         samples.sort_unstable();
-        let pick = |per_cent: usize| samples[(samples.len() * per_cent).div_ceil(100).max(1) - 1];
         Some(Latency {
-            p50: pick(50),
-            p99: pick(99),
             max: *samples.last()?,
+            p50: percentile(&samples, 50),
+            p99: percentile(&samples, 99),
         })
     }
 }
@@ -220,12 +219,6 @@ async fn probe(
         }
     }
     Ok((samples, snapshots))
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The skew of the cron probes' fires scheduled within `window` (whole seconds inside it), and how many

@@ -43,6 +43,18 @@ impl Summary {
     }
 }
 
+/// The nearest-rank `percent`th percentile of `sorted` (not empty, ascending): a latency actually seen.
+pub fn percentile(sorted: &[Duration], percent: usize) -> Duration {
+    sorted[(sorted.len() * percent).div_ceil(100).max(1) - 1]
+}
+
+/// Now as Unix milliseconds, by this machine's clock.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A duration in milliseconds with one decimal, the unit every table here uses.
 pub fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
