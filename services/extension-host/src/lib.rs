@@ -149,8 +149,15 @@ pub async fn run(
         tracker,
         shutdown.clone(),
     );
-    let host = ExtensionHost::new(state, lease, clock, keyring, tracker.clone(), shutdown.clone());
-    *host.reported.lock().expect("reported lock") = Some(reported);
+    let host = ExtensionHost::new(
+        state,
+        lease,
+        reported,
+        clock,
+        keyring,
+        tracker.clone(),
+        shutdown.clone(),
+    );
     *host.webhook_base.lock().expect("webhook base lock") = webhook_base;
     let builtins = tracker.spawn(host.clone().register_builtins_once_initialized());
     if startup == Startup::AwaitFirstCommands {
@@ -277,7 +284,7 @@ pub struct ExtensionHost {
     shutdown: CancellationToken,
     connected: Arc<Mutex<HashMap<String, u64>>>,
     /// Where the names of the extensions connected here go, for the lease to report.
-    reported: Arc<Mutex<Option<tokio::sync::watch::Sender<Vec<String>>>>>,
+    reported: Arc<tokio::sync::watch::Sender<Vec<String>>>,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
     webhook_base: Arc<Mutex<Option<String>>>,
     /// Why each extension's container could not run last time, by name.
@@ -287,11 +294,13 @@ pub struct ExtensionHost {
 }
 
 impl ExtensionHost {
-    /// A host over `state` that runs timers and extension containers while it holds `lease`, on `clock`,
-    /// its tasks on `tracker` until `shutdown`. It starts the fire batcher.
+    /// A host over `state` that runs timers and extension containers while it holds `lease` (telling it the
+    /// extensions connected here through `reported`), on `clock`, its tasks on `tracker` until `shutdown`.
+    /// It starts the fire batcher.
     fn new(
         state: StateHandle,
         lease: LeaseHolder,
+        reported: tokio::sync::watch::Sender<Vec<String>>,
         clock: Clock,
         keyring: Arc<gofer_secrets::Keyring>,
         tracker: TaskTracker,
@@ -306,7 +315,7 @@ impl ExtensionHost {
             tracker,
             shutdown,
             connected: Arc::default(),
-            reported: Arc::default(),
+            reported: Arc::new(reported),
             next_connection: Arc::default(),
             webhook_base: Arc::default(),
             launch_errors: Arc::default(),
@@ -411,12 +420,10 @@ impl ExtensionHost {
 
     /// Hands the names of the extensions connected here to the lease, which reports them as it renews.
     fn report(&self, connected: &HashMap<String, u64>) {
-        if let Some(reported) = self.reported.lock().expect("reported lock").as_ref() {
-            let mut names: Vec<String> = connected.keys().cloned().collect();
-            names.sort();
-            names.truncate(gofer_domain::lease::MAX_CONNECTED);
-            reported.send_replace(names);
-        }
+        let mut names: Vec<String> = connected.keys().cloned().collect();
+        names.sort();
+        names.truncate(gofer_domain::lease::MAX_CONNECTED);
+        self.reported.send_replace(names);
     }
 
     /// Marks an extension gone, unless a newer connection replaced this one.
